@@ -1,0 +1,36 @@
+//go:build tools
+
+package main
+
+import (
+	_ "github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	_ "github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	_ "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v6"
+	_ "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v6/fake"
+	_ "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v8"
+	_ "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v8/fake"
+	_ "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/resources/armresources/v3"
+	_ "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/resources/armresources/v3/fake"
+	_ "github.com/aws/aws-sdk-go-v2/aws"
+	_ "github.com/aws/aws-sdk-go-v2/config"
+	_ "github.com/aws/aws-sdk-go-v2/service/ec2"
+	_ "github.com/digitalocean/godo"
+	_ "github.com/docker/docker/client"
+	_ "github.com/docker/docker/api/types/swarm"
+	_ "github.com/docker/go-connections/tlsconfig"
+	_ "github.com/hashicorp/hcl/v2"
+	_ "github.com/hashicorp/hcl/v2/gohcl"
+	_ "github.com/hashicorp/hcl/v2/hclparse"
+	_ "github.com/hashicorp/hcl/v2/hclsyntax"
+	_ "github.com/pkg/sftp"
+	_ "github.com/spf13/cobra"
+	_ "github.com/zclconf/go-cty/cty"
+	_ "github.com/zclconf/go-cty/cty/gocty"
+	_ "golang.org/x/crypto/ssh"
+	_ "golang.org/x/crypto/ssh/agent"
+	_ "golang.org/x/crypto/ssh/knownhosts"
+	_ "golang.org/x/sync/errgroup"
+	_ "golang.org/x/term"
+	_ "libvirt.org/go/libvirt"
+	_ "libvirt.org/go/libvirtxml"
+)

@@ -1,0 +1,97 @@
+// Package hostos turns a freshly reachable Linux machine into a host running
+// the pinned container engine behind TLS: distro detection, engine install
+// (distro package or offline bundle), daemon configuration, logging, pruning
+// and (issue 5) hardening.
+//
+// It is mostly data: steps are small values with an ID that is stored in
+// state, a Check that reads the facts gathered once per host, and an Apply
+// that changes the host over the Comm. Distros differ in data (the Family
+// table), not in flow.
+package hostos
+
+import (
+	"context"
+	"io"
+	"io/fs"
+	"log/slog"
+
+	"github.com/provision/provision/provision/redact"
+	"github.com/provision/provision/provision/spec"
+)
+
+// Comm is what hostos needs from the transport; *comm.Client satisfies it and
+// tests use a recording fake.
+type Comm interface {
+	Run(ctx context.Context, cmd string, stdin io.Reader) ([]byte, error)
+	Upload(ctx context.Context, path string, content io.Reader, mode fs.FileMode) error
+	Download(ctx context.Context, path string) ([]byte, error)
+}
+
+// Config is everything a host needs to know, derived from the spec and the
+// cluster's PKI by the engine. It is read-only during an apply.
+type Config struct {
+	Cluster   string // cluster name
+	ClusterID string
+	Node      string // machine name; becomes the hostname
+	Role      string // spec.RoleManager or spec.RoleWorker
+	AdminUser string
+	Engine    spec.Engine
+	Logging   spec.Logging
+	Prune     spec.Prune
+	Hardening spec.Hardening
+	TLS       TLSFiles
+	// Peers are the advertise addresses of every cluster member (for the firewall).
+	Peers []string
+	// OperatorCIDRs may reach 2376 (spec tls.allowed_cidrs, or the operator's address as seen by the host).
+	OperatorCIDRs []string
+	// BundleDir is the operator-side cache of offline engine bundles.
+	BundleDir string
+}
+
+// TLSFiles are the PEM files the engine's daemon gets. Key is secret.
+type TLSFiles struct {
+	CA   []byte
+	Cert []byte
+	Key  redact.Secret
+}
+
+// Target is one host during an apply.
+type Target struct {
+	Name   string
+	Comm   Comm
+	Facts  *Facts // gathered once by GatherFacts; steps update it after changing the host
+	Config *Config
+	Log    *slog.Logger
+}
+
+// Step is one idempotent piece of host work.
+type Step interface {
+	// ID is stable and dotted ("engine.install"); it is stored in state.
+	ID() string
+	// Check reports whether the host already is as the step wants, from Facts
+	// only (no remote call). An error means the step cannot run here.
+	Check(ctx context.Context, t *Target) (done bool, err error)
+	// Apply changes the host. It must be safe to run again after a failure.
+	Apply(ctx context.Context, t *Target) error
+}
+
+// Facts are what one remote call (GatherFacts) learns about a host; every
+// Check reads them instead of asking the host again.
+type Facts struct {
+	OS       OSRelease         `json:"os"`
+	Arch     string            `json:"arch"`     // dpkg architecture: amd64, arm64
+	Hostname string            `json:"hostname"` //
+	Files    map[string]string `json:"files"`    // path -> sha256 hex of the files steps manage; absent = no file
+	Packages map[string]string `json:"packages"` // package -> installed version
+	Units    map[string]string `json:"units"`    // systemd unit -> ActiveState
+	Engine   string            `json:"engine"`   // `dockerd --version` number, "" if none
+}
+
+// OSRelease is the part of /etc/os-release we use.
+type OSRelease struct {
+	ID        string   `json:"id"`
+	IDLike    []string `json:"id_like"`
+	VersionID string   `json:"version_id"`
+	Codename  string   `json:"codename"`
+	Pretty    string   `json:"pretty"`
+}

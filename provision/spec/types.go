@@ -1,0 +1,146 @@
+// Package spec loads a cluster file into a checked, read-only Cluster value.
+//
+// Load parses HCL with hclparse, evaluates variables through an hcl.EvalContext,
+// decodes into unexported raw structs, converts them into the exported types
+// below with defaults applied, and validates the result. All problems come back
+// at once as hcl.Diagnostics whose Subject is the offending range. Driver blocks
+// stay hcl.Body until the driver's own Factory decodes them.
+//
+// A Cluster holds no facts and no clients and is never changed after Load.
+package spec
+
+import (
+	"strconv"
+
+	"github.com/hashicorp/hcl/v2"
+)
+
+// Roles.
+const (
+	RoleManager = "manager"
+	RoleWorker  = "worker"
+)
+
+// Cluster is one cluster file, loaded and checked.
+type Cluster struct {
+	Name        string               // cluster name: lowercase letters, digits, '-'; used in machine names
+	Files       []string             // the files it was loaded from
+	Drivers     []DriverBlock        // in file order; at least one (an implicit local driver when none is written)
+	Managers    Pool                 // exactly one manager pool
+	Workers     []Pool               // zero or more worker pools, distinct pool names
+	Engine      Engine               //
+	Prune       Prune                //
+	Logging     Logging              //
+	TLS         TLS                  //
+	Hardening   Hardening            //
+	SSH         SSH                  //
+	Parallelism int                  // bound on concurrent host work; default 16
+	Ranges      map[string]hcl.Range // source ranges of settings by dotted path ("managers.count", "engine.version"), for later diagnostics
+}
+
+// DriverBlock is a `driver "TYPE" { ... }` block. Name is its `alias`
+// attribute or, without one, its type; pools refer to it by Name.
+type DriverBlock struct {
+	Type  string
+	Name  string
+	Body  hcl.Body  // the block's body minus the core's own attributes (alias), for the driver's Factory
+	Range hcl.Range // the block's definition range
+	Eval  *hcl.EvalContext
+}
+
+// Pool is the `managers { }` block or one `workers { }` block.
+type Pool struct {
+	Role    string            // RoleManager or RoleWorker
+	Name    string            // "manager" for managers; the workers block's `pool` attribute, default "worker"
+	Driver  string            // DriverBlock.Name; defaults to the only driver when there is one
+	Count   int               // number of machines; for drivers with NeedsHosts defaults to len(Hosts)
+	DiskGiB int               // disk size in GiB (accepts 20 or "20GiB"/"20G"/"512MiB" rounded up); default from the driver
+	Size    string            // machine type/size, driver-specific; "" is the driver's default
+	Labels  map[string]string // swarm node labels (in addition to provision.role and provision.pool)
+	Hosts   []string          // existing host addresses ("addr" or "addr:port") for drivers with NeedsHosts
+	Range   hcl.Range
+}
+
+// MachineNames returns the pool's machine names in index order:
+// "<cluster>-<pool>-<n>" starting at 1.
+func (p Pool) MachineNames(cluster string) []string {
+	out := make([]string, p.Count)
+	for i := range out {
+		out[i] = MachineName(cluster, p.Name, i+1)
+	}
+	return out
+}
+
+// Engine is the `engine { }` block.
+type Engine struct {
+	Version string // pinned package version or prefix ("20.10.24*"); "" = the distro's candidate, recorded at first install
+	Method  string // "package" (the distro's package from the host's mirror) or "bundle" (offline package bundle uploaded from the operator)
+	Package string // package name; default "docker.io"
+	// BundleDir is where the operator's machine caches downloaded bundles
+	// (default: <state dir>/bundles).
+	BundleDir string
+}
+
+// Prune is the `prune { }` block: scheduled `docker system prune` per host.
+type Prune struct {
+	Enabled         bool   // default true
+	Schedule        string // systemd OnCalendar expression; default "daily"
+	Until           string // age filter as a Go duration ("24h"); default "24h"
+	Volumes         bool   // also prune unused volumes; default false
+	RandomizedDelay string // systemd RandomizedDelaySec; default "1h"
+}
+
+// Logging is the `logging { }` block: the engine's default log driver.
+type Logging struct {
+	Driver  string            // default "json-file"
+	Options map[string]string // default for json-file/local: max-size=10m, max-file=3
+	// JournaldMaxUse caps journald's persistent storage (SystemMaxUse); default "500M".
+	JournaldMaxUse string
+}
+
+// TLS is the `tls { }` block.
+type TLS struct {
+	ValidityHours int      // server and client cert lifetime; default 8760 (one year). The CA lives 10 years.
+	ExtraNames    []string // extra DNS names or IPs for every server cert
+	AllowedCIDRs  []string // who may reach 2376; empty = the operator's address as seen by the host
+}
+
+// Hardening is the `hardening { }` block; every switch defaults to true except
+// UserNamespaces, AutoReboot and OverlayEncryption.
+type Hardening struct {
+	Profile           string // "default" or "off" (off turns every switch off unless set explicitly)
+	SSH               bool
+	Kernel            bool
+	Firewall          bool
+	Daemon            bool
+	Audit             bool
+	Updates           bool
+	AutoReboot        bool
+	UserNamespaces    bool
+	OverlayEncryption bool
+}
+
+// SSH is the `ssh { }` block: the admin login provision creates or uses.
+type SSH struct {
+	User string // default "provision" (drivers that create the OS); generic uses its own driver setting
+}
+
+// MachineName is the single place machine names are made.
+func MachineName(cluster, pool string, index int) string {
+	return cluster + "-" + pool + "-" + strconv.Itoa(index)
+}
+
+// Pools returns the manager pool followed by the worker pools.
+func (c *Cluster) Pools() []Pool {
+	return append([]Pool{c.Managers}, c.Workers...)
+}
+
+// Driver returns the driver block with that name.
+func (c *Cluster) Driver(name string) (DriverBlock, bool) {
+	for _, d := range c.Drivers {
+		if d.Name == name {
+			return d, true
+		}
+	}
+	return DriverBlock{}, false
+}

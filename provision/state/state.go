@@ -1,0 +1,111 @@
+// Package state keeps what provision made and applied, one cluster per
+// directory:
+//
+//	<dir>/state.json      this file's State (version, machines, swarm, pki facts)
+//	<dir>/state.json.bak  the previous copy
+//	<dir>/state.lock      flock held for a whole command; its content names the holder
+//	<dir>/pki/            ca.pem, ca-key.pem (0600, never leaves this machine), cert.pem, key.pem (operator client)
+//	<dir>/ssh/            id_ed25519 (0600) and id_ed25519.pub: the cluster's admin key
+//
+// Paths inside State are relative to the directory so it can be moved.
+package state
+
+import (
+	"sort"
+	"time"
+
+	"github.com/provision/provision/drivers"
+)
+
+// Version is the state format this binary writes. Older versions are migrated
+// on load; newer ones are refused.
+const Version = 1
+
+// Machine status values: a machine moves created -> ready; a failed apply
+// leaves it at the last status reached, and the next apply resumes from there.
+const (
+	StatusCreating = "creating" // the create call was started (recorded before the call, so a crash is visible)
+	StatusCreated  = "created"  // the driver returned it
+	StatusReady    = "ready"    // every host step applied and the node is in the swarm
+)
+
+// State is the whole recorded state of one cluster.
+type State struct {
+	Version   int        `json:"version"`
+	ClusterID string     `json:"cluster_id"` // random, stable; the TagCluster value on every resource
+	Name      string     `json:"name"`
+	Machines  []*Machine `json:"machines"`
+	Swarm     Swarm      `json:"swarm"`
+	PKI       PKI        `json:"pki"`
+	// Settings are the hashes of the cluster-wide settings last applied
+	// ("engine", "logging", "prune", "tls", "hardening", ...), for plan's diff.
+	Settings map[string]string `json:"settings,omitempty"`
+	Updated  time.Time         `json:"updated"`
+}
+
+// Machine is one machine as recorded.
+type Machine struct {
+	drivers.Machine
+	Role   string `json:"role"`
+	Pool   string `json:"pool"`
+	Index  int    `json:"index"`
+	Status string `json:"status"`
+	// SpecHash is the hash of the machine-level spec (driver, disk, size,
+	// address). A change means the machine must be replaced.
+	SpecHash string `json:"spec_hash"`
+	// Steps maps a host step ID to the hash of the inputs it was applied with.
+	Steps map[string]string `json:"steps,omitempty"`
+	// NodeID is the swarm node ID once joined.
+	NodeID       string    `json:"node_id,omitempty"`
+	CertSerial   string    `json:"cert_serial,omitempty"`
+	CertNotAfter time.Time `json:"cert_not_after,omitempty"`
+	Engine       string    `json:"engine,omitempty"` // engine version found after install
+}
+
+// Swarm is what provision knows of the swarm it bootstrapped.
+type Swarm struct {
+	ID string `json:"id,omitempty"`
+	// AutolockKey is empty unless autolock is on (not yet supported).
+	AutolockKey string `json:"autolock_key,omitempty"`
+}
+
+// PKI records the certificates issued (the keys live in pki/).
+type PKI struct {
+	CASerial       string    `json:"ca_serial,omitempty"`
+	CANotAfter     time.Time `json:"ca_not_after,omitempty"`
+	ClientSerial   string    `json:"client_serial,omitempty"`
+	ClientNotAfter time.Time `json:"client_not_after,omitempty"`
+}
+
+// Machine returns the recorded machine with that name, or nil.
+func (s *State) Machine(name string) *Machine {
+	for _, m := range s.Machines {
+		if m.Name == name {
+			return m
+		}
+	}
+	return nil
+}
+
+// Put inserts or replaces a machine, keeping Machines sorted by name.
+func (s *State) Put(m *Machine) {
+	for i, old := range s.Machines {
+		if old.Name == m.Name {
+			s.Machines[i] = m
+			return
+		}
+	}
+	s.Machines = append(s.Machines, m)
+	sort.Slice(s.Machines, func(i, j int) bool { return s.Machines[i].Name < s.Machines[j].Name })
+}
+
+// Remove deletes a machine by name.
+func (s *State) Remove(name string) {
+	out := s.Machines[:0]
+	for _, m := range s.Machines {
+		if m.Name != name {
+			out = append(out, m)
+		}
+	}
+	s.Machines = out
+}
