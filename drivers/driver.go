@@ -54,6 +54,16 @@ type Teardown interface {
 	Teardown(ctx context.Context, cluster string) error
 }
 
+// Preflighter is implemented by drivers that can check, before anything is
+// created, that what the spec asks for can be made: credentials and region
+// work, machine types are offered, images exist, named networks exist. The
+// engine calls it once per driver with all the machines that driver will
+// create, and stops before the first create when it fails. It may do network
+// I/O (unlike a Factory) but must change nothing.
+type Preflighter interface {
+	Preflight(ctx context.Context, want []MachineSpec) error
+}
+
 // MachineSpec is what the engine asks a driver to create.
 type MachineSpec struct {
 	Name     string            // unique in the cluster, a valid hostname

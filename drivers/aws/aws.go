@@ -1,0 +1,155 @@
+// Package aws is the EC2 driver: it creates instances (and, on request, a
+// dedicated VPC) through the official SDK, tags everything it makes with the
+// cluster ID inside the create call itself, and pins the SSH host key it hands
+// to cloud-init.
+//
+// Credentials and region come from the SDK's default chain (environment,
+// shared config and credentials files, SSO, IMDS), with `region` and `profile`
+// settable in the driver block. Nothing is loaded and nothing is contacted in
+// New: the SDK configuration is built on first use.
+package aws
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/hashicorp/hcl/v2"
+
+	"github.com/provision/provision/drivers"
+)
+
+func init() {
+	drivers.Register("aws", New)
+}
+
+// Tags the driver adds besides the drivers.Tag* ownership tags.
+const (
+	TagHostKey = "provision-hostkey" // the pinned SSH host key (public half, authorized_keys form)
+	TagUser    = "provision-user"    // the admin user cloud-init created
+	tagName    = "Name"
+)
+
+// Driver makes EC2 instances. It is safe for concurrent use.
+type Driver struct {
+	cfg  Config
+	name string
+	log  *slog.Logger
+
+	// waitMin is the shortest delay between polls of the SDK waiters and of
+	// the DependencyViolation retry; tests shorten it.
+	waitMin time.Duration
+	// httpClient is used for the operator address lookup only.
+	httpClient *http.Client
+
+	clientMu sync.Mutex
+	client   *ec2.Client
+	region   string
+
+	sharedMu sync.Mutex
+	shared   map[string]*clusterShared // by cluster ID
+
+	namesMu sync.Mutex
+	names   map[string]*sync.Mutex // "cluster/machine" -> create lock
+
+	images imageCache
+}
+
+var (
+	_ drivers.Driver      = (*Driver)(nil)
+	_ drivers.Teardown    = (*Driver)(nil)
+	_ drivers.Preflighter = (*Driver)(nil)
+)
+
+// New decodes an `driver "aws" { ... }` block. It does no I/O.
+func New(body hcl.Body, opts drivers.Options) (drivers.Driver, hcl.Diagnostics) {
+	cfg, diags := decodeConfig(body, opts.Eval)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	return newDriver(cfg, opts), diags
+}
+
+func newDriver(cfg Config, opts drivers.Options) *Driver {
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	name := opts.Name
+	if name == "" {
+		name = "aws"
+	}
+	return &Driver{
+		cfg:        cfg,
+		name:       name,
+		log:        log.With("driver", name),
+		waitMin:    5 * time.Second,
+		httpClient: &http.Client{Timeout: 10 * time.Second},
+		shared:     map[string]*clusterShared{},
+		names:      map[string]*sync.Mutex{},
+		images:     imageCache{arch: map[string]string{}, images: map[string]imageInfo{}},
+	}
+}
+
+// ec2Client loads the SDK configuration on first use and returns the client.
+// A failure is not cached: the next call tries again.
+func (d *Driver) ec2Client(ctx context.Context) (*ec2.Client, error) {
+	d.clientMu.Lock()
+	defer d.clientMu.Unlock()
+	if d.client != nil {
+		return d.client, nil
+	}
+	var loadOpts []func(*config.LoadOptions) error
+	if d.cfg.Region != "" {
+		loadOpts = append(loadOpts, config.WithRegion(d.cfg.Region))
+	}
+	if d.cfg.Profile != "" {
+		loadOpts = append(loadOpts, config.WithSharedConfigProfile(d.cfg.Profile))
+	}
+	// The SDK's standard retryer backs off on throttling and transient errors;
+	// give it a few more attempts than its default three for large clusters.
+	loadOpts = append(loadOpts, config.WithRetryMaxAttempts(8))
+	awsCfg, err := config.LoadDefaultConfig(ctx, loadOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("load AWS configuration: %w", err)
+	}
+	if awsCfg.Region == "" {
+		return nil, errors.New("no AWS region: set region in the driver block, AWS_REGION, or a region in the AWS profile")
+	}
+	if _, err := awsCfg.Credentials.Retrieve(ctx); err != nil {
+		return nil, fmt.Errorf("no usable AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or profile in the driver block): %w", err)
+	}
+	d.client = ec2.NewFromConfig(awsCfg, func(o *ec2.Options) {
+		if d.cfg.Endpoint != "" {
+			o.BaseEndpoint = awssdk.String(d.cfg.Endpoint)
+		}
+	})
+	d.region = awsCfg.Region
+	return d.client, nil
+}
+
+// lockName serializes Create calls for one machine name within this process;
+// across processes the tag lookup before RunInstances keeps Create idempotent.
+func (d *Driver) lockName(cluster, name string) func() {
+	d.namesMu.Lock()
+	m, ok := d.names[cluster+"/"+name]
+	if !ok {
+		m = &sync.Mutex{}
+		d.names[cluster+"/"+name] = m
+	}
+	d.namesMu.Unlock()
+	m.Lock()
+	return m.Unlock
+}
+
+// clusterTags returns the base tag set for a shared resource of the cluster.
+func clusterTags(cluster, name string) map[string]string {
+	return map[string]string{drivers.TagCluster: cluster, tagName: name}
+}

@@ -1,0 +1,330 @@
+package aws
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"maps"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/provision/provision/drivers"
+)
+
+const (
+	waitRunning    = 10 * time.Minute
+	waitTerminated = 10 * time.Minute
+)
+
+// liveStates are the instance states Machines reports; Create adopts all of
+// them except shutting-down.
+var liveStates = []string{"pending", "running", "stopping", "stopped", "shutting-down"}
+
+// Create makes one instance, or returns the one already tagged with this
+// cluster and machine name (starting it when stopped).
+func (d *Driver) Create(ctx context.Context, cluster string, want drivers.MachineSpec) (drivers.Machine, error) {
+	if cluster == "" || want.Name == "" {
+		return drivers.Machine{}, errors.New("create instance: cluster and machine name are required")
+	}
+	defer d.lockName(cluster, want.Name)()
+	cli, err := d.ec2Client(ctx)
+	if err != nil {
+		return drivers.Machine{}, err
+	}
+
+	inst, err := d.findInstance(ctx, cli, cluster, want.Name)
+	if err != nil {
+		return drivers.Machine{}, fmt.Errorf("find instance %q: %w", want.Name, err)
+	}
+	if inst != nil && inst.State.Name != types.InstanceStateNameShuttingDown {
+		d.log.InfoContext(ctx, "adopting existing instance", "cluster", cluster, "host", want.Name, "instance", awssdk.ToString(inst.InstanceId), "state", inst.State.Name)
+		return d.startAndWait(ctx, cli, *inst)
+	}
+
+	// Everything that can fail without AWS fails here, before anything exists.
+	userData, err := renderUserData(want)
+	if err != nil {
+		return drivers.Machine{}, fmt.Errorf("create instance %q: %w", want.Name, err)
+	}
+	itype := want.Size
+	if itype == "" {
+		itype = d.cfg.InstanceType
+	}
+	arch, err := d.instanceArch(ctx, cli, itype)
+	if err != nil {
+		return drivers.Machine{}, fmt.Errorf("create instance %q: %w", want.Name, err)
+	}
+	img, err := d.image(ctx, cli, arch)
+	if err != nil {
+		return drivers.Machine{}, fmt.Errorf("create instance %q: %w", want.Name, err)
+	}
+	disk := want.DiskGiB
+	if disk == 0 {
+		info, _ := drivers.Lookup("aws")
+		disk = info.DefaultGiB
+	}
+	if disk < img.minGiB {
+		return drivers.Machine{}, fmt.Errorf("create instance %q: disk of %d GiB is smaller than image %s's %d GiB snapshot", want.Name, disk, img.id, img.minGiB)
+	}
+	shared, err := d.ensureShared(ctx, cli, cluster, want.SSH.PublicKey)
+	if err != nil {
+		return drivers.Machine{}, fmt.Errorf("create instance %q: %w", want.Name, err)
+	}
+	subnet := pickSubnet(shared.subnets, want.Name)
+
+	tags := maps.Clone(want.Tags)
+	if tags == nil {
+		tags = map[string]string{}
+	}
+	tags[drivers.TagCluster] = cluster
+	tags[drivers.TagMachine] = want.Name
+	if want.Role != "" {
+		tags[drivers.TagRole] = want.Role
+	}
+	if want.Pool != "" {
+		tags[drivers.TagPool] = want.Pool
+	}
+	tags[tagName] = want.Name
+	tags[TagHostKey] = strings.TrimSpace(want.HostKey.Public)
+	tags[TagUser] = want.SSH.User
+	small := map[string]string{drivers.TagCluster: cluster, drivers.TagMachine: want.Name, tagName: want.Name}
+
+	out, err := cli.RunInstances(ctx, &ec2.RunInstancesInput{
+		ImageId:      awssdk.String(img.id),
+		InstanceType: types.InstanceType(itype),
+		MinCount:     awssdk.Int32(1),
+		MaxCount:     awssdk.Int32(1),
+		KeyName:      awssdk.String(shared.keyName),
+		UserData:     awssdk.String(base64.StdEncoding.EncodeToString(userData)),
+		MetadataOptions: &types.InstanceMetadataOptionsRequest{
+			HttpTokens:              types.HttpTokensStateRequired,
+			HttpEndpoint:            types.InstanceMetadataEndpointStateEnabled,
+			HttpPutResponseHopLimit: awssdk.Int32(1), // containers on the host do not reach IMDS
+		},
+		BlockDeviceMappings: []types.BlockDeviceMapping{{
+			DeviceName: awssdk.String(img.rootDevice),
+			Ebs: &types.EbsBlockDevice{
+				VolumeSize:          awssdk.Int32(int32(disk)),
+				VolumeType:          types.VolumeType(d.cfg.RootVolumeType),
+				Encrypted:           awssdk.Bool(true),
+				DeleteOnTermination: awssdk.Bool(true),
+			},
+		}},
+		NetworkInterfaces: []types.InstanceNetworkInterfaceSpecification{{
+			DeviceIndex:              awssdk.Int32(0),
+			SubnetId:                 subnet.SubnetId,
+			Groups:                   []string{shared.sgID},
+			AssociatePublicIpAddress: awssdk.Bool(d.cfg.AssociatePublicIP),
+			DeleteOnTermination:      awssdk.Bool(true),
+		}},
+		TagSpecifications: []types.TagSpecification{
+			tagSpec(types.ResourceTypeInstance, tags),
+			tagSpec(types.ResourceTypeVolume, small),
+			tagSpec(types.ResourceTypeNetworkInterface, small),
+		},
+	})
+	if err != nil {
+		return drivers.Machine{}, fmt.Errorf("create instance %q (%s, %s): %w", want.Name, itype, img.id, d.explain(err))
+	}
+	if len(out.Instances) != 1 {
+		return drivers.Machine{}, fmt.Errorf("create instance %q: RunInstances returned %d instances", want.Name, len(out.Instances))
+	}
+	id := awssdk.ToString(out.Instances[0].InstanceId)
+	d.log.InfoContext(ctx, "created instance", "cluster", cluster, "host", want.Name, "instance", id,
+		"type", itype, "ami", img.id, "subnet", awssdk.ToString(subnet.SubnetId))
+	return d.startAndWait(ctx, cli, out.Instances[0])
+}
+
+// startAndWait starts a stopped instance, waits until it runs and returns it
+// with its addresses.
+func (d *Driver) startAndWait(ctx context.Context, cli *ec2.Client, inst types.Instance) (drivers.Machine, error) {
+	id := awssdk.ToString(inst.InstanceId)
+	name := tagValue(inst.Tags, drivers.TagMachine)
+	if inst.State != nil && (inst.State.Name == types.InstanceStateNameStopped || inst.State.Name == types.InstanceStateNameStopping) {
+		if inst.State.Name == types.InstanceStateNameStopping {
+			if err := ec2.NewInstanceStoppedWaiter(cli, func(o *ec2.InstanceStoppedWaiterOptions) { o.MinDelay = d.waitMin }).
+				Wait(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}}, waitRunning); err != nil {
+				return drivers.Machine{}, fmt.Errorf("wait for instance %q (%s) to stop: %w", name, id, err)
+			}
+		}
+		if _, err := cli.StartInstances(ctx, &ec2.StartInstancesInput{InstanceIds: []string{id}}); err != nil {
+			return drivers.Machine{}, fmt.Errorf("start instance %q (%s): %w", name, id, d.explain(err))
+		}
+		d.log.InfoContext(ctx, "started stopped instance", "host", name, "instance", id)
+	}
+	out, err := ec2.NewInstanceRunningWaiter(cli, func(o *ec2.InstanceRunningWaiterOptions) { o.MinDelay = d.waitMin }).
+		WaitForOutput(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}}, waitRunning)
+	if err != nil {
+		return drivers.Machine{}, fmt.Errorf("wait for instance %q (%s) to run: %w", name, id, d.explain(err))
+	}
+	for _, r := range out.Reservations {
+		for _, i := range r.Instances {
+			if awssdk.ToString(i.InstanceId) == id {
+				m := d.machine(i)
+				if m.Address == "" {
+					return m, fmt.Errorf("instance %q (%s) runs but has no address", name, id)
+				}
+				return m, nil
+			}
+		}
+	}
+	return drivers.Machine{}, fmt.Errorf("wait for instance %q (%s): not in the answer", name, id)
+}
+
+// findInstance returns the cluster's instance with that machine name, or nil.
+// When several exist (two processes raced), the oldest wins.
+func (d *Driver) findInstance(ctx context.Context, cli *ec2.Client, cluster, name string) (*types.Instance, error) {
+	insts, err := d.describeInstances(ctx, cli, clusterFilter(cluster), filter("tag:"+drivers.TagMachine, name),
+		filter("instance-state-name", liveStates...))
+	if err != nil || len(insts) == 0 {
+		return nil, err
+	}
+	sort.Slice(insts, func(i, j int) bool {
+		a, b := awssdk.ToTime(insts[i].LaunchTime), awssdk.ToTime(insts[j].LaunchTime)
+		if !a.Equal(b) {
+			return a.Before(b)
+		}
+		return awssdk.ToString(insts[i].InstanceId) < awssdk.ToString(insts[j].InstanceId)
+	})
+	for i := range insts {
+		if insts[i].State.Name != types.InstanceStateNameShuttingDown {
+			if len(insts) > 1 {
+				d.log.WarnContext(ctx, "several instances carry the same machine name; adopting the oldest", "cluster", cluster, "host", name, "instance", awssdk.ToString(insts[i].InstanceId))
+			}
+			return &insts[i], nil
+		}
+	}
+	return &insts[0], nil
+}
+
+func (d *Driver) describeInstances(ctx context.Context, cli *ec2.Client, fs ...types.Filter) ([]types.Instance, error) {
+	var out []types.Instance
+	p := ec2.NewDescribeInstancesPaginator(cli, &ec2.DescribeInstancesInput{Filters: fs})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, d.explain(err)
+		}
+		for _, r := range page.Reservations {
+			out = append(out, r.Instances...)
+		}
+	}
+	return out, nil
+}
+
+// Machines lists the cluster's instances that are not terminated.
+func (d *Driver) Machines(ctx context.Context, cluster string) ([]drivers.Machine, error) {
+	cli, err := d.ec2Client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	insts, err := d.describeInstances(ctx, cli, clusterFilter(cluster), filter("instance-state-name", liveStates...))
+	if err != nil {
+		return nil, fmt.Errorf("list instances of cluster %s: %w", cluster, err)
+	}
+	ms := make([]drivers.Machine, 0, len(insts))
+	for _, i := range insts {
+		ms = append(ms, d.machine(i))
+	}
+	sort.Slice(ms, func(i, j int) bool {
+		if ms[i].Name != ms[j].Name {
+			return ms[i].Name < ms[j].Name
+		}
+		return ms[i].ID < ms[j].ID
+	})
+	return ms, nil
+}
+
+// Destroy terminates the instance and waits until it is gone. Its root volume
+// and network interface go with it (DeleteOnTermination).
+func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
+	cli, err := d.ec2Client(ctx)
+	if err != nil {
+		return err
+	}
+	id := m.ID
+	if id == "" {
+		cluster := m.Tags[drivers.TagCluster]
+		if cluster == "" {
+			return fmt.Errorf("destroy %q: no instance ID and no cluster tag", m.Name)
+		}
+		inst, err := d.findInstance(ctx, cli, cluster, m.Name)
+		if err != nil {
+			return fmt.Errorf("destroy %q: %w", m.Name, err)
+		}
+		if inst == nil {
+			return nil
+		}
+		id = awssdk.ToString(inst.InstanceId)
+	}
+	if _, err := cli.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: []string{id}}); err != nil {
+		if isNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("terminate instance %q (%s): %w", m.Name, id, d.explain(err))
+	}
+	d.log.InfoContext(ctx, "terminating instance", "host", m.Name, "instance", id)
+	err = ec2.NewInstanceTerminatedWaiter(cli, func(o *ec2.InstanceTerminatedWaiterOptions) { o.MinDelay = d.waitMin }).
+		Wait(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}}, waitTerminated)
+	if err != nil && !isNotFound(err) {
+		return fmt.Errorf("wait for instance %q (%s) to terminate: %w", m.Name, id, err)
+	}
+	return nil
+}
+
+// machine turns an instance into the engine's plain data.
+func (d *Driver) machine(i types.Instance) drivers.Machine {
+	tags := map[string]string{}
+	for _, t := range i.Tags {
+		tags[awssdk.ToString(t.Key)] = awssdk.ToString(t.Value)
+	}
+	m := drivers.Machine{
+		Name:           tags[drivers.TagMachine],
+		ID:             awssdk.ToString(i.InstanceId),
+		Driver:         d.name,
+		Address:        awssdk.ToString(i.PrivateIpAddress),
+		PrivateAddress: awssdk.ToString(i.PrivateIpAddress),
+		SSH: drivers.SSHEndpoint{
+			User:    tags[TagUser],
+			Port:    portSSH,
+			HostKey: tags[TagHostKey],
+			Bastion: d.cfg.Bastion,
+		},
+		Tags: tags,
+	}
+	if d.cfg.AssociatePublicIP && awssdk.ToString(i.PublicIpAddress) != "" {
+		m.Address = awssdk.ToString(i.PublicIpAddress)
+	}
+	if i.State != nil {
+		m.State = string(i.State.Name)
+	}
+	return m
+}
+
+func tagValue(tags []types.Tag, key string) string {
+	for _, t := range tags {
+		if awssdk.ToString(t.Key) == key {
+			return awssdk.ToString(t.Value)
+		}
+	}
+	return ""
+}
+
+// pickSubnet spreads a pool's machines across the subnets (and so the
+// availability zones) by the index at the end of the machine name.
+func pickSubnet(subnets []types.Subnet, name string) types.Subnet {
+	n := 0
+	if i := strings.LastIndexByte(name, '-'); i >= 0 {
+		if v, err := strconv.Atoi(name[i+1:]); err == nil && v > 0 {
+			n = v - 1
+		}
+	}
+	return subnets[n%len(subnets)]
+}
