@@ -107,6 +107,7 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 		AMI:            str(raw.AMI, ""),
 		VPCID:          str(raw.VPCID, ""),
 		SubnetIDs:      raw.SubnetIDs,
+		AllowedCIDRs:   raw.AllowedCIDRs,
 		VPCCIDR:        str(raw.VPCCIDR, DefaultVPCCIDR),
 		OperatorIPURL:  str(raw.OperatorIPURL, DefaultOperatorIPURL),
 		RootVolumeType: str(raw.RootVolumeType, DefaultRootVolumeType),

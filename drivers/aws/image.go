@@ -16,13 +16,17 @@ type imageQuery struct {
 	Desc  string // for messages: "Debian 12"
 	Owner string // the publisher's account
 	Name  string // name pattern, %s = "amd64" or "arm64"
+	// Filters are added to the name, architecture and state filters.
+	Filters []types.Filter
 }
 
 // imageFamilies are tried in order when the block names no AMI.
 var imageFamilies = []imageQuery{
-	{Desc: "Debian 12", Owner: "136693071363", Name: "debian-12-%s-*"},
-	{Desc: "Ubuntu 24.04", Owner: "099720109477", Name: "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-%s-server-*"},
+	{Desc: "Debian 12", Owner: "136693071363", Name: "debian-12-%s-*", Filters: ebsHVM},
+	{Desc: "Ubuntu 24.04", Owner: "099720109477", Name: "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-%s-server-*", Filters: ebsHVM},
 }
+
+var ebsHVM = []types.Filter{filter("root-device-type", "ebs"), filter("virtualization-type", "hvm")}
 
 type imageInfo struct {
 	id         string
@@ -120,13 +124,11 @@ func (d *Driver) findImage(ctx context.Context, cli *ec2.Client, arch string, fa
 	for _, f := range families {
 		p := ec2.NewDescribeImagesPaginator(cli, &ec2.DescribeImagesInput{
 			Owners: []string{f.Owner},
-			Filters: []types.Filter{
+			Filters: append([]types.Filter{
 				filter("name", fmt.Sprintf(f.Name, short)),
 				filter("architecture", arch),
 				filter("state", "available"),
-				filter("root-device-type", "ebs"),
-				filter("virtualization-type", "hvm"),
-			},
+			}, f.Filters...),
 		})
 		var best *types.Image
 		for p.HasMorePages() {

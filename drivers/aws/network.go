@@ -372,9 +372,10 @@ type sgRule struct {
 }
 
 func (r sgRule) permission(sgID string) types.IpPermission {
-	p := types.IpPermission{IpProtocol: awssdk.String(r.proto)}
-	if r.proto != "50" {
-		p.FromPort, p.ToPort = awssdk.Int32(r.from), awssdk.Int32(r.to)
+	p := types.IpPermission{IpProtocol: awssdk.String(r.proto), FromPort: awssdk.Int32(r.from), ToPort: awssdk.Int32(r.to)}
+	if r.proto == "50" {
+		// Ports mean nothing to ESP; -1 is what EC2 reports for it.
+		p.FromPort, p.ToPort = awssdk.Int32(-1), awssdk.Int32(-1)
 	}
 	switch {
 	case r.cidr == "":

@@ -64,7 +64,7 @@ func (d *Driver) Teardown(ctx context.Context, cluster string) error {
 		errs = append(errs, fmt.Errorf("list key pairs: %w", d.explain(err)))
 	} else {
 		for _, kp := range kps.KeyPairs {
-			if _, err := cli.DeleteKeyPair(ctx, &ec2.DeleteKeyPairInput{KeyPairId: kp.KeyPairId}); err != nil && !isNotFound(err) {
+			if _, err := cli.DeleteKeyPair(ctx, &ec2.DeleteKeyPairInput{KeyName: kp.KeyName}); err != nil && !isNotFound(err) {
 				fail("key pair", awssdk.ToString(kp.KeyName), err)
 			} else {
 				d.log.InfoContext(ctx, "deleted key pair", "cluster", cluster, "key_pair", awssdk.ToString(kp.KeyName))
