@@ -1,0 +1,271 @@
+//go:build acceptance
+
+// Package acceptance runs the real provision binary against real hosts:
+// system containers on this machine's Docker engine, plain sshd hosts for the
+// generic driver, and real clouds when credentials are present. It is run by
+// `make test` with PROVISION_ACC=1; without it every test skips.
+package acceptance
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/volume"
+	"github.com/docker/docker/client"
+
+	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/provision/pki"
+	"github.com/provision/provision/provision/swarm"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// requireAcc skips unless PROVISION_ACC=1.
+func requireAcc(t *testing.T) {
+	t.Helper()
+	if os.Getenv("PROVISION_ACC") != "1" {
+		t.Skip("acceptance tests run on real hosts: set PROVISION_ACC=1 (make test does)")
+	}
+}
+
+// repoRoot is the repository's top directory.
+func repoRoot(t *testing.T) string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(file))
+}
+
+// binary builds cmd/provision once per test run.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "provision-acc-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "provision")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/provision")
+		cmd.Dir = repoRoot(t)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// result is one run of the binary.
+type result struct {
+	code           int
+	stdout, stderr string
+	took           time.Duration
+}
+
+// provision runs the binary with args and returns its result; it never fails
+// the test by itself.
+func provision(t *testing.T, ctx context.Context, env []string, args ...string) result {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, binary(t), args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	t0 := time.Now()
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String(), took: time.Since(t0)}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run provision %v: %v", args, err)
+	}
+	t.Logf("provision %s: exit %d in %s", strings.Join(args, " "), r.code, r.took.Round(time.Millisecond))
+	return r
+}
+
+// mustProvision runs the binary and fails the test on a non-zero exit.
+func mustProvision(t *testing.T, ctx context.Context, env []string, args ...string) result {
+	t.Helper()
+	r := provision(t, ctx, env, args...)
+	if r.code != 0 {
+		t.Fatalf("provision %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	}
+	return r
+}
+
+// dockerClient returns the machine's Docker engine, or skips/fails per
+// PROVISION_REQUIRE_DOCKER.
+func dockerClient(t *testing.T) *client.Client {
+	t.Helper()
+	c, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err = c.Ping(ctx)
+		cancel()
+	}
+	if err != nil {
+		if os.Getenv("PROVISION_REQUIRE_DOCKER") == "1" {
+			t.Fatalf("docker engine required (PROVISION_REQUIRE_DOCKER=1): %v", err)
+		}
+		t.Skipf("no docker engine (%v): run acceptance/env/dockerd.sh", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// stateOf reads a state directory's state.json.
+type stateFile struct {
+	ClusterID string `json:"cluster_id"`
+	Swarm     struct {
+		ID string `json:"id"`
+	} `json:"swarm"`
+	Machines []struct {
+		Name    string `json:"name"`
+		ID      string `json:"id"`
+		Address string `json:"address"`
+		Role    string `json:"role"`
+		Status  string `json:"status"`
+		NodeID  string `json:"node_id"`
+	} `json:"machines"`
+}
+
+func readState(t *testing.T, dir string) stateFile {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	if err != nil {
+		t.Fatalf("read state: %v", err)
+	}
+	var s stateFile
+	if err := json.Unmarshal(b, &s); err != nil {
+		t.Fatalf("parse state: %v", err)
+	}
+	return s
+}
+
+// engines opens TLS engine clients to every machine in state.
+func engines(t *testing.T, stateDir string) (map[string]*swarm.Engine, *tls.Config) {
+	t.Helper()
+	cfg, err := pki.ClientTLS(filepath.Join(stateDir, "pki"))
+	if err != nil {
+		t.Fatalf("client TLS: %v", err)
+	}
+	out := map[string]*swarm.Engine{}
+	for _, m := range readState(t, stateDir).Machines {
+		e, err := swarm.Connect(m.Name, m.Address, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		out[m.Name] = e
+	}
+	return out, cfg
+}
+
+// leftovers lists containers, volumes and networks still labelled with the
+// cluster ID on the machine's engine.
+func leftovers(t *testing.T, dc *client.Client, clusterID string) []string {
+	t.Helper()
+	ctx := context.Background()
+	f := filters.NewArgs(filters.Arg("label", drivers.TagCluster+"="+clusterID))
+	var out []string
+	cs, err := dc.ContainerList(ctx, containerListAll(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		out = append(out, "container "+strings.Join(c.Names, ","))
+	}
+	vs, err := dc.VolumeList(ctx, volume.ListOptions{Filters: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vs.Volumes {
+		out = append(out, "volume "+v.Name)
+	}
+	ns, err := dc.NetworkList(ctx, network.ListOptions{Filters: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range ns {
+		out = append(out, "network "+n.Name)
+	}
+	return out
+}
+
+// busyboxImage imports a tiny image made from the machine's static busybox
+// into an engine (no registry is reachable): /bin/busybox plus applet links.
+func busyboxImage(t *testing.T, ctx context.Context, e *swarm.Engine, ref string) {
+	t.Helper()
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		for _, p := range []string{"/bin/busybox", "/usr/bin/busybox"} {
+			if _, e := os.Stat(p); e == nil {
+				bb = p
+			}
+		}
+	}
+	if bb == "" {
+		t.Fatal("static busybox not found: apt-get install busybox-static (acceptance/env/dockerd.sh installs it)")
+	}
+	data, err := os.ReadFile(bb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, d := range []string{"bin/", "tmp/", "www/"} {
+		tw.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755})
+	}
+	tw.WriteHeader(&tar.Header{Name: "bin/busybox", Mode: 0o755, Size: int64(len(data))})
+	tw.Write(data)
+	for _, a := range []string{"sh", "nc", "httpd", "sleep", "echo", "cat", "hostname", "ip", "printf", "ls"} {
+		tw.WriteHeader(&tar.Header{Name: "bin/" + a, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777})
+	}
+	idx := []byte("provision-acceptance\n")
+	tw.WriteHeader(&tar.Header{Name: "www/index.html", Mode: 0o644, Size: int64(len(idx))})
+	tw.Write(idx)
+	tw.Close()
+	rc, err := e.ImageImport(ctx, image.ImportSource{Source: &buf, SourceName: "-"}, ref, image.ImportOptions{})
+	if err != nil {
+		t.Fatalf("%s: import busybox image: %v", e.Name, err)
+	}
+	io.Copy(io.Discard, rc)
+	rc.Close()
+}
+
+// eventually polls fn until it returns nil or the timeout passes.
+func eventually(t *testing.T, ctx context.Context, timeout time.Duration, what string, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for {
+		if err = fn(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/provision/provision/provision/apply"
+	"github.com/provision/provision/provision/plan"
+)
+
+func newValidate(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "validate FILE",
+		Short:   "Check a cluster file without touching anything",
+		Example: "  provision validate examples/local.hcl\n  provision validate cluster.hcl -var managers=3",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.loadSpec(cmd, args[0])
+			if err != nil {
+				return err
+			}
+			n := c.Managers.Count
+			for _, w := range c.Workers {
+				n += w.Count
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: valid (cluster %q, %d machines)\n", args[0], c.Name, n)
+			return nil
+		},
+	}
+}
+
+func newPlan(g *globals) *cobra.Command {
+	var jsonOut bool
+	cmd := &cobra.Command{
+		Use:   "plan FILE",
+		Short: "Show what apply would do",
+		Long: `Compare the spec with the recorded state and with what the drivers report,
+and print per machine: create, adopt, reconfigure, replace, remove or nothing.
+Drivers that cannot be asked (no credentials) are named; the plan is then
+based on state alone for them.`,
+		Example: "  provision plan examples/local.hcl\n  provision plan cluster.hcl --json | jq .summary",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := g.open(cmd, args[0])
+			if err != nil {
+				return err
+			}
+			defer l.close()
+			p := plan.Build(l.spec, l.state, l.observe(cmd.Context(), g.log))
+			if jsonOut {
+				return p.WriteJSON(cmd.OutOrStdout())
+			}
+			return p.WriteText(cmd.OutOrStdout(), !g.noColor && isTTY(cmd.OutOrStdout()))
+		},
+	}
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the plan as JSON")
+	return cmd
+}
+
+// approve asks before destructive plans. Without a terminal and without
+// --auto-approve, a destructive plan is refused.
+func approve(cmd *cobra.Command, auto bool, what string) error {
+	if auto {
+		return nil
+	}
+	if !isTTYIn(cmd.InOrStdin()) {
+		return withCode(exitRefused, fmt.Errorf("%s needs confirmation and there is no terminal: re-run with --auto-approve", what))
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "\n%s. Type 'yes' to go on: ", what)
+	line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+	if strings.TrimSpace(line) != "yes" {
+		return withCode(exitRefused, fmt.Errorf("not confirmed"))
+	}
+	return nil
+}
+
+func newApply(g *globals) *cobra.Command {
+	var (
+		auto, jsonOut, forceNew bool
+		parallelism             int
+	)
+	cmd := &cobra.Command{
+		Use:   "apply FILE",
+		Short: "Create or converge the cluster",
+		Long: `Create what is missing, adopt what a crashed run left, finish what an
+interrupted run started, reconfigure hosts whose settings changed, and remove
+what the spec no longer wants. A second apply with no change does nothing.`,
+		Example: "  provision apply examples/local.hcl\n  provision apply cluster.hcl -var workers=4 --auto-approve",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := g.open(cmd, args[0])
+			if err != nil {
+				return err
+			}
+			defer l.close()
+			ctx := cmd.Context()
+			p := plan.Build(l.spec, l.state, l.observe(ctx, g.log))
+			out := cmd.ErrOrStderr()
+			if !jsonOut {
+				if err := p.WriteText(out, !g.noColor && isTTY(out)); err != nil {
+					return err
+				}
+			}
+			if p.Destructive() {
+				if err := approve(cmd, auto, "This plan replaces or removes machines"); err != nil {
+					return err
+				}
+			}
+			e := l.engine(g, reporter(out, jsonOut))
+			e.ForceNewCluster = forceNew
+			if parallelism > 0 {
+				e.Parallelism = parallelism
+			}
+			stats, err := e.Apply(ctx, p)
+			summary(out, stats, args[0])
+			if err != nil {
+				if ctx.Err() != nil {
+					return fmt.Errorf("interrupted: %w", err)
+				}
+				return err
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&auto, "auto-approve", false, "do not ask before replacing or removing machines")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stderr")
+	cmd.Flags().IntVar(&parallelism, "parallelism", 0, "hosts worked on at once (default: the spec's, 16)")
+	cmd.Flags().BoolVar(&forceNew, "force-new-cluster", false, "when swarm quorum is lost, re-form the swarm on a surviving manager")
+	return cmd
+}
+
+func summary(w io.Writer, s apply.Stats, file string) {
+	fmt.Fprintf(w, "\n%d changed, %d unchanged, %d failed hosts (%d created, %d removed) in %s.\n",
+		len(s.Changed), len(s.Unchanged), len(s.Failed), s.Created, s.Removed, s.Took.Round(100*time.Millisecond))
+	switch {
+	case len(s.Failed) > 0:
+		fmt.Fprintf(w, "Failed: %s. Fix the cause and run `provision apply %s` again: finished hosts are kept.\n", strings.Join(s.Failed, ", "), file)
+	case len(s.Changed) == 0 && s.Removed == 0:
+		fmt.Fprintln(w, "No changes: the cluster matches the spec.")
+	default:
+		fmt.Fprintf(w, "Next: `provision status %s`, or `eval \"$(provision env %s NODE)\"` to use docker.\n", file, file)
+	}
+}
+
+func newDestroy(g *globals) *cobra.Command {
+	var auto, jsonOut bool
+	cmd := &cobra.Command{
+		Use:     "destroy FILE",
+		Short:   "Remove every machine, volume and network the cluster owns",
+		Example: "  provision destroy examples/local.hcl --auto-approve",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := g.open(cmd, args[0])
+			if err != nil {
+				return err
+			}
+			defer l.close()
+			ctx := cmd.Context()
+			obs := l.observe(ctx, g.log)
+			p := plan.Destroy(l.state, obs)
+			out := cmd.ErrOrStderr()
+			if err := p.WriteText(out, !g.noColor && isTTY(out)); err != nil {
+				return err
+			}
+			for name, why := range obs.Unknown {
+				fmt.Fprintf(out, "warning: driver %s cannot list machines (%s): only recorded machines are removed\n", name, why)
+			}
+			if len(p.Actions) > 0 {
+				if err := approve(cmd, auto, fmt.Sprintf("This destroys %d machines of cluster %q", len(p.Actions), l.spec.Name)); err != nil {
+					return err
+				}
+			}
+			e := l.engine(g, reporter(out, jsonOut))
+			if err := e.Destroy(ctx, p); err != nil {
+				return err
+			}
+			// Everything is gone: drop the state, keys and certificates.
+			if err := l.store.Clear(); err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "Destroyed cluster %q.\n", l.spec.Name)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&auto, "auto-approve", false, "do not ask")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stderr")
+	return cmd
+}
+
+func newEnv(g *globals) *cobra.Command {
+	var shell string
+	cmd := &cobra.Command{
+		Use:   "env FILE [NODE]",
+		Short: "Print DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH for a node",
+		Long: `Print the environment that points the docker CLI (or any Docker SDK) at a
+node's engine over mutual TLS. Without NODE, the first manager is used.`,
+		Example: "  eval \"$(provision env cluster.hcl)\"\n  provision env cluster.hcl demo-worker-1",
+		Args:    cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := g.open(cmd, args[0])
+			if err != nil {
+				return err
+			}
+			defer l.close()
+			node := ""
+			if len(args) == 2 {
+				node = args[1]
+			}
+			m, err := pickMachine(l, node)
+			if err != nil {
+				return err
+			}
+			certDir, err := filepath.Abs(l.store.PKIDir())
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			switch shell {
+			case "fish":
+				fmt.Fprintf(out, "set -gx DOCKER_HOST tcp://%s:2376;\nset -gx DOCKER_TLS_VERIFY 1;\nset -gx DOCKER_CERT_PATH %s;\n", m.Address, certDir)
+			default:
+				fmt.Fprintf(out, "export DOCKER_HOST=tcp://%s:2376\nexport DOCKER_TLS_VERIFY=1\nexport DOCKER_CERT_PATH=%s\n", m.Address, shellQuote(certDir))
+				fmt.Fprintf(out, "# node %s; run: eval \"$(provision env %s %s)\"\n", m.Name, args[0], m.Name)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&shell, "shell", "sh", "output syntax: sh or fish")
+	return cmd
+}
+
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r == '/' || r == '.' || r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z')
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+func newVersion() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			v := "(devel)"
+			if bi, ok := debug.ReadBuildInfo(); ok {
+				v = bi.Main.Version
+				for _, s := range bi.Settings {
+					if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+						v += " " + s.Value[:12]
+					}
+				}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "provision %s\n", v)
+		},
+	}
+}
+
+// writeJSON prints v indented.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+var _ = os.Stdout

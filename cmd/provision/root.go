@@ -1,0 +1,254 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/provision/provision/drivers"
+	_ "github.com/provision/provision/drivers/all" // link every driver
+	"github.com/provision/provision/provision/apply"
+	"github.com/provision/provision/provision/plan"
+	"github.com/provision/provision/provision/spec"
+	"github.com/provision/provision/provision/state"
+)
+
+// globals are the flags every command shares.
+type globals struct {
+	stateDir  string
+	vars      []string
+	varFiles  []string
+	logLevel  string
+	logFile   string
+	jsonOut   bool
+	noColor   bool
+	log       *slog.Logger
+	logCloser io.Closer
+}
+
+const rootLong = `provision turns one HCL file into a running, TLS-secured Docker Swarm.
+
+It creates hosts through drivers (local system containers, existing machines
+over SSH, libvirt, AWS, Azure, DigitalOcean), installs a pinned Docker engine
+over SSH, protects every daemon with TLS on 2376 under a cluster CA, and forms
+the swarm. State lives in .provision/<cluster>/ next to the spec.
+
+Exit codes:
+  0    success (plan: whatever the diff)
+  1    the run failed (the error names the host and step)
+  2    bad flags or an invalid spec (diagnostics with file:line:col)
+  3    the state is locked by another provision (the holder is named)
+  4    refused: a destructive plan without --auto-approve and no terminal,
+       or a state file that is corrupt or from a newer provision
+  130  interrupted: state was saved, run the command again to finish`
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "provision",
+		Short:         "Turn one HCL file into a TLS-secured Docker Swarm",
+		Long:          rootLong,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Example: `  provision apply examples/local.hcl
+  provision plan cluster.hcl -var workers=5
+  provision status cluster.hcl
+  eval "$(provision env cluster.hcl demo-manager-1)"
+  provision destroy cluster.hcl --auto-approve`,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return g.setupLog(cmd.ErrOrStderr())
+		},
+		PersistentPostRun: func(*cobra.Command, []string) {
+			if g.logCloser != nil {
+				g.logCloser.Close()
+			}
+		},
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.stateDir, "state-dir", "", "state directory (default: .provision/<cluster> next to the spec)")
+	pf.StringArrayVar(&g.vars, "var", nil, "set a variable: -var name=value (repeatable)")
+	pf.StringArrayVar(&g.varFiles, "var-file", nil, "read variables from an HCL file (repeatable)")
+	pf.StringVar(&g.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn, error")
+	pf.StringVar(&g.logFile, "log-file", "", "also write a JSON log (debug level) to this file")
+	pf.BoolVar(&g.noColor, "no-color", false, "no colors in output")
+	root.AddCommand(
+		newValidate(g), newPlan(g), newApply(g), newDestroy(g),
+		newStatus(g), newEnv(g), newSSH(g), newVersion(),
+	)
+	return root
+}
+
+func (g *globals) setupLog(stderr io.Writer) error {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return withCode(exitUsage, fmt.Errorf("--log-level: %w", err))
+	}
+	handlers := []slog.Handler{slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})}
+	if g.logFile != "" {
+		f, err := os.OpenFile(g.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return withCode(exitUsage, fmt.Errorf("--log-file: %w", err))
+		}
+		g.logCloser = f
+		handlers = append(handlers, slog.NewJSONHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	g.log = slog.New(slog.NewMultiHandler(handlers...))
+	return nil
+}
+
+// loaded is a spec with its state store open (and locked).
+type loaded struct {
+	spec    *spec.Cluster
+	store   *state.Store
+	state   *state.State
+	drivers map[string]drivers.Driver
+}
+
+func (l *loaded) close() {
+	if l.store != nil {
+		l.store.Close()
+	}
+}
+
+// loadSpec parses and validates the file, printing diagnostics.
+func (g *globals) loadSpec(cmd *cobra.Command, file string) (*spec.Cluster, error) {
+	c, diags := spec.Load([]string{file}, spec.Vars{Args: g.vars, Files: g.varFiles, Env: os.Environ()})
+	if len(diags) > 0 {
+		spec.WriteDiagnostics(cmd.ErrOrStderr(), diags, !g.noColor && isTTY(cmd.ErrOrStderr()))
+	}
+	if diags.HasErrors() {
+		return nil, withCode(exitUsage, errSilent)
+	}
+	return c, nil
+}
+
+// open loads the spec, takes the state lock and builds the drivers.
+func (g *globals) open(cmd *cobra.Command, file string) (*loaded, error) {
+	c, err := g.loadSpec(cmd, file)
+	if err != nil {
+		return nil, err
+	}
+	l := &loaded{spec: c}
+	dir := g.stateDir
+	if dir == "" {
+		dir = state.DefaultDir(file, c.Name)
+	}
+	l.store, err = state.Open(dir, "provision "+strings.Join(os.Args[1:], " "))
+	if err != nil {
+		var le *state.LockedError
+		if errors.As(err, &le) {
+			return nil, withCode(exitLocked, err)
+		}
+		return nil, err
+	}
+	if prev, ok := l.store.Stale(); ok {
+		g.log.Warn("took over a stale state lock: its holder is gone", "holder", prev.String())
+	}
+	l.state, err = l.store.Load()
+	if err != nil {
+		l.close()
+		return nil, withCode(exitRefused, err)
+	}
+	if l.state.Name != "" && l.state.Name != c.Name {
+		l.close()
+		return nil, withCode(exitRefused, fmt.Errorf("state in %s belongs to cluster %q, the spec names %q", dir, l.state.Name, c.Name))
+	}
+	l.drivers = map[string]drivers.Driver{}
+	for _, b := range c.Drivers {
+		info, _ := drivers.Lookup(b.Type)
+		if info.New == nil {
+			l.close()
+			return nil, withCode(exitUsage, fmt.Errorf("driver %q (%s) is not built into this binary", b.Name, b.Type))
+		}
+		d, diags := info.New(b.Body, drivers.Options{Name: b.Name, StateDir: dir, Log: g.log.With("driver", b.Name), Eval: b.Eval})
+		if len(diags) > 0 {
+			spec.WriteDiagnostics(cmd.ErrOrStderr(), diags, !g.noColor && isTTY(cmd.ErrOrStderr()))
+		}
+		if diags.HasErrors() {
+			l.close()
+			return nil, withCode(exitUsage, errSilent)
+		}
+		l.drivers[b.Name] = d
+	}
+	return l, nil
+}
+
+// observe asks every driver what the cluster owns. A driver that cannot
+// answer (no credentials, unreachable) is reported, not fatal: plan says which
+// checks it could not make.
+func (l *loaded) observe(ctx context.Context, log *slog.Logger) plan.Observed {
+	obs := plan.Observed{Machines: map[string][]drivers.Machine{}, Unknown: map[string]string{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for name, d := range l.drivers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+			defer cancel()
+			ms, err := d.Machines(ctx, l.state.ClusterID)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				obs.Unknown[name] = err.Error()
+				log.Debug("driver cannot list machines", "driver", name, "err", err)
+				return
+			}
+			obs.Machines[name] = ms
+		}()
+	}
+	wg.Wait()
+	return obs
+}
+
+func (l *loaded) engine(g *globals, rep apply.Reporter) *apply.Engine {
+	return &apply.Engine{
+		Spec:    l.spec,
+		Store:   l.store,
+		State:   l.state,
+		Drivers: l.drivers,
+		Log:     g.log,
+		Report:  rep,
+	}
+}
+
+func reporter(w io.Writer, jsonOut bool) apply.Reporter {
+	switch {
+	case jsonOut:
+		return &apply.JSON{W: w}
+	case isTTY(w):
+		return &apply.Live{W: w}
+	default:
+		return &apply.Lines{W: w}
+	}
+}
+
+func isTTY(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+func isTTYIn(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// relPath shortens a path for messages.
+func relPath(p string) string {
+	if wd, err := os.Getwd(); err == nil {
+		if r, err := filepath.Rel(wd, p); err == nil && !strings.HasPrefix(r, "..") {
+			return r
+		}
+	}
+	return p
+}

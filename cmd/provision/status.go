@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	dswarm "github.com/docker/docker/api/types/swarm"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/provision/provision/provision/apply"
+	"github.com/provision/provision/provision/pki"
+	"github.com/provision/provision/provision/state"
+	"github.com/provision/provision/provision/swarm"
+)
+
+func pickMachine(l *loaded, name string) (*state.Machine, error) {
+	if len(l.state.Machines) == 0 {
+		return nil, withCode(exitUsage, fmt.Errorf("cluster %q has no machines yet: run `provision apply` first", l.spec.Name))
+	}
+	if name == "" {
+		for _, m := range l.state.Machines {
+			if m.Role == "manager" && m.Address != "" {
+				return m, nil
+			}
+		}
+		return l.state.Machines[0], nil
+	}
+	if m := l.state.Machine(name); m != nil {
+		return m, nil
+	}
+	var names []string
+	for _, m := range l.state.Machines {
+		names = append(names, m.Name)
+	}
+	return nil, withCode(exitUsage, fmt.Errorf("no machine %q in cluster %q (have: %s)", name, l.spec.Name, strings.Join(names, ", ")))
+}
+
+// NodeStatus is one line of `provision status`.
+type NodeStatus struct {
+	Name      string `json:"name"`
+	Role      string `json:"role"`
+	Pool      string `json:"pool"`
+	Driver    string `json:"driver"`
+	Address   string `json:"address"`
+	Status    string `json:"status"`           // provision's: creating, created, ready
+	Engine    string `json:"engine,omitempty"` // engine version over TLS
+	Swarm     string `json:"swarm,omitempty"`  // ready, down, unknown, not joined
+	Manager   string `json:"manager,omitempty"`
+	Leader    bool   `json:"leader,omitempty"`
+	NodeID    string `json:"node_id,omitempty"`
+	CertUntil string `json:"cert_not_after,omitempty"`
+	Error     string `json:"error,omitempty"`
+}
+
+func newStatus(g *globals) *cobra.Command {
+	var jsonOut bool
+	cmd := &cobra.Command{
+		Use:     "status FILE",
+		Short:   "List nodes with role, address, engine version and swarm state",
+		Example: "  provision status examples/local.hcl\n  provision status cluster.hcl --json",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := g.open(cmd, args[0])
+			if err != nil {
+				return err
+			}
+			defer l.close()
+			rows := status(cmd.Context(), l)
+			if jsonOut {
+				return writeJSON(cmd.OutOrStdout(), map[string]any{"cluster": l.spec.Name, "cluster_id": l.state.ClusterID, "swarm_id": l.state.Swarm.ID, "nodes": rows})
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tROLE\tPOOL\tADDRESS\tENGINE\tSWARM\tMANAGER\tSTATUS")
+			for _, r := range rows {
+				mgr := r.Manager
+				if r.Leader {
+					mgr = "leader"
+				}
+				st := r.Status
+				if r.Error != "" {
+					st += " (" + r.Error + ")"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Role, r.Pool, r.Address, dash(r.Engine), dash(r.Swarm), dash(mgr), st)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print JSON")
+	return cmd
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// status asks every engine (TLS, 2376) for its version and a manager for the
+// node list.
+func status(ctx context.Context, l *loaded) []NodeStatus {
+	rows := make([]NodeStatus, len(l.state.Machines))
+	tlsCfg, tlsErr := pki.ClientTLS(l.store.PKIDir())
+	var wg sync.WaitGroup
+	var nodes []dswarm.Node
+	var nodesOnce sync.Once
+	for i, m := range l.state.Machines {
+		rows[i] = NodeStatus{Name: m.Name, Role: m.Role, Pool: m.Pool, Driver: m.Driver, Address: m.Address, Status: m.Status, NodeID: m.NodeID}
+		if !m.CertNotAfter.IsZero() {
+			rows[i].CertUntil = m.CertNotAfter.Format(time.RFC3339)
+		}
+		if tlsErr != nil || m.Address == "" {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			en, err := swarm.Connect(m.Name, m.Address, tlsCfg)
+			if err != nil {
+				rows[i].Error = err.Error()
+				return
+			}
+			defer en.Close()
+			loc, err := en.Inspect(ctx)
+			if err != nil {
+				rows[i].Error = "engine unreachable"
+				return
+			}
+			rows[i].Engine = loc.Engine
+			if loc.Manager {
+				nodesOnce.Do(func() { nodes, _ = en.Nodes(ctx) })
+			}
+			if loc.State != dswarm.LocalNodeStateActive {
+				rows[i].Swarm = string(loc.State)
+			}
+		}()
+	}
+	wg.Wait()
+	byID := map[string]dswarm.Node{}
+	for _, n := range nodes {
+		byID[n.ID] = n
+	}
+	for i := range rows {
+		n, ok := byID[rows[i].NodeID]
+		if !ok {
+			if rows[i].Swarm == "" && rows[i].NodeID != "" && len(nodes) > 0 {
+				rows[i].Swarm = "not in swarm"
+			}
+			continue
+		}
+		rows[i].Swarm = string(n.Status.State)
+		if n.ManagerStatus != nil {
+			rows[i].Manager = string(n.ManagerStatus.Reachability)
+			rows[i].Leader = n.ManagerStatus.Leader
+		}
+	}
+	return rows
+}
+
+func newSSH(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "ssh FILE NODE [-- COMMAND...]",
+		Short: "Open a shell on a node, or run a command there",
+		Long: `Log in to a node as the admin user over the same pinned-host-key SSH
+connection provision uses. With a command, run it and exit with its code.`,
+		Example: "  provision ssh cluster.hcl demo-manager-1\n  provision ssh cluster.hcl demo-worker-2 -- sudo journalctl -u docker -n 50",
+		Args:    cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := g.open(cmd, args[0])
+			if err != nil {
+				return err
+			}
+			defer l.close()
+			m, err := pickMachine(l, args[1])
+			if err != nil {
+				return err
+			}
+			e := l.engine(g, apply.Discard{})
+			c, err := e.Dial(cmd.Context(), m.Machine)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if len(args) > 2 {
+				code, err := c.Stream(cmd.Context(), strings.Join(args[2:], " "), cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
+				if err != nil {
+					return err
+				}
+				if code != 0 {
+					return withCode(code, errSilent)
+				}
+				return nil
+			}
+			return shell(cmd.Context(), c, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	return cmd
+}
+
+// shell runs an interactive login shell with a PTY when stdin is a terminal.
+func shell(ctx context.Context, c interface {
+	Shell(ctx context.Context, term string, w, h int, in io.Reader, out, errw io.Writer) error
+}, in io.Reader, out, errw io.Writer) error {
+	f, ok := in.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return c.Shell(ctx, "", 0, 0, in, out, errw)
+	}
+	old, err := term.MakeRaw(int(f.Fd()))
+	if err != nil {
+		return err
+	}
+	defer term.Restore(int(f.Fd()), old)
+	w, h, _ := term.GetSize(int(f.Fd()))
+	t := os.Getenv("TERM")
+	if t == "" {
+		t = "xterm-256color"
+	}
+	return c.Shell(ctx, t, w, h, in, out, errw)
+}

@@ -1,0 +1,428 @@
+package apply
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	dswarm "github.com/docker/docker/api/types/swarm"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/provision/provision/provision/pki"
+	"github.com/provision/provision/provision/plan"
+	"github.com/provision/provision/provision/spec"
+	"github.com/provision/provision/provision/state"
+	"github.com/provision/provision/provision/swarm"
+)
+
+// ErrQuorumLost means no manager of the recorded swarm answers as a manager.
+var ErrQuorumLost = errors.New("swarm quorum lost")
+
+func (e *Engine) clientTLS() (*tls.Config, error) {
+	return pki.ClientTLS(e.Store.PKIDir())
+}
+
+// engines opens an engine API client (mutual TLS, 2376) for every live host.
+func (e *Engine) engines(hosts []*host) error {
+	cfg, err := e.clientTLS()
+	if err != nil {
+		return err
+	}
+	for _, h := range hosts {
+		if h.engine != nil {
+			continue
+		}
+		en, err := swarm.Connect(h.rec.Name, h.rec.Address, cfg)
+		if err != nil {
+			return err
+		}
+		h.engine = en
+	}
+	return nil
+}
+
+// swarm forms or completes the swarm: the first manager inits it (unless a
+// recorded manager already leads one), further managers join one at a time,
+// then workers join in parallel. Nodes of replaced or lost machines are
+// removed from the node list.
+func (e *Engine) swarm(ctx context.Context) error {
+	hosts := e.live()
+	if err := e.engines(hosts); err != nil {
+		return err
+	}
+	var managers, workers []*host
+	for _, h := range hosts {
+		if h.rec.Role == spec.RoleManager {
+			managers = append(managers, h)
+		} else {
+			workers = append(workers, h)
+		}
+	}
+	if len(managers) == 0 {
+		return errors.New("no manager host is available: cannot form or reach the swarm")
+	}
+	// Find a manager that already runs the recorded swarm.
+	var leader *host
+	var local swarm.Local
+	for _, h := range managers {
+		l, err := h.engine.Inspect(ctx)
+		if err != nil {
+			e.fail(h, "swarm.inspect", err)
+			continue
+		}
+		if l.State == dswarm.LocalNodeStateActive && l.Manager && (e.State.Swarm.ID == "" || l.ClusterID == e.State.Swarm.ID) {
+			leader, local = h, l
+			break
+		}
+	}
+	if leader == nil {
+		if e.State.Swarm.ID != "" && !e.ForceNewCluster {
+			if e.anyManagerReady() {
+				return fmt.Errorf("%w: no recorded manager answers as a manager of swarm %s; if the surviving managers cannot regain quorum, re-run apply with --force-new-cluster to re-form the swarm on one of them (services are kept)", ErrQuorumLost, e.State.Swarm.ID)
+			}
+		}
+		first := e.firstLiveManager(managers)
+		if first == nil {
+			return errors.New("every manager host failed: cannot form the swarm")
+		}
+		l, err := first.engine.Inspect(ctx)
+		if err != nil {
+			return err
+		}
+		if e.State.Swarm.ID != "" && e.ForceNewCluster && l.State == dswarm.LocalNodeStateActive {
+			e.note(first.rec.Name, "re-forming the swarm on this manager (--force-new-cluster)")
+			l, err = first.engine.ForceNewCluster(ctx, first.rec.Advertise())
+		} else {
+			l, err = first.engine.Init(ctx, first.rec.Advertise(), e.Spec.Hardening.OverlayEncryption)
+			if err == nil {
+				first.changed = true
+				e.Report.Event(Event{Time: time.Now(), Kind: StepChange, Host: first.rec.Name, Step: "swarm.init"})
+			}
+		}
+		if err != nil {
+			e.fail(first, "swarm.init", err)
+			return err
+		}
+		leader, local = first, l
+	}
+	e.mu.Lock()
+	e.State.Swarm.ID = local.ClusterID
+	leader.rec.NodeID = local.NodeID
+	leader.rec.Status = state.StatusReady
+	e.mu.Unlock()
+	if err := e.save(); err != nil {
+		return err
+	}
+	tokens, err := leader.engine.Tokens(ctx)
+	if err != nil {
+		return err
+	}
+	joined := []string{leader.rec.Advertise()}
+	// Managers one at a time, each Ready before the next joins, so quorum is
+	// never at risk.
+	for _, h := range managers {
+		if h == leader || h.err != nil {
+			continue
+		}
+		if err := e.join(ctx, h, leader, joined, tokens, true); err != nil {
+			e.fail(h, "swarm.join", err)
+			continue
+		}
+		joined = append(joined, h.rec.Advertise())
+	}
+	// Workers in parallel.
+	if err := e.each(ctx, workers, "swarm.join", func(ctx context.Context, h *host) error {
+		return e.join(ctx, h, leader, joined, tokens, false)
+	}); err != nil {
+		return err
+	}
+	if err := e.removeStale(ctx, leader); err != nil {
+		return err
+	}
+	return e.save()
+}
+
+func (e *Engine) anyManagerReady() bool {
+	for _, m := range e.State.Machines {
+		if m.Role == spec.RoleManager && m.NodeID != "" {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *Engine) firstLiveManager(managers []*host) *host {
+	for _, h := range managers {
+		if h.err == nil {
+			return h
+		}
+	}
+	return nil
+}
+
+func (e *Engine) join(ctx context.Context, h, leader *host, managers []string, t swarm.Tokens, manager bool) error {
+	before, err := h.engine.Inspect(ctx)
+	if err != nil {
+		return err
+	}
+	l, err := h.engine.Join(ctx, e.State.Swarm.ID, h.rec.Advertise(), managers, t, manager)
+	if err != nil {
+		return err
+	}
+	if before.State != dswarm.LocalNodeStateActive {
+		h.changed = true
+		e.Report.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: "swarm.join"})
+	}
+	if err := leader.engine.WaitReady(ctx, []string{l.NodeID}); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	h.rec.NodeID = l.NodeID
+	h.rec.Status = state.StatusReady
+	e.mu.Unlock()
+	return e.save()
+}
+
+// removeStale removes swarm nodes that belong to no machine we keep: nodes of
+// replaced machines and nodes that are down and whose hostname is one of the
+// cluster's machine names.
+func (e *Engine) removeStale(ctx context.Context, leader *host) error {
+	nodes, err := leader.engine.Nodes(ctx)
+	if err != nil {
+		return err
+	}
+	keep := map[string]bool{}
+	e.mu.Lock()
+	for _, m := range e.State.Machines {
+		if m.NodeID != "" {
+			keep[m.NodeID] = true
+		}
+	}
+	stale := map[string]bool{}
+	for _, id := range e.staleNodes {
+		stale[id] = true
+	}
+	e.mu.Unlock()
+	for _, n := range nodes {
+		if keep[n.ID] {
+			continue
+		}
+		ours := strings.HasPrefix(n.Description.Hostname, e.Spec.Name+"-")
+		if stale[n.ID] || (ours && n.Status.State == dswarm.NodeStateDown) {
+			if n.Spec.Role == dswarm.NodeRoleManager {
+				if err := leader.engine.Demote(ctx, n.ID); err != nil {
+					return err
+				}
+			}
+			if err := leader.engine.Remove(ctx, n.ID); err != nil {
+				return err
+			}
+			e.note(n.Description.Hostname, "removed dead swarm node "+n.ID)
+		}
+	}
+	return nil
+}
+
+// labels sets provision's and the spec's labels on every node.
+func (e *Engine) labels(ctx context.Context) error {
+	leader := e.leader()
+	if leader == nil {
+		return nil
+	}
+	for _, h := range e.live() {
+		if h.rec.NodeID == "" {
+			continue
+		}
+		want := map[string]string{
+			swarm.LabelRole: h.rec.Role,
+			swarm.LabelPool: h.rec.Pool,
+			swarm.LabelName: h.rec.Name,
+		}
+		for k, v := range h.pool.Labels {
+			want[k] = v
+		}
+		changed, err := leader.engine.SetLabels(ctx, h.rec.NodeID, want)
+		if err != nil {
+			e.fail(h, "swarm.labels", err)
+			continue
+		}
+		if changed {
+			h.changed = true
+			e.Report.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: "swarm.labels"})
+		}
+	}
+	return nil
+}
+
+// leader returns a live manager that is in the swarm.
+func (e *Engine) leader() *host {
+	for _, h := range e.live() {
+		if h.rec.Role == spec.RoleManager && h.rec.NodeID != "" && h.engine != nil {
+			return h
+		}
+	}
+	return nil
+}
+
+// remove drains and removes machines the spec no longer wants: workers first
+// (in parallel), then managers one at a time (demoted first, so quorum shrinks
+// cleanly), then destroys their hosts.
+func (e *Engine) remove(ctx context.Context) error {
+	var workers, managers []plan.Action
+	for _, a := range e.plan.Actions {
+		if a.Kind != plan.Remove {
+			continue
+		}
+		if a.Role == spec.RoleManager {
+			managers = append(managers, a)
+		} else {
+			workers = append(workers, a)
+		}
+	}
+	if len(workers)+len(managers) == 0 {
+		return nil
+	}
+	leader := e.leader()
+	var errs []error
+	removeOne := func(ctx context.Context, a plan.Action) error {
+		rec := a.Recorded
+		if rec != nil && rec.NodeID != "" && leader != nil {
+			if a.Role == spec.RoleManager {
+				if err := leader.engine.Demote(ctx, rec.NodeID); err != nil {
+					return err
+				}
+			}
+			e.note(a.Machine, "draining")
+			if err := leader.engine.Drain(ctx, rec.NodeID); err != nil {
+				return err
+			}
+			if err := leader.engine.Remove(ctx, rec.NodeID); err != nil {
+				return err
+			}
+		}
+		m := a.Observed
+		if rec != nil {
+			m = &rec.Machine
+		}
+		if m != nil {
+			d, err := e.driver(m.Driver)
+			if err != nil {
+				return err
+			}
+			if err := d.Destroy(ctx, *m); err != nil {
+				return fmt.Errorf("destroy: %w", err)
+			}
+		}
+		e.mu.Lock()
+		e.State.Remove(a.Machine)
+		e.stats.Removed++
+		e.mu.Unlock()
+		e.Report.Event(Event{Time: time.Now(), Kind: StepChange, Host: a.Machine, Step: "machine.remove"})
+		return e.save()
+	}
+	for _, a := range workers {
+		if err := removeOne(ctx, a); err != nil {
+			errs = append(errs, &StepError{Host: a.Machine, Step: "machine.remove", Err: err})
+		}
+	}
+	for _, a := range managers {
+		if err := removeOne(ctx, a); err != nil {
+			errs = append(errs, &StepError{Host: a.Machine, Step: "machine.remove", Err: err})
+			break // never remove a second manager after a failure
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Destroy removes every machine recorded in state and every stray the drivers
+// find with the cluster's tag, then each driver's shared resources.
+func (e *Engine) Destroy(ctx context.Context, p *plan.Plan) error {
+	e.init()
+	e.leaveSwarm(ctx, p)
+	mu := &e.mu
+	g := new(errgroup.Group)
+	g.SetLimit(e.Parallelism)
+	var errs []error
+	for _, a := range p.Actions {
+		m := a.Observed
+		if a.Recorded != nil {
+			m = &a.Recorded.Machine
+		}
+		if m == nil {
+			continue
+		}
+		d, err := e.driver(m.Driver)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", a.Machine, err))
+			continue
+		}
+		mach := *m
+		g.Go(func() error {
+			t0 := time.Now()
+			err := d.Destroy(ctx, mach)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, &StepError{Host: mach.Name, Step: "machine.destroy", Err: err})
+				e.Report.Event(Event{Time: time.Now(), Kind: StepFail, Host: mach.Name, Step: "machine.destroy", Err: err.Error()})
+				return nil
+			}
+			e.State.Remove(mach.Name)
+			e.Report.Event(Event{Time: time.Now(), Kind: StepChange, Host: mach.Name, Step: "machine.destroy", Took: time.Since(t0)})
+			return nil
+		})
+	}
+	_ = g.Wait()
+	if err := e.save(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	for name, d := range e.Drivers {
+		if td, ok := d.(interface {
+			Teardown(context.Context, string) error
+		}); ok {
+			if err := td.Teardown(ctx, e.State.ClusterID); err != nil {
+				errs = append(errs, fmt.Errorf("driver %s: teardown: %w", name, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// leaveSwarm makes every reachable engine leave the swarm before its machine
+// is destroyed. Machines that outlive destroy (generic hosts) are then free to
+// join another cluster; for the others it costs one short call. Best effort:
+// an engine that does not answer is destroyed anyway.
+func (e *Engine) leaveSwarm(ctx context.Context, p *plan.Plan) {
+	cfg, err := e.clientTLS()
+	if err != nil {
+		return
+	}
+	g := new(errgroup.Group)
+	g.SetLimit(e.Parallelism)
+	for _, a := range p.Actions {
+		if a.Recorded == nil || a.Recorded.NodeID == "" || a.Recorded.Address == "" {
+			continue
+		}
+		m := a.Recorded.Machine
+		g.Go(func() error {
+			ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+			defer cancel()
+			en, err := swarm.Connect(m.Name, m.Address, cfg)
+			if err != nil {
+				return nil
+			}
+			defer en.Close()
+			if err := en.SwarmLeave(ctx, true); err != nil {
+				e.Log.Debug("swarm leave before destroy", "host", m.Name, "err", err)
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+}
