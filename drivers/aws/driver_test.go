@@ -279,7 +279,11 @@ allowed_cidrs = ["198.51.100.7/32", "2001:db8::/64"]
 		t.Fatal(err)
 	}
 	d2 := driverFromHCL(t, fmt.Sprintf("ami = %q\nallowed_cidrs = [\"198.51.100.7/32\", \"2001:db8::/64\"]\n", ami))
-	again, err := d2.Create(ctx, cluster, wants[0])
+	// The engine makes a fresh host key for its retry; the instance still
+	// presents the first one, and that is what must be pinned.
+	retry := wants[0]
+	retry.HostKey = genHostKey()
+	again, err := d2.Create(ctx, cluster, retry)
 	if err != nil {
 		t.Fatalf("Create again: %v", err)
 	}

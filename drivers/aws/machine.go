@@ -77,7 +77,7 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	if err != nil {
 		return drivers.Machine{}, fmt.Errorf("create instance %q: %w", want.Name, err)
 	}
-	subnet := pickSubnet(shared.subnets, want.Name)
+	first := pickSubnet(shared.subnets, want.Name)
 
 	tags := maps.Clone(want.Tags)
 	if tags == nil {
@@ -96,7 +96,7 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	tags[TagUser] = want.SSH.User
 	small := map[string]string{drivers.TagCluster: cluster, drivers.TagMachine: want.Name, tagName: want.Name}
 
-	out, err := cli.RunInstances(ctx, &ec2.RunInstancesInput{
+	in := &ec2.RunInstancesInput{
 		ImageId:      awssdk.String(img.id),
 		InstanceType: types.InstanceType(itype),
 		MinCount:     awssdk.Int32(1),
@@ -119,7 +119,6 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 		}},
 		NetworkInterfaces: []types.InstanceNetworkInterfaceSpecification{{
 			DeviceIndex:              awssdk.Int32(0),
-			SubnetId:                 subnet.SubnetId,
 			Groups:                   []string{shared.sgID},
 			AssociatePublicIpAddress: awssdk.Bool(d.cfg.AssociatePublicIP),
 			DeleteOnTermination:      awssdk.Bool(true),
@@ -129,7 +128,24 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 			tagSpec(types.ResourceTypeVolume, small),
 			tagSpec(types.ResourceTypeNetworkInterface, small),
 		},
-	})
+	}
+	// The machine's own subnet first; when its zone has no capacity for the
+	// type (or does not offer it), the next zones. A refused RunInstances
+	// made nothing, so trying again cannot duplicate.
+	var (
+		out    *ec2.RunInstancesOutput
+		subnet types.Subnet
+	)
+	for k := range shared.subnets {
+		subnet = shared.subnets[(first+k)%len(shared.subnets)]
+		in.NetworkInterfaces[0].SubnetId = subnet.SubnetId
+		out, err = cli.RunInstances(ctx, in)
+		if err == nil || !isCode(err, "InsufficientInstanceCapacity", "Unsupported") {
+			break
+		}
+		d.log.WarnContext(ctx, "zone refused the instance, trying the next", "host", want.Name,
+			"zone", awssdk.ToString(subnet.AvailabilityZone), "code", apiCode(err))
+	}
 	if err != nil {
 		return drivers.Machine{}, fmt.Errorf("create instance %q (%s, %s): %w", want.Name, itype, img.id, d.explain(err))
 	}
@@ -318,13 +334,14 @@ func tagValue(tags []types.Tag, key string) string {
 }
 
 // pickSubnet spreads a pool's machines across the subnets (and so the
-// availability zones) by the index at the end of the machine name.
-func pickSubnet(subnets []types.Subnet, name string) types.Subnet {
+// availability zones) by the index at the end of the machine name. It
+// returns an index into subnets.
+func pickSubnet(subnets []types.Subnet, name string) int {
 	n := 0
 	if i := strings.LastIndexByte(name, '-'); i >= 0 {
 		if v, err := strconv.Atoi(name[i+1:]); err == nil && v > 0 {
 			n = v - 1
 		}
 	}
-	return subnets[n%len(subnets)]
+	return n % len(subnets)
 }

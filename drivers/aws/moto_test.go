@@ -192,7 +192,9 @@ func driverFromHCL(t *testing.T, body string) *Driver {
 	return drv
 }
 
-var testHostKey = func() drivers.HostKey {
+var testHostKey = genHostKey()
+
+func genHostKey() drivers.HostKey {
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		panic(err)
@@ -206,7 +208,7 @@ var testHostKey = func() drivers.HostKey {
 		panic(err)
 	}
 	return drivers.HostKey{PrivatePEM: redact.Secret(pem.EncodeToMemory(block)), Public: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp)))}
-}()
+}
 
 var testUserKey = func() string {
 	pub, _, err := ed25519.GenerateKey(rand.Reader)
