@@ -7,6 +7,29 @@
 // shared config and credentials files, SSO, IMDS), with `region` and `profile`
 // settable in the driver block. Nothing is loaded and nothing is contacted in
 // New: the SDK configuration is built on first use.
+//
+// The block (all attributes optional except that SSH needs allowed_cidrs or
+// detect_operator_ip):
+//
+//	driver "aws" {
+//	  region              = "eu-west-3"          # else AWS_REGION / the profile's
+//	  profile             = "ops"                # else AWS_PROFILE / default
+//	  instance_type       = "t3.small"           # pools' size overrides it
+//	  ami                 = "ami-..."            # else the newest Debian 12, then Ubuntu 24.04, for the type's arch
+//	  create_vpc          = true                 # default when neither vpc_id nor subnet_ids is set
+//	  vpc_cidr            = "10.42.0.0/16"       # the dedicated VPC; one subnet per zone (up to 3)
+//	  vpc_id              = "vpc-..."            # or an existing VPC (all its subnets) ...
+//	  subnet_ids          = ["subnet-..."]       # ... or existing subnets; create_vpc = false alone uses the default VPC
+//	  allowed_cidrs       = ["203.0.113.7/32"]   # who reaches 22 and 2376
+//	  detect_operator_ip  = false                # true: ask operator_ip_url for this machine's public address
+//	  associate_public_ip = true                 # false: private addresses only (add a bastion block)
+//	  root_volume_type    = "gp3"                # always encrypted
+//	  endpoint            = "http://127.0.0.1:5000" # tests and EC2-compatible clouds; AWS_ENDPOINT_URL works too
+//	  bastion { address = "..." user = "..." host_key = "ssh-ed25519 ..." }
+//	}
+//
+// The cloud-init template (cloud-init.yaml.tmpl) is embedded here until the
+// shared templates package takes it over.
 package aws
 
 import (
