@@ -69,6 +69,8 @@ type Driver struct {
 	// waitMin is the shortest delay between polls of the SDK waiters and of
 	// the DependencyViolation retry; tests shorten it.
 	waitMin time.Duration
+	// depTimeout bounds the DependencyViolation retries of Teardown.
+	depTimeout time.Duration
 	// httpClient is used for the operator address lookup only.
 	httpClient *http.Client
 
@@ -114,6 +116,7 @@ func newDriver(cfg Config, opts drivers.Options) *Driver {
 		name:       name,
 		log:        log.With("driver", name),
 		waitMin:    5 * time.Second,
+		depTimeout: defaultDependencyTimeout,
 		httpClient: &http.Client{Timeout: 10 * time.Second},
 		shared:     map[string]*clusterShared{},
 		names:      map[string]*sync.Mutex{},

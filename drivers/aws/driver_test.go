@@ -612,3 +612,59 @@ func TestImageLookup(t *testing.T) {
 		t.Errorf("arch mismatch: %v", err)
 	}
 }
+
+// TestTeardownPartialFailure: a resource the driver cannot delete (its VPC
+// holds a subnet someone else made) is reported with its ID, everything else
+// is deleted, and a later Teardown finishes the job.
+func TestTeardownPartialFailure(t *testing.T) {
+	cli := sdk(t)
+	ctx := testCtx(t)
+	cluster := newCluster(t)
+	d := driverFromHCL(t, fmt.Sprintf("ami = %q\nallowed_cidrs = [\"198.51.100.7/32\"]\n", testAMI(t)))
+	d.depTimeout = 300 * time.Millisecond
+	m, err := d.Create(ctx, cluster, spec(cluster, "manager", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Destroy(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	vpcID := awssdk.ToString(describeOne(t, cli, m.ID).VpcId)
+	foreign, err := cli.CreateSubnet(ctx, &ec2.CreateSubnetInput{VpcId: awssdk.String(vpcID), CidrBlock: awssdk.String("10.42.200.0/24")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = d.Teardown(ctx, cluster)
+	if err == nil {
+		t.Fatal("Teardown succeeded with a foreign subnet in the vpc")
+	}
+	if !strings.Contains(err.Error(), "resources left") || !strings.Contains(err.Error(), "delete vpc "+vpcID) || apiCode(err) != "DependencyViolation" {
+		t.Errorf("err = %v", err)
+	}
+	// What could go, went.
+	for what, n := range map[string]func() int{
+		"key pairs": func() int {
+			o, _ := cli.DescribeKeyPairs(ctx, &ec2.DescribeKeyPairsInput{Filters: []types.Filter{clusterFilter(cluster)}})
+			return len(o.KeyPairs)
+		},
+		"security groups": func() int {
+			o, _ := cli.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{Filters: []types.Filter{clusterFilter(cluster)}})
+			return len(o.SecurityGroups)
+		},
+		"subnets": func() int {
+			o, _ := cli.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{Filters: []types.Filter{clusterFilter(cluster)}})
+			return len(o.Subnets)
+		},
+	} {
+		if k := n(); k != 0 {
+			t.Errorf("%s kept: %d", what, k)
+		}
+	}
+	if _, err := cli.DeleteSubnet(ctx, &ec2.DeleteSubnetInput{SubnetId: foreign.Subnet.SubnetId}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Teardown(ctx, cluster); err != nil {
+		t.Fatalf("second Teardown: %v", err)
+	}
+	assertNothingLeft(t, cli, cluster)
+}

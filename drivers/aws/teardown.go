@@ -11,10 +11,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 )
 
-// dependencyTimeout bounds the retries of a deletion that AWS refuses with
-// DependencyViolation (network interfaces of terminated instances linger for
-// a minute or two).
-const dependencyTimeout = 10 * time.Minute
+// defaultDependencyTimeout bounds the retries of a deletion that AWS refuses
+// with DependencyViolation (network interfaces of terminated instances linger
+// for a minute or two).
+const defaultDependencyTimeout = 10 * time.Minute
 
 // Teardown removes what the driver made for the cluster, found by the cluster
 // tag, in dependency order: key pair, security groups, then the dedicated
@@ -190,10 +190,10 @@ func (d *Driver) Teardown(ctx context.Context, cluster string) error {
 }
 
 // retryDependency runs fn until it stops failing with DependencyViolation,
-// backing off from waitMin up to 30s, for at most dependencyTimeout or until
-// ctx ends.
+// backing off from waitMin up to 30s, for at most depTimeout or until ctx
+// ends.
 func (d *Driver) retryDependency(ctx context.Context, fn func() error) error {
-	deadline := time.Now().Add(dependencyTimeout)
+	deadline := time.Now().Add(d.depTimeout)
 	delay := d.waitMin
 	for {
 		err := fn()
