@@ -196,3 +196,32 @@ func TestSubnetCIDR(t *testing.T) {
 		t.Error("subnet 16 of a /16 split in /20s should not fit")
 	}
 }
+
+// TestNoCredentialsOrRegion: the SDK's chain finds nothing (the test process
+// has no credential files and IMDS is disabled in TestMain), and the driver
+// says what to set instead of failing on the first API call.
+func TestNoCredentialsOrRegion(t *testing.T) {
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} {
+		t.Setenv(k, "")
+	}
+	f, _ := hclparse.NewParser().ParseHCL([]byte(`
+allowed_cidrs = ["10.0.0.0/8"]
+endpoint      = "http://127.0.0.1:1"
+`), "aws.hcl")
+	d, diags := New(f.Body, drivers.Options{})
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	_, err := d.Machines(context.Background(), "c")
+	if err == nil || !strings.Contains(err.Error(), "no usable AWS credentials") || !strings.Contains(err.Error(), "AWS_PROFILE") {
+		t.Errorf("no credentials: %v", err)
+	}
+
+	t.Setenv("AWS_REGION", "")
+	t.Setenv("AWS_DEFAULT_REGION", "")
+	d, _ = New(f.Body, drivers.Options{})
+	_, err = d.Create(context.Background(), "c", spec("c", "manager", 1))
+	if err == nil || !strings.Contains(err.Error(), "no AWS region") {
+		t.Errorf("no region: %v", err)
+	}
+}
