@@ -1,0 +1,554 @@
+package spec
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/provision/provision/drivers"
+)
+
+// Defaults.
+const (
+	DefaultParallelism   = 16
+	DefaultUser          = "provision"
+	DefaultPackage       = "docker.io"
+	DefaultValidityHours = 8760
+	maxMachines          = 10000
+)
+
+var rootSchema = &hcl.BodySchema{
+	Attributes: []hcl.AttributeSchema{
+		{Name: "name", Required: true},
+		{Name: "parallelism"},
+	},
+	Blocks: []hcl.BlockHeaderSchema{
+		{Type: "variable", LabelNames: []string{"name"}},
+		{Type: "driver", LabelNames: []string{"type"}},
+		{Type: "managers"},
+		{Type: "workers"},
+		{Type: "engine"},
+		{Type: "prune"},
+		{Type: "logging"},
+		{Type: "tls"},
+		{Type: "hardening"},
+		{Type: "ssh"},
+	},
+}
+
+var poolSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+	{Name: "pool"}, {Name: "driver"}, {Name: "count"}, {Name: "disk"}, {Name: "size"}, {Name: "labels"}, {Name: "hosts"},
+}}
+
+var driverCoreSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "alias"}}}
+
+func attrSchema(names ...string) *hcl.BodySchema {
+	s := &hcl.BodySchema{}
+	for _, n := range names {
+		s.Attributes = append(s.Attributes, hcl.AttributeSchema{Name: n})
+	}
+	return s
+}
+
+var (
+	engineSchema    = attrSchema("version", "method", "package", "bundle_dir")
+	pruneSchema     = attrSchema("enabled", "schedule", "until", "volumes", "randomized_delay")
+	loggingSchema   = attrSchema("driver", "options", "journald_max_use")
+	tlsSchema       = attrSchema("validity", "extra_names", "allowed_cidrs")
+	hardeningSchema = attrSchema("profile", "ssh", "kernel", "firewall", "daemon", "audit", "updates", "auto_reboot", "user_namespaces", "overlay_encryption")
+	sshSchema       = attrSchema("user")
+)
+
+// Load reads the cluster files (usually one), applies the variables and
+// returns the checked cluster. Diagnostics may hold warnings even when the
+// cluster is returned; on any error the cluster is nil.
+func Load(files []string, vars Vars) (*Cluster, hcl.Diagnostics) {
+	srcs := make([]source, 0, len(files))
+	var diags hcl.Diagnostics
+	for _, f := range files {
+		b, err := readFile(f)
+		if err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Cannot read cluster file", Detail: err.Error()})
+			continue
+		}
+		srcs = append(srcs, source{Name: f, Src: b})
+	}
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	return LoadSources(srcs, vars)
+}
+
+// source is one file's name and bytes.
+type source struct {
+	Name string
+	Src  []byte
+}
+
+// LoadBytes is Load for a file held in memory (tests, fuzzing).
+func LoadBytes(name string, src []byte, vars Vars) (*Cluster, hcl.Diagnostics) {
+	return LoadSources([]source{{Name: name, Src: src}}, vars)
+}
+
+// LoadSources loads several in-memory files as one cluster.
+func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
+	if len(srcs) == 0 {
+		return nil, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "No cluster file", Detail: "Give the path of a cluster file."}}
+	}
+	p := hclparse.NewParser()
+	var hfiles []*hcl.File
+	var names []string
+	for _, s := range srcs {
+		var f *hcl.File
+		var d hcl.Diagnostics
+		if strings.HasSuffix(s.Name, ".json") {
+			f, d = p.ParseJSON(s.Src, s.Name)
+		} else {
+			f, d = p.ParseHCL(s.Src, s.Name)
+		}
+		diags = append(diags, d...)
+		if f != nil && !d.HasErrors() {
+			hfiles = append(hfiles, f)
+		}
+		names = append(names, s.Name)
+	}
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	body := hcl.MergeFiles(hfiles)
+
+	// Pass 1: variables, so every other expression can use var.NAME.
+	vcontent, _, d := body.PartialContent(&hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "variable", LabelNames: []string{"name"}}}})
+	diags = append(diags, d...)
+	decl, d := decodeVariables(vcontent.Blocks)
+	diags = append(diags, d...)
+	varObj, d := resolveVariables(decl, vars, readFile)
+	diags = append(diags, d...)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	ctx := &hcl.EvalContext{Variables: map[string]cty.Value{"var": varObj}, Functions: functions()}
+
+	// Pass 2: everything.
+	content, d := body.Content(rootSchema)
+	diags = append(diags, d...)
+	dc := &dec{ctx: ctx, ranges: map[string]hcl.Range{}}
+	c = &Cluster{Files: names, Parallelism: DefaultParallelism, Ranges: dc.ranges}
+	c.Engine = Engine{Method: "package", Package: DefaultPackage}
+	c.Prune = Prune{Enabled: true, Schedule: "daily", Until: "24h", RandomizedDelay: "1h"}
+	c.Logging = Logging{Driver: "json-file", JournaldMaxUse: "500M"}
+	c.TLS = TLS{ValidityHours: DefaultValidityHours}
+	c.SSH = SSH{User: DefaultUser}
+
+	if r, ok := dc.str(content.Attributes, "name", "name", &c.Name); ok {
+		checkName(dc, r, c.Name)
+	}
+	if r, ok := dc.integer(content.Attributes, "parallelism", "parallelism", &c.Parallelism); ok && (c.Parallelism < 1 || c.Parallelism > 256) {
+		dc.errf(r, "Invalid parallelism", "parallelism must be between 1 and 256, not %d.", c.Parallelism)
+	}
+
+	singles := map[string]*hcl.Block{}
+	var managerBlocks, workerBlocks []*hcl.Block
+	for _, b := range content.Blocks {
+		switch b.Type {
+		case "variable":
+		case "driver":
+			decodeDriver(dc, c, b)
+		case "managers":
+			managerBlocks = append(managerBlocks, b)
+		case "workers":
+			workerBlocks = append(workerBlocks, b)
+		default:
+			if prev, ok := singles[b.Type]; ok {
+				dc.errf(b.DefRange, "Duplicate "+b.Type+" block", "Only one %s block is allowed; the first is at %s.", b.Type, prev.DefRange)
+				continue
+			}
+			singles[b.Type] = b
+		}
+	}
+	if len(c.Drivers) == 0 {
+		// The embedded default: local system containers.
+		c.Drivers = append(c.Drivers, DriverBlock{Type: "local", Name: "local", Body: hcl.EmptyBody(), Range: content.MissingItemRange, Eval: ctx})
+	}
+	if b := singles["engine"]; b != nil {
+		decodeEngine(dc, c, b)
+	}
+	if b := singles["prune"]; b != nil {
+		decodePrune(dc, c, b)
+	}
+	if b := singles["logging"]; b != nil {
+		decodeLogging(dc, c, b)
+	} else {
+		c.Logging.Options = defaultLogOptions(c.Logging.Driver)
+	}
+	if b := singles["tls"]; b != nil {
+		decodeTLS(dc, c, b)
+	}
+	decodeHardening(dc, c, singles["hardening"])
+	if b := singles["ssh"]; b != nil {
+		decodeSSH(dc, c, b)
+	}
+
+	switch {
+	case len(managerBlocks) == 0:
+		r := content.MissingItemRange
+		dc.errf(r, "Missing managers block", "A cluster needs a managers block with at least one manager, e.g. `managers { count = 1 }`.")
+	case len(managerBlocks) > 1:
+		dc.errf(managerBlocks[1].DefRange, "Duplicate managers block", "Only one managers block is allowed; the first is at %s. Use workers blocks with `pool = \"...\"` for several groups.", managerBlocks[0].DefRange)
+		fallthrough
+	default:
+		c.Managers = decodePool(dc, c, managerBlocks[0], RoleManager)
+	}
+	seen := map[string]hcl.Range{RoleManager: {}}
+	for _, b := range workerBlocks {
+		p := decodePool(dc, c, b, RoleWorker)
+		if prev, ok := seen[p.Name]; ok {
+			if p.Name == RoleManager {
+				dc.errf(p.Range, "Invalid pool name", "A workers pool cannot be called %q.", p.Name)
+			} else {
+				dc.errf(p.Range, "Duplicate worker pool", "Pool %q is already defined at %s: give each workers block its own `pool` name.", p.Name, prev)
+			}
+			continue
+		}
+		seen[p.Name] = p.Range
+		c.Workers = append(c.Workers, p)
+	}
+	if len(managerBlocks) > 0 {
+		checkCluster(dc, c)
+	}
+	diags = append(diags, dc.diags...)
+	sortDiags(diags)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	return c, diags
+}
+
+// sortDiags orders diagnostics by position so they read top to bottom.
+func sortDiags(diags hcl.Diagnostics) {
+	sort.SliceStable(diags, func(i, j int) bool {
+		a, b := diags[i].Subject, diags[j].Subject
+		if a == nil || b == nil {
+			return a != nil && b == nil
+		}
+		if a.Filename != b.Filename {
+			return a.Filename < b.Filename
+		}
+		return a.Start.Byte < b.Start.Byte
+	})
+}
+
+var (
+	nameRe   = regexp.MustCompile(`^[a-z]([a-z0-9-]*[a-z0-9])?$`)
+	userRe   = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,30}$`)
+	labelKey = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$`)
+)
+
+func checkName(dc *dec, r hcl.Range, name string) {
+	if len(name) > 30 || !nameRe.MatchString(name) {
+		dc.errf(r, "Invalid cluster name", "%q is not a valid cluster name: use 1-30 lowercase letters, digits and '-', starting with a letter and not ending with '-'. It becomes part of every host name.", name)
+	}
+}
+
+func decodeDriver(dc *dec, c *Cluster, b *hcl.Block) {
+	typ := b.Labels[0]
+	lr := b.LabelRanges[0]
+	if _, ok := drivers.Lookup(typ); !ok {
+		dc.errf(lr, "Unknown driver type", "%q is not a driver type. Known types: %s.", typ, strings.Join(drivers.Types(), ", "))
+		return
+	}
+	content, rest, d := b.Body.PartialContent(driverCoreSchema)
+	dc.diags = append(dc.diags, d...)
+	name := typ
+	if r, ok := dc.str(content.Attributes, "alias", "driver."+typ+".alias", &name); ok && (!nameRe.MatchString(name) || len(name) > 30) {
+		dc.errf(r, "Invalid driver alias", "%q is not a valid alias: use lowercase letters, digits and '-'.", name)
+	}
+	for _, prev := range c.Drivers {
+		if prev.Name == name {
+			dc.errf(b.DefRange, "Duplicate driver", "A driver named %q is already declared at %s. Give each driver block of the same type its own `alias`.", name, prev.Range)
+			return
+		}
+	}
+	db := DriverBlock{Type: typ, Name: name, Body: rest, Range: b.DefRange, Eval: dc.ctx}
+	c.Drivers = append(c.Drivers, db)
+	// The driver's own settings are checked by its factory, which does no
+	// network I/O, so validate catches them too.
+	if info, _ := drivers.Lookup(typ); info.New != nil {
+		_, d := info.New(rest, drivers.Options{Name: name, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Eval: dc.ctx})
+		dc.diags = append(dc.diags, d...)
+	}
+}
+
+func decodePool(dc *dec, c *Cluster, b *hcl.Block, role string) Pool {
+	content, d := b.Body.Content(poolSchema)
+	dc.diags = append(dc.diags, d...)
+	p := Pool{Role: role, Name: RoleManager, Range: b.DefRange}
+	path := "managers"
+	if role == RoleWorker {
+		p.Name = RoleWorker
+		if r, ok := dc.str(content.Attributes, "pool", "workers.pool", &p.Name); ok {
+			if !nameRe.MatchString(p.Name) || len(p.Name) > 20 {
+				dc.errf(r, "Invalid pool name", "%q is not a valid pool name: use up to 20 lowercase letters, digits and '-'.", p.Name)
+			}
+		}
+		path = "workers." + p.Name
+	} else if a, ok := content.Attributes["pool"]; ok {
+		dc.errf(a.NameRange, "Unsupported argument", "The managers block has no pool attribute: there is one manager pool.")
+	}
+	countRange, hasCount := dc.integer(content.Attributes, "count", path+".count", &p.Count)
+	hostsRange, hasHosts := dc.strList(content.Attributes, "hosts", path+".hosts", &p.Hosts)
+
+	// Driver.
+	if r, ok := dc.str(content.Attributes, "driver", path+".driver", &p.Driver); ok {
+		if _, ok := c.Driver(p.Driver); !ok {
+			var known []string
+			for _, d := range c.Drivers {
+				known = append(known, d.Name)
+			}
+			dc.errf(r, "Undeclared driver", "%s uses driver %q, but no driver block declares it. Declared: %s.", path, p.Driver, strings.Join(known, ", "))
+			p.Driver = ""
+		}
+	} else if len(c.Drivers) == 1 {
+		p.Driver = c.Drivers[0].Name
+	} else if len(c.Drivers) > 1 {
+		dc.errf(b.DefRange, "Missing driver", "The file declares several drivers, so %s must say which one it uses: `driver = \"...\"`.", path)
+	}
+	var info drivers.Info
+	if db, ok := c.Driver(p.Driver); ok {
+		info, _ = drivers.Lookup(db.Type)
+	}
+
+	// Count and hosts.
+	if hasCount && p.Count < 0 {
+		dc.errf(countRange, "Negative count", "%s.count is %d: a count cannot be negative.", path, p.Count)
+	} else if hasCount && p.Count > maxMachines {
+		dc.errf(countRange, "Count too large", "%s.count is %d: at most %d machines per pool.", path, p.Count, maxMachines)
+	}
+	if info.NeedsHosts {
+		if !hasHosts || len(p.Hosts) == 0 {
+			dc.errf(b.DefRange, "Missing hosts", "%s uses the %s driver, which works on existing machines: list their addresses in `hosts = [\"10.0.0.5\", ...]`.", path, info.Type)
+		} else {
+			if !hasCount {
+				p.Count = len(p.Hosts)
+			} else if p.Count > len(p.Hosts) {
+				dc.errf(hostsRange, "Not enough hosts", "%s.count is %d but hosts lists only %d addresses: a bare-metal pool needs one existing host per machine.", path, p.Count, len(p.Hosts))
+			} else if p.Count < len(p.Hosts) {
+				dc.warnf(hostsRange, "Unused hosts", "%s.count is %d, so only the first %d of the %d hosts are used.", path, p.Count, p.Count, len(p.Hosts))
+			}
+			for _, h := range p.Hosts {
+				if !validHostPort(h) {
+					dc.errf(hostsRange, "Invalid host address", "%q is not a host address: write \"10.0.0.5\", \"host.example\" or \"host:2222\".", h)
+				}
+			}
+		}
+	} else if hasHosts && p.Driver != "" {
+		dc.errf(hostsRange, "Unsupported argument", "hosts lists existing machines, which only the generic driver uses; the %s driver creates its machines: use count.", info.Type)
+	}
+	if !hasCount && !info.NeedsHosts {
+		p.Count = 1
+	}
+	if role == RoleManager && hasCount && p.Count == 0 {
+		dc.errf(countRange, "No managers", "A swarm needs at least one manager: set managers.count to 1, 3 or 5.")
+	}
+
+	// Disk.
+	if r, ok := dc.size(content.Attributes, "disk", path+".disk", &p.DiskGiB); ok {
+		switch {
+		case p.DiskGiB <= 0:
+			dc.errf(r, "Invalid disk size", "%s.disk must be positive.", path)
+		case info.MinDiskGiB == 0 && info.Type != "":
+			dc.warnf(r, "Disk size ignored", "The %s driver does not make disks: %s.disk is ignored.", info.Type, path)
+		case p.DiskGiB < info.MinDiskGiB:
+			dc.errf(r, "Disk too small", "%s.disk is %d GiB; the %s driver needs at least %d GiB.", path, p.DiskGiB, info.Type, info.MinDiskGiB)
+		}
+	} else {
+		p.DiskGiB = info.DefaultGiB
+	}
+	dc.str(content.Attributes, "size", path+".size", &p.Size)
+	if r, ok := dc.strMap(content.Attributes, "labels", path+".labels", &p.Labels); ok {
+		for _, k := range sortedKeys(p.Labels) {
+			if !labelKey.MatchString(k) || strings.HasPrefix(k, "provision.") || len(k) > 128 {
+				dc.errf(r, "Invalid label", "Label key %q is not allowed: use letters, digits, '.', '_', '/' and '-'; the provision. prefix is reserved.", k)
+			}
+		}
+	}
+	return p
+}
+
+func validHostPort(h string) bool {
+	host := h
+	if hh, port, err := net.SplitHostPort(h); err == nil {
+		host = hh
+		if n, err := parsePort(port); err != nil || n == 0 {
+			return false
+		}
+	}
+	if net.ParseIP(host) != nil {
+		return true
+	}
+	return len(host) > 0 && len(host) <= 253 && hostRe.MatchString(host)
+}
+
+var hostRe = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
+
+func parsePort(s string) (int, error) {
+	var n int
+	if _, err := fmt.Sscanf(s, "%d", &n); err != nil || n < 0 || n > 65535 || fmt.Sprint(n) != s {
+		return 0, fmt.Errorf("bad port")
+	}
+	return n, nil
+}
+
+// checkCluster runs the checks that need the whole cluster.
+func checkCluster(dc *dec, c *Cluster) {
+	m := c.Managers
+	if m.Count > 0 && m.Count%2 == 0 {
+		r := m.Range
+		if cr, ok := c.Ranges["managers.count"]; ok {
+			r = cr
+		}
+		dc.warnf(r, "Even number of managers", "%d managers tolerate no more failures than %d: Raft needs a majority (%d of %d) to keep the swarm running. Use an odd count (1, 3, 5 or 7).", m.Count, m.Count-1, m.Count/2+1, m.Count)
+	}
+	if m.Count > 7 {
+		dc.warnf(m.Range, "Many managers", "%d managers slow down Raft; Docker recommends at most 7.", m.Count)
+	}
+	total := 0
+	hosts := map[string]string{}
+	for _, p := range c.Pools() {
+		total += p.Count
+		for i, h := range p.Hosts {
+			if i >= p.Count {
+				break
+			}
+			if prev, ok := hosts[h]; ok {
+				dc.errf(p.Range, "Host used twice", "Host %q is listed in both %s and %s.", h, prev, p.Role+"s/"+p.Name)
+			}
+			hosts[h] = p.Role + "s/" + p.Name
+		}
+		if n := MachineName(c.Name, p.Name, p.Count); len(n) > 63 {
+			dc.errf(p.Range, "Machine names too long", "Machine names like %q exceed 63 characters: shorten the cluster or pool name.", n)
+		}
+	}
+	if total > maxMachines {
+		dc.errf(m.Range, "Too many machines", "The cluster has %d machines; at most %d are supported.", total, maxMachines)
+	}
+}
+
+func decodeEngine(dc *dec, c *Cluster, b *hcl.Block) {
+	content, d := b.Body.Content(engineSchema)
+	dc.diags = append(dc.diags, d...)
+	if r, ok := dc.str(content.Attributes, "version", "engine.version", &c.Engine.Version); ok && !versionRe.MatchString(c.Engine.Version) {
+		dc.errf(r, "Invalid engine version", "%q is not a package version: write it as apt shows it (\"20.10.24+dfsg1-1+deb12u1\") or a prefix ending in '*' (\"20.10.*\").", c.Engine.Version)
+	}
+	if r, ok := dc.str(content.Attributes, "method", "engine.method", &c.Engine.Method); ok && c.Engine.Method != "package" && c.Engine.Method != "bundle" {
+		dc.errf(r, "Invalid install method", "engine.method is %q; use \"package\" (from the host's package mirror) or \"bundle\" (an offline bundle uploaded from this machine).", c.Engine.Method)
+	}
+	if r, ok := dc.str(content.Attributes, "package", "engine.package", &c.Engine.Package); ok && !pkgRe.MatchString(c.Engine.Package) {
+		dc.errf(r, "Invalid package name", "%q is not a Debian package name.", c.Engine.Package)
+	}
+	dc.str(content.Attributes, "bundle_dir", "engine.bundle_dir", &c.Engine.BundleDir)
+}
+
+var (
+	versionRe = regexp.MustCompile(`^[0-9][A-Za-z0-9.+~:-]*\*?$`)
+	pkgRe     = regexp.MustCompile(`^[a-z0-9][a-z0-9+.-]+$`)
+)
+
+func decodePrune(dc *dec, c *Cluster, b *hcl.Block) {
+	content, d := b.Body.Content(pruneSchema)
+	dc.diags = append(dc.diags, d...)
+	dc.boolean(content.Attributes, "enabled", "prune.enabled", &c.Prune.Enabled)
+	dc.boolean(content.Attributes, "volumes", "prune.volumes", &c.Prune.Volumes)
+	if r, ok := dc.str(content.Attributes, "schedule", "prune.schedule", &c.Prune.Schedule); ok {
+		if err := CheckCalendar(c.Prune.Schedule); err != nil {
+			dc.errf(r, "Invalid schedule", "prune.schedule %q is not a systemd calendar expression: %s. Examples: \"daily\", \"Sun *-*-* 03:00\", \"*-*-* 02,14:30\".", c.Prune.Schedule, err)
+		}
+	}
+	if r, ok := dc.str(content.Attributes, "until", "prune.until", &c.Prune.Until); ok {
+		if dd, err := time.ParseDuration(c.Prune.Until); err != nil || dd < 0 {
+			dc.errf(r, "Invalid age filter", "prune.until %q is not a duration like \"24h\" or \"168h\".", c.Prune.Until)
+		}
+	}
+	if r, ok := dc.str(content.Attributes, "randomized_delay", "prune.randomized_delay", &c.Prune.RandomizedDelay); ok {
+		if dd, err := time.ParseDuration(c.Prune.RandomizedDelay); err != nil || dd < 0 {
+			dc.errf(r, "Invalid delay", "prune.randomized_delay %q is not a duration like \"1h\" or \"30m\".", c.Prune.RandomizedDelay)
+		}
+	}
+}
+
+func decodeTLS(dc *dec, c *Cluster, b *hcl.Block) {
+	content, d := b.Body.Content(tlsSchema)
+	dc.diags = append(dc.diags, d...)
+	var validity string
+	if r, ok := dc.str(content.Attributes, "validity", "tls.validity", &validity); ok {
+		dd, err := time.ParseDuration(validity)
+		switch {
+		case err != nil:
+			dc.errf(r, "Invalid validity", "tls.validity %q is not a duration like \"8760h\" (one year).", validity)
+		case dd < time.Hour:
+			dc.errf(r, "Validity too short", "tls.validity must be at least 1h.")
+		case dd > 10*365*24*time.Hour:
+			dc.errf(r, "Validity too long", "tls.validity cannot exceed the CA's lifetime of 10 years (87600h).")
+		default:
+			c.TLS.ValidityHours = int(dd.Hours())
+		}
+	}
+	if r, ok := dc.strList(content.Attributes, "extra_names", "tls.extra_names", &c.TLS.ExtraNames); ok {
+		for _, n := range c.TLS.ExtraNames {
+			if net.ParseIP(n) == nil && (!hostRe.MatchString(strings.TrimPrefix(n, "*.")) || len(n) > 253) {
+				dc.errf(r, "Invalid name", "%q is neither a DNS name nor an IP address.", n)
+			}
+		}
+	}
+	if r, ok := dc.strList(content.Attributes, "allowed_cidrs", "tls.allowed_cidrs", &c.TLS.AllowedCIDRs); ok {
+		for _, n := range c.TLS.AllowedCIDRs {
+			if _, _, err := net.ParseCIDR(n); err != nil {
+				dc.errf(r, "Invalid CIDR", "%q is not a CIDR block like \"203.0.113.0/24\".", n)
+			}
+		}
+	}
+}
+
+func decodeHardening(dc *dec, c *Cluster, b *hcl.Block) {
+	h := &c.Hardening
+	h.Profile = "default"
+	var attrs hcl.Attributes
+	if b != nil {
+		content, d := b.Body.Content(hardeningSchema)
+		dc.diags = append(dc.diags, d...)
+		attrs = content.Attributes
+		if r, ok := dc.str(attrs, "profile", "hardening.profile", &h.Profile); ok && h.Profile != "default" && h.Profile != "off" {
+			dc.errf(r, "Invalid hardening profile", "hardening.profile is %q; use \"default\" or \"off\".", h.Profile)
+		}
+	}
+	on := h.Profile != "off"
+	h.SSH, h.Kernel, h.Firewall, h.Daemon, h.Audit, h.Updates = on, on, on, on, on, on
+	for name, dst := range map[string]*bool{
+		"ssh": &h.SSH, "kernel": &h.Kernel, "firewall": &h.Firewall, "daemon": &h.Daemon, "audit": &h.Audit,
+		"updates": &h.Updates, "auto_reboot": &h.AutoReboot, "user_namespaces": &h.UserNamespaces, "overlay_encryption": &h.OverlayEncryption,
+	} {
+		dc.boolean(attrs, name, "hardening."+name, dst)
+	}
+	if h.AutoReboot && !h.Updates {
+		dc.warnf(dc.ranges["hardening.auto_reboot"], "Auto reboot without updates", "hardening.auto_reboot only matters when hardening.updates is on.")
+	}
+}
+
+func decodeSSH(dc *dec, c *Cluster, b *hcl.Block) {
+	content, d := b.Body.Content(sshSchema)
+	dc.diags = append(dc.diags, d...)
+	if r, ok := dc.str(content.Attributes, "user", "ssh.user", &c.SSH.User); ok {
+		if c.SSH.User == "root" || !userRe.MatchString(c.SSH.User) {
+			dc.errf(r, "Invalid admin user", "ssh.user %q is not allowed: use a lowercase login name other than root (root login is turned off on every host).", c.SSH.User)
+		}
+	}
+}

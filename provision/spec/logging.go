@@ -1,0 +1,112 @@
+package spec
+
+import (
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+)
+
+// logDrivers lists the engine log drivers provision configures and the
+// options each accepts (from the engine's documentation), with a check per
+// option value where a wrong value would only fail on the host.
+var logDrivers = map[string]struct {
+	options  []string
+	required []string
+}{
+	"json-file": {options: []string{"max-size", "max-file", "compress", "labels", "labels-regex", "env", "env-regex", "tag"}},
+	"local":     {options: []string{"max-size", "max-file", "compress"}},
+	"journald":  {options: []string{"tag", "labels", "labels-regex", "env", "env-regex"}},
+	"syslog": {options: []string{"syslog-address", "syslog-facility", "syslog-tls-ca-cert", "syslog-tls-cert", "syslog-tls-key",
+		"syslog-tls-skip-verify", "syslog-format", "tag", "labels", "labels-regex", "env", "env-regex"}},
+	"gelf": {options: []string{"gelf-address", "gelf-compression-type", "gelf-compression-level", "gelf-tcp-max-reconnect",
+		"gelf-tcp-reconnect-delay", "tag", "labels", "labels-regex", "env", "env-regex"}, required: []string{"gelf-address"}},
+	"fluentd": {options: []string{"fluentd-address", "fluentd-async", "fluentd-buffer-limit", "fluentd-retry-wait", "fluentd-max-retries",
+		"fluentd-sub-second-precision", "fluentd-request-ack", "tag", "labels", "labels-regex", "env", "env-regex"}},
+	"awslogs": {options: []string{"awslogs-region", "awslogs-group", "awslogs-stream", "awslogs-create-group", "awslogs-datetime-format",
+		"awslogs-multiline-pattern", "awslogs-credentials-endpoint", "awslogs-force-flush-interval-seconds", "awslogs-max-buffered-events",
+		"awslogs-format", "tag"}, required: []string{"awslogs-region", "awslogs-group"}},
+	"none": {},
+}
+
+var (
+	logSizeRe = regexp.MustCompile(`^[0-9]+[kmg]?$`)
+	boolWords = map[string]bool{"true": true, "false": true, "1": true, "0": true}
+)
+
+// LogDrivers lists the supported log drivers.
+func LogDrivers() []string { return sortedKeys(logDrivers) }
+
+func defaultLogOptions(driver string) map[string]string {
+	switch driver {
+	case "json-file", "local":
+		return map[string]string{"max-size": "10m", "max-file": "3"}
+	}
+	return map[string]string{}
+}
+
+func decodeLogging(dc *dec, c *Cluster, b *hcl.Block) {
+	content, d := b.Body.Content(loggingSchema)
+	dc.diags = append(dc.diags, d...)
+	dr, _ := dc.str(content.Attributes, "driver", "logging.driver", &c.Logging.Driver)
+	def, ok := logDrivers[c.Logging.Driver]
+	if !ok {
+		dc.errf(dr, "Unknown log driver", "logging.driver %q is not supported. Use one of: %s.", c.Logging.Driver, strings.Join(LogDrivers(), ", "))
+		return
+	}
+	opts := map[string]string{}
+	or, given := dc.strMap(content.Attributes, "options", "logging.options", &opts)
+	if !given {
+		or = b.DefRange
+	}
+	for _, k := range sortedKeys(opts) {
+		v := opts[k]
+		allowed := false
+		for _, o := range def.options {
+			allowed = allowed || o == k
+		}
+		if !allowed {
+			hint := "it takes no options"
+			if len(def.options) > 0 {
+				hint = "it accepts: " + strings.Join(def.options, ", ")
+			}
+			dc.errf(or, "Unknown log option", "The %s log driver has no option %q; %s.", c.Logging.Driver, k, hint)
+			continue
+		}
+		switch {
+		case k == "max-size" && !logSizeRe.MatchString(v):
+			dc.errf(or, "Invalid log option", "max-size %q must be a size like \"10m\" (k, m or g).", v)
+		case k == "max-file" || k == "fluentd-max-retries" || k == "gelf-compression-level" || k == "awslogs-max-buffered-events" || k == "awslogs-force-flush-interval-seconds":
+			if n, err := strconv.Atoi(v); err != nil || n < 0 || (k == "max-file" && n < 1) {
+				dc.errf(or, "Invalid log option", "%s %q must be a positive whole number.", k, v)
+			}
+		case k == "compress" || k == "fluentd-async" || k == "awslogs-create-group" || k == "syslog-tls-skip-verify" || k == "fluentd-sub-second-precision" || k == "fluentd-request-ack":
+			if !boolWords[v] {
+				dc.errf(or, "Invalid log option", "%s %q must be true or false.", k, v)
+			}
+		case k == "gelf-address" && !strings.HasPrefix(v, "udp://") && !strings.HasPrefix(v, "tcp://"):
+			dc.errf(or, "Invalid log option", "gelf-address %q must start with udp:// or tcp://.", v)
+		case k == "syslog-address" && !regexp.MustCompile(`^(udp|tcp|tcp\+tls|unix|unixgram)://`).MatchString(v):
+			dc.errf(or, "Invalid log option", "syslog-address %q must start with udp://, tcp://, tcp+tls://, unix:// or unixgram://.", v)
+		}
+	}
+	for _, req := range def.required {
+		if _, ok := opts[req]; !ok {
+			dc.errf(or, "Missing log option", "The %s log driver needs the option %q.", c.Logging.Driver, req)
+		}
+	}
+	if c.Logging.Driver == "json-file" || c.Logging.Driver == "local" {
+		for k, v := range defaultLogOptions(c.Logging.Driver) {
+			if _, ok := opts[k]; !ok {
+				opts[k] = v // rotation is on unless the file says otherwise
+			}
+		}
+	}
+	c.Logging.Options = opts
+	if r, ok := dc.str(content.Attributes, "journald_max_use", "logging.journald_max_use", &c.Logging.JournaldMaxUse); ok {
+		if !regexp.MustCompile(`^[0-9]+[KMGT]?$`).MatchString(c.Logging.JournaldMaxUse) {
+			dc.errf(r, "Invalid size", "logging.journald_max_use %q must be a size like \"500M\" or \"2G\".", c.Logging.JournaldMaxUse)
+		}
+	}
+}

@@ -1,0 +1,2 @@
+name = "My_Cluster"
+managers { count = 1 }

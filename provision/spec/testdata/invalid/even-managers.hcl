@@ -1,0 +1,3 @@
+name = "even"
+managers { count = 2 }
+workers { count = "x" }

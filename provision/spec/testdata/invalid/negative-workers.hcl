@@ -1,0 +1,5 @@
+name = "neg"
+managers { count = 1 }
+workers {
+  count = -2
+}

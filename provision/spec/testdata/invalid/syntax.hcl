@@ -1,0 +1,3 @@
+name = "syntax"
+managers {
+  count = 1

@@ -1,0 +1,2 @@
+name = "vars"
+managers { count = var.managers }

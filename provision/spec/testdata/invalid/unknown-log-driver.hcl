@@ -1,0 +1,3 @@
+name = "logs"
+managers { count = 1 }
+logging { driver = "splunk-ish" }

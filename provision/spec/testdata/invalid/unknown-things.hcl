@@ -1,0 +1,7 @@
+name = "unknown"
+managers {
+  count  = 1
+  colour = "blue"
+}
+cluster_size = 3
+firewall { open = true }

@@ -1,0 +1,2 @@
+name = "zero"
+managers { count = 0 }
