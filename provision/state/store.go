@@ -1,0 +1,299 @@
+package state
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// File names inside a state directory.
+const (
+	stateFile = "state.json"
+	backup    = "state.json.bak"
+	lockFile  = "state.lock"
+)
+
+// Holder says who holds (or held) the state lock.
+type Holder struct {
+	PID     int       `json:"pid"`
+	Host    string    `json:"host"`
+	Command string    `json:"command"`
+	Since   time.Time `json:"since"`
+}
+
+func (h Holder) String() string {
+	return fmt.Sprintf("%q (pid %d on %s, since %s)", h.Command, h.PID, h.Host, h.Since.Local().Format(time.RFC3339))
+}
+
+// LockedError is returned by Open when another command holds the lock.
+type LockedError struct {
+	Dir    string
+	Holder *Holder // nil when the holder could not be read
+}
+
+func (e *LockedError) Error() string {
+	who := "another provision command"
+	if e.Holder != nil {
+		who = e.Holder.String()
+	}
+	return fmt.Sprintf("state %s is locked by %s: wait for it to finish (a lock held by a process that died is released by the kernel, so this one is alive)", e.Dir, who)
+}
+
+// Store is one cluster's state directory, locked for the life of a command.
+type Store struct {
+	dir   string
+	lock  *os.File
+	stale *Holder
+}
+
+// DefaultDir is where a spec's state lives unless --state-dir says otherwise:
+// .provision/<cluster> next to the spec file.
+func DefaultDir(specFile, cluster string) string {
+	return filepath.Join(filepath.Dir(specFile), ".provision", cluster)
+}
+
+// Open creates the directory if needed (0700) and takes its lock without
+// waiting: a second apply or destroy on the same cluster fails at once with a
+// *LockedError naming the holder. The lock is a flock, so the kernel releases
+// it when its process dies, on every exit path.
+func Open(dir, command string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		defer f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, &LockedError{Dir: dir, Holder: readHolder(f)}
+		}
+		return nil, fmt.Errorf("state lock: %w", err)
+	}
+	s := &Store{dir: dir, lock: f}
+	// A holder recorded in a lock we could take died without cleaning up.
+	s.stale = readHolder(f)
+	host, _ := os.Hostname()
+	b, _ := json.Marshal(Holder{PID: os.Getpid(), Host: host, Command: command, Since: time.Now().UTC()})
+	if err := f.Truncate(0); err == nil {
+		f.WriteAt(append(b, '\n'), 0)
+		f.Sync()
+	}
+	return s, nil
+}
+
+func readHolder(f *os.File) *Holder {
+	b := make([]byte, 4096)
+	n, _ := f.ReadAt(b, 0)
+	if n == 0 {
+		return nil
+	}
+	var h Holder
+	if json.Unmarshal(bytes.TrimSpace(b[:n]), &h) != nil || h.PID == 0 {
+		return nil
+	}
+	return &h
+}
+
+// Stale reports the previous holder when the lock was left behind by a
+// process that died (killed, crashed): the lock itself was free.
+func (s *Store) Stale() (Holder, bool) {
+	if s.stale == nil {
+		return Holder{}, false
+	}
+	return *s.stale, true
+}
+
+// Dir is the state directory.
+func (s *Store) Dir() string { return s.dir }
+
+// PKIDir holds the CA, the operator's client cert and node certs.
+func (s *Store) PKIDir() string { return filepath.Join(s.dir, "pki") }
+
+// SSHDir holds the cluster's admin key.
+func (s *Store) SSHDir() string { return filepath.Join(s.dir, "ssh") }
+
+// Load reads the state, or returns a new one with a fresh cluster ID when
+// there is none. A corrupt file, or one written by a newer provision, is
+// refused and left untouched.
+func (s *Store) Load() (*State, error) {
+	path := filepath.Join(s.dir, stateFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		id := make([]byte, 8)
+		if _, err := rand.Read(id); err != nil {
+			return nil, err
+		}
+		return &State{Version: Version, ClusterID: hex.EncodeToString(id)}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	var head struct {
+		Version int `json:"version"`
+	}
+	if err := json.Unmarshal(b, &head); err != nil {
+		return nil, fmt.Errorf("state file %s is corrupt (%v); it was left untouched: restore it from %s or move it away", path, err, backup)
+	}
+	if head.Version > Version {
+		return nil, fmt.Errorf("state file %s has version %d, newer than this provision understands (%d): use a newer provision; the file was left untouched", path, head.Version, Version)
+	}
+	if head.Version < 1 {
+		return nil, fmt.Errorf("state file %s has no valid version; it was left untouched", path)
+	}
+	st := &State{}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(st); err != nil {
+		return nil, fmt.Errorf("state file %s is corrupt (%v); it was left untouched: restore it from %s or move it away", path, err, backup)
+	}
+	if st.ClusterID == "" {
+		return nil, fmt.Errorf("state file %s has no cluster ID; it was left untouched", path)
+	}
+	st.Version = Version
+	return st, nil
+}
+
+// Save writes the state atomically: a temp file in the same directory,
+// fsync, the current file kept as the backup, rename, fsync of the directory.
+func (s *Store) Save(st *State) error {
+	st.Version = Version
+	st.Updated = time.Now().UTC()
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode state: %w", err)
+	}
+	path := filepath.Join(s.dir, stateFile)
+	if cur, err := os.ReadFile(path); err == nil {
+		if err := writeAtomic(s.dir, backup, cur); err != nil {
+			return fmt.Errorf("state backup: %w", err)
+		}
+	}
+	if err := writeAtomic(s.dir, stateFile, append(b, '\n')); err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
+	return nil
+}
+
+func writeAtomic(dir, name string, b []byte) error {
+	f, err := os.CreateTemp(dir, "."+name+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		return err
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// Clear removes everything the cluster kept (state, backup, certificates,
+// keys, driver files) after a destroy. The lock stays until Close.
+func (s *Store) Clear() error {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		if e.Name() == lockFile {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(s.dir, e.Name())); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Close releases the lock. When the directory holds nothing else (after
+// Clear), it is removed too.
+func (s *Store) Close() error {
+	if s.lock == nil {
+		return nil
+	}
+	s.lock.Truncate(0)
+	entries, _ := os.ReadDir(s.dir)
+	empty := len(entries) == 1 && entries[0].Name() == lockFile
+	if empty {
+		os.Remove(filepath.Join(s.dir, lockFile))
+	}
+	err := s.lock.Close() // closing the descriptor releases the flock
+	s.lock = nil
+	if empty {
+		os.Remove(s.dir)
+		os.Remove(filepath.Dir(s.dir)) // .provision, when it held only this cluster
+	}
+	return err
+}
+
+// EnsureSSHKey returns the cluster's admin key from <dir>/ssh/id_ed25519,
+// creating it (0600) on first use, with its authorized_keys line.
+func EnsureSSHKey(dir string) (ssh.Signer, string, error) {
+	kdir := filepath.Join(dir, "ssh")
+	path := filepath.Join(kdir, "id_ed25519")
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		_, priv, gerr := ed25519.GenerateKey(rand.Reader)
+		if gerr != nil {
+			return nil, "", gerr
+		}
+		blk, merr := ssh.MarshalPrivateKey(priv, "provision admin key")
+		if merr != nil {
+			return nil, "", merr
+		}
+		b = pem.EncodeToMemory(blk)
+		if err := os.MkdirAll(kdir, 0o700); err != nil {
+			return nil, "", err
+		}
+		if err := writeAtomic(kdir, "id_ed25519", b); err != nil {
+			return nil, "", fmt.Errorf("write admin key: %w", err)
+		}
+	} else if err != nil {
+		return nil, "", fmt.Errorf("read admin key: %w", err)
+	} else if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		return nil, "", fmt.Errorf("admin key %s is readable by others (mode %04o): chmod 600 it", path, fi.Mode().Perm())
+	}
+	signer, err := ssh.ParsePrivateKey(b)
+	if err != nil {
+		return nil, "", fmt.Errorf("admin key %s: %w", path, err)
+	}
+	pub := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))
+	if err := os.WriteFile(path+".pub", []byte(pub+"\n"), 0o644); err != nil {
+		return nil, "", err
+	}
+	return signer, pub, nil
+}
