@@ -1,0 +1,76 @@
+package plan
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+)
+
+var symbols = map[Kind]string{Create: "+", Adopt: "<=", Replace: "-/+", Reconfigure: "~", Remove: "-", None: " "}
+var colors = map[Kind]string{Create: "32", Adopt: "36", Replace: "35", Reconfigure: "33", Remove: "31"}
+
+// WriteText prints the plan for people: one line per machine that changes,
+// setting changes, notes and a summary line.
+func (p *Plan) WriteText(w io.Writer, color bool) error {
+	bw := bufio.NewWriter(w)
+	paint := func(k Kind, s string) string {
+		if !color || colors[k] == "" {
+			return s
+		}
+		return "\x1b[" + colors[k] + "m" + s + "\x1b[0m"
+	}
+	width := 0
+	for _, a := range p.Actions {
+		width = max(width, len(a.Machine))
+	}
+	fmt.Fprintf(bw, "Cluster %q: %d machines in the spec\n", p.Cluster, len(p.Actions)-p.Summary.Remove)
+	if p.Summary.Changes() > 0 {
+		fmt.Fprintln(bw)
+	}
+	for _, a := range p.Actions {
+		if a.Kind == None {
+			continue
+		}
+		line := fmt.Sprintf("  %3s %-*s  %-7s %-10s %s", symbols[a.Kind], width, a.Machine, a.Role, a.Driver, a.Kind)
+		if a.Address != "" && (a.Kind == Create || a.Kind == Replace) {
+			line += " on " + a.Address
+		}
+		if len(a.Reasons) > 0 {
+			line += ": " + strings.Join(a.Reasons, "; ")
+		}
+		fmt.Fprintln(bw, paint(a.Kind, line))
+	}
+	if len(p.Settings) > 0 {
+		fmt.Fprintln(bw, "\nSettings:")
+		for _, s := range p.Settings {
+			fmt.Fprintln(bw, paint(Reconfigure, "  ~ "+s.Name))
+			for _, c := range s.Changes {
+				fmt.Fprintf(bw, "      %s\n", c)
+			}
+		}
+	}
+	if len(p.Notes) > 0 {
+		fmt.Fprintln(bw, "\nNotes:")
+		for _, n := range p.Notes {
+			fmt.Fprintf(bw, "  - %s\n", n)
+		}
+	}
+	fmt.Fprintln(bw)
+	if p.Empty() {
+		fmt.Fprintln(bw, "No changes. The cluster matches the spec.")
+	} else {
+		s := p.Summary
+		fmt.Fprintf(bw, "Plan: %d to create, %d to adopt, %d to reconfigure, %d to replace, %d to remove; %d unchanged.\n",
+			s.Create, s.Adopt, s.Reconfigure, s.Replace, s.Remove, s.Unchanged)
+	}
+	return bw.Flush()
+}
+
+// WriteJSON prints the same plan as one JSON document.
+func (p *Plan) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(p)
+}
