@@ -116,30 +116,82 @@ func (e *Engine) swarm(ctx context.Context) error {
 	if err := e.save(); err != nil {
 		return err
 	}
-	tokens, err := leader.engine.Tokens(ctx)
+	// One node list tells which hosts are already Ready members: a converged
+	// cluster costs this call and nothing else.
+	nodes, err := leader.engine.Nodes(ctx)
 	if err != nil {
 		return err
 	}
+	e.nodes = map[string]dswarm.Node{}
+	for _, n := range nodes {
+		e.nodes[n.ID] = n
+	}
+	member := func(h *host, role dswarm.NodeRole) bool {
+		n, ok := e.nodes[h.rec.NodeID]
+		return ok && h.rec.NodeID != "" && n.Status.State == dswarm.NodeStateReady && n.Spec.Role == role
+	}
+	var tokens *swarm.Tokens
+	getTokens := func() (swarm.Tokens, error) {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if tokens == nil {
+			t, err := leader.engine.Tokens(ctx)
+			if err != nil {
+				return swarm.Tokens{}, err
+			}
+			tokens = &t
+		}
+		return *tokens, nil
+	}
 	joined := []string{leader.rec.Advertise()}
+	changed := false
 	// Managers one at a time, each Ready before the next joins, so quorum is
 	// never at risk.
 	for _, h := range managers {
 		if h == leader || h.err != nil {
 			continue
 		}
-		if err := e.join(ctx, h, leader, joined, tokens, true); err != nil {
-			e.fail(h, "swarm.join", err)
-			continue
+		if !member(h, dswarm.NodeRoleManager) {
+			t, err := getTokens()
+			if err == nil {
+				err = e.join(ctx, h, leader, joined, t, true)
+			}
+			if err != nil {
+				e.fail(h, "swarm.join", err)
+				continue
+			}
+			changed = true
 		}
 		joined = append(joined, h.rec.Advertise())
 	}
 	// Workers in parallel.
-	if err := e.each(ctx, workers, "swarm.join", func(ctx context.Context, h *host) error {
-		return e.join(ctx, h, leader, joined, tokens, false)
-	}); err != nil {
-		return err
+	var pending []*host
+	for _, h := range workers {
+		if !member(h, dswarm.NodeRoleWorker) {
+			pending = append(pending, h)
+		}
 	}
-	if err := e.removeStale(ctx, leader); err != nil {
+	if len(pending) > 0 {
+		changed = true
+		if err := e.each(ctx, pending, "swarm.join", func(ctx context.Context, h *host) error {
+			t, err := getTokens()
+			if err != nil {
+				return err
+			}
+			return e.join(ctx, h, leader, joined, t, false)
+		}); err != nil {
+			return err
+		}
+	}
+	if changed || len(e.staleNodes) > 0 {
+		if nodes, err = leader.engine.Nodes(ctx); err != nil {
+			return err
+		}
+		for _, n := range nodes {
+			e.nodes[n.ID] = n
+		}
+	}
+	if err := e.removeStale(ctx, leader, nodes); err != nil {
 		return err
 	}
 	return e.save()
@@ -189,11 +241,7 @@ func (e *Engine) join(ctx context.Context, h, leader *host, managers []string, t
 // removeStale removes swarm nodes that belong to no machine we keep: nodes of
 // replaced machines and nodes that are down and whose hostname is one of the
 // cluster's machine names.
-func (e *Engine) removeStale(ctx context.Context, leader *host) error {
-	nodes, err := leader.engine.Nodes(ctx)
-	if err != nil {
-		return err
-	}
+func (e *Engine) removeStale(ctx context.Context, leader *host, nodes []dswarm.Node) error {
 	keep := map[string]bool{}
 	e.mu.Lock()
 	for _, m := range e.State.Machines {
@@ -243,6 +291,9 @@ func (e *Engine) labels(ctx context.Context) error {
 		}
 		for k, v := range h.pool.Labels {
 			want[k] = v
+		}
+		if n, ok := e.nodes[h.rec.NodeID]; ok && hasLabels(n.Spec.Labels, want) {
+			continue
 		}
 		changed, err := leader.engine.SetLabels(ctx, h.rec.NodeID, want)
 		if err != nil {
@@ -425,4 +476,13 @@ func (e *Engine) leaveSwarm(ctx context.Context, p *plan.Plan) {
 		})
 	}
 	_ = g.Wait()
+}
+
+func hasLabels(have, want map[string]string) bool {
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
 }

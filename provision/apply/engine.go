@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	dswarm "github.com/docker/docker/api/types/swarm"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sync/errgroup"
 
@@ -56,7 +57,9 @@ type Engine struct {
 	plan     *plan.Plan
 	// staleNodes are swarm node IDs of replaced machines, removed once their replacements joined.
 	staleNodes []string
-	stats      Stats
+	// nodes is the swarm's node list as the leader last reported it.
+	nodes map[string]dswarm.Node
+	stats Stats
 }
 
 // Stats is what an apply did, for the summary line.
@@ -124,15 +127,6 @@ func (e *Engine) Apply(ctx context.Context, p *plan.Plan) (Stats, error) {
 			break
 		}
 	}
-	// Save whatever happened, even when interrupted.
-	saveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	_ = saveCtx
-	if serr := e.save(); serr != nil {
-		err = errors.Join(err, serr)
-	}
-	e.closeAll()
-	e.stats.Took = time.Since(start)
 	var hostErrs []error
 	for _, name := range e.hostNames() {
 		h := e.hosts[name]
@@ -146,6 +140,19 @@ func (e *Engine) Apply(ctx context.Context, p *plan.Plan) (Stats, error) {
 			e.stats.Unchanged = append(e.stats.Unchanged, name)
 		}
 	}
+	// The cluster-wide settings are recorded only when every host has them,
+	// so a failed apply shows the same setting change in the next plan.
+	if err == nil && len(hostErrs) == 0 {
+		e.mu.Lock()
+		e.State.Settings = plan.Settings(e.Spec)
+		e.mu.Unlock()
+	}
+	// Save whatever happened, even when interrupted.
+	if serr := e.save(); serr != nil {
+		err = errors.Join(err, serr)
+	}
+	e.closeAll()
+	e.stats.Took = time.Since(start)
 	return e.stats, errors.Join(append([]error{err}, hostErrs...)...)
 }
 

@@ -1,0 +1,7 @@
+// Package all links every driver into the binary; the CLI imports it for its
+// side effects (each driver registers its factory in init).
+package all
+
+import (
+	_ "github.com/provision/provision/drivers/aws"
+)

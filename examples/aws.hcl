@@ -1,0 +1,44 @@
+# A demo swarm on AWS EC2: a dedicated VPC, one manager and two workers of
+# the smallest sensible size, Debian 12 looked up per architecture.
+# Credentials and region come from the SDK's default chain (AWS_PROFILE,
+# AWS_REGION, SSO, instance roles) or the attributes below.
+#
+#   provision plan examples/aws.hcl      # works without credentials
+#   provision apply examples/aws.hcl
+#   provision destroy examples/aws.hcl   # leaves nothing billable
+
+variable "region" {
+  default = "eu-west-1"
+}
+
+variable "allowed_cidrs" {
+  type        = list(string)
+  default     = []
+  description = "who may reach SSH and the TLS engine port; empty = this machine's public address"
+}
+
+name = "aws-demo"
+
+driver "aws" {
+  region              = var.region
+  create_vpc          = true
+  instance_type       = "t3.small"
+  allowed_cidrs       = var.allowed_cidrs
+  detect_operator_ip  = true
+  associate_public_ip = true
+}
+
+managers {
+  count = 1
+  disk  = "20GiB"
+}
+
+workers {
+  count = 2
+  disk  = 30
+  size  = "t3.small"
+}
+
+tls {
+  validity = "2160h"
+}
