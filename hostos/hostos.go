@@ -85,6 +85,24 @@ type Facts struct {
 	Packages map[string]string `json:"packages"` // package -> installed version
 	Units    map[string]string `json:"units"`    // systemd unit -> ActiveState
 	Engine   string            `json:"engine"`   // `dockerd --version` number, "" if none
+
+	// UnitFiles is each managed unit's UnitFileState ("enabled", "disabled", "" when there is no such unit).
+	UnitFiles map[string]string `json:"unit_files,omitempty"`
+	// Virt is `systemd-detect-virt -c`: "none" on a VM or bare metal, else the container type ("docker").
+	Virt string `json:"virt,omitempty"`
+	// SSHClient is the operator's address as the host sees it ($SSH_CONNECTION's first field), "" when unknown.
+	SSHClient string `json:"ssh_client,omitempty"`
+	// CloudInit is `cloud-init status` ("done", "running", ...), "" when cloud-init is not installed.
+	CloudInit string `json:"cloud_init,omitempty"`
+	// Busy lists package-manager processes that were running ("1234 apt-get").
+	Busy []string `json:"busy,omitempty"`
+	// Commands maps the commands steps use (sshd, nft, hostnamectl, ...) to their path when present.
+	Commands map[string]string `json:"commands,omitempty"`
+}
+
+// Container reports whether the host is a container (its kernel is not its own).
+func (f *Facts) Container() bool {
+	return f.Virt != "" && f.Virt != "none"
 }
 
 // OSRelease is the part of /etc/os-release we use.

@@ -1,0 +1,188 @@
+package hostos
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/provision/provision/provision/comm"
+)
+
+// ---- engine.install
+
+type engineInstall struct{}
+
+func (engineInstall) ID() string { return "engine.install" }
+
+// enginePackage is the engine package name (default docker.io).
+func enginePackage(cfg *Config) string { return def(cfg.Engine.Package, "docker.io") }
+
+// wantPackages lists every package the profile needs, the engine first.
+func wantPackages(cfg *Config, fam Family) []string {
+	pkgs := []string{enginePackage(cfg)}
+	h := cfg.Hardening
+	if h.Firewall {
+		pkgs = append(pkgs, fam.Firewall)
+	}
+	if h.Updates {
+		pkgs = append(pkgs, fam.Updates)
+	}
+	if h.Audit {
+		pkgs = append(pkgs, fam.Audit)
+	}
+	return pkgs
+}
+
+// VersionMatches reports whether an installed or candidate version satisfies
+// the pin: "" accepts any, "20.10.24*" or "20.10.24" is a prefix, anything
+// else must be equal.
+func VersionMatches(have, pin string) bool {
+	if have == "" {
+		return false
+	}
+	if pin == "" || have == pin {
+		return true
+	}
+	return strings.HasPrefix(have, strings.TrimSuffix(pin, "*"))
+}
+
+func (engineInstall) Check(ctx context.Context, t *Target) (bool, error) {
+	fam, err := t.family()
+	if err != nil {
+		return false, err
+	}
+	switch m := t.Config.Engine.Method; m {
+	case "", "package", "bundle":
+	default:
+		return false, fmt.Errorf("engine method %q: want package or bundle", m)
+	}
+	for _, p := range wantPackages(t.Config, fam) {
+		if _, ok := t.Facts.Packages[p]; !ok {
+			return false, nil
+		}
+	}
+	have := t.Facts.Packages[enginePackage(t.Config)]
+	return VersionMatches(have, t.Config.Engine.Version) && t.Facts.Engine != "", nil
+}
+
+func (engineInstall) Apply(ctx context.Context, t *Target) error {
+	fam, err := t.family()
+	if err != nil {
+		return err
+	}
+	if t.Config.Engine.Method == "bundle" {
+		err = installBundle(ctx, t, fam)
+	} else {
+		err = installPackage(ctx, t, fam)
+	}
+	if err != nil {
+		return err
+	}
+	return verifyEngine(ctx, t, fam)
+}
+
+// aptEnv runs apt non-interactively, keeping changed config files
+// (--force-confold) and waiting for a held dpkg lock instead of failing.
+const aptEnv = "env DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l "
+const aptOpts = " -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef -o DPkg::Lock::Timeout=600 "
+
+func installPackage(ctx context.Context, t *Target, fam Family) error {
+	if _, err := t.sudo(ctx, aptEnv+"apt-get -q update"+aptOpts); err != nil {
+		return fmt.Errorf("apt-get update: %w", err)
+	}
+	pkg := enginePackage(t.Config)
+	args := []string{"apt-get", "install", "-y", "-q", "--no-install-recommends"}
+	spec := pkg
+	if pin := t.Config.Engine.Version; pin != "" {
+		out, err := t.sudo(ctx, comm.Quote("apt-cache", "madison", pkg))
+		if err != nil {
+			return fmt.Errorf("apt-cache madison %s: %w", pkg, err)
+		}
+		v, err := ResolveVersion(pkg, pin, ParseMadison(out, pkg))
+		if err != nil {
+			return err
+		}
+		spec = pkg + "=" + v
+		args = append(args, "--allow-downgrades")
+	}
+	args = append(args, spec)
+	args = append(args, wantPackages(t.Config, fam)[1:]...)
+	t.Log.Info("installing packages", "packages", args[len(args)-len(wantPackages(t.Config, fam)):])
+	if _, err := t.sudo(ctx, aptEnv+comm.Quote(args...)+aptOpts); err != nil {
+		return fmt.Errorf("apt-get install: %w", err)
+	}
+	return nil
+}
+
+// ParseMadison reads `apt-cache madison PKG` ("pkg | version | source")
+// into versions in the order listed, without duplicates.
+func ParseMadison(out []byte, pkg string) []string {
+	var vs []string
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Split(l, "|")
+		if len(f) < 3 || strings.TrimSpace(f[0]) != pkg {
+			continue
+		}
+		v := strings.TrimSpace(f[1])
+		if v != "" && !slices.Contains(vs, v) {
+			vs = append(vs, v)
+		}
+	}
+	return vs
+}
+
+// ResolveVersion picks the version for a pin among the available ones: an
+// exact match, else the first (newest) with the pin as a prefix.
+func ResolveVersion(pkg, pin string, avail []string) (string, error) {
+	if slices.Contains(avail, pin) {
+		return pin, nil
+	}
+	for _, v := range avail {
+		if VersionMatches(v, pin) {
+			return v, nil
+		}
+	}
+	if len(avail) == 0 {
+		return "", fmt.Errorf("engine package %s: no version available from the host's package sources", pkg)
+	}
+	return "", fmt.Errorf("engine package %s version %q not available; available: %s", pkg, pin, strings.Join(avail, ", "))
+}
+
+// verifyEngine re-reads the installed versions and `dockerd --version` and
+// records them in the facts.
+func verifyEngine(ctx context.Context, t *Target, fam Family) error {
+	pkgs := wantPackages(t.Config, fam)
+	script := "dpkg-query -W -f='pkg\\t${db:Status-Abbrev}\\t${Package}\\t${Version}\\n' " + comm.Quote(pkgs...) + " 2>/dev/null; " +
+		"printf 'engine\\t%s\\n' \"$(dockerd --version 2>/dev/null)\"; printf 'end\\n'"
+	out, err := t.sudoSh(ctx, script)
+	if err != nil && exitCode(err) != 1 { // dpkg-query exits 1 when a package is missing
+		return fmt.Errorf("check engine: %w", err)
+	}
+	got, perr := ParseFacts(out)
+	if perr != nil {
+		return fmt.Errorf("check engine: %w", perr)
+	}
+	var missing []string
+	for _, p := range pkgs {
+		v, ok := got.Packages[p]
+		if !ok {
+			missing = append(missing, p)
+			continue
+		}
+		t.Facts.Packages[p] = v
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("packages not installed after install: %s", strings.Join(missing, ", "))
+	}
+	pkg := enginePackage(t.Config)
+	if have := got.Packages[pkg]; !VersionMatches(have, t.Config.Engine.Version) {
+		return fmt.Errorf("engine package %s is %s after install, want %s", pkg, have, t.Config.Engine.Version)
+	}
+	if got.Engine == "" {
+		return fmt.Errorf("dockerd --version gives nothing after installing %s", pkg)
+	}
+	t.Facts.Engine = got.Engine
+	t.Log.Info("engine installed", "package", pkg, "version", got.Packages[pkg], "dockerd", got.Engine)
+	return nil
+}

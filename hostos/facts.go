@@ -1,0 +1,191 @@
+package hostos
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/provision/provision/provision/comm"
+)
+
+// managedUnits are the systemd units whose state GatherFacts reports.
+var managedUnits = []string{
+	"docker.service", "containerd.service", "systemd-journald.service",
+	unitPruneTimer, unitPruneService, unitFirewall, "auditd.service",
+	"ssh.service", "unattended-upgrades.service",
+}
+
+// probedCommands are the commands whose presence GatherFacts reports.
+var probedCommands = []string{"sshd", "nft", "hostnamectl", "cloud-init", "systemctl", "auditctl", "augenrules", "apt-get", "dockerd", "sysctl"}
+
+// factsScript is the POSIX sh program GatherFacts runs as root; $1 is the
+// SSH client address (expanded by the login shell, since sudo drops the
+// environment). Every line is "kind<TAB>fields...". Paths are appended.
+const factsScript = `export LC_ALL=C PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+printf 'ssh_client\t%s\n' "$1"
+if [ -r /etc/os-release ]; then
+	while IFS= read -r l || [ -n "$l" ]; do printf 'os\t%s\n' "$l"; done </etc/os-release
+fi
+printf 'arch\t%s\n' "$(dpkg --print-architecture 2>/dev/null)"
+printf 'hostname\t%s\n' "$(hostname 2>/dev/null || cat /etc/hostname 2>/dev/null)"
+for c in $PROBE; do
+	p=$(command -v "$c" 2>/dev/null) && printf 'cmd\t%s\t%s\n' "$c" "$p"
+done
+for f in $FILES; do
+	if [ -f "$f" ]; then printf 'file\t%s\t%s\n' "$f" "$(sha256sum <"$f" | cut -d' ' -f1)"; fi
+done
+dpkg-query -W -f='pkg\t${db:Status-Abbrev}\t${Package}\t${Version}\n' 2>/dev/null
+if command -v systemctl >/dev/null 2>&1; then
+	for u in $UNITS; do
+		printf 'unit\t%s\t%s\t%s\n' "$u" "$(systemctl show -p ActiveState --value "$u" 2>/dev/null)" "$(systemctl show -p UnitFileState --value "$u" 2>/dev/null)"
+	done
+fi
+if command -v dockerd >/dev/null 2>&1; then printf 'engine\t%s\n' "$(dockerd --version 2>/dev/null)"; fi
+if command -v systemd-detect-virt >/dev/null 2>&1; then
+	printf 'virt\t%s\n' "$(systemd-detect-virt -c 2>/dev/null)"
+elif [ -f /.dockerenv ] || [ -f /run/.containerenv ]; then
+	printf 'virt\tcontainer\n'
+fi
+if command -v cloud-init >/dev/null 2>&1; then
+	printf 'cloudinit\t%s\n' "$(cloud-init status 2>/dev/null | sed -n 's/^status: *//p')"
+fi
+pgrep -a -x 'apt|apt-get|aptitude|dpkg|unattended-upgr' 2>/dev/null | while IFS= read -r l; do printf 'busy\t%s\n' "$l"; done
+printf 'end\n'
+`
+
+// GatherFacts learns everything the steps' Checks need in one remote call:
+// a shell script on stdin, run as root (root-only files can be hashed).
+func GatherFacts(ctx context.Context, c Comm, paths []string) (*Facts, error) {
+	var script strings.Builder
+	fmt.Fprintf(&script, "PROBE=%s\nUNITS=%s\nFILES=%s\n",
+		comm.Quote(strings.Join(probedCommands, " ")),
+		comm.Quote(strings.Join(managedUnits, " ")),
+		comm.Quote(strings.Join(paths, " ")))
+	for _, p := range paths {
+		if strings.ContainsAny(p, " \t\n*?[") {
+			return nil, fmt.Errorf("gather facts: managed path %q has shell-special characters", p)
+		}
+	}
+	script.WriteString("set -f\n") // FILES and UNITS are split on spaces, never globbed
+	script.WriteString(factsScript)
+	// The login shell expands $SSH_CONNECTION before sudo drops it.
+	out, err := c.Run(ctx, comm.Sudo(c, `sh -s -- "${SSH_CONNECTION%% *}"`), strings.NewReader(script.String()))
+	if err != nil {
+		return nil, fmt.Errorf("gather facts: %w", err)
+	}
+	return ParseFacts(out)
+}
+
+// ParseFacts reads the output of the facts script.
+func ParseFacts(out []byte) (*Facts, error) {
+	f := &Facts{
+		Files:     map[string]string{},
+		Packages:  map[string]string{},
+		Units:     map[string]string{},
+		UnitFiles: map[string]string{},
+		Commands:  map[string]string{},
+	}
+	osr := map[string]string{}
+	ended := false
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
+	for sc.Scan() {
+		kind, rest, _ := strings.Cut(sc.Text(), "\t")
+		fields := strings.Split(rest, "\t")
+		switch kind {
+		case "ssh_client":
+			f.SSHClient = strings.TrimSpace(rest)
+		case "os":
+			k, v, ok := strings.Cut(rest, "=")
+			if ok && !strings.HasPrefix(strings.TrimSpace(k), "#") {
+				osr[strings.TrimSpace(k)] = unquoteOS(v)
+			}
+		case "arch":
+			f.Arch = strings.TrimSpace(rest)
+		case "hostname":
+			f.Hostname = strings.TrimSpace(rest)
+		case "cmd":
+			if len(fields) == 2 {
+				f.Commands[fields[0]] = fields[1]
+			}
+		case "file":
+			if len(fields) == 2 && len(fields[1]) == 64 {
+				f.Files[fields[0]] = fields[1]
+			}
+		case "pkg":
+			// status abbreviation: want, status, error ("ii "); installed when status is 'i'.
+			if len(fields) == 3 && len(fields[0]) >= 2 && fields[0][1] == 'i' {
+				f.Packages[fields[1]] = fields[2]
+			}
+		case "unit":
+			if len(fields) == 3 {
+				f.Units[fields[0]] = fields[1]
+				f.UnitFiles[fields[0]] = fields[2]
+			}
+		case "engine":
+			f.Engine = engineVersion(rest)
+		case "virt":
+			f.Virt = strings.TrimSpace(rest)
+		case "cloudinit":
+			f.CloudInit = strings.TrimSpace(rest)
+			if f.CloudInit == "" {
+				f.CloudInit = "unknown"
+			}
+		case "busy":
+			if s := strings.TrimSpace(rest); s != "" {
+				f.Busy = append(f.Busy, s)
+			}
+		case "end":
+			ended = true
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("parse facts: %w", err)
+	}
+	if !ended {
+		return nil, fmt.Errorf("parse facts: output ends early (%d bytes)", len(out))
+	}
+	f.OS = OSRelease{
+		ID:        osr["ID"],
+		VersionID: osr["VERSION_ID"],
+		Codename:  osr["VERSION_CODENAME"],
+		Pretty:    osr["PRETTY_NAME"],
+	}
+	if like := osr["ID_LIKE"]; like != "" {
+		f.OS.IDLike = strings.Fields(like)
+	}
+	return f, nil
+}
+
+// unquoteOS undoes os-release quoting: "x", 'x' or bare.
+func unquoteOS(v string) string {
+	v = strings.TrimSpace(v)
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+		if s, err := strconv.Unquote(v); err == nil {
+			return s
+		}
+		return v[1 : len(v)-1]
+	}
+	if len(v) >= 2 && v[0] == '\'' && v[len(v)-1] == '\'' {
+		return v[1 : len(v)-1]
+	}
+	return v
+}
+
+// engineVersion takes "Docker version 20.10.24+dfsg1, build 297e128" to
+// "20.10.24+dfsg1".
+func engineVersion(s string) string {
+	s = strings.TrimSpace(s)
+	i := strings.Index(s, "version ")
+	if i < 0 {
+		return ""
+	}
+	v := s[i+len("version "):]
+	if j := strings.IndexAny(v, ", "); j >= 0 {
+		v = v[:j]
+	}
+	return v
+}

@@ -1,0 +1,321 @@
+package hostos
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/provision/provision/templates"
+)
+
+// Paths of the files the steps manage.
+const (
+	PathTLSCA          = "/etc/docker/tls/ca.pem"
+	PathTLSCert        = "/etc/docker/tls/cert.pem"
+	PathTLSKey         = "/etc/docker/tls/key.pem"
+	PathDaemonJSON     = "/etc/docker/daemon.json"
+	PathDockerDropIn   = "/etc/systemd/system/docker.service.d/provision.conf"
+	PathJournald       = "/etc/systemd/journald.conf.d/provision.conf"
+	PathPruneService   = "/etc/systemd/system/provision-prune.service"
+	PathPruneTimer     = "/etc/systemd/system/provision-prune.timer"
+	PathSSHD           = "/etc/ssh/sshd_config.d/10-provision.conf"
+	PathSysctl         = "/etc/sysctl.d/90-provision.conf"
+	PathFirewall       = "/etc/provision/firewall.nft"
+	PathFirewallUnit   = "/etc/systemd/system/provision-firewall.service"
+	PathAuditRules     = "/etc/audit/rules.d/provision.rules"
+	PathAutoUpgrades   = "/etc/apt/apt.conf.d/21provision-auto-upgrades"
+	PathUnattendedConf = "/etc/apt/apt.conf.d/52provision-unattended-upgrades"
+
+	unitPruneTimer   = "provision-prune.timer"
+	unitPruneService = "provision-prune.service"
+	unitFirewall     = "provision-firewall.service"
+
+	// EnginePort is the engine's TLS port.
+	EnginePort = 2376
+)
+
+// ManagedPaths lists every file a step may write or remove, for GatherFacts
+// to hash. It does not depend on which switches are on: a step whose switch
+// is off checks that its files are gone.
+func ManagedPaths(cfg *Config) []string {
+	return []string{
+		PathTLSCA, PathTLSCert, PathTLSKey, PathDaemonJSON, PathDockerDropIn,
+		PathJournald, PathPruneService, PathPruneTimer, PathSSHD, PathSysctl,
+		PathFirewall, PathFirewallUnit, PathAuditRules, PathAutoUpgrades, PathUnattendedConf,
+	}
+}
+
+// File is one file a step wants on the host.
+type File struct {
+	Path    string
+	Mode    fs.FileMode
+	Content []byte
+}
+
+// Sum is the sha256 hex of the content, as GatherFacts reports it.
+func (f File) Sum() string { return sum(f.Content) }
+
+func sum(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
+func render(path string, mode fs.FileMode, tmpl string, data any) (File, error) {
+	b, err := templates.Render(tmpl, data)
+	if err != nil {
+		return File{}, err
+	}
+	return File{Path: path, Mode: mode, Content: b}, nil
+}
+
+// DaemonData is daemon.json's template data.
+type DaemonData struct {
+	Hosts                     []string
+	CAFile, CertFile, KeyFile string
+	LogDriver                 string
+	LogOpts                   map[string]string
+	Hardened                  bool // no-new-privileges, no userland proxy, no inter-container traffic on the default bridge
+	UsernsRemap               bool
+}
+
+// DaemonFiles renders /etc/docker/daemon.json and the docker.service drop-in.
+func DaemonFiles(cfg *Config, fam Family) ([]File, error) {
+	drv := cfg.Logging.Driver
+	if drv == "" {
+		drv = "json-file"
+	}
+	opts := map[string]string{}
+	for k, v := range cfg.Logging.Options {
+		opts[k] = v
+	}
+	d := DaemonData{
+		Hosts:       []string{"unix:///var/run/docker.sock", fmt.Sprintf("tcp://0.0.0.0:%d", EnginePort)},
+		CAFile:      PathTLSCA,
+		CertFile:    PathTLSCert,
+		KeyFile:     PathTLSKey,
+		LogDriver:   drv,
+		LogOpts:     opts,
+		Hardened:    cfg.Hardening.Daemon,
+		UsernsRemap: cfg.Hardening.UserNamespaces,
+	}
+	dj, err := render(PathDaemonJSON, 0o644, "daemon.json.tmpl", d)
+	if err != nil {
+		return nil, err
+	}
+	di, err := render(PathDockerDropIn, 0o644, "docker-dropin.conf.tmpl", struct{ Dockerd string }{fam.Dockerd})
+	if err != nil {
+		return nil, err
+	}
+	return []File{dj, di}, nil
+}
+
+// TLSFilesOf are the engine's TLS files: CA and cert world-readable, key 0600.
+func TLSFilesOf(cfg *Config) ([]File, error) {
+	if len(cfg.TLS.CA) == 0 || len(cfg.TLS.Cert) == 0 || len(cfg.TLS.Key) == 0 {
+		return nil, fmt.Errorf("no TLS certificate for the engine")
+	}
+	return []File{
+		{Path: PathTLSCA, Mode: 0o644, Content: cfg.TLS.CA},
+		{Path: PathTLSCert, Mode: 0o644, Content: cfg.TLS.Cert},
+		{Path: PathTLSKey, Mode: 0o600, Content: cfg.TLS.Key},
+	}, nil
+}
+
+// JournaldFiles renders the journald drop-in.
+func JournaldFiles(cfg *Config) ([]File, error) {
+	max := cfg.Logging.JournaldMaxUse
+	if max == "" {
+		max = "500M"
+	}
+	f, err := render(PathJournald, 0o644, "journald.conf.tmpl", struct{ MaxUse string }{max})
+	if err != nil {
+		return nil, err
+	}
+	return []File{f}, nil
+}
+
+// PruneFiles renders the prune service and timer.
+func PruneFiles(cfg *Config, fam Family) ([]File, error) {
+	p := cfg.Prune
+	d := struct {
+		Docker, Until, Schedule, RandomizedDelay string
+		Volumes                                  bool
+	}{fam.Docker, def(p.Until, "24h"), def(p.Schedule, "daily"), def(p.RandomizedDelay, "1h"), p.Volumes}
+	for _, v := range []string{d.Until, d.Schedule, d.RandomizedDelay} {
+		if strings.ContainsAny(v, "\n\r") {
+			return nil, fmt.Errorf("prune setting %q: newline", v)
+		}
+	}
+	if strings.ContainsAny(d.Until, " \t") {
+		return nil, fmt.Errorf("prune until %q: spaces", d.Until)
+	}
+	svc, err := render(PathPruneService, 0o644, "prune.service.tmpl", d)
+	if err != nil {
+		return nil, err
+	}
+	tim, err := render(PathPruneTimer, 0o644, "prune.timer.tmpl", d)
+	if err != nil {
+		return nil, err
+	}
+	return []File{svc, tim}, nil
+}
+
+// SSHDFiles renders the sshd drop-in.
+func SSHDFiles(cfg *Config) ([]File, error) {
+	d := struct {
+		PermitRootLogin string
+		AllowUsers      []string
+	}{PermitRootLogin: "no"}
+	if u := cfg.AdminUser; u != "" {
+		if strings.ContainsAny(u, " \t\n*?,@") {
+			return nil, fmt.Errorf("admin user %q: not a plain user name", u)
+		}
+		d.AllowUsers = []string{u}
+		if u == "root" {
+			// provision itself logs in as root here: keep keys working.
+			d.PermitRootLogin = "prohibit-password"
+		}
+	}
+	f, err := render(PathSSHD, 0o644, "sshd.conf.tmpl", d)
+	if err != nil {
+		return nil, err
+	}
+	return []File{f}, nil
+}
+
+// SysctlFiles renders the sysctl drop-in.
+func SysctlFiles() ([]File, error) {
+	f, err := render(PathSysctl, 0o644, "sysctl.conf.tmpl", struct{}{})
+	if err != nil {
+		return nil, err
+	}
+	return []File{f}, nil
+}
+
+// FirewallData is the nftables ruleset's template data: addresses and
+// prefixes split by family, in canonical form.
+type FirewallData struct {
+	Operators4, Operators6 []string
+	Peers4, Peers6         []string
+	SSHPort, EnginePort    int
+	ESP                    bool
+}
+
+// FirewallFiles renders the ruleset and its boot unit. Operators are
+// cfg.OperatorCIDRs or, when there are none, the SSH client address.
+func FirewallFiles(cfg *Config, fam Family, facts *Facts) ([]File, error) {
+	ops := cfg.OperatorCIDRs
+	if len(ops) == 0 && facts != nil && facts.SSHClient != "" {
+		ops = []string{facts.SSHClient}
+	}
+	if len(ops) == 0 {
+		return nil, fmt.Errorf("firewall: no operator address: set tls.allowed_cidrs (the host did not report an SSH client address)")
+	}
+	d := FirewallData{SSHPort: 22, EnginePort: EnginePort, ESP: cfg.Hardening.OverlayEncryption}
+	var err error
+	if d.Operators4, d.Operators6, err = splitPrefixes(ops); err != nil {
+		return nil, fmt.Errorf("firewall operator addresses: %w", err)
+	}
+	if d.Peers4, d.Peers6, err = splitPrefixes(cfg.Peers); err != nil {
+		return nil, fmt.Errorf("firewall peer addresses: %w", err)
+	}
+	rs, err := render(PathFirewall, 0o644, "firewall.nft.tmpl", d)
+	if err != nil {
+		return nil, err
+	}
+	unit, err := render(PathFirewallUnit, 0o644, "firewall.service.tmpl", struct{ Nft, Ruleset string }{fam.Nft, PathFirewall})
+	if err != nil {
+		return nil, err
+	}
+	return []File{rs, unit}, nil
+}
+
+// splitPrefixes parses addresses ("10.0.0.5") and prefixes ("10.0.0.0/24")
+// into sorted, de-duplicated IPv4 and IPv6 lists in canonical form.
+func splitPrefixes(in []string) (v4, v6 []string, err error) {
+	for _, s := range in {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		var p netip.Prefix
+		if strings.Contains(s, "/") {
+			p, err = netip.ParsePrefix(s)
+			if err != nil {
+				return nil, nil, fmt.Errorf("%q: %w", s, err)
+			}
+			p = p.Masked()
+		} else {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				return nil, nil, fmt.Errorf("%q: %w", s, err)
+			}
+			a = a.Unmap().WithZone("")
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		txt := p.String()
+		if p.Bits() == p.Addr().BitLen() {
+			txt = p.Addr().String()
+		}
+		if p.Addr().Is4() {
+			v4 = append(v4, txt)
+		} else {
+			v6 = append(v6, txt)
+		}
+	}
+	slices.Sort(v4)
+	slices.Sort(v6)
+	return slices.Compact(v4), slices.Compact(v6), nil
+}
+
+// auditWatches are the paths the audit rules watch (CIS Docker 1.1.3-1.1.18).
+func auditWatches(fam Family) []string {
+	return []string{
+		fam.Dockerd, "/usr/bin/containerd", "/usr/sbin/runc",
+		"/etc/docker", "/var/lib/docker", "/etc/default/docker",
+		"/lib/systemd/system/docker.service", "/lib/systemd/system/docker.socket",
+		"/etc/systemd/system/docker.service.d",
+	}
+}
+
+// AuditFiles renders the audit rules.
+func AuditFiles(fam Family) ([]File, error) {
+	f, err := render(PathAuditRules, 0o640, "audit.rules.tmpl", struct{ Watches []string }{auditWatches(fam)})
+	if err != nil {
+		return nil, err
+	}
+	return []File{f}, nil
+}
+
+// UpdatesFiles renders the unattended-upgrades configuration.
+func UpdatesFiles(cfg *Config) ([]File, error) {
+	pkg := def(cfg.Engine.Package, "docker.io")
+	bl := []string{pkg, "containerd", "runc"}
+	if pkg == "docker-ce" {
+		bl = []string{"docker-ce", "docker-ce-cli", "containerd.io"}
+	}
+	au, err := render(PathAutoUpgrades, 0o644, "auto-upgrades.conf.tmpl", struct{}{})
+	if err != nil {
+		return nil, err
+	}
+	uu, err := render(PathUnattendedConf, 0o644, "unattended-upgrades.conf.tmpl", struct {
+		Blacklist  []string
+		AutoReboot bool
+		RebootTime string
+	}{bl, cfg.Hardening.AutoReboot, "03:30"})
+	if err != nil {
+		return nil, err
+	}
+	return []File{au, uu}, nil
+}
+
+func def(v, d string) string {
+	if v == "" {
+		return d
+	}
+	return v
+}
