@@ -82,7 +82,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.logFile, "log-file", "", "also write a JSON log (debug level) to this file")
 	pf.BoolVar(&g.noColor, "no-color", false, "no colors in output")
 	root.AddCommand(
-		newValidate(g), newPlan(g), newApply(g), newDestroy(g),
+		newValidate(g), newPlan(g), newApply(g), newDestroy(g), newAudit(g),
 		newStatus(g), newEnv(g), newSSH(g), newVersion(),
 	)
 	return root
@@ -171,10 +171,9 @@ func (g *globals) open(cmd *cobra.Command, file string) (*loaded, error) {
 			return nil, withCode(exitUsage, fmt.Errorf("driver %q (%s) is not built into this binary", b.Name, b.Type))
 		}
 		d, diags := info.New(b.Body, drivers.Options{Name: b.Name, StateDir: dir, Log: g.log.With("driver", b.Name), Eval: b.Eval})
-		if len(diags) > 0 {
-			spec.WriteDiagnostics(cmd.ErrOrStderr(), diags, !g.noColor && isTTY(cmd.ErrOrStderr()))
-		}
+		// spec.Load already ran every factory and printed its warnings.
 		if diags.HasErrors() {
+			spec.WriteDiagnostics(cmd.ErrOrStderr(), diags, !g.noColor && isTTY(cmd.ErrOrStderr()))
 			l.close()
 			return nil, withCode(exitUsage, errSilent)
 		}
