@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -45,7 +46,7 @@ func main() {
 
 func run(ctx context.Context, args []string) int {
 	root := newRoot()
-	root.SetArgs(args)
+	root.SetArgs(normalizeArgs(args))
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return exitOK
@@ -68,3 +69,21 @@ func run(ctx context.Context, args []string) int {
 
 // errSilent marks an error whose message was already printed (diagnostics).
 var errSilent = errors.New("already reported")
+
+// normalizeArgs accepts Terraform's single-dash -var and -var-file (pflag
+// would read them as shorthand flags -v -a -r).
+func normalizeArgs(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		switch {
+		case a == "--":
+			copy(out[i:], args[i:])
+			return out
+		case a == "-var" || a == "-var-file" || strings.HasPrefix(a, "-var=") || strings.HasPrefix(a, "-var-file="):
+			out[i] = "-" + a
+		default:
+			out[i] = a
+		}
+	}
+	return out
+}
