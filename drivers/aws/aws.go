@@ -43,6 +43,7 @@ import (
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/smithy-go/logging"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/hashicorp/hcl/v2"
 
@@ -142,6 +143,10 @@ func (d *Driver) ec2Client(ctx context.Context) (*ec2.Client, error) {
 	// The SDK's standard retryer backs off on throttling and transient errors;
 	// give it a few more attempts than its default three for large clusters.
 	loadOpts = append(loadOpts, config.WithRetryMaxAttempts(8))
+	// The SDK's own warnings go to our log, not straight to stderr.
+	loadOpts = append(loadOpts, config.WithLogger(logging.LoggerFunc(func(c logging.Classification, format string, v ...any) {
+		d.log.Debug("aws sdk: "+fmt.Sprintf(format, v...), "class", string(c))
+	})))
 	awsCfg, err := config.LoadDefaultConfig(ctx, loadOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("load AWS configuration: %w", err)
