@@ -1,0 +1,854 @@
+// Package local is the driver whose hosts are systemd system containers on a
+// Docker engine (the operator's own machine, or DOCKER_HOST): each host is a
+// container of the host image (drivers/local/image/build.sh) running
+// /sbin/init with sshd, on a per-cluster bridge network that the operator's
+// machine reaches directly by container address.
+//
+// The SSH host key the engine generated is copied into the container before
+// it starts, so the first connection is already strictly checked; the admin
+// user, its authorized key and a passwordless sudoers entry are set up by
+// `docker exec` once systemd runs.
+//
+// The block (every attribute optional):
+//
+//	driver "local" {
+//	  image       = "provision/host:bookworm" # built by `make host-image`
+//	  network     = "my-net"                  # use this existing network instead of creating one
+//	  internal    = false                     # true: create the cluster network with --internal (air-gapped hosts)
+//	  subnet      = "172.30.0.0/24"           # CIDR of the created network (default: the engine picks)
+//	  docker_host = "unix:///var/run/docker.sock" # else DOCKER_HOST
+//	  memory      = "2GiB"                    # per-host memory limit (default: none)
+//	  cpus        = 1.5                       # per-host CPU limit (default: none)
+//	}
+//
+// Pools' disk sizes are accepted and ignored: containers share the engine's
+// disk. Nothing is contacted in New: the Docker client is made on first use.
+//
+// Flags: the engine here refuses --privileged (CAP_SYS_RESOURCE is not in the
+// bounding set), so hosts run with every capability but SYS_RESOURCE,
+// unconfined seccomp and AppArmor, unmasked /proc and /sys paths (what the
+// CLI's --security-opt systempaths=unconfined does, so per-host net.* sysctls
+// can be set), the host's cgroup tree read-only (cgroup v1, host cgroup
+// namespace: verified here with Docker 20.10), tmpfs /run and /run/lock,
+// SIGRTMIN+3 as stop signal, and a named volume on /var/lib/docker (the nested
+// engine needs a non-overlay filesystem there). On cgroup v2 engines the
+// cgroup tree is bound read-write with the host cgroup namespace, the usual
+// recipe for systemd in Docker; that variant is not verified on this machine.
+package local
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/mount"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/volume"
+	"github.com/docker/docker/client"
+	"github.com/docker/docker/errdefs"
+	"github.com/docker/docker/pkg/stdcopy"
+	"github.com/hashicorp/hcl/v2"
+
+	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/provision/comm"
+)
+
+func init() {
+	drivers.Register("local", New)
+}
+
+// Labels the driver sets besides the drivers.Tag* ownership tags.
+const (
+	TagHostKey = "provision-hostkey" // the pinned SSH host key (public half, authorized_keys form)
+	TagUser    = "provision-user"    // the admin user
+	TagNetwork = "provision-network" // the network the host's address is on
+)
+
+// internalLabels are labels the driver sets for itself; Machines does not
+// report them as tags.
+var internalLabels = []string{TagHostKey, TagUser, TagNetwork}
+
+// Driver makes system containers. It is safe for concurrent use.
+type Driver struct {
+	cfg  Config
+	name string
+	log  *slog.Logger
+
+	// bootTimeout bounds the wait for systemd and sshd after a start.
+	bootTimeout time.Duration
+
+	clientMu sync.Mutex
+	client   *client.Client
+	cgroupV2 bool
+
+	netMu sync.Mutex // serializes network creation within the process
+
+	namesMu sync.Mutex
+	names   map[string]*sync.Mutex // "cluster/machine" -> create lock
+}
+
+var (
+	_ drivers.Driver      = (*Driver)(nil)
+	_ drivers.Teardown    = (*Driver)(nil)
+	_ drivers.Preflighter = (*Driver)(nil)
+)
+
+// New decodes a `driver "local" { ... }` block. It does no I/O.
+func New(body hcl.Body, opts drivers.Options) (drivers.Driver, hcl.Diagnostics) {
+	cfg, diags := decodeConfig(body, opts.Eval)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	return NewDriver(cfg, opts), diags
+}
+
+// NewDriver returns a driver for an already decoded configuration. It does no I/O.
+func NewDriver(cfg Config, opts drivers.Options) *Driver {
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	name := opts.Name
+	if name == "" {
+		name = "local"
+	}
+	if cfg.Image == "" {
+		cfg.Image = DefaultImage
+	}
+	return &Driver{
+		cfg:         cfg,
+		name:        name,
+		log:         log.With("driver", name),
+		bootTimeout: 3 * time.Minute,
+		names:       map[string]*sync.Mutex{},
+	}
+}
+
+// Config returns the driver's decoded configuration.
+func (d *Driver) Config() Config { return d.cfg }
+
+// docker returns the engine client, made on first use. A failure is not
+// cached: the next call tries again.
+func (d *Driver) docker(ctx context.Context) (*client.Client, error) {
+	d.clientMu.Lock()
+	defer d.clientMu.Unlock()
+	if d.client != nil {
+		return d.client, nil
+	}
+	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	if d.cfg.DockerHost != "" {
+		opts = append(opts, client.WithHost(d.cfg.DockerHost))
+	}
+	cli, err := client.NewClientWithOpts(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("docker client: %w", err)
+	}
+	info, err := cli.Info(ctx)
+	if err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("docker engine at %s: %w", cli.DaemonHost(), err)
+	}
+	d.cgroupV2 = info.CgroupVersion == "2"
+	d.client = cli
+	return cli, nil
+}
+
+// Close releases the Docker client, if one was made.
+func (d *Driver) Close() error {
+	d.clientMu.Lock()
+	defer d.clientMu.Unlock()
+	if d.client == nil {
+		return nil
+	}
+	err := d.client.Close()
+	d.client = nil
+	return err
+}
+
+// lockName serializes Create calls for one machine name within this process;
+// across processes the label lookup and the engine's unique container names
+// keep Create idempotent.
+func (d *Driver) lockName(cluster, name string) func() {
+	d.namesMu.Lock()
+	m, ok := d.names[cluster+"/"+name]
+	if !ok {
+		m = &sync.Mutex{}
+		d.names[cluster+"/"+name] = m
+	}
+	d.namesMu.Unlock()
+	m.Lock()
+	return m.Unlock
+}
+
+var unsafeName = regexp.MustCompile(`[^a-zA-Z0-9_.-]`)
+
+// ClusterShort is the cluster ID part of resource names: its first 12
+// characters, made safe for Docker names.
+func ClusterShort(cluster string) string {
+	s := unsafeName.ReplaceAllString(cluster, "-")
+	if len(s) > 12 {
+		s = s[:12]
+	}
+	return s
+}
+
+// NetworkName is the name of the network the driver creates for a cluster.
+func NetworkName(cluster string) string { return "provision-" + ClusterShort(cluster) }
+
+// ContainerName is the name of a machine's container.
+func ContainerName(cluster, machine string) string {
+	return "provision-" + ClusterShort(cluster) + "-" + unsafeName.ReplaceAllString(machine, "-")
+}
+
+// VolumeName is the name of the volume on a machine's /var/lib/docker.
+func VolumeName(cluster, machine string) string { return ContainerName(cluster, machine) + "-docker" }
+
+func clusterFilter(cluster string) filters.Args {
+	return filters.NewArgs(filters.Arg("label", drivers.TagCluster+"="+cluster))
+}
+
+// Machines lists every container labelled with the cluster ID, running or not.
+func (d *Driver) Machines(ctx context.Context, cluster string) ([]drivers.Machine, error) {
+	cli, err := d.docker(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: clusterFilter(cluster)})
+	if err != nil {
+		return nil, fmt.Errorf("list containers of cluster %s: %w", cluster, err)
+	}
+	out := make([]drivers.Machine, 0, len(cs))
+	for _, c := range cs {
+		addr := ""
+		if c.NetworkSettings != nil {
+			if ep := c.NetworkSettings.Networks[c.Labels[TagNetwork]]; ep != nil {
+				addr = ep.IPAddress
+			}
+		}
+		out = append(out, d.machine(c.ID, c.Labels, c.State, addr))
+	}
+	slices.SortFunc(out, func(a, b drivers.Machine) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+func (d *Driver) machine(id string, labels map[string]string, state, addr string) drivers.Machine {
+	tags := map[string]string{}
+	for k, v := range labels {
+		if !slices.Contains(internalLabels, k) {
+			tags[k] = v
+		}
+	}
+	switch state {
+	case "exited", "created", "dead":
+		state = "stopped"
+	}
+	return drivers.Machine{
+		Name:    labels[drivers.TagMachine],
+		ID:      id,
+		Driver:  d.name,
+		Address: addr,
+		SSH:     drivers.SSHEndpoint{User: labels[TagUser], Port: 22, HostKey: labels[TagHostKey]},
+		Tags:    tags,
+		State:   state,
+	}
+}
+
+var validUser = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+
+// Create makes the machine's container, or returns (and starts) the one
+// already labelled with this cluster and name.
+func (d *Driver) Create(ctx context.Context, cluster string, spec drivers.MachineSpec) (drivers.Machine, error) {
+	m, err := d.create(ctx, cluster, spec)
+	if err != nil {
+		return drivers.Machine{}, fmt.Errorf("machine %q: %w", spec.Name, err)
+	}
+	return m, nil
+}
+
+func (d *Driver) create(ctx context.Context, cluster string, spec drivers.MachineSpec) (drivers.Machine, error) {
+	if cluster == "" || spec.Name == "" {
+		return drivers.Machine{}, errors.New("cluster ID and machine name are required")
+	}
+	if !validUser.MatchString(spec.SSH.User) {
+		return drivers.Machine{}, fmt.Errorf("admin user %q is not a valid user name", spec.SSH.User)
+	}
+	if strings.TrimSpace(spec.SSH.PublicKey) == "" {
+		return drivers.Machine{}, errors.New("no admin public key")
+	}
+	unlock := d.lockName(cluster, spec.Name)
+	defer unlock()
+	cli, err := d.docker(ctx)
+	if err != nil {
+		return drivers.Machine{}, err
+	}
+	if spec.DiskGiB != 0 {
+		d.log.Debug("disk size ignored: containers share the engine's disk", "machine", spec.Name, "disk_gib", spec.DiskGiB)
+	}
+
+	id, err := d.find(ctx, cli, cluster, spec.Name)
+	if err != nil {
+		return drivers.Machine{}, err
+	}
+	if id == "" {
+		id, err = d.createContainer(ctx, cli, cluster, spec)
+		if err != nil {
+			return drivers.Machine{}, err
+		}
+	} else {
+		d.log.Info("container exists", "machine", spec.Name, "container", short(id))
+	}
+
+	info, err := cli.ContainerInspect(ctx, id)
+	if err != nil {
+		return drivers.Machine{}, fmt.Errorf("inspect container %s: %w", short(id), err)
+	}
+	if !info.State.Running {
+		d.log.Info("starting container", "machine", spec.Name, "container", short(id))
+		if err := cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+			return drivers.Machine{}, fmt.Errorf("start container %s: %w", short(id), err)
+		}
+		if info, err = cli.ContainerInspect(ctx, id); err != nil {
+			return drivers.Machine{}, fmt.Errorf("inspect container %s: %w", short(id), err)
+		}
+	}
+	labels := info.Config.Labels
+	netName := labels[TagNetwork]
+	addr := ""
+	if info.NetworkSettings != nil {
+		if ep := info.NetworkSettings.Networks[netName]; ep != nil {
+			addr = ep.IPAddress
+		}
+	}
+	if addr == "" {
+		return drivers.Machine{}, fmt.Errorf("container %s has no address on network %q", short(id), netName)
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, d.bootTimeout)
+	defer cancel()
+	if err := d.waitSystemd(ctx, cli, id); err != nil {
+		return drivers.Machine{}, err
+	}
+	if err := d.setupUser(ctx, cli, id, labels[TagUser]); err != nil {
+		return drivers.Machine{}, err
+	}
+	if err := d.waitSSH(ctx, addr, labels[TagHostKey]); err != nil {
+		return drivers.Machine{}, err
+	}
+	m := d.machine(id, labels, "running", addr)
+	d.log.Info("machine ready", "machine", spec.Name, "address", addr)
+	return m, nil
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// find returns the ID of the container labelled with cluster and name, or "".
+func (d *Driver) find(ctx context.Context, cli *client.Client, cluster, name string) (string, error) {
+	f := clusterFilter(cluster)
+	f.Add("label", drivers.TagMachine+"="+name)
+	cs, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
+	if err != nil {
+		return "", fmt.Errorf("list containers: %w", err)
+	}
+	switch len(cs) {
+	case 0:
+		return "", nil
+	case 1:
+		return cs[0].ID, nil
+	default:
+		ids := make([]string, len(cs))
+		for i, c := range cs {
+			ids[i] = short(c.ID)
+		}
+		return "", fmt.Errorf("%d containers carry this machine's labels (%s): remove all but one", len(cs), strings.Join(ids, ", "))
+	}
+}
+
+func (d *Driver) createContainer(ctx context.Context, cli *client.Client, cluster string, spec drivers.MachineSpec) (string, error) {
+	if len(spec.HostKey.PrivatePEM) == 0 || spec.HostKey.Public == "" {
+		return "", errors.New("no host key to install: the local driver pins the key the engine generates")
+	}
+	netName, err := d.ensureNetwork(ctx, cli, cluster)
+	if err != nil {
+		return "", err
+	}
+	name := ContainerName(cluster, spec.Name)
+	volName := VolumeName(cluster, spec.Name)
+	if _, err := cli.VolumeCreate(ctx, volume.CreateOptions{
+		Name:   volName,
+		Labels: map[string]string{drivers.TagCluster: cluster, drivers.TagMachine: spec.Name},
+	}); err != nil {
+		return "", fmt.Errorf("create volume %s: %w", volName, err)
+	}
+
+	labels := map[string]string{}
+	for k, v := range spec.Tags {
+		labels[k] = v
+	}
+	labels[drivers.TagCluster] = cluster
+	labels[drivers.TagMachine] = spec.Name
+	labels[TagHostKey] = strings.TrimSpace(spec.HostKey.Public)
+	labels[TagUser] = spec.SSH.User
+	labels[TagNetwork] = netName
+
+	cgroupBind, cgroupns := "/sys/fs/cgroup:/sys/fs/cgroup:ro", container.CgroupnsModeHost
+	if d.cgroupV2 {
+		cgroupBind = "/sys/fs/cgroup:/sys/fs/cgroup:rw"
+	}
+	cfg := &container.Config{
+		Hostname:   spec.Name,
+		Image:      d.cfg.Image,
+		Cmd:        []string{"/sbin/init"},
+		Env:        []string{"container=docker"},
+		Labels:     labels,
+		StopSignal: "SIGRTMIN+3",
+	}
+	hc := &container.HostConfig{
+		NetworkMode: container.NetworkMode(netName),
+		CapAdd:      []string{"ALL"},
+		CapDrop:     []string{"SYS_RESOURCE"},
+		SecurityOpt: []string{"seccomp=unconfined", "apparmor=unconfined"},
+		// systempaths=unconfined: the CLI turns it into empty masked and
+		// read-only path lists; the API takes the lists.
+		MaskedPaths:   []string{},
+		ReadonlyPaths: []string{},
+		CgroupnsMode:  cgroupns,
+		Binds:         []string{cgroupBind},
+		Tmpfs:         map[string]string{"/run": "", "/run/lock": ""},
+		Mounts:        []mount.Mount{{Type: mount.TypeVolume, Source: volName, Target: "/var/lib/docker"}},
+		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyUnlessStopped},
+		Resources: container.Resources{
+			Memory:   d.cfg.Memory,
+			NanoCPUs: int64(d.cfg.CPUs * 1e9),
+		},
+	}
+	nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{netName: {}}}
+	d.log.Info("creating container", "machine", spec.Name, "container", name, "network", netName, "image", d.cfg.Image)
+	resp, err := cli.ContainerCreate(ctx, cfg, hc, nc, nil, name)
+	if err != nil {
+		if errdefs.IsConflict(err) {
+			// Another process made it between our lookup and now.
+			if id, ferr := d.find(ctx, cli, cluster, spec.Name); ferr == nil && id != "" {
+				return id, nil
+			}
+		}
+		if errdefs.IsNotFound(err) {
+			return "", fmt.Errorf("create container %s: %w (host image %q: run `make host-image`)", name, err, d.cfg.Image)
+		}
+		return "", fmt.Errorf("create container %s: %w", name, err)
+	}
+	files, err := bootFiles(spec)
+	if err == nil {
+		err = cli.CopyToContainer(ctx, resp.ID, "/", bytes.NewReader(files), container.CopyToContainerOptions{})
+	}
+	if err != nil {
+		// Never leave a container without its host key behind: a later
+		// Create would start it as it is.
+		rmErr := cli.ContainerRemove(context.WithoutCancel(ctx), resp.ID, container.RemoveOptions{Force: true})
+		return "", errors.Join(fmt.Errorf("copy host key and admin files into %s: %w", name, err), rmErr)
+	}
+	return resp.ID, nil
+}
+
+// bootFiles is the tar copied to / before the first start: the host key, the
+// sshd drop-in that names it, the admin's sudoers entry and authorized key
+// (installed into the home directory once the user exists).
+func bootFiles(spec drivers.MachineSpec) ([]byte, error) {
+	u := spec.SSH.User
+	type file struct {
+		name string
+		mode int64
+		body []byte
+		dir  bool
+	}
+	files := []file{
+		{name: "etc/ssh/ssh_host_ed25519_key", mode: 0o600, body: []byte(spec.HostKey.PrivatePEM)},
+		{name: "etc/ssh/ssh_host_ed25519_key.pub", mode: 0o644, body: []byte(strings.TrimSpace(spec.HostKey.Public) + "\n")},
+		{name: "etc/ssh/sshd_config.d/00-hostkey.conf", mode: 0o644, body: []byte("# provision: the pinned host key\nHostKey /etc/ssh/ssh_host_ed25519_key\n")},
+		{name: "etc/provision", mode: 0o755, dir: true},
+		{name: "etc/provision/authorized_keys", mode: 0o600, body: []byte(strings.TrimSpace(spec.SSH.PublicKey) + "\n")},
+	}
+	if u != "root" {
+		files = append(files, file{name: "etc/sudoers.d/provision-" + u, mode: 0o440, body: []byte(u + " ALL=(ALL) NOPASSWD:ALL\n")})
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	now := time.Now()
+	for _, f := range files {
+		h := &tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.body)), ModTime: now, Typeflag: tar.TypeReg}
+		if f.dir {
+			h.Typeflag, h.Name, h.Size = tar.TypeDir, f.name+"/", 0
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(f.body); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// ensureNetwork returns the name of the network hosts attach to, creating
+// the cluster's network if the block names none.
+func (d *Driver) ensureNetwork(ctx context.Context, cli *client.Client, cluster string) (string, error) {
+	if d.cfg.Network != "" {
+		if _, err := cli.NetworkInspect(ctx, d.cfg.Network, network.InspectOptions{}); err != nil {
+			return "", fmt.Errorf("network %q: %w", d.cfg.Network, err)
+		}
+		return d.cfg.Network, nil
+	}
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	name := NetworkName(cluster)
+	if ok, err := d.networkExists(ctx, cli, name); err != nil || ok {
+		return name, err
+	}
+	opts := network.CreateOptions{
+		Driver:   "bridge",
+		Internal: d.cfg.Internal,
+		Labels:   map[string]string{drivers.TagCluster: cluster},
+	}
+	if d.cfg.Subnet != "" {
+		opts.IPAM = &network.IPAM{Config: []network.IPAMConfig{{Subnet: d.cfg.Subnet}}}
+	}
+	d.log.Info("creating network", "network", name, "internal", d.cfg.Internal, "subnet", d.cfg.Subnet)
+	if _, err := cli.NetworkCreate(ctx, name, opts); err != nil {
+		// Another process may have made it meanwhile.
+		if ok, lerr := d.networkExists(ctx, cli, name); lerr == nil && ok {
+			return name, nil
+		}
+		return "", fmt.Errorf("create network %s: %w", name, err)
+	}
+	return name, nil
+}
+
+func (d *Driver) networkExists(ctx context.Context, cli *client.Client, name string) (bool, error) {
+	ns, err := cli.NetworkList(ctx, network.ListOptions{Filters: filters.NewArgs(filters.Arg("name", name))})
+	if err != nil {
+		return false, fmt.Errorf("list networks: %w", err)
+	}
+	for _, n := range ns {
+		if n.Name == name { // the name filter matches substrings
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// execResult runs cmd in the container as root and returns its combined
+// output and exit code.
+func execResult(ctx context.Context, cli *client.Client, id string, cmd []string) (string, int, error) {
+	ec, err := cli.ContainerExecCreate(ctx, id, container.ExecOptions{Cmd: cmd, User: "root", AttachStdout: true, AttachStderr: true})
+	if err != nil {
+		return "", -1, fmt.Errorf("exec %s: %w", cmd[0], err)
+	}
+	hj, err := cli.ContainerExecAttach(ctx, ec.ID, container.ExecAttachOptions{})
+	if err != nil {
+		return "", -1, fmt.Errorf("exec %s: %w", cmd[0], err)
+	}
+	defer hj.Close()
+	var out bytes.Buffer
+	done := make(chan error, 1)
+	go func() {
+		_, err := stdcopy.StdCopy(&out, &out, io.LimitReader(hj.Reader, 1<<20))
+		done <- err
+	}()
+	select {
+	case <-ctx.Done():
+		hj.Close()
+		<-done
+		return out.String(), -1, fmt.Errorf("exec %s: %w", cmd[0], ctx.Err())
+	case err := <-done:
+		if err != nil {
+			return out.String(), -1, fmt.Errorf("exec %s: read output: %w", cmd[0], err)
+		}
+	}
+	// The stream ends just before the engine records the exit code.
+	for delay := 10 * time.Millisecond; ; delay *= 2 {
+		ins, err := cli.ContainerExecInspect(ctx, ec.ID)
+		if err != nil {
+			return out.String(), -1, fmt.Errorf("exec %s: %w", cmd[0], err)
+		}
+		if !ins.Running {
+			return out.String(), ins.ExitCode, nil
+		}
+		if err := sleep(ctx, min(delay, time.Second)); err != nil {
+			return out.String(), -1, fmt.Errorf("exec %s: %w", cmd[0], err)
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// waitSystemd waits until systemd has finished booting ("running", or
+// "degraded" when some unit failed).
+func (d *Driver) waitSystemd(ctx context.Context, cli *client.Client, id string) error {
+	delay := 200 * time.Millisecond
+	last := ""
+	for {
+		actx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		out, _, err := execResult(actx, cli, id, []string{"systemctl", "is-system-running", "--wait"})
+		cancel()
+		state := strings.TrimSpace(out)
+		if i := strings.LastIndexByte(state, '\n'); i >= 0 {
+			state = state[i+1:]
+		}
+		switch {
+		case err == nil && state == "running":
+			return nil
+		case err == nil && state == "degraded":
+			failed, _, _ := execResult(ctx, cli, id, []string{"systemctl", "--failed", "--no-legend", "--plain"})
+			d.log.Warn("systemd degraded", "container", short(id), "failed", strings.TrimSpace(failed))
+			return nil
+		}
+		if err != nil {
+			last = err.Error()
+		} else {
+			last = "systemd state " + state
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("wait for systemd in container %s: %w (last: %s)", short(id), ctx.Err(), last)
+		}
+		if err := sleep(ctx, delay); err != nil {
+			return fmt.Errorf("wait for systemd in container %s: %w (last: %s)", short(id), err, last)
+		}
+		delay = min(delay*2, 3*time.Second)
+	}
+}
+
+// userScript creates the admin user (if missing) and installs its
+// authorized key from the staged copy. $1 is the user name.
+const userScript = `set -eu
+u="$1"
+if [ "$u" = root ]; then
+  h=/root
+else
+  id -u "$u" >/dev/null 2>&1 || useradd -m -s /bin/bash "$u"
+  usermod -p '*' "$u"
+  h=$(getent passwd "$u" | cut -d: -f6)
+fi
+g=$(id -gn "$u")
+install -d -m 700 -o "$u" -g "$g" "$h/.ssh"
+install -m 600 -o "$u" -g "$g" /etc/provision/authorized_keys "$h/.ssh/authorized_keys"
+`
+
+func (d *Driver) setupUser(ctx context.Context, cli *client.Client, id, user string) error {
+	if !validUser.MatchString(user) {
+		return fmt.Errorf("container %s: admin user label %q is not a valid user name", short(id), user)
+	}
+	out, code, err := execResult(ctx, cli, id, []string{"sh", "-c", userScript, "sh", user})
+	if err != nil {
+		return fmt.Errorf("set up admin user %q: %w", user, err)
+	}
+	if code != 0 {
+		return fmt.Errorf("set up admin user %q: exit %d: %s", user, code, strings.TrimSpace(out))
+	}
+	return nil
+}
+
+// waitSSH waits until sshd answers at addr:22 and checks that it presents
+// the pinned key.
+func (d *Driver) waitSSH(ctx context.Context, addr, pinned string) error {
+	if _, err := netip.ParseAddr(addr); err != nil {
+		return fmt.Errorf("container address %q: %w", addr, err)
+	}
+	delay := 200 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		got, err := comm.ScanHostKey(actx, addr, 22)
+		cancel()
+		if err == nil {
+			if sameKey(got, pinned) {
+				return nil
+			}
+			return fmt.Errorf("sshd at %s presents %q, not the pinned host key %q: %w", addr, got, pinned, comm.ErrHostKeyMismatch)
+		}
+		d.log.Debug("waiting for sshd", "address", addr, "err", err)
+		if serr := sleep(ctx, delay); serr != nil {
+			return fmt.Errorf("wait for sshd at %s: %w (last: %v)", addr, serr, err)
+		}
+		delay = min(delay*2, 2*time.Second)
+	}
+}
+
+// sameKey compares two authorized_keys lines by type and key, ignoring comments.
+func sameKey(a, b string) bool {
+	fa, fb := strings.Fields(a), strings.Fields(b)
+	return len(fa) >= 2 && len(fb) >= 2 && fa[0] == fb[0] && fa[1] == fb[1]
+}
+
+// Destroy removes the machine's container and its /var/lib/docker volume.
+// Both already gone counts as success.
+func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
+	if err := d.destroy(ctx, m); err != nil {
+		return fmt.Errorf("machine %q: %w", m.Name, err)
+	}
+	return nil
+}
+
+func (d *Driver) destroy(ctx context.Context, m drivers.Machine) error {
+	cli, err := d.docker(ctx)
+	if err != nil {
+		return err
+	}
+	cluster := m.Tags[drivers.TagCluster]
+	ref := m.ID
+	if ref == "" {
+		if cluster == "" {
+			return errors.New("neither a container ID nor a cluster tag: cannot find the container")
+		}
+		ref = ContainerName(cluster, m.Name)
+	}
+	var vols []string
+	info, err := cli.ContainerInspect(ctx, ref)
+	switch {
+	case errdefs.IsNotFound(err):
+	case err != nil:
+		return fmt.Errorf("inspect container %s: %w", short(ref), err)
+	default:
+		if cluster == "" {
+			cluster = info.Config.Labels[drivers.TagCluster]
+		}
+		for _, mp := range info.Mounts {
+			if mp.Type == mount.TypeVolume && mp.Name != "" {
+				vols = append(vols, mp.Name)
+			}
+		}
+		d.log.Info("removing container", "machine", m.Name, "container", short(info.ID))
+		if err := cli.ContainerRemove(ctx, info.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("remove container %s: %w", short(info.ID), err)
+		}
+	}
+	if cluster != "" {
+		if v := VolumeName(cluster, m.Name); !slices.Contains(vols, v) {
+			vols = append(vols, v)
+		}
+	}
+	var errs []error
+	for _, v := range vols {
+		vi, err := cli.VolumeInspect(ctx, v)
+		if errdefs.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("inspect volume %s: %w", v, err))
+			continue
+		}
+		// Only volumes this driver made for the machine: named ones carry
+		// the cluster label; anonymous ones went with RemoveVolumes.
+		if vi.Labels[drivers.TagCluster] == "" {
+			continue
+		}
+		if err := cli.VolumeRemove(ctx, v, true); err != nil && !errdefs.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("remove volume %s: %w", v, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Teardown removes the cluster's network (when the driver created it) and
+// any volume still labelled with the cluster. It refuses while containers of
+// the cluster remain.
+func (d *Driver) Teardown(ctx context.Context, cluster string) error {
+	cli, err := d.docker(ctx)
+	if err != nil {
+		return err
+	}
+	f := clusterFilter(cluster)
+	cs, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
+	if err != nil {
+		return fmt.Errorf("teardown cluster %s: list containers: %w", cluster, err)
+	}
+	if len(cs) > 0 {
+		names := make([]string, len(cs))
+		for i, c := range cs {
+			names[i] = strings.TrimPrefix(strings.Join(c.Names, ","), "/")
+		}
+		return fmt.Errorf("teardown cluster %s: %d containers remain (%s): destroy the machines first", cluster, len(cs), strings.Join(names, ", "))
+	}
+	var errs []error
+	vs, err := cli.VolumeList(ctx, volume.ListOptions{Filters: f})
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list volumes: %w", err))
+	} else {
+		for _, v := range vs.Volumes {
+			d.log.Info("removing volume", "volume", v.Name)
+			if err := cli.VolumeRemove(ctx, v.Name, true); err != nil && !errdefs.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("remove volume %s: %w", v.Name, err))
+			}
+		}
+	}
+	ns, err := cli.NetworkList(ctx, network.ListOptions{Filters: f})
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list networks: %w", err))
+	} else {
+		for _, n := range ns {
+			d.log.Info("removing network", "network", n.Name)
+			if err := cli.NetworkRemove(ctx, n.ID); err != nil && !errdefs.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("remove network %s: %w", n.Name, err))
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("teardown cluster %s: %w", cluster, err)
+	}
+	return nil
+}
+
+// Preflight checks that the engine answers, the host image is present and a
+// named network exists. It changes nothing.
+func (d *Driver) Preflight(ctx context.Context, want []drivers.MachineSpec) error {
+	cli, err := d.docker(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := cli.ImageInspect(ctx, d.cfg.Image); err != nil {
+		if errdefs.IsNotFound(err) {
+			return fmt.Errorf("host image %s not found: run `make host-image` (drivers/local/image/build.sh)", d.cfg.Image)
+		}
+		return fmt.Errorf("inspect host image %s: %w", d.cfg.Image, err)
+	}
+	if d.cfg.Network != "" {
+		if _, err := cli.NetworkInspect(ctx, d.cfg.Network, network.InspectOptions{}); err != nil {
+			if errdefs.IsNotFound(err) {
+				return fmt.Errorf("network %q not found: create it or remove network from the driver block", d.cfg.Network)
+			}
+			return fmt.Errorf("inspect network %q: %w", d.cfg.Network, err)
+		}
+	}
+	for _, s := range want {
+		if !validUser.MatchString(s.SSH.User) {
+			return fmt.Errorf("machine %q: admin user %q is not a valid user name", s.Name, s.SSH.User)
+		}
+	}
+	return nil
+}
