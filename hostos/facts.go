@@ -52,9 +52,14 @@ fi
 if command -v cloud-init >/dev/null 2>&1; then
 	printf 'cloudinit\t%s\n' "$(cloud-init status 2>/dev/null | sed -n 's/^status: *//p')"
 fi
-pgrep -a -x 'apt|apt-get|aptitude|dpkg|unattended-upgr' 2>/dev/null | while IFS= read -r l; do printf 'busy\t%s\n' "$l"; done
+{ `+busyScript+`; } | while IFS= read -r l; do printf 'busy\t%s\n' "$l"; done
 printf 'end\n'
 `
+
+// busyScript lists running package managers, one "pid cmdline" a line. The
+// unattended-upgrades shutdown helper (always running, comm
+// "unattended-upgr") is not one.
+const busyScript = `pgrep -a -x 'apt|apt-get|aptitude|dpkg' 2>/dev/null; pgrep -a -f '^/usr/bin/python3 /usr/bin/unattended-upgrade( |$)' 2>/dev/null`
 
 // GatherFacts learns everything the steps' Checks need in one remote call:
 // a shell script on stdin, run as root (root-only files can be hashed).

@@ -67,8 +67,6 @@ func cloudInitBusy(status string) bool {
 	return true
 }
 
-const busyPattern = "apt|apt-get|aptitude|dpkg|unattended-upgr"
-
 func (osReady) Apply(ctx context.Context, t *Target) error {
 	if t.Facts.CloudInit != "" {
 		t.Log.Info("waiting for cloud-init", "status", t.Facts.CloudInit)
@@ -83,12 +81,12 @@ func (osReady) Apply(ctx context.Context, t *Target) error {
 		t.Facts.CloudInit = "done"
 	}
 	err := poll(ctx, 30*time.Minute, "package manager to finish", func() (bool, error) {
-		out, err := t.sudo(ctx, comm.Quote("pgrep", "-a", "-x", busyPattern))
-		if exitCode(err) == 1 {
-			return true, nil // no such process
-		}
+		out, err := t.sudoSh(ctx, busyScript+"; true")
 		if err != nil {
 			return false, err
+		}
+		if strings.TrimSpace(string(out)) == "" {
+			return true, nil
 		}
 		t.Log.Debug("package manager busy", "procs", strings.TrimSpace(string(out)))
 		return false, nil
