@@ -152,7 +152,11 @@ func startHost(t *testing.T, dc *client.Client, hostname string) *testHost {
 	// admin user with passwordless sudo.
 	setup := `set -e
 ssh-keygen -A >/dev/null
-systemctl restart ssh.service
+# sshd may be mid-way through failing without host keys: settle, then start.
+systemctl stop ssh.service || true
+systemctl reset-failed ssh.service || true
+for i in 1 2 3 4 5; do systemctl start ssh.service && break; sleep 1; systemctl reset-failed ssh.service || true; done
+systemctl is-active ssh.service >/dev/null
 useradd -m -s /bin/bash provision
 printf 'provision ALL=(ALL) NOPASSWD:ALL\n' >/etc/sudoers.d/provision
 chmod 0440 /etc/sudoers.d/provision`

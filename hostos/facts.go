@@ -52,7 +52,7 @@ fi
 if command -v cloud-init >/dev/null 2>&1; then
 	printf 'cloudinit\t%s\n' "$(cloud-init status 2>/dev/null | sed -n 's/^status: *//p')"
 fi
-{ `+busyScript+`; } | while IFS= read -r l; do printf 'busy\t%s\n' "$l"; done
+{ ` + busyScript + `; } | while IFS= read -r l; do printf 'busy\t%s\n' "$l"; done
 printf 'end\n'
 `
 

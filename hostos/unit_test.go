@@ -1,0 +1,494 @@
+package hostos_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/provision/provision/hostos"
+	"github.com/provision/provision/provision/comm"
+	"github.com/provision/provision/provision/spec"
+)
+
+func baseConfig() *hostos.Config {
+	return &hostos.Config{
+		Cluster: "t", Node: "t-manager-1", AdminUser: "provision",
+		Engine:        spec.Engine{Method: "package"},
+		Logging:       spec.Logging{Driver: "json-file", Options: map[string]string{"max-size": "10m", "max-file": "3"}},
+		Prune:         spec.Prune{Enabled: true},
+		Hardening:     spec.Hardening{SSH: true, Kernel: true, Firewall: true, Daemon: true, Audit: true, Updates: true},
+		TLS:           hostos.TLSFiles{CA: []byte("ca"), Cert: []byte("cert"), Key: []byte("key")},
+		Peers:         []string{"10.0.0.2", "10.0.0.3"},
+		OperatorCIDRs: []string{"203.0.113.0/24"},
+	}
+}
+
+func debianFacts() *hostos.Facts {
+	return &hostos.Facts{
+		OS:   hostos.OSRelease{ID: "debian", VersionID: "12"},
+		Arch: "amd64", Files: map[string]string{}, Packages: map[string]string{},
+		Units: map[string]string{}, UnitFiles: map[string]string{}, Commands: map[string]string{},
+	}
+}
+
+func TestUnsupportedDistro(t *testing.T) {
+	for _, os := range []hostos.OSRelease{
+		{ID: "centos", VersionID: "9", Pretty: "CentOS Stream 9"},
+		{ID: "debian", VersionID: "11"},
+		{ID: "ubuntu", VersionID: "20.04"},
+		{},
+	} {
+		f := debianFacts()
+		f.OS = os
+		tgt := &hostos.Target{Facts: f, Config: baseConfig(), Log: slog.New(slog.DiscardHandler)}
+		st := hostos.Steps(tgt.Config)[0]
+		if st.ID() != "os.supported" {
+			t.Fatalf("first step %s", st.ID())
+		}
+		done, err := st.Check(context.Background(), tgt)
+		if err == nil || done || !strings.Contains(err.Error(), "unsupported distro") {
+			t.Errorf("%+v: done=%v err=%v", os, done, err)
+		}
+		if os.ID != "" && !strings.Contains(err.Error(), os.ID+" "+os.VersionID) {
+			t.Errorf("error does not name the distro: %v", err)
+		}
+	}
+	for _, os := range []hostos.OSRelease{{ID: "debian", VersionID: "12"}, {ID: "ubuntu", VersionID: "22.04"}, {ID: "ubuntu", VersionID: "24.04"}} {
+		f := debianFacts()
+		f.OS = os
+		done, err := hostos.Steps(baseConfig())[0].Check(context.Background(), &hostos.Target{Facts: f, Config: baseConfig()})
+		if !done || err != nil {
+			t.Errorf("%+v: done=%v err=%v", os, done, err)
+		}
+	}
+}
+
+func TestStepIDsStable(t *testing.T) {
+	var ids []string
+	for _, s := range hostos.Steps(baseConfig()) {
+		ids = append(ids, s.ID())
+	}
+	want := "os.supported os.ready host.hostname engine.install engine.tls engine.config logging.journald prune.timer harden.ssh harden.kernel harden.firewall harden.audit harden.updates"
+	if got := strings.Join(ids, " "); got != want {
+		t.Errorf("step IDs:\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestParseFacts(t *testing.T) {
+	out := "ssh_client\t198.51.100.7\n" +
+		"os\tPRETTY_NAME=\"Ubuntu 24.04.1 LTS\"\nos\tID=ubuntu\nos\tID_LIKE=debian\nos\tVERSION_ID=\"24.04\"\nos\tVERSION_CODENAME=noble\nos\t# comment\n" +
+		"arch\tarm64\nhostname\tn1\ncmd\tsshd\t/usr/sbin/sshd\n" +
+		"file\t/etc/docker/daemon.json\t" + strings.Repeat("a", 64) + "\nfile\t/bad\tshort\n" +
+		"pkg\tii \tdocker.io\t24.0.7-0ubuntu4\npkg\trc \told\t1.0\npkg\thi \theld\t2.0\n" +
+		"unit\tdocker.service\tactive\tenabled\nunit\tprovision-prune.timer\tinactive\t\n" +
+		"engine\tDocker version 24.0.7, build 24.0.7-0ubuntu4\nvirt\tnone\ncloudinit\trunning\nbusy\t42 apt-get install x\nend\n"
+	f, err := hostos.ParseFacts([]byte(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.OS.ID != "ubuntu" || f.OS.VersionID != "24.04" || f.OS.Codename != "noble" || f.OS.Pretty != "Ubuntu 24.04.1 LTS" || len(f.OS.IDLike) != 1 {
+		t.Errorf("os %+v", f.OS)
+	}
+	if f.SSHClient != "198.51.100.7" || f.Arch != "arm64" || f.Hostname != "n1" || f.Commands["sshd"] != "/usr/sbin/sshd" {
+		t.Errorf("facts %+v", f)
+	}
+	if len(f.Files) != 1 || f.Files["/etc/docker/daemon.json"] == "" {
+		t.Errorf("files %v", f.Files)
+	}
+	if f.Packages["docker.io"] != "24.0.7-0ubuntu4" || f.Packages["held"] != "2.0" || f.Packages["old"] != "" {
+		t.Errorf("packages %v (removed-but-configured must not count)", f.Packages)
+	}
+	if f.Units["docker.service"] != "active" || f.UnitFiles["docker.service"] != "enabled" || f.Units["provision-prune.timer"] != "inactive" {
+		t.Errorf("units %v %v", f.Units, f.UnitFiles)
+	}
+	if f.Engine != "24.0.7" || f.Container() || f.CloudInit != "running" || len(f.Busy) != 1 {
+		t.Errorf("engine %q virt %q cloudinit %q busy %v", f.Engine, f.Virt, f.CloudInit, f.Busy)
+	}
+	if _, err := hostos.ParseFacts([]byte("os\tID=debian\n")); err == nil {
+		t.Error("truncated output (no end marker) parsed without error")
+	}
+}
+
+func TestVersionPins(t *testing.T) {
+	madison := []byte(` docker.io | 20.10.24+dfsg1-1+deb12u1+b6 | http://mirror/debian bookworm/main amd64 Packages
+ docker.io | 20.10.24+dfsg1-1+deb12u1+b6 | http://mirror/debian-security bookworm-security/main amd64 Packages
+ docker.io | 20.10.5+dfsg1-1+deb11u2 | http://mirror/debian bullseye/main amd64 Packages
+other | 1 | x
+`)
+	avail := hostos.ParseMadison(madison, "docker.io")
+	if len(avail) != 2 {
+		t.Fatalf("madison: %v", avail)
+	}
+	for pin, want := range map[string]string{
+		"20.10.24*":                   "20.10.24+dfsg1-1+deb12u1+b6",
+		"20.10.24":                    "20.10.24+dfsg1-1+deb12u1+b6",
+		"20.10.5+dfsg1-1+deb11u2":     "20.10.5+dfsg1-1+deb11u2",
+		"20.10.24+dfsg1-1+deb12u1+b6": "20.10.24+dfsg1-1+deb12u1+b6",
+	} {
+		got, err := hostos.ResolveVersion("docker.io", pin, avail)
+		if err != nil || got != want {
+			t.Errorf("pin %q: %q %v", pin, got, err)
+		}
+	}
+	if _, err := hostos.ResolveVersion("docker.io", "26.1*", avail); err == nil || !strings.Contains(err.Error(), "20.10.5+dfsg1-1+deb11u2") {
+		t.Errorf("missing pin: %v (should list what is available)", err)
+	}
+	if hostos.VersionMatches("", "") || !hostos.VersionMatches("1.2", "") || hostos.VersionMatches("20.10.5", "20.10.24*") {
+		t.Error("VersionMatches")
+	}
+}
+
+func TestBundleParsing(t *testing.T) {
+	out := []byte(`NOTE: This is only a simulation!
+Inst runc (1.1.5+ds1-1+deb12u1 Debian:12.12/oldstable [amd64])
+Inst libx [1.0] (1:2.3~rc1-4 Debian:12.12/oldstable [amd64]) []
+Conf runc (1.1.5+ds1-1+deb12u1 Debian:12.12/oldstable [amd64])
+`)
+	ps := hostos.ParseSimulate(out)
+	if len(ps) != 2 || ps[0] != (hostos.SimPackage{Name: "runc", Version: "1.1.5+ds1-1+deb12u1"}) || ps[1].Version != "1:2.3~rc1-4" {
+		t.Fatalf("simulate: %+v", ps)
+	}
+	if g := hostos.DebFileGlob("libx", "1:2.3~rc1-4"); g != "libx_1%3a2.3~rc1-4_*.deb" {
+		t.Errorf("deb glob %q", g)
+	}
+}
+
+func TestDaemonJSON(t *testing.T) {
+	cfg := baseConfig()
+	files, err := hostos.DaemonFiles(cfg, mustFamily(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d map[string]any
+	if err := json.Unmarshal(files[0].Content, &d); err != nil {
+		t.Fatalf("daemon.json is not JSON: %v\n%s", err, files[0].Content)
+	}
+	want := map[string]any{
+		"hosts": []any{"unix:///var/run/docker.sock", "tcp://0.0.0.0:2376"},
+		"tls":   true, "tlsverify": true,
+		"tlscacert": "/etc/docker/tls/ca.pem", "tlscert": "/etc/docker/tls/cert.pem", "tlskey": "/etc/docker/tls/key.pem",
+		"log-driver": "json-file", "log-opts": map[string]any{"max-size": "10m", "max-file": "3"},
+		"no-new-privileges": true, "userland-proxy": false, "icc": false,
+	}
+	if fmt.Sprint(d) != fmt.Sprint(want) {
+		t.Errorf("daemon.json:\n got %v\nwant %v", d, want)
+	}
+	if _, ok := d["live-restore"]; ok {
+		t.Error("live-restore set: swarm rejects it")
+	}
+	cfg.Hardening.UserNamespaces = true
+	cfg.Logging = spec.Logging{} // defaults
+	files, _ = hostos.DaemonFiles(cfg, mustFamily(t))
+	d = nil
+	if err := json.Unmarshal(files[0].Content, &d); err != nil {
+		t.Fatal(err)
+	}
+	if d["userns-remap"] != "default" || d["log-driver"] != "json-file" || fmt.Sprint(d["log-opts"]) != "map[]" {
+		t.Errorf("userns/defaults: %v", d)
+	}
+	drop := string(files[1].Content)
+	if !strings.Contains(drop, "ExecStart=\nExecStart=/usr/sbin/dockerd --containerd=/run/containerd/containerd.sock\n") || strings.Contains(drop, "ExecStart=/usr/sbin/dockerd -H") {
+		t.Errorf("drop-in:\n%s", drop)
+	}
+}
+
+func TestFirewallRuleset(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Peers = []string{"10.0.0.3", "10.0.0.2", "10.0.0.2", "fd00::2"}
+	cfg.Hardening.OverlayEncryption = true
+	files, err := hostos.FirewallFiles(cfg, mustFamily(t), debianFacts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := string(files[0].Content)
+	for _, want := range []string{
+		"table inet provision\ndelete table inet provision\n",
+		"type filter hook input priority filter; policy drop;",
+		"ct state established,related accept",
+		"iif \"lo\" accept",
+		"tcp dport 22 accept",
+		"elements = { 203.0.113.0/24 }",
+		"elements = { 10.0.0.2, 10.0.0.3 }",
+		"elements = { fd00::2 }",
+		"ip saddr @operators4 tcp dport 2376 accept",
+		"ip saddr @peers4 tcp dport { 2377, 7946 } accept",
+		"ip saddr @peers4 udp dport { 4789, 7946 } accept",
+		"ip saddr @peers4 meta l4proto esp accept",
+	} {
+		if !strings.Contains(rs, want) {
+			t.Errorf("ruleset lacks %q:\n%s", want, rs)
+		}
+	}
+	if strings.Contains(rs, "flush ruleset") || strings.Contains(rs, "chain forward") {
+		t.Errorf("ruleset must not flush or filter forwarding:\n%s", rs)
+	}
+	// Without OperatorCIDRs the SSH client address is the operator.
+	cfg.OperatorCIDRs = nil
+	cfg.Hardening.OverlayEncryption = false
+	f := debianFacts()
+	f.SSHClient = "198.51.100.7"
+	files, err = hostos.FirewallFiles(cfg, mustFamily(t), f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs := string(files[0].Content); !strings.Contains(rs, "elements = { 198.51.100.7 }") || strings.Contains(rs, "esp") {
+		t.Errorf("ruleset:\n%s", rs)
+	}
+	if _, err := hostos.FirewallFiles(cfg, mustFamily(t), debianFacts()); err == nil {
+		t.Error("no operator address at all: want an error")
+	}
+	cfg.OperatorCIDRs = []string{"not-an-ip"}
+	if _, err := hostos.FirewallFiles(cfg, mustFamily(t), f); err == nil {
+		t.Error("bad CIDR accepted")
+	}
+	if unit := string(files[1].Content); !strings.Contains(unit, "ExecStart=/usr/sbin/nft -f /etc/provision/firewall.nft") {
+		t.Errorf("unit:\n%s", unit)
+	}
+}
+
+func TestSSHDAndOtherFiles(t *testing.T) {
+	cfg := baseConfig()
+	files, err := hostos.SSHDFiles(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(files[0].Content)
+	for _, want := range []string{"PermitRootLogin no\n", "PasswordAuthentication no\n", "KbdInteractiveAuthentication no\n", "AllowUsers provision\n",
+		"X11Forwarding no\n", "AllowTcpForwarding no\n", "AllowAgentForwarding no\n", "LoginGraceTime 30\n", "MaxAuthTries 3\n", "\nCiphers chacha20-poly1305@openssh.com,", "\nKexAlgorithms sntrup761x25519-sha512@openssh.com,curve25519-sha256,"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("sshd drop-in lacks %q", want)
+		}
+	}
+	cfg.AdminUser = "root"
+	files, _ = hostos.SSHDFiles(cfg)
+	if !strings.Contains(string(files[0].Content), "PermitRootLogin prohibit-password\n") {
+		t.Error("admin user root must keep key logins for root")
+	}
+	cfg.AdminUser = "a b"
+	if _, err := hostos.SSHDFiles(cfg); err == nil {
+		t.Error("admin user with a space accepted")
+	}
+
+	sys, _ := hostos.SysctlFiles()
+	kv := map[string]hostos.Sysctl{}
+	for _, s := range hostos.ParseSysctl(sys[0].Content) {
+		kv[s.Key] = s
+	}
+	for k, v := range map[string]string{"kernel.kptr_restrict": "2", "kernel.dmesg_restrict": "1", "fs.suid_dumpable": "0", "fs.protected_symlinks": "1",
+		"net.ipv4.conf.all.accept_source_route": "0", "net.ipv4.conf.all.accept_redirects": "0", "net.ipv4.conf.all.send_redirects": "0",
+		"net.ipv4.conf.all.rp_filter": "2", "net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1"} {
+		if kv[k].Value != v {
+			t.Errorf("sysctl %s = %q, want %q", k, kv[k].Value, v)
+		}
+	}
+	if !kv["net.bridge.bridge-nf-call-iptables"].Optional || kv["net.ipv4.ip_forward"].Optional {
+		t.Error("only net.bridge.* is optional")
+	}
+	if kv["kernel.kptr_restrict"].Namespaced() || !kv["net.ipv4.ip_forward"].Namespaced() {
+		t.Error("namespaced")
+	}
+
+	pr, err := hostos.PruneFiles(&hostos.Config{Prune: spec.Prune{Enabled: true, Schedule: "Sun *-*-* 03:00", Until: "48h", Volumes: true, RandomizedDelay: "30m"}}, mustFamily(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, tim := string(pr[0].Content), string(pr[1].Content)
+	if !strings.Contains(svc, "ExecStart=/usr/bin/docker system prune --all --force --filter until=48h\n") || !strings.Contains(svc, "ExecStart=/usr/bin/docker volume prune --force") {
+		t.Errorf("prune service:\n%s", svc)
+	}
+	if !strings.Contains(tim, "OnCalendar=Sun *-*-* 03:00\n") || !strings.Contains(tim, "RandomizedDelaySec=30m\n") {
+		t.Errorf("prune timer:\n%s", tim)
+	}
+	pr, _ = hostos.PruneFiles(&hostos.Config{}, mustFamily(t))
+	if s := string(pr[0].Content); strings.Contains(s, "volume prune") || !strings.Contains(s, "until=24h") {
+		t.Errorf("prune defaults:\n%s", s)
+	}
+
+	up, _ := hostos.UpdatesFiles(&hostos.Config{Hardening: spec.Hardening{AutoReboot: true}})
+	if s := string(up[1].Content); !strings.Contains(s, `Automatic-Reboot "true";`) || !strings.Contains(s, `"docker.io";`) {
+		t.Errorf("unattended-upgrades:\n%s", s)
+	}
+	au, _ := hostos.AuditFiles(mustFamily(t))
+	if s := string(au[0].Content); !strings.Contains(s, "-w /usr/sbin/dockerd -p wa -k docker\n") || !strings.Contains(s, "-w /var/lib/docker -p wa -k docker\n") {
+		t.Errorf("audit rules:\n%s", s)
+	}
+	j, _ := hostos.JournaldFiles(&hostos.Config{})
+	if s := string(j[0].Content); !strings.Contains(s, "Storage=persistent\nSystemMaxUse=500M\n") {
+		t.Errorf("journald:\n%s", s)
+	}
+}
+
+func mustFamily(t *testing.T) hostos.Family {
+	f, err := hostos.FamilyOf(hostos.OSRelease{ID: "debian", VersionID: "12"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// fakeComm records commands and answers from a table (first substring match).
+type fakeComm struct {
+	answers []answer
+	cmds    []string
+	uploads map[string][]byte
+}
+
+type answer struct {
+	match string
+	out   string
+	code  int
+}
+
+func (f *fakeComm) Run(ctx context.Context, cmd string, stdin io.Reader) ([]byte, error) {
+	f.cmds = append(f.cmds, cmd)
+	for _, a := range f.answers {
+		if strings.Contains(cmd, a.match) {
+			if a.code != 0 {
+				return []byte(a.out), &comm.ExitError{Host: "fake", Cmd: cmd, Code: a.code, Stderr: a.out}
+			}
+			return []byte(a.out), nil
+		}
+	}
+	if strings.HasPrefix(cmd, "mktemp -d") {
+		return []byte("/tmp/provision.abc\n"), nil
+	}
+	return nil, nil
+}
+
+func (f *fakeComm) Upload(ctx context.Context, path string, content io.Reader, mode fs.FileMode) error {
+	b, _ := io.ReadAll(content)
+	if f.uploads == nil {
+		f.uploads = map[string][]byte{}
+	}
+	f.uploads[path] = b
+	return nil
+}
+
+func (f *fakeComm) Download(ctx context.Context, path string) ([]byte, error) {
+	return nil, fmt.Errorf("no download in fake")
+}
+
+func (f *fakeComm) ran(sub string) bool {
+	for _, c := range f.cmds {
+		if strings.Contains(c, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+func stepByID(t *testing.T, cfg *hostos.Config, id string) hostos.Step {
+	for _, s := range hostos.Steps(cfg) {
+		if s.ID() == id {
+			return s
+		}
+	}
+	t.Fatalf("no step %s", id)
+	return nil
+}
+
+func TestSSHRollbackWhenSshdRejects(t *testing.T) {
+	fc := &fakeComm{answers: []answer{{match: "sshd -t", out: "/etc/ssh/sshd_config.d/10-provision.conf line 3: Bad configuration option", code: 255}}}
+	tgt := &hostos.Target{Comm: fc, Facts: debianFacts(), Config: baseConfig(), Log: slog.New(slog.DiscardHandler)}
+	st := stepByID(t, tgt.Config, "harden.ssh")
+	err := st.Apply(context.Background(), tgt)
+	if err == nil || !strings.Contains(err.Error(), "rolled back") {
+		t.Fatalf("apply: %v", err)
+	}
+	if !fc.ran(".provision-bak") || fc.ran("try-reload-or-restart") {
+		t.Errorf("want backup and restore, no reload; ran:\n%s", strings.Join(fc.cmds, "\n"))
+	}
+	if done, _ := st.Check(context.Background(), tgt); done {
+		t.Error("after a rollback the step must not count as done")
+	}
+}
+
+func TestSwitchedOffStepRemovesItsFiles(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Hardening.Firewall = false
+	f := debianFacts()
+	f.Files[hostos.PathFirewall] = strings.Repeat("0", 64)
+	f.Files[hostos.PathFirewallUnit] = strings.Repeat("1", 64)
+	fc := &fakeComm{}
+	tgt := &hostos.Target{Comm: fc, Facts: f, Config: cfg, Log: slog.New(slog.DiscardHandler)}
+	st := stepByID(t, cfg, "harden.firewall")
+	if done, err := st.Check(context.Background(), tgt); done || err != nil {
+		t.Fatalf("check with leftover files: %v %v", done, err)
+	}
+	if err := st.Apply(context.Background(), tgt); err != nil {
+		t.Fatal(err)
+	}
+	if !fc.ran("disable --now provision-firewall.service") || !fc.ran("rm -f -- /etc/provision/firewall.nft /etc/systemd/system/provision-firewall.service") {
+		t.Errorf("ran:\n%s", strings.Join(fc.cmds, "\n"))
+	}
+	if done, _ := st.Check(context.Background(), tgt); !done {
+		t.Error("not done after removal")
+	}
+	// A fresh host with the switch off costs nothing.
+	tgt2 := &hostos.Target{Comm: &fakeComm{}, Facts: debianFacts(), Config: cfg}
+	if done, _ := st.Check(context.Background(), tgt2); !done {
+		t.Error("switched-off step on a clean host not done")
+	}
+}
+
+func TestEngineInstallPinned(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Engine.Version = "20.10.24*"
+	cfg.Hardening.Audit = false
+	fc := &fakeComm{answers: []answer{
+		{match: "apt-cache madison", out: " docker.io | 20.10.24+dfsg1-1+deb12u1+b6 | http://m bookworm/main amd64 Packages\n"},
+		{match: "dpkg-query", out: "pkg\tii \tdocker.io\t20.10.24+dfsg1-1+deb12u1+b6\npkg\tii \tnftables\t1.0.6\npkg\tii \tunattended-upgrades\t2.9\nengine\tDocker version 20.10.24+dfsg1, build 297e128\nend\n"},
+	}}
+	tgt := &hostos.Target{Comm: fc, Facts: debianFacts(), Config: cfg, Log: slog.New(slog.DiscardHandler)}
+	st := stepByID(t, cfg, "engine.install")
+	if done, _ := st.Check(context.Background(), tgt); done {
+		t.Fatal("done with nothing installed")
+	}
+	if err := st.Apply(context.Background(), tgt); err != nil {
+		t.Fatal(err)
+	}
+	var updates, installs int
+	for _, c := range fc.cmds {
+		if strings.Contains(c, "apt-get -q update") {
+			updates++
+		}
+		if strings.Contains(c, "apt-get install") {
+			installs++
+			for _, want := range []string{"DEBIAN_FRONTEND=noninteractive", "--no-install-recommends", "--force-confold", "docker.io=20.10.24+dfsg1-1+deb12u1+b6", "nftables", "unattended-upgrades"} {
+				if !strings.Contains(c, want) {
+					t.Errorf("install command lacks %q: %s", want, c)
+				}
+			}
+			if strings.Contains(c, "auditd") {
+				t.Errorf("auditd installed with audit off: %s", c)
+			}
+		}
+	}
+	if updates != 1 || installs != 1 {
+		t.Errorf("%d updates, %d installs; want one each:\n%s", updates, installs, strings.Join(fc.cmds, "\n"))
+	}
+	if tgt.Facts.Engine != "20.10.24+dfsg1" {
+		t.Errorf("facts engine %q", tgt.Facts.Engine)
+	}
+	if done, err := st.Check(context.Background(), tgt); !done || err != nil {
+		t.Errorf("after apply: %v %v", done, err)
+	}
+}
+
+func TestBundleRefusesOtherPlatform(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Engine.Method = "bundle"
+	cfg.BundleDir = t.TempDir()
+	f := debianFacts()
+	f.OS = hostos.OSRelease{ID: "ubuntu", VersionID: "22.04"}
+	tgt := &hostos.Target{Comm: &fakeComm{}, Facts: f, Config: cfg, Log: slog.New(slog.DiscardHandler)}
+	err := stepByID(t, cfg, "engine.install").Apply(context.Background(), tgt)
+	if err == nil || !strings.Contains(err.Error(), "ubuntu-22.04-amd64") {
+		t.Errorf("bundle for another distro: %v", err)
+	}
+}
