@@ -427,7 +427,8 @@ func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
 			}
 			d.log.Info("host wiped", "host", addr)
 		}
-		if _, err := c.Run(ctx, comm.Sudo(c, comm.Quote("rm", "-f", TagFile))+"; "+comm.Sudo(c, comm.Quote("rmdir", "--ignore-fail-on-non-empty", TagDir)), nil); err != nil {
+		release := "rm -f " + TagFile + "; if [ -d " + TagDir + " ]; then rmdir --ignore-fail-on-non-empty " + TagDir + "; fi"
+		if _, err := c.Run(ctx, comm.Sudo(c, "sh -c "+comm.Quote(release)), nil); err != nil {
 			return fmt.Errorf("release %s: remove ownership tag: %w", addr, err)
 		}
 		d.log.Info("host released", "host", addr, "machine", m.Name)
