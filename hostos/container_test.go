@@ -70,13 +70,14 @@ type testHost struct {
 
 // startHost starts a system container with the local driver's run flags on
 // a new network and waits for systemd. Everything is removed at cleanup.
-func startHost(t *testing.T, dc *client.Client, hostname string) *testHost {
+// With internal, the network has no route out (an air-gapped host).
+func startHost(t *testing.T, dc *client.Client, hostname string, internal bool) *testHost {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	suffix := randHex(4)
 	netName := "provision-hostos-test-" + suffix
-	nw, err := dc.NetworkCreate(ctx, netName, network.CreateOptions{Driver: "bridge", Labels: map[string]string{"provision-test": "hostos"}})
+	nw, err := dc.NetworkCreate(ctx, netName, network.CreateOptions{Driver: "bridge", Internal: internal, Labels: map[string]string{"provision-test": "hostos"}})
 	if err != nil {
 		t.Fatalf("create network: %v", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -73,8 +74,9 @@ func notDone(t *testing.T, ctx context.Context, tgt *hostos.Target) []string {
 }
 
 func TestHostConverges(t *testing.T) {
+	t.Parallel()
 	dc := needDocker(t)
-	h := startHost(t, dc, "fresh-host")
+	h := startHost(t, dc, "fresh-host", false)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
@@ -286,4 +288,58 @@ func dial(ctx context.Context, host, port string) error {
 		c.Close()
 	}
 	return err
+}
+
+// TestOfflineBundle installs the engine on an air-gapped host: this machine
+// (Debian 12 like the host) downloads what the host's dpkg status lacks and
+// uploads it; the host installs it with apt from local files.
+func TestOfflineBundle(t *testing.T) {
+	t.Parallel()
+	dc := needDocker(t)
+	h := startHost(t, dc, "airgap", true)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	if out, err := h.Comm.Run(ctx, "sudo -n timeout 8 apt-get update -o Acquire::Retries=0 2>&1", nil); err == nil && !strings.Contains(string(out), "Err:") {
+		t.Fatalf("the host reaches the mirror; the network is not internal:\n%s", out)
+	}
+	cfg := &hostos.Config{
+		Node: "airgap", AdminUser: "provision",
+		Engine:    spec.Engine{Method: "bundle", Version: "20.10.24*"},
+		Hardening: spec.Hardening{Firewall: true}, // nftables is in the image already
+		BundleDir: t.TempDir(),
+	}
+	facts, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tgt := &hostos.Target{Name: "airgap", Comm: h.Comm, Facts: facts, Config: cfg, Log: testLogger(t)}
+	var install hostos.Step
+	for _, st := range hostos.Steps(cfg) {
+		if st.ID() == "engine.install" {
+			install = st
+		}
+	}
+	if done, err := install.Check(ctx, tgt); done || err != nil {
+		t.Fatalf("fresh host: done=%v err=%v", done, err)
+	}
+	t0 := time.Now()
+	if err := install.Apply(ctx, tgt); err != nil {
+		t.Fatalf("bundle install: %v", err)
+	}
+	t.Logf("bundle install took %s", time.Since(t0).Round(time.Millisecond))
+	debs, _ := filepath.Glob(filepath.Join(cfg.BundleDir, "debian-12-*", "*.deb"))
+	if len(debs) == 0 {
+		t.Errorf("no .deb files in the bundle dir")
+	}
+	facts2, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(facts2.Packages["docker.io"], "20.10.24") || facts2.Engine == "" {
+		t.Errorf("after bundle: docker.io %q engine %q", facts2.Packages["docker.io"], facts2.Engine)
+	}
+	tgt.Facts = facts2
+	if done, err := install.Check(ctx, tgt); !done || err != nil {
+		t.Errorf("second check: done=%v err=%v", done, err)
+	}
 }
