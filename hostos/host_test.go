@@ -252,6 +252,33 @@ func TestHostConverges(t *testing.T) {
 	if body, err := get(ctx, url, clientTLS); err != nil || body != "OK" {
 		t.Errorf("ping after reconfigure: %q %v", body, err)
 	}
+
+	// A renewed server certificate: only engine.tls has work, and since the
+	// daemon config is unchanged it restarts the engine itself.
+	srv2, err := ca.Server("node-1", []string{h.IP, "localhost"}, 2*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg3 := cfg2
+	cfg3.TLS = hostos.TLSFiles{CA: ca.CertPEM, Cert: srv2.CertPEM, Key: srv2.KeyPEM}
+	tgt.Config = &cfg3
+	if applied := converge(t, ctx, tgt); len(applied) != 1 || applied[0] != "engine.tls" {
+		t.Errorf("cert renewal applied %v, want only engine.tls", applied)
+	}
+	if serial, err := servedSerial(ctx, net.JoinHostPort(h.IP, "2376"), clientTLS); err != nil || serial != srv2.Serial {
+		t.Errorf("engine serves certificate %s (%v), want the renewed %s", serial, err, srv2.Serial)
+	}
+}
+
+// servedSerial is the serial of the certificate the server at addr presents.
+func servedSerial(ctx context.Context, addr string, tc *tls.Config) (string, error) {
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: tc}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	return c.(*tls.Conn).ConnectionState().PeerCertificates[0].SerialNumber.Text(16), nil
 }
 
 func contains(s []string, v string) bool {
