@@ -15,6 +15,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/drivers/drivertest"
 	"github.com/provision/provision/provision/comm"
 )
 
@@ -338,4 +339,36 @@ echo 'table inet provision {}' >/etc/provision/firewall.nft`)
 			t.Fatalf("login after wipe: %v", err)
 		}
 	})
+}
+
+// TestConformance runs the shared driver contract on two plain hosts, one
+// with a pinned key and one trusted on first use, created in parallel.
+func TestConformance(t *testing.T) {
+	dc := needDocker(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	userPriv, userPub := keyPair(t)
+	keyFile := filepath.Join(dir, "admin_ed25519")
+	if err := os.WriteFile(keyFile, userPriv, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hosts := startHosts(t, ctx, dc, 2, userPub)
+	d := newTestDriver(t, filepath.Join(dir, "state"), fmt.Sprintf("user = \"admin\"\nkey_file = %q\nhost_keys = { %q = %q }\n", keyFile, hosts[0].Address, hosts[0].HostKey))
+	signer, err := loadSigner(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster := drivertest.ClusterID(t)
+	var specs []drivers.MachineSpec
+	for i, h := range hosts {
+		s := drivertest.Spec(t, cluster, fmt.Sprintf("m%d", i+1), "manager", "")
+		// Existing hosts keep their own host key and login: the engine's
+		// generated ones do not apply.
+		s.HostKey = drivers.HostKey{}
+		s.SSH = drivers.SSHAccess{User: "admin"}
+		s.Address = h.Address
+		specs = append(specs, s)
+	}
+	drivertest.Run(t, d, drivertest.Config{Cluster: cluster, Machines: specs, Admin: signer, DialTimeout: time.Minute})
 }
