@@ -70,7 +70,15 @@ func hardenKernel() Step {
 			if len(changed) == 0 {
 				return nil
 			}
-			return applySysctl(ctx, t, changed[0].Content)
+			if err := applySysctl(ctx, t, changed[0].Content); err != nil {
+				// Without the file, the next apply tries again instead of
+				// counting the step as done.
+				if rerr := t.remove(ctx, PathSysctl); rerr != nil {
+					return fmt.Errorf("%w (and removing %s: %v)", err, PathSysctl, rerr)
+				}
+				return err
+			}
+			return nil
 		},
 	}
 }

@@ -492,3 +492,36 @@ func TestBundleRefusesOtherPlatform(t *testing.T) {
 		t.Errorf("bundle for another distro: %v", err)
 	}
 }
+
+func TestKernelSysctlsInContainerAndVM(t *testing.T) {
+	for _, virt := range []string{"docker", "none"} {
+		f := debianFacts()
+		f.Virt = virt
+		fc := &fakeComm{}
+		tgt := &hostos.Target{Comm: fc, Facts: f, Config: baseConfig(), Log: slog.New(slog.DiscardHandler)}
+		if err := stepByID(t, tgt.Config, "harden.kernel").Apply(context.Background(), tgt); err != nil {
+			t.Fatalf("%s: %v", virt, err)
+		}
+		all := strings.Join(fc.cmds, "\n")
+		if !strings.Contains(all, "net.ipv4.conf.all.rp_filter=2") {
+			t.Errorf("%s: namespaced key not set:\n%s", virt, all)
+		}
+		// The machine's kernel is shared by every container: not ours to change.
+		if got := strings.Contains(all, "kernel.kptr_restrict=2"); got != (virt == "none") {
+			t.Errorf("%s: kernel.kptr_restrict set=%v", virt, got)
+		}
+	}
+	// A namespaced key that fails is an error, and the file goes so the next
+	// apply tries again.
+	fc := &fakeComm{answers: []answer{{match: "sysctl -q -w", out: "fail\tnet.ipv4.ip_forward\n"}}}
+	f := debianFacts()
+	f.Virt = "docker"
+	tgt := &hostos.Target{Comm: fc, Facts: f, Config: baseConfig(), Log: slog.New(slog.DiscardHandler)}
+	err := stepByID(t, tgt.Config, "harden.kernel").Apply(context.Background(), tgt)
+	if err == nil || !strings.Contains(err.Error(), "net.ipv4.ip_forward") {
+		t.Errorf("failed key: %v", err)
+	}
+	if _, ok := f.Files[hostos.PathSysctl]; ok || !fc.ran("rm -f -- /etc/sysctl.d/90-provision.conf") {
+		t.Error("sysctl file kept after a failure")
+	}
+}
