@@ -53,6 +53,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -401,8 +402,9 @@ func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
 	}
 	c, err := d.dial(ctx, t, signer, d.probeTimeout)
 	if err != nil {
-		if !claimed && !errors.Is(err, comm.ErrHostKeyMismatch) {
-			d.log.Warn("host not reachable and not claimed: nothing to release", "host", addr, "machine", m.Name)
+		if !claimed {
+			// Released earlier (the claim goes after the tag): nothing to do.
+			d.log.Warn("host not reachable and not claimed by this state: nothing to release", "host", addr, "machine", m.Name, "err", err)
 			return nil
 		}
 		return fmt.Errorf("release %s: %w", addr, err)
@@ -524,7 +526,19 @@ func (d *Driver) dial(ctx context.Context, t target, signer ssh.Signer, timeout 
 		cfg.Bastion = &comm.Config{Host: "bastion " + joinHostPort(b.Address, b.Port), Address: b.Address, Port: b.Port, User: b.User,
 			Signer: bs, HostKey: b.HostKey, Timeout: timeout, Log: cfg.Log}
 	}
-	return comm.Dial(ctx, cfg)
+	c, err := comm.Dial(ctx, cfg)
+	if errors.Is(err, comm.ErrHostKeyMismatch) {
+		d.mu.Lock()
+		rec, _ := d.store.knownKey(t.host, t.port)
+		d.mu.Unlock()
+		if rec != "" && rec == t.hostKey {
+			return nil, fmt.Errorf("%w (the expected key was trusted on first use and recorded in %s)", err, d.store.path(knownHostsFile))
+		}
+	}
+	if err != nil && strings.Contains(err.Error(), "unable to authenticate") {
+		return nil, fmt.Errorf("%w (is the public half of %s in %s's ~/.ssh/authorized_keys on %s, or the bastion's?)", err, t.keyFile, d.cfg.User, t.addr())
+	}
+	return c, err
 }
 
 // hostKey finds the key to pin for a host: the spec's host_keys, then the
@@ -587,15 +601,40 @@ func (d *Driver) pinned(written, host string, port int) string {
 }
 
 // scan reads the host's key, through the bastion when there is one.
+// A host that does not answer yet (booting, sshd restarting) is retried with
+// backoff until createTimeout; a bastion key mismatch is not.
 func (d *Driver) scan(ctx context.Context, host string, port int, bastion *drivers.Bastion) (string, error) {
-	if bastion == nil {
-		return comm.ScanHostKey(ctx, host, port)
+	var signer ssh.Signer
+	if bastion != nil {
+		var err error
+		if signer, err = loadSigner(firstNonEmpty(bastion.KeyFile, d.cfg.KeyFile)); err != nil {
+			return "", fmt.Errorf("bastion: %w", err)
+		}
 	}
-	signer, err := loadSigner(firstNonEmpty(bastion.KeyFile, d.cfg.KeyFile))
-	if err != nil {
-		return "", fmt.Errorf("bastion: %w", err)
+	ctx, cancel := context.WithTimeout(ctx, d.createTimeout)
+	defer cancel()
+	backoff := 250 * time.Millisecond
+	for {
+		var k string
+		var err error
+		if bastion == nil {
+			k, err = comm.ScanHostKey(ctx, host, port)
+		} else {
+			k, err = scanVia(ctx, bastion, signer, host, port)
+		}
+		if err == nil || errors.Is(err, comm.ErrHostKeyMismatch) || strings.Contains(err.Error(), "unable to authenticate") {
+			return k, err
+		}
+		d.log.Debug("host key scan failed, retrying", "host", joinHostPort(host, port), "err", err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return "", err
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
-	return scanVia(ctx, bastion, signer, host, port)
 }
 
 // resolveBastion returns the block's bastion with its host key resolved

@@ -118,6 +118,7 @@ func TestHosts(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "trust_on_first_use = false") || !strings.Contains(err.Error(), h2.Address) {
 			t.Fatalf("create without a key: %v", err)
 		}
+		t.Logf("reported: %v", err)
 		if meta, _ := tagOf(h2); meta != "" {
 			t.Errorf("host was claimed anyway")
 		}
@@ -129,6 +130,7 @@ func TestHosts(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "host already belongs to cluster c1") || !strings.Contains(err.Error(), h1.Address) {
 			t.Fatalf("create on a host of another cluster: %v", err)
 		}
+		t.Logf("reported: %v", err)
 		if _, tg := tagOf(h1); tg == nil || tg.cluster() != "c1" {
 			t.Errorf("tag changed: %+v", tg)
 		}
@@ -145,6 +147,17 @@ func TestHosts(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Fatalf("create as a user without sudo: %v, want %q", err, want)
 		}
+		t.Logf("reported: %v", err)
+	})
+
+	t.Run("key not authorized", func(t *testing.T) {
+		otherKey := writeKey(t, t.TempDir(), 0o600)
+		d := newTestDriver(t, filepath.Join(dir, "stateWrongKey"), fmt.Sprintf("user = \"admin\"\nkey_file = %q\nhost_keys = { %q = %q }\n", otherKey, h2.Address, h2.HostKey))
+		_, err := d.Create(ctx, "c1", spec("m9", "c1", h2.Address))
+		if err == nil || !strings.Contains(err.Error(), "authorized_keys") || !strings.Contains(err.Error(), h2.Address) {
+			t.Fatalf("create with a key the host does not accept: %v", err)
+		}
+		t.Logf("reported: %v", err)
 	})
 
 	stateB := filepath.Join(dir, "stateB")
@@ -177,9 +190,10 @@ func TestHosts(t *testing.T) {
 		setHostKey(t, ctx, dc, h2, newPriv, newPub)
 		fresh := newTestDriver(t, stateB, block("")) // a later run, same state
 		_, err = fresh.Create(ctx, "c1", spec("m2", "c1", h2.Address))
-		if !errors.Is(err, comm.ErrHostKeyMismatch) || !strings.Contains(err.Error(), h2.Address) {
+		if !errors.Is(err, comm.ErrHostKeyMismatch) || !strings.Contains(err.Error(), h2.Address) || !strings.Contains(err.Error(), kh) {
 			t.Fatalf("changed key: %v", err)
 		}
+		t.Logf("reported: %v", err)
 		if _, err := fresh.Machines(ctx, "c1"); !errors.Is(err, comm.ErrHostKeyMismatch) || !strings.Contains(err.Error(), h2.Address) {
 			t.Errorf("machines with a changed key: %v", err)
 		}
@@ -210,6 +224,7 @@ func TestHosts(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), h2.Address) {
 			t.Fatalf("machines with an unreachable host: %v", err)
 		}
+		t.Logf("reported: %v", err)
 		m2 := drivers.Machine{Name: "m2", Address: h2.Address, SSH: drivers.SSHEndpoint{Port: 22, HostKey: h2.HostKey}, Tags: map[string]string{drivers.TagCluster: "c1"}}
 		if err := tofu.Destroy(ctx, m2); err == nil || !strings.Contains(err.Error(), h2.Address) {
 			t.Fatalf("destroy of an unreachable claimed host: %v", err)
