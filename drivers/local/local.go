@@ -314,6 +314,19 @@ func (d *Driver) create(ctx context.Context, cluster string, spec drivers.Machin
 	if err != nil {
 		return drivers.Machine{}, fmt.Errorf("inspect container %s: %w", short(id), err)
 	}
+	if info.State.Status == "created" && sameKey(info.Config.Labels[TagHostKey], spec.HostKey.Public) && len(spec.HostKey.PrivatePEM) > 0 {
+		// Never started: just made, or made by a Create that stopped
+		// before starting it (or a concurrent one that has not started it
+		// yet). Copying the boot files again is harmless and guarantees
+		// the host key is in place before the first start.
+		files, err := bootFiles(spec)
+		if err == nil {
+			err = cli.CopyToContainer(ctx, id, "/", bytes.NewReader(files), container.CopyToContainerOptions{})
+		}
+		if err != nil {
+			return drivers.Machine{}, fmt.Errorf("copy host key and admin files into %s: %w", short(id), err)
+		}
+	}
 	if !info.State.Running {
 		d.log.Info("starting container", "machine", spec.Name, "container", short(id))
 		if err := cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
@@ -453,16 +466,7 @@ func (d *Driver) createContainer(ctx context.Context, cli *client.Client, cluste
 		}
 		return "", fmt.Errorf("create container %s: %w", name, err)
 	}
-	files, err := bootFiles(spec)
-	if err == nil {
-		err = cli.CopyToContainer(ctx, resp.ID, "/", bytes.NewReader(files), container.CopyToContainerOptions{})
-	}
-	if err != nil {
-		// Never leave a container without its host key behind: a later
-		// Create would start it as it is.
-		rmErr := cli.ContainerRemove(context.WithoutCancel(ctx), resp.ID, container.RemoveOptions{Force: true})
-		return "", errors.Join(fmt.Errorf("copy host key and admin files into %s: %w", name, err), rmErr)
-	}
+	// The boot files are copied by create, before the first start.
 	return resp.ID, nil
 }
 

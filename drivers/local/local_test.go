@@ -2,10 +2,15 @@ package local
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -251,16 +256,32 @@ func TestConformance(t *testing.T) {
 // started again by Create, and that Teardown refuses while a host remains.
 func TestInternalNetwork(t *testing.T) {
 	requireDocker(t, DefaultImage)
-	d := newTestDriver(t, `internal = true`)
+	subnet := fmt.Sprintf("10.231.%d.0/24", rand.IntN(250))
+	d := newTestDriver(t, "internal = true\nsubnet = \""+subnet+"\"")
 	cluster := drivertest.ClusterID(t)
 	cleanupCluster(t, d, cluster)
 	_, line := drivertest.AdminKey(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	spec := drivertest.Spec(t, cluster, "air", "manager", line)
-	m, err := d.Create(ctx, cluster, spec)
-	if err != nil {
+
+	// Two Creates of one name at once make one container.
+	var ms [2]drivers.Machine
+	var errs [2]error
+	var wg sync.WaitGroup
+	for i := range ms {
+		wg.Go(func() { ms[i], errs[i] = d.Create(ctx, cluster, spec) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs[:]...); err != nil {
 		t.Fatal(err)
+	}
+	m := ms[0]
+	if ms[1].ID != m.ID {
+		t.Fatalf("concurrent Creates of one name made %s and %s", m.ID, ms[1].ID)
+	}
+	if p := netip.MustParsePrefix(subnet); !p.Contains(netip.MustParseAddr(m.Address)) {
+		t.Errorf("address %s outside subnet %s", m.Address, subnet)
 	}
 	cli, err := d.docker(ctx)
 	if err != nil {
@@ -303,9 +324,9 @@ func TestInternalNetwork(t *testing.T) {
 	if err := cli.ContainerStop(ctx, m.ID, container.StopOptions{Timeout: &timeout}); err != nil {
 		t.Fatal(err)
 	}
-	ms, err := d.Machines(ctx, cluster)
-	if err != nil || len(ms) != 1 || ms[0].State != "stopped" {
-		t.Fatalf("Machines after stop: %+v, %v", ms, err)
+	stopped, err := d.Machines(ctx, cluster)
+	if err != nil || len(stopped) != 1 || stopped[0].State != "stopped" {
+		t.Fatalf("Machines after stop: %+v, %v", stopped, err)
 	}
 	m2, err := d.Create(ctx, cluster, spec)
 	if err != nil {
@@ -314,8 +335,15 @@ func TestInternalNetwork(t *testing.T) {
 	if m2.ID != m.ID || m2.State != "running" {
 		t.Errorf("Create on a stopped host: %+v, first %+v", m2, m)
 	}
-	if err := d.Destroy(ctx, m2); err != nil {
+	// Destroy finds the container by cluster tag and name when the ID is unknown.
+	if err := d.Destroy(ctx, drivers.Machine{Name: "air", Tags: map[string]string{drivers.TagCluster: cluster}}); err != nil {
 		t.Fatal(err)
+	}
+	if left, err := d.Machines(ctx, cluster); err != nil || len(left) != 0 {
+		t.Fatalf("Machines after Destroy: %+v, %v", left, err)
+	}
+	if err := d.Destroy(ctx, m2); err != nil {
+		t.Fatalf("Destroy of a gone machine: %v", err)
 	}
 	if err := d.Teardown(ctx, cluster); err != nil {
 		t.Fatal(err)
