@@ -356,7 +356,7 @@ func (d *Driver) create(ctx context.Context, cluster string, spec drivers.Machin
 	if err := d.setupUser(ctx, cli, id, labels[TagUser]); err != nil {
 		return drivers.Machine{}, err
 	}
-	if err := d.waitSSH(ctx, addr, labels[TagHostKey]); err != nil {
+	if err := d.waitSSH(ctx, cli, id, addr, labels[TagHostKey]); err != nil {
 		return drivers.Machine{}, err
 	}
 	m := d.machine(id, labels, "running", addr)
@@ -681,7 +681,7 @@ func (d *Driver) setupUser(ctx context.Context, cli *client.Client, id, user str
 
 // waitSSH waits until sshd answers at addr:22 and checks that it presents
 // the pinned key.
-func (d *Driver) waitSSH(ctx context.Context, addr, pinned string) error {
+func (d *Driver) waitSSH(ctx context.Context, cli *client.Client, id, addr, pinned string) error {
 	if _, err := netip.ParseAddr(addr); err != nil {
 		return fmt.Errorf("container address %q: %w", addr, err)
 	}
@@ -697,6 +697,15 @@ func (d *Driver) waitSSH(ctx context.Context, addr, pinned string) error {
 			return fmt.Errorf("sshd at %s presents %q, not the pinned host key %q: %w", addr, got, pinned, comm.ErrHostKeyMismatch)
 		}
 		d.log.Debug("waiting for sshd", "address", addr, "err", err)
+		// sshd will not come if its unit failed: say why now rather than
+		// at the deadline.
+		if out, _, xerr := execResult(ctx, cli, id, []string{"systemctl", "is-failed", "ssh.service"}); xerr == nil && strings.TrimSpace(out) == "failed" {
+			why, _, _ := execResult(ctx, cli, id, []string{"/usr/sbin/sshd", "-t"})
+			if strings.TrimSpace(why) == "" {
+				why, _, _ = execResult(ctx, cli, id, []string{"journalctl", "-u", "ssh.service", "-n", "5", "--no-pager", "-o", "cat"})
+			}
+			return fmt.Errorf("sshd failed to start in container %s: %s", short(id), strings.Join(strings.Fields(why), " "))
+		}
 		if serr := sleep(ctx, delay); serr != nil {
 			return fmt.Errorf("wait for sshd at %s: %w (last: %v)", addr, serr, err)
 		}
