@@ -393,7 +393,7 @@ func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
 			if !claimed {
 				return nil // never claimed, or already released
 			}
-			return fmt.Errorf("release %s: %w", addr, err)
+			return fmt.Errorf("release: %w", err)
 		}
 	}
 	signer, err := loadSigner(keyFile)
@@ -407,15 +407,15 @@ func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
 			d.log.Warn("host not reachable and not claimed by this state: nothing to release", "host", addr, "machine", m.Name, "err", err)
 			return nil
 		}
-		return fmt.Errorf("release %s: %w", addr, err)
+		return fmt.Errorf("release: %w", err)
 	}
 	defer c.Close()
-	if err := checkSudo(ctx, c, t.userOr(m.SSH.User, d.cfg.User), addr); err != nil {
-		return fmt.Errorf("release %s: %w", addr, err)
+	if err := checkSudo(ctx, c, d.cfg.User, addr); err != nil {
+		return fmt.Errorf("release: %w", err)
 	}
 	tg, err := readTag(ctx, c, addr)
 	if err != nil {
-		return fmt.Errorf("release %s: %w", addr, err)
+		return fmt.Errorf("release: %w", err)
 	}
 	switch {
 	case tg == nil:
@@ -425,13 +425,13 @@ func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
 	default:
 		if d.cfg.Wipe {
 			if _, err := c.Run(ctx, comm.Sudo(c, "sh -c "+comm.Quote(wipeScript)), nil); err != nil {
-				return fmt.Errorf("release %s: wipe: %w", addr, err)
+				return fmt.Errorf("release: wipe: %w", err)
 			}
 			d.log.Info("host wiped", "host", addr)
 		}
 		release := "rm -f " + TagFile + "; if [ -d " + TagDir + " ]; then rmdir --ignore-fail-on-non-empty " + TagDir + "; fi"
 		if _, err := c.Run(ctx, comm.Sudo(c, "sh -c "+comm.Quote(release)), nil); err != nil {
-			return fmt.Errorf("release %s: remove ownership tag: %w", addr, err)
+			return fmt.Errorf("release: remove ownership tag: %w", err)
 		}
 		d.log.Info("host released", "host", addr, "machine", m.Name)
 	}
@@ -440,13 +440,6 @@ func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
 			delete(cs, addr)
 		}
 	})
-}
-
-func (t target) userOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // wipeScript runs as root on Destroy with wipe = true. It removes what
