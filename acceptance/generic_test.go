@@ -136,32 +136,7 @@ func startPlainHosts(t *testing.T, ctx context.Context, dc *client.Client, prefi
 }
 
 func execOut(ctx context.Context, dc *client.Client, id, cmd string) (string, error) {
-	ex, err := dc.ContainerExecCreate(ctx, id, container.ExecOptions{Cmd: []string{"/bin/sh", "-c", cmd}, AttachStdout: true, AttachStderr: true})
-	if err != nil {
-		return "", err
-	}
-	att, err := dc.ContainerExecAttach(ctx, ex.ID, container.ExecAttachOptions{})
-	if err != nil {
-		return "", err
-	}
-	defer att.Close()
-	var sb strings.Builder
-	buf := make([]byte, 4096)
-	for {
-		n, err := att.Reader.Read(buf)
-		sb.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
-	ins, err := dc.ContainerExecInspect(ctx, ex.ID)
-	if err != nil {
-		return sb.String(), err
-	}
-	if ins.ExitCode != 0 {
-		return sb.String(), fmt.Errorf("%q exited %d: %s", cmd, ins.ExitCode, sb.String())
-	}
-	return sb.String(), nil
+	return runIn(ctx, dc, id, []string{"/bin/sh", "-c", cmd})
 }
 
 func mustExec(t *testing.T, ctx context.Context, dc *client.Client, id, cmd string) string {

@@ -23,11 +23,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types"
+	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/client"
+	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/provision/pki"
@@ -268,4 +271,38 @@ func eventually(t *testing.T, ctx context.Context, timeout time.Duration, what s
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+// execer is the part of the engine API that runs commands in containers: the
+// machine's own engine and a provisioned node's TLS engine both have it.
+type execer interface {
+	ContainerExecCreate(ctx context.Context, id string, o container.ExecOptions) (types.IDResponse, error)
+	ContainerExecAttach(ctx context.Context, id string, o container.ExecAttachOptions) (types.HijackedResponse, error)
+	ContainerExecInspect(ctx context.Context, id string) (container.ExecInspect, error)
+}
+
+// runIn runs a command in a container and returns what it printed (stdout
+// and stderr, demultiplexed); a non-zero exit is an error carrying the output.
+func runIn(ctx context.Context, e execer, id string, cmd []string) (string, error) {
+	ex, err := e.ContainerExecCreate(ctx, id, container.ExecOptions{Cmd: cmd, AttachStdout: true, AttachStderr: true})
+	if err != nil {
+		return "", err
+	}
+	att, err := e.ContainerExecAttach(ctx, ex.ID, container.ExecAttachOptions{})
+	if err != nil {
+		return "", err
+	}
+	defer att.Close()
+	var sb strings.Builder
+	if _, err := stdcopy.StdCopy(&sb, &sb, att.Reader); err != nil {
+		return sb.String(), err
+	}
+	ins, err := e.ContainerExecInspect(ctx, ex.ID)
+	if err != nil {
+		return sb.String(), err
+	}
+	if ins.ExitCode != 0 {
+		return sb.String(), fmt.Errorf("%q exited %d: %s", strings.Join(cmd, " "), ins.ExitCode, sb.String())
+	}
+	return sb.String(), nil
 }

@@ -363,7 +363,7 @@ func (e *Engine) remove(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			if err := d.Destroy(ctx, *m); err != nil {
+			if err := d.Destroy(ctx, e.owned(*m)); err != nil {
 				return fmt.Errorf("destroy: %w", err)
 			}
 		}
@@ -410,7 +410,7 @@ func (e *Engine) Destroy(ctx context.Context, p *plan.Plan) error {
 			errs = append(errs, fmt.Errorf("%s: %w", a.Machine, err))
 			continue
 		}
-		mach := *m
+		mach := e.owned(*m)
 		g.Go(func() error {
 			t0 := time.Now()
 			err := d.Destroy(ctx, mach)

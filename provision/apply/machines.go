@@ -73,7 +73,7 @@ func (e *Engine) machines(ctx context.Context) error {
 			old := a.Recorded.Machine
 			if od, err := e.driver(old.Driver); err == nil {
 				e.note(h.rec.Name, "replacing: destroying the old machine")
-				if err := od.Destroy(ctx, old); err != nil && !errors.Is(err, drivers.ErrNotFound) {
+				if err := od.Destroy(ctx, e.owned(old)); err != nil && !errors.Is(err, drivers.ErrNotFound) {
 					return fmt.Errorf("destroy old machine: %w", err)
 				}
 			}
@@ -137,6 +137,24 @@ func (e *Engine) record(h *host, m drivers.Machine, status string, a plan.Action
 		h.rec.NodeID = ""
 	}
 	e.State.Put(h.rec)
+}
+
+// owned returns m with the cluster's ownership tags filled in, so that a
+// driver can find a machine whose create was interrupted before its ID was
+// recorded (the tags are derived from state, never from the driver).
+func (e *Engine) owned(m drivers.Machine) drivers.Machine {
+	tags := make(map[string]string, len(m.Tags)+2)
+	for k, v := range m.Tags {
+		tags[k] = v
+	}
+	if tags[drivers.TagCluster] == "" {
+		tags[drivers.TagCluster] = e.State.ClusterID
+	}
+	if tags[drivers.TagMachine] == "" {
+		tags[drivers.TagMachine] = m.Name
+	}
+	m.Tags = tags
+	return m
 }
 
 // machineSpec is what the driver is asked for.
