@@ -174,8 +174,14 @@ driver "generic" {
   key_file  = %q
   host_keys = { %q = %q }
 }
-managers { count = 1  hosts = [%q] }
-workers  { count = 1  hosts = [%q] }
+managers {
+  count = 1
+  hosts = [%q]
+}
+workers {
+  count = 1
+  hosts = [%q]
+}
 `, keyFile, hosts[0].Address, hosts[0].HostKey, hosts[0].Address, hosts[1].Address)
 	specFile := filepath.Join(dir, "metal.hcl")
 	if err := os.WriteFile(specFile, []byte(spec), 0o644); err != nil {
