@@ -12,10 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/cli/cli/context/docker"
+	"github.com/docker/cli/cli/context/store"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
 	dswarm "github.com/docker/docker/api/types/swarm"
+	"github.com/docker/docker/client"
 
 	"github.com/provision/provision/provision/swarm"
 )
@@ -132,6 +135,12 @@ func TestLocalEndToEnd(t *testing.T) {
 		t.Errorf("status does not show 3 ready nodes:\n%s", r.stdout)
 	}
 
+	// env --context writes a docker CLI context that the CLI's own loader
+	// turns into a working mutual-TLS client for the manager.
+	cfgDir := t.TempDir()
+	mustProvision(t, ctx, []string{"DOCKER_CONFIG=" + cfgDir}, "env", spec, sd, "--context", "--context-name=acc-demo")
+	checkDockerContext(t, ctx, cfgDir, "acc-demo")
+
 	// destroy leaves no container, volume or network behind.
 	mustProvision(t, ctx, nil, "destroy", spec, sd, "--auto-approve")
 	destroyed = true
@@ -221,4 +230,46 @@ func overlayService(t *testing.T, ctx context.Context, ens map[string]*swarm.Eng
 	if err := mgr.ServiceRemove(ctx, svc.ID); err != nil {
 		t.Errorf("remove service: %v", err)
 	}
+}
+
+// checkDockerContext loads a docker CLI context the way `docker --context`
+// does and asks the engine behind it for its swarm state.
+func checkDockerContext(t *testing.T, ctx context.Context, cfgDir, name string) {
+	t.Helper()
+	cfg := store.NewConfig(func() any { return &map[string]any{} },
+		store.EndpointTypeGetter(docker.DockerEndpoint, func() any { return &docker.EndpointMeta{} }))
+	s := store.New(filepath.Join(cfgDir, "contexts"), cfg)
+	meta, err := s.GetMetadata(name)
+	if err != nil {
+		t.Fatalf("docker context %s: %v", name, err)
+	}
+	ep, err := docker.WithTLSData(s, name, mustEndpoint(t, meta))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, err := ep.ClientOpts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.NewClientWithOpts(append(opts, client.WithAPIVersionNegotiation())...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	info, err := c.Info(ctx)
+	if err != nil {
+		t.Fatalf("engine through docker context %s: %v", name, err)
+	}
+	if info.Swarm.LocalNodeState != dswarm.LocalNodeStateActive || !info.Swarm.ControlAvailable {
+		t.Errorf("docker context %s reaches a node in swarm state %q (manager: %v)", name, info.Swarm.LocalNodeState, info.Swarm.ControlAvailable)
+	}
+}
+
+func mustEndpoint(t *testing.T, meta store.Metadata) docker.EndpointMeta {
+	t.Helper()
+	ep, err := docker.EndpointFromContext(meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ep
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -194,57 +193,6 @@ func newDestroy(g *globals) *cobra.Command {
 	cmd.Flags().BoolVar(&auto, "auto-approve", false, "do not ask")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stderr")
 	return cmd
-}
-
-func newEnv(g *globals) *cobra.Command {
-	var shell string
-	cmd := &cobra.Command{
-		Use:   "env FILE [NODE]",
-		Short: "Print DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH for a node",
-		Long: `Print the environment that points the docker CLI (or any Docker SDK) at a
-node's engine over mutual TLS. Without NODE, the first manager is used.`,
-		Example: "  eval \"$(provision env cluster.hcl)\"\n  provision env cluster.hcl demo-worker-1",
-		Args:    cobra.RangeArgs(1, 2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := g.open(cmd, args[0])
-			if err != nil {
-				return err
-			}
-			defer l.close()
-			node := ""
-			if len(args) == 2 {
-				node = args[1]
-			}
-			m, err := pickMachine(l, node)
-			if err != nil {
-				return err
-			}
-			certDir, err := filepath.Abs(l.store.PKIDir())
-			if err != nil {
-				return err
-			}
-			out := cmd.OutOrStdout()
-			switch shell {
-			case "fish":
-				fmt.Fprintf(out, "set -gx DOCKER_HOST tcp://%s:2376;\nset -gx DOCKER_TLS_VERIFY 1;\nset -gx DOCKER_CERT_PATH %s;\n", m.Address, certDir)
-			default:
-				fmt.Fprintf(out, "export DOCKER_HOST=tcp://%s:2376\nexport DOCKER_TLS_VERIFY=1\nexport DOCKER_CERT_PATH=%s\n", m.Address, shellQuote(certDir))
-				fmt.Fprintf(out, "# node %s; run: eval \"$(provision env %s %s)\"\n", m.Name, args[0], m.Name)
-			}
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&shell, "shell", "sh", "output syntax: sh or fish")
-	return cmd
-}
-
-func shellQuote(s string) string {
-	if s != "" && strings.IndexFunc(s, func(r rune) bool {
-		return !(r == '/' || r == '.' || r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z')
-	}) < 0 {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func newVersion() *cobra.Command {

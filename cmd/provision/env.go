@@ -1,0 +1,140 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/docker/cli/cli/context/docker"
+	"github.com/docker/cli/cli/context/store"
+	"github.com/spf13/cobra"
+)
+
+func newEnv(g *globals) *cobra.Command {
+	var (
+		shell   string
+		context bool
+		ctxName string
+	)
+	cmd := &cobra.Command{
+		Use:   "env FILE [NODE]",
+		Short: "Print DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH for a node",
+		Long: `Print the environment that points the docker CLI (or any Docker SDK) at a
+node's engine over mutual TLS. Without NODE, the first manager is used.
+
+With --context, write a docker CLI context instead (named provision-CLUSTER-NODE
+unless --context-name says otherwise) into the docker configuration directory
+($DOCKER_CONFIG, or ~/.docker): the context holds the endpoint and a copy of
+the cluster CA and the operator's client certificate (key 0600). Running it
+again updates the context; destroy does not remove it.`,
+		Example: "  eval \"$(provision env cluster.hcl)\"\n  provision env cluster.hcl demo-worker-1\n  provision env cluster.hcl --context && docker --context provision-demo-demo-manager-1 node ls",
+		Args:    cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := g.open(cmd, args[0])
+			if err != nil {
+				return err
+			}
+			defer l.close()
+			node := ""
+			if len(args) == 2 {
+				node = args[1]
+			}
+			m, err := pickMachine(l, node)
+			if err != nil {
+				return err
+			}
+			certDir, err := filepath.Abs(l.store.PKIDir())
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			host := "tcp://" + m.Address + ":2376"
+			if context || ctxName != "" {
+				if ctxName == "" {
+					ctxName = "provision-" + l.spec.Name + "-" + m.Name
+				}
+				dir := dockerConfigDir()
+				if err := writeDockerContext(dir, ctxName, host, certDir, fmt.Sprintf("provision cluster %q, node %s", l.spec.Name, m.Name)); err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "docker context %q now points at %s (in %s).\nUse it: docker --context %s node ls   or   docker context use %s\n", ctxName, host, dir, ctxName, ctxName)
+				return nil
+			}
+			switch shell {
+			case "fish":
+				fmt.Fprintf(out, "set -gx DOCKER_HOST %s;\nset -gx DOCKER_TLS_VERIFY 1;\nset -gx DOCKER_CERT_PATH %s;\n", host, certDir)
+			default:
+				fmt.Fprintf(out, "export DOCKER_HOST=%s\nexport DOCKER_TLS_VERIFY=1\nexport DOCKER_CERT_PATH=%s\n", host, shellQuote(certDir))
+				fmt.Fprintf(out, "# node %s; run: eval \"$(provision env %s %s)\"\n", m.Name, args[0], m.Name)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&shell, "shell", "sh", "output syntax: sh or fish")
+	cmd.Flags().BoolVar(&context, "context", false, "create or update a docker CLI context for the node instead of printing variables")
+	cmd.Flags().StringVar(&ctxName, "context-name", "", "name of the docker context (implies --context)")
+	return cmd
+}
+
+// dockerConfigDir is where the docker CLI keeps its configuration and contexts.
+func dockerConfigDir() string {
+	if d := os.Getenv("DOCKER_CONFIG"); d != "" {
+		return d
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return ".docker"
+	}
+	return filepath.Join(home, ".docker")
+}
+
+// contextMeta is the docker CLI's context metadata (its DockerContext type
+// serializes the same way).
+type contextMeta struct {
+	Description string `json:",omitempty"`
+}
+
+// writeDockerContext creates or replaces a docker CLI context through the
+// CLI's own context store, with the TLS material copied from certDir.
+func writeDockerContext(configDir, name, host, certDir, description string) error {
+	if err := store.ValidateContextName(name); err != nil {
+		return fmt.Errorf("context name %q: %w", name, err)
+	}
+	cfg := store.NewConfig(
+		func() any { return &contextMeta{} },
+		store.EndpointTypeGetter(docker.DockerEndpoint, func() any { return &docker.EndpointMeta{} }),
+	)
+	s := store.New(filepath.Join(configDir, "contexts"), cfg)
+	tls := store.EndpointTLSData{Files: map[string][]byte{}}
+	for _, f := range []string{"ca.pem", "cert.pem", "key.pem"} {
+		b, err := os.ReadFile(filepath.Join(certDir, f))
+		if err != nil {
+			return fmt.Errorf("docker context %q: %w (has apply finished once?)", name, err)
+		}
+		tls.Files[f] = b
+	}
+	meta := store.Metadata{
+		Name:     name,
+		Metadata: contextMeta{Description: description},
+		Endpoints: map[string]any{
+			docker.DockerEndpoint: docker.EndpointMeta{Host: host},
+		},
+	}
+	if err := s.CreateOrUpdate(meta); err != nil {
+		return fmt.Errorf("docker context %q: %w", name, err)
+	}
+	if err := s.ResetEndpointTLSMaterial(name, docker.DockerEndpoint, &tls); err != nil {
+		return fmt.Errorf("docker context %q: tls files: %w", name, err)
+	}
+	return nil
+}
+
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r == '/' || r == '.' || r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z')
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
