@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/hcl/v2"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
@@ -123,6 +124,9 @@ func (l *loaded) close() {
 // loadSpec parses and validates the file, printing diagnostics.
 func (g *globals) loadSpec(cmd *cobra.Command, file string) (*spec.Cluster, error) {
 	c, diags := spec.Load([]string{file}, spec.Vars{Args: g.vars, Files: g.varFiles, Env: os.Environ()})
+	if c != nil {
+		diags = append(diags, unbuiltDrivers(c)...)
+	}
 	if len(diags) > 0 {
 		spec.WriteDiagnostics(cmd.ErrOrStderr(), diags, !g.noColor && isTTY(cmd.ErrOrStderr()))
 	}
@@ -130,6 +134,34 @@ func (g *globals) loadSpec(cmd *cobra.Command, file string) (*spec.Cluster, erro
 		return nil, withCode(exitUsage, errSilent)
 	}
 	return c, nil
+}
+
+// unbuiltDrivers refuses driver blocks whose type the spec language knows but
+// this binary does not link, pointing at the block.
+func unbuiltDrivers(c *spec.Cluster) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	for _, b := range c.Drivers {
+		if info, _ := drivers.Lookup(b.Type); info.New == nil {
+			r := b.Range
+			diags = append(diags, &hcl.Diagnostic{
+				Severity: hcl.DiagError,
+				Summary:  "Driver not built in",
+				Detail:   fmt.Sprintf("The %q driver type is part of the spec language, but this provision binary does not include it (built in: %s). Use one of those drivers for this role.", b.Type, strings.Join(builtDrivers(), ", ")),
+				Subject:  &r,
+			})
+		}
+	}
+	return diags
+}
+
+func builtDrivers() []string {
+	var out []string
+	for _, t := range drivers.Types() {
+		if info, _ := drivers.Lookup(t); info.New != nil {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // open loads the spec, takes the state lock and builds the drivers.
@@ -165,11 +197,7 @@ func (g *globals) open(cmd *cobra.Command, file string) (*loaded, error) {
 	}
 	l.drivers = map[string]drivers.Driver{}
 	for _, b := range c.Drivers {
-		info, _ := drivers.Lookup(b.Type)
-		if info.New == nil {
-			l.close()
-			return nil, withCode(exitUsage, fmt.Errorf("driver %q (%s) is not built into this binary", b.Name, b.Type))
-		}
+		info, _ := drivers.Lookup(b.Type) // loadSpec refused types without a factory
 		d, diags := info.New(b.Body, drivers.Options{Name: b.Name, StateDir: dir, Log: g.log.With("driver", b.Name), Eval: b.Eval})
 		// spec.Load already ran every factory and printed its warnings.
 		if diags.HasErrors() {
