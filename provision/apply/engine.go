@@ -96,6 +96,9 @@ func (e *Engine) init() {
 	if e.Parallelism <= 0 {
 		e.Parallelism = 16
 	}
+	if e.ConnectTimeout == 0 && e.Spec != nil {
+		e.ConnectTimeout = e.Spec.SSH.ConnectTimeout // ssh { connect_timeout = "..." }
+	}
 	if e.ConnectTimeout == 0 {
 		e.ConnectTimeout = 3 * time.Minute
 	}

@@ -65,7 +65,7 @@ var (
 	loggingSchema   = attrSchema("driver", "options", "journald_max_use")
 	tlsSchema       = attrSchema("validity", "extra_names", "allowed_cidrs")
 	hardeningSchema = attrSchema("profile", "ssh", "kernel", "firewall", "daemon", "audit", "updates", "auto_reboot", "user_namespaces", "overlay_encryption")
-	sshSchema       = attrSchema("user")
+	sshSchema       = attrSchema("user", "connect_timeout")
 )
 
 // Load reads the cluster files (usually one), applies the variables and
@@ -549,6 +549,18 @@ func decodeSSH(dc *dec, c *Cluster, b *hcl.Block) {
 	if r, ok := dc.str(content.Attributes, "user", "ssh.user", &c.SSH.User); ok {
 		if c.SSH.User == "root" || !userRe.MatchString(c.SSH.User) {
 			dc.errf(r, "Invalid admin user", "ssh.user %q is not allowed: use a lowercase login name other than root (root login is turned off on every host).", c.SSH.User)
+		}
+	}
+	var timeout string
+	if r, ok := dc.str(content.Attributes, "connect_timeout", "ssh.connect_timeout", &timeout); ok {
+		d, err := time.ParseDuration(timeout)
+		switch {
+		case err != nil:
+			dc.errf(r, "Invalid connect timeout", "ssh.connect_timeout %q is not a duration like \"30s\" or \"5m\".", timeout)
+		case d < time.Second || d > time.Hour:
+			dc.errf(r, "Connect timeout out of range", "ssh.connect_timeout must be between 1s and 1h.")
+		default:
+			c.SSH.ConnectTimeout = d
 		}
 	}
 }

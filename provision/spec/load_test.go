@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 )
@@ -54,7 +55,7 @@ workers { count = 2 }
 	if !h.SSH || !h.Kernel || !h.Firewall || !h.Daemon || !h.Audit || !h.Updates || h.AutoReboot || h.UserNamespaces || h.OverlayEncryption {
 		t.Errorf("hardening %+v", h)
 	}
-	if c.TLS.ValidityHours != 8760 || c.SSH.User != "provision" || c.Parallelism != 16 {
+	if c.TLS.ValidityHours != 8760 || c.SSH.User != "provision" || c.SSH.ConnectTimeout != 0 || c.Parallelism != 16 {
 		t.Errorf("tls/ssh/parallelism %+v %+v %d", c.TLS, c.SSH, c.Parallelism)
 	}
 	if got := c.Workers[0].MachineNames(c.Name); strings.Join(got, ",") != "demo-worker-1,demo-worker-2" {
@@ -109,7 +110,10 @@ hardening {
   firewall        = true
   user_namespaces = true
 }
-ssh { user = "ops" }
+ssh {
+  user            = "ops"
+  connect_timeout = "45s"
+}
 `, Vars{})
 	if c.Managers.Count != 3 || c.Managers.Driver != "metal" || len(c.Managers.Hosts) != 3 {
 		t.Errorf("managers %+v", c.Managers)
@@ -128,11 +132,20 @@ ssh { user = "ops" }
 	if h.SSH || h.Kernel || !h.Firewall || !h.UserNamespaces || h.Audit {
 		t.Errorf("profile off with firewall on: %+v", h)
 	}
-	if c.TLS.ValidityHours != 720 || len(c.TLS.ExtraNames) != 2 || c.SSH.User != "ops" || c.Parallelism != 4 {
+	if c.TLS.ValidityHours != 720 || len(c.TLS.ExtraNames) != 2 || c.SSH.User != "ops" || c.SSH.ConnectTimeout != 45*time.Second || c.Parallelism != 4 {
 		t.Errorf("tls %+v ssh %+v", c.TLS, c.SSH)
 	}
 	if r, ok := c.Ranges["workers.cloud.disk"]; !ok || r.Start.Line != 18 {
 		t.Errorf("range of workers.cloud.disk: %+v", r)
+	}
+}
+
+func TestSSHConnectTimeoutRefused(t *testing.T) {
+	for in, want := range map[string]string{"soon": "Invalid connect timeout", "10ms": "out of range", "2h": "out of range"} {
+		_, diags := load(t, "name = \"demo\"\nmanagers { count = 1 }\nssh { connect_timeout = \""+in+"\" }\n", Vars{})
+		if !diags.HasErrors() || !strings.Contains(diags.Error(), want) {
+			t.Errorf("connect_timeout %q: %v, want %q", in, diags, want)
+		}
 	}
 }
 

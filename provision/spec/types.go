@@ -11,6 +11,7 @@ package spec
 
 import (
 	"strconv"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 )
@@ -123,6 +124,9 @@ type Hardening struct {
 // SSH is the `ssh { }` block: the admin login provision creates or uses.
 type SSH struct {
 	User string // default "provision" (drivers that create the OS); generic uses its own driver setting
+	// ConnectTimeout bounds the SSH connection retries per host during
+	// apply (`connect_timeout = "30s"`); 0 means the engine's default (3m).
+	ConnectTimeout time.Duration
 }
 
 // MachineName is the single place machine names are made.
