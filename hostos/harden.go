@@ -20,32 +20,60 @@ func hardenSSH() Step {
 		render:  func(t *Target, _ Family) ([]File, error) { return SSHDFiles(t.Config) },
 		put: func(ctx context.Context, t *Target, changed []File) error {
 			// Keep the old file, install, validate the whole sshd config, and
-			// put the old file back when sshd would not start with it.
-			bak := PathSSHD + ".provision-bak"
-			if _, err := t.sudoSh(ctx, "if [ -f "+PathSSHD+" ]; then cp -p "+PathSSHD+" "+bak+"; else rm -f "+bak+"; fi"); err != nil {
+			// put the old file back when sshd would not start with it. The
+			// backup stays until a fresh login has worked (after).
+			if _, err := t.sudoSh(ctx, "if [ -f "+PathSSHD+" ]; then cp -p "+PathSSHD+" "+sshdBackup+"; else rm -f "+sshdBackup+"; fi"); err != nil {
 				return fmt.Errorf("back up %s: %w", PathSSHD, err)
 			}
 			if err := t.install(ctx, changed...); err != nil {
 				return err
 			}
 			if _, err := t.sudoSh(ctx, "mkdir -p /run/sshd && sshd -t"); err != nil {
-				if _, rerr := t.sudoSh(ctx, "if [ -f "+bak+" ]; then mv -f "+bak+" "+PathSSHD+"; else rm -f "+PathSSHD+"; fi"); rerr != nil {
+				if rerr := restoreSSHD(ctx, t); rerr != nil {
 					return fmt.Errorf("sshd -t rejected %s: %w; rolling back failed too: %v", PathSSHD, err, rerr)
 				}
-				delete(t.Facts.Files, PathSSHD) // unknown again; the next facts tell
 				return fmt.Errorf("sshd -t rejected %s (rolled back): %w", PathSSHD, err)
 			}
-			_, err := t.sudo(ctx, comm.Quote("rm", "-f", bak))
-			return err
+			return nil
 		},
 		after: func(ctx context.Context, t *Target, changed []File) error {
 			if len(changed) == 0 {
 				return nil
 			}
-			return reloadSSH(ctx, t)
+			if err := reloadSSH(ctx, t); err != nil {
+				return err
+			}
+			if t.Relogin != nil {
+				// Our own connection is still open; a new one must work with
+				// the new configuration before we go on.
+				if err := t.Relogin(ctx); err != nil {
+					t.Log.Error("a fresh SSH login failed after the sshd change: rolling back", "err", err)
+					if rerr := restoreSSHD(ctx, t); rerr != nil {
+						return fmt.Errorf("a fresh login failed with the new %s (%v); rolling back failed too: %w", PathSSHD, err, rerr)
+					}
+					if rerr := reloadSSH(ctx, t); rerr != nil {
+						return fmt.Errorf("a fresh login failed with the new %s (%v); restored the old file but reloading sshd failed: %w", PathSSHD, err, rerr)
+					}
+					return fmt.Errorf("a fresh login failed with the new %s, so the change was rolled back and sshd reloaded with the old configuration: %w", PathSSHD, err)
+				}
+			}
+			_, err := t.sudo(ctx, comm.Quote("rm", "-f", sshdBackup))
+			return err
 		},
 		offDone: func(ctx context.Context, t *Target) error { return reloadSSH(ctx, t) },
 	}
+}
+
+const sshdBackup = PathSSHD + ".provision-bak"
+
+// restoreSSHD puts the file saved before the change back (or removes ours
+// when there was none) and forgets its hash: the next facts tell.
+func restoreSSHD(ctx context.Context, t *Target) error {
+	if _, err := t.sudoSh(ctx, "if [ -f "+sshdBackup+" ]; then mv -f "+sshdBackup+" "+PathSSHD+"; else rm -f "+PathSSHD+"; fi"); err != nil {
+		return err
+	}
+	delete(t.Facts.Files, PathSSHD)
+	return nil
 }
 
 // reloadSSH makes a running sshd re-read its config; existing sessions (ours)

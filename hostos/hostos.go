@@ -62,6 +62,13 @@ type Target struct {
 	Facts  *Facts // gathered once by GatherFacts; steps update it after changing the host
 	Config *Config
 	Log    *slog.Logger
+	// Relogin, when set, opens a second, fresh connection to the host (same
+	// address, user, key and pinned host key as Comm), runs a trivial
+	// command and closes it. harden.ssh calls it after reloading sshd with
+	// the new configuration, while Comm's connection is still open: when it
+	// fails, the old configuration is put back and sshd reloaded again, so
+	// the operator is never locked out.
+	Relogin func(ctx context.Context) error
 }
 
 // Step is one idempotent piece of host work.

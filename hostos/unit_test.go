@@ -525,3 +525,79 @@ func TestKernelSysctlsInContainerAndVM(t *testing.T) {
 		t.Error("sysctl file kept after a failure")
 	}
 }
+
+func TestSSHRollbackWhenFreshLoginFails(t *testing.T) {
+	fc := &fakeComm{}
+	tgt := &hostos.Target{Comm: fc, Facts: debianFacts(), Config: baseConfig(), Log: slog.New(slog.DiscardHandler)}
+	reloadsBefore := -1
+	tgt.Relogin = func(ctx context.Context) error {
+		reloadsBefore = countRuns(fc, "try-reload-or-restart")
+		return fmt.Errorf("ssh: handshake failed: ssh: unable to authenticate")
+	}
+	st := stepByID(t, tgt.Config, "harden.ssh")
+	err := st.Apply(context.Background(), tgt)
+	if err == nil || !strings.Contains(err.Error(), "rolled back") || !strings.Contains(err.Error(), "unable to authenticate") {
+		t.Fatalf("apply: %v", err)
+	}
+	if reloadsBefore != 1 {
+		t.Errorf("relogin ran after %d sshd reloads, want 1 (the new config must be live)", reloadsBefore)
+	}
+	if n := countRuns(fc, "try-reload-or-restart"); n != 2 {
+		t.Errorf("sshd reloaded %d times, want 2 (new config, then the restored one); ran:\n%s", n, strings.Join(fc.cmds, "\n"))
+	}
+	restore := indexOf(fc, "mv -f "+hostos.PathSSHD+".provision-bak")
+	if restore < 0 || restore > lastIndexOf(fc, "try-reload-or-restart") {
+		t.Errorf("backup not restored before the second reload; ran:\n%s", strings.Join(fc.cmds, "\n"))
+	}
+	if done, _ := st.Check(context.Background(), tgt); done {
+		t.Error("after a rollback the step must not count as done")
+	}
+}
+
+func TestSSHFreshLoginKeepsChange(t *testing.T) {
+	fc := &fakeComm{}
+	tgt := &hostos.Target{Comm: fc, Facts: debianFacts(), Config: baseConfig(), Log: slog.New(slog.DiscardHandler)}
+	calls := 0
+	tgt.Relogin = func(ctx context.Context) error { calls++; return nil }
+	st := stepByID(t, tgt.Config, "harden.ssh")
+	if err := st.Apply(context.Background(), tgt); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 1 || countRuns(fc, "try-reload-or-restart") != 1 || fc.ran("mv -f") {
+		t.Errorf("relogin calls %d; ran:\n%s", calls, strings.Join(fc.cmds, "\n"))
+	}
+	if lastIndexOf(fc, "rm -f "+hostos.PathSSHD+".provision-bak") < lastIndexOf(fc, "try-reload-or-restart") {
+		t.Errorf("backup must be dropped only after the fresh login; ran:\n%s", strings.Join(fc.cmds, "\n"))
+	}
+	if done, _ := st.Check(context.Background(), tgt); !done {
+		t.Error("step not done after a successful change")
+	}
+}
+
+func countRuns(f *fakeComm, sub string) int {
+	n := 0
+	for _, c := range f.cmds {
+		if strings.Contains(c, sub) {
+			n++
+		}
+	}
+	return n
+}
+
+func indexOf(f *fakeComm, sub string) int {
+	for i, c := range f.cmds {
+		if strings.Contains(c, sub) {
+			return i
+		}
+	}
+	return -1
+}
+
+func lastIndexOf(f *fakeComm, sub string) int {
+	for i := len(f.cmds) - 1; i >= 0; i-- {
+		if strings.Contains(f.cmds[i], sub) {
+			return i
+		}
+	}
+	return -1
+}

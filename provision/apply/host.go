@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/provision/provision/hostos"
+	"github.com/provision/provision/provision/comm"
 	"github.com/provision/provision/provision/pki"
 	"github.com/provision/provision/provision/redact"
 )
@@ -46,6 +47,24 @@ func (e *Engine) hostSteps(ctx context.Context) error {
 		}
 		e.Log.Debug("facts gathered", "host", h.rec.Name, "took", time.Since(t0))
 		t := &hostos.Target{Name: h.rec.Name, Comm: h.comm, Facts: facts, Config: cfg, Log: e.Log.With("host", h.rec.Name)}
+		// A fresh login with the host's own connection settings (pinned key,
+		// bastion): harden.ssh's proof that a changed sshd still lets us in.
+		t.Relogin = func(ctx context.Context) error {
+			ccfg, err := e.commConfig(h.rec.Name, h.rec.Machine)
+			if err != nil {
+				return err
+			}
+			ccfg.Timeout = 30 * time.Second
+			c, err := comm.Dial(ctx, ccfg)
+			if err != nil {
+				return fmt.Errorf("fresh ssh login: %w", err)
+			}
+			defer c.Close()
+			if _, err := c.Run(ctx, "true", nil); err != nil {
+				return fmt.Errorf("fresh ssh login: run true: %w", err)
+			}
+			return nil
+		}
 		h.target = t
 		for _, st := range hostos.Steps(cfg) {
 			if ctx.Err() != nil {
