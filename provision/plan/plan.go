@@ -176,6 +176,11 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 			case rec.SpecHash != "" && rec.SpecHash != hash:
 				a.Kind = Replace
 				a.Reasons = []string{"machine settings changed (disk, size or host address)"}
+			case rec.ID == "" && observed != nil:
+				// The create was interrupted after the machine was made but
+				// before its ID was recorded: take it over, never make a second.
+				a.Kind = Adopt
+				a.Reasons = []string{"found " + observed.ID + " by its cluster tags (an earlier create was interrupted before its ID was recorded)"}
 			case rec.Status == state.StatusCreating && observed == nil && !unknown:
 				a.Kind = Create
 				a.Reasons = []string{"an earlier create did not finish"}

@@ -157,6 +157,24 @@ func TestUnfinishedApplyResumes(t *testing.T) {
 	}
 }
 
+// TestInterruptedCreateAdopts: state recorded only the intent (status
+// creating, no ID or address) but the driver finds the machine by its tags:
+// it is adopted, not left without an address and not created twice.
+func TestInterruptedCreateAdopts(t *testing.T) {
+	c := cluster(t, base)
+	st, obs := converged(c)
+	rec := st.Machine("demo-worker-2")
+	rec.Status = state.StatusCreating
+	rec.ID, rec.Address, rec.PrivateAddress = "", "", ""
+	p := Build(c, st, obs)
+	if got := kinds(p); got != "demo-manager-1=none demo-worker-1=none demo-worker-2=adopt" {
+		t.Fatal(got)
+	}
+	if a := p.Actions[2]; a.Observed == nil || a.Observed.ID == "" || !strings.Contains(strings.Join(a.Reasons, " "), a.Observed.ID) {
+		t.Fatalf("adopt action %+v", a)
+	}
+}
+
 func TestDestroyPlan(t *testing.T) {
 	c := cluster(t, base)
 	st, obs := converged(c)
