@@ -38,6 +38,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -164,6 +165,38 @@ func (d *Driver) ec2Client(ctx context.Context) (*ec2.Client, error) {
 	})
 	d.region = awsCfg.Region
 	return d.client, nil
+}
+
+// notChecked lists, for plan and preflight output, what cannot be checked
+// when the EC2 API cannot be asked (no credentials, no region, no network).
+func (d *Driver) notChecked() string {
+	region := d.cfg.Region
+	if region == "" {
+		region = "the default region"
+	}
+	checks := []string{
+		"credentials and " + region,
+		"instances the cluster already has (adoption, strays)",
+		fmt.Sprintf("instance types offered in %s (default %s)", region, d.cfg.InstanceType),
+	}
+	if d.cfg.AMI != "" {
+		checks = append(checks, "AMI "+d.cfg.AMI+" exists there")
+	} else {
+		checks = append(checks, "the latest Debian 12 / Ubuntu 24.04 image for each architecture")
+	}
+	switch {
+	case len(d.cfg.SubnetIDs) > 0:
+		checks = append(checks, "subnets "+strings.Join(d.cfg.SubnetIDs, ", ")+" exist")
+	case d.cfg.VPCID != "":
+		checks = append(checks, "vpc "+d.cfg.VPCID+" exists and has subnets")
+	case !d.cfg.CreateVPC:
+		checks = append(checks, "the default VPC has subnets")
+	}
+	if len(d.cfg.AllowedCIDRs) == 0 && d.cfg.DetectOperatorIP {
+		checks = append(checks, "the operator's public address (detect_operator_ip, looked up at apply)")
+	}
+	checks = append(checks, "account quotas (instances, vCPUs, VPCs; only RunInstances tells)")
+	return "not checked: " + strings.Join(checks, "; ")
 }
 
 // lockName serializes Create calls for one machine name within this process;

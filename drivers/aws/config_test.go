@@ -216,6 +216,31 @@ endpoint      = "http://127.0.0.1:1"
 	if err == nil || !strings.Contains(err.Error(), "no usable AWS credentials") || !strings.Contains(err.Error(), "AWS_PROFILE") {
 		t.Errorf("no credentials: %v", err)
 	}
+	// plan shows this error: it says what it could not check.
+	for _, s := range []string{"not checked: credentials and the default region", "instances the cluster already has",
+		"instance types offered in the default region (default t3.small)", "Debian 12", "account quotas"} {
+		if err == nil || !strings.Contains(err.Error(), s) {
+			t.Errorf("no credentials: error lacks %q: %v", s, err)
+		}
+	}
+	f2, _ := hclparse.NewParser().ParseHCL([]byte(`
+region             = "eu-west-3"
+ami                = "ami-0123456789abcdef0"
+subnet_ids         = ["subnet-0aa"]
+detect_operator_ip = true
+endpoint           = "http://127.0.0.1:1"
+`), "aws.hcl")
+	d2, diags := New(f2.Body, drivers.Options{})
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	err = d2.(*Driver).Preflight(context.Background(), []drivers.MachineSpec{spec("c", "manager", 1)})
+	for _, s := range []string{"aws preflight", "no usable AWS credentials", "credentials and eu-west-3", "AMI ami-0123456789abcdef0 exists there",
+		"subnets subnet-0aa exist", "the operator's public address"} {
+		if err == nil || !strings.Contains(err.Error(), s) {
+			t.Errorf("preflight without credentials: error lacks %q: %v", s, err)
+		}
+	}
 
 	t.Setenv("AWS_REGION", "")
 	t.Setenv("AWS_DEFAULT_REGION", "")

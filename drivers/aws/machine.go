@@ -239,7 +239,7 @@ func (d *Driver) describeInstances(ctx context.Context, cli *ec2.Client, fs ...t
 func (d *Driver) Machines(ctx context.Context, cluster string) ([]drivers.Machine, error) {
 	cli, err := d.ec2Client(ctx)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w; %s", err, d.notChecked())
 	}
 	insts, err := d.describeInstances(ctx, cli, clusterFilter(cluster), filter("instance-state-name", liveStates...))
 	if err != nil {

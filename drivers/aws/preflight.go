@@ -19,7 +19,7 @@ import (
 func (d *Driver) Preflight(ctx context.Context, want []drivers.MachineSpec) error {
 	cli, err := d.ec2Client(ctx)
 	if err != nil {
-		return err
+		return fmt.Errorf("aws preflight: %w; %s", err, d.notChecked())
 	}
 	if _, err := cli.DescribeAvailabilityZones(ctx, &ec2.DescribeAvailabilityZonesInput{}); err != nil {
 		// Nothing else can work: stop here.
