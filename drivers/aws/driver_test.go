@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/middleware"
 
 	"github.com/provision/provision/drivers"
 )
@@ -88,6 +89,14 @@ func assertNothingLeft(t *testing.T, cli *ec2.Client, cluster string) {
 	rts, err := cli.DescribeRouteTables(ctx, &ec2.DescribeRouteTablesInput{Filters: fs})
 	if err != nil || len(rts.RouteTables) > 0 {
 		t.Errorf("route tables left: %d (%v)", len(rts.RouteTables), err)
+	}
+	vols, err := cli.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{Filters: fs})
+	if err != nil || len(vols.Volumes) > 0 {
+		t.Errorf("volumes left: %d (%v)", len(vols.Volumes), err)
+	}
+	enis, err := cli.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: fs})
+	if err != nil || len(enis.NetworkInterfaces) > 0 {
+		t.Errorf("network interfaces left: %d (%v)", len(enis.NetworkInterfaces), err)
 	}
 }
 
@@ -665,6 +674,94 @@ func TestTeardownPartialFailure(t *testing.T) {
 	}
 	if err := d.Teardown(ctx, cluster); err != nil {
 		t.Fatalf("second Teardown: %v", err)
+	}
+	assertNothingLeft(t, cli, cluster)
+}
+
+// TestInterruptedCreateIsAdopted: RunInstances goes through but its answer
+// never reaches the driver (the process dies, the connection drops). The
+// instance carries its tags from the create call itself, so listing by tags
+// finds it, and Create with the same name, from this driver or a fresh one,
+// returns it instead of making a second one.
+func TestInterruptedCreateIsAdopted(t *testing.T) {
+	cli := sdk(t)
+	ctx := testCtx(t)
+	cluster := newCluster(t)
+	body := fmt.Sprintf("ami = %q\nallowed_cidrs = [\"198.51.100.7/32\"]\n", testAMI(t))
+	d := driverFromHCL(t, body)
+	c, err := d.ec2Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := errors.New("connection lost after RunInstances was sent")
+	runs := 0
+	d.client = ec2.New(c.Options(), func(o *ec2.Options) {
+		o.APIOptions = append(o.APIOptions, func(s *middleware.Stack) error {
+			return s.Deserialize.Add(middleware.DeserializeMiddlewareFunc("loseRunInstancesAnswer",
+				func(ctx context.Context, in middleware.DeserializeInput, next middleware.DeserializeHandler) (middleware.DeserializeOutput, middleware.Metadata, error) {
+					out, md, err := next.HandleDeserialize(ctx, in)
+					if err == nil && middleware.GetOperationName(ctx) == "RunInstances" {
+						runs++
+						return out, md, lost
+					}
+					return out, md, err
+				}), middleware.Before)
+		})
+	})
+	want := spec(cluster, "worker", 1)
+	if _, err := d.Create(ctx, cluster, want); !errors.Is(err, lost) {
+		t.Fatalf("Create with the answer lost: %v", err)
+	}
+	if runs != 1 {
+		t.Fatalf("RunInstances sent %d times, want 1 (a lost answer must not be retried blindly)", runs)
+	}
+	count := func() []string {
+		out, err := cli.DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: []types.Filter{
+			clusterFilter(cluster), filter("tag:"+drivers.TagMachine, want.Name), filter("instance-state-name", "pending", "running"),
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, r := range out.Reservations {
+			for _, i := range r.Instances {
+				ids = append(ids, awssdk.ToString(i.InstanceId))
+			}
+		}
+		return ids
+	}
+	made := count()
+	if len(made) != 1 {
+		t.Fatalf("instances made by the interrupted create: %v", made)
+	}
+
+	// A new process: listing by tags finds it with everything needed to reach it.
+	d2 := driverFromHCL(t, body)
+	ms, err := d2.Machines(ctx, cluster)
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("Machines: %v %+v", err, ms)
+	}
+	m := ms[0]
+	if m.ID != made[0] || m.Name != want.Name || m.SSH.HostKey != testHostKey.Public || m.SSH.User != "provision" ||
+		m.Address == "" || m.Tags[drivers.TagRole] != "worker" || m.Tags[drivers.TagPool] != "worker" {
+		t.Errorf("listed %+v", m)
+	}
+	// Create with the same name, in the new process and in the old one.
+	for i, drv := range []*Driver{d2, d} {
+		got, err := drv.Create(ctx, cluster, want)
+		if err != nil || got.ID != made[0] || got.SSH.HostKey != testHostKey.Public {
+			t.Errorf("Create again (%d): %v %+v, want %s", i, err, got, made[0])
+		}
+	}
+	if ids := count(); len(ids) != 1 || runs != 1 {
+		t.Errorf("after re-create: instances %v, RunInstances sent %d times", ids, runs)
+	}
+
+	if err := d2.Destroy(ctx, drivers.Machine{Name: want.Name, Tags: map[string]string{drivers.TagCluster: cluster}}); err != nil {
+		t.Fatalf("Destroy by tags: %v", err)
+	}
+	if err := d2.Teardown(ctx, cluster); err != nil {
+		t.Fatalf("Teardown: %v", err)
 	}
 	assertNothingLeft(t, cli, cluster)
 }
