@@ -155,6 +155,9 @@ func (d *Driver) ec2Client(ctx context.Context) (*ec2.Client, error) {
 	if awsCfg.Region == "" {
 		return nil, errors.New("no AWS region: set region in the driver block, AWS_REGION, or a region in the AWS profile")
 	}
+	if !regionRe.MatchString(awsCfg.Region) {
+		return nil, fmt.Errorf("%q is not an AWS region name (like eu-west-1): check region in the driver block, AWS_REGION and the AWS profile", awsCfg.Region)
+	}
 	if _, err := awsCfg.Credentials.Retrieve(ctx); err != nil {
 		return nil, fmt.Errorf("no usable AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or profile in the driver block): %w", err)
 	}

@@ -120,6 +120,9 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 	c.DetectOperatorIP = raw.DetectOperatorIP != nil && *raw.DetectOperatorIP
 	c.AssociatePublicIP = raw.AssociatePublicIP == nil || *raw.AssociatePublicIP
 
+	if c.Region != "" && !regionRe.MatchString(c.Region) {
+		bad("region", "Invalid region", fmt.Sprintf("%q is not an AWS region name such as \"eu-west-1\".", c.Region))
+	}
 	if c.InstanceType == "" {
 		bad("instance_type", "Empty instance type", "instance_type must name an EC2 instance type such as \"t3.small\".")
 	}

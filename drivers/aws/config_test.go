@@ -164,7 +164,7 @@ func TestNewRegisteredAndLazy(t *testing.T) {
 	f, _ := hclparse.NewParser().ParseHCL([]byte(`
 allowed_cidrs = ["10.0.0.0/8"]
 endpoint      = "http://127.0.0.1:1"
-region        = "nowhere-1"
+region        = "xx-nowhere-1" # well formed, unknown: the factory does not check further
 `), "aws.hcl")
 	d, diags := info.New(f.Body, drivers.Options{Name: "cloud"})
 	if diags.HasErrors() || d == nil {
