@@ -41,6 +41,13 @@ func withCode(code int, err error) error {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go func() {
+		// The first interrupt stops new work; running steps finish and state
+		// is saved. Restoring the default lets a second one end the process.
+		<-ctx.Done()
+		stop()
+		fmt.Fprintln(os.Stderr, "\nInterrupted: finishing the steps already running and saving state (interrupt again to quit at once).")
+	}()
 	os.Exit(run(ctx, os.Args[1:]))
 }
 

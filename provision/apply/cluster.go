@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/docker/docker/api/types/filters"
 	dswarm "github.com/docker/docker/api/types/swarm"
 	"golang.org/x/sync/errgroup"
 
@@ -151,6 +153,9 @@ func (e *Engine) swarm(ctx context.Context) error {
 		if h == leader || h.err != nil {
 			continue
 		}
+		if e.stopped() {
+			break
+		}
 		if !member(h, dswarm.NodeRoleManager) {
 			t, err := getTokens()
 			if err == nil {
@@ -220,6 +225,7 @@ func (e *Engine) join(ctx context.Context, h, leader *host, managers []string, t
 	if err != nil {
 		return err
 	}
+	e.Report.Event(Event{Time: time.Now(), Kind: StepStart, Host: h.rec.Name, Step: "swarm.join"})
 	l, err := h.engine.Join(ctx, e.State.Swarm.ID, h.rec.Advertise(), managers, t, manager)
 	if err != nil {
 		return err
@@ -261,7 +267,7 @@ func (e *Engine) removeStale(ctx context.Context, leader *host, nodes []dswarm.N
 		ours := strings.HasPrefix(n.Description.Hostname, e.Spec.Name+"-")
 		if stale[n.ID] || (ours && n.Status.State == dswarm.NodeStateDown) {
 			if n.Spec.Role == dswarm.NodeRoleManager {
-				if err := leader.engine.Demote(ctx, n.ID); err != nil {
+				if err := e.demote(ctx, leader.engine, n.ID); err != nil {
 					return err
 				}
 			}
@@ -340,9 +346,19 @@ func (e *Engine) remove(ctx context.Context) error {
 	var errs []error
 	removeOne := func(ctx context.Context, a plan.Action) error {
 		rec := a.Recorded
-		if rec != nil && rec.NodeID != "" && leader != nil {
+		inSwarm := false
+		if rec != nil && rec.NodeID != "" {
+			e.mu.Lock()
+			_, inSwarm = e.nodes[rec.NodeID]
+			e.mu.Unlock()
+		}
+		if inSwarm && leader != nil {
 			if a.Role == spec.RoleManager {
-				if err := leader.engine.Demote(ctx, rec.NodeID); err != nil {
+				if err := canDemote(e.nodeList(), rec.NodeID); err != nil {
+					return err
+				}
+				e.note(a.Machine, "demoting")
+				if err := e.demote(ctx, leader.engine, rec.NodeID); err != nil {
 					return err
 				}
 			}
@@ -350,6 +366,7 @@ func (e *Engine) remove(ctx context.Context) error {
 			if err := leader.engine.Drain(ctx, rec.NodeID); err != nil {
 				return err
 			}
+			e.waitRescheduled(ctx, leader.engine, a.Machine)
 			if err := leader.engine.Remove(ctx, rec.NodeID); err != nil {
 				return err
 			}
@@ -372,20 +389,207 @@ func (e *Engine) remove(ctx context.Context) error {
 		e.stats.Removed++
 		e.mu.Unlock()
 		e.Report.Event(Event{Time: time.Now(), Kind: StepChange, Host: a.Machine, Step: "machine.remove"})
-		return e.save()
+		if err := e.save(); err != nil {
+			return err
+		}
+		if leader != nil {
+			// The swarm's view after the removal, for the next quorum check.
+			if ns, err := leader.engine.Nodes(ctx); err == nil {
+				e.setNodes(ns)
+			}
+		}
+		return nil
 	}
+	// Workers one at a time: each drain reschedules its tasks onto nodes
+	// that stay before the next node stops serving.
 	for _, a := range workers {
+		if e.stopped() {
+			return nil
+		}
+		e.Report.Event(Event{Time: time.Now(), Kind: StepStart, Host: a.Machine, Step: "machine.remove"})
 		if err := removeOne(ctx, a); err != nil {
 			errs = append(errs, &StepError{Host: a.Machine, Step: "machine.remove", Err: err})
 		}
 	}
-	for _, a := range managers {
+	leaderID := ""
+	if leader != nil {
+		for _, n := range e.nodes {
+			if n.ManagerStatus != nil && n.ManagerStatus.Leader {
+				leaderID = n.ID
+			}
+		}
+	}
+	for _, a := range orderManagerRemovals(managers, e.nodes, leaderID) {
+		if e.stopped() {
+			return errors.Join(errs...)
+		}
+		e.Report.Event(Event{Time: time.Now(), Kind: StepStart, Host: a.Machine, Step: "machine.remove"})
 		if err := removeOne(ctx, a); err != nil {
 			errs = append(errs, &StepError{Host: a.Machine, Step: "machine.remove", Err: err})
 			break // never remove a second manager after a failure
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func (e *Engine) setNodes(ns []dswarm.Node) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.nodes = map[string]dswarm.Node{}
+	for _, n := range ns {
+		e.nodes[n.ID] = n
+	}
+}
+
+func (e *Engine) nodeList() []dswarm.Node {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]dswarm.Node, 0, len(e.nodes))
+	for _, n := range e.nodes {
+		out = append(out, n)
+	}
+	return out
+}
+
+// orderManagerRemovals puts managers to remove in a quorum-safe order: nodes
+// already out of the raft (down, unreachable, or not in the swarm) first,
+// then reachable followers, the current leader last, so that leadership
+// moves at most once.
+func orderManagerRemovals(as []plan.Action, nodes map[string]dswarm.Node, leaderID string) []plan.Action {
+	rank := func(a plan.Action) int {
+		if a.Recorded == nil || a.Recorded.NodeID == "" {
+			return 0
+		}
+		n, ok := nodes[a.Recorded.NodeID]
+		switch {
+		case !ok || n.ManagerStatus == nil || n.ManagerStatus.Reachability != dswarm.ReachabilityReachable:
+			return 0
+		case n.ID == leaderID:
+			return 2
+		default:
+			return 1
+		}
+	}
+	out := slices.Clone(as)
+	slices.SortStableFunc(out, func(a, b plan.Action) int {
+		if r := rank(a) - rank(b); r != 0 {
+			return r
+		}
+		return strings.Compare(a.Machine, b.Machine)
+	})
+	return out
+}
+
+// canDemote refuses to demote a reachable manager when the managers left
+// would not hold a majority of the raft: demoting would lose quorum. Dead
+// managers must leave first (the swarm phase removes them).
+func canDemote(nodes []dswarm.Node, id string) error {
+	total, reachable := 0, 0
+	target := false
+	for _, n := range nodes {
+		if n.ManagerStatus == nil {
+			continue
+		}
+		total++
+		up := n.ManagerStatus.Reachability == dswarm.ReachabilityReachable
+		if up {
+			reachable++
+		}
+		if n.ID == id {
+			target = true
+			if !up {
+				return nil // already out of the majority: removing it helps
+			}
+		}
+	}
+	if !target {
+		return nil // not a manager (any more)
+	}
+	if total-1 == 0 {
+		return errors.New("it is the last manager: the swarm would have none")
+	}
+	if reachable-1 < (total-1)/2+1 {
+		return fmt.Errorf("demoting it would lose quorum: %d of %d managers reachable, %d needed after it leaves", reachable, total, (total-1)/2+1)
+	}
+	return nil
+}
+
+// demote turns a manager node into a worker and waits until the swarm has
+// taken it out of the raft (it has no manager status any more): only then
+// can it be removed. Errors while leadership moves are retried.
+func (e *Engine) demote(ctx context.Context, en *swarm.Engine, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	var last error
+	err := poll(ctx, func() (bool, error) {
+		n, _, err := en.NodeInspectWithRaw(ctx, id)
+		if err != nil {
+			last = err
+			return false, nil
+		}
+		if n.ManagerStatus == nil && n.Spec.Role == dswarm.NodeRoleWorker {
+			return true, nil
+		}
+		if n.Spec.Role != dswarm.NodeRoleWorker {
+			if err := en.Demote(ctx, id); err != nil {
+				last = err
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		if last != nil {
+			return fmt.Errorf("demote %s: %w (last: %v)", id, err, last)
+		}
+		return fmt.Errorf("demote %s: %w", id, err)
+	}
+	return nil
+}
+
+// waitRescheduled waits, after a drain, until every task the swarm wants
+// running is Running again (the drained node's tasks restarted elsewhere), so
+// the next node to go does not take a service below its replicas. A task
+// that cannot start anywhere does not block the removal for long: after a
+// minute it is named in a note and the removal goes on.
+func (e *Engine) waitRescheduled(ctx context.Context, en *swarm.Engine, machine string) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	var waiting []string
+	err := poll(ctx, func() (bool, error) {
+		ts, err := en.TaskList(ctx, dswarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("desired-state", "running"))})
+		if err != nil {
+			return false, nil
+		}
+		waiting = waiting[:0]
+		for _, t := range ts {
+			if t.Status.State != dswarm.TaskStateRunning {
+				waiting = append(waiting, t.ID+" ("+string(t.Status.State)+")")
+			}
+		}
+		return len(waiting) == 0, nil
+	})
+	if err != nil && len(waiting) > 0 {
+		e.note(machine, fmt.Sprintf("drained; %d tasks are not running elsewhere yet: %s", len(waiting), strings.Join(waiting, ", ")))
+	}
+}
+
+// poll calls fn with backoff until it reports done, fails, or ctx ends.
+func poll(ctx context.Context, fn func() (bool, error)) error {
+	d := 100 * time.Millisecond
+	for {
+		done, err := fn()
+		if err != nil || done {
+			return err
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		d = min(2*d, time.Second)
+	}
 }
 
 // Destroy removes every machine recorded in state and every stray the drivers

@@ -60,7 +60,17 @@ type Engine struct {
 	// nodes is the swarm's node list as the leader last reported it.
 	nodes map[string]dswarm.Node
 	stats Stats
+	// stop is the caller's context: once it is done (SIGINT), no new work
+	// starts, while running steps finish on a context that is not cancelled.
+	stop context.Context
 }
+
+// errStopped ends a host's work early because the apply was interrupted; the
+// host is not counted as failed.
+var errStopped = errors.New("interrupted before this step")
+
+// stopped reports whether the caller asked the apply to stop.
+func (e *Engine) stopped() bool { return e.stop != nil && e.stop.Err() != nil }
 
 // Stats is what an apply did, for the summary line.
 type Stats struct {
@@ -81,6 +91,12 @@ type host struct {
 	engine  *swarm.Engine
 	changed bool
 	err     error
+	// steps are the host steps for this host, pending the IDs whose Check
+	// found work before any ran; restarted says a step that restarts the
+	// engine was applied.
+	steps     []hostos.Step
+	pending   []string
+	restarted bool
 }
 
 func (e *Engine) init() {
@@ -120,15 +136,21 @@ func (e *Engine) Apply(ctx context.Context, p *plan.Plan) (Stats, error) {
 	e.init()
 	e.plan = p
 	e.State.Name = e.Spec.Name
+	// Steps already running when ctx ends (SIGINT) finish on run; nothing new
+	// starts (e.stopped), state is saved and the caller says to re-run.
+	e.stop = ctx
+	run := context.WithoutCancel(ctx)
 	var err error
 	for _, ph := range e.phases() {
-		if ctx.Err() != nil {
-			err = ctx.Err()
+		if e.stopped() {
 			break
 		}
-		if err = e.runPhase(ctx, ph); err != nil {
+		if err = e.runPhase(run, ph); err != nil {
 			break
 		}
+	}
+	if e.stopped() {
+		err = errors.Join(err, fmt.Errorf("interrupted: %w", context.Cause(ctx)))
 	}
 	var hostErrs []error
 	for _, name := range e.hostNames() {
@@ -256,11 +278,16 @@ func (e *Engine) each(ctx context.Context, hosts []*host, step string, fn func(c
 	g := new(errgroup.Group)
 	g.SetLimit(e.Parallelism)
 	for _, h := range hosts {
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || e.stopped() {
 			break
 		}
 		g.Go(func() error {
-			if err := fn(ctx, h); err != nil {
+			if e.stopped() {
+				return nil // not started: the next apply does it
+			}
+			if err := fn(ctx, h); errors.Is(err, errStopped) {
+				return nil
+			} else if err != nil {
 				e.fail(h, step, err)
 			} else {
 				e.Report.Event(Event{Time: time.Now(), Kind: StepDone, Host: h.rec.Name})

@@ -2,25 +2,199 @@ package apply
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"time"
+
+	dswarm "github.com/docker/docker/api/types/swarm"
 
 	"github.com/provision/provision/hostos"
 	"github.com/provision/provision/provision/comm"
 	"github.com/provision/provision/provision/pki"
 	"github.com/provision/provision/provision/redact"
+	"github.com/provision/provision/provision/spec"
+	"github.com/provision/provision/provision/swarm"
 )
 
-// hostSteps gathers each host's facts in one remote call, then runs the host
-// steps in order. A step whose Check reports done costs nothing more, so a
-// no-op re-apply is one round trip per host.
+// hostSteps gathers each host's facts in one remote call on every host at
+// once and checks every step against them (a no-op re-apply is one round trip
+// per host). Hosts with work to do then run their steps: new hosts and
+// changes that leave the engine running all at once; swarm members whose
+// engine restarts in rolling batches (managers one at a time, workers a
+// quarter at a time), each batch back in the swarm before the next starts.
 func (e *Engine) hostSteps(ctx context.Context) error {
 	peers := e.peers()
-	return e.each(ctx, e.live(), "host", func(ctx context.Context, h *host) error {
+	if err := e.each(ctx, e.live(), "host.check", func(ctx context.Context, h *host) error {
+		return e.prepareHost(ctx, h, peers)
+	}); err != nil {
+		return err
+	}
+	var todo []*host
+	for _, h := range e.live() {
+		if len(h.pending) > 0 {
+			todo = append(todo, h)
+		} else if err := e.hostDone(h); err != nil {
+			e.fail(h, "host", err)
+		}
+	}
+	batches := rollout(todo, e.Parallelism)
+	for i, b := range batches {
+		if e.stopped() {
+			return nil
+		}
+		if b.rolling {
+			names := make([]string, len(b.hosts))
+			for j, h := range b.hosts {
+				names[j] = h.rec.Name
+			}
+			e.note("", fmt.Sprintf("rolling batch %d/%d: %s (engine restart)", i+1, len(batches), strings.Join(names, ", ")))
+		}
+		if err := e.each(ctx, b.hosts, "host", func(ctx context.Context, h *host) error {
+			if err := e.runSteps(ctx, h); err != nil {
+				return err
+			}
+			if b.rolling && h.restarted {
+				if err := e.waitMember(ctx, h); err != nil {
+					return fmt.Errorf("back in the swarm after the engine restart: %w", err)
+				}
+			}
+			return e.hostDone(h)
+		}); err != nil {
+			return err
+		}
+		if b.rolling && e.batchFailed(b.hosts) {
+			// A member that did not come back stops the rollout: the next
+			// manager could take quorum with it.
+			for _, later := range batches[i+1:] {
+				for _, h := range later.hosts {
+					e.fail(h, "host", errors.New("not reconfigured: an earlier rolling batch failed"))
+				}
+			}
+			return nil
+		}
+	}
+	return nil
+}
+
+// restartSteps are the host steps whose change restarts the engine (a new
+// package, certificates or daemon settings): on a swarm member they run in
+// rolling batches.
+var restartSteps = map[string]bool{"engine.install": true, "engine.tls": true, "engine.config": true}
+
+// batch is hosts whose steps run at once.
+type batch struct {
+	hosts   []*host
+	rolling bool // members whose engine restarts: wait until they are back
+}
+
+// rollout splits hosts with pending steps into batches: first every host
+// that is not yet a swarm member or keeps its engine running, together;
+// then members whose engine restarts: managers one per batch, then workers
+// in batches of a quarter of them (at least one, at most parallelism).
+func rollout(hosts []*host, parallelism int) []batch {
+	var free, managers, workers []*host
+	for _, h := range hosts {
+		restarts := false
+		for _, id := range h.pending {
+			restarts = restarts || restartSteps[id]
+		}
+		switch {
+		case h.rec.NodeID == "" || !restarts:
+			free = append(free, h)
+		case h.rec.Role == spec.RoleManager:
+			managers = append(managers, h)
+		default:
+			workers = append(workers, h)
+		}
+	}
+	var out []batch
+	if len(free) > 0 {
+		out = append(out, batch{hosts: free})
+	}
+	for _, h := range managers {
+		out = append(out, batch{hosts: []*host{h}, rolling: true})
+	}
+	size := max(1, len(workers)/4)
+	if parallelism > 0 {
+		size = min(size, parallelism)
+	}
+	for len(workers) > 0 {
+		n := min(size, len(workers))
+		out = append(out, batch{hosts: workers[:n], rolling: true})
+		workers = workers[n:]
+	}
+	return out
+}
+
+func (e *Engine) batchFailed(hs []*host) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, h := range hs {
+		if h.err != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// waitMember waits until a member's restarted engine is back in the swarm:
+// its engine answers as an active node (a manager with control), and a
+// manager sees the node Ready (and, for a manager, reachable).
+func (e *Engine) waitMember(ctx context.Context, h *host) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	cfg, err := e.clientTLS()
+	if err != nil {
+		return err
+	}
+	en := h.engine
+	if en == nil {
+		if en, err = swarm.Connect(h.rec.Name, h.rec.Address, cfg); err != nil {
+			return err
+		}
+		h.engine = en
+	}
+	var last error
+	if err := poll(ctx, func() (bool, error) {
+		l, err := en.Inspect(ctx)
+		if err != nil {
+			last = err
+			return false, nil
+		}
+		return l.State == dswarm.LocalNodeStateActive && (h.rec.Role != spec.RoleManager || l.Manager), nil
+	}); err != nil {
+		return fmt.Errorf("engine: %w (last: %v)", err, last)
+	}
+	mgr := en
+	if h.rec.Role != spec.RoleManager {
+		mgr = nil
+		for _, m := range e.live() {
+			if m.rec.Role == spec.RoleManager && m.rec.NodeID != "" {
+				if m.engine == nil {
+					if m.engine, err = swarm.Connect(m.rec.Name, m.rec.Address, cfg); err != nil {
+						return err
+					}
+				}
+				mgr = m.engine
+				break
+			}
+		}
+		if mgr == nil {
+			return errors.New("no manager to ask")
+		}
+	}
+	return mgr.WaitReady(ctx, []string{h.rec.NodeID})
+}
+
+// prepareHost gathers the facts, builds the host's target and lists the steps
+// whose Check says there is work.
+func (e *Engine) prepareHost(ctx context.Context, h *host, peers []string) error {
+	{
 		tlsFiles, err := e.serverCert(h)
 		if err != nil {
 			return fmt.Errorf("server certificate: %w", err)
@@ -66,35 +240,67 @@ func (e *Engine) hostSteps(ctx context.Context) error {
 			return nil
 		}
 		h.target = t
-		for _, st := range hostos.Steps(cfg) {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
+		h.steps = hostos.Steps(cfg)
+		h.pending = nil
+		for _, st := range h.steps {
 			done, err := st.Check(ctx, t)
 			if err != nil {
 				return &StepError{Host: h.rec.Name, Step: st.ID(), Err: err}
 			}
-			if done {
-				e.markStep(h, st.ID())
-				continue
+			if !done {
+				h.pending = append(h.pending, st.ID())
 			}
-			s0 := time.Now()
-			e.Report.Event(Event{Time: s0, Kind: StepStart, Host: h.rec.Name, Step: st.ID()})
-			if err := st.Apply(ctx, t); err != nil {
-				return &StepError{Host: h.rec.Name, Step: st.ID(), Err: err}
-			}
-			h.changed = true
+		}
+		return nil
+	}
+}
+
+// runSteps runs the host's steps in order, checking each again against the
+// facts the earlier steps updated. An interrupt stops it between steps.
+func (e *Engine) runSteps(ctx context.Context, h *host) error {
+	t := h.target
+	for _, st := range h.steps {
+		if e.stopped() {
+			return errStopped
+		}
+		done, err := st.Check(ctx, t)
+		if err != nil {
+			return &StepError{Host: h.rec.Name, Step: st.ID(), Err: err}
+		}
+		if done {
 			e.markStep(h, st.ID())
-			e.Report.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: st.ID(), Took: time.Since(s0)})
-			e.Log.Info("step applied", "host", h.rec.Name, "step", st.ID(), "took", time.Since(s0))
+			continue
 		}
-		e.mu.Lock()
-		if t.Facts != nil && t.Facts.Engine != "" {
-			h.rec.Engine = t.Facts.Engine
+		s0 := time.Now()
+		e.Report.Event(Event{Time: s0, Kind: StepStart, Host: h.rec.Name, Step: st.ID()})
+		if err := st.Apply(ctx, t); err != nil {
+			return &StepError{Host: h.rec.Name, Step: st.ID(), Err: err}
 		}
-		e.mu.Unlock()
-		return e.save()
-	})
+		h.changed = true
+		h.restarted = h.restarted || restartSteps[st.ID()]
+		e.markStep(h, st.ID())
+		e.Report.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: st.ID(), Took: time.Since(s0)})
+		e.Log.Info("step applied", "host", h.rec.Name, "step", st.ID(), "took", time.Since(s0))
+	}
+	return nil
+}
+
+// hostDone records a host whose steps all hold.
+func (e *Engine) hostDone(h *host) error {
+	e.mu.Lock()
+	for _, st := range h.steps {
+		if h.rec.Steps[st.ID()] == "" {
+			if h.rec.Steps == nil {
+				h.rec.Steps = map[string]string{}
+			}
+			h.rec.Steps[st.ID()] = time.Now().UTC().Format(time.RFC3339)
+		}
+	}
+	if t := h.target; t != nil && t.Facts != nil && t.Facts.Engine != "" {
+		h.rec.Engine = t.Facts.Engine
+	}
+	e.mu.Unlock()
+	return e.save()
 }
 
 func (e *Engine) markStep(h *host, id string) {

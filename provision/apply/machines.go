@@ -54,8 +54,7 @@ func (e *Engine) machines(ctx context.Context) error {
 		}
 		h := &host{rec: rec, pool: p}
 		e.hosts[a.Machine] = h
-		switch a.Kind {
-		case plan.Create, plan.Adopt, plan.Replace:
+		if needsMachineWork(a) {
 			work = append(work, h)
 		}
 	}
@@ -82,9 +81,24 @@ func (e *Engine) machines(ctx context.Context) error {
 			e.staleNodes = append(e.staleNodes, a.Recorded.NodeID)
 			e.mu.Unlock()
 		}
-		if a.Kind == plan.Adopt && a.Observed != nil {
-			e.record(h, *a.Observed, state.StatusCreated, a)
-			e.note(h.rec.Name, "adopted an existing machine "+a.Observed.ID)
+		if a.Kind == plan.Reconfigure || a.Kind == plan.Adopt {
+			// A machine an interrupted create left (maybe never started, or
+			// started before its admin user was set up), or one that is
+			// stopped: Create is idempotent by name and finishes and starts
+			// the existing machine, never a second one. Its host key stays.
+			if a.Kind == plan.Adopt {
+				e.note(h.rec.Name, "adopting "+a.Observed.ID+" (found by its cluster tags)")
+			} else {
+				e.note(h.rec.Name, "starting the existing machine")
+			}
+			e.Report.Event(Event{Time: time.Now(), Kind: StepStart, Host: h.rec.Name, Step: "machine.create"})
+			hk := drivers.HostKey{Public: h.rec.SSH.HostKey}
+			m, err := d.Create(ctx, e.State.ClusterID, e.machineSpec(h, a, hk))
+			if err != nil {
+				return fmt.Errorf("start: %w", err)
+			}
+			m.Driver = a.Driver
+			e.record(h, m, state.StatusCreated, a)
 			h.changed = true
 			return e.save()
 		}
@@ -100,6 +114,7 @@ func (e *Engine) machines(ctx context.Context) error {
 			return err
 		}
 		t0 := time.Now()
+		e.Report.Event(Event{Time: t0, Kind: StepStart, Host: h.rec.Name, Step: "machine.create"})
 		m, err := d.Create(ctx, e.State.ClusterID, want)
 		if err != nil {
 			return fmt.Errorf("create: %w", err)
@@ -114,6 +129,19 @@ func (e *Engine) machines(ctx context.Context) error {
 		e.Log.Info("machine created", "host", h.rec.Name, "driver", a.Driver, "id", m.ID, "address", m.Address)
 		return e.save()
 	})
+}
+
+// needsMachineWork says whether the machines phase calls the driver for a:
+// to create, adopt or replace it, or to start a machine the driver reports
+// stopped.
+func needsMachineWork(a plan.Action) bool {
+	switch a.Kind {
+	case plan.Create, plan.Adopt, plan.Replace:
+		return true
+	case plan.Reconfigure:
+		return a.Observed != nil && a.Observed.State != "" && a.Observed.State != "running"
+	}
+	return false
 }
 
 func (e *Engine) note(hostName, msg string) {

@@ -181,9 +181,15 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 				// before its ID was recorded: take it over, never make a second.
 				a.Kind = Adopt
 				a.Reasons = []string{"found " + observed.ID + " by its cluster tags (an earlier create was interrupted before its ID was recorded)"}
-			case rec.Status == state.StatusCreating && observed == nil && !unknown:
+			case rec.Status == state.StatusCreating:
+				// The create call was started and never returned: the
+				// driver's Create is idempotent by name and finishes or
+				// adopts whatever the crashed run left.
 				a.Kind = Create
 				a.Reasons = []string{"an earlier create did not finish"}
+				if observed != nil {
+					a.Reasons = []string{"an earlier create did not finish: " + shortID(observed.ID) + " is found by its cluster tags and finished"}
+				}
 			case observed == nil && !unknown:
 				a.Kind = Replace
 				a.Reasons = []string{"host " + shortID(rec.ID) + " is gone (removed outside provision): its node leaves the swarm and a new host joins"}

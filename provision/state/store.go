@@ -42,6 +42,9 @@ func (h Holder) String() string {
 type LockedError struct {
 	Dir    string
 	Holder *Holder // nil when the holder could not be read
+	// HolderGone says the recorded holder ran on this host and is no longer
+	// running, yet the lock is held: another process has its descriptor.
+	HolderGone bool
 }
 
 func (e *LockedError) Error() string {
@@ -49,7 +52,22 @@ func (e *LockedError) Error() string {
 	if e.Holder != nil {
 		who = e.Holder.String()
 	}
+	lock := filepath.Join(e.Dir, lockFile)
+	if e.HolderGone {
+		return fmt.Sprintf("state %s is locked, but its recorded holder %s is no longer running: another process holds the lock's descriptor; find it with `fuser -v %s` and end it", e.Dir, who, lock)
+	}
 	return fmt.Sprintf("state %s is locked by %s: wait for it to finish (a lock held by a process that died is released by the kernel, so this one is alive)", e.Dir, who)
+}
+
+// gone reports whether h ran on this host and its process no longer exists.
+func (h *Holder) gone() bool {
+	if h == nil || h.PID <= 0 {
+		return false
+	}
+	if host, _ := os.Hostname(); host != h.Host {
+		return false // another machine (shared directory): cannot tell
+	}
+	return errors.Is(syscall.Kill(h.PID, 0), syscall.ESRCH)
 }
 
 // Store is one cluster's state directory, locked for the life of a command.
@@ -80,7 +98,8 @@ func Open(dir, command string) (*Store, error) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		defer f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, &LockedError{Dir: dir, Holder: readHolder(f)}
+			h := readHolder(f)
+			return nil, &LockedError{Dir: dir, Holder: h, HolderGone: h.gone()}
 		}
 		return nil, fmt.Errorf("state lock: %w", err)
 	}

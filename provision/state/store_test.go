@@ -1,7 +1,9 @@
 package state
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -168,5 +170,37 @@ func TestSSHKey(t *testing.T) {
 	os.Chmod(filepath.Join(dir, "ssh", "id_ed25519"), 0o644)
 	if _, _, err := EnsureSSHKey(dir); err == nil {
 		t.Error("world-readable key accepted")
+	}
+}
+
+// TestLockHolderGoneButHeld: the lock is held (here by this process's own
+// descriptor) while the holder it names has exited: the error says so and
+// how to find the process, instead of "wait for it to finish".
+func TestLockHolderGoneButHeld(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, "first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	b, _ := json.Marshal(Holder{PID: dead.Process.Pid, Host: host, Command: "provision apply x.hcl"})
+	if err := os.WriteFile(filepath.Join(dir, lockFile), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(dir, "second")
+	var le *LockedError
+	if !errors.As(err, &le) || !le.HolderGone || !strings.Contains(err.Error(), "no longer running") || !strings.Contains(err.Error(), fmt.Sprint(dead.Process.Pid)) {
+		t.Fatalf("Open: %v (%+v)", err, le)
+	}
+	// A live holder on this host is not "gone".
+	b, _ = json.Marshal(Holder{PID: os.Getpid(), Host: host})
+	os.WriteFile(filepath.Join(dir, lockFile), b, 0o600)
+	if _, err = Open(dir, "third"); !errors.As(err, &le) || le.HolderGone {
+		t.Fatalf("live holder: %v", err)
 	}
 }

@@ -1,0 +1,342 @@
+package apply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	dswarm "github.com/docker/docker/api/types/swarm"
+
+	"github.com/provision/provision/drivers"
+	_ "github.com/provision/provision/drivers/local" // the spec's driver block needs its factory
+	"github.com/provision/provision/provision/plan"
+	"github.com/provision/provision/provision/spec"
+	"github.com/provision/provision/provision/state"
+)
+
+func mkHost(name, role, nodeID string, pending ...string) *host {
+	rec := &state.Machine{Role: role, Pool: role + "s"}
+	rec.Name = name
+	rec.NodeID = nodeID
+	return &host{rec: rec, pending: pending}
+}
+
+func batchNames(bs []batch) string {
+	var out []string
+	for _, b := range bs {
+		var names []string
+		for _, h := range b.hosts {
+			names = append(names, h.rec.Name)
+		}
+		s := strings.Join(names, ",")
+		if b.rolling {
+			s = "roll:" + s
+		}
+		out = append(out, s)
+	}
+	return strings.Join(out, " | ")
+}
+
+// TestRollout: members whose engine restarts go in rolling batches (managers
+// one at a time, then a quarter of the workers at a time); new hosts and
+// changes that keep the engine running go together first.
+func TestRollout(t *testing.T) {
+	var hosts []*host
+	for i := 1; i <= 3; i++ {
+		hosts = append(hosts, mkHost(fmt.Sprintf("m%d", i), spec.RoleManager, fmt.Sprintf("n-m%d", i), "engine.config"))
+	}
+	for i := 1; i <= 8; i++ {
+		hosts = append(hosts, mkHost(fmt.Sprintf("w%d", i), spec.RoleWorker, fmt.Sprintf("n-w%d", i), "engine.tls", "prune"))
+	}
+	hosts = append(hosts,
+		mkHost("new-m", spec.RoleManager, "", "engine.install", "engine.config"), // not yet a member
+		mkHost("w-prune", spec.RoleWorker, "n-p", "prune"),                       // engine keeps running
+		mkHost("m-ssh", spec.RoleManager, "n-s", "harden.ssh"),
+	)
+	got := batchNames(rollout(hosts, 16))
+	want := "new-m,w-prune,m-ssh | roll:m1 | roll:m2 | roll:m3 | roll:w1,w2 | roll:w3,w4 | roll:w5,w6 | roll:w7,w8"
+	if got != want {
+		t.Fatalf("batches\n got %s\nwant %s", got, want)
+	}
+	// Parallelism caps a worker batch; few workers still go one at a time.
+	if got := batchNames(rollout(hosts[3:11], 1)); got != "roll:w1 | roll:w2 | roll:w3 | roll:w4 | roll:w5 | roll:w6 | roll:w7 | roll:w8" {
+		t.Fatalf("parallelism 1: %s", got)
+	}
+	if got := batchNames(rollout(hosts[3:6], 16)); got != "roll:w1 | roll:w2 | roll:w3" {
+		t.Fatalf("3 workers: %s", got)
+	}
+	if got := rollout(nil, 4); len(got) != 0 {
+		t.Fatalf("no hosts: %v", batchNames(got))
+	}
+}
+
+func mgrNode(id string, reachable, leader bool) dswarm.Node {
+	r := dswarm.ReachabilityUnreachable
+	if reachable {
+		r = dswarm.ReachabilityReachable
+	}
+	return dswarm.Node{ID: id, Spec: dswarm.NodeSpec{Role: dswarm.NodeRoleManager}, ManagerStatus: &dswarm.ManagerStatus{Reachability: r, Leader: leader}}
+}
+
+func removal(name, nodeID string) plan.Action {
+	rec := &state.Machine{Role: spec.RoleManager, NodeID: nodeID}
+	rec.Name = name
+	return plan.Action{Machine: name, Role: spec.RoleManager, Kind: plan.Remove, Recorded: rec}
+}
+
+// TestManagerRemovalOrder: dead managers leave first, the leader last.
+func TestManagerRemovalOrder(t *testing.T) {
+	nodes := map[string]dswarm.Node{
+		"a": mgrNode("a", true, true),
+		"b": mgrNode("b", true, false),
+		"c": mgrNode("c", false, false),
+	}
+	as := []plan.Action{removal("x-1", "a"), removal("x-2", "b"), removal("x-3", "c"), removal("x-4", ""), removal("x-5", "gone")}
+	var got []string
+	for _, a := range orderManagerRemovals(as, nodes, "a") {
+		got = append(got, a.Machine)
+	}
+	if s := strings.Join(got, " "); s != "x-3 x-4 x-5 x-2 x-1" {
+		t.Fatalf("order %s", s)
+	}
+}
+
+// TestCanDemote: demoting a reachable manager must leave a majority of the
+// remaining managers reachable.
+func TestCanDemote(t *testing.T) {
+	worker := dswarm.Node{ID: "w", Spec: dswarm.NodeSpec{Role: dswarm.NodeRoleWorker}}
+	cases := []struct {
+		name  string
+		nodes []dswarm.Node
+		id    string
+		ok    bool
+	}{
+		{"3 up, demote one", []dswarm.Node{mgrNode("a", true, true), mgrNode("b", true, false), mgrNode("c", true, false), worker}, "c", true},
+		{"2 up, demote one", []dswarm.Node{mgrNode("a", true, true), mgrNode("b", true, false)}, "b", true},
+		{"last manager", []dswarm.Node{mgrNode("a", true, true), worker}, "a", false},
+		{"3 with 1 dead: demoting a live one loses quorum", []dswarm.Node{mgrNode("a", true, true), mgrNode("b", true, false), mgrNode("c", false, false)}, "b", false},
+		{"3 with 1 dead: the dead one may go", []dswarm.Node{mgrNode("a", true, true), mgrNode("b", true, false), mgrNode("c", false, false)}, "c", true},
+		{"5 with 1 dead: a live one may go", []dswarm.Node{mgrNode("a", true, true), mgrNode("b", true, false), mgrNode("c", true, false), mgrNode("d", true, false), mgrNode("e", false, false)}, "d", true},
+		{"5 with 2 dead: no live one may go", []dswarm.Node{mgrNode("a", true, true), mgrNode("b", true, false), mgrNode("c", true, false), mgrNode("d", false, false), mgrNode("e", false, false)}, "c", false},
+		{"not a manager", []dswarm.Node{mgrNode("a", true, true), worker}, "w", true},
+	}
+	for _, c := range cases {
+		err := canDemote(c.nodes, c.id)
+		if (err == nil) != c.ok {
+			t.Errorf("%s: err = %v, want ok=%v", c.name, err, c.ok)
+		}
+	}
+}
+
+// TestRestartSteps pins which steps make a member go in a rolling batch: the
+// ones whose change restarts the engine, and no other.
+func TestRestartSteps(t *testing.T) {
+	for _, id := range []string{"engine.install", "engine.tls", "engine.config"} {
+		if !restartSteps[id] {
+			t.Errorf("%s restarts the engine", id)
+		}
+	}
+	for _, id := range []string{"os.supported", "os.ready", "hostname", "logging.journald", "prune", "harden.ssh", "harden.firewall"} {
+		if restartSteps[id] {
+			t.Errorf("%s does not restart the engine", id)
+		}
+	}
+}
+
+// TestOwned: destroy and adoption find a machine by tags derived from state,
+// never overriding tags the driver reported.
+func TestOwned(t *testing.T) {
+	e := &Engine{State: &state.State{ClusterID: "cid"}}
+	m := e.owned(drivers.Machine{Name: "c-worker-1"})
+	if m.Tags[drivers.TagCluster] != "cid" || m.Tags[drivers.TagMachine] != "c-worker-1" {
+		t.Fatalf("tags %v", m.Tags)
+	}
+	orig := map[string]string{drivers.TagCluster: "other", "k": "v"}
+	m = e.owned(drivers.Machine{Name: "x", Tags: orig})
+	if m.Tags[drivers.TagCluster] != "other" || m.Tags["k"] != "v" || m.Tags[drivers.TagMachine] != "x" {
+		t.Fatalf("tags %v", m.Tags)
+	}
+	if _, ok := orig[drivers.TagMachine]; ok {
+		t.Fatal("owned changed the caller's map")
+	}
+}
+
+func TestNeedsMachineWork(t *testing.T) {
+	cases := []struct {
+		a    plan.Action
+		want bool
+	}{
+		{plan.Action{Kind: plan.Create}, true},
+		{plan.Action{Kind: plan.Adopt}, true},
+		{plan.Action{Kind: plan.Replace}, true},
+		{plan.Action{Kind: plan.Reconfigure}, false},
+		{plan.Action{Kind: plan.Reconfigure, Observed: &drivers.Machine{State: "running"}}, false},
+		{plan.Action{Kind: plan.Reconfigure, Observed: &drivers.Machine{State: "exited"}}, true},
+		{plan.Action{Kind: plan.None, Observed: &drivers.Machine{State: "exited"}}, false},
+		{plan.Action{Kind: plan.Remove}, false},
+	}
+	for _, c := range cases {
+		if got := needsMachineWork(c.a); got != c.want {
+			t.Errorf("%s observed=%v: %v, want %v", c.a.Kind, c.a.Observed, got, c.want)
+		}
+	}
+}
+
+// testDriver is a drivers.Driver for the engine's bookkeeping tests only: it
+// records calls and makes no machine. Real hosts are covered by the driver
+// tests and the acceptance suite.
+type testDriver struct {
+	mu      sync.Mutex
+	created []string
+	fail    map[string]error // Create fails for these names
+	block   chan struct{}    // when set, Create waits for it
+	started chan string      // when set, Create reports its name
+}
+
+func (d *testDriver) Machines(ctx context.Context, cluster string) ([]drivers.Machine, error) {
+	return nil, nil
+}
+
+func (d *testDriver) Create(ctx context.Context, cluster string, want drivers.MachineSpec) (drivers.Machine, error) {
+	if d.started != nil {
+		d.started <- want.Name
+	}
+	if d.block != nil {
+		<-d.block
+	}
+	if err := d.fail[want.Name]; err != nil {
+		return drivers.Machine{}, err
+	}
+	d.mu.Lock()
+	d.created = append(d.created, want.Name)
+	d.mu.Unlock()
+	if want.Tags[drivers.TagCluster] != cluster || want.Tags[drivers.TagMachine] != want.Name {
+		return drivers.Machine{}, fmt.Errorf("ownership tags missing: %v", want.Tags)
+	}
+	return drivers.Machine{Name: want.Name, ID: "id-" + want.Name, Address: "192.0.2.1", SSH: drivers.SSHEndpoint{User: "admin", HostKey: want.HostKey.Public}, State: "running"}, nil
+}
+
+func (d *testDriver) Destroy(ctx context.Context, m drivers.Machine) error { return nil }
+
+func newTestEngine(t *testing.T, workers int, d drivers.Driver) (*Engine, *plan.Plan) {
+	t.Helper()
+	c, diags := spec.LoadBytes("t.hcl", []byte(fmt.Sprintf("name = \"t\"\ndriver \"local\" {}\nmanagers {\n  count = 1\n}\nworkers {\n  count = %d\n}\n", workers)), spec.Vars{})
+	if diags.HasErrors() {
+		t.Fatal(diags.Error())
+	}
+	store, err := state.Open(t.TempDir(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	st, err := store.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &Engine{Spec: c, Store: store, State: st, Drivers: map[string]drivers.Driver{"local": d}, Parallelism: 2}
+	return e, plan.Build(c, st, plan.Observed{})
+}
+
+// TestPartialCreateFailureIsRecorded: one failed create does not stop the
+// others; state on disk has the created machines, the failed one stays
+// "creating" (so the next plan creates or adopts it), and the apply's error
+// names the failed host and step while Stats lists it as failed.
+func TestPartialCreateFailureIsRecorded(t *testing.T) {
+	d := &testDriver{fail: map[string]error{"t-worker-2": errors.New("quota exceeded")}}
+	e, p := newTestEngine(t, 3, d)
+	e.init()
+	e.plan = p
+	if err := e.credentials(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.machines(context.Background()); err != nil {
+		t.Fatalf("machines returned %v: host errors belong to hosts", err)
+	}
+	if len(d.created) != 3 {
+		t.Fatalf("created %v, want the 3 others", d.created)
+	}
+	saved, err := e.Store.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, m := range saved.Machines {
+		got[m.Name] = m.Status
+		if m.Status == state.StatusCreated && (m.ID == "" || m.SpecHash == "" || m.SSH.HostKey == "") {
+			t.Errorf("%s recorded without ID, spec hash or host key: %+v", m.Name, m)
+		}
+	}
+	want := map[string]string{"t-manager-1": "created", "t-worker-1": "created", "t-worker-2": "creating", "t-worker-3": "created"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("saved %v, want %v", got, want)
+	}
+	h := e.hosts["t-worker-2"]
+	var se *StepError
+	if !errors.As(h.err, &se) || se.Step != "machine.create" || se.Host != "t-worker-2" || !strings.Contains(se.Error(), "quota exceeded") {
+		t.Fatalf("host error %v", h.err)
+	}
+	if live := e.live(); len(live) != 3 || live[0].rec.Name != "t-manager-1" {
+		t.Fatalf("live hosts after the failure: %d", len(live))
+	}
+	// The next plan creates the failed one again and leaves the rest.
+	p2 := plan.Build(e.Spec, saved, plan.Observed{Machines: map[string][]drivers.Machine{"local": {
+		{Name: "t-manager-1", ID: "id-t-manager-1", State: "running"},
+		{Name: "t-worker-1", ID: "id-t-worker-1", State: "running"},
+		{Name: "t-worker-3", ID: "id-t-worker-3", State: "running"},
+	}}})
+	for _, a := range p2.Actions {
+		if wantKind := map[bool]plan.Kind{true: plan.Create, false: plan.Reconfigure}[a.Machine == "t-worker-2"]; a.Kind != wantKind {
+			t.Errorf("next plan: %s %s, want %s", a.Machine, a.Kind, wantKind)
+		}
+	}
+}
+
+// TestInterruptStopsNewWork: once the caller's context ends (SIGINT), the
+// create already running finishes and is recorded, no further create
+// starts, no later phase runs, and Apply reports the interrupt.
+func TestInterruptStopsNewWork(t *testing.T) {
+	d := &testDriver{block: make(chan struct{}), started: make(chan string, 8)}
+	e, p := newTestEngine(t, 3, d)
+	e.Parallelism = 1
+	ctx, cancel := context.WithCancel(context.Background())
+	type res struct {
+		st  Stats
+		err error
+	}
+	done := make(chan res)
+	go func() {
+		st, err := e.Apply(ctx, p)
+		done <- res{st, err}
+	}()
+	first := <-d.started
+	cancel()
+	close(d.block)
+	r := <-done
+	if r.err == nil || !strings.Contains(r.err.Error(), "interrupted") || !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("Apply returned %v, want an interrupt", r.err)
+	}
+	if len(d.created) != 1 || d.created[0] != first {
+		t.Fatalf("created %v after the interrupt, want only %s", d.created, first)
+	}
+	if len(r.st.Failed) != 0 {
+		t.Errorf("hosts not started count as failed: %v", r.st.Failed)
+	}
+	saved, err := e.Store.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := saved.Machine(first); m == nil || m.Status != state.StatusCreated || m.ID == "" {
+		t.Fatalf("the finished create is not saved: %+v", m)
+	}
+	if len(saved.Settings) != 0 {
+		t.Errorf("settings recorded by an interrupted apply: %v", saved.Settings)
+	}
+	for _, m := range saved.Machines {
+		if m.Name != first && m.Status != state.StatusCreating {
+			t.Errorf("%s is %s", m.Name, m.Status)
+		}
+	}
+}
