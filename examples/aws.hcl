@@ -42,3 +42,9 @@ workers {
 tls {
   validity = "2160h"
 }
+
+# How long apply keeps retrying SSH while an instance boots and cloud-init
+# installs the host key provision generated for it (default 3m).
+ssh {
+  connect_timeout = "5m"
+}
