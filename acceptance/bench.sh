@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-bin/provision}
 IMAGE=${PROVISION_HOST_IMAGE:-provision/host:bookworm}
 work=$(mktemp -d)
-trap 'set +e; "$BIN" destroy "$work/bench.hcl" --state-dir "$work/state" --auto-approve >/dev/null 2>&1; docker rm -f provision-bench-floor >/dev/null 2>&1; rm -rf "$work"' EXIT
+trap 'set +e; "$BIN" destroy "$work/bench.hcl" --state-dir "$work/state" --auto-approve >/dev/null 2>&1; docker rm -f -v provision-bench-floor >/dev/null 2>&1; rm -rf "$work"' EXIT
 
 cat >"$work/bench.hcl" <<'HCL'
 variable "workers" { default = 2 }
@@ -32,11 +32,16 @@ docker run -d --name provision-bench-floor --cap-add ALL --cap-drop SYS_RESOURCE
   --security-opt seccomp=unconfined --security-opt apparmor=unconfined --security-opt systempaths=unconfined \
   -v /sys/fs/cgroup:/sys/fs/cgroup:ro --tmpfs /run --tmpfs /run/lock -v /var/lib/docker \
   -e container=docker "$IMAGE" /sbin/init >/dev/null
-sleep 3
+# Wait for systemd to finish booting (as the local driver does) before timing.
+for _ in $(seq 1 120); do
+  st=$(docker exec provision-bench-floor systemctl is-system-running 2>/dev/null || true)
+  case $st in running|degraded) break ;; esac
+  sleep 0.5
+done
 t0=$(now)
 docker exec provision-bench-floor sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null'
 floor=$(secs "$t0" "$(now)")
-docker rm -f provision-bench-floor >/dev/null
+docker rm -f -v provision-bench-floor >/dev/null
 
 echo "fresh apply (1 manager + 2 workers) ..." >&2
 fresh=$(run fresh apply "$work/bench.hcl")

@@ -96,6 +96,15 @@ func TestLifecycle(t *testing.T) {
 	c.startService(t, ctx)
 
 	t.Run("ScaleWorkers", func(t *testing.T) {
+		// Removing machines needs approval: without a terminal and without
+		// --auto-approve the plan is refused and nothing changes.
+		r := provision(t, ctx, nil, append([]string{"apply", c.spec, c.sd()}, c.vars(1, 1)...)...)
+		if r.code != 4 || !strings.Contains(r.stderr, "--auto-approve") {
+			t.Errorf("destructive apply without a terminal: exit %d\n%s", r.code, r.stderr)
+		}
+		if n := len(readState(t, c.stateDir).Machines); n != 3 {
+			t.Fatalf("refused apply changed state: %d machines", n)
+		}
 		for _, w := range []int{4, 1} {
 			c.applyWatched(t, ctx, c.managers, w)
 			c.converged(t, ctx)
@@ -478,7 +487,15 @@ func (c *life) killAndResume(t *testing.T, ctx context.Context) {
 	host := fmt.Sprintf("life-worker-%d", w)
 	for _, step := range []string{"machine.create", "engine.install", "swarm.join"} {
 		r, fired := c.applyUntil(t, ctx, c.managers, w, syscall.SIGKILL, func(ev event) bool {
-			return ev.Kind == "step_start" && ev.Host == host && ev.Step == step
+			if ev.Kind != "step_start" || ev.Host != host || ev.Step != step {
+				return false
+			}
+			if step == "machine.create" {
+				// Kill inside the create: once the container exists, before
+				// the driver has returned it.
+				c.waitContainer(t, ctx, host)
+			}
+			return true
 		})
 		if !fired {
 			t.Fatalf("apply never started %s on %s (exit %d):\n%s", step, host, r.code, r.stderr)
@@ -496,6 +513,9 @@ func (c *life) killAndResume(t *testing.T, ctx context.Context) {
 			t.Errorf("plan after a kill does not report the dead holder of the lock:\n%s", p.stderr)
 		}
 		t.Logf("plan after kill at %s:\n%s", step, p.stdout)
+		if step == "machine.create" && !strings.Contains(p.stdout, "by its cluster tags") {
+			t.Errorf("plan after a kill inside the create does not adopt the machine by its tags:\n%s", p.stdout)
+		}
 	}
 	c.apply(t, ctx, c.managers, w)
 	c.converged(t, ctx)
@@ -531,4 +551,16 @@ func (c *life) interrupt(t *testing.T, ctx context.Context) {
 	}
 	c.apply(t, ctx, c.managers, w)
 	c.converged(t, ctx)
+}
+
+// waitContainer waits until the machine's container exists on the engine.
+func (c *life) waitContainer(t *testing.T, ctx context.Context, machine string) {
+	f := filters.NewArgs(filters.Arg("label", drivers.TagCluster+"="+c.clusterID), filters.Arg("label", drivers.TagMachine+"="+machine))
+	for i := 0; i < 300 && ctx.Err() == nil; i++ {
+		if cs, err := c.dc.ContainerList(ctx, container.ListOptions{All: true, Filters: f}); err == nil && len(cs) > 0 {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Errorf("no container for %s appeared", machine)
 }

@@ -225,8 +225,20 @@ func (e *Engine) join(ctx context.Context, h, leader *host, managers []string, t
 	if err != nil {
 		return err
 	}
+	if before.State == dswarm.LocalNodeStatePending {
+		// A join an interrupted apply started goes on in the engine: let it
+		// finish rather than leave and join again (which restarts the wait).
+		e.note(h.rec.Name, "a join started earlier is in progress: waiting for it")
+		before = e.settleJoin(ctx, h)
+	}
 	e.Report.Event(Event{Time: time.Now(), Kind: StepStart, Host: h.rec.Name, Step: "swarm.join"})
 	l, err := h.engine.Join(ctx, e.State.Swarm.ID, h.rec.Advertise(), managers, t, manager)
+	if err != nil && strings.Contains(err.Error(), "will continue in the background") {
+		// The engine's own 20 s wait ended; the join itself goes on.
+		if l = e.settleJoin(ctx, h); l.State == dswarm.LocalNodeStateActive {
+			err = nil
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -242,6 +254,23 @@ func (e *Engine) join(ctx context.Context, h, leader *host, managers []string, t
 	h.rec.Status = state.StatusReady
 	e.mu.Unlock()
 	return e.save()
+}
+
+// settleJoin waits up to two minutes while the host's engine reports a join
+// in progress, and returns its last view of itself.
+func (e *Engine) settleJoin(ctx context.Context, h *host) swarm.Local {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	var l swarm.Local
+	poll(ctx, func() (bool, error) {
+		got, err := h.engine.Inspect(ctx)
+		if err != nil {
+			return false, nil
+		}
+		l = got
+		return l.State != dswarm.LocalNodeStatePending, nil
+	})
+	return l
 }
 
 // removeStale removes swarm nodes that belong to no machine we keep: nodes of
