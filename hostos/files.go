@@ -29,6 +29,13 @@ const (
 	PathAuditRules     = "/etc/audit/rules.d/provision.rules"
 	PathAutoUpgrades   = "/etc/apt/apt.conf.d/21provision-auto-upgrades"
 	PathUnattendedConf = "/etc/apt/apt.conf.d/52provision-unattended-upgrades"
+	PathCoredump       = "/etc/systemd/coredump.conf.d/provision.conf"
+	PathLimits         = "/etc/security/limits.d/90-provision.conf"
+	PathModprobe       = "/etc/modprobe.d/provision.conf"
+	PathIssue          = "/etc/issue"
+	PathIssueNet       = "/etc/issue.net"
+	PathProfile        = "/etc/profile.d/provision.sh"
+	PathLoginPolicy    = "/etc/provision/login-policy.sh"
 
 	unitPruneTimer   = "provision-prune.timer"
 	unitPruneService = "provision-prune.service"
@@ -46,6 +53,7 @@ func ManagedPaths(cfg *Config) []string {
 		PathTLSCA, PathTLSCert, PathTLSKey, PathDaemonJSON, PathDockerDropIn,
 		PathJournald, PathPruneService, PathPruneTimer, PathSSHD, PathSysctl,
 		PathFirewall, PathFirewallUnit, PathAuditRules, PathAutoUpgrades, PathUnattendedConf,
+		PathCoredump, PathLimits, PathModprobe, PathIssue, PathIssueNet, PathProfile, PathLoginPolicy,
 	}
 }
 
@@ -194,6 +202,64 @@ func SysctlFiles() ([]File, error) {
 		return nil, err
 	}
 	return []File{f}, nil
+}
+
+// BlockedModules are kernel modules a container host does not need and that
+// have had exploitable bugs or allow data theft: rare network protocols
+// (SCTP stays: the engine can publish SCTP ports) and removable storage.
+var BlockedModules = []string{"dccp", "rds", "tipc", "usb-storage", "firewire-core"}
+
+// KernelFiles renders harden.kernel's files: the sysctl drop-in, no core
+// dumps (systemd-coredump and PAM limits) and the module blocklist.
+func KernelFiles() ([]File, error) {
+	files, err := SysctlFiles()
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range []struct {
+		path, tmpl string
+		data       any
+	}{
+		{PathCoredump, "coredump.conf.tmpl", struct{}{}},
+		{PathLimits, "limits.conf.tmpl", struct{}{}},
+		{PathModprobe, "modprobe.conf.tmpl", struct{ Modules []string }{BlockedModules}},
+	} {
+		r, err := render(f.path, 0o644, f.tmpl, f.data)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, r)
+	}
+	return files, nil
+}
+
+// LoginPackages are installed by the login policy: password quality rules,
+// per-session private temp directories, package checksum verification and
+// process accounting.
+var LoginPackages = []string{"libpam-pwquality", "libpam-tmpdir", "debsums", "acct"}
+
+// LoginFiles renders harden.login's files: the pre-login banner (console and
+// SSH), the login-shell profile (no core dumps, idle timeout) and the
+// account-policy script.
+func LoginFiles() ([]File, error) {
+	var out []File
+	for _, f := range []struct {
+		path, tmpl string
+		mode       fs.FileMode
+		data       any
+	}{
+		{PathIssue, "issue.tmpl", 0o644, struct{}{}},
+		{PathIssueNet, "issue.tmpl", 0o644, struct{}{}},
+		{PathProfile, "profile.sh.tmpl", 0o644, struct{ Timeout int }{900}},
+		{PathLoginPolicy, "login-policy.sh.tmpl", 0o700, struct{ Packages []string }{LoginPackages}},
+	} {
+		r, err := render(f.path, f.mode, f.tmpl, f.data)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
 }
 
 // FirewallData is the nftables ruleset's template data: addresses and

@@ -91,20 +91,57 @@ func reloadSSH(ctx context.Context, t *Target) error {
 func hardenKernel() Step {
 	return &fileStep{
 		id:      "harden.kernel",
-		paths:   []string{PathSysctl},
+		paths:   []string{PathSysctl, PathCoredump, PathLimits, PathModprobe},
 		enabled: func(c *Config) bool { return c.Hardening.Kernel },
-		render:  func(*Target, Family) ([]File, error) { return SysctlFiles() },
+		render:  func(*Target, Family) ([]File, error) { return KernelFiles() },
 		after: func(ctx context.Context, t *Target, changed []File) error {
-			if len(changed) == 0 {
-				return nil
-			}
-			if err := applySysctl(ctx, t, changed[0].Content); err != nil {
-				// Without the file, the next apply tries again instead of
-				// counting the step as done.
-				if rerr := t.remove(ctx, PathSysctl); rerr != nil {
-					return fmt.Errorf("%w (and removing %s: %v)", err, PathSysctl, rerr)
+			for _, f := range changed {
+				if f.Path != PathSysctl {
+					continue
 				}
-				return err
+				if err := applySysctl(ctx, t, f.Content); err != nil {
+					// Without the file, the next apply tries again instead of
+					// counting the step as done.
+					if rerr := t.remove(ctx, PathSysctl); rerr != nil {
+						return fmt.Errorf("%w (and removing %s: %v)", err, PathSysctl, rerr)
+					}
+					return err
+				}
+			}
+			return nil
+		},
+	}
+}
+
+// ---- harden.login
+
+// hardenLogin is the local login policy that goes with SSH hardening: a
+// banner, no core dumps and an idle timeout for login shells, password
+// rules in login.defs and PAM. The policy script runs when it changes.
+func hardenLogin() Step {
+	return &fileStep{
+		id:      "harden.login",
+		paths:   []string{PathIssue, PathIssueNet, PathProfile, PathLoginPolicy},
+		enabled: func(c *Config) bool { return c.Hardening.SSH },
+		render:  func(*Target, Family) ([]File, error) { return LoginFiles() },
+		after: func(ctx context.Context, t *Target, changed []File) error {
+			for _, f := range changed {
+				if f.Path != PathLoginPolicy {
+					continue
+				}
+				out, err := t.sudo(ctx, comm.Quote("sh", PathLoginPolicy))
+				if err != nil {
+					// Run again next time.
+					if rerr := t.remove(ctx, PathLoginPolicy); rerr != nil {
+						return fmt.Errorf("login policy: %w (and removing %s: %v)", err, PathLoginPolicy, rerr)
+					}
+					return fmt.Errorf("login policy: %w", err)
+				}
+				for _, l := range strings.Split(string(out), "\n") {
+					if pkgs, ok := strings.CutPrefix(l, "packages-missing "); ok {
+						t.Log.Warn("login policy applied without its packages (no package source reachable): install them to complete it", "packages", pkgs)
+					}
+				}
 			}
 			return nil
 		},

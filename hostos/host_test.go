@@ -131,6 +131,9 @@ func TestHostConverges(t *testing.T) {
 	if facts.Packages["systemd"] == "" || facts.Packages["docker.io"] != "" || facts.Engine != "" {
 		t.Errorf("packages: systemd %q docker.io %q engine %q", facts.Packages["systemd"], facts.Packages["docker.io"], facts.Engine)
 	}
+	// A fresh Debian host has only the distro's own banners among the files we manage.
+	delete(facts.Files, hostos.PathIssue)
+	delete(facts.Files, hostos.PathIssueNet)
 	if facts.Commands["sshd"] == "" || len(facts.Files) != 0 {
 		t.Errorf("commands %v files %v", facts.Commands, facts.Files)
 	}
@@ -141,7 +144,7 @@ func TestHostConverges(t *testing.T) {
 	tgt := &hostos.Target{Name: "node-1", Comm: h.Comm, Facts: facts, Config: cfg, Log: testLogger(t)}
 	applied := converge(t, ctx, tgt)
 	t.Logf("applied: %v", applied)
-	for _, want := range []string{"host.hostname", "engine.install", "engine.tls", "engine.config", "logging.journald", "prune.timer", "harden.ssh", "harden.kernel", "harden.firewall", "harden.audit", "harden.updates"} {
+	for _, want := range []string{"host.hostname", "engine.install", "engine.tls", "engine.config", "logging.journald", "prune.timer", "harden.ssh", "harden.login", "harden.kernel", "harden.firewall", "harden.audit", "harden.updates"} {
 		if !contains(applied, want) {
 			t.Errorf("step %s was not applied on a fresh host", want)
 		}

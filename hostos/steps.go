@@ -23,6 +23,7 @@ func Steps(cfg *Config) []Step {
 		journald(),
 		prune(),
 		hardenSSH(),
+		hardenLogin(),
 		hardenKernel(),
 		hardenFirewall(),
 		hardenAudit(),

@@ -73,7 +73,7 @@ func TestStepIDsStable(t *testing.T) {
 	for _, s := range hostos.Steps(baseConfig()) {
 		ids = append(ids, s.ID())
 	}
-	want := "os.supported os.ready host.hostname engine.install engine.tls engine.config logging.journald prune.timer harden.ssh harden.kernel harden.firewall harden.audit harden.updates"
+	want := "os.supported os.ready host.hostname engine.install engine.tls engine.config logging.journald prune.timer harden.ssh harden.login harden.kernel harden.firewall harden.audit harden.updates"
 	if got := strings.Join(ids, " "); got != want {
 		t.Errorf("step IDs:\n got %s\nwant %s", got, want)
 	}
@@ -600,4 +600,76 @@ func lastIndexOf(f *fakeComm, sub string) int {
 		}
 	}
 	return -1
+}
+
+func TestLoginPolicyRunsWhenItChanges(t *testing.T) {
+	fc := &fakeComm{answers: []answer{{match: "login-policy.sh", out: "packages-missing libpam-pwquality\n"}}}
+	tgt := &hostos.Target{Comm: fc, Facts: debianFacts(), Config: baseConfig(), Log: slog.New(slog.DiscardHandler)}
+	st := stepByID(t, tgt.Config, "harden.login")
+	// Missing packages (no package source) are a warning, not a failure.
+	if err := st.Apply(context.Background(), tgt); err != nil {
+		t.Fatal(err)
+	}
+	if countRuns(fc, "sh /etc/provision/login-policy.sh") != 1 {
+		t.Errorf("policy script not run once; ran:\n%s", strings.Join(fc.cmds, "\n"))
+	}
+	for _, p := range []string{hostos.PathIssue, hostos.PathIssueNet, hostos.PathProfile, hostos.PathLoginPolicy} {
+		if !fc.ran("install -D -m") || !fc.ran(p) {
+			t.Errorf("%s not installed", p)
+		}
+	}
+	if done, _ := st.Check(context.Background(), tgt); !done {
+		t.Error("not done after apply")
+	}
+	// Only the banner changes: the script does not run again.
+	fc.cmds = nil
+	tgt.Facts.Files[hostos.PathIssue] = strings.Repeat("0", 64)
+	if err := st.Apply(context.Background(), tgt); err != nil {
+		t.Fatal(err)
+	}
+	if fc.ran("login-policy.sh") {
+		t.Errorf("policy script ran although it did not change:\n%s", strings.Join(fc.cmds, "\n"))
+	}
+	// A failing script is an error, and the script goes so the next apply runs it.
+	fc = &fakeComm{answers: []answer{{match: "sh /etc/provision/login-policy.sh", out: "sed: cannot rename", code: 4}}}
+	tgt = &hostos.Target{Comm: fc, Facts: debianFacts(), Config: baseConfig(), Log: slog.New(slog.DiscardHandler)}
+	if err := st.Apply(context.Background(), tgt); err == nil || !strings.Contains(err.Error(), "login policy") {
+		t.Errorf("failing policy: %v", err)
+	}
+	if _, ok := tgt.Facts.Files[hostos.PathLoginPolicy]; ok {
+		t.Error("policy script kept after a failure")
+	}
+}
+
+func TestKernelFiles(t *testing.T) {
+	files, err := hostos.KernelFiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byPath := map[string]string{}
+	for _, f := range files {
+		byPath[f.Path] = string(f.Content)
+	}
+	if !strings.Contains(byPath[hostos.PathModprobe], "install usb-storage /bin/false") || strings.Contains(byPath[hostos.PathModprobe], "sctp") {
+		t.Errorf("modprobe blocklist:\n%s", byPath[hostos.PathModprobe])
+	}
+	if !strings.Contains(byPath[hostos.PathLimits], "hard    core    0") || !strings.Contains(byPath[hostos.PathCoredump], "Storage=none") {
+		t.Errorf("core dumps not off:\n%s\n%s", byPath[hostos.PathLimits], byPath[hostos.PathCoredump])
+	}
+	// Only a changed sysctl file is applied again.
+	f := debianFacts()
+	f.Virt = "docker"
+	for _, kf := range files {
+		if kf.Path == hostos.PathSysctl {
+			f.Files[kf.Path] = kf.Sum()
+		}
+	}
+	fc := &fakeComm{}
+	tgt := &hostos.Target{Comm: fc, Facts: f, Config: baseConfig(), Log: slog.New(slog.DiscardHandler)}
+	if err := stepByID(t, tgt.Config, "harden.kernel").Apply(context.Background(), tgt); err != nil {
+		t.Fatal(err)
+	}
+	if fc.ran("sysctl -q -w") {
+		t.Errorf("unchanged sysctl file applied again:\n%s", strings.Join(fc.cmds, "\n"))
+	}
 }

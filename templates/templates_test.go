@@ -7,8 +7,9 @@ import (
 )
 
 func TestEveryTemplateIsListed(t *testing.T) {
-	want := []string{"audit.rules.tmpl", "auto-upgrades.conf.tmpl", "daemon.json.tmpl", "docker-dropin.conf.tmpl",
-		"firewall.nft.tmpl", "firewall.service.tmpl", "journald.conf.tmpl", "prune.service.tmpl", "prune.timer.tmpl",
+	want := []string{"audit.rules.tmpl", "auto-upgrades.conf.tmpl", "coredump.conf.tmpl", "daemon.json.tmpl", "docker-dropin.conf.tmpl",
+		"firewall.nft.tmpl", "firewall.service.tmpl", "issue.tmpl", "journald.conf.tmpl", "limits.conf.tmpl", "login-policy.sh.tmpl",
+		"modprobe.conf.tmpl", "profile.sh.tmpl", "prune.service.tmpl", "prune.timer.tmpl",
 		"sshd.conf.tmpl", "sysctl.conf.tmpl", "unattended-upgrades.conf.tmpl"}
 	names := Names()
 	slices.Sort(names)

@@ -1,18 +1,15 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
+	"github.com/provision/provision/hostos"
 	"github.com/provision/provision/provision/apply"
 	"github.com/provision/provision/provision/state"
 )
@@ -56,7 +53,6 @@ measurement the README records for a plain and a provisioned host.`,
 			if len(targets) == 0 {
 				return withCode(exitUsage, fmt.Errorf("cluster %q has no machines yet: run `provision apply` first", l.spec.Name))
 			}
-			e := l.engine(g, apply.Discard{})
 			results := make([]AuditResult, len(targets))
 			var wg sync.WaitGroup
 			sem := make(chan struct{}, max(1, l.spec.Parallelism))
@@ -66,7 +62,8 @@ measurement the README records for a plain and a provisioned host.`,
 					defer wg.Done()
 					sem <- struct{}{}
 					defer func() { <-sem }()
-					results[i] = auditHost(cmd.Context(), e, m)
+					// One engine per goroutine: Dial sets the engine's key fields.
+					results[i] = auditHost(cmd.Context(), l.engine(g, apply.Discard{}), m)
 				}()
 			}
 			wg.Wait()
@@ -113,19 +110,6 @@ measurement the README records for a plain and a provisioned host.`,
 	return cmd
 }
 
-// lynisScript installs Lynis when missing and runs a quick audit into a
-// private report file, printing the report.
-const lynisScript = `set -e
-if ! command -v lynis >/dev/null 2>&1; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq --no-install-recommends lynis >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends lynis >/dev/null; }
-fi
-d=$(mktemp -d)
-lynis audit system --quick --no-colors --report-file "$d/report.dat" --log-file "$d/lynis.log" >/dev/null 2>&1 || true
-cat "$d/report.dat"
-rm -rf "$d"
-`
-
 func auditHost(ctx context.Context, e *apply.Engine, m *state.Machine) AuditResult {
 	r := AuditResult{Name: m.Name}
 	c, err := e.Dial(ctx, m.Machine)
@@ -134,7 +118,7 @@ func auditHost(ctx context.Context, e *apply.Engine, m *state.Machine) AuditResu
 		return r
 	}
 	defer c.Close()
-	out, err := c.Run(ctx, c.Sudo("sh -s"), strings.NewReader(lynisScript))
+	out, err := c.Run(ctx, c.Sudo("sh -s"), strings.NewReader(hostos.LynisScript))
 	if err != nil {
 		r.Error = "lynis: " + err.Error()
 		return r
@@ -150,46 +134,9 @@ func auditHost(ctx context.Context, e *apply.Engine, m *state.Machine) AuditResu
 
 // parseLynisReport reads the key=value report Lynis writes.
 func parseLynisReport(b []byte) (AuditResult, error) {
-	var r AuditResult
-	found := false
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), "=")
-		if !ok {
-			continue
-		}
-		switch k {
-		case "hardening_index":
-			n, err := strconv.Atoi(strings.TrimSpace(v))
-			if err == nil {
-				r.Index, found = n, true
-			}
-		case "lynis_tests_done":
-			r.Tests, _ = strconv.Atoi(strings.TrimSpace(v))
-		case "warning[]":
-			r.Warnings = append(r.Warnings, lynisItem(v))
-		case "suggestion[]":
-			r.Suggestions = append(r.Suggestions, lynisItem(v))
-		}
+	rep, err := hostos.ParseLynisReport(b)
+	if err != nil {
+		return AuditResult{}, err
 	}
-	if !found {
-		return r, fmt.Errorf("lynis report has no hardening index")
-	}
-	sort.Strings(r.Warnings)
-	sort.Strings(r.Suggestions)
-	return r, nil
-}
-
-// lynisItem turns "AUTH-9262|Install a PAM module|-|-|" into "AUTH-9262: Install a PAM module".
-func lynisItem(v string) string {
-	parts := strings.Split(v, "|")
-	if len(parts) < 2 {
-		return v
-	}
-	s := parts[0] + ": " + parts[1]
-	if len(parts) > 3 && parts[3] != "-" && parts[3] != "" {
-		s += " (" + parts[3] + ")"
-	}
-	return s
+	return AuditResult{Index: rep.Index, Tests: rep.Tests, Warnings: rep.Warnings, Suggestions: rep.Suggestions}, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -56,7 +57,12 @@ type NodeStatus struct {
 	Leader    bool   `json:"leader,omitempty"`
 	NodeID    string `json:"node_id,omitempty"`
 	CertUntil string `json:"cert_not_after,omitempty"`
-	Error     string `json:"error,omitempty"`
+	// The prune service's last run (over SSH): when it finished, its
+	// systemd result and the space `docker ... prune` said it reclaimed.
+	PruneLastRun   string `json:"prune_last_run,omitempty"`
+	PruneResult    string `json:"prune_result,omitempty"`
+	PruneReclaimed string `json:"prune_reclaimed,omitempty"`
+	Error          string `json:"error,omitempty"`
 }
 
 func newStatus(g *globals) *cobra.Command {
@@ -72,12 +78,12 @@ func newStatus(g *globals) *cobra.Command {
 				return err
 			}
 			defer l.close()
-			rows := status(cmd.Context(), l)
+			rows := status(cmd.Context(), g, l)
 			if jsonOut {
 				return writeJSON(cmd.OutOrStdout(), map[string]any{"cluster": l.spec.Name, "cluster_id": l.state.ClusterID, "swarm_id": l.state.Swarm.ID, "nodes": rows})
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tROLE\tPOOL\tADDRESS\tENGINE\tSWARM\tMANAGER\tSTATUS")
+			fmt.Fprintln(tw, "NAME\tROLE\tPOOL\tADDRESS\tENGINE\tSWARM\tMANAGER\tPRUNED\tSTATUS")
 			for _, r := range rows {
 				mgr := r.Manager
 				if r.Leader {
@@ -87,7 +93,7 @@ func newStatus(g *globals) *cobra.Command {
 				if r.Error != "" {
 					st += " (" + r.Error + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Role, r.Pool, r.Address, dash(r.Engine), dash(r.Swarm), dash(mgr), st)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Role, r.Pool, r.Address, dash(r.Engine), dash(r.Swarm), dash(mgr), pruneColumn(r, time.Now()), st)
 			}
 			return tw.Flush()
 		},
@@ -104,8 +110,9 @@ func dash(s string) string {
 }
 
 // status asks every engine (TLS, 2376) for its version and a manager for the
-// node list.
-func status(ctx context.Context, l *loaded) []NodeStatus {
+// node list, and every host (one SSH command) for its last prune run; all
+// hosts at once.
+func status(ctx context.Context, g *globals, l *loaded) []NodeStatus {
 	rows := make([]NodeStatus, len(l.state.Machines))
 	tlsCfg, tlsErr := pki.ClientTLS(l.store.PKIDir())
 	var wg sync.WaitGroup
@@ -116,7 +123,25 @@ func status(ctx context.Context, l *loaded) []NodeStatus {
 		if !m.CertNotAfter.IsZero() {
 			rows[i].CertUntil = m.CertNotAfter.Format(time.RFC3339)
 		}
-		if tlsErr != nil || m.Address == "" {
+		if m.Address == "" {
+			continue
+		}
+		if l.spec.Prune.Enabled {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				defer cancel()
+				// One engine per goroutine: Dial sets the engine's key fields.
+				p, err := lastPrune(ctx, l.engine(g, apply.Discard{}), m)
+				if err != nil {
+					g.log.Debug("prune status", "host", m.Name, "err", err)
+					p.Result = "unknown"
+				}
+				rows[i].PruneLastRun, rows[i].PruneResult, rows[i].PruneReclaimed = p.LastRun, p.Result, p.Reclaimed
+			}()
+		}
+		if tlsErr != nil {
 			continue
 		}
 		wg.Add(1)
@@ -164,6 +189,101 @@ func status(ctx context.Context, l *loaded) []NodeStatus {
 		}
 	}
 	return rows
+}
+
+// pruneScript prints the prune service's last run: when its main process
+// exited (unix time), systemd's result, and the "Total reclaimed space" lines
+// that run wrote to the journal (one per prune command).
+const pruneScript = `u=provision-prune.service
+printf 'exit\t%s\n' "$(systemctl show -p ExecMainExitTimestamp --timestamp=unix --value $u 2>/dev/null)"
+printf 'result\t%s\n' "$(systemctl show -p Result --value $u 2>/dev/null)"
+id=$(systemctl show -p InvocationID --value $u 2>/dev/null)
+if [ -n "$id" ]; then
+  journalctl -q --no-pager -o cat _SYSTEMD_INVOCATION_ID="$id" 2>/dev/null | sed -n 's/^Total reclaimed space: */reclaimed\t/p'
+fi
+`
+
+// PruneRun is what a host says about its last prune.
+type PruneRun struct {
+	LastRun   string // RFC 3339; "" when it never ran since boot
+	Result    string // systemd's Result ("success", "exit-code", ...)
+	Reclaimed string // "1.2GB", or "120MB + 0B" with the volume prune
+}
+
+func lastPrune(ctx context.Context, e *apply.Engine, m *state.Machine) (PruneRun, error) {
+	c, err := e.Dial(ctx, m.Machine)
+	if err != nil {
+		return PruneRun{}, err
+	}
+	defer c.Close()
+	out, err := c.Run(ctx, c.Sudo("sh -s"), strings.NewReader(pruneScript))
+	if err != nil {
+		return PruneRun{}, err
+	}
+	return parsePruneRun(out), nil
+}
+
+// parsePruneRun reads pruneScript's output.
+func parsePruneRun(b []byte) PruneRun {
+	var p PruneRun
+	var reclaimed []string
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(l, "\t")
+		v = strings.TrimSpace(v)
+		switch k {
+		case "exit":
+			if n, err := strconv.ParseInt(strings.TrimPrefix(v, "@"), 10, 64); err == nil && n > 0 {
+				p.LastRun = time.Unix(n, 0).UTC().Format(time.RFC3339)
+			}
+		case "result":
+			p.Result = v
+		case "reclaimed":
+			if v != "" {
+				reclaimed = append(reclaimed, v)
+			}
+		}
+	}
+	if p.LastRun == "" {
+		// Never ran (since boot): systemd's result then means nothing.
+		return PruneRun{}
+	}
+	p.Reclaimed = strings.Join(reclaimed, " + ")
+	return p
+}
+
+// pruneColumn is the table's PRUNED cell: "3h ago 1.2GB", "-" when the
+// prune never ran, the result when it failed.
+func pruneColumn(r NodeStatus, now time.Time) string {
+	if r.PruneLastRun == "" {
+		if r.PruneResult == "unknown" {
+			return "?"
+		}
+		return "-"
+	}
+	t, err := time.Parse(time.RFC3339, r.PruneLastRun)
+	if err != nil {
+		return r.PruneLastRun
+	}
+	s := ago(now.Sub(t))
+	if r.PruneResult != "" && r.PruneResult != "success" {
+		return s + " " + r.PruneResult
+	}
+	if r.PruneReclaimed != "" {
+		s += " " + r.PruneReclaimed
+	}
+	return s
+}
+
+func ago(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return "just now"
+	case d < time.Hour:
+		return fmt.Sprintf("%dm ago", int(d/time.Minute))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh ago", int(d/time.Hour))
+	}
+	return fmt.Sprintf("%dd ago", int(d/(24*time.Hour)))
 }
 
 func newSSH(g *globals) *cobra.Command {

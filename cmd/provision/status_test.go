@@ -1,0 +1,39 @@
+package main
+
+import (
+	"testing"
+	"time"
+)
+
+func TestParsePruneRun(t *testing.T) {
+	p := parsePruneRun([]byte("exit\t@1700000000\nresult\tsuccess\nreclaimed\t1.2MB\nreclaimed\t0B\n"))
+	if p.LastRun != "2023-11-14T22:13:20Z" || p.Result != "success" || p.Reclaimed != "1.2MB + 0B" {
+		t.Errorf("%+v", p)
+	}
+	// Never ran since boot: systemd still reports a result; it means nothing.
+	if p := parsePruneRun([]byte("exit\t\nresult\tsuccess\n")); p != (PruneRun{}) {
+		t.Errorf("never-run service parsed as %+v", p)
+	}
+	if p := parsePruneRun([]byte("exit\t@1700000000\nresult\texit-code\n")); p.Result != "exit-code" || p.Reclaimed != "" {
+		t.Errorf("failed run parsed as %+v", p)
+	}
+}
+
+func TestPruneColumn(t *testing.T) {
+	now := time.Date(2023, 11, 15, 1, 13, 20, 0, time.UTC)
+	for _, c := range []struct {
+		r    NodeStatus
+		want string
+	}{
+		{NodeStatus{}, "-"},
+		{NodeStatus{PruneResult: "unknown"}, "?"},
+		{NodeStatus{PruneLastRun: "2023-11-14T22:13:20Z", PruneResult: "success", PruneReclaimed: "1.2MB"}, "3h ago 1.2MB"},
+		{NodeStatus{PruneLastRun: "2023-11-15T01:13:00Z", PruneResult: "success", PruneReclaimed: "0B"}, "just now 0B"},
+		{NodeStatus{PruneLastRun: "2023-11-15T00:43:20Z", PruneResult: "exit-code"}, "30m ago exit-code"},
+		{NodeStatus{PruneLastRun: "2023-11-10T01:13:20Z", PruneResult: "success"}, "5d ago"},
+	} {
+		if got := pruneColumn(c.r, now); got != c.want {
+			t.Errorf("%+v: %q, want %q", c.r, got, c.want)
+		}
+	}
+}
