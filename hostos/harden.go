@@ -48,12 +48,13 @@ func hardenSSH() Step {
 				// the new configuration before we go on.
 				if err := t.Relogin(ctx); err != nil {
 					t.Log.Error("a fresh SSH login failed after the sshd change: rolling back", "err", err)
-					if rerr := restoreSSHD(ctx, t); rerr != nil {
+					// Restore and reload in one command: our connection is the
+					// only way in, so nothing may come between the two.
+					fam, _ := t.family()
+					if _, rerr := t.sudoSh(ctx, restoreScript+" && mkdir -p /run/sshd && sshd -t && systemctl try-reload-or-restart "+fam.SSHUnit+".service"); rerr != nil {
 						return fmt.Errorf("a fresh login failed with the new %s (%v); rolling back failed too: %w", PathSSHD, err, rerr)
 					}
-					if rerr := reloadSSH(ctx, t); rerr != nil {
-						return fmt.Errorf("a fresh login failed with the new %s (%v); restored the old file but reloading sshd failed: %w", PathSSHD, err, rerr)
-					}
+					delete(t.Facts.Files, PathSSHD)
 					return fmt.Errorf("a fresh login failed with the new %s, so the change was rolled back and sshd reloaded with the old configuration: %w", PathSSHD, err)
 				}
 			}
@@ -64,12 +65,15 @@ func hardenSSH() Step {
 	}
 }
 
-const sshdBackup = PathSSHD + ".provision-bak"
+const (
+	sshdBackup    = PathSSHD + ".provision-bak"
+	restoreScript = "if [ -f " + sshdBackup + " ]; then mv -f " + sshdBackup + " " + PathSSHD + "; else rm -f " + PathSSHD + "; fi"
+)
 
 // restoreSSHD puts the file saved before the change back (or removes ours
 // when there was none) and forgets its hash: the next facts tell.
 func restoreSSHD(ctx context.Context, t *Target) error {
-	if _, err := t.sudoSh(ctx, "if [ -f "+sshdBackup+" ]; then mv -f "+sshdBackup+" "+PathSSHD+"; else rm -f "+PathSSHD+"; fi"); err != nil {
+	if _, err := t.sudoSh(ctx, restoreScript); err != nil {
 		return err
 	}
 	delete(t.Facts.Files, PathSSHD)
