@@ -36,6 +36,7 @@ const (
 	PathIssueNet       = "/etc/issue.net"
 	PathProfile        = "/etc/profile.d/provision.sh"
 	PathLoginPolicy    = "/etc/provision/login-policy.sh"
+	PathSecuritySource = "/etc/provision/security-source.sh"
 
 	unitPruneTimer   = "provision-prune.timer"
 	unitPruneService = "provision-prune.service"
@@ -54,6 +55,7 @@ func ManagedPaths(cfg *Config) []string {
 		PathJournald, PathPruneService, PathPruneTimer, PathSSHD, PathSysctl,
 		PathFirewall, PathFirewallUnit, PathAuditRules, PathAutoUpgrades, PathUnattendedConf,
 		PathCoredump, PathLimits, PathModprobe, PathIssue, PathIssueNet, PathProfile, PathLoginPolicy,
+		PathSecuritySource,
 	}
 }
 
@@ -376,7 +378,11 @@ func UpdatesFiles(cfg *Config) ([]File, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []File{au, uu}, nil
+	sec, err := render(PathSecuritySource, 0o700, "security-source.sh.tmpl", struct{}{})
+	if err != nil {
+		return nil, err
+	}
+	return []File{au, uu, sec}, nil
 }
 
 func def(v, d string) string {

@@ -318,8 +318,28 @@ func hardenAudit() Step {
 func hardenUpdates() Step {
 	return &fileStep{
 		id:      "harden.updates",
-		paths:   []string{PathAutoUpgrades, PathUnattendedConf},
+		paths:   []string{PathAutoUpgrades, PathUnattendedConf, PathSecuritySource},
 		enabled: func(c *Config) bool { return c.Hardening.Updates },
 		render:  func(t *Target, _ Family) ([]File, error) { return UpdatesFiles(t.Config) },
+		after: func(ctx context.Context, t *Target, changed []File) error {
+			for _, f := range changed {
+				if f.Path != PathSecuritySource {
+					continue
+				}
+				out, err := t.sudo(ctx, comm.Quote("sh", PathSecuritySource))
+				if err != nil {
+					if rerr := t.remove(ctx, PathSecuritySource); rerr != nil {
+						return fmt.Errorf("security source: %w (and removing %s: %v)", err, PathSecuritySource, rerr)
+					}
+					return fmt.Errorf("security source: %w", err)
+				}
+				for _, l := range strings.Split(string(out), "\n") {
+					if strings.HasPrefix(l, "security-source-") {
+						t.Log.Warn("no security suite among the package sources, and none could be added: unattended upgrades will not see security fixes", "detail", l)
+					}
+				}
+			}
+			return nil
+		},
 	}
 }

@@ -10,7 +10,7 @@ func TestEveryTemplateIsListed(t *testing.T) {
 	want := []string{"audit.rules.tmpl", "auto-upgrades.conf.tmpl", "coredump.conf.tmpl", "daemon.json.tmpl", "docker-dropin.conf.tmpl",
 		"firewall.nft.tmpl", "firewall.service.tmpl", "issue.tmpl", "journald.conf.tmpl", "limits.conf.tmpl", "login-policy.sh.tmpl",
 		"modprobe.conf.tmpl", "profile.sh.tmpl", "prune.service.tmpl", "prune.timer.tmpl",
-		"sshd.conf.tmpl", "sysctl.conf.tmpl", "unattended-upgrades.conf.tmpl"}
+		"security-source.sh.tmpl", "sshd.conf.tmpl", "sysctl.conf.tmpl", "unattended-upgrades.conf.tmpl"}
 	names := Names()
 	slices.Sort(names)
 	got := strings.Join(names, " ")
