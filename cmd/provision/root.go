@@ -94,7 +94,15 @@ func (g *globals) setupLog(stderr io.Writer) error {
 	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
 		return withCode(exitUsage, fmt.Errorf("--log-level: %w", err))
 	}
-	handlers := []slog.Handler{slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})}
+	// On stderr the progress lines already carry the time: drop it from log
+	// lines; the --log-file JSON log keeps it.
+	dropTime := func(groups []string, a slog.Attr) slog.Attr {
+		if len(groups) == 0 && a.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return a
+	}
+	handlers := []slog.Handler{slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl, ReplaceAttr: dropTime})}
 	if g.logFile != "" {
 		f, err := os.OpenFile(g.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
