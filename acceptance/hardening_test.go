@@ -54,6 +54,10 @@ prune {
   schedule = "daily"
   until    = "1s"
 }
+
+hardening {
+  overlay_encryption = true
+}
 `
 
 // hardMachine is the part of state.json the hardening test reads.
@@ -130,6 +134,15 @@ func TestHardening(t *testing.T) {
 
 	t.Run("ssh_and_sysctl", func(t *testing.T) { checkSSHHardening(t, ctx, dc, wrk, signer) })
 	t.Run("firewall", func(t *testing.T) { checkFirewall(t, ctx, dc, ens, mgr, wrk) })
+	t.Run("overlay_encryption", func(t *testing.T) {
+		n, err := ens[mgr.Name].NetworkInspect(ctx, "hardacc-overlay", network.InspectOptions{})
+		if err != nil {
+			t.Fatalf("the cluster's overlay network: %v", err)
+		}
+		if _, enc := n.Options["encrypted"]; !enc || n.Driver != "overlay" || !n.Attachable {
+			t.Errorf("hardacc-overlay: driver %s, attachable %v, options %v; want an attachable overlay with encrypted set", n.Driver, n.Attachable, n.Options)
+		}
+	})
 	t.Run("log_rotation", func(t *testing.T) { checkLogRotation(t, ctx, dc, ens[wrk.Name], wrk) })
 
 	// Switch the engine's log driver to journald: engine.config rewrites

@@ -115,6 +115,13 @@ func TestLocalEndToEnd(t *testing.T) {
 		}
 	}
 
+	// The cluster's own attachable overlay network, unencrypted by default.
+	if n, err := mgr.NetworkInspect(ctx, "demo-overlay", network.InspectOptions{}); err != nil {
+		t.Errorf("the cluster's overlay network: %v", err)
+	} else if _, enc := n.Options["encrypted"]; enc || n.Driver != "overlay" || !n.Attachable {
+		t.Errorf("demo-overlay: driver %s, attachable %v, options %v", n.Driver, n.Attachable, n.Options)
+	}
+
 	overlayService(t, ctx, ens, mgr, len(st.Machines))
 
 	// A second apply with no change changes nothing and says so.

@@ -120,7 +120,7 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 				e.Parallelism = parallelism
 			}
 			stats, err := e.Apply(ctx, p)
-			summary(out, stats, args[0])
+			summary(out, stats, args[0], err)
 			if err != nil {
 				if ctx.Err() != nil {
 					return fmt.Errorf("interrupted: %w", err)
@@ -137,12 +137,14 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 	return cmd
 }
 
-func summary(w io.Writer, s apply.Stats, file string) {
+func summary(w io.Writer, s apply.Stats, file string, err error) {
 	fmt.Fprintf(w, "\n%d changed, %d unchanged, %d failed hosts (%d created, %d removed) in %s.\n",
 		len(s.Changed), len(s.Unchanged), len(s.Failed), s.Created, s.Removed, s.Took.Round(100*time.Millisecond))
 	switch {
 	case len(s.Failed) > 0:
 		fmt.Fprintf(w, "Failed: %s. Fix the cause and run `provision apply %s` again: finished hosts are kept.\n", strings.Join(s.Failed, ", "), file)
+	case err != nil:
+		fmt.Fprintf(w, "Stopped before the cluster converged (the error follows). Fix the cause and run `provision apply %s` again.\n", file)
 	case len(s.Changed) == 0 && s.Removed == 0:
 		fmt.Fprintln(w, "No changes: the cluster matches the spec.")
 	default:

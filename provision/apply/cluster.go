@@ -98,7 +98,7 @@ func (e *Engine) swarm(ctx context.Context) error {
 			e.note(first.rec.Name, "re-forming the swarm on this manager (--force-new-cluster)")
 			l, err = first.engine.ForceNewCluster(ctx, first.rec.Advertise())
 		} else {
-			l, err = first.engine.Init(ctx, first.rec.Advertise(), e.Spec.Hardening.OverlayEncryption)
+			l, err = first.engine.Init(ctx, first.rec.Advertise())
 			if err == nil {
 				first.changed = true
 				e.Report.Event(Event{Time: time.Now(), Kind: StepChange, Host: first.rec.Name, Step: "swarm.init"})
@@ -309,11 +309,24 @@ func (e *Engine) removeStale(ctx context.Context, leader *host, nodes []dswarm.N
 	return nil
 }
 
-// labels sets provision's and the spec's labels on every node.
+// OverlayName is the cluster's attachable overlay network.
+func OverlayName(cluster string) string { return cluster + "-overlay" }
+
+// labels sets provision's and the spec's labels on every node, and keeps the
+// cluster's overlay network (encrypted when the spec says so): one call on
+// the leader when nothing changes.
 func (e *Engine) labels(ctx context.Context) error {
 	leader := e.leader()
 	if leader == nil {
 		return nil
+	}
+	name := OverlayName(e.Spec.Name)
+	changed, err := leader.engine.EnsureOverlay(ctx, name, e.State.ClusterID, e.Spec.Hardening.OverlayEncryption)
+	if err != nil {
+		e.fail(leader, "swarm.network", err)
+	} else if changed {
+		leader.changed = true
+		e.Report.Event(Event{Time: time.Now(), Kind: StepChange, Host: leader.rec.Name, Step: "swarm.network", Msg: fmt.Sprintf("overlay network %s (encrypted: %v)", name, e.Spec.Hardening.OverlayEncryption)})
 	}
 	for _, h := range e.live() {
 		if h.rec.NodeID == "" {

@@ -321,12 +321,17 @@ func (e *Engine) bundleDir() string {
 
 // peers lists every member's advertise address, sorted.
 func (e *Engine) peers() []string {
+	// Every member the spec keeps, including hosts that failed in this run:
+	// a host whose SSH connect failed is still a swarm member, and dropping
+	// it from the others' firewalls would cut it off until an apply succeeds.
+	e.mu.Lock()
 	var out []string
-	for _, h := range e.live() {
+	for _, h := range e.hosts {
 		if a := h.rec.Advertise(); a != "" {
 			out = append(out, a)
 		}
 	}
+	e.mu.Unlock()
 	sort.Strings(out)
 	return slices.Compact(out)
 }

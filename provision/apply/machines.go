@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/provision/provision/drivers"
@@ -61,6 +62,9 @@ func (e *Engine) machines(ctx context.Context) error {
 	actions := map[string]plan.Action{}
 	for _, a := range e.plan.Actions {
 		actions[a.Machine] = a
+	}
+	if err := e.preflight(ctx, work, actions); err != nil {
+		return err
 	}
 	return e.each(ctx, work, "machine.create", func(ctx context.Context, h *host) error {
 		a := actions[h.rec.Name]
@@ -165,6 +169,42 @@ func (e *Engine) record(h *host, m drivers.Machine, status string, a plan.Action
 		h.rec.NodeID = ""
 	}
 	e.State.Put(h.rec)
+}
+
+// preflight asks each driver that will create machines whether it can make
+// them all (credentials, machine types, images, networks), once, before the
+// first create: a spec the platform cannot satisfy stops here with nothing made.
+func (e *Engine) preflight(ctx context.Context, work []*host, actions map[string]plan.Action) error {
+	byDriver := map[string][]drivers.MachineSpec{}
+	for _, h := range work {
+		a := actions[h.rec.Name]
+		if a.Kind == plan.Create || a.Kind == plan.Replace {
+			byDriver[a.Driver] = append(byDriver[a.Driver], e.machineSpec(h, a, drivers.HostKey{}))
+		}
+	}
+	names := make([]string, 0, len(byDriver))
+	for name := range byDriver {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	var errs []error
+	for _, name := range names {
+		d, err := e.driver(name)
+		if err != nil {
+			return err
+		}
+		pf, ok := d.(drivers.Preflighter)
+		if !ok {
+			continue
+		}
+		t0 := time.Now()
+		if err := pf.Preflight(ctx, byDriver[name]); err != nil {
+			errs = append(errs, fmt.Errorf("driver %s: preflight (nothing was created): %w", name, err))
+			continue
+		}
+		e.Log.Debug("driver preflight passed", "driver", name, "machines", len(byDriver[name]), "took", time.Since(t0))
+	}
+	return errors.Join(errs...)
 }
 
 // owned returns m with the cluster's ownership tags filled in, so that a

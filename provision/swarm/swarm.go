@@ -15,18 +15,21 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/client"
+	"github.com/docker/docker/errdefs"
 )
 
 // Port is where every engine listens with TLS.
 const Port = 2376
 
-// Label keys set on every node.
+// Label keys set on every node (and LabelCluster on the cluster's network).
 const (
-	LabelRole = "provision.role"
-	LabelPool = "provision.pool"
-	LabelName = "provision.machine"
+	LabelCluster = "provision.cluster"
+	LabelRole    = "provision.role"
+	LabelPool    = "provision.pool"
+	LabelName    = "provision.machine"
 )
 
 // Engine is one host's engine API.
@@ -85,7 +88,7 @@ func (e *Engine) Inspect(ctx context.Context) (Local, error) {
 
 // Init makes e the first manager of a new swarm, advertising on advertise.
 // An engine that is already a manager of a swarm is left as it is.
-func (e *Engine) Init(ctx context.Context, advertise string, encryptDefault bool) (Local, error) {
+func (e *Engine) Init(ctx context.Context, advertise string) (Local, error) {
 	l, err := e.Inspect(ctx)
 	if err != nil {
 		return l, err
@@ -321,3 +324,41 @@ func poll(ctx context.Context, fn func() (bool, error)) error {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// EnsureOverlay makes sure the cluster's attachable overlay network exists,
+// with IPsec encryption of its data path when encrypted is set (the "encrypted"
+// driver option). A network of that name that provision did not make is left
+// alone and reported; one it made with the other encryption setting is
+// re-created, which the engine refuses while services or containers use it.
+func (e *Engine) EnsureOverlay(ctx context.Context, name, clusterID string, encrypted bool) (changed bool, err error) {
+	n, err := e.NetworkInspect(ctx, name, network.InspectOptions{Scope: "swarm"})
+	switch {
+	case err == nil:
+		if n.Labels[LabelCluster] != clusterID {
+			return false, fmt.Errorf("network %q exists but was not made by provision for this cluster (label %s=%q): rename or remove it", name, LabelCluster, n.Labels[LabelCluster])
+		}
+		if _, enc := n.Options["encrypted"]; enc == encrypted {
+			return false, nil
+		}
+		if err := e.NetworkRemove(ctx, n.ID); err != nil {
+			return false, fmt.Errorf("network %q: overlay encryption changed to %v, but the network cannot be re-created while in use: %w", name, encrypted, err)
+		}
+	case !errdefs.IsNotFound(err):
+		return false, fmt.Errorf("inspect network %q: %w", name, err)
+	}
+	opts := map[string]string{}
+	if encrypted {
+		opts["encrypted"] = ""
+	}
+	_, err = e.NetworkCreate(ctx, name, network.CreateOptions{
+		Driver:     "overlay",
+		Scope:      "swarm",
+		Attachable: true,
+		Options:    opts,
+		Labels:     map[string]string{LabelCluster: clusterID},
+	})
+	if err != nil {
+		return false, fmt.Errorf("create network %q: %w", name, err)
+	}
+	return true, nil
+}
