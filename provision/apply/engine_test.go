@@ -340,3 +340,49 @@ func TestInterruptStopsNewWork(t *testing.T) {
 		}
 	}
 }
+
+// preflightDriver refuses in Preflight; bookkeeping only, like testDriver.
+type preflightDriver struct {
+	testDriver
+	got []drivers.MachineSpec
+}
+
+func (d *preflightDriver) Preflight(ctx context.Context, want []drivers.MachineSpec) error {
+	d.got = want
+	return errors.New("instance type t9.huge is not offered")
+}
+
+// TestPreflightStopsBeforeAnyCreate: a driver's preflight sees every machine
+// it would create (with ownership tags and a host key, as Create would) and
+// its refusal stops the machines phase with nothing created or recorded.
+func TestPreflightStopsBeforeAnyCreate(t *testing.T) {
+	d := &preflightDriver{}
+	e, p := newTestEngine(t, 2, d)
+	e.init()
+	e.plan = p
+	if err := e.credentials(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	err := e.machines(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "preflight (nothing was created)") || !strings.Contains(err.Error(), "t9.huge") {
+		t.Fatalf("machines: %v", err)
+	}
+	if len(d.got) != 3 {
+		t.Fatalf("preflight saw %d machines, want 3", len(d.got))
+	}
+	for _, m := range d.got {
+		if m.Tags[drivers.TagMachine] != m.Name || m.HostKey.Public == "" {
+			t.Errorf("preflight spec %s lacks tags or host key: %+v", m.Name, m)
+		}
+	}
+	if len(d.created) != 0 {
+		t.Errorf("created %v after a failed preflight", d.created)
+	}
+	saved, err := e.Store.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(saved.Machines) != 0 {
+		t.Errorf("state records %d machines after a failed preflight", len(saved.Machines))
+	}
+}

@@ -179,7 +179,13 @@ func (e *Engine) preflight(ctx context.Context, work []*host, actions map[string
 	for _, h := range work {
 		a := actions[h.rec.Name]
 		if a.Kind == plan.Create || a.Kind == plan.Replace {
-			byDriver[a.Driver] = append(byDriver[a.Driver], e.machineSpec(h, a, drivers.HostKey{}))
+			// The machine as Create will see it; its host key is made for
+			// the check only (ed25519 is cheap), the real one at create.
+			hk, err := newHostKey()
+			if err != nil {
+				return err
+			}
+			byDriver[a.Driver] = append(byDriver[a.Driver], e.machineSpec(h, a, hk))
 		}
 	}
 	names := make([]string, 0, len(byDriver))
