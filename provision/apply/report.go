@@ -66,7 +66,11 @@ func (r *Lines) Event(e Event) {
 		}
 		fmt.Fprintf(r.W, "%s %s %s\n", mark, e.Phase, e.Took.Round(time.Millisecond))
 	case StepChange:
-		fmt.Fprintf(r.W, "    %s: %s changed%s (%s)\n", e.Host, e.Step, suffix(e.Msg), e.Took.Round(time.Millisecond))
+		took := ""
+		if e.Took > 0 {
+			took = " (" + e.Took.Round(time.Millisecond).String() + ")"
+		}
+		fmt.Fprintf(r.W, "    %s: %s changed%s%s\n", e.Host, e.Step, suffix(e.Msg), took)
 	case StepFail:
 		fmt.Fprintf(r.W, "    %s: %s FAILED: %s\n", e.Host, e.Step, e.Err)
 	case Note:
