@@ -274,8 +274,8 @@ func (e *Engine) settleJoin(ctx context.Context, h *host) swarm.Local {
 }
 
 // removeStale removes swarm nodes that belong to no machine we keep: nodes of
-// replaced machines and nodes that are down and whose hostname is one of the
-// cluster's machine names.
+// replaced machines and nodes that are down (or unknown) and whose hostname
+// is one of the cluster's machine names.
 func (e *Engine) removeStale(ctx context.Context, leader *host, nodes []dswarm.Node) error {
 	keep := map[string]bool{}
 	e.mu.Lock()
@@ -294,8 +294,14 @@ func (e *Engine) removeStale(ctx context.Context, leader *host, nodes []dswarm.N
 			continue
 		}
 		ours := strings.HasPrefix(n.Description.Hostname, e.Spec.Name+"-")
-		if stale[n.ID] || (ours && n.Status.State == dswarm.NodeStateDown) {
-			if n.Spec.Role == dswarm.NodeRoleManager {
+		// A dead node is Down, or Unknown when leadership moved since it
+		// died (after --force-new-cluster it stays Unknown for a while).
+		dead := n.Status.State == dswarm.NodeStateDown || n.Status.State == dswarm.NodeStateUnknown
+		if stale[n.ID] || (ours && dead) {
+			// A manager still in the raft is demoted first; one the raft no
+			// longer has (after --force-new-cluster) cannot be demoted, and
+			// is removed as it is.
+			if n.Spec.Role == dswarm.NodeRoleManager && n.ManagerStatus != nil {
 				if err := e.demote(ctx, leader.engine, n.ID); err != nil {
 					return err
 				}
