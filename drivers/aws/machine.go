@@ -221,16 +221,16 @@ func (d *Driver) findInstance(ctx context.Context, cli *ec2.Client, cluster, nam
 }
 
 func (d *Driver) describeInstances(ctx context.Context, cli *ec2.Client, fs ...types.Filter) ([]types.Instance, error) {
-	var out []types.Instance
-	p := ec2.NewDescribeInstancesPaginator(cli, &ec2.DescribeInstancesInput{Filters: fs})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, d.explain(err)
-		}
-		for _, r := range page.Reservations {
-			out = append(out, r.Instances...)
-		}
+	out, err := collect(ctx, ec2.NewDescribeInstancesPaginator(cli, &ec2.DescribeInstancesInput{Filters: fs}),
+		func(o *ec2.DescribeInstancesOutput) []types.Instance {
+			var is []types.Instance
+			for _, r := range o.Reservations {
+				is = append(is, r.Instances...)
+			}
+			return is
+		}, nil)
+	if err != nil {
+		return nil, d.explain(err)
 	}
 	return out, nil
 }

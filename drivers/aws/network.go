@@ -520,88 +520,59 @@ func (d *Driver) ensureKeyPair(ctx context.Context, cli *ec2.Client, cluster, pu
 
 // Describe helpers: every list goes through the SDK's paginators.
 
-func describeVPCs(ctx context.Context, cli *ec2.Client, fs ...types.Filter) ([]types.Vpc, error) {
-	var out []types.Vpc
-	p := ec2.NewDescribeVpcsPaginator(cli, &ec2.DescribeVpcsInput{Filters: fs})
+// pager is what every ec2 paginator has.
+type pager[O any] interface {
+	HasMorePages() bool
+	NextPage(ctx context.Context, optFns ...func(*ec2.Options)) (O, error)
+}
+
+// collect walks a paginator to its end, gathering each page's items, sorted
+// by id when id is given (so callers see a stable order).
+func collect[O, T any](ctx context.Context, p pager[O], items func(O) []T, id func(T) *string) ([]T, error) {
+	var out []T
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, page.Vpcs...)
+		out = append(out, items(page)...)
 	}
-	sort.Slice(out, func(i, j int) bool { return awssdk.ToString(out[i].VpcId) < awssdk.ToString(out[j].VpcId) })
+	if id != nil {
+		sort.Slice(out, func(i, j int) bool { return awssdk.ToString(id(out[i])) < awssdk.ToString(id(out[j])) })
+	}
 	return out, nil
+}
+
+func describeVPCs(ctx context.Context, cli *ec2.Client, fs ...types.Filter) ([]types.Vpc, error) {
+	return collect(ctx, ec2.NewDescribeVpcsPaginator(cli, &ec2.DescribeVpcsInput{Filters: fs}),
+		func(o *ec2.DescribeVpcsOutput) []types.Vpc { return o.Vpcs },
+		func(v types.Vpc) *string { return v.VpcId })
 }
 
 func describeSubnets(ctx context.Context, cli *ec2.Client, fs ...types.Filter) ([]types.Subnet, error) {
-	var out []types.Subnet
-	p := ec2.NewDescribeSubnetsPaginator(cli, &ec2.DescribeSubnetsInput{Filters: fs})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, page.Subnets...)
-	}
-	return out, nil
+	return collect(ctx, ec2.NewDescribeSubnetsPaginator(cli, &ec2.DescribeSubnetsInput{Filters: fs}),
+		func(o *ec2.DescribeSubnetsOutput) []types.Subnet { return o.Subnets }, nil)
 }
 
 func describeSubnetsByID(ctx context.Context, cli *ec2.Client, ids []string) ([]types.Subnet, error) {
-	var out []types.Subnet
-	p := ec2.NewDescribeSubnetsPaginator(cli, &ec2.DescribeSubnetsInput{SubnetIds: ids})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, page.Subnets...)
-	}
-	return out, nil
+	return collect(ctx, ec2.NewDescribeSubnetsPaginator(cli, &ec2.DescribeSubnetsInput{SubnetIds: ids}),
+		func(o *ec2.DescribeSubnetsOutput) []types.Subnet { return o.Subnets }, nil)
 }
 
 func describeIGWs(ctx context.Context, cli *ec2.Client, fs ...types.Filter) ([]types.InternetGateway, error) {
-	var out []types.InternetGateway
-	p := ec2.NewDescribeInternetGatewaysPaginator(cli, &ec2.DescribeInternetGatewaysInput{Filters: fs})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, page.InternetGateways...)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		return awssdk.ToString(out[i].InternetGatewayId) < awssdk.ToString(out[j].InternetGatewayId)
-	})
-	return out, nil
+	return collect(ctx, ec2.NewDescribeInternetGatewaysPaginator(cli, &ec2.DescribeInternetGatewaysInput{Filters: fs}),
+		func(o *ec2.DescribeInternetGatewaysOutput) []types.InternetGateway { return o.InternetGateways },
+		func(g types.InternetGateway) *string { return g.InternetGatewayId })
 }
 
 func describeRouteTables(ctx context.Context, cli *ec2.Client, fs ...types.Filter) ([]types.RouteTable, error) {
-	var out []types.RouteTable
-	p := ec2.NewDescribeRouteTablesPaginator(cli, &ec2.DescribeRouteTablesInput{Filters: fs})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, page.RouteTables...)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		return awssdk.ToString(out[i].RouteTableId) < awssdk.ToString(out[j].RouteTableId)
-	})
-	return out, nil
+	return collect(ctx, ec2.NewDescribeRouteTablesPaginator(cli, &ec2.DescribeRouteTablesInput{Filters: fs}),
+		func(o *ec2.DescribeRouteTablesOutput) []types.RouteTable { return o.RouteTables },
+		func(r types.RouteTable) *string { return r.RouteTableId })
 }
 
 func describeSGs(ctx context.Context, cli *ec2.Client, fs ...types.Filter) ([]types.SecurityGroup, error) {
-	var out []types.SecurityGroup
-	p := ec2.NewDescribeSecurityGroupsPaginator(cli, &ec2.DescribeSecurityGroupsInput{Filters: fs})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, page.SecurityGroups...)
-	}
-	sort.Slice(out, func(i, j int) bool { return awssdk.ToString(out[i].GroupId) < awssdk.ToString(out[j].GroupId) })
-	return out, nil
+	return collect(ctx, ec2.NewDescribeSecurityGroupsPaginator(cli, &ec2.DescribeSecurityGroupsInput{Filters: fs}),
+		func(o *ec2.DescribeSecurityGroupsOutput) []types.SecurityGroup { return o.SecurityGroups },
+		func(g types.SecurityGroup) *string { return g.GroupId })
 }
