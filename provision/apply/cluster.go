@@ -621,23 +621,9 @@ func (e *Engine) waitRescheduled(ctx context.Context, en *swarm.Engine, machine 
 	}
 }
 
-// poll calls fn with backoff until it reports done, fails, or ctx ends.
+// poll waits with the engine's cadence: 100 ms, doubling up to a second.
 func poll(ctx context.Context, fn func() (bool, error)) error {
-	d := 100 * time.Millisecond
-	for {
-		done, err := fn()
-		if err != nil || done {
-			return err
-		}
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-		d = min(2*d, time.Second)
-	}
+	return swarm.Poll(ctx, 100*time.Millisecond, time.Second, fn)
 }
 
 // Destroy removes every machine recorded in state and every stray the drivers

@@ -302,9 +302,10 @@ func (e *Engine) WaitReady(ctx context.Context, ids []string) error {
 	return err
 }
 
-// poll calls fn with backoff until it reports done, fails, or ctx ends.
-func poll(ctx context.Context, fn func() (bool, error)) error {
-	d := 200 * time.Millisecond
+// Poll calls fn with backoff (first, doubling up to max) until it reports
+// done, fails, or ctx ends.
+func Poll(ctx context.Context, first, max time.Duration, fn func() (bool, error)) error {
+	d := first
 	for {
 		done, err := fn()
 		if err != nil || done {
@@ -317,10 +318,12 @@ func poll(ctx context.Context, fn func() (bool, error)) error {
 			return ctx.Err()
 		case <-t.C:
 		}
-		if d < 2*time.Second {
-			d *= 2
-		}
+		d = min(2*d, max)
 	}
+}
+
+func poll(ctx context.Context, fn func() (bool, error)) error {
+	return Poll(ctx, 200*time.Millisecond, 2*time.Second, fn)
 }
 
 func ptr[T any](v T) *T { return &v }
