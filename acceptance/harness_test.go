@@ -43,6 +43,15 @@ var (
 	buildErr  error
 )
 
+// TestMain removes the provision binary the run built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
 // requireAcc skips unless PROVISION_ACC=1.
 func requireAcc(t *testing.T) {
 	t.Helper()
