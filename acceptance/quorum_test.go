@@ -242,9 +242,13 @@ func (q *quorum) converged(t *testing.T, ctx context.Context) {
 			Name, Role, Status, Swarm, Manager, Error string
 			Leader                                    bool
 		} `json:"nodes"`
+		Unrecorded []string `json:"unrecorded_nodes"`
 	}
 	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, r.stdout)
+	}
+	if len(st.Unrecorded) > 0 {
+		t.Errorf("status: the swarm lists nodes provision does not record: %v", st.Unrecorded)
 	}
 	var got []string
 	leaders := 0

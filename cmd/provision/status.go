@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,10 +79,15 @@ func newStatus(g *globals) *cobra.Command {
 				return err
 			}
 			defer l.close()
-			rows := status(cmd.Context(), g, l)
+			rows, strays := status(cmd.Context(), g, l)
 			if jsonOut {
-				return writeJSON(cmd.OutOrStdout(), map[string]any{"cluster": l.spec.Name, "cluster_id": l.state.ClusterID, "swarm_id": l.state.Swarm.ID, "nodes": rows})
+				return writeJSON(cmd.OutOrStdout(), map[string]any{"cluster": l.spec.Name, "cluster_id": l.state.ClusterID, "swarm_id": l.state.Swarm.ID, "nodes": rows, "unrecorded_nodes": strays})
 			}
+			defer func() {
+				if len(strays) > 0 {
+					fmt.Fprintf(cmd.OutOrStdout(), "\nThe swarm also lists %d node(s) provision does not record: %s.\n`provision apply` removes the dead ones; others joined outside provision.\n", len(strays), strings.Join(strays, ", "))
+				}
+			}()
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tROLE\tPOOL\tADDRESS\tENGINE\tSWARM\tMANAGER\tPRUNED\tSTATUS")
 			for _, r := range rows {
@@ -112,8 +118,11 @@ func dash(s string) string {
 // status asks every engine (TLS, 2376) for its version and a manager for the
 // node list, and every host (one SSH command) for its last prune run; all
 // hosts at once.
-func status(ctx context.Context, g *globals, l *loaded) []NodeStatus {
-	rows := make([]NodeStatus, len(l.state.Machines))
+//
+// strays are the swarm's nodes that match no recorded machine (dead nodes
+// left by a lost host, or nodes joined by hand), as "hostname (id, state)".
+func status(ctx context.Context, g *globals, l *loaded) (rows []NodeStatus, strays []string) {
+	rows = make([]NodeStatus, len(l.state.Machines))
 	tlsCfg, tlsErr := pki.ClientTLS(l.store.PKIDir())
 	var wg sync.WaitGroup
 	var nodes []dswarm.Node
@@ -174,6 +183,16 @@ func status(ctx context.Context, g *globals, l *loaded) []NodeStatus {
 	for _, n := range nodes {
 		byID[n.ID] = n
 	}
+	recorded := map[string]bool{}
+	for _, r := range rows {
+		recorded[r.NodeID] = true
+	}
+	for _, n := range nodes {
+		if !recorded[n.ID] {
+			strays = append(strays, fmt.Sprintf("%s (%s, %s)", n.Description.Hostname, n.ID, n.Status.State))
+		}
+	}
+	sort.Strings(strays)
 	for i := range rows {
 		n, ok := byID[rows[i].NodeID]
 		if !ok {
@@ -188,7 +207,7 @@ func status(ctx context.Context, g *globals, l *loaded) []NodeStatus {
 			rows[i].Leader = n.ManagerStatus.Leader
 		}
 	}
-	return rows
+	return rows, strays
 }
 
 // pruneScript prints the prune service's last run: when its main process
