@@ -41,13 +41,17 @@ var (
 	buildOnce sync.Once
 	binPath   string
 	buildErr  error
+	// builtDir is the directory this process built the binary into; a
+	// child process (the moto test re-executes itself in a namespace) is
+	// handed the parent's binary and must not remove it.
+	builtDir string
 )
 
 // TestMain removes the provision binary the run built.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
+	if builtDir != "" {
+		os.RemoveAll(builtDir)
 	}
 	os.Exit(code)
 }
@@ -75,6 +79,7 @@ func binary(t *testing.T) string {
 			buildErr = err
 			return
 		}
+		builtDir = dir
 		binPath = filepath.Join(dir, "provision")
 		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/provision")
 		cmd.Dir = repoRoot(t)
