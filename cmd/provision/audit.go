@@ -53,6 +53,7 @@ measurement the README records for a plain and a provisioned host.`,
 			if len(targets) == 0 {
 				return withCode(exitUsage, fmt.Errorf("cluster %q has no machines yet: run `provision apply` first", l.spec.Name))
 			}
+			e := l.engine(g, apply.Discard{})
 			results := make([]AuditResult, len(targets))
 			var wg sync.WaitGroup
 			sem := make(chan struct{}, max(1, l.spec.Parallelism))
@@ -62,8 +63,7 @@ measurement the README records for a plain and a provisioned host.`,
 					defer wg.Done()
 					sem <- struct{}{}
 					defer func() { <-sem }()
-					// One engine per goroutine: Dial sets the engine's key fields.
-					results[i] = auditHost(cmd.Context(), l.engine(g, apply.Discard{}), m)
+					results[i] = auditHost(cmd.Context(), e, m)
 				}()
 			}
 			wg.Wait()

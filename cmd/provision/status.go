@@ -124,6 +124,8 @@ func dash(s string) string {
 func status(ctx context.Context, g *globals, l *loaded) (rows []NodeStatus, strays []string) {
 	rows = make([]NodeStatus, len(l.state.Machines))
 	tlsCfg, tlsErr := pki.ClientTLS(l.store.PKIDir())
+	e := l.engine(g, apply.Discard{}) // for SSH (Dial); shared by the goroutines
+	sshSem := make(chan struct{}, max(1, l.spec.Parallelism))
 	var wg sync.WaitGroup
 	var nodes []dswarm.Node
 	var nodesOnce sync.Once
@@ -139,10 +141,11 @@ func status(ctx context.Context, g *globals, l *loaded) (rows []NodeStatus, stra
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				sshSem <- struct{}{}
+				defer func() { <-sshSem }()
 				ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				defer cancel()
-				// One engine per goroutine: Dial sets the engine's key fields.
-				p, err := lastPrune(ctx, l.engine(g, apply.Discard{}), m)
+				p, err := lastPrune(ctx, e, m)
 				if err != nil {
 					g.log.Debug("prune status", "host", m.Name, "err", err)
 					p.Result = "unknown"

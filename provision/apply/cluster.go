@@ -372,9 +372,10 @@ func (e *Engine) leader() *host {
 	return nil
 }
 
-// remove drains and removes machines the spec no longer wants: workers first
-// (in parallel), then managers one at a time (demoted first, so quorum shrinks
-// cleanly), then destroys their hosts.
+// remove drains and removes machines the spec no longer wants, then destroys
+// their hosts: workers first, one at a time (each drained node's tasks Running
+// elsewhere before the next goes), then managers one at a time in a
+// quorum-safe order (demoted first, so quorum shrinks cleanly).
 func (e *Engine) remove(ctx context.Context) error {
 	var workers, managers []plan.Action
 	for _, a := range e.plan.Actions {
@@ -459,15 +460,10 @@ func (e *Engine) remove(ctx context.Context) error {
 			errs = append(errs, &StepError{Host: a.Machine, Step: "machine.remove", Err: err})
 		}
 	}
-	leaderID := ""
-	if leader != nil {
-		for _, n := range e.nodes {
-			if n.ManagerStatus != nil && n.ManagerStatus.Leader {
-				leaderID = n.ID
-			}
-		}
-	}
-	for _, a := range orderManagerRemovals(managers, e.nodes, leaderID) {
+	e.mu.Lock()
+	managers = orderManagerRemovals(managers, e.nodes)
+	e.mu.Unlock()
+	for _, a := range managers {
 		if e.stopped() {
 			return errors.Join(errs...)
 		}
@@ -501,9 +497,9 @@ func (e *Engine) nodeList() []dswarm.Node {
 
 // orderManagerRemovals puts managers to remove in a quorum-safe order: nodes
 // already out of the raft (down, unreachable, or not in the swarm) first,
-// then reachable followers, the current leader last, so that leadership
-// moves at most once.
-func orderManagerRemovals(as []plan.Action, nodes map[string]dswarm.Node, leaderID string) []plan.Action {
+// then reachable followers, the current leader (as nodes report it) last, so
+// that leadership moves at most once.
+func orderManagerRemovals(as []plan.Action, nodes map[string]dswarm.Node) []plan.Action {
 	rank := func(a plan.Action) int {
 		if a.Recorded == nil || a.Recorded.NodeID == "" {
 			return 0
@@ -512,7 +508,7 @@ func orderManagerRemovals(as []plan.Action, nodes map[string]dswarm.Node, leader
 		switch {
 		case !ok || n.ManagerStatus == nil || n.ManagerStatus.Reachability != dswarm.ReachabilityReachable:
 			return 0
-		case n.ID == leaderID:
+		case n.ManagerStatus.Leader:
 			return 2
 		default:
 			return 1

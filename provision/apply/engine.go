@@ -49,8 +49,12 @@ type Engine struct {
 	// ConnectTimeout bounds SSH connection retries per host (default 3m).
 	ConnectTimeout time.Duration
 
-	mu       sync.Mutex // guards State and hosts
-	hosts    map[string]*host
+	mu    sync.Mutex // guards State and hosts
+	hosts map[string]*host
+	// keyOnce loads the admin key (admin, adminPub) once; Dial and
+	// credentials share it, so concurrent Dials need no engine of their own.
+	keyOnce  sync.Once
+	keyErr   error
 	admin    ssh.Signer
 	adminPub string
 	ca       *pki.CA
@@ -112,12 +116,7 @@ func (e *Engine) init() {
 	if e.Parallelism <= 0 {
 		e.Parallelism = 16
 	}
-	if e.ConnectTimeout == 0 && e.Spec != nil {
-		e.ConnectTimeout = e.Spec.SSH.ConnectTimeout // ssh { connect_timeout = "..." }
-	}
-	if e.ConnectTimeout == 0 {
-		e.ConnectTimeout = 3 * time.Minute
-	}
+	e.ConnectTimeout = e.connectTimeout()
 	e.hosts = map[string]*host{}
 }
 
@@ -319,14 +318,40 @@ func (e *Engine) closeAll() {
 	}
 }
 
+// connectTimeout bounds SSH connection retries: the caller's setting, else
+// the spec's ssh.connect_timeout, else 3 minutes.
+func (e *Engine) connectTimeout() time.Duration {
+	switch {
+	case e.ConnectTimeout != 0:
+		return e.ConnectTimeout
+	case e.Spec != nil && e.Spec.SSH.ConnectTimeout != 0:
+		return e.Spec.SSH.ConnectTimeout // ssh { connect_timeout = "..." }
+	}
+	return 3 * time.Minute
+}
+
+// logger is e.Log, or a discarding one before init.
+func (e *Engine) logger() *slog.Logger {
+	if e.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return e.Log
+}
+
+// adminKey loads or creates the cluster's admin SSH key, once.
+func (e *Engine) adminKey() error {
+	e.keyOnce.Do(func() {
+		e.admin, e.adminPub, e.keyErr = state.EnsureSSHKey(e.Store.Dir())
+	})
+	return e.keyErr
+}
+
 // credentials loads or creates the cluster's admin SSH key, CA and the
 // operator's client certificate.
 func (e *Engine) credentials(ctx context.Context) error {
-	signer, pub, err := state.EnsureSSHKey(e.Store.Dir())
-	if err != nil {
+	if err := e.adminKey(); err != nil {
 		return err
 	}
-	e.admin, e.adminPub = signer, pub
 	ca, err := pki.LoadOrCreateCA(e.Store.PKIDir(), e.Spec.Name)
 	if err != nil {
 		return err

@@ -96,7 +96,7 @@ func TestManagerRemovalOrder(t *testing.T) {
 	}
 	as := []plan.Action{removal("x-1", "a"), removal("x-2", "b"), removal("x-3", "c"), removal("x-4", ""), removal("x-5", "gone")}
 	var got []string
-	for _, a := range orderManagerRemovals(as, nodes, "a") {
+	for _, a := range orderManagerRemovals(as, nodes) {
 		got = append(got, a.Machine)
 	}
 	if s := strings.Join(got, " "); s != "x-3 x-4 x-5 x-2 x-1" {

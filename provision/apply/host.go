@@ -14,11 +14,9 @@ import (
 	dswarm "github.com/docker/docker/api/types/swarm"
 
 	"github.com/provision/provision/hostos"
-	"github.com/provision/provision/provision/comm"
 	"github.com/provision/provision/provision/pki"
 	"github.com/provision/provision/provision/redact"
 	"github.com/provision/provision/provision/spec"
-	"github.com/provision/provision/provision/swarm"
 )
 
 // hostSteps gathers each host's facts in one remote call on every host at
@@ -43,6 +41,13 @@ func (e *Engine) hostSteps(ctx context.Context) error {
 		}
 	}
 	batches := rollout(todo, e.Parallelism)
+	if slices.ContainsFunc(batches, func(b batch) bool { return b.rolling }) {
+		// waitMember asks engines; their clients are opened here, before
+		// the batches run their hosts in parallel.
+		if err := e.engines(e.live()); err != nil {
+			return err
+		}
+	}
 	for i, b := range batches {
 		if e.stopped() {
 			return nil
@@ -144,24 +149,14 @@ func (e *Engine) batchFailed(hs []*host) bool {
 
 // waitMember waits until a member's restarted engine is back in the swarm:
 // its engine answers as an active node (a manager with control), and a
-// manager sees the node Ready (and, for a manager, reachable).
+// manager sees the node Ready (and, for a manager, reachable). hostSteps has
+// opened the engine clients.
 func (e *Engine) waitMember(ctx context.Context, h *host) error {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	cfg, err := e.clientTLS()
-	if err != nil {
-		return err
-	}
-	en := h.engine
-	if en == nil {
-		if en, err = swarm.Connect(h.rec.Name, h.rec.Address, cfg); err != nil {
-			return err
-		}
-		h.engine = en
-	}
 	var last error
 	if err := poll(ctx, func() (bool, error) {
-		l, err := en.Inspect(ctx)
+		l, err := h.engine.Inspect(ctx)
 		if err != nil {
 			last = err
 			return false, nil
@@ -170,89 +165,70 @@ func (e *Engine) waitMember(ctx context.Context, h *host) error {
 	}); err != nil {
 		return fmt.Errorf("engine: %w (last: %v)", err, last)
 	}
-	mgr := en
+	mgr := h
 	if h.rec.Role != spec.RoleManager {
-		mgr = nil
-		for _, m := range e.live() {
-			if m.rec.Role == spec.RoleManager && m.rec.NodeID != "" {
-				if m.engine == nil {
-					if m.engine, err = swarm.Connect(m.rec.Name, m.rec.Address, cfg); err != nil {
-						return err
-					}
-				}
-				mgr = m.engine
-				break
-			}
-		}
-		if mgr == nil {
+		if mgr = e.leader(); mgr == nil {
 			return errors.New("no manager to ask")
 		}
 	}
-	return mgr.WaitReady(ctx, []string{h.rec.NodeID})
+	return mgr.engine.WaitReady(ctx, []string{h.rec.NodeID})
 }
 
 // prepareHost gathers the facts, builds the host's target and lists the steps
 // whose Check says there is work.
 func (e *Engine) prepareHost(ctx context.Context, h *host, peers []string) error {
-	{
-		tlsFiles, err := e.serverCert(h)
+	tlsFiles, err := e.serverCert(h)
+	if err != nil {
+		return fmt.Errorf("server certificate: %w", err)
+	}
+	cfg := &hostos.Config{
+		Cluster:       e.Spec.Name,
+		ClusterID:     e.State.ClusterID,
+		Node:          h.rec.Name,
+		Role:          h.rec.Role,
+		AdminUser:     h.rec.SSH.User,
+		Engine:        e.Spec.Engine,
+		Logging:       e.Spec.Logging,
+		Prune:         e.Spec.Prune,
+		Hardening:     e.Spec.Hardening,
+		TLS:           tlsFiles,
+		Peers:         peers,
+		OperatorCIDRs: e.Spec.TLS.AllowedCIDRs,
+		BundleDir:     e.bundleDir(),
+	}
+	t0 := time.Now()
+	facts, err := hostos.GatherFacts(ctx, h.comm, hostos.ManagedPaths(cfg))
+	if err != nil {
+		return fmt.Errorf("facts: %w", err)
+	}
+	e.Log.Debug("facts gathered", "host", h.rec.Name, "took", time.Since(t0))
+	t := &hostos.Target{Name: h.rec.Name, Comm: h.comm, Facts: facts, Config: cfg, Log: e.Log.With("host", h.rec.Name)}
+	// A fresh login with the host's own connection settings (pinned key,
+	// bastion): harden.ssh's proof that a changed sshd still lets us in.
+	t.Relogin = func(ctx context.Context) error {
+		c, err := e.Dial(ctx, h.rec.Machine)
 		if err != nil {
-			return fmt.Errorf("server certificate: %w", err)
+			return fmt.Errorf("fresh ssh login: %w", err)
 		}
-		cfg := &hostos.Config{
-			Cluster:       e.Spec.Name,
-			ClusterID:     e.State.ClusterID,
-			Node:          h.rec.Name,
-			Role:          h.rec.Role,
-			AdminUser:     h.rec.SSH.User,
-			Engine:        e.Spec.Engine,
-			Logging:       e.Spec.Logging,
-			Prune:         e.Spec.Prune,
-			Hardening:     e.Spec.Hardening,
-			TLS:           tlsFiles,
-			Peers:         peers,
-			OperatorCIDRs: e.Spec.TLS.AllowedCIDRs,
-			BundleDir:     e.bundleDir(),
-		}
-		t0 := time.Now()
-		facts, err := hostos.GatherFacts(ctx, h.comm, hostos.ManagedPaths(cfg))
-		if err != nil {
-			return fmt.Errorf("facts: %w", err)
-		}
-		e.Log.Debug("facts gathered", "host", h.rec.Name, "took", time.Since(t0))
-		t := &hostos.Target{Name: h.rec.Name, Comm: h.comm, Facts: facts, Config: cfg, Log: e.Log.With("host", h.rec.Name)}
-		// A fresh login with the host's own connection settings (pinned key,
-		// bastion): harden.ssh's proof that a changed sshd still lets us in.
-		t.Relogin = func(ctx context.Context) error {
-			ccfg, err := e.commConfig(h.rec.Name, h.rec.Machine)
-			if err != nil {
-				return err
-			}
-			ccfg.Timeout = 30 * time.Second
-			c, err := comm.Dial(ctx, ccfg)
-			if err != nil {
-				return fmt.Errorf("fresh ssh login: %w", err)
-			}
-			defer c.Close()
-			if _, err := c.Run(ctx, "true", nil); err != nil {
-				return fmt.Errorf("fresh ssh login: run true: %w", err)
-			}
-			return nil
-		}
-		h.target = t
-		h.steps = hostos.Steps(cfg)
-		h.pending = nil
-		for _, st := range h.steps {
-			done, err := st.Check(ctx, t)
-			if err != nil {
-				return &StepError{Host: h.rec.Name, Step: st.ID(), Err: err}
-			}
-			if !done {
-				h.pending = append(h.pending, st.ID())
-			}
+		defer c.Close()
+		if _, err := c.Run(ctx, "true", nil); err != nil {
+			return fmt.Errorf("fresh ssh login: run true: %w", err)
 		}
 		return nil
 	}
+	h.target = t
+	h.steps = hostos.Steps(cfg)
+	h.pending = nil
+	for _, st := range h.steps {
+		done, err := st.Check(ctx, t)
+		if err != nil {
+			return &StepError{Host: h.rec.Name, Step: st.ID(), Err: err}
+		}
+		if !done {
+			h.pending = append(h.pending, st.ID())
+		}
+	}
+	return nil
 }
 
 // runSteps runs the host's steps in order, checking each again against the

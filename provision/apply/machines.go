@@ -294,8 +294,8 @@ func (e *Engine) commConfig(name string, m drivers.Machine) (comm.Config, error)
 		User:    m.SSH.User,
 		Signer:  signer,
 		HostKey: m.SSH.HostKey,
-		Timeout: e.ConnectTimeout,
-		Log:     e.Log.With("host", name),
+		Timeout: e.connectTimeout(),
+		Log:     e.logger().With("host", name),
 	}
 	if b := m.SSH.Bastion; b != nil {
 		bs := signer
@@ -310,20 +310,18 @@ func (e *Engine) commConfig(name string, m drivers.Machine) (comm.Config, error)
 		if bport == 0 {
 			bport = 22
 		}
-		cfg.Bastion = &comm.Config{Host: name + "/bastion", Address: b.Address, Port: bport, User: b.User, Signer: bs, HostKey: b.HostKey, Timeout: e.ConnectTimeout, Log: cfg.Log}
+		cfg.Bastion = &comm.Config{Host: name + "/bastion", Address: b.Address, Port: bport, User: b.User, Signer: bs, HostKey: b.HostKey, Timeout: e.connectTimeout(), Log: cfg.Log}
 	}
 	return cfg, nil
 }
 
 // Dial connects to one recorded machine with the cluster's admin key and its
-// pinned host key, for `provision ssh`.
+// pinned host key (for `provision ssh`, `status`, `audit`, and harden.ssh's
+// fresh login). It changes nothing on e: one engine serves concurrent Dials.
 func (e *Engine) Dial(ctx context.Context, m drivers.Machine) (*comm.Client, error) {
-	e.init()
-	signer, pub, err := state.EnsureSSHKey(e.Store.Dir())
-	if err != nil {
+	if err := e.adminKey(); err != nil {
 		return nil, err
 	}
-	e.admin, e.adminPub = signer, pub
 	cfg, err := e.commConfig(m.Name, m)
 	if err != nil {
 		return nil, err
