@@ -218,21 +218,15 @@ func KernelFiles() ([]File, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, f := range []struct {
-		path, tmpl string
-		data       any
-	}{
-		{PathCoredump, "coredump.conf.tmpl", struct{}{}},
-		{PathLimits, "limits.conf.tmpl", struct{}{}},
-		{PathModprobe, "modprobe.conf.tmpl", struct{ Modules []string }{BlockedModules}},
-	} {
-		r, err := render(f.path, 0o644, f.tmpl, f.data)
-		if err != nil {
-			return nil, err
-		}
-		files = append(files, r)
+	more, err := renderAll(
+		tmplFile{PathCoredump, "coredump.conf.tmpl", 0o644, struct{}{}},
+		tmplFile{PathLimits, "limits.conf.tmpl", 0o644, struct{}{}},
+		tmplFile{PathModprobe, "modprobe.conf.tmpl", 0o644, struct{ Modules []string }{BlockedModules}},
+	)
+	if err != nil {
+		return nil, err
 	}
-	return files, nil
+	return append(files, more...), nil
 }
 
 // LoginPackages are installed by the login policy: password quality rules,
@@ -244,17 +238,25 @@ var LoginPackages = []string{"libpam-pwquality", "libpam-tmpdir", "debsums", "ac
 // SSH), the login-shell profile (no core dumps, idle timeout) and the
 // account-policy script.
 func LoginFiles() ([]File, error) {
-	var out []File
-	for _, f := range []struct {
-		path, tmpl string
-		mode       fs.FileMode
-		data       any
-	}{
-		{PathIssue, "issue.tmpl", 0o644, struct{}{}},
-		{PathIssueNet, "issue.tmpl", 0o644, struct{}{}},
-		{PathProfile, "profile.sh.tmpl", 0o644, struct{ Timeout int }{900}},
-		{PathLoginPolicy, "login-policy.sh.tmpl", 0o700, struct{ Packages []string }{LoginPackages}},
-	} {
+	return renderAll(
+		tmplFile{PathIssue, "issue.tmpl", 0o644, struct{}{}},
+		tmplFile{PathIssueNet, "issue.tmpl", 0o644, struct{}{}},
+		tmplFile{PathProfile, "profile.sh.tmpl", 0o644, struct{ Timeout int }{900}},
+		tmplFile{PathLoginPolicy, "login-policy.sh.tmpl", 0o700, struct{ Packages []string }{LoginPackages}},
+	)
+}
+
+// tmplFile is one file rendered from a template with its data.
+type tmplFile struct {
+	path, tmpl string
+	mode       fs.FileMode
+	data       any
+}
+
+// renderAll renders each file, in order.
+func renderAll(files ...tmplFile) ([]File, error) {
+	out := make([]File, 0, len(files))
+	for _, f := range files {
 		r, err := render(f.path, f.mode, f.tmpl, f.data)
 		if err != nil {
 			return nil, err

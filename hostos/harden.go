@@ -80,6 +80,24 @@ func restoreSSHD(ctx context.Context, t *Target) error {
 	return nil
 }
 
+// onChange runs do when the file at path is among changed. When do fails, the
+// file is removed again, so the next apply installs it and retries instead of
+// counting the step as done.
+func onChange(ctx context.Context, t *Target, changed []File, path string, do func(File) error) error {
+	for _, f := range changed {
+		if f.Path != path {
+			continue
+		}
+		if err := do(f); err != nil {
+			if rerr := t.remove(ctx, path); rerr != nil {
+				return fmt.Errorf("%w (and removing %s: %v)", err, path, rerr)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
 // reloadSSH makes a running sshd re-read its config; existing sessions (ours)
 // stay. A socket-activated sshd that is not running reads it at next start.
 func reloadSSH(ctx context.Context, t *Target) error {
@@ -99,20 +117,9 @@ func hardenKernel() Step {
 		enabled: func(c *Config) bool { return c.Hardening.Kernel },
 		render:  func(*Target, Family) ([]File, error) { return KernelFiles() },
 		after: func(ctx context.Context, t *Target, changed []File) error {
-			for _, f := range changed {
-				if f.Path != PathSysctl {
-					continue
-				}
-				if err := applySysctl(ctx, t, f.Content); err != nil {
-					// Without the file, the next apply tries again instead of
-					// counting the step as done.
-					if rerr := t.remove(ctx, PathSysctl); rerr != nil {
-						return fmt.Errorf("%w (and removing %s: %v)", err, PathSysctl, rerr)
-					}
-					return err
-				}
-			}
-			return nil
+			return onChange(ctx, t, changed, PathSysctl, func(f File) error {
+				return applySysctl(ctx, t, f.Content)
+			})
 		},
 	}
 }
@@ -129,16 +136,9 @@ func hardenLogin() Step {
 		enabled: func(c *Config) bool { return c.Hardening.SSH },
 		render:  func(*Target, Family) ([]File, error) { return LoginFiles() },
 		after: func(ctx context.Context, t *Target, changed []File) error {
-			for _, f := range changed {
-				if f.Path != PathLoginPolicy {
-					continue
-				}
+			return onChange(ctx, t, changed, PathLoginPolicy, func(File) error {
 				out, err := t.sudo(ctx, comm.Quote("sh", PathLoginPolicy))
 				if err != nil {
-					// Run again next time.
-					if rerr := t.remove(ctx, PathLoginPolicy); rerr != nil {
-						return fmt.Errorf("login policy: %w (and removing %s: %v)", err, PathLoginPolicy, rerr)
-					}
 					return fmt.Errorf("login policy: %w", err)
 				}
 				for _, l := range strings.Split(string(out), "\n") {
@@ -146,8 +146,8 @@ func hardenLogin() Step {
 						t.Log.Warn("login policy applied without its packages (no package source reachable): install them to complete it", "packages", pkgs)
 					}
 				}
-			}
-			return nil
+				return nil
+			})
 		},
 	}
 }
@@ -322,15 +322,9 @@ func hardenUpdates() Step {
 		enabled: func(c *Config) bool { return c.Hardening.Updates },
 		render:  func(t *Target, _ Family) ([]File, error) { return UpdatesFiles(t.Config) },
 		after: func(ctx context.Context, t *Target, changed []File) error {
-			for _, f := range changed {
-				if f.Path != PathSecuritySource {
-					continue
-				}
+			return onChange(ctx, t, changed, PathSecuritySource, func(File) error {
 				out, err := t.sudo(ctx, comm.Quote("sh", PathSecuritySource))
 				if err != nil {
-					if rerr := t.remove(ctx, PathSecuritySource); rerr != nil {
-						return fmt.Errorf("security source: %w (and removing %s: %v)", err, PathSecuritySource, rerr)
-					}
 					return fmt.Errorf("security source: %w", err)
 				}
 				for _, l := range strings.Split(string(out), "\n") {
@@ -338,8 +332,8 @@ func hardenUpdates() Step {
 						t.Log.Warn("no security suite among the package sources, and none could be added: unattended upgrades will not see security fixes", "detail", l)
 					}
 				}
-			}
-			return nil
+				return nil
+			})
 		},
 	}
 }
