@@ -17,10 +17,11 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/provision/provision/drivers/local"
 )
 
 // plainHost is a machine provision did not create: a system container with
@@ -83,19 +84,17 @@ func startPlainHosts(t *testing.T, ctx context.Context, dc *client.Client, prefi
 		}
 		dc.NetworkRemove(bg, netName)
 	})
+	info, err := dc.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cgroupV2 := info.CgroupVersion == "2"
 	for i := 1; i <= n; i++ {
 		name := fmt.Sprintf("%s-%d", prefix, i)
 		hostPriv, hostPub := newKeyPair(t)
-		cr, err := dc.ContainerCreate(ctx, &container.Config{
-			Image: img, Hostname: name, Env: []string{"container=docker"}, StopSignal: "SIGRTMIN+3", Cmd: []string{"/sbin/init"},
-		}, &container.HostConfig{
-			CapAdd: []string{"ALL"}, CapDrop: []string{"SYS_RESOURCE"},
-			SecurityOpt: []string{"seccomp=unconfined", "apparmor=unconfined"},
-			MaskedPaths: []string{}, ReadonlyPaths: []string{},
-			Binds:  []string{"/sys/fs/cgroup:/sys/fs/cgroup:ro"},
-			Tmpfs:  map[string]string{"/run": "", "/run/lock": "", "/tmp": ""},
-			Mounts: []mount.Mount{{Type: mount.TypeVolume, Target: "/var/lib/docker"}},
-		}, &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{netName: {}}}, nil, name)
+		cfg, hc, nc := local.SystemContainer(img, name, netName, "", cgroupV2)
+		hc.Tmpfs["/tmp"] = ""
+		cr, err := dc.ContainerCreate(ctx, cfg, hc, nc, nil, name)
 		if err != nil {
 			t.Fatalf("create %s: %v", name, err)
 		}

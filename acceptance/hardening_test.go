@@ -18,7 +18,6 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
-	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/network"
 	dswarm "github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/api/types/volume"
@@ -694,20 +693,12 @@ func plainHostLynis(ctx context.Context, dc *client.Client, name string) plainRe
 	if _, err := dc.NetworkCreate(ctx, name, network.CreateOptions{Driver: "bridge"}); err != nil {
 		return plainResult{err: err}
 	}
-	hc := &container.HostConfig{
-		NetworkMode:   container.NetworkMode(name),
-		CapAdd:        []string{"ALL"},
-		CapDrop:       []string{"SYS_RESOURCE"},
-		SecurityOpt:   []string{"seccomp=unconfined", "apparmor=unconfined"},
-		MaskedPaths:   []string{},
-		ReadonlyPaths: []string{},
-		CgroupnsMode:  container.CgroupnsModeHost,
-		Binds:         []string{"/sys/fs/cgroup:/sys/fs/cgroup:ro"},
-		Tmpfs:         map[string]string{"/run": "", "/run/lock": ""},
-		Mounts:        []mount.Mount{{Type: mount.TypeVolume, Target: "/var/lib/docker"}},
+	info, err := dc.Info(ctx)
+	if err != nil {
+		return plainResult{err: err}
 	}
-	resp, err := dc.ContainerCreate(ctx, &container.Config{Image: local.DefaultImage, Cmd: []string{"/sbin/init"}, Env: []string{"container=docker"}, StopSignal: "SIGRTMIN+3"},
-		hc, &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{name: {}}}, nil, name)
+	cfg, hc, nc := local.SystemContainer(local.DefaultImage, "", name, "", info.CgroupVersion == "2")
+	resp, err := dc.ContainerCreate(ctx, cfg, hc, nc, nil, name)
 	if err != nil {
 		return plainResult{err: err}
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
 
+	"github.com/provision/provision/drivers/local"
 	"github.com/provision/provision/provision/comm"
 )
 
@@ -88,27 +89,14 @@ func startHost(t *testing.T, dc *client.Client, hostname string, internal bool) 
 			t.Errorf("remove network %s: %v", netName, err)
 		}
 	})
-	cfg := &container.Config{
-		Image:      hostImage,
-		Hostname:   hostname,
-		Cmd:        []string{"/sbin/init"},
-		StopSignal: "SIGRTMIN+3",
-		Env:        []string{"container=docker"},
-		Labels:     map[string]string{"provision-test": "hostos"},
-		Volumes:    map[string]struct{}{"/var/lib/docker": {}}, // nested engine needs a real overlay2 backing
+	info, err := dc.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
-	hc := &container.HostConfig{
-		CapAdd:      []string{"ALL"},
-		CapDrop:     []string{"SYS_RESOURCE"}, // not in this machine's bounding set, so --privileged fails
-		SecurityOpt: []string{"seccomp=unconfined", "apparmor=unconfined"},
-		// --security-opt systempaths=unconfined is the CLI's spelling of empty
-		// (non-nil) masked and read-only path lists: /proc/sys becomes writable.
-		MaskedPaths:   []string{},
-		ReadonlyPaths: []string{},
-		Binds:         []string{"/sys/fs/cgroup:/sys/fs/cgroup:ro"},
-		Tmpfs:         map[string]string{"/run": "", "/run/lock": ""},
-	}
-	nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{netName: {}}}
+	// The local driver's recipe; the anonymous /var/lib/docker volume gives
+	// the nested engine a real overlay2 backing.
+	cfg, hc, nc := local.SystemContainer(hostImage, hostname, netName, "", info.CgroupVersion == "2")
+	cfg.Labels = map[string]string{"provision-test": "hostos"}
 	cr, err := dc.ContainerCreate(ctx, cfg, hc, nc, nil, "provision-hostos-test-"+suffix)
 	if err != nil {
 		t.Fatalf("create container: %v", err)

@@ -14,10 +14,11 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
+
+	"github.com/provision/provision/drivers/local"
 )
 
 // The hosts these tests use are plain system containers with sshd, a
@@ -108,22 +109,17 @@ func startHosts(t *testing.T, ctx context.Context, dc *client.Client, n int, use
 			t.Logf("remove network %s: %v", netName, err)
 		}
 	})
+	info, err := dc.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cgroupV2 := info.CgroupVersion == "2"
 	for i := 1; i <= n; i++ {
 		name := fmt.Sprintf("%s-%d", prefix, i)
 		hostPriv, hostPub := keyPair(t)
-		cr, err := dc.ContainerCreate(ctx, &container.Config{
-			Image: hostImage(), Hostname: fmt.Sprintf("host%d", i), Env: []string{"container=docker"},
-			StopSignal: "SIGRTMIN+3", Cmd: []string{"/sbin/init"},
-			Labels: map[string]string{"provision-test": "generic"},
-		}, &container.HostConfig{
-			CapAdd: []string{"ALL"}, CapDrop: []string{"SYS_RESOURCE"},
-			SecurityOpt: []string{"seccomp=unconfined", "apparmor=unconfined"},
-			// systempaths=unconfined is the CLI's spelling of these two.
-			MaskedPaths: []string{}, ReadonlyPaths: []string{},
-			Binds:  []string{"/sys/fs/cgroup:/sys/fs/cgroup:ro"},
-			Tmpfs:  map[string]string{"/run": "", "/run/lock": ""},
-			Mounts: []mount.Mount{{Type: mount.TypeVolume, Target: "/var/lib/docker"}},
-		}, &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{netName: {}}}, nil, name)
+		cfg, hc, nc := local.SystemContainer(hostImage(), fmt.Sprintf("host%d", i), netName, "", cgroupV2)
+		cfg.Labels = map[string]string{"provision-test": "generic"}
+		cr, err := dc.ContainerCreate(ctx, cfg, hc, nc, nil, name)
 		if err != nil {
 			t.Fatalf("create %s: %v", name, err)
 		}

@@ -420,38 +420,13 @@ func (d *Driver) createContainer(ctx context.Context, cli *client.Client, cluste
 	labels[TagUser] = spec.SSH.User
 	labels[TagNetwork] = netName
 
-	cgroupBind, cgroupns := "/sys/fs/cgroup:/sys/fs/cgroup:ro", container.CgroupnsModeHost
-	if d.cgroupV2 {
-		cgroupBind = "/sys/fs/cgroup:/sys/fs/cgroup:rw"
+	cfg, hc, nc := SystemContainer(d.cfg.Image, spec.Name, netName, volName, d.cgroupV2)
+	cfg.Labels = labels
+	hc.RestartPolicy = container.RestartPolicy{Name: container.RestartPolicyUnlessStopped}
+	hc.Resources = container.Resources{
+		Memory:   d.cfg.Memory,
+		NanoCPUs: int64(d.cfg.CPUs * 1e9),
 	}
-	cfg := &container.Config{
-		Hostname:   spec.Name,
-		Image:      d.cfg.Image,
-		Cmd:        []string{"/sbin/init"},
-		Env:        []string{"container=docker"},
-		Labels:     labels,
-		StopSignal: "SIGRTMIN+3",
-	}
-	hc := &container.HostConfig{
-		NetworkMode: container.NetworkMode(netName),
-		CapAdd:      []string{"ALL"},
-		CapDrop:     []string{"SYS_RESOURCE"},
-		SecurityOpt: []string{"seccomp=unconfined", "apparmor=unconfined"},
-		// systempaths=unconfined: the CLI turns it into empty masked and
-		// read-only path lists; the API takes the lists.
-		MaskedPaths:   []string{},
-		ReadonlyPaths: []string{},
-		CgroupnsMode:  cgroupns,
-		Binds:         []string{cgroupBind},
-		Tmpfs:         map[string]string{"/run": "", "/run/lock": ""},
-		Mounts:        []mount.Mount{{Type: mount.TypeVolume, Source: volName, Target: "/var/lib/docker"}},
-		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyUnlessStopped},
-		Resources: container.Resources{
-			Memory:   d.cfg.Memory,
-			NanoCPUs: int64(d.cfg.CPUs * 1e9),
-		},
-	}
-	nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{netName: {}}}
 	d.log.Info("creating container", "machine", spec.Name, "container", name, "network", netName, "image", d.cfg.Image)
 	resp, err := cli.ContainerCreate(ctx, cfg, hc, nc, nil, name)
 	if err != nil {
@@ -468,6 +443,44 @@ func (d *Driver) createContainer(ctx context.Context, cli *client.Client, cluste
 	}
 	// The boot files are copied by create, before the first start.
 	return resp.ID, nil
+}
+
+// SystemContainer is the recipe of a system-container host, for the driver
+// and for tests that start hosts of their own: systemd as PID 1 (stopped with
+// SIGRTMIN+3) with every capability but SYS_RESOURCE (--privileged fails
+// where that one is outside the bounding set), unconfined seccomp, AppArmor
+// and system paths, the host's cgroup tree (read-write on cgroup v2), tmpfs
+// /run, and a volume for /var/lib/docker (named dataVolume, or anonymous when
+// it is "") so the nested engine has a real overlay2 backing. The container
+// is attached to netName. Callers add labels, limits and restart policy.
+func SystemContainer(image, hostname, netName, dataVolume string, cgroupV2 bool) (*container.Config, *container.HostConfig, *network.NetworkingConfig) {
+	cgroupBind, cgroupns := "/sys/fs/cgroup:/sys/fs/cgroup:ro", container.CgroupnsModeHost
+	if cgroupV2 {
+		cgroupBind = "/sys/fs/cgroup:/sys/fs/cgroup:rw"
+	}
+	cfg := &container.Config{
+		Hostname:   hostname,
+		Image:      image,
+		Cmd:        []string{"/sbin/init"},
+		Env:        []string{"container=docker"},
+		StopSignal: "SIGRTMIN+3",
+	}
+	hc := &container.HostConfig{
+		NetworkMode: container.NetworkMode(netName),
+		CapAdd:      []string{"ALL"},
+		CapDrop:     []string{"SYS_RESOURCE"},
+		SecurityOpt: []string{"seccomp=unconfined", "apparmor=unconfined"},
+		// systempaths=unconfined: the CLI turns it into empty masked and
+		// read-only path lists; the API takes the lists.
+		MaskedPaths:   []string{},
+		ReadonlyPaths: []string{},
+		CgroupnsMode:  cgroupns,
+		Binds:         []string{cgroupBind},
+		Tmpfs:         map[string]string{"/run": "", "/run/lock": ""},
+		Mounts:        []mount.Mount{{Type: mount.TypeVolume, Source: dataVolume, Target: "/var/lib/docker"}},
+	}
+	nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{netName: {}}}
+	return cfg, hc, nc
 }
 
 // bootFiles is the tar copied to / before the first start: the host key, the
