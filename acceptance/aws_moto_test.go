@@ -12,14 +12,12 @@ import (
 	"fmt"
 	"maps"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -29,6 +27,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/drivers/aws/awstest"
 )
 
 // Set in the re-executed test binary that runs inside the network namespace.
@@ -113,25 +112,13 @@ func motoInNamespace(t *testing.T) {
 	dir := t.TempDir()
 	// Fake credentials in this process only; the operator's AWS setup is
 	// kept out entirely, and the SDK never asks the instance metadata service.
-	for k, v := range map[string]string{
-		"AWS_ACCESS_KEY_ID":           "testing",
-		"AWS_SECRET_ACCESS_KEY":       "testing",
-		"AWS_SESSION_TOKEN":           "testing",
-		"AWS_REGION":                  "us-east-1",
-		"AWS_EC2_METADATA_DISABLED":   "true",
-		"AWS_CONFIG_FILE":             filepath.Join(dir, "aws-config"),
-		"AWS_SHARED_CREDENTIALS_FILE": filepath.Join(dir, "aws-credentials"),
-	} {
-		t.Setenv(k, v)
+	t.Cleanup(awstest.Isolate(dir))
+	moto, err := awstest.StartMoto(dir)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, k := range []string{"AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2"} {
-		if v, ok := os.LookupEnv(k); ok {
-			os.Unsetenv(k)
-			t.Cleanup(func() { os.Setenv(k, v) })
-		}
-	}
-
-	endpoint := motoStart(t, dir)
+	t.Cleanup(moto.Stop)
+	endpoint := moto.URL
 	cli := ec2.New(ec2.Options{
 		Region:       "us-east-1",
 		BaseEndpoint: aws.String(endpoint),
@@ -326,47 +313,6 @@ func motoIsolated(t *testing.T) {
 	if c, err := net.DialTimeout("tcp", "192.0.2.1:22", time.Second); err == nil {
 		c.Close()
 		t.Fatal("reached 192.0.2.1 from inside the namespace")
-	}
-}
-
-// motoStart runs moto_server on a free loopback port in this namespace and
-// returns its URL; it is killed when the test ends.
-func motoStart(t *testing.T, dir string) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
-	l.Close()
-	logf, err := os.Create(filepath.Join(dir, "moto.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("moto_server", "-H", "127.0.0.1", "-p", port)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start moto_server: %v", err)
-	}
-	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		cmd.Wait()
-		logf.Close()
-	})
-	url := "http://127.0.0.1:" + port
-	deadline := time.Now().Add(60 * time.Second)
-	for delay := 50 * time.Millisecond; ; delay = min(delay*2, time.Second) {
-		resp, err := http.Get(url + "/moto-api/")
-		if err == nil {
-			resp.Body.Close()
-			return url
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(logf.Name())
-			t.Fatalf("moto_server did not come up: %v\n%s", err, b)
-		}
-		time.Sleep(delay)
 	}
 }
 

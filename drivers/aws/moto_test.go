@@ -6,14 +6,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +20,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/drivers/aws/awstest"
 	"github.com/provision/provision/provision/redact"
 )
 
@@ -48,23 +45,10 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	for k, v := range map[string]string{
-		"AWS_ACCESS_KEY_ID":           "testing",
-		"AWS_SECRET_ACCESS_KEY":       "testing",
-		"AWS_SESSION_TOKEN":           "testing",
-		"AWS_REGION":                  "us-east-1",
-		"AWS_EC2_METADATA_DISABLED":   "true",
-		"AWS_CONFIG_FILE":             filepath.Join(dir, "config"),
-		"AWS_SHARED_CREDENTIALS_FILE": filepath.Join(dir, "credentials"),
-	} {
-		os.Setenv(k, v)
-	}
-	for _, k := range []string{"AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2"} {
-		os.Unsetenv(k)
-	}
+	awstest.Isolate(dir)
 
-	bin, err := exec.LookPath("moto_server")
-	if err != nil {
+	moto, err := awstest.StartMoto(dir)
+	if errors.Is(err, awstest.ErrNoMoto) {
 		if os.Getenv("PROVISION_REQUIRE_MOTO") == "1" {
 			fmt.Fprintln(os.Stderr, "moto_server not found in PATH and PROVISION_REQUIRE_MOTO=1: install moto[server]")
 			return 1
@@ -72,62 +56,13 @@ func runMain(m *testing.M) int {
 		motoSkip = "moto_server not found in PATH (install moto[server]; PROVISION_REQUIRE_MOTO=1 turns this skip into a failure)"
 		return m.Run()
 	}
-	port, err := freePort()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	cmd := exec.Command(bin, "-H", "127.0.0.1", "-p", port)
-	logf, err := os.Create(filepath.Join(dir, "moto.log"))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, "start moto_server:", err)
-		return 1
-	}
-	defer func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		cmd.Wait()
-	}()
-	url := "http://127.0.0.1:" + port
-	if err := waitHTTP(url+"/moto-api/", 60*time.Second); err != nil {
-		b, _ := os.ReadFile(logf.Name())
-		fmt.Fprintf(os.Stderr, "moto_server did not come up: %v\n%s\n", err, b)
-		return 1
-	}
-	motoURL = url
+	defer moto.Stop()
+	motoURL = moto.URL
 	return m.Run()
-}
-
-func freePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	_, port, err := net.SplitHostPort(l.Addr().String())
-	return port, err
-}
-
-func waitHTTP(url string, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	delay := 50 * time.Millisecond
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(delay)
-		delay = min(delay*2, time.Second)
-	}
 }
 
 func needMoto(t *testing.T) {
