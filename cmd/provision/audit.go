@@ -16,12 +16,9 @@ import (
 
 // AuditResult is one host's Lynis result.
 type AuditResult struct {
-	Name        string   `json:"name"`
-	Index       int      `json:"hardening_index"`
-	Tests       int      `json:"tests_performed,omitempty"`
-	Warnings    []string `json:"warnings"`
-	Suggestions []string `json:"suggestions"`
-	Error       string   `json:"error,omitempty"`
+	Name string `json:"name"`
+	hostos.LynisReport
+	Error string `json:"error,omitempty"`
 }
 
 func newAudit(g *globals) *cobra.Command {
@@ -123,20 +120,11 @@ func auditHost(ctx context.Context, e *apply.Engine, m *state.Machine) AuditResu
 		r.Error = "lynis: " + err.Error()
 		return r
 	}
-	parsed, err := parseLynisReport(out)
+	rep, err := hostos.ParseLynisReport(out)
 	if err != nil {
 		r.Error = err.Error()
 		return r
 	}
-	parsed.Name = m.Name
-	return parsed
-}
-
-// parseLynisReport reads the key=value report Lynis writes.
-func parseLynisReport(b []byte) (AuditResult, error) {
-	rep, err := hostos.ParseLynisReport(b)
-	if err != nil {
-		return AuditResult{}, err
-	}
-	return AuditResult{Index: rep.Index, Tests: rep.Tests, Warnings: rep.Warnings, Suggestions: rep.Suggestions}, nil
+	r.LynisReport = rep
+	return r
 }

@@ -1,4 +1,4 @@
-package main
+package hostos
 
 import "testing"
 
@@ -11,7 +11,7 @@ warning[]=PKGS-7392|Found one or more vulnerable packages.|-|-|
 suggestion[]=AUTH-9262|Install a PAM module for password strength testing like pam_cracklib or pam_passwdqc|-|-|
 suggestion[]=SSH-7408|Consider hardening SSH configuration|AllowTcpForwarding (set YES to NO)|-|
 `)
-	r, err := parseLynisReport(rep)
+	r, err := ParseLynisReport(rep)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -21,7 +21,7 @@ suggestion[]=SSH-7408|Consider hardening SSH configuration|AllowTcpForwarding (s
 	if r.Warnings[0] != "PKGS-7392: Found one or more vulnerable packages." {
 		t.Errorf("warning %q", r.Warnings[0])
 	}
-	if _, err := parseLynisReport([]byte("garbage\n")); err == nil {
+	if _, err := ParseLynisReport([]byte("garbage\n")); err == nil {
 		t.Error("report without index accepted")
 	}
 }
