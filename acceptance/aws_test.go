@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -106,19 +105,7 @@ workers  { count = 1 }
 	awsMustRun(t, ctx, dir, "apply", specFile, "--auto-approve")
 
 	// status --json: both nodes, and the cluster ID the resources are tagged with.
-	var status struct {
-		ClusterID string `json:"cluster_id"`
-		Nodes     []struct {
-			Name    string `json:"name"`
-			Role    string `json:"role"`
-			Address string `json:"address"`
-			Swarm   string `json:"swarm"`
-		} `json:"nodes"`
-	}
-	r := awsMustRun(t, ctx, dir, "status", specFile, "--json")
-	if err := json.Unmarshal([]byte(r.stdout), &status); err != nil {
-		t.Fatalf("status --json: %v\n%s", err, r.stdout)
-	}
+	status := parseStatus(t, awsMustRun(t, ctx, dir, "status", specFile, "--json").stdout)
 	if len(status.Nodes) != 2 || status.ClusterID == "" {
 		t.Fatalf("status: %+v", status)
 	}

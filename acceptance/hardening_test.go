@@ -152,13 +152,7 @@ func TestHardening(t *testing.T) {
 	t.Run("prune", func(t *testing.T) { checkPrune(t, ctx, dc, ens[wrk.Name], wrk) })
 	t.Run("status_prune", func(t *testing.T) {
 		r := mustProvision(t, ctx, nil, "status", specPath, sd, "--json")
-		var st struct {
-			Nodes []NodeStatusJSON `json:"nodes"`
-		}
-		if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
-			t.Fatalf("status --json: %v\n%s", err, r.stdout)
-		}
-		for _, n := range st.Nodes {
+		for _, n := range parseStatus(t, r.stdout).Nodes {
 			if n.Name != wrk.Name {
 				continue
 			}
@@ -201,13 +195,6 @@ func TestHardening(t *testing.T) {
 			}
 		}
 	})
-}
-
-// NodeStatusJSON is the part of `provision status --json` the test reads.
-type NodeStatusJSON struct {
-	Name           string `json:"name"`
-	PruneLastRun   string `json:"prune_last_run"`
-	PruneReclaimed string `json:"prune_reclaimed"`
 }
 
 func writeHardSpec(t *testing.T, path, driver, options string) {

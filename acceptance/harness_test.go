@@ -320,3 +320,33 @@ func runIn(ctx context.Context, e execer, id string, cmd []string) (string, erro
 	}
 	return sb.String(), nil
 }
+
+// statusDoc is what the tests read of `provision status --json`.
+type statusDoc struct {
+	ClusterID  string       `json:"cluster_id"`
+	Nodes      []nodeStatus `json:"nodes"`
+	Unrecorded []string     `json:"unrecorded_nodes"`
+}
+
+type nodeStatus struct {
+	Name           string `json:"name"`
+	Role           string `json:"role"`
+	Address        string `json:"address"`
+	Status         string `json:"status"`
+	Swarm          string `json:"swarm"`
+	Manager        string `json:"manager"`
+	Leader         bool   `json:"leader"`
+	Error          string `json:"error"`
+	PruneLastRun   string `json:"prune_last_run"`
+	PruneReclaimed string `json:"prune_reclaimed"`
+}
+
+// parseStatus decodes the output of `provision status --json`.
+func parseStatus(t *testing.T, out string) statusDoc {
+	t.Helper()
+	var st statusDoc
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	return st
+}

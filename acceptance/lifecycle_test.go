@@ -254,16 +254,7 @@ func (c *life) converged(t *testing.T, ctx context.Context) {
 	t.Helper()
 	want := c.want()
 	// status: exactly the wanted machines, all ready, in the swarm, one leader.
-	r := mustProvision(t, ctx, nil, "status", c.spec, c.sd(), "--json")
-	var st struct {
-		Nodes []struct {
-			Name, Role, Status, Swarm, Manager, Error string
-			Leader                                    bool
-		} `json:"nodes"`
-	}
-	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
-		t.Fatalf("status --json: %v\n%s", err, r.stdout)
-	}
+	st := parseStatus(t, mustProvision(t, ctx, nil, "status", c.spec, c.sd(), "--json").stdout)
 	got := map[string]string{}
 	leaders := 0
 	for _, n := range st.Nodes {

@@ -4,7 +4,6 @@ package acceptance
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -236,17 +235,7 @@ func sortedNames(ens map[string]*swarm.Engine) []string {
 func (q *quorum) converged(t *testing.T, ctx context.Context) {
 	t.Helper()
 	want := []string{"quorum-manager-1", "quorum-manager-2", "quorum-manager-3"}
-	r := mustProvision(t, ctx, nil, "status", q.spec, q.sd(), "--json")
-	var st struct {
-		Nodes []struct {
-			Name, Role, Status, Swarm, Manager, Error string
-			Leader                                    bool
-		} `json:"nodes"`
-		Unrecorded []string `json:"unrecorded_nodes"`
-	}
-	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
-		t.Fatalf("status --json: %v\n%s", err, r.stdout)
-	}
+	st := parseStatus(t, mustProvision(t, ctx, nil, "status", q.spec, q.sd(), "--json").stdout)
 	if len(st.Unrecorded) > 0 {
 		t.Errorf("status: the swarm lists nodes provision does not record: %v", st.Unrecorded)
 	}
