@@ -399,9 +399,8 @@ func checkFirewall(t *testing.T, ctx context.Context, dc *client.Client, ens map
 	// A published service port stays reachable through the engine's own
 	// NAT. The routing mesh (ingress) needs IPVS in the kernel; where the
 	// machine's kernel has none, publish in host mode on every node instead.
-	const ref = "provision-acceptance/busybox:1"
 	for _, e := range ens {
-		busyboxImage(t, ctx, e, ref)
+		busyboxImage(t, ctx, e)
 	}
 	mode := dswarm.PortConfigPublishModeIngress
 	svcMode := dswarm.ServiceMode{Replicated: &dswarm.ReplicatedService{Replicas: ptrU64(1)}}
@@ -414,7 +413,7 @@ func checkFirewall(t *testing.T, ctx context.Context, dc *client.Client, ens map
 	svc, err := me.ServiceCreate(ctx, dswarm.ServiceSpec{
 		Annotations: dswarm.Annotations{Name: "hardacc-web"},
 		TaskTemplate: dswarm.TaskSpec{
-			ContainerSpec: &dswarm.ContainerSpec{Image: ref, Command: []string{"/bin/httpd", "-f", "-p", "8080", "-h", "/www"}},
+			ContainerSpec: &dswarm.ContainerSpec{Image: testImage, Command: []string{"/bin/httpd", "-f", "-p", "8080", "-h", "/www"}},
 		},
 		Mode: svcMode,
 		EndpointSpec: &dswarm.EndpointSpec{Ports: []dswarm.PortConfig{
@@ -469,7 +468,7 @@ func startContainer(t *testing.T, ctx context.Context, dc *client.Client, name, 
 // exit when wait is set; it is removed when the test ends.
 func runOnNode(t *testing.T, ctx context.Context, e *swarm.Engine, name string, cmd []string, wait bool) string {
 	t.Helper()
-	resp, err := e.ContainerCreate(ctx, &container.Config{Image: "provision-acceptance/busybox:1", Cmd: cmd}, &container.HostConfig{}, nil, nil, name)
+	resp, err := e.ContainerCreate(ctx, &container.Config{Image: testImage, Cmd: cmd}, &container.HostConfig{}, nil, nil, name)
 	if err != nil {
 		t.Fatalf("%s: create %s: %v", e.Name, name, err)
 	}

@@ -230,9 +230,13 @@ func leftovers(t *testing.T, dc *client.Client, clusterID string) []string {
 	return out
 }
 
-// busyboxImage imports a tiny image made from the machine's static busybox
-// into an engine (no registry is reachable): /bin/busybox plus applet links.
-func busyboxImage(t *testing.T, ctx context.Context, e *swarm.Engine, ref string) {
+// testImage is the image the tests run on cluster nodes; busyboxImage makes it.
+const testImage = "provision-acceptance/busybox:1"
+
+// busyboxImage imports testImage, a tiny image made from the machine's static
+// busybox, into an engine (no registry is reachable): /bin/busybox plus
+// applet links.
+func busyboxImage(t *testing.T, ctx context.Context, e *swarm.Engine) {
 	t.Helper()
 	bb, err := exec.LookPath("busybox")
 	if err != nil {
@@ -263,7 +267,7 @@ func busyboxImage(t *testing.T, ctx context.Context, e *swarm.Engine, ref string
 	tw.WriteHeader(&tar.Header{Name: "www/index.html", Mode: 0o644, Size: int64(len(idx))})
 	tw.Write(idx)
 	tw.Close()
-	rc, err := e.ImageImport(ctx, image.ImportSource{Source: &buf, SourceName: "-"}, ref, image.ImportOptions{})
+	rc, err := e.ImageImport(ctx, image.ImportSource{Source: &buf, SourceName: "-"}, testImage, image.ImportOptions{})
 	if err != nil {
 		t.Fatalf("%s: import busybox image: %v", e.Name, err)
 	}

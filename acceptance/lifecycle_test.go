@@ -51,7 +51,6 @@ workers {
 
 const (
 	lifeService  = "life-svc"
-	lifeImage    = "provision-acceptance/busybox:1"
 	lifeReplicas = 4
 )
 
@@ -314,7 +313,7 @@ func (c *life) converged(t *testing.T, ctx context.Context) {
 	}
 	for name, e := range ens {
 		if e != nil && want[name] != "" {
-			busyboxImage(t, ctx, e, lifeImage)
+			busyboxImage(t, ctx, e)
 		}
 	}
 	if svc := c.serviceID(t, ctx, ens["life-manager-1"]); svc != "" {
@@ -345,7 +344,7 @@ func (c *life) startService(t *testing.T, ctx context.Context) {
 	_, err := mgr.ServiceCreate(ctx, dswarm.ServiceSpec{
 		Annotations: dswarm.Annotations{Name: lifeService},
 		TaskTemplate: dswarm.TaskSpec{
-			ContainerSpec: &dswarm.ContainerSpec{Image: lifeImage, Command: []string{"/bin/httpd", "-f", "-p", "8080", "-h", "/www"}, StopGracePeriod: &grace},
+			ContainerSpec: &dswarm.ContainerSpec{Image: testImage, Command: []string{"/bin/httpd", "-f", "-p", "8080", "-h", "/www"}, StopGracePeriod: &grace},
 		},
 		Mode: dswarm.ServiceMode{Replicated: &dswarm.ReplicatedService{Replicas: &replicas}},
 	}, dswarm.ServiceCreateOptions{QueryRegistry: false})

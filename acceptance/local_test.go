@@ -160,9 +160,8 @@ func TestLocalEndToEnd(t *testing.T) {
 // per node, and proves a task on one host reaches tasks on the others.
 func overlayService(t *testing.T, ctx context.Context, ens map[string]*swarm.Engine, mgr *swarm.Engine, want int) {
 	t.Helper()
-	const ref = "provision-acceptance/busybox:1"
 	for _, e := range ens {
-		busyboxImage(t, ctx, e, ref)
+		busyboxImage(t, ctx, e)
 	}
 	nw, err := mgr.NetworkCreate(ctx, "acc-overlay", network.CreateOptions{Driver: "overlay", Attachable: true})
 	if err != nil {
@@ -173,7 +172,7 @@ func overlayService(t *testing.T, ctx context.Context, ens map[string]*swarm.Eng
 	svc, err := mgr.ServiceCreate(ctx, dswarm.ServiceSpec{
 		Annotations: dswarm.Annotations{Name: "acc-web"},
 		TaskTemplate: dswarm.TaskSpec{
-			ContainerSpec: &dswarm.ContainerSpec{Image: ref, Command: []string{"/bin/httpd", "-f", "-p", "8080", "-h", "/www"}},
+			ContainerSpec: &dswarm.ContainerSpec{Image: testImage, Command: []string{"/bin/httpd", "-f", "-p", "8080", "-h", "/www"}},
 			Networks:      []dswarm.NetworkAttachmentConfig{{Target: nw.ID}},
 			Placement:     &dswarm.Placement{MaxReplicas: maxPer},
 		},

@@ -30,7 +30,6 @@ managers {
 
 const (
 	quorumService = "quorum-svc"
-	quorumImage   = "provision-acceptance/busybox:1"
 )
 
 // quorum is the cluster TestQuorumLoss works on.
@@ -72,13 +71,13 @@ func TestQuorumLoss(t *testing.T) {
 	ens, _ := engines(t, q.stateDir)
 	leader := q.leader(t, ctx, ens)
 	for _, e := range ens {
-		busyboxImage(t, ctx, e, quorumImage)
+		busyboxImage(t, ctx, e)
 	}
 	replicas := uint64(1)
 	if _, err := ens[leader].ServiceCreate(ctx, dswarm.ServiceSpec{
 		Annotations: dswarm.Annotations{Name: quorumService},
 		TaskTemplate: dswarm.TaskSpec{
-			ContainerSpec: &dswarm.ContainerSpec{Image: quorumImage, Command: []string{"/bin/sleep", "3600"}},
+			ContainerSpec: &dswarm.ContainerSpec{Image: testImage, Command: []string{"/bin/sleep", "3600"}},
 		},
 		Mode: dswarm.ServiceMode{Replicated: &dswarm.ReplicatedService{Replicas: &replicas}},
 	}, dswarm.ServiceCreateOptions{QueryRegistry: false}); err != nil {
