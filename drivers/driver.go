@@ -64,6 +64,34 @@ type Preflighter interface {
 	Preflight(ctx context.Context, want []MachineSpec) error
 }
 
+// Resourcer is implemented by drivers that make resources besides machines
+// (networks, firewalls, key pairs, resource groups, load balancers), so that
+// `plan` can list them. It changes nothing. want is every machine the spec
+// asks of this driver (empty for destroy): the driver reports what exists for
+// the cluster (Action "keep", or "remove" when want is empty) and what Create
+// would add (Action "create"). When it cannot ask the platform (no
+// credentials), it returns what it would create from the spec alone together
+// with an error saying what it could not check.
+type Resourcer interface {
+	Resources(ctx context.Context, cluster string, want []MachineSpec) ([]Resource, error)
+}
+
+// Resource actions in a plan.
+const (
+	ResourceCreate = "create"
+	ResourceKeep   = "keep"
+	ResourceRemove = "remove"
+)
+
+// Resource is one shared cloud resource in a plan.
+type Resource struct {
+	Kind   string `json:"kind"`           // "vpc", "security-group", "resource-group", "firewall", "load-balancer", ...
+	Name   string `json:"name"`           // its name (or the name it will get)
+	ID     string `json:"id,omitempty"`   // the platform's ID when it exists
+	Action string `json:"action"`         // ResourceCreate, ResourceKeep or ResourceRemove
+	Note   string `json:"note,omitempty"` // e.g. "ports 80, 443 from the load balancer"
+}
+
 // MachineSpec is what the engine asks a driver to create.
 type MachineSpec struct {
 	Name     string            // unique in the cluster, a valid hostname

@@ -33,6 +33,15 @@ var Funcs = template.FuncMap{
 		return string(b), err
 	},
 	"join": strings.Join,
+	// indent prefixes every line of s with n spaces (a YAML block scalar).
+	"indent": func(n int, s string) string {
+		pad := strings.Repeat(" ", n)
+		lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+		for i, l := range lines {
+			lines[i] = pad + l
+		}
+		return strings.Join(lines, "\n")
+	},
 }
 
 // Names lists the templates, e.g. "daemon.json.tmpl".

@@ -222,10 +222,27 @@ func (g *globals) open(cmd *cobra.Command, file string) (*loaded, error) {
 // answer (no credentials, unreachable) is reported, not fatal: plan says which
 // checks it could not make.
 func (l *loaded) observe(ctx context.Context, log *slog.Logger) plan.Observed {
-	obs := plan.Observed{Machines: map[string][]drivers.Machine{}, Unknown: map[string]string{}}
+	obs := plan.Observed{Machines: map[string][]drivers.Machine{}, Unknown: map[string]string{},
+		Resources: map[string][]drivers.Resource{}, ResourceErrs: map[string]string{}}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
+	wanted := plan.Wanted(l.spec, l.state.ClusterID)
 	for name, d := range l.drivers {
+		if r, ok := d.(drivers.Resourcer); ok {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+				defer cancel()
+				rs, err := r.Resources(ctx, l.state.ClusterID, wanted[name])
+				mu.Lock()
+				defer mu.Unlock()
+				obs.Resources[name] = rs
+				if err != nil {
+					obs.ResourceErrs[name] = err.Error()
+				}
+			}()
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -49,7 +49,7 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	}
 
 	// Everything that can fail without AWS fails here, before anything exists.
-	userData, err := renderUserData(want)
+	userData, err := drivers.UserData(want)
 	if err != nil {
 		return drivers.Machine{}, fmt.Errorf("create instance %q: %w", want.Name, err)
 	}

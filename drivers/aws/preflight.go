@@ -31,7 +31,7 @@ func (d *Driver) Preflight(ctx context.Context, want []drivers.MachineSpec) erro
 	}
 	seen := map[string]bool{}
 	for _, m := range want {
-		if _, err := renderUserData(m); err != nil {
+		if _, err := drivers.UserData(m); err != nil {
 			errs = append(errs, fmt.Errorf("machine %q: %w", m.Name, err))
 		}
 		itype := m.Size

@@ -49,6 +49,16 @@ type Action struct {
 type Observed struct {
 	Machines map[string][]drivers.Machine
 	Unknown  map[string]string
+	// Resources are the shared resources drivers that implement
+	// drivers.Resourcer reported, and ResourceErrs what they could not check.
+	Resources    map[string][]drivers.Resource
+	ResourceErrs map[string]string
+}
+
+// Resource is a driver's shared resource in the plan.
+type Resource struct {
+	Driver string `json:"driver"`
+	drivers.Resource
 }
 
 // SettingChange is a cluster-wide setting that differs from the last apply.
@@ -59,12 +69,13 @@ type SettingChange struct {
 
 // Plan is the whole comparison.
 type Plan struct {
-	Cluster  string            `json:"cluster"`
-	Actions  []Action          `json:"machines"`
-	Settings []SettingChange   `json:"settings,omitempty"`
-	Unknown  map[string]string `json:"unchecked_drivers,omitempty"`
-	Notes    []string          `json:"notes,omitempty"`
-	Summary  Summary           `json:"summary"`
+	Cluster   string            `json:"cluster"`
+	Actions   []Action          `json:"machines"`
+	Settings  []SettingChange   `json:"settings,omitempty"`
+	Unknown   map[string]string `json:"unchecked_drivers,omitempty"`
+	Resources []Resource        `json:"resources,omitempty"`
+	Notes     []string          `json:"notes,omitempty"`
+	Summary   Summary           `json:"summary"`
 }
 
 // Summary counts actions by kind.
@@ -239,6 +250,7 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 	}
 	sort.Slice(removes, func(i, j int) bool { return removes[i].Machine < removes[j].Machine })
 	p.Actions = append(p.Actions, removes...)
+	p.resources(obs, false)
 	p.notes(c, st)
 	p.count()
 	return p
@@ -285,6 +297,59 @@ func (p *Plan) count() {
 	}
 }
 
+// resources copies the drivers' shared resources into the plan, by driver
+// then kind and name, and notes what a driver could not check. For destroy,
+// what exists is removed and nothing is created.
+func (p *Plan) resources(obs Observed, destroy bool) {
+	for d, rs := range obs.Resources {
+		for _, r := range rs {
+			if destroy {
+				if r.Action == drivers.ResourceCreate {
+					continue
+				}
+				r.Action = drivers.ResourceRemove
+			}
+			p.Resources = append(p.Resources, Resource{Driver: d, Resource: r})
+		}
+	}
+	sort.SliceStable(p.Resources, func(i, j int) bool {
+		a, b := p.Resources[i], p.Resources[j]
+		if a.Driver != b.Driver {
+			return a.Driver < b.Driver
+		}
+		if a.Kind != b.Kind {
+			return a.Kind < b.Kind
+		}
+		return a.Name < b.Name
+	})
+	for d, why := range obs.ResourceErrs {
+		p.Notes = append(p.Notes, fmt.Sprintf("driver %s could not check its shared resources (%s): those listed are what it would create", d, why))
+	}
+	sort.Strings(p.Notes)
+}
+
+// Wanted is, per driver name, every machine the spec asks of that driver as
+// the driver would see it at create time, without keys: what a
+// drivers.Resourcer needs to say what it would make.
+func Wanted(c *spec.Cluster, clusterID string) map[string][]drivers.MachineSpec {
+	out := map[string][]drivers.MachineSpec{}
+	for _, pool := range c.Pools() {
+		for i := 1; i <= pool.Count; i++ {
+			name := spec.MachineName(c.Name, pool.Name, i)
+			m := drivers.MachineSpec{
+				Name: name, Role: pool.Role, Pool: pool.Name, DiskGiB: pool.DiskGiB, Size: pool.Size, Labels: pool.Labels,
+				Tags: map[string]string{drivers.TagCluster: clusterID, drivers.TagMachine: name, drivers.TagRole: pool.Role, drivers.TagPool: pool.Name},
+				SSH:  drivers.SSHAccess{User: c.SSH.User},
+			}
+			if i <= len(pool.Hosts) {
+				m.Address = pool.Hosts[i-1]
+			}
+			out[pool.Driver] = append(out[pool.Driver], m)
+		}
+	}
+	return out
+}
+
 // Destroy plans removing every recorded machine and every stray.
 func Destroy(st *state.State, obs Observed) *Plan {
 	p := &Plan{Cluster: st.Name, Unknown: obs.Unknown}
@@ -322,6 +387,7 @@ func Destroy(st *state.State, obs Observed) *Plan {
 	for d, why := range p.Unknown {
 		p.Notes = append(p.Notes, fmt.Sprintf("driver %s could not be asked what exists (%s): only machines recorded in state are destroyed", d, why))
 	}
+	p.resources(obs, true)
 	p.count()
 	return p
 }

@@ -226,3 +226,44 @@ func BenchmarkLoadAndPlan1000(b *testing.B) {
 		Build(c, st, obs)
 	}
 }
+
+func TestResourcesListedAndDestroyed(t *testing.T) {
+	c := cluster(t, base)
+	obs := Observed{
+		Resources: map[string][]drivers.Resource{"local": {
+			{Kind: "security-group", Name: "sg", Action: drivers.ResourceCreate},
+			{Kind: "network", Name: "net", ID: "n-1", Action: drivers.ResourceKeep},
+		}},
+		ResourceErrs: map[string]string{"local": "no credentials"},
+	}
+	p := Build(c, &state.State{ClusterID: "cid"}, obs)
+	if len(p.Resources) != 2 || p.Resources[0].Kind != "network" || p.Resources[1].Action != drivers.ResourceCreate {
+		t.Fatalf("resources: %+v", p.Resources)
+	}
+	var buf strings.Builder
+	if err := p.WriteText(&buf, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Shared resources:", "security-group sg (driver local): create", "could not check its shared resources (no credentials)"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("plan text lacks %q:\n%s", want, buf.String())
+		}
+	}
+	d := Destroy(&state.State{ClusterID: "cid"}, obs)
+	if len(d.Resources) != 1 || d.Resources[0].Name != "net" || d.Resources[0].Action != drivers.ResourceRemove {
+		t.Errorf("destroy resources: %+v", d.Resources)
+	}
+	w := Wanted(c, "cid")
+	total := 0
+	for _, ms := range w {
+		for _, m := range ms {
+			if m.Tags[drivers.TagCluster] != "cid" || m.Name == "" {
+				t.Errorf("wanted machine %+v", m)
+			}
+			total++
+		}
+	}
+	if total == 0 {
+		t.Error("Wanted lists no machines")
+	}
+}

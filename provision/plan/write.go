@@ -51,6 +51,24 @@ func (p *Plan) WriteText(w io.Writer, color bool) error {
 			}
 		}
 	}
+	if len(p.Resources) > 0 {
+		fmt.Fprintln(bw, "\nShared resources:")
+		kinds := map[string]Kind{"create": Create, "keep": None, "remove": Remove}
+		for _, r := range p.Resources {
+			k := kinds[r.Action]
+			line := fmt.Sprintf("  %3s %s %s (driver %s)", symbols[k], r.Kind, r.Name, r.Driver)
+			if r.ID != "" && r.ID != r.Name {
+				line += " " + r.ID
+			}
+			if r.Action != "keep" {
+				line += ": " + r.Action
+			}
+			if r.Note != "" {
+				line += "; " + r.Note
+			}
+			fmt.Fprintln(bw, paint(k, line))
+		}
+	}
 	if len(p.Notes) > 0 {
 		fmt.Fprintln(bw, "\nNotes:")
 		for _, n := range p.Notes {

@@ -1,83 +1,57 @@
-package aws
+package templates
 
 import (
 	"bytes"
-	_ "embed"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"mime/multipart"
 	"net/textproto"
 	"regexp"
 	"strings"
-	"text/template"
-
-	"github.com/provision/provision/drivers"
 )
 
-// The cloud-init template lives here until the shared templates/ package can
-// take it over.
+// CloudInit is what provision's cloud-config sets on a new machine: its
+// hostname, the admin user with its key, and the SSH host key provision
+// generated (so the first connection is already strictly checked). Extra is
+// the spec's own user-data, appended as a second MIME part.
 //
-//go:embed cloud-init.yaml.tmpl
-var cloudInitText string
-
-var cloudInitTmpl = template.Must(template.New("cloud-init").Option("missingkey=error").Funcs(template.FuncMap{
-	// quote renders a YAML double-quoted scalar (a JSON string is one).
-	"quote": func(s string) (string, error) {
-		b, err := json.Marshal(s)
-		return string(b), err
-	},
-	"indent": func(n int, s string) string {
-		pad := strings.Repeat(" ", n)
-		lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-		for i, l := range lines {
-			lines[i] = pad + l
-		}
-		return strings.Join(lines, "\n")
-	},
-}).Parse(cloudInitText))
-
-type cloudInit struct {
+// Every cloud driver (and libvirt's NoCloud seed) renders it through
+// UserData; the result holds a private host key and must go only to the
+// platform's API, never to a log or an error.
+type CloudInit struct {
 	Hostname       string
 	User           string
 	AuthorizedKey  string
 	HostKeyPrivate string
 	HostKeyPublic  string
+	Extra          string
 }
 
-var userRe = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+var loginRe = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 
-// renderUserData returns the instance's user-data: provision's cloud-config
-// (admin user, pinned host key), followed by the spec's own user-data as a
-// second MIME part when there is one. The result holds the private host key:
-// it goes to the EC2 API and nowhere else (never a log or an error).
-func renderUserData(want drivers.MachineSpec) ([]byte, error) {
+// UserData validates c and renders the machine's user-data.
+func UserData(c CloudInit) ([]byte, error) {
 	switch {
-	case !userRe.MatchString(want.SSH.User):
-		return nil, fmt.Errorf("admin user %q is not a valid login name", want.SSH.User)
-	case strings.TrimSpace(want.SSH.PublicKey) == "" || strings.ContainsAny(strings.TrimSpace(want.SSH.PublicKey), "\r\n"):
+	case !loginRe.MatchString(c.User):
+		return nil, fmt.Errorf("admin user %q is not a valid login name", c.User)
+	case strings.TrimSpace(c.AuthorizedKey) == "" || strings.ContainsAny(strings.TrimSpace(c.AuthorizedKey), "\r\n"):
 		return nil, errors.New("the SSH public key must be one authorized_keys line")
-	case len(want.HostKey.PrivatePEM) == 0 || want.HostKey.Public == "":
+	case c.HostKeyPrivate == "" || c.HostKeyPublic == "":
 		return nil, errors.New("no SSH host key: the engine must generate one before creating the machine")
-	case !strings.HasPrefix(want.HostKey.Public, "ssh-ed25519 "):
+	case !strings.HasPrefix(c.HostKeyPublic, "ssh-ed25519 "):
 		return nil, errors.New("the SSH host key must be ed25519")
 	}
+	c.AuthorizedKey = strings.TrimSpace(c.AuthorizedKey)
+	c.HostKeyPublic = strings.TrimSpace(c.HostKeyPublic)
 	var buf bytes.Buffer
-	err := cloudInitTmpl.Execute(&buf, cloudInit{
-		Hostname:       want.Name,
-		User:           want.SSH.User,
-		AuthorizedKey:  strings.TrimSpace(want.SSH.PublicKey),
-		HostKeyPrivate: string(want.HostKey.PrivatePEM),
-		HostKeyPublic:  strings.TrimSpace(want.HostKey.Public),
-	})
-	if err != nil {
+	if err := parsed.Lookup("cloud-init.yaml.tmpl").Execute(&buf, c); err != nil {
 		// Template errors name fields, never values.
 		return nil, fmt.Errorf("render cloud-init: %w", err)
 	}
-	if strings.TrimSpace(want.UserData) == "" {
+	if strings.TrimSpace(c.Extra) == "" {
 		return buf.Bytes(), nil
 	}
-	return multipartUserData(buf.Bytes(), []byte(want.UserData))
+	return multipartUserData(buf.Bytes(), []byte(c.Extra))
 }
 
 // multipartUserData joins two user-data parts the way cloud-init reads them.

@@ -1,7 +1,11 @@
-package aws
+package drivers_test
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"fmt"
 	"io"
 	"mime"
 	"mime/multipart"
@@ -9,12 +13,54 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/provision/redact"
 )
+
+var testHostKey = func() drivers.HostKey {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		panic(err)
+	}
+	sp, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		panic(err)
+	}
+	return drivers.HostKey{PrivatePEM: redact.Secret(pem.EncodeToMemory(block)), Public: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp)))}
+}()
+
+var testUserKey = func() string {
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	sp, _ := ssh.NewPublicKey(pub)
+	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp))) + " operator@test"
+}()
+
+func spec(cluster, pool string, i int) drivers.MachineSpec {
+	name := fmt.Sprintf("%s-%s-%d", cluster, pool, i)
+	role := "worker"
+	if pool == "manager" {
+		role = "manager"
+	}
+	return drivers.MachineSpec{
+		Name: name, Role: role, Pool: pool,
+		Tags:    map[string]string{drivers.TagCluster: cluster, drivers.TagMachine: name, drivers.TagRole: role, drivers.TagPool: pool},
+		SSH:     drivers.SSHAccess{User: "provision", PublicKey: testUserKey},
+		HostKey: testHostKey,
+	}
+}
 
 func TestRenderUserData(t *testing.T) {
 	want := spec("c1", "manager", 1)
-	ud, err := renderUserData(want)
+	ud, err := drivers.UserData(want)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +94,7 @@ func TestRenderUserData(t *testing.T) {
 	}
 	// Quoting: a hostile comment cannot break out of its scalar.
 	want.SSH.PublicKey = testUserKey + `" evil: "x`
-	ud, err = renderUserData(want)
+	ud, err = drivers.UserData(want)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +116,7 @@ func TestRenderUserDataRefuses(t *testing.T) {
 	} {
 		m := base
 		mut(&m)
-		_, err := renderUserData(m)
+		_, err := drivers.UserData(m)
 		if err == nil {
 			t.Errorf("%s: accepted", name)
 			continue
@@ -84,7 +130,7 @@ func TestRenderUserDataRefuses(t *testing.T) {
 func TestRenderUserDataMultipart(t *testing.T) {
 	want := spec("c1", "worker", 1)
 	want.UserData = "#!/bin/sh\necho hello > /tmp/hello\n"
-	ud, err := renderUserData(want)
+	ud, err := drivers.UserData(want)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +166,7 @@ func TestRenderUserDataMultipart(t *testing.T) {
 
 	// A second cloud-config merges without replacing provision's settings.
 	want.UserData = "#cloud-config\npackages: [htop]\n"
-	ud, _ = renderUserData(want)
+	ud, _ = drivers.UserData(want)
 	if !strings.Contains(string(ud), "Merge-Type: list(append)+dict(no_replace,recurse_list)+str()") {
 		t.Errorf("no merge type on the spec's cloud-config:\n%s", ud)
 	}
