@@ -8,8 +8,6 @@ import (
 	"sync"
 	"testing"
 
-	dswarm "github.com/docker/docker/api/types/swarm"
-
 	"github.com/provision/provision/drivers"
 	_ "github.com/provision/provision/drivers/local" // the spec's driver block needs its factory
 	"github.com/provision/provision/provision/plan"
@@ -73,64 +71,6 @@ func TestRollout(t *testing.T) {
 	}
 }
 
-func mgrNode(id string, reachable, leader bool) dswarm.Node {
-	r := dswarm.ReachabilityUnreachable
-	if reachable {
-		r = dswarm.ReachabilityReachable
-	}
-	return dswarm.Node{ID: id, Spec: dswarm.NodeSpec{Role: dswarm.NodeRoleManager}, ManagerStatus: &dswarm.ManagerStatus{Reachability: r, Leader: leader}}
-}
-
-func removal(name, nodeID string) plan.Action {
-	rec := &state.Machine{Role: spec.RoleManager, NodeID: nodeID}
-	rec.Name = name
-	return plan.Action{Machine: name, Role: spec.RoleManager, Kind: plan.Remove, Recorded: rec}
-}
-
-// TestManagerRemovalOrder: dead managers leave first, the leader last.
-func TestManagerRemovalOrder(t *testing.T) {
-	nodes := map[string]dswarm.Node{
-		"a": mgrNode("a", true, true),
-		"b": mgrNode("b", true, false),
-		"c": mgrNode("c", false, false),
-	}
-	as := []plan.Action{removal("x-1", "a"), removal("x-2", "b"), removal("x-3", "c"), removal("x-4", ""), removal("x-5", "gone")}
-	var got []string
-	for _, a := range orderManagerRemovals(as, nodes) {
-		got = append(got, a.Machine)
-	}
-	if s := strings.Join(got, " "); s != "x-3 x-4 x-5 x-2 x-1" {
-		t.Fatalf("order %s", s)
-	}
-}
-
-// TestCanDemote: demoting a reachable manager must leave a majority of the
-// remaining managers reachable.
-func TestCanDemote(t *testing.T) {
-	worker := dswarm.Node{ID: "w", Spec: dswarm.NodeSpec{Role: dswarm.NodeRoleWorker}}
-	cases := []struct {
-		name  string
-		nodes []dswarm.Node
-		id    string
-		ok    bool
-	}{
-		{"3 up, demote one", []dswarm.Node{mgrNode("a", true, true), mgrNode("b", true, false), mgrNode("c", true, false), worker}, "c", true},
-		{"2 up, demote one", []dswarm.Node{mgrNode("a", true, true), mgrNode("b", true, false)}, "b", true},
-		{"last manager", []dswarm.Node{mgrNode("a", true, true), worker}, "a", false},
-		{"3 with 1 dead: demoting a live one loses quorum", []dswarm.Node{mgrNode("a", true, true), mgrNode("b", true, false), mgrNode("c", false, false)}, "b", false},
-		{"3 with 1 dead: the dead one may go", []dswarm.Node{mgrNode("a", true, true), mgrNode("b", true, false), mgrNode("c", false, false)}, "c", true},
-		{"5 with 1 dead: a live one may go", []dswarm.Node{mgrNode("a", true, true), mgrNode("b", true, false), mgrNode("c", true, false), mgrNode("d", true, false), mgrNode("e", false, false)}, "d", true},
-		{"5 with 2 dead: no live one may go", []dswarm.Node{mgrNode("a", true, true), mgrNode("b", true, false), mgrNode("c", true, false), mgrNode("d", false, false), mgrNode("e", false, false)}, "c", false},
-		{"not a manager", []dswarm.Node{mgrNode("a", true, true), worker}, "w", true},
-	}
-	for _, c := range cases {
-		err := canDemote(c.nodes, c.id)
-		if (err == nil) != c.ok {
-			t.Errorf("%s: err = %v, want ok=%v", c.name, err, c.ok)
-		}
-	}
-}
-
 // TestRestartSteps pins which steps make a member go in a rolling batch: the
 // ones whose change restarts the engine, and no other.
 func TestRestartSteps(t *testing.T) {
@@ -149,13 +89,12 @@ func TestRestartSteps(t *testing.T) {
 // TestOwned: destroy and adoption find a machine by tags derived from state,
 // never overriding tags the driver reported.
 func TestOwned(t *testing.T) {
-	e := &Engine{State: &state.State{ClusterID: "cid"}}
-	m := e.owned(drivers.Machine{Name: "c-worker-1"})
+	m := owned("cid", drivers.Machine{Name: "c-worker-1"})
 	if m.Tags[drivers.TagCluster] != "cid" || m.Tags[drivers.TagMachine] != "c-worker-1" {
 		t.Fatalf("tags %v", m.Tags)
 	}
 	orig := map[string]string{drivers.TagCluster: "other", "k": "v"}
-	m = e.owned(drivers.Machine{Name: "x", Tags: orig})
+	m = owned("cid", drivers.Machine{Name: "x", Tags: orig})
 	if m.Tags[drivers.TagCluster] != "other" || m.Tags["k"] != "v" || m.Tags[drivers.TagMachine] != "x" {
 		t.Fatalf("tags %v", m.Tags)
 	}
@@ -247,12 +186,11 @@ func newTestEngine(t *testing.T, workers int, d drivers.Driver) (*Engine, *plan.
 func TestPartialCreateFailureIsRecorded(t *testing.T) {
 	d := &testDriver{fail: map[string]error{"t-worker-2": errors.New("quota exceeded")}}
 	e, p := newTestEngine(t, 3, d)
-	e.init()
-	e.plan = p
-	if err := e.credentials(context.Background()); err != nil {
+	r := newRun(e, p)
+	if err := (credentials{}).Run(context.Background(), r); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.machines(context.Background()); err != nil {
+	if err := (machines{}).Run(context.Background(), r); err != nil {
 		t.Fatalf("machines returned %v: host errors belong to hosts", err)
 	}
 	if len(d.created) != 3 {
@@ -273,12 +211,12 @@ func TestPartialCreateFailureIsRecorded(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("saved %v, want %v", got, want)
 	}
-	h := e.hosts["t-worker-2"]
+	h := r.hosts["t-worker-2"]
 	var se *StepError
 	if !errors.As(h.err, &se) || se.Step != "machine.create" || se.Host != "t-worker-2" || !strings.Contains(se.Error(), "quota exceeded") {
 		t.Fatalf("host error %v", h.err)
 	}
-	if live := e.live(); len(live) != 3 || live[0].rec.Name != "t-manager-1" {
+	if live := r.live(); len(live) != 3 || live[0].rec.Name != "t-manager-1" {
 		t.Fatalf("live hosts after the failure: %d", len(live))
 	}
 	// The next plan creates the failed one again and leaves the rest.
@@ -358,12 +296,11 @@ func (d *preflightDriver) Preflight(ctx context.Context, want []drivers.MachineS
 func TestPreflightStopsBeforeAnyCreate(t *testing.T) {
 	d := &preflightDriver{}
 	e, p := newTestEngine(t, 2, d)
-	e.init()
-	e.plan = p
-	if err := e.credentials(context.Background()); err != nil {
+	r := newRun(e, p)
+	if err := (credentials{}).Run(context.Background(), r); err != nil {
 		t.Fatal(err)
 	}
-	err := e.machines(context.Background())
+	err := (machines{}).Run(context.Background(), r)
 	if err == nil || !strings.Contains(err.Error(), "preflight (nothing was created)") || !strings.Contains(err.Error(), "t9.huge") {
 		t.Fatalf("machines: %v", err)
 	}

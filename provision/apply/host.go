@@ -11,12 +11,11 @@ import (
 	"strings"
 	"time"
 
-	dswarm "github.com/docker/docker/api/types/swarm"
-
 	"github.com/provision/provision/hostos"
 	"github.com/provision/provision/provision/pki"
 	"github.com/provision/provision/provision/redact"
 	"github.com/provision/provision/provision/spec"
+	"github.com/provision/provision/provision/swarm"
 )
 
 // hostSteps gathers each host's facts in one remote call on every host at
@@ -25,31 +24,42 @@ import (
 // changes that leave the engine running all at once; swarm members whose
 // engine restarts in rolling batches (managers one at a time, workers a
 // quarter at a time), each batch back in the swarm before the next starts.
-func (e *Engine) hostSteps(ctx context.Context) error {
-	peers := e.peers()
-	if err := e.each(ctx, e.live(), "host.check", func(ctx context.Context, h *host) error {
-		return e.prepareHost(ctx, h, peers)
+type hostSteps struct{}
+
+func (hostSteps) Name() string { return "host" }
+
+func (hostSteps) Run(ctx context.Context, r *run) error {
+	peers := r.peers()
+	if err := r.each(ctx, r.live(), "host.check", func(ctx context.Context, h *host) error {
+		return prepareHost(ctx, r, h, peers)
 	}); err != nil {
 		return err
 	}
 	var todo []*host
-	for _, h := range e.live() {
+	for _, h := range r.live() {
 		if len(h.pending) > 0 {
 			todo = append(todo, h)
-		} else if err := e.hostDone(h); err != nil {
-			e.fail(h, "host", err)
+		} else if err := hostDone(r, h); err != nil {
+			r.fail(h, "host", err)
 		}
 	}
-	batches := rollout(todo, e.Parallelism)
+	batches := rollout(todo, r.parallelism())
+	var members *swarm.Membership
 	if slices.ContainsFunc(batches, func(b batch) bool { return b.rolling }) {
-		// waitMember asks engines; their clients are opened here, before
-		// the batches run their hosts in parallel.
-		if err := e.engines(e.live()); err != nil {
+		// Waiting for a member to come back asks engines; their clients
+		// are opened here, before the batches run their hosts in parallel.
+		if err := r.engines(r.live()); err != nil {
 			return err
+		}
+		members = r.membership()
+		for _, h := range r.live() {
+			if h.rec.Role == spec.RoleManager && h.rec.NodeID != "" {
+				members.AddManager(h.member)
+			}
 		}
 	}
 	for i, b := range batches {
-		if e.stopped() {
+		if r.stopped() {
 			return nil
 		}
 		if b.rolling {
@@ -57,27 +67,27 @@ func (e *Engine) hostSteps(ctx context.Context) error {
 			for j, h := range b.hosts {
 				names[j] = h.rec.Name
 			}
-			e.note("", fmt.Sprintf("rolling batch %d/%d: %s (engine restart)", i+1, len(batches), strings.Join(names, ", ")))
+			r.note("", fmt.Sprintf("rolling batch %d/%d: %s (engine restart)", i+1, len(batches), strings.Join(names, ", ")))
 		}
-		if err := e.each(ctx, b.hosts, "host", func(ctx context.Context, h *host) error {
-			if err := e.runSteps(ctx, h); err != nil {
+		if err := r.each(ctx, b.hosts, "host", func(ctx context.Context, h *host) error {
+			if err := runSteps(ctx, r, h); err != nil {
 				return err
 			}
 			if b.rolling && h.restarted {
-				if err := e.waitMember(ctx, h); err != nil {
+				if err := members.WaitMember(ctx, h.member, h.rec.NodeID, h.rec.Role == spec.RoleManager); err != nil {
 					return fmt.Errorf("back in the swarm after the engine restart: %w", err)
 				}
 			}
-			return e.hostDone(h)
+			return hostDone(r, h)
 		}); err != nil {
 			return err
 		}
-		if b.rolling && e.batchFailed(b.hosts) {
+		if b.rolling && r.batchFailed(b.hosts) {
 			// A member that did not come back stops the rollout: the next
 			// manager could take quorum with it.
 			for _, later := range batches[i+1:] {
 				for _, h := range later.hosts {
-					e.fail(h, "host", errors.New("not reconfigured: an earlier rolling batch failed"))
+					r.fail(h, "host", errors.New("not reconfigured: an earlier rolling batch failed"))
 				}
 			}
 			return nil
@@ -136,9 +146,9 @@ func rollout(hosts []*host, parallelism int) []batch {
 	return out
 }
 
-func (e *Engine) batchFailed(hs []*host) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+func (r *run) batchFailed(hs []*host) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	for _, h := range hs {
 		if h.err != nil {
 			return true
@@ -147,66 +157,39 @@ func (e *Engine) batchFailed(hs []*host) bool {
 	return false
 }
 
-// waitMember waits until a member's restarted engine is back in the swarm:
-// its engine answers as an active node (a manager with control), and a
-// manager sees the node Ready (and, for a manager, reachable). hostSteps has
-// opened the engine clients.
-func (e *Engine) waitMember(ctx context.Context, h *host) error {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-	defer cancel()
-	var last error
-	if err := poll(ctx, func() (bool, error) {
-		l, err := h.engine.Inspect(ctx)
-		if err != nil {
-			last = err
-			return false, nil
-		}
-		return l.State == dswarm.LocalNodeStateActive && (h.rec.Role != spec.RoleManager || l.Manager), nil
-	}); err != nil {
-		return fmt.Errorf("engine: %w (last: %v)", err, last)
-	}
-	mgr := h
-	if h.rec.Role != spec.RoleManager {
-		if mgr = e.leader(); mgr == nil {
-			return errors.New("no manager to ask")
-		}
-	}
-	return mgr.engine.WaitReady(ctx, []string{h.rec.NodeID})
-}
-
 // prepareHost gathers the facts, builds the host's target and lists the steps
 // whose Check says there is work.
-func (e *Engine) prepareHost(ctx context.Context, h *host, peers []string) error {
-	tlsFiles, err := e.serverCert(h)
+func prepareHost(ctx context.Context, r *run, h *host, peers []string) error {
+	tlsFiles, err := serverCert(r, h)
 	if err != nil {
 		return fmt.Errorf("server certificate: %w", err)
 	}
 	cfg := &hostos.Config{
-		Cluster:       e.Spec.Name,
-		ClusterID:     e.State.ClusterID,
+		Cluster:       r.Spec.Name,
+		ClusterID:     r.State.ClusterID,
 		Node:          h.rec.Name,
 		Role:          h.rec.Role,
 		AdminUser:     h.rec.SSH.User,
-		Engine:        e.Spec.Engine,
-		Logging:       e.Spec.Logging,
-		Prune:         e.Spec.Prune,
-		Hardening:     e.Spec.Hardening,
+		Engine:        r.Spec.Engine,
+		Logging:       r.Spec.Logging,
+		Prune:         r.Spec.Prune,
+		Hardening:     r.Spec.Hardening,
 		TLS:           tlsFiles,
 		Peers:         peers,
-		OperatorCIDRs: e.Spec.TLS.AllowedCIDRs,
-		BundleDir:     e.bundleDir(),
+		OperatorCIDRs: r.Spec.TLS.AllowedCIDRs,
+		BundleDir:     r.bundleDir(),
 	}
 	t0 := time.Now()
 	facts, err := hostos.GatherFacts(ctx, h.comm, hostos.ManagedPaths(cfg))
 	if err != nil {
 		return fmt.Errorf("facts: %w", err)
 	}
-	e.Log.Debug("facts gathered", "host", h.rec.Name, "took", time.Since(t0))
-	t := &hostos.Target{Name: h.rec.Name, Comm: h.comm, Facts: facts, Config: cfg, Log: e.Log.With("host", h.rec.Name)}
+	r.log.Debug("facts gathered", "host", h.rec.Name, "took", time.Since(t0))
+	t := &hostos.Target{Name: h.rec.Name, Comm: h.comm, Facts: facts, Config: cfg, Log: r.log.With("host", h.rec.Name)}
 	// A fresh login with the host's own connection settings (pinned key,
 	// bastion): harden.ssh's proof that a changed sshd still lets us in.
 	t.Relogin = func(ctx context.Context) error {
-		c, err := e.Dial(ctx, h.rec.Machine)
+		c, err := r.Dial(ctx, h.rec.Machine)
 		if err != nil {
 			return fmt.Errorf("fresh ssh login: %w", err)
 		}
@@ -233,10 +216,10 @@ func (e *Engine) prepareHost(ctx context.Context, h *host, peers []string) error
 
 // runSteps runs the host's steps in order, checking each again against the
 // facts the earlier steps updated. An interrupt stops it between steps.
-func (e *Engine) runSteps(ctx context.Context, h *host) error {
+func runSteps(ctx context.Context, r *run, h *host) error {
 	t := h.target
 	for _, st := range h.steps {
-		if e.stopped() {
+		if r.stopped() {
 			return errStopped
 		}
 		done, err := st.Check(ctx, t)
@@ -244,26 +227,26 @@ func (e *Engine) runSteps(ctx context.Context, h *host) error {
 			return &StepError{Host: h.rec.Name, Step: st.ID(), Err: err}
 		}
 		if done {
-			e.markStep(h, st.ID())
+			r.markStep(h, st.ID())
 			continue
 		}
 		s0 := time.Now()
-		e.Report.Event(Event{Time: s0, Kind: StepStart, Host: h.rec.Name, Step: st.ID()})
+		r.rep.Event(Event{Time: s0, Kind: StepStart, Host: h.rec.Name, Step: st.ID()})
 		if err := st.Apply(ctx, t); err != nil {
 			return &StepError{Host: h.rec.Name, Step: st.ID(), Err: err}
 		}
 		h.changed = true
 		h.restarted = h.restarted || restartSteps[st.ID()]
-		e.markStep(h, st.ID())
-		e.Report.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: st.ID(), Took: time.Since(s0)})
-		e.Log.Info("step applied", "host", h.rec.Name, "step", st.ID(), "took", time.Since(s0))
+		r.markStep(h, st.ID())
+		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: st.ID(), Took: time.Since(s0)})
+		r.log.Info("step applied", "host", h.rec.Name, "step", st.ID(), "took", time.Since(s0))
 	}
 	return nil
 }
 
 // hostDone records a host whose steps all hold.
-func (e *Engine) hostDone(h *host) error {
-	e.mu.Lock()
+func hostDone(r *run, h *host) error {
+	r.mu.Lock()
 	for _, st := range h.steps {
 		if h.rec.Steps[st.ID()] == "" {
 			if h.rec.Steps == nil {
@@ -275,57 +258,63 @@ func (e *Engine) hostDone(h *host) error {
 	if t := h.target; t != nil && t.Facts != nil && t.Facts.Engine != "" {
 		h.rec.Engine = t.Facts.Engine
 	}
-	e.mu.Unlock()
-	return e.save()
+	r.mu.Unlock()
+	return r.save()
 }
 
-func (e *Engine) markStep(h *host, id string) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+func (r *run) markStep(h *host, id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if h.rec.Steps == nil {
 		h.rec.Steps = map[string]string{}
 	}
 	h.rec.Steps[id] = time.Now().UTC().Format(time.RFC3339)
 }
 
-func (e *Engine) bundleDir() string {
-	if e.Spec.Engine.BundleDir != "" {
-		return e.Spec.Engine.BundleDir
+func (r *run) bundleDir() string {
+	if r.Spec.Engine.BundleDir != "" {
+		return r.Spec.Engine.BundleDir
 	}
-	return filepath.Join(e.Store.Dir(), "bundles")
+	return filepath.Join(r.Store.Dir(), "bundles")
 }
 
 // peers lists every member's advertise address, sorted.
-func (e *Engine) peers() []string {
+func (r *run) peers() []string {
 	// Every member the spec keeps, including hosts that failed in this run:
 	// a host whose SSH connect failed is still a swarm member, and dropping
 	// it from the others' firewalls would cut it off until an apply succeeds.
-	e.mu.Lock()
+	r.mu.Lock()
 	var out []string
-	for _, h := range e.hosts {
+	for _, h := range r.hosts {
 		if a := h.rec.Advertise(); a != "" {
 			out = append(out, a)
 		}
 	}
-	e.mu.Unlock()
+	r.mu.Unlock()
 	sort.Strings(out)
 	return slices.Compact(out)
 }
 
+// nodeCertDir is where a node's server cert and key are kept (0600): the
+// operator re-uploads them when a host lost them and renews them before expiry.
+func (r *run) nodeCertDir(name string) string {
+	return filepath.Join(r.Store.PKIDir(), "nodes", name)
+}
+
 // serverCert returns the node's TLS files, issuing a new certificate when
 // there is none, it nears expiry, or its names no longer cover the node.
-func (e *Engine) serverCert(h *host) (hostos.TLSFiles, error) {
-	dir := e.nodeCertDir(h.rec.Name)
+func serverCert(r *run, h *host) (hostos.TLSFiles, error) {
+	dir := r.nodeCertDir(h.rec.Name)
 	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	names := e.certNames(h)
+	names := certNames(r, h)
 	certPEM, cerr := os.ReadFile(certPath)
 	keyPEM, kerr := os.ReadFile(keyPath)
 	if cerr == nil && kerr == nil && !pki.NeedsRenewal(certPEM, time.Now()) {
 		if _, _, have, err := pki.Inspect(certPEM); err == nil && covers(have, names) {
-			return hostos.TLSFiles{CA: e.ca.CertPEM, Cert: certPEM, Key: redact.Secret(keyPEM)}, nil
+			return hostos.TLSFiles{CA: r.ca.CertPEM, Cert: certPEM, Key: redact.Secret(keyPEM)}, nil
 		}
 	}
-	b, err := e.ca.Server(h.rec.Name, names, time.Duration(e.Spec.TLS.ValidityHours)*time.Hour)
+	b, err := r.ca.Server(h.rec.Name, names, time.Duration(r.Spec.TLS.ValidityHours)*time.Hour)
 	if err != nil {
 		return hostos.TLSFiles{}, err
 	}
@@ -338,13 +327,13 @@ func (e *Engine) serverCert(h *host) (hostos.TLSFiles, error) {
 	if err := writeFile(certPath, b.CertPEM, 0o600); err != nil {
 		return hostos.TLSFiles{}, err
 	}
-	e.mu.Lock()
+	r.mu.Lock()
 	h.rec.CertSerial, h.rec.CertNotAfter = b.Serial, b.NotAfter
-	e.mu.Unlock()
-	return hostos.TLSFiles{CA: e.ca.CertPEM, Cert: b.CertPEM, Key: b.KeyPEM}, nil
+	r.mu.Unlock()
+	return hostos.TLSFiles{CA: r.ca.CertPEM, Cert: b.CertPEM, Key: b.KeyPEM}, nil
 }
 
-func (e *Engine) certNames(h *host) []string {
+func certNames(r *run, h *host) []string {
 	names := []string{h.rec.Name}
 	if h.rec.Address != "" {
 		names = append(names, h.rec.Address)
@@ -352,7 +341,7 @@ func (e *Engine) certNames(h *host) []string {
 	if h.rec.PrivateAddress != "" {
 		names = append(names, h.rec.PrivateAddress)
 	}
-	names = append(names, e.Spec.TLS.ExtraNames...)
+	names = append(names, r.Spec.TLS.ExtraNames...)
 	return names
 }
 

@@ -1,0 +1,160 @@
+package apply
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/provision/comm"
+	"github.com/provision/provision/provision/pki"
+	"github.com/provision/provision/provision/swarm"
+)
+
+// connect dials every live host once; the connection is reused by every
+// later phase.
+type connect struct{}
+
+func (connect) Name() string { return "connect" }
+
+func (connect) Run(ctx context.Context, r *run) error {
+	return r.each(ctx, r.live(), "ssh.connect", func(ctx context.Context, h *host) error {
+		m := h.rec.Machine
+		if m.Address == "" {
+			return fmt.Errorf("machine has no address (status %s): re-run apply to finish creating it", h.rec.Status)
+		}
+		cfg, err := r.commConfig(h.rec.Name, m)
+		if err != nil {
+			return err
+		}
+		c, err := comm.Dial(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		h.comm = c
+		return nil
+	})
+}
+
+func (e *Engine) commConfig(name string, m drivers.Machine) (comm.Config, error) {
+	signer := e.admin
+	if m.SSH.KeyFile != "" {
+		s, err := loadSigner(m.SSH.KeyFile)
+		if err != nil {
+			return comm.Config{}, err
+		}
+		signer = s
+	}
+	port := m.SSH.Port
+	if port == 0 {
+		port = 22
+	}
+	cfg := comm.Config{
+		Host:    name,
+		Address: m.Address,
+		Port:    port,
+		User:    m.SSH.User,
+		Signer:  signer,
+		HostKey: m.SSH.HostKey,
+		Timeout: e.connectTimeout(),
+		Log:     e.logger().With("host", name),
+	}
+	if b := m.SSH.Bastion; b != nil {
+		bs := signer
+		if b.KeyFile != "" {
+			s, err := loadSigner(b.KeyFile)
+			if err != nil {
+				return comm.Config{}, err
+			}
+			bs = s
+		}
+		bport := b.Port
+		if bport == 0 {
+			bport = 22
+		}
+		cfg.Bastion = &comm.Config{Host: name + "/bastion", Address: b.Address, Port: bport, User: b.User, Signer: bs, HostKey: b.HostKey, Timeout: e.connectTimeout(), Log: cfg.Log}
+	}
+	return cfg, nil
+}
+
+// Dial connects to one recorded machine with the cluster's admin key and its
+// pinned host key (for `provision ssh`, `status`, `audit`, and harden.ssh's
+// fresh login). It changes nothing on e: one engine serves concurrent Dials.
+func (e *Engine) Dial(ctx context.Context, m drivers.Machine) (*comm.Client, error) {
+	if err := e.adminKey(); err != nil {
+		return nil, err
+	}
+	cfg, err := e.commConfig(m.Name, m)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Timeout = 30 * time.Second
+	return comm.Dial(ctx, cfg)
+}
+
+// loadSigner reads a private key file for hosts that use their own login key.
+func loadSigner(path string) (ssh.Signer, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("ssh key: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("ssh key %s is readable by others (mode %o): chmod 600 %s", path, fi.Mode().Perm(), path)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("ssh key: %w", err)
+	}
+	s, err := ssh.ParsePrivateKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("ssh key %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// openEngineAPI opens a host's engine API: the Docker Engine SDK over
+// mutual TLS on 2376 with the operator's client certificate, or what
+// Engine.EngineAPI gives. It does no I/O.
+func (r *run) openEngineAPI(name, address string) (swarm.API, func() error, error) {
+	if r.EngineAPI != nil {
+		api, err := r.EngineAPI(name, address)
+		return api, func() error { return nil }, err
+	}
+	r.tlsMu.Lock()
+	if r.clientTLS == nil {
+		cfg, err := pki.ClientTLS(r.Store.PKIDir())
+		if err != nil {
+			r.tlsMu.Unlock()
+			return nil, nil, err
+		}
+		r.clientTLS = cfg
+	}
+	cfg := r.clientTLS
+	r.tlsMu.Unlock()
+	en, err := swarm.Connect(name, address, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return en.Client, en.Close, nil
+}
+
+// engines opens the engine API of every given host that has none yet.
+func (r *run) engines(hosts []*host) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, h := range hosts {
+		if h.api != nil {
+			continue
+		}
+		api, closer, err := r.openEngineAPI(h.rec.Name, h.rec.Address)
+		if err != nil {
+			return err
+		}
+		h.api, h.closer = api, closer
+		h.member = &swarm.Host{Name: h.rec.Name, Advertise: h.rec.Advertise(), API: api, NodeID: h.rec.NodeID}
+	}
+	return nil
+}

@@ -1,0 +1,86 @@
+package apply
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/provision/provision/provision/swarm"
+)
+
+// labels sets provision's and the spec's labels on every node, and keeps the
+// cluster's overlay network (encrypted when the spec says so): one call on
+// a manager when nothing changes.
+type labels struct{}
+
+func (labels) Name() string { return "labels" }
+
+// OverlayName is the cluster's attachable overlay network.
+func OverlayName(cluster string) string { return cluster + "-overlay" }
+
+func (labels) Run(ctx context.Context, r *run) error {
+	if r.members == nil || r.members.Via() == nil {
+		return nil
+	}
+	via := r.members.Via()
+	leader := r.hostOf(via)
+	name := OverlayName(r.Spec.Name)
+	changed, err := via.EnsureOverlay(ctx, name, r.State.ClusterID, r.Spec.Hardening.OverlayEncryption)
+	switch {
+	case err != nil && leader != nil:
+		r.fail(leader, "swarm.network", err)
+	case err != nil:
+		return err
+	case changed && leader != nil:
+		leader.changed = true
+		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: leader.rec.Name, Step: "swarm.network", Msg: fmt.Sprintf("overlay network %s (encrypted: %v)", name, r.Spec.Hardening.OverlayEncryption)})
+	}
+	nodes := r.members.Nodes()
+	for _, h := range r.live() {
+		if h.rec.NodeID == "" {
+			continue
+		}
+		want := map[string]string{
+			swarm.LabelRole: h.rec.Role,
+			swarm.LabelPool: h.rec.Pool,
+			swarm.LabelName: h.rec.Name,
+		}
+		for k, v := range h.pool.Labels {
+			want[k] = v
+		}
+		if n, ok := nodes[h.rec.NodeID]; ok && hasLabels(n.Spec.Labels, want) {
+			continue
+		}
+		changed, err := r.members.SetLabels(ctx, h.rec.NodeID, want, nil)
+		if err != nil {
+			r.fail(h, "swarm.labels", err)
+			continue
+		}
+		if changed {
+			h.changed = true
+			r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: "swarm.labels"})
+		}
+	}
+	return nil
+}
+
+// hostOf returns the host whose membership view is m, or nil.
+func (r *run) hostOf(m *swarm.Host) *host {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, h := range r.hosts {
+		if h.member == m {
+			return h
+		}
+	}
+	return nil
+}
+
+func hasLabels(have, want map[string]string) bool {
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
+}

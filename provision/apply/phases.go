@@ -1,0 +1,24 @@
+package apply
+
+import "context"
+
+// phase is one named stage of an apply. Each lives in its own file.
+type phase interface {
+	Name() string
+	// Run does the phase's work. A host's failure is recorded on the host
+	// (it drops out of later phases); an error stops the apply.
+	Run(ctx context.Context, r *run) error
+}
+
+// phases is the literal order of an apply.
+func phases() []phase {
+	return []phase{
+		credentials{}, // admin SSH key, cluster CA, operator's client certificate
+		machines{},    // create, adopt, start; state saved around every create
+		connect{},     // one SSH connection per host
+		hostSteps{},   // facts in one call per host, then the steps; rolling for engine restarts
+		swarmPhase{},  // init or find the swarm, managers join one at a time, workers in parallel
+		labels{},      // node labels and the cluster's overlay network
+		remove{},      // drain and remove what the spec no longer wants, quorum-safe
+	}
+}

@@ -1,0 +1,231 @@
+package apply
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/hostos"
+	"github.com/provision/provision/provision/comm"
+	"github.com/provision/provision/provision/pki"
+	"github.com/provision/provision/provision/plan"
+	"github.com/provision/provision/provision/spec"
+	"github.com/provision/provision/provision/state"
+	"github.com/provision/provision/provision/swarm"
+)
+
+// run is one apply's typed state, shared by its phases: the engine's
+// settings, the plan, the hosts taking part and what the phases learned.
+type run struct {
+	*Engine
+	plan *plan.Plan
+	log  *slog.Logger
+	rep  Reporter
+
+	mu    sync.Mutex // guards State, hosts and the hosts' records
+	hosts map[string]*host
+	stats Stats
+
+	ca        *pki.CA // the cluster CA (credentials)
+	tlsMu     sync.Mutex
+	clientTLS *tls.Config // the operator's client certificate for engine APIs
+	// members changes the swarm's membership (swarm phase on).
+	members *swarm.Membership
+	// staleNodes are swarm node IDs of replaced machines, removed once their
+	// replacements joined.
+	staleNodes []string
+
+	// stop is the caller's context: once it is done (SIGINT), no new work
+	// starts, while running steps finish on a context that is not cancelled.
+	stop context.Context
+}
+
+// host is one machine during an apply.
+type host struct {
+	rec     *state.Machine
+	pool    spec.Pool
+	comm    *comm.Client
+	target  *hostos.Target
+	api     swarm.API    // the engine API (swarm phase on)
+	closer  func() error // closes api
+	member  *swarm.Host  // api as membership sees it
+	changed bool
+	err     error
+	// steps are the host steps for this host, pending the IDs whose Check
+	// found work before any ran; restarted says a step that restarts the
+	// engine was applied.
+	steps     []hostos.Step
+	pending   []string
+	restarted bool
+}
+
+func newRun(e *Engine, p *plan.Plan) *run {
+	return &run{Engine: e, plan: p, log: e.logger(), rep: e.reporter(), hosts: map[string]*host{}}
+}
+
+// stopped reports whether the caller asked the apply to stop.
+func (r *run) stopped() bool { return r.stop != nil && r.stop.Err() != nil }
+
+func (r *run) runPhase(ctx context.Context, ph phase) error {
+	t0 := time.Now()
+	r.rep.Event(Event{Time: t0, Kind: PhaseStart, Phase: ph.Name(), Hosts: len(r.live())})
+	err := ph.Run(ctx, r)
+	ev := Event{Time: time.Now(), Kind: PhaseEnd, Phase: ph.Name(), Took: time.Since(t0)}
+	if err != nil {
+		ev.Err = err.Error()
+	} else if n := r.failedCount(); n > 0 {
+		ev.Err = fmt.Sprintf("%d hosts failed", n)
+	}
+	r.rep.Event(ev)
+	r.log.Debug("phase done", "phase", ph.Name(), "took", time.Since(t0))
+	return err
+}
+
+// fail records a host's error; the host takes no further part.
+func (r *run) fail(h *host, step string, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if h.err == nil {
+		h.err = &StepError{Host: h.rec.Name, Step: step, Err: err}
+	}
+	r.rep.Event(Event{Time: time.Now(), Kind: StepFail, Host: h.rec.Name, Step: step, Err: err.Error()})
+}
+
+func (r *run) failedCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, h := range r.hosts {
+		if h.err != nil {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *run) hostNames() []string {
+	names := make([]string, 0, len(r.hosts))
+	for n := range r.hosts {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// live returns the hosts still in the apply, managers first, by index.
+func (r *run) live() []*host {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*host
+	for _, h := range r.hosts {
+		if h.err == nil {
+			out = append(out, h)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].rec, out[j].rec
+		if a.Role != b.Role {
+			return a.Role == spec.RoleManager
+		}
+		if a.Pool != b.Pool {
+			return a.Pool < b.Pool
+		}
+		return a.Index < b.Index
+	})
+	return out
+}
+
+// each runs fn for every host with bounded parallelism. A host's error is
+// recorded on the host; each never returns a host's error, only ctx's.
+func (r *run) each(ctx context.Context, hosts []*host, step string, fn func(ctx context.Context, h *host) error) error {
+	g := new(errgroup.Group)
+	g.SetLimit(r.parallelism())
+	for _, h := range hosts {
+		if ctx.Err() != nil || r.stopped() {
+			break
+		}
+		g.Go(func() error {
+			if r.stopped() {
+				return nil // not started: the next apply does it
+			}
+			if err := fn(ctx, h); errors.Is(err, errStopped) {
+				return nil
+			} else if err != nil {
+				r.fail(h, step, err)
+			} else {
+				r.rep.Event(Event{Time: time.Now(), Kind: StepDone, Host: h.rec.Name})
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return ctx.Err()
+}
+
+func (r *run) save() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.Store.Save(r.State); err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
+	return nil
+}
+
+func (r *run) note(hostName, msg string) {
+	r.rep.Event(Event{Time: time.Now(), Kind: Note, Host: hostName, Msg: msg})
+}
+
+func (r *run) closeAll() {
+	for _, h := range r.hosts {
+		if h.comm != nil {
+			h.comm.Close()
+		}
+		if h.closer != nil {
+			h.closer()
+		}
+	}
+}
+
+// pool returns the spec pool a machine belongs to.
+func (r *run) pool(role, name string) (spec.Pool, bool) {
+	for _, p := range r.Spec.Pools() {
+		if p.Role == role && p.Name == name {
+			return p, true
+		}
+	}
+	return spec.Pool{}, false
+}
+
+func (r *run) driver(name string) (drivers.Driver, error) {
+	d, ok := r.Drivers[name]
+	if !ok {
+		return nil, fmt.Errorf("driver %q is not configured", name)
+	}
+	return d, nil
+}
+
+// owned returns m with the cluster's ownership tags filled in, so that a
+// driver can find a machine whose create was interrupted before its ID was
+// recorded (the tags are derived from state, never from the driver).
+func owned(clusterID string, m drivers.Machine) drivers.Machine {
+	tags := make(map[string]string, len(m.Tags)+2)
+	for k, v := range m.Tags {
+		tags[k] = v
+	}
+	if tags[drivers.TagCluster] == "" {
+		tags[drivers.TagCluster] = clusterID
+	}
+	if tags[drivers.TagMachine] == "" {
+		tags[drivers.TagMachine] = m.Name
+	}
+	m.Tags = tags
+	return m
+}

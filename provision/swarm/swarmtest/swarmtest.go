@@ -1,0 +1,693 @@
+// Package swarmtest is an in-memory Docker swarm for unit tests: a World of
+// engines, each implementing swarm.API, that init, join, leave, demote,
+// drain and remove the way the Docker engine does for the calls provision
+// makes (managers answer node and task calls only while the raft has a
+// majority; a manager in the raft must be demoted before removal; a
+// demotion that would lose quorum is refused). After every call that
+// changes membership the World checks that a majority of the raft's
+// managers is reachable and records each time it is not, so tests can
+// prove a sequence of changes never lost quorum.
+package swarmtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/docker/docker/api/types/network"
+	dswarm "github.com/docker/docker/api/types/swarm"
+	"github.com/docker/docker/api/types/system"
+	"github.com/docker/docker/errdefs"
+
+	"github.com/provision/provision/provision/swarm"
+)
+
+// World holds engines and the swarms they form.
+type World struct {
+	mu      sync.Mutex
+	engines []*Engine
+	swarms  []*Swarm
+	seq     int
+	// Calls lists every call that changed something, in order
+	// ("SwarmJoin m2", "NodeUpdate m1 role=worker", ...).
+	Calls []string
+	// Violations lists the calls after which the raft had no reachable
+	// majority.
+	Violations []string
+	// MinReachable is, per swarm ID, the fewest reachable managers seen
+	// after a call, and MinOf the raft size at that moment.
+	MinReachable, MinOf map[string]int
+}
+
+// New returns an empty world.
+func New() *World {
+	return &World{MinReachable: map[string]int{}, MinOf: map[string]int{}}
+}
+
+// Swarm is one swarm's store.
+type Swarm struct {
+	ID     string
+	Labels map[string]string
+	nodes  map[string]*node
+	tokens dswarm.JoinTokens
+	tasks  []*task
+	nets   map[string]network.Inspect
+}
+
+type node struct {
+	id, hostname string
+	role         dswarm.NodeRole
+	raft         bool // a raft member (a manager not yet demoted or removed)
+	leader       bool
+	avail        dswarm.NodeAvailability
+	labels       map[string]string
+	version      uint64
+	engine       *Engine // nil once the engine left
+}
+
+type task struct {
+	id, service, node string
+}
+
+// Engine is one host's engine. Its exported fields are the test's levers.
+type Engine struct {
+	w    *World
+	Name string
+	Addr string
+	// Down makes every call fail as if the engine (or its host) were gone.
+	Down bool
+	// BlockJoin leaves a join pending: the engine cannot reach a manager.
+	BlockJoin bool
+	sw        *Swarm
+	nodeID    string
+	pending   bool
+	// pendingJoin is the join a blocked engine goes on trying.
+	pendingJoin *dswarm.JoinRequest
+}
+
+var _ swarm.API = (*Engine)(nil)
+
+// Engine adds an engine that is in no swarm.
+func (w *World) Engine(name, addr string) *Engine {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	e := &Engine{w: w, Name: name, Addr: addr}
+	w.engines = append(w.engines, e)
+	return e
+}
+
+// Host is the engine as swarm membership uses it.
+func (e *Engine) Host() *swarm.Host { return &swarm.Host{Name: e.Name, Advertise: e.Addr, API: e} }
+
+func (w *World) id(prefix string) string {
+	w.seq++
+	return fmt.Sprintf("%s%03d", prefix, w.seq)
+}
+
+// reachable reports whether a node's engine answers as a member.
+func (n *node) reachable() bool { return n.engine != nil && !n.engine.Down && n.engine.nodeID == n.id }
+
+func (s *Swarm) raft() (total, up int) {
+	for _, n := range s.nodes {
+		if n.raft {
+			total++
+			if n.reachable() {
+				up++
+			}
+		}
+	}
+	return
+}
+
+func (s *Swarm) quorum() bool {
+	total, up := s.raft()
+	return total > 0 && up >= total/2+1
+}
+
+// electLeader moves leadership to a reachable raft member when the leader
+// is gone and a majority is there.
+func (s *Swarm) electLeader() {
+	var ids []string
+	for id, n := range s.nodes {
+		if n.leader && n.raft && n.reachable() {
+			return
+		}
+		n.leader = false
+		if n.raft && n.reachable() {
+			ids = append(ids, id)
+		}
+	}
+	if !s.quorum() || len(ids) == 0 {
+		return
+	}
+	sort.Strings(ids)
+	s.nodes[ids[0]].leader = true
+}
+
+// after records a changing call and checks quorum in every swarm.
+func (w *World) after(call string) {
+	w.Calls = append(w.Calls, call)
+	for _, s := range w.swarms {
+		s.electLeader()
+		total, up := s.raft()
+		if total == 0 {
+			continue
+		}
+		if cur, ok := w.MinReachable[s.ID]; !ok || up < cur {
+			w.MinReachable[s.ID], w.MinOf[s.ID] = up, total
+		}
+		if up < total/2+1 {
+			w.Violations = append(w.Violations, fmt.Sprintf("after %s: %d of %d managers reachable in %s", call, up, total, s.ID))
+		}
+	}
+}
+
+// ResetMin forgets the fewest reachable managers seen so far: the next
+// calls start a new measurement.
+func (w *World) ResetMin() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.MinReachable, w.MinOf = map[string]int{}, map[string]int{}
+}
+
+// Kill makes an engine stop answering (its host died), as a test event.
+func (w *World) Kill(e *Engine) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	e.Down = true
+	for _, s := range w.swarms {
+		s.electLeader()
+	}
+}
+
+// Swarm returns the swarm the engine is in, or nil.
+func (e *Engine) Swarm() *Swarm {
+	e.w.mu.Lock()
+	defer e.w.mu.Unlock()
+	return e.sw
+}
+
+// Managers lists the hostnames of the swarm's raft members, sorted.
+func (s *Swarm) Managers() []string {
+	var out []string
+	for _, n := range s.nodes {
+		if n.raft {
+			out = append(out, n.hostname+"/"+n.id)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// NodeCount is the number of nodes in the list.
+func (s *Swarm) NodeCount() int { return len(s.nodes) }
+
+// AddService starts a service of replicas tasks spread over active nodes.
+func (w *World) AddService(s *Swarm, name string, replicas int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for i := 0; i < replicas; i++ {
+		t := &task{id: w.id("t"), service: name}
+		s.place(t, i)
+		s.tasks = append(s.tasks, t)
+	}
+}
+
+// Running is the number of tasks of the service running on a Ready node.
+func (s *Swarm) Running(service string) int {
+	n := 0
+	for _, t := range s.tasks {
+		if t.service == service && t.node != "" && s.nodes[t.node] != nil && s.nodes[t.node].reachable() {
+			n++
+		}
+	}
+	return n
+}
+
+// place puts a task on an active, reachable node (the i-th, round robin).
+func (s *Swarm) place(t *task, i int) {
+	var ids []string
+	for id, n := range s.nodes {
+		if n.avail == dswarm.NodeAvailabilityActive && n.reachable() {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	t.node = ""
+	if len(ids) > 0 {
+		t.node = ids[i%len(ids)]
+	}
+}
+
+func (s *Swarm) reschedule(nodeID string) {
+	for i, t := range s.tasks {
+		if t.node == nodeID {
+			s.place(t, i)
+		}
+	}
+}
+
+var errDown = errors.New("error during connect: connection refused")
+
+// manager returns the engine's swarm when it is a reachable manager of a
+// swarm with quorum: what node, task and swarm calls need.
+func (e *Engine) manager() (*Swarm, error) {
+	if e.Down {
+		return nil, errDown
+	}
+	if e.sw == nil {
+		return nil, errdefs.Unavailable(errors.New("This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again."))
+	}
+	n := e.sw.nodes[e.nodeID]
+	if n == nil || !n.raft {
+		return nil, errdefs.Unavailable(errors.New("This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state."))
+	}
+	if !e.sw.quorum() {
+		return nil, errdefs.Unavailable(errors.New("rpc error: code = Unknown desc = The swarm does not have a leader. It's possible that too few managers are online."))
+	}
+	return e.sw, nil
+}
+
+// Info is the engine's view of itself.
+func (e *Engine) Info(ctx context.Context) (system.Info, error) {
+	e.w.mu.Lock()
+	defer e.w.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return system.Info{}, err
+	}
+	if e.Down {
+		return system.Info{}, errDown
+	}
+	info := system.Info{ServerVersion: "20.10.24", Name: e.Name}
+	switch {
+	case e.pending:
+		info.Swarm.LocalNodeState = dswarm.LocalNodeStatePending
+	case e.sw == nil:
+		info.Swarm.LocalNodeState = dswarm.LocalNodeStateInactive
+	default:
+		info.Swarm.LocalNodeState = dswarm.LocalNodeStateActive
+		info.Swarm.NodeID = e.nodeID
+		n := e.sw.nodes[e.nodeID]
+		if n != nil && n.raft {
+			info.Swarm.ControlAvailable = true
+			if e.sw.quorum() {
+				info.Swarm.Cluster = &dswarm.ClusterInfo{ID: e.sw.ID}
+			}
+		}
+		for _, m := range e.sw.nodes {
+			if m.raft && m.engine != nil {
+				info.Swarm.RemoteManagers = append(info.Swarm.RemoteManagers, dswarm.Peer{NodeID: m.id, Addr: m.engine.Addr + ":2377"})
+			}
+		}
+	}
+	return info, nil
+}
+
+// SwarmInit makes a new swarm, or re-forms this manager's with ForceNewCluster.
+func (e *Engine) SwarmInit(ctx context.Context, req dswarm.InitRequest) (string, error) {
+	w := e.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if e.Down {
+		return "", errDown
+	}
+	if req.ForceNewCluster {
+		if e.sw == nil || !e.sw.nodes[e.nodeID].raft {
+			return "", errors.New("force-new-cluster needs a manager's raft")
+		}
+		for _, n := range e.sw.nodes {
+			if n.id != e.nodeID {
+				n.raft, n.leader = false, false
+			}
+		}
+		e.sw.nodes[e.nodeID].leader = true
+		w.after("SwarmInit --force-new-cluster " + e.Name)
+		return e.nodeID, nil
+	}
+	if e.sw != nil || e.pending {
+		return "", errors.New("This node is already part of a swarm. Use \"docker swarm leave\" to leave this swarm and join another one.")
+	}
+	s := &Swarm{ID: w.id("cluster"), Labels: req.Spec.Annotations.Labels, nodes: map[string]*node{}, nets: map[string]network.Inspect{}}
+	s.tokens = dswarm.JoinTokens{Worker: "SWMTKN-worker-" + s.ID, Manager: "SWMTKN-manager-" + s.ID}
+	n := &node{id: w.id("node"), hostname: e.Name, role: dswarm.NodeRoleManager, raft: true, leader: true, avail: dswarm.NodeAvailabilityActive, engine: e, version: 1}
+	s.nodes[n.id] = n
+	e.sw, e.nodeID = s, n.id
+	w.swarms = append(w.swarms, s)
+	w.after("SwarmInit " + e.Name)
+	return n.id, nil
+}
+
+// SwarmJoin joins the swarm whose token it is, through the remote addresses.
+func (e *Engine) SwarmJoin(ctx context.Context, req dswarm.JoinRequest) error {
+	w := e.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if e.Down {
+		return errDown
+	}
+	if e.sw != nil || e.pending {
+		return errors.New("This node is already part of a swarm. Use \"docker swarm leave\" to leave this swarm and join another one.")
+	}
+	var s *Swarm
+	manager := false
+	for _, c := range w.swarms {
+		switch req.JoinToken {
+		case c.tokens.Worker:
+			s = c
+		case c.tokens.Manager:
+			s, manager = c, true
+		}
+	}
+	if s == nil {
+		return errors.New("rpc error: code = InvalidArgument desc = A valid join token is necessary to join this cluster")
+	}
+	if e.BlockJoin {
+		e.pending = true
+		e.pendingJoin = &req
+		w.after("SwarmJoin (pending) " + e.Name)
+		return errors.New("Timeout was reached before node joined. The attempt to join the swarm will continue in the background. Use the \"docker info\" command to see the current swarm status of your node.")
+	}
+	return e.join(s, req, manager)
+}
+
+// join adds the engine to s when a reachable manager of it is among the
+// request's remote addresses and the raft has a majority.
+func (e *Engine) join(s *Swarm, req dswarm.JoinRequest, manager bool) error {
+	w := e.w
+	reached := false
+	for _, n := range s.nodes {
+		if n.raft && n.reachable() && slices.Contains(req.RemoteAddrs, n.engine.Addr+":2377") {
+			reached = true
+		}
+	}
+	if !reached || !s.quorum() {
+		return fmt.Errorf("could not join: no manager of the swarm answers at %s", strings.Join(req.RemoteAddrs, ", "))
+	}
+	n := &node{id: w.id("node"), hostname: e.Name, role: dswarm.NodeRoleWorker, avail: dswarm.NodeAvailabilityActive, engine: e, version: 1}
+	if manager {
+		n.role, n.raft = dswarm.NodeRoleManager, true
+	}
+	s.nodes[n.id] = n
+	e.sw, e.nodeID = s, n.id
+	w.after("SwarmJoin " + e.Name + " as " + string(n.role))
+	return nil
+}
+
+// Unblock lets a pending join go through, as the token said.
+func (w *World) Unblock(e *Engine) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	e.BlockJoin = false
+	req := e.pendingJoin
+	if !e.pending || req == nil {
+		return nil
+	}
+	e.pending, e.pendingJoin = false, nil
+	for _, c := range w.swarms {
+		switch req.JoinToken {
+		case c.tokens.Worker:
+			return e.join(c, *req, false)
+		case c.tokens.Manager:
+			return e.join(c, *req, true)
+		}
+	}
+	return errors.New("no swarm for the pending join's token")
+}
+
+// SwarmLeave leaves the swarm; a manager only with force.
+func (e *Engine) SwarmLeave(ctx context.Context, force bool) error {
+	w := e.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if e.Down {
+		return errDown
+	}
+	if e.pending {
+		e.pending, e.pendingJoin = false, nil
+		w.after("SwarmLeave (pending) " + e.Name)
+		return nil
+	}
+	if e.sw == nil {
+		return errors.New("This node is not part of a swarm")
+	}
+	if n := e.sw.nodes[e.nodeID]; n != nil && n.raft && !force {
+		return errors.New("You are attempting to leave the swarm on a node that is participating as a manager.")
+	}
+	s := e.sw
+	if n := s.nodes[e.nodeID]; n != nil {
+		n.engine = nil
+		s.reschedule(n.id)
+	}
+	e.sw, e.nodeID = nil, ""
+	w.after("SwarmLeave " + e.Name)
+	return nil
+}
+
+// SwarmInspect returns the swarm with its join tokens.
+func (e *Engine) SwarmInspect(ctx context.Context) (dswarm.Swarm, error) {
+	e.w.mu.Lock()
+	defer e.w.mu.Unlock()
+	s, err := e.manager()
+	if err != nil {
+		return dswarm.Swarm{}, err
+	}
+	out := dswarm.Swarm{JoinTokens: s.tokens}
+	out.ID = s.ID
+	out.Spec.Annotations.Labels = s.Labels
+	return out, nil
+}
+
+func (s *Swarm) view(n *node) dswarm.Node {
+	out := dswarm.Node{ID: n.id}
+	out.Version.Index = n.version
+	out.Spec.Role = n.role
+	out.Spec.Availability = n.avail
+	out.Spec.Labels = map[string]string{}
+	for k, v := range n.labels {
+		out.Spec.Labels[k] = v
+	}
+	out.Description.Hostname = n.hostname
+	out.Status.State = dswarm.NodeStateDown
+	if n.reachable() {
+		out.Status.State = dswarm.NodeStateReady
+	}
+	if n.raft {
+		r := dswarm.ReachabilityUnreachable
+		if n.reachable() {
+			r = dswarm.ReachabilityReachable
+		}
+		out.ManagerStatus = &dswarm.ManagerStatus{Leader: n.leader, Reachability: r}
+	}
+	return out
+}
+
+// NodeList lists the nodes.
+func (e *Engine) NodeList(ctx context.Context, _ dswarm.NodeListOptions) ([]dswarm.Node, error) {
+	e.w.mu.Lock()
+	defer e.w.mu.Unlock()
+	s, err := e.manager()
+	if err != nil {
+		return nil, err
+	}
+	var out []dswarm.Node
+	for _, n := range s.nodes {
+		out = append(out, s.view(n))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// NodeInspectWithRaw returns one node.
+func (e *Engine) NodeInspectWithRaw(ctx context.Context, id string) (dswarm.Node, []byte, error) {
+	e.w.mu.Lock()
+	defer e.w.mu.Unlock()
+	s, err := e.manager()
+	if err != nil {
+		return dswarm.Node{}, nil, err
+	}
+	n := s.nodes[id]
+	if n == nil {
+		return dswarm.Node{}, nil, errdefs.NotFound(fmt.Errorf("node %s not found", id))
+	}
+	return s.view(n), nil, nil
+}
+
+// NodeUpdate changes a node's role, availability or labels; a demotion
+// that would leave the raft without a reachable majority is refused.
+func (e *Engine) NodeUpdate(ctx context.Context, id string, version dswarm.Version, spec dswarm.NodeSpec) error {
+	w := e.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s, err := e.manager()
+	if err != nil {
+		return err
+	}
+	n := s.nodes[id]
+	if n == nil {
+		return errdefs.NotFound(fmt.Errorf("node %s not found", id))
+	}
+	if version.Index != n.version {
+		return errors.New("rpc error: update out of sequence")
+	}
+	var what []string
+	if spec.Role == dswarm.NodeRoleWorker && n.raft {
+		total, up := s.raft()
+		if n.reachable() {
+			up--
+		}
+		if total-1 == 0 || up < (total-1)/2+1 {
+			return errors.New("rpc error: code = FailedPrecondition desc = can't remove member from the raft: this would result in a loss of quorum")
+		}
+		n.raft, n.leader = false, false
+		what = append(what, "demote")
+	}
+	if spec.Role == dswarm.NodeRoleManager && !n.raft {
+		if !n.reachable() {
+			return errors.New("cannot promote a node that is down")
+		}
+		n.raft = true
+		what = append(what, "promote")
+	}
+	n.role = spec.Role
+	if spec.Availability != "" && spec.Availability != n.avail {
+		n.avail = spec.Availability
+		what = append(what, "availability="+string(spec.Availability))
+		if n.avail == dswarm.NodeAvailabilityDrain {
+			s.reschedule(n.id)
+		}
+	}
+	if !maps(n.labels, spec.Labels) {
+		n.labels = map[string]string{}
+		for k, v := range spec.Labels {
+			n.labels[k] = v
+		}
+		what = append(what, "labels")
+	}
+	n.version++
+	w.after(fmt.Sprintf("NodeUpdate %s %s", n.hostname, strings.Join(what, ",")))
+	return nil
+}
+
+func maps(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if bv, ok := b[k]; !ok || bv != v {
+			return false
+		}
+	}
+	return true
+}
+
+// NodeRemove removes a node from the list; a raft member is refused, and a
+// Ready node without force.
+func (e *Engine) NodeRemove(ctx context.Context, id string, opts dswarm.NodeRemoveOptions) error {
+	w := e.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s, err := e.manager()
+	if err != nil {
+		return err
+	}
+	n := s.nodes[id]
+	if n == nil {
+		return errdefs.NotFound(fmt.Errorf("node %s not found", id))
+	}
+	if n.raft {
+		return errors.New("rpc error: code = FailedPrecondition desc = node " + id + " is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal")
+	}
+	if n.reachable() && !opts.Force {
+		return errors.New("rpc error: node " + id + " is not down and can't be removed")
+	}
+	delete(s.nodes, id)
+	s.reschedule(id)
+	if n.engine != nil && n.engine.nodeID == id {
+		// The engine finds out it was removed.
+		n.engine.sw, n.engine.nodeID = nil, ""
+	}
+	w.after("NodeRemove " + n.hostname)
+	return nil
+}
+
+// TaskList lists tasks, filtered by node, service and desired-state.
+func (e *Engine) TaskList(ctx context.Context, opts dswarm.TaskListOptions) ([]dswarm.Task, error) {
+	e.w.mu.Lock()
+	defer e.w.mu.Unlock()
+	s, err := e.manager()
+	if err != nil {
+		return nil, err
+	}
+	var out []dswarm.Task
+	for _, t := range s.tasks {
+		if v := opts.Filters.Get("node"); len(v) > 0 && !slices.Contains(v, t.node) {
+			continue
+		}
+		if v := opts.Filters.Get("service"); len(v) > 0 && !slices.Contains(v, t.service) {
+			continue
+		}
+		st := dswarm.TaskStatePending
+		if n := s.nodes[t.node]; n != nil && n.reachable() {
+			st = dswarm.TaskStateRunning
+		}
+		out = append(out, dswarm.Task{ID: t.id, ServiceID: t.service, NodeID: t.node, DesiredState: dswarm.TaskStateRunning, Status: dswarm.TaskStatus{State: st, Timestamp: time.Now()}})
+	}
+	return out, nil
+}
+
+// NetworkInspect returns a swarm network by name.
+func (e *Engine) NetworkInspect(ctx context.Context, name string, _ network.InspectOptions) (network.Inspect, error) {
+	e.w.mu.Lock()
+	defer e.w.mu.Unlock()
+	s, err := e.manager()
+	if err != nil {
+		return network.Inspect{}, err
+	}
+	n, ok := s.nets[name]
+	if !ok {
+		return network.Inspect{}, errdefs.NotFound(fmt.Errorf("network %s not found", name))
+	}
+	return n, nil
+}
+
+// NetworkCreate makes a swarm network.
+func (e *Engine) NetworkCreate(ctx context.Context, name string, opts network.CreateOptions) (network.CreateResponse, error) {
+	w := e.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s, err := e.manager()
+	if err != nil {
+		return network.CreateResponse{}, err
+	}
+	if _, ok := s.nets[name]; ok {
+		return network.CreateResponse{}, errdefs.Conflict(fmt.Errorf("network %s exists", name))
+	}
+	id := w.id("net")
+	s.nets[name] = network.Inspect{ID: id, Name: name, Driver: opts.Driver, Options: opts.Options, Labels: opts.Labels, Attachable: opts.Attachable}
+	w.after("NetworkCreate " + name)
+	return network.CreateResponse{ID: id}, nil
+}
+
+// NetworkRemove removes a swarm network by ID or name.
+func (e *Engine) NetworkRemove(ctx context.Context, id string) error {
+	w := e.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s, err := e.manager()
+	if err != nil {
+		return err
+	}
+	for name, n := range s.nets {
+		if n.ID == id || name == id {
+			delete(s.nets, name)
+			w.after("NetworkRemove " + name)
+			return nil
+		}
+	}
+	return errdefs.NotFound(fmt.Errorf("network %s not found", id))
+}
