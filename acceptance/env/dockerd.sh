@@ -5,6 +5,11 @@
 set -euo pipefail
 log=${PROVISION_DOCKERD_LOG:-/tmp/provision-dockerd.log}
 
+# Static busybox: the acceptance tests import it as a tiny service image.
+if ! command -v busybox >/dev/null 2>&1 && [ ! -x /bin/busybox ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq busybox-static >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq busybox-static >/dev/null; }
+fi
 if docker info >/dev/null 2>&1; then
   echo "dockerd: already running"; exit 0
 fi
