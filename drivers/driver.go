@@ -12,6 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
 	"sync"
 
 	"github.com/hashicorp/hcl/v2"
@@ -27,6 +29,10 @@ const (
 	TagMachine = "provision-machine" // the machine name, unique in the cluster
 	TagRole    = "provision-role"    // "manager" or "worker"
 	TagPool    = "provision-pool"    // the pool name within the role
+	// TagGeneration numbers the machines made under one name: a replaced
+	// machine's successor is the next generation, and both exist while the
+	// new one joins and the old one leaves (drivers that Coexist).
+	TagGeneration = "provision-generation"
 )
 
 // ErrNotFound is returned (wrapped) when a machine or resource does not exist.
@@ -105,6 +111,38 @@ type MachineSpec struct {
 	SSH      SSHAccess         // the admin user and key the machine must accept
 	HostKey  HostKey           // the SSH host key the machine must present (drivers that can inject one)
 	UserData string            // optional cloud-init user-data the driver may pass through
+	// Generation tells machines of one Name apart (1, 2, ...; 0 means 1):
+	// drivers whose Info says Coexist key their own resources (container,
+	// instance Name tag, domain) by InstanceName(Name, Generation) and
+	// Create/Destroy by name and generation. The host name stays Name.
+	Generation int
+}
+
+// InstanceName is the driver-level name of generation gen of machine name:
+// the machine name for the first generation, "<name>-g<gen>" after.
+// Machine names end in a number, so no machine name looks like one.
+func InstanceName(name string, gen int) string {
+	if gen <= 1 {
+		return name
+	}
+	return fmt.Sprintf("%s-g%d", name, gen)
+}
+
+// GenerationOf reads the generation from ownership tags (1 when absent:
+// machines made before generations existed).
+func GenerationOf(tags map[string]string) int {
+	if n, err := strconv.Atoi(tags[TagGeneration]); err == nil && n > 1 {
+		return n
+	}
+	return 1
+}
+
+// MachineSettings is implemented by drivers whose own block has settings
+// that shape every machine they make (the local driver's image and limits).
+// A change of one means new machines: plan replaces them (rolling), as it
+// does for a changed pool setting the driver honours. It does no I/O.
+type MachineSettings interface {
+	MachineSettings() map[string]string
 }
 
 // SSHAccess is the login the engine will use.
@@ -184,17 +222,44 @@ type Info struct {
 	MinDiskGiB int     // smallest disk the platform accepts (0: the driver manages no disk)
 	DefaultGiB int     // disk size when the spec gives none
 	NeedsHosts bool    // pools on this driver list existing host addresses (generic)
+	// Honours lists the pool settings ("disk", "size") the driver uses to
+	// make a machine. Only these (and the driver's MachineSettings) count in
+	// the machine's fingerprint: changing another never rebuilds a machine,
+	// and validate warns that it is ignored.
+	Honours []string
+	// CheckSize, when set, checks a pool's size for this driver at validate
+	// time (drivers that size machines themselves: "2cpu-2g").
+	CheckSize func(string) error
+	// Coexist says two generations of one machine can exist at once (the
+	// driver names its resources by InstanceName): a replaced machine's
+	// successor joins before it leaves. Drivers that reuse the host
+	// (generic) replace a live machine in place instead: it leaves the
+	// swarm first (one manager at a time, quorum checked), then is made
+	// again and joins.
+	Coexist bool
+}
+
+// Uses reports whether the driver honours a pool setting.
+func (i Info) Uses(setting string) bool { return slices.Contains(i.Honours, setting) }
+
+func checkSize(s string) error {
+	_, err := ParseSize(s)
+	return err
 }
 
 var (
 	mu    sync.RWMutex
 	known = []Info{
-		{Type: "local", MinDiskGiB: 1, DefaultGiB: 10},
+		// local: containers share the engine's disk; size is CPU and memory limits.
+		{Type: "local", Honours: []string{"size"}, CheckSize: checkSize, Coexist: true},
+		// generic: existing hosts; replacing a live one reinstalls it in place.
 		{Type: "generic", NeedsHosts: true},
-		{Type: "libvirt", MinDiskGiB: 4, DefaultGiB: 20},
-		{Type: "aws", MinDiskGiB: 8, DefaultGiB: 20},
-		{Type: "azure", MinDiskGiB: 30, DefaultGiB: 30},
-		{Type: "digitalocean", MinDiskGiB: 25, DefaultGiB: 25},
+		// libvirt, azure, digitalocean: Coexist once their Create, Machines
+		// and Destroy key machines by (name, generation).
+		{Type: "libvirt", MinDiskGiB: 4, DefaultGiB: 20, Honours: []string{"disk", "size"}, CheckSize: checkSize},
+		{Type: "aws", MinDiskGiB: 8, DefaultGiB: 20, Honours: []string{"disk", "size"}, Coexist: true},
+		{Type: "azure", MinDiskGiB: 30, DefaultGiB: 30, Honours: []string{"disk", "size"}},
+		{Type: "digitalocean", MinDiskGiB: 25, DefaultGiB: 25, Honours: []string{"disk", "size"}},
 	}
 )
 

@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
 	"fmt"
 	"strconv"
 	"strings"
@@ -52,6 +55,8 @@ fi
 if command -v cloud-init >/dev/null 2>&1; then
 	printf 'cloudinit\t%s\n' "$(cloud-init status 2>/dev/null | sed -n 's/^status: *//p')"
 fi
+c=/var/lib/docker/swarm/certificates/swarm-node.crt
+if [ -r "$c" ]; then printf 'swarmcert\t%s\n' "$(base64 -w0 <"$c" 2>/dev/null)"; fi
 { ` + busyScript + `; } | while IFS= read -r l; do printf 'busy\t%s\n' "$l"; done
 printf 'end\n'
 `
@@ -139,6 +144,8 @@ func ParseFacts(out []byte) (*Facts, error) {
 			if f.CloudInit == "" {
 				f.CloudInit = "unknown"
 			}
+		case "swarmcert":
+			f.Swarm = parseSwarmCert(strings.TrimSpace(rest))
 		case "busy":
 			if s := strings.TrimSpace(rest); s != "" {
 				f.Busy = append(f.Busy, s)
@@ -193,4 +200,27 @@ func engineVersion(s string) string {
 		v = v[:j]
 	}
 	return v
+}
+
+// parseSwarmCert reads an engine's swarm node certificate (base64 of its
+// PEM): the swarm's node certificates name the node (CN), its role (OU)
+// and the swarm's cluster ID (O). nil when it cannot be read.
+func parseSwarmCert(b64 string) *SwarmMember {
+	raw, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		return nil
+	}
+	blk, _ := pem.Decode(raw)
+	if blk == nil {
+		return nil
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil || len(cert.Subject.Organization) == 0 {
+		return nil
+	}
+	m := &SwarmMember{NodeID: cert.Subject.CommonName, ClusterID: cert.Subject.Organization[0]}
+	if len(cert.Subject.OrganizationalUnit) > 0 {
+		m.Role = strings.TrimPrefix(cert.Subject.OrganizationalUnit[0], "swarm-")
+	}
+	return m
 }

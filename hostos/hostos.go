@@ -105,6 +105,16 @@ type Facts struct {
 	Busy []string `json:"busy,omitempty"`
 	// Commands maps the commands steps use (sshd, nft, hostnamectl, ...) to their path when present.
 	Commands map[string]string `json:"commands,omitempty"`
+	// Swarm is the swarm the host's engine is a member of, read from its
+	// swarm node certificate; nil when it is in none.
+	Swarm *SwarmMember `json:"swarm,omitempty"`
+}
+
+// SwarmMember is an engine's swarm membership as its node certificate says.
+type SwarmMember struct {
+	NodeID    string `json:"node_id"`
+	ClusterID string `json:"cluster_id"`
+	Role      string `json:"role"` // "manager" or "worker"
 }
 
 // Container reports whether the host is a container (its kernel is not its own).

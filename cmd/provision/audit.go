@@ -32,7 +32,7 @@ measurement the README records for a plain and a provisioned host.`,
 		Example: "  provision audit examples/local.hcl\n  provision audit cluster.hcl demo-worker-1 --json",
 		Args:    cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := g.open(cmd, args[0])
+			l, err := g.openRead(cmd, args[0])
 			if err != nil {
 				return err
 			}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -49,12 +50,14 @@ based on state alone for them.`,
 		Example: "  provision plan examples/local.hcl\n  provision plan cluster.hcl --json | jq .summary",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := g.open(cmd, args[0])
+			l, err := g.openRead(cmd, args[0])
 			if err != nil {
 				return err
 			}
 			defer l.close()
-			p := plan.Build(l.spec, l.state, l.observe(cmd.Context(), g.log))
+			obs := l.observe(cmd.Context(), g.log)
+			l.observeEngines(cmd.Context(), g.log, &obs)
+			p := plan.Build(l.spec, l.state, obs)
 			if jsonOut {
 				return p.WriteJSON(cmd.OutOrStdout())
 			}
@@ -84,8 +87,8 @@ func approve(cmd *cobra.Command, auto bool, what string) error {
 
 func newApply(g *globals) *cobra.Command {
 	var (
-		auto, jsonOut, forceNew bool
-		parallelism             int
+		auto, jsonOut, forceNew, replaceMissing, leaveOther bool
+		parallelism                                         int
 	)
 	cmd := &cobra.Command{
 		Use:   "apply FILE",
@@ -114,13 +117,21 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 					return err
 				}
 			}
+			if p.Missing != nil && !replaceMissing {
+				return withCode(exitRefused, fmt.Errorf("%w: %s. Nothing was changed. If the machines really are gone, run apply again with --replace-missing", apply.ErrMissing, p.Missing.Message))
+			}
 			e := l.engine(g, reporter(out, jsonOut))
 			e.ForceNewCluster = forceNew
+			e.ReplaceMissing = replaceMissing
+			e.LeaveOtherSwarm = leaveOther
 			if parallelism > 0 {
 				e.Parallelism = parallelism
 			}
 			stats, err := e.Apply(ctx, p)
 			summary(out, stats, args[0], err)
+			if errors.Is(err, apply.ErrMissing) {
+				return withCode(exitRefused, err)
+			}
 			if err != nil {
 				if ctx.Err() != nil {
 					return fmt.Errorf("interrupted: %w", err)
@@ -134,6 +145,8 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stderr")
 	cmd.Flags().IntVar(&parallelism, "parallelism", 0, "hosts worked on at once (default: the spec's, 16)")
 	cmd.Flags().BoolVar(&forceNew, "force-new-cluster", false, "when swarm quorum is lost, re-form the swarm on a surviving manager")
+	cmd.Flags().BoolVar(&replaceMissing, "replace-missing", false, "create replacements even when every machine (or every manager) appears gone at once")
+	cmd.Flags().BoolVar(&leaveOther, "leave-other-swarm", false, "make hosts that are members of another swarm leave it and join this one")
 	return cmd
 }
 

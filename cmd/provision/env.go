@@ -31,7 +31,7 @@ again updates the context; destroy does not remove it.`,
 		Example: "  eval \"$(provision env cluster.hcl)\"\n  provision env cluster.hcl demo-worker-1\n  provision env cluster.hcl --context && docker --context provision-demo-demo-manager-1 node ls",
 		Args:    cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := g.open(cmd, args[0])
+			l, err := g.openRead(cmd, args[0])
 			if err != nil {
 				return err
 			}

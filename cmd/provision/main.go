@@ -42,11 +42,12 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go func() {
-		// The first interrupt stops new work; running steps finish and state
-		// is saved. Restoring the default lets a second one end the process.
+		// The first interrupt cancels ctx: waits and calls in flight stop
+		// within moments, nothing new starts, and state is saved. Restoring
+		// the default handler lets a second one end the process at once.
 		<-ctx.Done()
 		stop()
-		fmt.Fprintln(os.Stderr, "\nInterrupted: finishing the steps already running and saving state (interrupt again to quit at once).")
+		fmt.Fprintln(os.Stderr, "\nInterrupted: stopping what runs and saving state (interrupt again to quit at once).")
 	}()
 	os.Exit(run(ctx, os.Args[1:]))
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/provision/provision/drivers"
@@ -84,7 +85,7 @@ func newRoot() *cobra.Command {
 	pf.BoolVar(&g.noColor, "no-color", false, "no colors in output")
 	root.AddCommand(
 		newValidate(g), newPlan(g), newApply(g), newDestroy(g), newAudit(g),
-		newStatus(g), newEnv(g), newSSH(g), newVersion(),
+		newStatus(g), newEnv(g), newSSH(g), newBackup(g), newRestore(g), newVersion(),
 	)
 	return root
 }
@@ -172,8 +173,21 @@ func builtDrivers() []string {
 	return out
 }
 
-// open loads the spec, takes the state lock and builds the drivers.
+// open loads the spec, takes the state lock and builds the drivers: for
+// the commands that change the cluster (apply, destroy, backup, restore).
 func (g *globals) open(cmd *cobra.Command, file string) (*loaded, error) {
+	return g.openState(cmd, file, true)
+}
+
+// openRead loads the spec and reads the state without the lock, for the
+// commands that only read (plan, status, env, ssh, audit): they work while
+// an apply runs, each reads one consistent snapshot of the state, and an
+// open ssh session holds nothing up.
+func (g *globals) openRead(cmd *cobra.Command, file string) (*loaded, error) {
+	return g.openState(cmd, file, false)
+}
+
+func (g *globals) openState(cmd *cobra.Command, file string, lock bool) (*loaded, error) {
 	c, err := g.loadSpec(cmd, file)
 	if err != nil {
 		return nil, err
@@ -183,7 +197,11 @@ func (g *globals) open(cmd *cobra.Command, file string) (*loaded, error) {
 	if dir == "" {
 		dir = state.DefaultDir(file, c.Name)
 	}
-	l.store, err = state.Open(dir, "provision "+strings.Join(os.Args[1:], " "))
+	if lock {
+		l.store, err = state.Open(dir, holder(cmd))
+	} else {
+		l.store, err = state.OpenReadOnly(dir)
+	}
 	if err != nil {
 		var le *state.LockedError
 		if errors.As(err, &le) {
@@ -218,6 +236,22 @@ func (g *globals) open(cmd *cobra.Command, file string) (*loaded, error) {
 	return l, nil
 }
 
+// holder is how the lock names this command: its path, its arguments and
+// the names of the flags set, never their values (-var and -var-file
+// values, or anything else, may be secret).
+func holder(cmd *cobra.Command) string {
+	parts := []string{cmd.CommandPath()}
+	parts = append(parts, cmd.Flags().Args()...)
+	seen := map[string]bool{}
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		if !seen[f.Name] {
+			seen[f.Name] = true
+			parts = append(parts, "--"+f.Name)
+		}
+	})
+	return strings.Join(parts, " ")
+}
+
 // observe asks every driver what the cluster owns. A driver that cannot
 // answer (no credentials, unreachable) is reported, not fatal: plan says which
 // checks it could not make.
@@ -228,6 +262,12 @@ func (l *loaded) observe(ctx context.Context, log *slog.Logger) plan.Observed {
 	var wg sync.WaitGroup
 	wanted := plan.Wanted(l.spec, l.state.ClusterID)
 	for name, d := range l.drivers {
+		if ms, ok := d.(drivers.MachineSettings); ok {
+			if obs.DriverSettings == nil {
+				obs.DriverSettings = map[string]map[string]string{}
+			}
+			obs.DriverSettings[name] = ms.MachineSettings()
+		}
 		if r, ok := d.(drivers.Resourcer); ok {
 			wg.Add(1)
 			go func() {

@@ -74,7 +74,7 @@ func newStatus(g *globals) *cobra.Command {
 		Example: "  provision status examples/local.hcl\n  provision status cluster.hcl --json",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := g.open(cmd, args[0])
+			l, err := g.openRead(cmd, args[0])
 			if err != nil {
 				return err
 			}
@@ -317,7 +317,7 @@ connection provision uses. With a command, run it and exit with its code.`,
 		Example: "  provision ssh cluster.hcl demo-manager-1\n  provision ssh cluster.hcl demo-worker-2 -- sudo journalctl -u docker -n 50",
 		Args:    cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := g.open(cmd, args[0])
+			l, err := g.openRead(cmd, args[0])
 			if err != nil {
 				return err
 			}

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -764,4 +765,62 @@ func TestInterruptedCreateIsAdopted(t *testing.T) {
 		t.Fatalf("Teardown: %v", err)
 	}
 	assertNothingLeft(t, cli, cluster)
+}
+
+// TestGenerationsCoexist: a replaced machine's next generation is a second
+// instance of the same machine name (Name tag "<name>-g2"), found, adopted
+// and destroyed by name and generation without touching the first.
+func TestGenerationsCoexist(t *testing.T) {
+	_ = sdk(t)
+	ctx := testCtx(t)
+	cluster := newCluster(t)
+	d := driverFromHCL(t, fmt.Sprintf("ami = %q\nallowed_cidrs = [\"198.51.100.7/32\"]\n", testAMI(t)))
+	g1 := spec(cluster, "manager", 1)
+	m1, err := d.Create(ctx, cluster, g1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2 := g1
+	g2.Generation = 2
+	g2.Tags = maps.Clone(g1.Tags)
+	g2.Tags[drivers.TagGeneration] = "2"
+	m2, err := d.Create(ctx, cluster, g2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m1.ID == m2.ID || m2.Name != g1.Name || drivers.GenerationOf(m2.Tags) != 2 {
+		t.Fatalf("generation 2 %+v, generation 1 %s", m2, m1.ID)
+	}
+	again, err := d.Create(ctx, cluster, g2)
+	if err != nil || again.ID != m2.ID {
+		t.Fatalf("Create of generation 2 again: %v %s", err, again.ID)
+	}
+	ms, err := d.Machines(ctx, cluster)
+	if err != nil || len(ms) != 2 {
+		t.Fatalf("Machines: %v %+v", err, ms)
+	}
+	inst, err := d.findInstance(ctx, d.client, cluster, g1.Name, 2)
+	if err != nil || inst == nil || tagValue(inst.Tags, "Name") != g1.Name+"-g2" {
+		t.Fatalf("generation 2's Name tag: %v %+v", err, inst)
+	}
+	// Destroy generation 1 by tags alone (no ID): generation 2 stays.
+	if err := d.Destroy(ctx, drivers.Machine{Name: g1.Name, Tags: map[string]string{drivers.TagCluster: cluster, drivers.TagGeneration: "1"}}); err != nil {
+		t.Fatal(err)
+	}
+	ms, err = d.Machines(ctx, cluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var live []string
+	for _, m := range ms {
+		if m.State != "terminated" && m.State != "shutting-down" {
+			live = append(live, m.ID)
+		}
+	}
+	if len(live) != 1 || live[0] != m2.ID {
+		t.Fatalf("after destroying generation 1: %v (generation 2 is %s)", live, m2.ID)
+	}
+	if err := d.Destroy(ctx, m2); err != nil {
+		t.Fatal(err)
+	}
 }

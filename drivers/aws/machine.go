@@ -33,13 +33,14 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	if cluster == "" || want.Name == "" {
 		return drivers.Machine{}, errors.New("create instance: cluster and machine name are required")
 	}
-	defer d.lockName(cluster, want.Name)()
+	gen := max(1, want.Generation)
+	defer d.lockName(cluster, drivers.InstanceName(want.Name, gen))()
 	cli, err := d.ec2Client(ctx)
 	if err != nil {
 		return drivers.Machine{}, err
 	}
 
-	inst, err := d.findInstance(ctx, cli, cluster, want.Name)
+	inst, err := d.findInstance(ctx, cli, cluster, want.Name, gen)
 	if err != nil {
 		return drivers.Machine{}, fmt.Errorf("find instance %q: %w", want.Name, err)
 	}
@@ -91,10 +92,13 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	if want.Pool != "" {
 		tags[drivers.TagPool] = want.Pool
 	}
-	tags[tagName] = want.Name
+	tags[drivers.TagGeneration] = strconv.Itoa(gen)
+	// The Name tag tells generations apart in the console; the host name
+	// stays the machine name.
+	tags[tagName] = drivers.InstanceName(want.Name, gen)
 	tags[TagHostKey] = strings.TrimSpace(want.HostKey.Public)
 	tags[TagUser] = want.SSH.User
-	small := map[string]string{drivers.TagCluster: cluster, drivers.TagMachine: want.Name, tagName: want.Name}
+	small := map[string]string{drivers.TagCluster: cluster, drivers.TagMachine: want.Name, drivers.TagGeneration: strconv.Itoa(gen), tagName: tags[tagName]}
 
 	in := &ec2.RunInstancesInput{
 		ImageId:      awssdk.String(img.id),
@@ -194,13 +198,24 @@ func (d *Driver) startAndWait(ctx context.Context, cli *ec2.Client, inst types.I
 	return drivers.Machine{}, fmt.Errorf("wait for instance %q (%s): not in the answer", name, id)
 }
 
-// findInstance returns the cluster's instance with that machine name, or nil.
-// When several exist (two processes raced), the oldest wins.
-func (d *Driver) findInstance(ctx context.Context, cli *ec2.Client, cluster, name string) (*types.Instance, error) {
-	insts, err := d.describeInstances(ctx, cli, clusterFilter(cluster), filter("tag:"+drivers.TagMachine, name),
+// findInstance returns the cluster's instance with that machine name and
+// generation (no generation tag: the first), or nil. When several exist
+// (two processes raced), the oldest wins.
+func (d *Driver) findInstance(ctx context.Context, cli *ec2.Client, cluster, name string, gen int) (*types.Instance, error) {
+	all, err := d.describeInstances(ctx, cli, clusterFilter(cluster), filter("tag:"+drivers.TagMachine, name),
 		filter("instance-state-name", liveStates...))
-	if err != nil || len(insts) == 0 {
+	if err != nil || len(all) == 0 {
 		return nil, err
+	}
+	var insts []types.Instance
+	for _, i := range all {
+		tags := map[string]string{drivers.TagGeneration: tagValue(i.Tags, drivers.TagGeneration)}
+		if drivers.GenerationOf(tags) == gen {
+			insts = append(insts, i)
+		}
+	}
+	if len(insts) == 0 {
+		return nil, nil
 	}
 	sort.Slice(insts, func(i, j int) bool {
 		a, b := awssdk.ToTime(insts[i].LaunchTime), awssdk.ToTime(insts[j].LaunchTime)
@@ -271,7 +286,7 @@ func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
 		if cluster == "" {
 			return fmt.Errorf("destroy %q: no instance ID and no cluster tag", m.Name)
 		}
-		inst, err := d.findInstance(ctx, cli, cluster, m.Name)
+		inst, err := d.findInstance(ctx, cli, cluster, m.Name, drivers.GenerationOf(m.Tags))
 		if err != nil {
 			return fmt.Errorf("destroy %q: %w", m.Name, err)
 		}

@@ -21,8 +21,28 @@
 //	  cpus        = 1.5                       # per-host CPU limit (default: none)
 //	}
 //
-// Pools' disk sizes are accepted and ignored: containers share the engine's
-// disk. Nothing is contacted in New: the Docker client is made on first use.
+// Pools' disk sizes are ignored (validate warns): containers share the
+// engine's disk. A pool's size ("2cpu-2g", drivers.ParseSize) sets the
+// host's CPU and memory limits and overrides the block's cpus and memory.
+// image, memory and cpus shape every machine (MachineSettings): changing one
+// replaces the machines, rolling. Nothing is contacted in New: the Docker
+// client is made on first use.
+//
+// Which engine: the block's docker_host; else the engine the cluster was
+// created on, recorded in <state dir>/local/<alias>.json with that engine's
+// ID when the first machine is made; else DOCKER_HOST (with
+// DOCKER_TLS_VERIFY and DOCKER_CERT_PATH) or the local socket. Once
+// recorded, DOCKER_HOST is not followed (after ` + "`eval \"$(provision env ...)\"`" + ` it
+// points at a swarm manager), and an engine that answers with another ID
+// than the recorded one is refused, naming both. Docker CLI contexts are
+// not read (the SDK does not). Before anything is recorded, a DOCKER_HOST
+// whose DOCKER_CERT_PATH is a provision state directory's pki (it holds the
+// CA key: provision env set it) is refused: that engine is a cluster node.
+//
+// Generations: a replaced machine's successor is a second container of the
+// same machine name (label provision-generation, container and volume
+// named after drivers.InstanceName), so the old one keeps serving while the
+// new one joins. The host name stays the machine name.
 //
 // Flags: the engine here refuses --privileged (CAP_SYS_RESOURCE is not in the
 // bounding set), so hosts run with every capability but SYS_RESOURCE,
@@ -40,13 +60,18 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -92,6 +117,10 @@ type Driver struct {
 	clientMu sync.Mutex
 	client   *client.Client
 	cgroupV2 bool
+	engine   engineInfo // the engine the client talks to
+	// bindPath is where the engine binding is recorded ("" without a
+	// state directory: tests).
+	bindPath string
 
 	netMu sync.Mutex // serializes network creation within the process
 
@@ -100,9 +129,10 @@ type Driver struct {
 }
 
 var (
-	_ drivers.Driver      = (*Driver)(nil)
-	_ drivers.Teardown    = (*Driver)(nil)
-	_ drivers.Preflighter = (*Driver)(nil)
+	_ drivers.Driver          = (*Driver)(nil)
+	_ drivers.Teardown        = (*Driver)(nil)
+	_ drivers.Preflighter     = (*Driver)(nil)
+	_ drivers.MachineSettings = (*Driver)(nil)
 )
 
 // New decodes a `driver "local" { ... }` block. It does no I/O.
@@ -127,42 +157,171 @@ func NewDriver(cfg Config, opts drivers.Options) *Driver {
 	if cfg.Image == "" {
 		cfg.Image = DefaultImage
 	}
-	return &Driver{
+	d := &Driver{
 		cfg:         cfg,
 		name:        name,
 		log:         log.With("driver", name),
 		bootTimeout: 3 * time.Minute,
 		names:       map[string]*sync.Mutex{},
 	}
+	if opts.StateDir != "" {
+		d.bindPath = filepath.Join(opts.StateDir, "local", name+".json")
+	}
+	return d
+}
+
+// MachineSettings are the block's settings every machine is made with:
+// changing one replaces the machines (rolling).
+func (d *Driver) MachineSettings() map[string]string {
+	out := map[string]string{"image": d.cfg.Image}
+	if d.cfg.Memory > 0 {
+		out["memory"] = strconv.FormatInt(d.cfg.Memory, 10)
+	}
+	if d.cfg.CPUs > 0 {
+		out["cpus"] = strconv.FormatFloat(d.cfg.CPUs, 'g', -1, 64)
+	}
+	return out
 }
 
 // Config returns the driver's decoded configuration.
 func (d *Driver) Config() Config { return d.cfg }
 
-// docker returns the engine client, made on first use. A failure is not
-// cached: the next call tries again.
+// docker returns the engine client, made on first use (see the package
+// comment for which engine). A failure is not cached: the next call tries
+// again.
 func (d *Driver) docker(ctx context.Context) (*client.Client, error) {
 	d.clientMu.Lock()
 	defer d.clientMu.Unlock()
 	if d.client != nil {
 		return d.client, nil
 	}
-	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
-	if d.cfg.DockerHost != "" {
-		opts = append(opts, client.WithHost(d.cfg.DockerHost))
-	}
-	cli, err := client.NewClientWithOpts(opts...)
+	bound, err := readBinding(d.bindPath)
 	if err != nil {
-		return nil, fmt.Errorf("docker client: %w", err)
+		return nil, err
+	}
+	opts, where, err := d.endpoint(bound)
+	if err != nil {
+		return nil, err
+	}
+	cli, err := client.NewClientWithOpts(append(opts, client.WithAPIVersionNegotiation())...)
+	if err != nil {
+		return nil, fmt.Errorf("docker client (%s): %w", where, err)
 	}
 	info, err := cli.Info(ctx)
 	if err != nil {
 		cli.Close()
-		return nil, fmt.Errorf("docker engine at %s: %w", cli.DaemonHost(), err)
+		return nil, fmt.Errorf("docker engine at %s (%s): %w", cli.DaemonHost(), where, err)
+	}
+	if bound != nil && bound.EngineID != "" && info.ID != bound.EngineID {
+		cli.Close()
+		return nil, fmt.Errorf("the engine at %s is %s (%s), but this cluster was created on engine %s (%s) at %s: provision will not look for or make its hosts on another engine. Point docker_host (or DOCKER_HOST) at the engine the cluster lives on; if the cluster really moved, remove %s",
+			cli.DaemonHost(), info.ID, info.Name, bound.EngineID, bound.EngineName, bound.Endpoint, d.bindPath)
 	}
 	d.cgroupV2 = info.CgroupVersion == "2"
+	d.engine = engineInfo{ID: info.ID, Name: info.Name, NCPU: info.NCPU, MemTotal: info.MemTotal}
 	d.client = cli
 	return cli, nil
+}
+
+// endpoint chooses the engine: docker_host; else the binding; else the
+// environment, unless it points at a provision cluster's node.
+func (d *Driver) endpoint(b *binding) ([]client.Opt, string, error) {
+	switch {
+	case d.cfg.DockerHost != "" && strings.HasPrefix(d.cfg.DockerHost, "unix://"):
+		// The environment's TLS settings are for its DOCKER_HOST, not this.
+		return []client.Opt{client.WithHost(d.cfg.DockerHost)}, "docker_host in the driver block", nil
+	case d.cfg.DockerHost != "":
+		return []client.Opt{client.FromEnv, client.WithHost(d.cfg.DockerHost)}, "docker_host in the driver block", nil
+	case b != nil:
+		if env := os.Getenv("DOCKER_HOST"); env != "" && env != b.Endpoint {
+			d.log.Info("DOCKER_HOST is not followed: the cluster lives on the engine it was created on", "docker_host", env, "engine", b.Endpoint)
+		}
+		opts := []client.Opt{client.WithHost(b.Endpoint)}
+		if b.CertPath != "" {
+			opts = append(opts, client.WithTLSClientConfig(filepath.Join(b.CertPath, "ca.pem"), filepath.Join(b.CertPath, "cert.pem"), filepath.Join(b.CertPath, "key.pem")))
+		}
+		return opts, "the engine the cluster was created on, " + d.bindPath, nil
+	}
+	host, certs := os.Getenv("DOCKER_HOST"), os.Getenv("DOCKER_CERT_PATH")
+	if host != "" && certs != "" {
+		if _, err := os.Stat(filepath.Join(certs, "ca-key.pem")); err == nil {
+			return nil, "", fmt.Errorf("DOCKER_HOST=%s with DOCKER_CERT_PATH=%s points at a node of a provision cluster (that directory holds a cluster CA's key: `provision env` set it), not at an engine to make hosts on: unset DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH, or set docker_host in the driver block", host, certs)
+		}
+	}
+	where := "the local socket"
+	if host != "" {
+		where = "DOCKER_HOST"
+	}
+	return []client.Opt{client.FromEnv}, where, nil
+}
+
+// engineInfo is what the driver knows of its engine.
+type engineInfo struct {
+	ID, Name string
+	NCPU     int
+	MemTotal int64
+}
+
+// binding records the engine a cluster's hosts live on.
+type binding struct {
+	Endpoint   string    `json:"endpoint"`            // DOCKER_HOST form
+	CertPath   string    `json:"cert_path,omitempty"` // TLS client files, for tcp endpoints
+	EngineID   string    `json:"engine_id"`
+	EngineName string    `json:"engine_name"`
+	Since      time.Time `json:"since"`
+}
+
+func readBinding(path string) (*binding, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("local driver: %w", err)
+	}
+	var bd binding
+	if err := json.Unmarshal(b, &bd); err != nil || bd.Endpoint == "" {
+		return nil, fmt.Errorf("local driver: %s is corrupt: remove it to use DOCKER_HOST again", path)
+	}
+	return &bd, nil
+}
+
+// bind records the engine the client talks to as the cluster's, once.
+func (d *Driver) bind(cli *client.Client) error {
+	if d.bindPath == "" {
+		return nil
+	}
+	if b, err := readBinding(d.bindPath); err != nil || b != nil {
+		return err
+	}
+	bd := binding{Endpoint: cli.DaemonHost(), EngineID: d.engine.ID, EngineName: d.engine.Name, Since: time.Now().UTC()}
+	if strings.HasPrefix(bd.Endpoint, "tcp://") && d.cfg.DockerHost == "" {
+		bd.CertPath = os.Getenv("DOCKER_CERT_PATH")
+	}
+	b, _ := json.MarshalIndent(bd, "", "  ")
+	if err := os.MkdirAll(filepath.Dir(d.bindPath), 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(d.bindPath), ".bind*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), d.bindPath); err != nil {
+		return err
+	}
+	d.log.Info("cluster bound to engine", "engine", bd.EngineID, "endpoint", bd.Endpoint)
+	return nil
 }
 
 // Close releases the Docker client, if one was made.
@@ -207,7 +366,8 @@ func ClusterShort(cluster string) string {
 // NetworkName is the name of the network the driver creates for a cluster.
 func NetworkName(cluster string) string { return "provision-" + ClusterShort(cluster) }
 
-// ContainerName is the name of a machine's container.
+// ContainerName is the name of a machine's container (for a later
+// generation, pass drivers.InstanceName(machine, gen)).
 func ContainerName(cluster, machine string) string {
 	return "provision-" + ClusterShort(cluster) + "-" + unsafeName.ReplaceAllString(machine, "-")
 }
@@ -228,6 +388,13 @@ func (d *Driver) Machines(ctx context.Context, cluster string) ([]drivers.Machin
 	cs, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: clusterFilter(cluster)})
 	if err != nil {
 		return nil, fmt.Errorf("list containers of cluster %s: %w", cluster, err)
+	}
+	if len(cs) > 0 {
+		// This engine holds the cluster's hosts: record it (clusters made
+		// before the binding existed).
+		if err := d.bind(cli); err != nil {
+			d.log.Warn("cannot record the cluster's engine", "err", err)
+		}
 	}
 	out := make([]drivers.Machine, 0, len(cs))
 	for _, c := range cs {
@@ -287,17 +454,21 @@ func (d *Driver) create(ctx context.Context, cluster string, spec drivers.Machin
 	if strings.TrimSpace(spec.SSH.PublicKey) == "" {
 		return drivers.Machine{}, errors.New("no admin public key")
 	}
-	unlock := d.lockName(cluster, spec.Name)
+	gen := max(1, spec.Generation)
+	unlock := d.lockName(cluster, drivers.InstanceName(spec.Name, gen))
 	defer unlock()
 	cli, err := d.docker(ctx)
 	if err != nil {
 		return drivers.Machine{}, err
 	}
+	if err := d.bind(cli); err != nil {
+		return drivers.Machine{}, fmt.Errorf("record the cluster's engine: %w", err)
+	}
 	if spec.DiskGiB != 0 {
 		d.log.Debug("disk size ignored: containers share the engine's disk", "machine", spec.Name, "disk_gib", spec.DiskGiB)
 	}
 
-	id, err := d.find(ctx, cli, cluster, spec.Name)
+	id, err := d.find(ctx, cli, cluster, spec.Name, gen)
 	if err != nil {
 		return drivers.Machine{}, err
 	}
@@ -371,13 +542,20 @@ func short(id string) string {
 	return id
 }
 
-// find returns the ID of the container labelled with cluster and name, or "".
-func (d *Driver) find(ctx context.Context, cli *client.Client, cluster, name string) (string, error) {
+// find returns the ID of the container labelled with cluster, name and
+// generation (no generation label: the first), or "".
+func (d *Driver) find(ctx context.Context, cli *client.Client, cluster, name string, gen int) (string, error) {
 	f := clusterFilter(cluster)
 	f.Add("label", drivers.TagMachine+"="+name)
-	cs, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
+	all, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
 	if err != nil {
 		return "", fmt.Errorf("list containers: %w", err)
+	}
+	var cs []container.Summary
+	for _, c := range all {
+		if drivers.GenerationOf(c.Labels) == gen {
+			cs = append(cs, c)
+		}
 	}
 	switch len(cs) {
 	case 0:
@@ -401,11 +579,17 @@ func (d *Driver) createContainer(ctx context.Context, cli *client.Client, cluste
 	if err != nil {
 		return "", err
 	}
-	name := ContainerName(cluster, spec.Name)
-	volName := VolumeName(cluster, spec.Name)
+	gen := max(1, spec.Generation)
+	instance := drivers.InstanceName(spec.Name, gen)
+	name := ContainerName(cluster, instance)
+	volName := VolumeName(cluster, instance)
+	res, err := d.resources(spec)
+	if err != nil {
+		return "", err
+	}
 	if _, err := cli.VolumeCreate(ctx, volume.CreateOptions{
 		Name:   volName,
-		Labels: map[string]string{drivers.TagCluster: cluster, drivers.TagMachine: spec.Name},
+		Labels: map[string]string{drivers.TagCluster: cluster, drivers.TagMachine: spec.Name, drivers.TagGeneration: strconv.Itoa(gen)},
 	}); err != nil {
 		return "", fmt.Errorf("create volume %s: %w", volName, err)
 	}
@@ -416,6 +600,7 @@ func (d *Driver) createContainer(ctx context.Context, cli *client.Client, cluste
 	}
 	labels[drivers.TagCluster] = cluster
 	labels[drivers.TagMachine] = spec.Name
+	labels[drivers.TagGeneration] = strconv.Itoa(gen)
 	labels[TagHostKey] = strings.TrimSpace(spec.HostKey.Public)
 	labels[TagUser] = spec.SSH.User
 	labels[TagNetwork] = netName
@@ -423,16 +608,13 @@ func (d *Driver) createContainer(ctx context.Context, cli *client.Client, cluste
 	cfg, hc, nc := SystemContainer(d.cfg.Image, spec.Name, netName, volName, d.cgroupV2)
 	cfg.Labels = labels
 	hc.RestartPolicy = container.RestartPolicy{Name: container.RestartPolicyUnlessStopped}
-	hc.Resources = container.Resources{
-		Memory:   d.cfg.Memory,
-		NanoCPUs: int64(d.cfg.CPUs * 1e9),
-	}
+	hc.Resources = res
 	d.log.Info("creating container", "machine", spec.Name, "container", name, "network", netName, "image", d.cfg.Image)
 	resp, err := cli.ContainerCreate(ctx, cfg, hc, nc, nil, name)
 	if err != nil {
 		if errdefs.IsConflict(err) {
 			// Another process made it between our lookup and now.
-			if id, ferr := d.find(ctx, cli, cluster, spec.Name); ferr == nil && id != "" {
+			if id, ferr := d.find(ctx, cli, cluster, spec.Name, gen); ferr == nil && id != "" {
 				return id, nil
 			}
 		}
@@ -443,6 +625,19 @@ func (d *Driver) createContainer(ctx context.Context, cli *client.Client, cluste
 	}
 	// The boot files are copied by create, before the first start.
 	return resp.ID, nil
+}
+
+// resources are the container's limits: the pool's size ("2cpu-2g") when
+// set, else the block's cpus and memory.
+func (d *Driver) resources(spec drivers.MachineSpec) (container.Resources, error) {
+	if spec.Size != "" {
+		r, err := drivers.ParseSize(spec.Size)
+		if err != nil {
+			return container.Resources{}, fmt.Errorf("machine %q: %w", spec.Name, err)
+		}
+		return container.Resources{Memory: int64(r.MemoryMiB) << 20, NanoCPUs: int64(r.CPUs) * 1e9}, nil
+	}
+	return container.Resources{Memory: d.cfg.Memory, NanoCPUs: int64(d.cfg.CPUs * 1e9)}, nil
 }
 
 // SystemContainer is the recipe of a system-container host, for the driver
@@ -747,12 +942,13 @@ func (d *Driver) destroy(ctx context.Context, m drivers.Machine) error {
 		return err
 	}
 	cluster := m.Tags[drivers.TagCluster]
+	instance := drivers.InstanceName(m.Name, drivers.GenerationOf(m.Tags))
 	ref := m.ID
 	if ref == "" {
 		if cluster == "" {
 			return errors.New("neither a container ID nor a cluster tag: cannot find the container")
 		}
-		ref = ContainerName(cluster, m.Name)
+		ref = ContainerName(cluster, instance)
 	}
 	var vols []string
 	info, err := cli.ContainerInspect(ctx, ref)
@@ -775,7 +971,7 @@ func (d *Driver) destroy(ctx context.Context, m drivers.Machine) error {
 		}
 	}
 	if cluster != "" {
-		if v := VolumeName(cluster, m.Name); !slices.Contains(vols, v) {
+		if v := VolumeName(cluster, instance); !slices.Contains(vols, v) {
 			vols = append(vols, v)
 		}
 	}
@@ -874,6 +1070,16 @@ func (d *Driver) Preflight(ctx context.Context, want []drivers.MachineSpec) erro
 	for _, s := range want {
 		if !validUser.MatchString(s.SSH.User) {
 			return fmt.Errorf("machine %q: admin user %q is not a valid user name", s.Name, s.SSH.User)
+		}
+		res, err := d.resources(s)
+		if err != nil {
+			return err
+		}
+		if n := d.engine.NCPU; n > 0 && res.NanoCPUs > int64(n)*1e9 {
+			return fmt.Errorf("machine %q: size %q asks for %d CPUs; the engine has %d", s.Name, s.Size, res.NanoCPUs/1e9, n)
+		}
+		if t := d.engine.MemTotal; t > 0 && res.Memory > t {
+			return fmt.Errorf("machine %q: %d MiB of memory asked; the engine has %d MiB", s.Name, res.Memory>>20, t>>20)
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package local
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -370,5 +371,108 @@ func TestPreflight(t *testing.T) {
 	d = newTestDriver(t, `network = "provision-no-such-network-`+drivertest.ClusterID(t)+`"`)
 	if err := d.Preflight(ctx, nil); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Fatalf("Preflight with a missing network: %v", err)
+	}
+}
+
+// TestGenerationsSizeAndBinding: two generations of one machine coexist
+// (distinct containers and volumes, the host name stays), each with the
+// CPU and memory limits of its pool size; destroying the first by its tags
+// leaves the second; the first create records the engine the cluster lives
+// on, and a driver that then finds another engine (or is pointed elsewhere
+// by DOCKER_HOST) refuses or ignores it as documented.
+func TestGenerationsSizeAndBinding(t *testing.T) {
+	requireDocker(t, DefaultImage)
+	stateDir := t.TempDir()
+	mk := func() *Driver {
+		d, diags := New(parse(t, ``), drivers.Options{Name: "local", Log: testLog(t), StateDir: stateDir})
+		if diags.HasErrors() {
+			t.Fatal(diags)
+		}
+		ld := d.(*Driver)
+		t.Cleanup(func() { ld.Close() })
+		return ld
+	}
+	d := mk()
+	cluster := drivertest.ClusterID(t)
+	cleanupCluster(t, d, cluster)
+	_, line := drivertest.AdminKey(t)
+	ctx := context.Background()
+	g1 := drivertest.Spec(t, cluster, "m1", "manager", line)
+	g1.Size = "1cpu-512m"
+	m1, err := d.Create(ctx, cluster, g1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2 := drivertest.Spec(t, cluster, "m1", "manager", line)
+	g2.Size, g2.Generation = "2cpu-1g", 2
+	g2.Tags[drivers.TagGeneration] = "2"
+	m2, err := d.Create(ctx, cluster, g2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, _ := d.docker(ctx)
+	for _, c := range []struct {
+		m      drivers.Machine
+		name   string
+		cpus   int64
+		memory int64
+	}{{m1, ContainerName(cluster, "m1"), 1e9, 512 << 20}, {m2, ContainerName(cluster, "m1-g2"), 2e9, 1 << 30}} {
+		info, err := cli.ContainerInspect(ctx, c.m.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.TrimPrefix(info.Name, "/") != c.name || info.Config.Hostname != "m1" || info.HostConfig.NanoCPUs != c.cpus || info.HostConfig.Memory != c.memory {
+			t.Errorf("%s: name %s hostname %s cpus %d memory %d", c.name, info.Name, info.Config.Hostname, info.HostConfig.NanoCPUs, info.HostConfig.Memory)
+		}
+	}
+	ms, err := d.Machines(ctx, cluster)
+	if err != nil || len(ms) != 2 || ms[0].Name != "m1" || ms[1].Name != "m1" {
+		t.Fatalf("Machines: %v %+v", err, ms)
+	}
+	// Destroy generation 1 by its tags alone: generation 2 and its volume stay.
+	if err := d.Destroy(ctx, drivers.Machine{Name: "m1", Tags: map[string]string{drivers.TagCluster: cluster}}); err != nil {
+		t.Fatal(err)
+	}
+	ms, _ = d.Machines(ctx, cluster)
+	if len(ms) != 1 || ms[0].ID != m2.ID {
+		t.Fatalf("after destroying generation 1: %+v", ms)
+	}
+	if _, err := cli.VolumeInspect(ctx, VolumeName(cluster, "m1-g2")); err != nil {
+		t.Errorf("generation 2's volume: %v", err)
+	}
+	if _, err := cli.VolumeInspect(ctx, VolumeName(cluster, "m1")); err == nil {
+		t.Errorf("generation 1's volume is left")
+	}
+
+	// The binding: recorded by the first create.
+	b, err := readBinding(d.bindPath)
+	if err != nil || b == nil || b.EngineID != d.engine.ID || b.Endpoint == "" {
+		t.Fatalf("binding %+v %v", b, err)
+	}
+	// DOCKER_HOST pointing elsewhere (as after `provision env`) is not followed.
+	certs := t.TempDir()
+	os.WriteFile(certs+"/ca-key.pem", []byte("x"), 0o600)
+	t.Setenv("DOCKER_HOST", "tcp://127.0.0.1:1")
+	t.Setenv("DOCKER_CERT_PATH", certs)
+	t.Setenv("DOCKER_TLS_VERIFY", "1")
+	if ms, err := mk().Machines(ctx, cluster); err != nil || len(ms) != 1 {
+		t.Fatalf("bound driver with DOCKER_HOST elsewhere: %v %+v", err, ms)
+	}
+	// Unbound, the same environment is refused: it names a cluster node.
+	unbound, diags := New(parse(t, ``), drivers.Options{Name: "local", Log: testLog(t), StateDir: t.TempDir()})
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	if _, err := unbound.Machines(ctx, cluster); err == nil || !strings.Contains(err.Error(), "points at a node of a provision cluster") {
+		t.Fatalf("unbound driver with provision env's DOCKER_HOST: %v", err)
+	}
+	// A binding to another engine is refused, naming both.
+	b.EngineID = "OTHER:ENGINE"
+	raw, _ := json.Marshal(b)
+	if err := os.WriteFile(d.bindPath, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mk().Machines(ctx, cluster); err == nil || !strings.Contains(err.Error(), "OTHER:ENGINE") || !strings.Contains(err.Error(), d.engine.ID) {
+		t.Fatalf("binding to another engine: %v", err)
 	}
 }

@@ -34,7 +34,7 @@ func (e *Engine) Destroy(ctx context.Context, p *plan.Plan) error {
 			errs = append(errs, fmt.Errorf("%s: %w", a.Machine, err))
 			continue
 		}
-		mach := owned(r.State.ClusterID, *m)
+		mach := owned(r.State.ClusterID, *m, a.Generation)
 		g.Go(func() error {
 			t0 := time.Now()
 			err := d.Destroy(ctx, mach)

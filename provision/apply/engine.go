@@ -46,6 +46,17 @@ type Engine struct {
 	// EngineAPI opens a host's engine API; nil means the Docker Engine SDK
 	// over mutual TLS on 2376 (tests give an in-memory swarm).
 	EngineAPI func(name, address string) (swarm.API, error)
+	// ReplaceMissing lets apply create replacements when every recorded
+	// machine, or every manager, appears gone at once (plan.Missing).
+	ReplaceMissing bool
+	// LeaveOtherSwarm lets apply make a host that is a member of another
+	// swarm leave it (hosts in an earlier swarm of this cluster always do).
+	LeaveOtherSwarm bool
+	// KeepBackups is how many raft backups to keep (default 5).
+	KeepBackups int
+	// TakeBackup takes a raft backup; nil means over SSH from a manager
+	// with its engine stopped briefly (backup.go). Tests replace it.
+	TakeBackup func(ctx context.Context, t BackupTarget) (string, error)
 
 	// keyOnce loads the admin key (admin, adminPub) once; Dial and the
 	// credentials phase share it, so concurrent Dials need no engine of
@@ -58,6 +69,10 @@ type Engine struct {
 
 // ErrQuorumLost means no manager of the recorded swarm answers as a manager.
 var ErrQuorumLost = swarm.ErrQuorumLost
+
+// ErrMissing means the plan finds every recorded machine (or every manager)
+// gone at once and the caller did not say to replace them.
+var ErrMissing = errors.New("refusing to replace machines that all appear gone")
 
 // Stats is what an apply did, for the summary line.
 type Stats struct {
@@ -105,22 +120,35 @@ func (e *Engine) reporter() Reporter {
 // is cancelled.
 func (e *Engine) Apply(ctx context.Context, p *plan.Plan) (Stats, error) {
 	start := time.Now()
+	if m := p.Missing; m != nil && !e.ReplaceMissing {
+		return Stats{}, fmt.Errorf("%w: %s. Nothing was changed. If the machines really are gone, run apply again with --replace-missing", ErrMissing, m.Message)
+	}
 	r := newRun(e, p)
 	r.State.Name = e.Spec.Name
-	// Steps already running when ctx ends (SIGINT) finish on work; nothing
-	// new starts (r.stopped), state is saved and the caller says to re-run.
+	if p.Missing != nil && e.State.Swarm.ID != "" {
+		// Every manager is gone and the operator said so: the swarm went
+		// with them. A new one is formed; hosts still in the old one leave it.
+		r.note("", fmt.Sprintf("every manager is gone: swarm %s is lost with them; a new swarm is formed (--replace-missing)", e.State.Swarm.ID))
+		r.State.Swarm.Retired = append(r.State.Swarm.Retired, r.State.Swarm.ID)
+		r.State.Swarm.ID = ""
+	}
+	// ctx ends on the first interrupt: waits and calls in flight (SDK, SSH,
+	// drivers) stop, nothing new starts, and state is saved below (saving
+	// needs no context). The caller says to re-run.
 	r.stop = ctx
-	work := context.WithoutCancel(ctx)
 	var err error
 	for _, ph := range phases() {
 		if r.stopped() {
 			break
 		}
-		if err = r.runPhase(work, ph); err != nil {
+		if err = r.runPhase(ctx, ph); err != nil {
 			break
 		}
 	}
 	if r.stopped() {
+		if errors.Is(err, context.Canceled) {
+			err = nil // the interrupt, said once below
+		}
 		err = errors.Join(err, fmt.Errorf("interrupted: %w", context.Cause(ctx)))
 	}
 	var hostErrs []error

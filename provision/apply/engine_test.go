@@ -89,12 +89,12 @@ func TestRestartSteps(t *testing.T) {
 // TestOwned: destroy and adoption find a machine by tags derived from state,
 // never overriding tags the driver reported.
 func TestOwned(t *testing.T) {
-	m := owned("cid", drivers.Machine{Name: "c-worker-1"})
-	if m.Tags[drivers.TagCluster] != "cid" || m.Tags[drivers.TagMachine] != "c-worker-1" {
+	m := owned("cid", drivers.Machine{Name: "c-worker-1"}, 2)
+	if m.Tags[drivers.TagCluster] != "cid" || m.Tags[drivers.TagMachine] != "c-worker-1" || m.Tags[drivers.TagGeneration] != "2" {
 		t.Fatalf("tags %v", m.Tags)
 	}
 	orig := map[string]string{drivers.TagCluster: "other", "k": "v"}
-	m = owned("cid", drivers.Machine{Name: "x", Tags: orig})
+	m = owned("cid", drivers.Machine{Name: "x", Tags: orig}, 1)
 	if m.Tags[drivers.TagCluster] != "other" || m.Tags["k"] != "v" || m.Tags[drivers.TagMachine] != "x" {
 		t.Fatalf("tags %v", m.Tags)
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/hostos"
 	"github.com/provision/provision/provision/pki"
 	"github.com/provision/provision/provision/redact"
@@ -30,6 +31,7 @@ func (hostSteps) Name() string { return "host" }
 
 func (hostSteps) Run(ctx context.Context, r *run) error {
 	peers := r.peers()
+	r.peersUsed = peers
 	if err := r.each(ctx, r.live(), "host.check", func(ctx context.Context, h *host) error {
 		return prepareHost(ctx, r, h, peers)
 	}); err != nil {
@@ -57,10 +59,18 @@ func (hostSteps) Run(ctx context.Context, r *run) error {
 				members.AddManager(h.member)
 			}
 		}
+		if _, err := members.Refresh(ctx); err != nil {
+			return fmt.Errorf("rolling restart: %w", err)
+		}
 	}
 	for i, b := range batches {
 		if r.stopped() {
 			return nil
+		}
+		if b.rolling && b.hosts[0].rec.Role == spec.RoleManager {
+			if err := r.backup(ctx, "manager engines restart"); err != nil {
+				return err
+			}
 		}
 		if b.rolling {
 			names := make([]string, len(b.hosts))
@@ -185,6 +195,9 @@ func prepareHost(ctx context.Context, r *run, h *host, peers []string) error {
 		return fmt.Errorf("facts: %w", err)
 	}
 	r.log.Debug("facts gathered", "host", h.rec.Name, "took", time.Since(t0))
+	if err := r.checkSwarm(h, facts); err != nil {
+		return &StepError{Host: h.rec.Name, Step: "swarm.check", Err: err}
+	}
 	t := &hostos.Target{Name: h.rec.Name, Comm: h.comm, Facts: facts, Config: cfg, Log: r.log.With("host", h.rec.Name)}
 	// A fresh login with the host's own connection settings (pinned key,
 	// bastion): harden.ssh's proof that a changed sshd still lets us in.
@@ -278,21 +291,57 @@ func (r *run) bundleDir() string {
 	return filepath.Join(r.Store.Dir(), "bundles")
 }
 
-// peers lists every member's advertise address, sorted.
+// peers lists every member's advertise address, sorted: every machine
+// state records (including hosts that failed in this run: a host whose SSH
+// connect failed is still a swarm member, and dropping it from the others'
+// firewalls would cut it off until an apply succeeds; and machines about to
+// be removed, until they are) and the earlier generations of replaced
+// machines until they have left.
 func (r *run) peers() []string {
-	// Every member the spec keeps, including hosts that failed in this run:
-	// a host whose SSH connect failed is still a swarm member, and dropping
-	// it from the others' firewalls would cut it off until an apply succeeds.
 	r.mu.Lock()
 	var out []string
-	for _, h := range r.hosts {
-		if a := h.rec.Advertise(); a != "" {
+	for _, m := range r.State.Machines {
+		if a := m.Advertise(); a != "" {
 			out = append(out, a)
+		}
+		for _, old := range m.Retiring {
+			if a := old.Advertise(); a != "" && !old.Destroyed {
+				out = append(out, a)
+			}
 		}
 	}
 	r.mu.Unlock()
 	sort.Strings(out)
 	return slices.Compact(out)
+}
+
+// checkSwarm refuses a host whose engine is a member of a swarm that is
+// not this cluster's (facts read its swarm node certificate) before any
+// step changes it, unless the operator said it may leave that swarm.
+// Members of this swarm, or of an earlier swarm of this cluster (they leave
+// it in the swarm phase), pass.
+func (r *run) checkSwarm(h *host, f *hostos.Facts) error {
+	sm := f.Swarm
+	if sm == nil || r.LeaveOtherSwarm {
+		return nil
+	}
+	r.mu.Lock()
+	ours, retired := r.State.Swarm.ID, slices.Clone(r.State.Swarm.Retired)
+	r.mu.Unlock()
+	var info drivers.Info
+	if db, ok := r.Spec.Driver(h.rec.Driver); ok {
+		info, _ = drivers.Lookup(db.Type)
+	}
+	switch {
+	case ours != "" && sm.ClusterID == ours, slices.Contains(retired, sm.ClusterID):
+		return nil
+	case ours == "" && !info.NeedsHosts:
+		// A machine this cluster made: a swarm on it is one an earlier,
+		// interrupted run formed; the swarm phase checks its label.
+		return nil
+	}
+	return fmt.Errorf("%w: the host's engine is %s node %s of swarm %s, not of this cluster's swarm%s; provision changes nothing on it. If it belongs to this cluster now, run apply with --leave-other-swarm: it leaves that swarm, then joins this one",
+		swarm.ErrOtherSwarm, sm.Role, sm.NodeID, sm.ClusterID, map[bool]string{true: "", false: " " + ours}[ours == ""])
 }
 
 // nodeCertDir is where a node's server cert and key are kept (0600): the

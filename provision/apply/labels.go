@@ -3,8 +3,11 @@ package apply
 import (
 	"context"
 	"fmt"
+	"sort"
+	"strings"
 	"time"
 
+	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/swarm"
 )
 
@@ -40,28 +43,52 @@ func (labels) Run(ctx context.Context, r *run) error {
 		if h.rec.NodeID == "" {
 			continue
 		}
-		want := map[string]string{
-			swarm.LabelRole: h.rec.Role,
-			swarm.LabelPool: h.rec.Pool,
-			swarm.LabelName: h.rec.Name,
+		want := plan.NodeLabels(h.pool, h.rec.Name)
+		// Labels provision set before and the spec no longer has go; labels
+		// others set are not provision's to touch.
+		var del []string
+		for k := range h.rec.Labels {
+			if _, ok := want[k]; !ok {
+				del = append(del, k)
+			}
 		}
-		for k, v := range h.pool.Labels {
-			want[k] = v
-		}
-		if n, ok := nodes[h.rec.NodeID]; ok && hasLabels(n.Spec.Labels, want) {
+		sort.Strings(del)
+		n, ok := nodes[h.rec.NodeID]
+		if ok && hasLabels(n.Spec.Labels, want) && !hasAny(n.Spec.Labels, del) {
+			r.recordLabels(h, want)
 			continue
 		}
-		changed, err := r.members.SetLabels(ctx, h.rec.NodeID, want, nil)
+		changed, err := r.members.SetLabels(ctx, h.rec.NodeID, want, del)
 		if err != nil {
 			r.fail(h, "swarm.labels", err)
 			continue
 		}
+		r.recordLabels(h, want)
 		if changed {
 			h.changed = true
-			r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: "swarm.labels"})
+			msg := ""
+			if len(del) > 0 {
+				msg = "removed " + strings.Join(del, ", ")
+			}
+			r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: "swarm.labels", Msg: msg})
 		}
 	}
-	return nil
+	return r.save()
+}
+
+func (r *run) recordLabels(h *host, labels map[string]string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h.rec.Labels = labels
+}
+
+func hasAny(have map[string]string, keys []string) bool {
+	for _, k := range keys {
+		if _, ok := have[k]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 // hostOf returns the host whose membership view is m, or nil.

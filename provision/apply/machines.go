@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/provision/provision/drivers"
@@ -13,8 +14,10 @@ import (
 )
 
 // machines makes every machine the plan wants exist: adopts tagged strays,
-// destroys what is replaced, creates what is missing. State is saved before
-// and after each create so that a crash leaves a trace the next plan adopts.
+// creates what is missing and the next generation of what is replaced (the
+// old one stays until its successor joined, see the swarm phase). State is
+// saved before and after each create so that a crash leaves a trace the
+// next plan adopts.
 type machines struct{}
 
 func (machines) Name() string { return "machines" }
@@ -23,54 +26,52 @@ func (machines) Run(ctx context.Context, r *run) error {
 	var work []*host
 	actions := map[string]plan.Action{}
 	for _, a := range r.plan.Actions {
-		actions[a.Machine] = a
 		if a.Kind == plan.Remove {
 			continue
 		}
+		actions[a.Machine] = a
 		p, ok := r.pool(a.Role, a.Pool)
 		if !ok {
 			return fmt.Errorf("plan names pool %s/%s that the spec does not have", a.Role, a.Pool)
 		}
 		r.mu.Lock()
 		rec := r.State.Machine(a.Machine)
+		if rec != nil && rec.MadeWith == nil && a.Kind != plan.Replace && a.Made != nil {
+			// A record from state version 1 that plan found made with the
+			// spec's settings: record them (made_with) from now on.
+			rec.MadeWith, rec.SpecHash = a.Made, plan.HashSettings(a.Made)
+		}
 		r.mu.Unlock()
 		if rec == nil {
 			rec = &state.Machine{Role: a.Role, Pool: a.Pool, Index: a.Index}
 			rec.Name = a.Machine
 			rec.Driver = a.Driver
 		}
-		h := &host{rec: rec, pool: p}
+		h := &host{rec: rec, pool: p, action: a}
 		r.hosts[a.Machine] = h
-		if needsMachineWork(a) {
+		switch {
+		case a.Kind == plan.Replace && a.InPlace:
+			// The host is reused: it stays a member until the reinstall
+			// phase takes it out and makes it again.
+			h.inPlace = true
+		case needsMachineWork(a):
 			work = append(work, h)
 		}
 	}
-	if err := preflight(ctx, r, work, actions); err != nil {
+	if err := preflight(ctx, r, work); err != nil {
 		return err
 	}
 	return r.each(ctx, work, "machine.create", func(ctx context.Context, h *host) error {
-		return makeMachine(ctx, r, h, actions[h.rec.Name])
+		return makeMachine(ctx, r, h, h.action)
 	})
 }
 
-// makeMachine creates, adopts or starts one machine.
+// makeMachine creates, adopts or starts one machine; for a replacement, the
+// next generation, keeping the old one as retiring.
 func makeMachine(ctx context.Context, r *run, h *host, a plan.Action) error {
 	d, err := r.driver(a.Driver)
 	if err != nil {
 		return err
-	}
-	if a.Kind == plan.Replace && a.Recorded != nil && a.Recorded.ID != "" {
-		old := a.Recorded.Machine
-		if od, err := r.driver(old.Driver); err == nil {
-			r.note(h.rec.Name, "replacing: destroying the old machine")
-			if err := od.Destroy(ctx, owned(r.State.ClusterID, old)); err != nil && !errors.Is(err, drivers.ErrNotFound) {
-				return fmt.Errorf("destroy old machine: %w", err)
-			}
-		}
-		// The old swarm node is removed by the swarm phase.
-		r.mu.Lock()
-		r.staleNodes = append(r.staleNodes, a.Recorded.NodeID)
-		r.mu.Unlock()
 	}
 	if a.Kind == plan.Reconfigure || a.Kind == plan.Adopt {
 		// A machine an interrupted create left (maybe never started, or
@@ -84,6 +85,9 @@ func makeMachine(ctx context.Context, r *run, h *host, a plan.Action) error {
 		}
 		r.rep.Event(Event{Time: time.Now(), Kind: StepStart, Host: h.rec.Name, Step: "machine.create"})
 		hk := drivers.HostKey{Public: h.rec.SSH.HostKey}
+		if a.Kind == plan.Adopt && a.Observed != nil && hk.Public == "" {
+			hk.Public = a.Observed.SSH.HostKey
+		}
 		m, err := d.Create(ctx, r.State.ClusterID, machineSpec(r, h, a, hk))
 		if err != nil {
 			return fmt.Errorf("start: %w", err)
@@ -92,6 +96,11 @@ func makeMachine(ctx context.Context, r *run, h *host, a plan.Action) error {
 		record(r, h, m, state.StatusCreated, a)
 		h.changed = true
 		return r.save()
+	}
+	if a.Kind == plan.Replace && a.Recorded != nil {
+		if err := retireLater(ctx, r, h, a); err != nil {
+			return err
+		}
 	}
 	hk, err := newHostKey()
 	if err != nil {
@@ -117,8 +126,42 @@ func makeMachine(ctx context.Context, r *run, h *host, a plan.Action) error {
 	r.stats.Created++
 	r.mu.Unlock()
 	r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: "machine.create", Msg: m.Address, Took: time.Since(t0)})
-	r.log.Info("machine created", "host", h.rec.Name, "driver", a.Driver, "id", m.ID, "address", m.Address)
+	r.log.Info("machine created", "host", h.rec.Name, "driver", a.Driver, "generation", a.Generation, "id", m.ID, "address", m.Address)
 	return r.save()
+}
+
+// retireLater moves the machine's current generation to its retiring list
+// before the next one is made: the swarm phase takes it out of the swarm
+// once its successor joined, then destroys it. A machine that is already
+// gone, on a driver that cannot hold two generations, is destroyed now
+// (freeing what the new one needs); only its node is left to remove.
+func retireLater(ctx context.Context, r *run, h *host, a plan.Action) error {
+	old := a.Recorded
+	r.mu.Lock()
+	already := false
+	for _, x := range old.Retiring {
+		already = already || max(1, x.Generation) == old.Gen()
+	}
+	r.mu.Unlock()
+	if already || (old.ID == "" && old.NodeID == "" && a.Observed == nil) {
+		return nil // retiring since an interrupted run, or never made
+	}
+	ret := state.Retiring{Machine: old.Machine, Generation: old.Gen(), NodeID: old.NodeID}
+	var info drivers.Info
+	if db, ok := r.Spec.Driver(old.Driver); ok {
+		info, _ = drivers.Lookup(db.Type)
+	}
+	if a.Observed == nil && !info.Coexist {
+		r.note(h.rec.Name, "replacing: destroying the old machine (gone already)")
+		if err := r.destroyMachine(ctx, old.Machine, old.Gen()); err != nil {
+			return fmt.Errorf("destroy old machine: %w", err)
+		}
+		ret.Destroyed = true
+	}
+	r.mu.Lock()
+	old.Retiring = append(old.Retiring, ret)
+	r.mu.Unlock()
+	return nil
 }
 
 // needsMachineWork says whether the machines phase calls the driver for a:
@@ -138,17 +181,22 @@ func needsMachineWork(a plan.Action) bool {
 func record(r *run, h *host, m drivers.Machine, status string, a plan.Action) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	keepSteps := h.rec.Steps
-	if a.Kind == plan.Replace || a.Kind == plan.Create {
-		keepSteps = nil // a new machine has nothing applied
-	}
+	fresh := a.Kind == plan.Replace || a.Kind == plan.Create
 	m.Name = h.rec.Name
 	h.rec.Machine = m
 	h.rec.Status = status
-	h.rec.SpecHash = plan.MachineHash(r.Spec, h.pool, h.rec.Index)
-	h.rec.Steps = keepSteps
-	if a.Kind == plan.Replace || a.Kind == plan.Create {
+	if a.Made != nil {
+		h.rec.MadeWith = a.Made
+		h.rec.SpecHash = plan.HashSettings(a.Made)
+	}
+	if a.Generation > 0 {
+		h.rec.Generation = a.Generation
+	}
+	if fresh {
+		h.rec.Steps = nil // a new machine has nothing applied
 		h.rec.NodeID = ""
+		h.rec.Labels = nil
+		h.rec.Engine = ""
 	}
 	r.State.Put(h.rec)
 }
@@ -156,10 +204,10 @@ func record(r *run, h *host, m drivers.Machine, status string, a plan.Action) {
 // preflight asks each driver that will create machines whether it can make
 // them all (credentials, machine types, images, networks), once, before the
 // first create: a spec the platform cannot satisfy stops here with nothing made.
-func preflight(ctx context.Context, r *run, work []*host, actions map[string]plan.Action) error {
+func preflight(ctx context.Context, r *run, work []*host) error {
 	byDriver := map[string][]drivers.MachineSpec{}
 	for _, h := range work {
-		a := actions[h.rec.Name]
+		a := h.action
 		if a.Kind == plan.Create || a.Kind == plan.Replace {
 			// The machine as Create will see it; its host key is made for
 			// the check only (ed25519 is cheap), the real one at create.
@@ -198,6 +246,7 @@ func preflight(ctx context.Context, r *run, work []*host, actions map[string]pla
 // machineSpec is what the driver is asked for.
 func machineSpec(r *run, h *host, a plan.Action, hk drivers.HostKey) drivers.MachineSpec {
 	p := h.pool
+	gen := max(1, a.Generation)
 	return drivers.MachineSpec{
 		Name:    h.rec.Name,
 		Role:    p.Role,
@@ -207,12 +256,14 @@ func machineSpec(r *run, h *host, a plan.Action, hk drivers.HostKey) drivers.Mac
 		Address: a.Address,
 		Labels:  p.Labels,
 		Tags: map[string]string{
-			drivers.TagCluster: r.State.ClusterID,
-			drivers.TagMachine: h.rec.Name,
-			drivers.TagRole:    p.Role,
-			drivers.TagPool:    p.Name,
+			drivers.TagCluster:    r.State.ClusterID,
+			drivers.TagMachine:    h.rec.Name,
+			drivers.TagRole:       p.Role,
+			drivers.TagPool:       p.Name,
+			drivers.TagGeneration: strconv.Itoa(gen),
 		},
-		SSH:     drivers.SSHAccess{User: r.Spec.SSH.User, PublicKey: r.adminPub},
-		HostKey: hk,
+		SSH:        drivers.SSHAccess{User: r.Spec.SSH.User, PublicKey: r.adminPub},
+		HostKey:    hk,
+		Generation: gen,
 	}
 }

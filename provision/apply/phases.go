@@ -17,8 +17,10 @@ func phases() []phase {
 		machines{},    // create, adopt, start; state saved around every create
 		connect{},     // one SSH connection per host
 		hostSteps{},   // facts in one call per host, then the steps; rolling for engine restarts
-		swarmPhase{},  // init or find the swarm, managers join one at a time, workers in parallel
-		labels{},      // node labels and the cluster's overlay network
+		swarmPhase{},  // init or find the swarm; managers join (and replace) one at a time, workers in parallel
+		reinstall{},   // machines replaced in place (drivers that reuse the host), one manager at a time
+		labels{},      // node labels (set, changed, removed) and the cluster's overlay network
 		remove{},      // drain and remove what the spec no longer wants, quorum-safe
+		peers{},       // members' firewalls without the machines that left
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/provision/swarm"
@@ -31,10 +32,21 @@ func (remove) Run(ctx context.Context, r *run) error {
 			workers = append(workers, a)
 		}
 	}
-	if len(workers)+len(managers) == 0 {
-		return nil
-	}
 	var errs []error
+	// Machines under a kept name that no record knows (leftover
+	// generations) go first: they are in no swarm.
+	for _, a := range r.plan.Actions {
+		for _, m := range a.Leftovers {
+			if err := r.destroyMachine(ctx, m, drivers.GenerationOf(m.Tags)); err != nil {
+				errs = append(errs, &StepError{Host: a.Machine, Step: "machine.remove", Err: fmt.Errorf("leftover %s: %w", m.ID, err)})
+				continue
+			}
+			r.note(a.Machine, "destroyed leftover machine "+m.ID)
+		}
+	}
+	if len(workers)+len(managers) == 0 {
+		return errors.Join(errs...)
+	}
 	// Workers one at a time: each drain reschedules its tasks onto nodes
 	// that stay before the next node stops serving.
 	for _, a := range workers {
@@ -58,6 +70,12 @@ func (remove) Run(ctx context.Context, r *run) error {
 		if r.stopped() {
 			return errors.Join(errs...)
 		}
+		if a.Recorded != nil && a.Recorded.NodeID != "" {
+			if err := r.backup(ctx, "manager "+a.Machine+" is removed"); err != nil {
+				errs = append(errs, &StepError{Host: a.Machine, Step: "machine.remove", Err: err})
+				break
+			}
+		}
 		r.rep.Event(Event{Time: time.Now(), Kind: StepStart, Host: a.Machine, Step: "machine.remove"})
 		if err := removeOne(ctx, r, a); err != nil {
 			errs = append(errs, &StepError{Host: a.Machine, Step: "machine.remove", Err: err})
@@ -67,10 +85,24 @@ func (remove) Run(ctx context.Context, r *run) error {
 	return errors.Join(errs...)
 }
 
-// removeOne takes one machine out of the swarm (quorum-safe for managers)
-// and destroys it.
+// removeOne takes one machine (and any earlier generation of it still
+// retiring) out of the swarm, quorum-safe for managers, and destroys it.
 func removeOne(ctx context.Context, r *run, a plan.Action) error {
 	rec := a.Recorded
+	if rec != nil {
+		for i, old := range rec.Retiring {
+			if old.NodeID != "" && r.members != nil && r.members.Via() != nil {
+				if err := r.members.Retire(ctx, a.Machine, old.NodeID, nil); err != nil {
+					return err
+				}
+			}
+			if !old.Destroyed && (a.RetiringObserved[i] != nil || old.ID != "") {
+				if err := r.destroyMachine(ctx, old.Machine, max(1, old.Generation)); err != nil {
+					return err
+				}
+			}
+		}
+	}
 	if rec != nil && rec.NodeID != "" && r.members != nil && r.members.Via() != nil {
 		var leaver *swarm.Host
 		if a.Observed != nil && rec.Address != "" {
@@ -90,12 +122,8 @@ func removeOne(ctx context.Context, r *run, a plan.Action) error {
 		m = &rec.Machine
 	}
 	if m != nil {
-		d, err := r.driver(m.Driver)
-		if err != nil {
+		if err := r.destroyMachine(ctx, *m, a.Generation); err != nil {
 			return err
-		}
-		if err := d.Destroy(ctx, owned(r.State.ClusterID, *m)); err != nil {
-			return fmt.Errorf("destroy: %w", err)
 		}
 	}
 	r.mu.Lock()

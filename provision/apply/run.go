@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -39,13 +40,25 @@ type run struct {
 	clientTLS *tls.Config // the operator's client certificate for engine APIs
 	// members changes the swarm's membership (swarm phase on).
 	members *swarm.Membership
-	// staleNodes are swarm node IDs of replaced machines, removed once their
-	// replacements joined.
-	staleNodes []string
-
 	// stop is the caller's context: once it is done (SIGINT), no new work
-	// starts, while running steps finish on a context that is not cancelled.
+	// starts and work in flight is cancelled.
 	stop context.Context
+	// retiring are earlier generations of replaced machines, still to leave
+	// the swarm (swarm phase on).
+	retiring []*retiree
+	// backedUp is the raft backup this run took ("" before one).
+	backupMu sync.Mutex
+	backedUp string
+	// peersUsed are the member addresses the host steps configured.
+	peersUsed []string
+}
+
+// retiree is an earlier generation of a replaced machine on its way out.
+type retiree struct {
+	owner  *host // the machine's current generation
+	rec    state.Retiring
+	member *swarm.Host // its engine, when it still exists
+	closer func() error
 }
 
 // host is one machine during an apply.
@@ -59,6 +72,10 @@ type host struct {
 	member  *swarm.Host  // api as membership sees it
 	changed bool
 	err     error
+	// action is the plan's line for this machine.
+	action plan.Action
+	// inPlace: the machine is replaced in place (reinstall phase).
+	inPlace bool
 	// steps are the host steps for this host, pending the IDs whose Check
 	// found work before any ran; restarted says a step that restarts the
 	// engine was applied.
@@ -156,8 +173,8 @@ func (r *run) each(ctx context.Context, hosts []*host, step string, fn func(ctx 
 			if r.stopped() {
 				return nil // not started: the next apply does it
 			}
-			if err := fn(ctx, h); errors.Is(err, errStopped) {
-				return nil
+			if err := fn(ctx, h); errors.Is(err, errStopped) || (err != nil && r.stopped() && errors.Is(err, context.Canceled)) {
+				return nil // interrupted: not a failure, the next apply goes on
 			} else if err != nil {
 				r.fail(h, step, err)
 			} else {
@@ -212,11 +229,12 @@ func (r *run) driver(name string) (drivers.Driver, error) {
 	return d, nil
 }
 
-// owned returns m with the cluster's ownership tags filled in, so that a
-// driver can find a machine whose create was interrupted before its ID was
-// recorded (the tags are derived from state, never from the driver).
-func owned(clusterID string, m drivers.Machine) drivers.Machine {
-	tags := make(map[string]string, len(m.Tags)+2)
+// owned returns generation gen of machine m with the cluster's ownership
+// tags filled in, so that a driver can find a machine whose create was
+// interrupted before its ID was recorded (the tags are derived from state,
+// never from the driver).
+func owned(clusterID string, m drivers.Machine, gen int) drivers.Machine {
+	tags := make(map[string]string, len(m.Tags)+3)
 	for k, v := range m.Tags {
 		tags[k] = v
 	}
@@ -226,6 +244,21 @@ func owned(clusterID string, m drivers.Machine) drivers.Machine {
 	if tags[drivers.TagMachine] == "" {
 		tags[drivers.TagMachine] = m.Name
 	}
+	if tags[drivers.TagGeneration] == "" {
+		tags[drivers.TagGeneration] = strconv.Itoa(max(1, gen))
+	}
 	m.Tags = tags
 	return m
+}
+
+// destroyMachine destroys one generation of a machine through its driver.
+func (r *run) destroyMachine(ctx context.Context, m drivers.Machine, gen int) error {
+	d, err := r.driver(m.Driver)
+	if err != nil {
+		return err
+	}
+	if err := d.Destroy(ctx, owned(r.State.ClusterID, m, gen)); err != nil && !errors.Is(err, drivers.ErrNotFound) {
+		return fmt.Errorf("destroy: %w", err)
+	}
+	return nil
 }

@@ -3,9 +3,12 @@ package apply
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/provision/state"
 	"github.com/provision/provision/provision/swarm"
@@ -13,8 +16,11 @@ import (
 
 // swarmPhase forms or completes the swarm: the first manager inits it
 // (unless a recorded manager already runs one), further managers join one
-// at a time, then workers join in parallel. Nodes of replaced or lost
-// machines are removed from the node list.
+// at a time, then workers join in parallel. A replaced machine's old
+// generation leaves only once its successor is in: for a manager, right
+// after its successor is Reachable and before the next manager changes;
+// for workers, in batches of a quarter once the new ones joined. Nodes of
+// lost machines are removed from the node list.
 type swarmPhase struct{}
 
 func (swarmPhase) Name() string { return "swarm" }
@@ -32,68 +38,110 @@ func (swarmPhase) Run(ctx context.Context, r *run) error {
 	if err := r.engines(hosts); err != nil {
 		return err
 	}
+	r.openRetiring()
 	var managers, workers []*host
 	byMember := map[*swarm.Host]*host{}
-	var mh []*swarm.Host
+	var members, fresh []*swarm.Host
 	for _, h := range hosts {
 		byMember[h.member] = h
-		if h.rec.Role == spec.RoleManager {
-			managers = append(managers, h)
-			mh = append(mh, h.member)
-		} else {
+		if h.rec.Role != spec.RoleManager {
 			workers = append(workers, h)
+			continue
+		}
+		managers = append(managers, h)
+		if h.rec.NodeID != "" {
+			members = append(members, h.member)
+		} else {
+			fresh = append(fresh, h.member)
 		}
 	}
-	if len(managers) == 0 {
+	// Recorded members first, then the old generations of replaced
+	// managers (the swarm may live only on them), then new machines.
+	candidates := members
+	for _, o := range r.retiring {
+		if o.member != nil && o.owner.rec.Role == spec.RoleManager {
+			candidates = append(candidates, o.member)
+		}
+	}
+	candidates = append(candidates, fresh...)
+	if len(candidates) == 0 {
 		return errors.New("no manager host is available: cannot form or reach the swarm")
 	}
 	m := r.membership()
-	f, err := m.Bootstrap(ctx, mh, swarm.Form{
+	f, err := m.Bootstrap(ctx, candidates, swarm.Form{
 		ClusterID:       r.State.Swarm.ID,
 		Recorded:        r.anyManagerRecorded(),
 		ForceNewCluster: r.ForceNewCluster,
 		Label:           r.State.ClusterID,
+		Stale:           r.State.Swarm.Retired,
+		LeaveOther:      r.LeaveOtherSwarm,
+		Before: func(ctx context.Context, sh *swarm.Host) error {
+			return r.backup(ctx, "the swarm is re-formed on "+sh.Name)
+		},
 	})
 	for sh, ferr := range f.Failed {
-		r.fail(byMember[sh], "swarm.inspect", ferr)
+		if h := byMember[sh]; h != nil {
+			r.fail(h, "swarm.inspect", ferr)
+		} else {
+			r.note(sh.Name, "old generation: "+ferr.Error())
+		}
 	}
 	if err != nil {
 		return err
 	}
-	leader := byMember[f.Via]
-	if f.Inited {
-		leader.changed = true
-		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: leader.rec.Name, Step: "swarm.init"})
-	}
 	r.mu.Lock()
 	r.State.Swarm.ID = f.Local.ClusterID
-	leader.rec.NodeID = f.Local.NodeID
-	leader.rec.Status = state.StatusReady
 	r.mu.Unlock()
+	if leader := byMember[f.Via]; leader != nil {
+		if f.Inited {
+			leader.changed = true
+			r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: leader.rec.Name, Step: "swarm.init"})
+		}
+		r.mu.Lock()
+		leader.rec.NodeID = f.Local.NodeID
+		leader.rec.Status = state.StatusReady
+		r.mu.Unlock()
+	}
 	if err := r.save(); err != nil {
 		return err
 	}
-	// Managers one at a time, each Ready and Reachable before the next
-	// joins, so quorum is never at risk.
+	// Every manager that is a Ready member can serve the calls.
 	for _, h := range managers {
-		if h == leader || h.err != nil {
+		if h.err == nil && m.Member(h.rec.NodeID, true) {
+			m.AddManager(h.member)
+		}
+	}
+	for _, o := range r.retiring {
+		if o.member != nil && m.Member(o.rec.NodeID, true) {
+			o.member.NodeID = o.rec.NodeID
+			m.AddManager(o.member)
+		}
+	}
+	// Managers one at a time, each Ready and Reachable before the next
+	// changes, its old generation retired right after it: quorum is never
+	// at risk.
+	for _, h := range managers {
+		if h.err != nil || h.inPlace {
 			continue
 		}
 		if r.stopped() {
-			break
+			return nil
 		}
-		if m.Member(h.rec.NodeID, true) {
-			m.AddManager(h.member)
-			continue
+		if !m.Member(h.rec.NodeID, true) {
+			if err := join(ctx, r, h, true); err != nil {
+				r.fail(h, "swarm.join", err)
+				continue
+			}
 		}
-		if err := join(ctx, r, h, true); err != nil {
-			r.fail(h, "swarm.join", err)
+		if err := retireOld(ctx, r, h); err != nil {
+			r.fail(h, "swarm.replace", err)
+			return nil // never change another manager after a failed one
 		}
 	}
-	// Workers in parallel.
+	// Workers in parallel, then their old generations in batches.
 	var pending []*host
 	for _, h := range workers {
-		if !m.Member(h.rec.NodeID, false) {
+		if !h.inPlace && !m.Member(h.rec.NodeID, false) {
 			pending = append(pending, h)
 		}
 	}
@@ -102,20 +150,40 @@ func (swarmPhase) Run(ctx context.Context, r *run) error {
 	}); err != nil {
 		return err
 	}
-	// Nodes of replaced machines, and dead nodes with one of our names.
+	var replaced []*host
+	for _, h := range workers {
+		if h.err == nil && len(h.rec.Retiring) > 0 {
+			replaced = append(replaced, h)
+		}
+	}
+	for i, b := range workerBatches(replaced, r.parallelism()) {
+		if r.stopped() {
+			return nil
+		}
+		if len(b) < len(replaced) {
+			r.note("", fmt.Sprintf("replacing workers, batch %d: %s", i+1, names(b)))
+		}
+		if err := r.each(ctx, b, "swarm.replace", func(ctx context.Context, h *host) error {
+			return retireOld(ctx, r, h)
+		}); err != nil {
+			return err
+		}
+	}
+	// Dead nodes with one of our names (lost machines) leave the list.
 	keep := map[string]bool{}
-	stale := map[string]bool{}
 	r.mu.Lock()
 	for _, rec := range r.State.Machines {
 		if rec.NodeID != "" {
 			keep[rec.NodeID] = true
 		}
-	}
-	for _, id := range r.staleNodes {
-		stale[id] = true
+		for _, old := range rec.Retiring {
+			if old.NodeID != "" && !old.Destroyed {
+				keep[old.NodeID] = true // retired with its machine, in order
+			}
+		}
 	}
 	r.mu.Unlock()
-	removed, err := m.RemoveDead(ctx, keep, stale, func(hostname string) bool { return strings.HasPrefix(hostname, r.Spec.Name+"-") })
+	removed, err := m.RemoveDead(ctx, keep, nil, func(hostname string) bool { return strings.HasPrefix(hostname, r.Spec.Name+"-") })
 	for _, n := range removed {
 		r.note(n.Description.Hostname, "removed dead swarm node "+n.ID)
 	}
@@ -125,13 +193,28 @@ func (swarmPhase) Run(ctx context.Context, r *run) error {
 	return r.save()
 }
 
-// join makes h a member and records its node ID.
+// join makes h a member and records its node ID. A host in an earlier
+// swarm of this cluster leaves it first; one in another swarm only with
+// --leave-other-swarm.
 func join(ctx context.Context, r *run, h *host, manager bool) error {
 	r.rep.Event(Event{Time: time.Now(), Kind: StepStart, Host: h.rec.Name, Step: "swarm.join"})
-	id, changed, err := r.members.Join(ctx, h.member, manager)
+	leave := func(l swarm.Local) bool {
+		if r.LeaveOtherSwarm {
+			return true
+		}
+		id := l.ClusterID
+		if id == "" && h.target != nil && h.target.Facts != nil && h.target.Facts.Swarm != nil {
+			id = h.target.Facts.Swarm.ClusterID // a worker's engine does not say; its certificate does
+		}
+		return id != "" && slices.Contains(r.State.Swarm.Retired, id)
+	}
+	id, changed, err := r.members.Join(ctx, h.member, manager, leave)
 	if changed {
 		h.changed = true
 		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: "swarm.join"})
+	}
+	if errors.Is(err, swarm.ErrOtherSwarm) && !r.LeaveOtherSwarm {
+		err = fmt.Errorf("%w; provision makes it leave only when told: run apply with --leave-other-swarm once nothing else needs that swarm", err)
 	}
 	if err != nil {
 		return err
@@ -143,6 +226,126 @@ func join(ctx context.Context, r *run, h *host, manager bool) error {
 	return r.save()
 }
 
+// retireOld takes the earlier generations of h out of the swarm (a manager
+// only once the raft keeps its majority without it, after a raft backup)
+// and destroys them. h must be a Ready member: the old one never leaves
+// before its successor is in.
+func retireOld(ctx context.Context, r *run, h *host) error {
+	if len(h.rec.Retiring) == 0 {
+		return nil
+	}
+	if !r.members.Member(h.rec.NodeID, h.rec.Role == spec.RoleManager) {
+		if _, err := r.members.Refresh(ctx); err != nil {
+			return err
+		}
+		if !r.members.Member(h.rec.NodeID, h.rec.Role == spec.RoleManager) {
+			return errors.New("the new generation is not a Ready member: the old one stays")
+		}
+	}
+	for _, o := range r.retiringOf(h) {
+		if o.rec.NodeID != "" && h.rec.Role == spec.RoleManager {
+			if err := r.backup(ctx, "manager "+h.rec.Name+" is replaced"); err != nil {
+				return err
+			}
+		}
+		gen := max(1, o.rec.Generation)
+		r.note(h.rec.Name, fmt.Sprintf("generation %d is in the swarm: generation %d leaves", h.rec.Gen(), gen))
+		if err := r.members.Retire(ctx, h.rec.Name, o.rec.NodeID, o.member); err != nil {
+			return fmt.Errorf("generation %d: %w", gen, err)
+		}
+		if o.closer != nil {
+			o.closer()
+		}
+		if !o.rec.Destroyed {
+			if err := r.destroyMachine(ctx, o.rec.Machine, gen); err != nil {
+				return fmt.Errorf("generation %d: %w", gen, err)
+			}
+		}
+		r.mu.Lock()
+		h.rec.Retiring = slices.DeleteFunc(h.rec.Retiring, func(x state.Retiring) bool { return max(1, x.Generation) == gen })
+		r.mu.Unlock()
+		h.changed = true
+		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: "swarm.replace", Msg: fmt.Sprintf("generation %d left the swarm and was destroyed", gen)})
+		if err := r.save(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// openRetiring lists the earlier generations of the live hosts and opens
+// the engine API of those that still exist.
+func (r *run) openRetiring() {
+	if r.retiring != nil {
+		return
+	}
+	r.retiring = []*retiree{}
+	for _, h := range r.live() {
+		a := h.action
+		// The last entry may be the generation this run replaced: the
+		// plan saw it as the machine itself (a.Observed); earlier entries
+		// by index (a.RetiringObserved).
+		appended := a.Kind == plan.Replace && len(h.rec.Retiring) > 0 && max(1, h.rec.Retiring[len(h.rec.Retiring)-1].Generation) == a.Generation-1
+		for i, old := range h.rec.Retiring {
+			o := &retiree{owner: h, rec: old}
+			alive := !old.Destroyed && old.Address != ""
+			if _, unknown := r.plan.Unknown[old.Driver]; !unknown {
+				if appended && i == len(h.rec.Retiring)-1 {
+					alive = alive && a.Observed != nil
+				} else {
+					alive = alive && a.RetiringObserved[i] != nil
+				}
+			}
+			if alive {
+				if api, closer, err := r.openEngineAPI(h.rec.Name+"/g"+fmt.Sprint(max(1, old.Generation)), old.Address); err == nil {
+					o.member = &swarm.Host{Name: h.rec.Name + " (generation " + fmt.Sprint(max(1, old.Generation)) + ")", Advertise: old.Advertise(), API: api, NodeID: old.NodeID}
+					o.closer = closer
+				}
+			}
+			r.retiring = append(r.retiring, o)
+		}
+	}
+}
+
+func (r *run) retiringOf(h *host) []*retiree {
+	r.openRetiring()
+	var out []*retiree
+	for _, o := range r.retiring {
+		if o.owner != h {
+			continue
+		}
+		still := slices.ContainsFunc(h.rec.Retiring, func(x state.Retiring) bool { return x.Generation == o.rec.Generation })
+		if still {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// workerBatches splits workers into batches of a quarter of them (at least
+// one, at most parallelism).
+func workerBatches(hs []*host, parallelism int) [][]*host {
+	size := max(1, len(hs)/4)
+	if parallelism > 0 {
+		size = min(size, parallelism)
+	}
+	var out [][]*host
+	for len(hs) > 0 {
+		n := min(size, len(hs))
+		out = append(out, hs[:n])
+		hs = hs[n:]
+	}
+	return out
+}
+
+func names(hs []*host) string {
+	out := make([]string, len(hs))
+	for i, h := range hs {
+		out[i] = h.rec.Name
+	}
+	return strings.Join(out, ", ")
+}
+
 // anyManagerRecorded says state records a manager that was in the swarm.
 func (r *run) anyManagerRecorded() bool {
 	r.mu.Lock()
@@ -150,6 +353,11 @@ func (r *run) anyManagerRecorded() bool {
 	for _, m := range r.State.Machines {
 		if m.Role == spec.RoleManager && m.NodeID != "" {
 			return true
+		}
+		for _, old := range m.Retiring {
+			if m.Role == spec.RoleManager && old.NodeID != "" {
+				return true
+			}
 		}
 	}
 	return false

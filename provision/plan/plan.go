@@ -4,12 +4,10 @@
 package plan
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/provision/provision/drivers"
@@ -42,6 +40,24 @@ type Action struct {
 	Address  string           `json:"address,omitempty"` // the existing host, for drivers that need one (generic)
 	Observed *drivers.Machine `json:"-"`                 // what the driver reports, if anything
 	Recorded *state.Machine   `json:"-"`                 // what state holds, if anything
+	// Generation is the machine's generation after apply: the next one for
+	// a replacement.
+	Generation int `json:"generation,omitempty"`
+	// InPlace says a replacement reuses the host (its driver cannot hold two
+	// generations): the old machine leaves the swarm before the new one is
+	// made. Otherwise the new machine joins before the old one leaves.
+	InPlace bool `json:"in_place,omitempty"`
+	// Labels are the node label changes: "+ k=v", "- k", "k: a -> b".
+	Labels []string `json:"labels,omitempty"`
+	// Made are the machine settings its driver uses (MachineSettings): what
+	// apply records for the machine.
+	Made map[string]string `json:"-"`
+	// RetiringObserved maps an index of Recorded.Retiring to what the
+	// driver still reports of that earlier generation.
+	RetiringObserved map[int]*drivers.Machine `json:"-"`
+	// Leftovers are other machines the driver reports under this name
+	// (generations no record knows): apply destroys them.
+	Leftovers []drivers.Machine `json:"-"`
 }
 
 // Observed is what the drivers reported: machines per driver name, and the
@@ -53,6 +69,23 @@ type Observed struct {
 	// drivers.Resourcer reported, and ResourceErrs what they could not check.
 	Resources    map[string][]drivers.Resource
 	ResourceErrs map[string]string
+	// DriverSettings are, per driver name, the settings of its block that
+	// shape every machine (drivers.MachineSettings).
+	DriverSettings map[string]map[string]string
+	// Engines is what recorded machines' engines say of their swarm
+	// membership, by machine name, for those that could be asked; Nodes
+	// are the node IDs a manager of the recorded swarm lists.
+	Engines map[string]EngineView
+	Nodes   []string
+}
+
+// EngineView is one engine's word on its swarm membership.
+type EngineView struct {
+	State     string   `json:"state"` // inactive, pending, active, error, locked
+	NodeID    string   `json:"node_id,omitempty"`
+	ClusterID string   `json:"cluster_id,omitempty"` // managers only
+	Manager   bool     `json:"manager,omitempty"`
+	Managers  []string `json:"managers,omitempty"` // the manager addresses it knows
 }
 
 // Resource is a driver's shared resource in the plan.
@@ -67,6 +100,16 @@ type SettingChange struct {
 	Changes []string `json:"changes"` // "options.max-size: \"10m\" -> \"20m\""
 }
 
+// Missing is the plan's warning that machines state records all appear
+// gone at once: more likely a mistaken view (another engine, credentials,
+// account or region) than a real loss. apply refuses to create replacements
+// for them unless told (--replace-missing).
+type Missing struct {
+	Managers bool     `json:"managers"` // every manager (not every machine) is gone
+	Machines []string `json:"machines"`
+	Message  string   `json:"message"`
+}
+
 // Plan is the whole comparison.
 type Plan struct {
 	Cluster   string            `json:"cluster"`
@@ -74,8 +117,14 @@ type Plan struct {
 	Settings  []SettingChange   `json:"settings,omitempty"`
 	Unknown   map[string]string `json:"unchecked_drivers,omitempty"`
 	Resources []Resource        `json:"resources,omitempty"`
-	Notes     []string          `json:"notes,omitempty"`
-	Summary   Summary           `json:"summary"`
+	// Missing is set when every recorded machine, or every manager,
+	// appears gone.
+	Missing *Missing `json:"missing,omitempty"`
+	// Backup says why apply backs up the swarm's raft first ("" when it
+	// touches no manager).
+	Backup  string   `json:"raft_backup,omitempty"`
+	Notes   []string `json:"notes,omitempty"`
+	Summary Summary  `json:"summary"`
 }
 
 // Summary counts actions by kind.
@@ -99,19 +148,11 @@ func (p *Plan) Empty() bool { return p.Summary.Changes() == 0 && len(p.Settings)
 // Destructive reports whether the plan replaces or removes machines.
 func (p *Plan) Destructive() bool { return p.Summary.Replace+p.Summary.Remove > 0 }
 
-// MachineHash fingerprints what a machine is made with: driver, disk, size
-// and (for existing hosts) address. A different hash means replacement.
+// MachineHash fingerprints what machine index of pool p is made with, as
+// far as its driver uses it (MachineSettings without driver block
+// settings). Apply records the hash of the plan's Made settings instead.
 func MachineHash(c *spec.Cluster, p spec.Pool, index int) string {
-	addr := ""
-	if index >= 1 && index <= len(p.Hosts) {
-		addr = p.Hosts[index-1]
-	}
-	typ := ""
-	if d, ok := c.Driver(p.Driver); ok {
-		typ = d.Type
-	}
-	sum := sha256.Sum256([]byte(strings.Join([]string{p.Driver, typ, strconv.Itoa(p.DiskGiB), p.Size, addr}, "\x00")))
-	return hex.EncodeToString(sum[:8])
+	return HashSettings(MachineSettings(c, p, index, nil))
 }
 
 // Settings renders the cluster-wide settings as canonical JSON per name, as
@@ -131,13 +172,17 @@ func Settings(c *spec.Cluster) map[string]string {
 	}
 }
 
+// restartSettings are the cluster settings whose change may restart every
+// engine (package, certificates, daemon settings).
+var restartSettings = map[string]bool{"engine": true, "logging": true, "tls": true, "hardening": true}
+
 // Build compares spec, state and observation.
 func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 	p := &Plan{Cluster: c.Name, Unknown: obs.Unknown}
-	// Observed machines by name, per driver.
-	seen := map[string]map[string]*drivers.Machine{}
+	// Observed machines by name (every generation), per driver.
+	seen := map[string]map[string][]*drivers.Machine{}
 	for dname, ms := range obs.Machines {
-		seen[dname] = map[string]*drivers.Machine{}
+		seen[dname] = map[string][]*drivers.Machine{}
 		for i := range ms {
 			m := &ms[i]
 			name := m.Name
@@ -145,7 +190,7 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 				name = t
 			}
 			m.Driver = dname
-			seen[dname][name] = m
+			seen[dname][name] = append(seen[dname][name], m)
 		}
 	}
 	wanted := map[string]bool{}
@@ -157,24 +202,44 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 	for _, s := range p.Settings {
 		settingNames = append(settingNames, s.Name)
 	}
-
+	legacy := legacyIndex{}
+	recs := make(map[string]*state.Machine, len(st.Machines))
+	for _, m := range st.Machines {
+		recs[m.Name] = m
+	}
 	for _, pool := range c.Pools() {
+		var info drivers.Info
+		if d, ok := c.Driver(pool.Driver); ok {
+			info, _ = drivers.Lookup(d.Type)
+		}
 		for i := 1; i <= pool.Count; i++ {
 			name := spec.MachineName(c.Name, pool.Name, i)
 			wanted[name] = true
-			a := Action{Machine: name, Role: pool.Role, Pool: pool.Name, Driver: pool.Driver, Index: i}
+			a := Action{Machine: name, Role: pool.Role, Pool: pool.Name, Driver: pool.Driver, Index: i, Generation: 1}
 			if i <= len(pool.Hosts) {
 				a.Address = pool.Hosts[i-1]
 			}
-			rec := st.Machine(name)
+			rec := recs[name]
 			_, unknown := obs.Unknown[pool.Driver]
-			var observed *drivers.Machine
-			if m := seen[pool.Driver][name]; m != nil {
-				observed = m
+			observed, retiring, leftovers := observedFor(rec, seen[pool.Driver][name])
+			a.Observed, a.Recorded, a.RetiringObserved = observed, rec, retiring
+			for _, m := range leftovers {
+				a.Leftovers = append(a.Leftovers, *m)
 			}
-			a.Observed = observed
-			a.Recorded = rec
-			hash := MachineHash(c, pool, i)
+			a.Made = MachineSettings(c, pool, i, obs.DriverSettings[pool.Driver])
+			var changes []string
+			legacyChanged := false
+			if rec != nil {
+				a.Generation = rec.Gen()
+				if rec.MadeWith != nil {
+					changes = diffSettingsMap(rec.MadeWith, a.Made)
+				} else if rec.SpecHash != "" && !legacy.match(rec.SpecHash, c, pool, i) {
+					legacyChanged = true
+				}
+				if rec.Labels != nil && rec.NodeID != "" {
+					a.Labels = labelChanges(rec.Labels, NodeLabels(pool, name))
+				}
+			}
 			switch {
 			case rec == nil && observed != nil:
 				a.Kind = Adopt
@@ -184,9 +249,12 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 			case rec.Driver != pool.Driver:
 				a.Kind = Replace
 				a.Reasons = []string{fmt.Sprintf("driver changes from %s to %s", rec.Driver, pool.Driver)}
-			case rec.SpecHash != "" && rec.SpecHash != hash:
+			case len(changes) > 0:
 				a.Kind = Replace
-				a.Reasons = []string{"machine settings changed (disk, size or host address)"}
+				a.Reasons = []string{"machine settings changed: " + strings.Join(changes, ", ")}
+			case legacyChanged:
+				a.Kind = Replace
+				a.Reasons = []string{"machine settings changed (disk, size or host address, as an earlier provision recorded them)"}
 			case rec.ID == "" && observed != nil:
 				// The create was interrupted after the machine was made but
 				// before its ID was recorded: take it over, never make a second.
@@ -210,14 +278,41 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 			case observed != nil && observed.State != "" && observed.State != "running":
 				a.Kind = Reconfigure
 				a.Reasons = []string{"host is " + observed.State + ": it is started and checked"}
+			case len(rec.Retiring) > 0:
+				a.Kind = Reconfigure
+				a.Reasons = []string{fmt.Sprintf("finishing a replacement: generation %d leaves the swarm and is destroyed once generation %d is Ready", max(1, rec.Retiring[0].Generation), rec.Gen())}
 			case rec.Status != state.StatusReady:
 				a.Kind = Reconfigure
 				a.Reasons = []string{"the last apply did not finish (status " + rec.Status + ")"}
+			case len(a.Labels) > 0:
+				a.Kind = Reconfigure
+				a.Reasons = []string{"node labels change in place"}
 			case len(settingNames) > 0:
 				a.Kind = Reconfigure
 				a.Reasons = []string{"settings changed: " + strings.Join(settingNames, ", ")}
 			default:
 				a.Kind = None
+			}
+			if a.Kind == Replace {
+				a.Generation = rec.Gen() + 1
+				switch {
+				case observed == nil:
+				case info.Coexist || rec.Driver != pool.Driver:
+					a.Reasons = append(a.Reasons, fmt.Sprintf("generation %d joins the swarm before generation %d leaves", a.Generation, rec.Gen()))
+				default:
+					a.InPlace = true
+					a.Reasons = append(a.Reasons, fmt.Sprintf("the %s driver reuses the host: it leaves the swarm first, then is made again and joins", info.Type))
+				}
+			}
+			if len(a.Labels) > 0 && a.Kind != Replace {
+				a.Reasons = append(a.Reasons, "labels: "+strings.Join(a.Labels, ", "))
+			}
+			if len(a.Leftovers) > 0 {
+				var ids []string
+				for _, m := range a.Leftovers {
+					ids = append(ids, shortID(m.ID))
+				}
+				a.Reasons = append(a.Reasons, "leftover machines under this name are destroyed: "+strings.Join(ids, ", "))
 			}
 			p.Actions = append(p.Actions, a)
 		}
@@ -229,8 +324,12 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 		if wanted[rec.Name] {
 			continue
 		}
-		a := Action{Machine: rec.Name, Role: rec.Role, Pool: rec.Pool, Driver: rec.Driver, Index: rec.Index, Kind: Remove, Recorded: rec}
-		a.Observed = seen[rec.Driver][rec.Name]
+		a := Action{Machine: rec.Name, Role: rec.Role, Pool: rec.Pool, Driver: rec.Driver, Index: rec.Index, Kind: Remove, Recorded: rec, Generation: rec.Gen()}
+		cur, retiring, leftovers := observedFor(rec, seen[rec.Driver][rec.Name])
+		a.Observed, a.RetiringObserved = cur, retiring
+		for _, m := range leftovers {
+			a.Leftovers = append(a.Leftovers, *m)
+		}
 		a.Reasons = []string{"not in the spec"}
 		if rec.Role == spec.RoleManager {
 			a.Reasons = append(a.Reasons, "demoted and drained first")
@@ -240,24 +339,66 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 		removes = append(removes, a)
 	}
 	for dname, byName := range seen {
-		for name, m := range byName {
-			if wanted[name] || st.Machine(name) != nil {
+		for name, ms := range byName {
+			if wanted[name] || recs[name] != nil {
 				continue
 			}
-			removes = append(removes, Action{Machine: name, Role: m.Tags[drivers.TagRole], Pool: m.Tags[drivers.TagPool], Driver: dname, Kind: Remove, Observed: m,
-				Reasons: []string{"stray: tagged with this cluster but neither in the spec nor in state"}})
+			m := ms[0]
+			a := Action{Machine: name, Role: m.Tags[drivers.TagRole], Pool: m.Tags[drivers.TagPool], Driver: dname, Kind: Remove, Observed: m,
+				Reasons: []string{"stray: tagged with this cluster but neither in the spec nor in state"}}
+			for _, x := range ms[1:] {
+				a.Leftovers = append(a.Leftovers, *x)
+			}
+			removes = append(removes, a)
 		}
 	}
 	sort.Slice(removes, func(i, j int) bool { return removes[i].Machine < removes[j].Machine })
 	p.Actions = append(p.Actions, removes...)
 	p.resources(obs, false)
-	p.notes(c, st)
+	p.missing(st, obs, seen)
+	p.notes(c, st, obs)
 	p.count()
 	return p
 }
 
-// notes explains quorum effects of manager changes.
-func (p *Plan) notes(c *spec.Cluster, st *state.State) {
+// missing warns when every recorded machine, or every manager, appears gone
+// at once.
+func (p *Plan) missing(st *state.State, obs Observed, seen map[string]map[string][]*drivers.Machine) {
+	var all, gone, managers, goneManagers []string
+	for _, rec := range st.Machines {
+		if rec.ID == "" || rec.Status == state.StatusCreating {
+			continue
+		}
+		if _, unknown := obs.Unknown[rec.Driver]; unknown {
+			continue
+		}
+		all = append(all, rec.Name)
+		isGone := len(seen[rec.Driver][rec.Name]) == 0
+		if isGone {
+			gone = append(gone, rec.Name)
+		}
+		if rec.Role == spec.RoleManager {
+			managers = append(managers, rec.Name)
+			if isGone {
+				goneManagers = append(goneManagers, rec.Name)
+			}
+		}
+	}
+	var m *Missing
+	switch {
+	case len(all) > 0 && len(gone) == len(all):
+		m = &Missing{Machines: gone, Message: fmt.Sprintf("every machine of cluster %q appears gone (%d of %d recorded machines are not found by their drivers)", p.Cluster, len(gone), len(all))}
+	case len(managers) > 0 && len(goneManagers) == len(managers):
+		m = &Missing{Managers: true, Machines: goneManagers, Message: fmt.Sprintf("every manager of cluster %q appears gone (%s)", p.Cluster, strings.Join(goneManagers, ", "))}
+	default:
+		return
+	}
+	m.Message += ". That is more often a mistaken view than a real loss: provision may be asking a different Docker engine (DOCKER_HOST, a docker context), other cloud credentials, another account, subscription or project, or another region than the one the cluster was made with. Check that first. apply refuses to create replacements unless run with --replace-missing; if the managers really are gone, so is the swarm's raft (services, secrets, configs): a new swarm is formed, and `provision restore` brings back a raft backup"
+	p.Missing = m
+}
+// notes explains quorum effects of manager changes, the order of
+// replacements, the raft backup and what engines say of their swarm.
+func (p *Plan) notes(c *spec.Cluster, st *state.State, obs Observed) {
 	before := 0
 	for _, m := range st.Machines {
 		if m.Role == spec.RoleManager {
@@ -274,7 +415,79 @@ func (p *Plan) notes(c *spec.Cluster, st *state.State) {
 	for d, why := range p.Unknown {
 		p.Notes = append(p.Notes, fmt.Sprintf("driver %s could not be asked what exists (%s): the plan assumes state is right for its machines", d, why))
 	}
+	var rollM, inPlaceM, rollW []string
+	managersTouched := false
+	for _, a := range p.Actions {
+		switch {
+		case a.Kind == Replace && a.Role == spec.RoleManager && a.InPlace:
+			inPlaceM = append(inPlaceM, a.Machine)
+		case a.Kind == Replace && a.Role == spec.RoleManager:
+			rollM = append(rollM, a.Machine)
+		case a.Kind == Replace:
+			rollW = append(rollW, a.Machine)
+		}
+		if a.Role == spec.RoleManager && a.Recorded != nil && a.Recorded.NodeID != "" && (a.Kind == Replace || a.Kind == Remove) {
+			managersTouched = true
+		}
+	}
+	if len(rollM) > 0 {
+		p.Notes = append(p.Notes, fmt.Sprintf("managers are replaced one at a time, in this order: %s; each new manager joins and is Reachable before the old one is demoted, drained and removed, so the raft keeps its majority (%d of %d managers reachable at the least)", strings.Join(rollM, ", "), before, before+1))
+	}
+	if len(inPlaceM) > 0 {
+		note := fmt.Sprintf("managers replaced in place, one at a time: %s; each leaves the swarm before it is made again (%d of %d managers meanwhile)", strings.Join(inPlaceM, ", "), before-1, before)
+		if before < 3 {
+			note += "; with fewer than 3 managers that would lose the swarm, so apply refuses: add managers first"
+		}
+		p.Notes = append(p.Notes, note)
+	}
+	if len(rollW) > 0 {
+		p.Notes = append(p.Notes, fmt.Sprintf("workers are replaced in batches of %d (%s): the new ones join, then each batch of old ones is drained, its tasks Running elsewhere, before it is removed", max(1, len(rollW)/4), strings.Join(rollW, ", ")))
+	}
+	restart := false
+	for _, s := range p.Settings {
+		restart = restart || restartSettings[s.Name]
+	}
+	switch {
+	case managersTouched:
+		p.Backup = "managers are replaced or removed"
+	case restart && before > 0:
+		p.Backup = "settings that may restart the managers' engines changed"
+	}
+	if p.Backup != "" {
+		p.Notes = append(p.Notes, "before "+p.Backup+", apply saves a backup of the swarm's raft (from a manager that is not the leader, its engine stopped for a few seconds) into the state directory's backups/; `provision restore` brings it back")
+	}
+	p.swarmNotes(st, obs)
 	sort.Strings(p.Notes)
+}
+
+// swarmNotes reports recorded machines whose engines are not where state
+// says: out of the swarm, or in another one.
+func (p *Plan) swarmNotes(st *state.State, obs Observed) {
+	if len(obs.Engines) == 0 || st.Swarm.ID == "" {
+		return
+	}
+	listed := map[string]bool{}
+	for _, id := range obs.Nodes {
+		listed[id] = true
+	}
+	for _, rec := range st.Machines {
+		v, ok := obs.Engines[rec.Name]
+		if !ok || rec.NodeID == "" {
+			continue
+		}
+		switch {
+		case v.State == "inactive":
+			p.Notes = append(p.Notes, fmt.Sprintf("%s: its engine is in no swarm (state records node %s): apply joins it again", rec.Name, shortID(rec.NodeID)))
+		case v.State == "pending":
+			p.Notes = append(p.Notes, fmt.Sprintf("%s: its engine is still trying to join a swarm: apply waits for it, then checks which swarm", rec.Name))
+		case v.ClusterID != "" && v.ClusterID != st.Swarm.ID && slices.Contains(st.Swarm.Retired, v.ClusterID):
+			p.Notes = append(p.Notes, fmt.Sprintf("%s: its engine is in swarm %s, an earlier swarm of this cluster: apply makes it leave and join swarm %s", rec.Name, shortID(v.ClusterID), shortID(st.Swarm.ID)))
+		case v.ClusterID != "" && v.ClusterID != st.Swarm.ID:
+			p.Notes = append(p.Notes, fmt.Sprintf("%s: its engine is a manager of another swarm (%s, not %s): apply leaves it alone and stops on it unless run with --leave-other-swarm", rec.Name, shortID(v.ClusterID), shortID(st.Swarm.ID)))
+		case v.State == "active" && len(obs.Nodes) > 0 && !listed[v.NodeID]:
+			p.Notes = append(p.Notes, fmt.Sprintf("%s: its engine is node %s of a swarm whose managers (%s) do not list it: another swarm, or an earlier one of this cluster; apply makes it leave only if that swarm was this cluster's, or with --leave-other-swarm", rec.Name, shortID(v.NodeID), strings.Join(v.Managers, ", ")))
+		}
+	}
 }
 
 func (p *Plan) count() {
@@ -350,38 +563,60 @@ func Wanted(c *spec.Cluster, clusterID string) map[string][]drivers.MachineSpec 
 	return out
 }
 
-// Destroy plans removing every recorded machine and every stray.
+// Destroy plans removing every recorded machine (with the earlier
+// generations of it still around) and every stray.
 func Destroy(st *state.State, obs Observed) *Plan {
 	p := &Plan{Cluster: st.Name, Unknown: obs.Unknown}
-	done := map[string]bool{}
-	for _, rec := range st.Machines {
-		a := Action{Machine: rec.Name, Role: rec.Role, Pool: rec.Pool, Driver: rec.Driver, Index: rec.Index, Kind: Remove, Recorded: rec}
-		for i := range obs.Machines[rec.Driver] {
-			if m := &obs.Machines[rec.Driver][i]; m.Name == rec.Name || m.Tags[drivers.TagMachine] == rec.Name {
-				a.Observed = m
-			}
-		}
-		p.Actions = append(p.Actions, a)
-		done[rec.Name] = true
-	}
-	var names []string
+	byName := map[string][]*drivers.Machine{}
 	for d := range obs.Machines {
-		names = append(names, d)
-	}
-	sort.Strings(names)
-	for _, d := range names {
 		for i := range obs.Machines[d] {
 			m := &obs.Machines[d][i]
+			m.Driver = d
 			name := m.Name
 			if t := m.Tags[drivers.TagMachine]; t != "" {
 				name = t
 			}
-			if done[name] {
+			byName[d+"/"+name] = append(byName[d+"/"+name], m)
+		}
+	}
+	covered := map[*drivers.Machine]bool{}
+	for _, rec := range st.Machines {
+		ms := byName[rec.Driver+"/"+rec.Name]
+		cur, retiring, leftovers := observedFor(rec, ms)
+		a := Action{Machine: rec.Name, Role: rec.Role, Pool: rec.Pool, Driver: rec.Driver, Index: rec.Index, Kind: Remove, Recorded: rec, Observed: cur, Generation: rec.Gen()}
+		p.Actions = append(p.Actions, a)
+		for _, m := range ms {
+			covered[m] = true
+		}
+		for i, old := range rec.Retiring {
+			m := retiring[i]
+			if m == nil {
+				if old.Destroyed {
+					continue
+				}
+				om := old.Machine
+				m = &om
+			}
+			p.Actions = append(p.Actions, Action{Machine: rec.Name, Role: rec.Role, Pool: rec.Pool, Driver: m.Driver, Kind: Remove, Observed: m, Generation: max(1, old.Generation),
+				Reasons: []string{fmt.Sprintf("generation %d, replaced", max(1, old.Generation))}})
+		}
+		for _, m := range leftovers {
+			p.Actions = append(p.Actions, Action{Machine: rec.Name, Role: rec.Role, Pool: rec.Pool, Driver: m.Driver, Kind: Remove, Observed: m, Generation: drivers.GenerationOf(m.Tags),
+				Reasons: []string{"leftover generation"}})
+		}
+	}
+	keys := make([]string, 0, len(byName))
+	for k := range byName {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		for _, m := range byName[k] {
+			if covered[m] {
 				continue
 			}
-			m.Driver = d
-			p.Actions = append(p.Actions, Action{Machine: name, Role: m.Tags[drivers.TagRole], Pool: m.Tags[drivers.TagPool], Driver: d, Kind: Remove, Observed: m, Reasons: []string{"stray: tagged with this cluster"}})
-			done[name] = true
+			_, name, _ := strings.Cut(k, "/")
+			p.Actions = append(p.Actions, Action{Machine: name, Role: m.Tags[drivers.TagRole], Pool: m.Tags[drivers.TagPool], Driver: m.Driver, Kind: Remove, Observed: m, Generation: drivers.GenerationOf(m.Tags), Reasons: []string{"stray: tagged with this cluster"}})
 		}
 	}
 	for d, why := range p.Unknown {

@@ -29,7 +29,8 @@ func converged(c *spec.Cluster) (*state.State, Observed) {
 		for i := 1; i <= p.Count; i++ {
 			name := spec.MachineName(c.Name, p.Name, i)
 			m := drivers.Machine{Name: name, ID: "id-" + name, Driver: p.Driver, State: "running", Tags: map[string]string{drivers.TagMachine: name}}
-			st.Put(&state.Machine{Machine: m, Role: p.Role, Pool: p.Name, Index: i, Status: state.StatusReady, SpecHash: MachineHash(c, p, i)})
+			made := MachineSettings(c, p, i, nil)
+			st.Put(&state.Machine{Machine: m, Role: p.Role, Pool: p.Name, Index: i, Status: state.StatusReady, SpecHash: HashSettings(made), MadeWith: made})
 			obs.Machines[p.Driver] = append(obs.Machines[p.Driver], m)
 		}
 	}
@@ -139,10 +140,29 @@ func TestMachineChangeReplaces(t *testing.T) {
 managers { count = 1 }
 workers {
   count = 2
+  size  = "1cpu-1g"
+}`)
+	p := Build(c2, st, obs)
+	if got := kinds(p); got != "demo-manager-1=none demo-worker-1=replace demo-worker-2=replace" {
+		t.Fatal(got)
+	}
+	if r := strings.Join(p.Actions[1].Reasons, "; "); !strings.Contains(r, `size: "" -> "1cpu-1g"`) || !strings.Contains(r, "generation 2 joins the swarm before generation 1 leaves") || p.Actions[1].Generation != 2 {
+		t.Errorf("replace reasons %q gen %d", r, p.Actions[1].Generation)
+	}
+	var buf bytes.Buffer
+	p.WriteText(&buf, false)
+	if !strings.Contains(buf.String(), "workers are replaced in batches of 1 (demo-worker-1, demo-worker-2)") {
+		t.Errorf("plan does not say how workers are replaced:\n%s", buf.String())
+	}
+	// A setting the local driver does not use (disk) never replaces.
+	c3 := cluster(t, `name = "demo"
+managers { count = 1 }
+workers {
+  count = 2
   disk  = 20
 }`)
-	if got := kinds(Build(c2, st, obs)); got != "demo-manager-1=none demo-worker-1=replace demo-worker-2=replace" {
-		t.Fatal(got)
+	if got := kinds(Build(c3, st, obs)); got != "demo-manager-1=none demo-worker-1=none demo-worker-2=none" {
+		t.Fatalf("ignored disk: %s", got)
 	}
 }
 
@@ -265,5 +285,165 @@ func TestResourcesListedAndDestroyed(t *testing.T) {
 	}
 	if total == 0 {
 		t.Error("Wanted lists no machines")
+	}
+}
+
+// TestLegacyRecordsDoNotReplace: state version 1 fingerprinted disk and size
+// whatever the driver did with them (and the local driver's default disk
+// was 10 GiB). Those records, checked against the spec, plan nothing for an
+// unchanged spec or a changed setting the driver ignores, and a replace for
+// a changed setting it uses.
+func TestLegacyRecordsDoNotReplace(t *testing.T) {
+	c := cluster(t, base)
+	st, obs := converged(c)
+	for _, m := range st.Machines {
+		m.MadeWith = nil
+		m.SpecHash = legacyHash("local", "local", 10, "", "")
+	}
+	if p := Build(c, st, obs); !p.Empty() {
+		t.Fatalf("unchanged spec on legacy records: %s", kinds(p))
+	}
+	disk := cluster(t, "name = \"demo\"\nmanagers {\n  count = 1\n  disk = 50\n}\nworkers { count = 2 }\n")
+	if p := Build(disk, st, obs); !p.Empty() {
+		t.Fatalf("ignored disk change on legacy records: %s", kinds(p))
+	}
+	size := cluster(t, "name = \"demo\"\nmanagers {\n  count = 1\n  size = \"2cpu-2g\"\n}\nworkers { count = 2 }\n")
+	if got := kinds(Build(size, st, obs)); got != "demo-manager-1=replace demo-worker-1=none demo-worker-2=none" {
+		t.Fatalf("size change on legacy records: %s", got)
+	}
+}
+
+// TestManagerReplacementNotes: replacing managers says the order, the
+// quorum it keeps and that a raft backup is taken first.
+func TestManagerReplacementNotes(t *testing.T) {
+	c := cluster(t, "name = \"demo\"\nmanagers { count = 3 }\nworkers { count = 2 }\n")
+	st, obs := converged(c)
+	for _, m := range st.Machines {
+		m.NodeID = "n-" + m.Name
+	}
+	c2 := cluster(t, "name = \"demo\"\nmanagers {\n  count = 3\n  size = \"2cpu-2g\"\n}\nworkers { count = 2 }\n")
+	p := Build(c2, st, obs)
+	if got := kinds(p); got != "demo-manager-1=replace demo-manager-2=replace demo-manager-3=replace demo-worker-1=none demo-worker-2=none" {
+		t.Fatal(got)
+	}
+	var buf bytes.Buffer
+	p.WriteText(&buf, false)
+	for _, want := range []string{
+		"managers are replaced one at a time, in this order: demo-manager-1, demo-manager-2, demo-manager-3; each new manager joins and is Reachable before the old one is demoted, drained and removed, so the raft keeps its majority (3 of 4 managers reachable at the least)",
+		"apply saves a backup of the swarm's raft",
+	} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("plan lacks %q:\n%s", want, buf.String())
+		}
+	}
+	if p.Backup == "" {
+		t.Error("no raft backup planned")
+	}
+}
+
+// TestAllGoneIsLoud: every recorded machine gone at once (or every
+// manager) is a warning with likely causes, and sets Missing.
+func TestAllGoneIsLoud(t *testing.T) {
+	c := cluster(t, base)
+	st, _ := converged(c)
+	p := Build(c, st, Observed{Machines: map[string][]drivers.Machine{"local": nil}})
+	if p.Missing == nil || p.Missing.Managers || len(p.Missing.Machines) != 3 {
+		t.Fatalf("missing %+v", p.Missing)
+	}
+	var buf bytes.Buffer
+	p.WriteText(&buf, false)
+	for _, want := range []string{"WARNING: every machine of cluster \"demo\" appears gone (3 of 3", "DOCKER_HOST", "credentials", "region", "--replace-missing"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("plan lacks %q:\n%s", want, buf.String())
+		}
+	}
+	st, obs := converged(c)
+	obs.Machines["local"] = obs.Machines["local"][1:] // the manager
+	if p := Build(c, st, obs); p.Missing == nil || !p.Missing.Managers {
+		t.Fatalf("every manager gone: %+v", p.Missing)
+	}
+	obs.Machines["local"] = obs.Machines["local"][1:] // and a worker
+	st, obs = converged(c)
+	obs.Machines["local"] = obs.Machines["local"][:2]
+	if p := Build(c, st, obs); p.Missing != nil {
+		t.Fatalf("one worker gone is not a mistaken view: %+v", p.Missing)
+	}
+	// A driver that cannot be asked says nothing of what is gone.
+	st, _ = converged(c)
+	if p := Build(c, st, Observed{Unknown: map[string]string{"local": "no engine"}}); p.Missing != nil {
+		t.Fatalf("unknown driver: %+v", p.Missing)
+	}
+}
+
+// TestLabelChanges: labels added, changed and removed in the spec are shown
+// and applied in place; labels provision did not set are not its business.
+func TestLabelChanges(t *testing.T) {
+	c := cluster(t, "name = \"demo\"\nmanagers { count = 1 }\nworkers {\n  count = 1\n  labels = { zone = \"a\", tier = \"web\" }\n}\n")
+	st, obs := converged(c)
+	for _, m := range st.Machines {
+		m.NodeID = "n"
+		p, _ := c.Pools()[0], 0
+		if m.Role == spec.RoleWorker {
+			p = c.Workers[0]
+		}
+		m.Labels = NodeLabels(p, m.Name)
+	}
+	if p := Build(c, st, obs); !p.Empty() {
+		t.Fatalf("recorded labels: %s", kinds(p))
+	}
+	c2 := cluster(t, "name = \"demo\"\nmanagers { count = 1 }\nworkers {\n  count = 1\n  labels = { zone = \"b\", rack = \"r1\" }\n}\n")
+	p := Build(c2, st, obs)
+	if got := kinds(p); got != "demo-manager-1=none demo-worker-1=reconfigure" {
+		t.Fatal(got)
+	}
+	got := strings.Join(p.Actions[1].Labels, ", ")
+	if got != `rack: + "r1", tier: - "web", zone: "a" -> "b"` {
+		t.Fatalf("label changes %q", got)
+	}
+	// Records without labels (an earlier provision) show no label diff.
+	st.Machine("demo-worker-1").Labels = nil
+	if p := Build(c2, st, obs); !p.Empty() {
+		t.Fatalf("unrecorded labels: %s", kinds(p))
+	}
+}
+
+// TestReplacementInProgress: a replacement an apply left half done (the new
+// generation recorded, the old one retiring, both reported by the driver)
+// is finished, not started again; an unknown generation is a leftover.
+func TestReplacementInProgress(t *testing.T) {
+	c := cluster(t, base)
+	st, obs := converged(c)
+	rec := st.Machine("demo-worker-1")
+	old := rec.Machine
+	rec.Retiring = []state.Retiring{{Machine: old, Generation: 1, NodeID: "old-node"}}
+	rec.Machine.ID = "id-new"
+	rec.Generation = 2
+	gen2 := drivers.Machine{Name: "demo-worker-1", ID: "id-new", State: "running", Tags: map[string]string{drivers.TagMachine: "demo-worker-1", drivers.TagGeneration: "2"}}
+	gen3 := drivers.Machine{Name: "demo-worker-1", ID: "id-3", State: "running", Tags: map[string]string{drivers.TagMachine: "demo-worker-1", drivers.TagGeneration: "3"}}
+	obs.Machines["local"] = append(obs.Machines["local"], gen2, gen3)
+	p := Build(c, st, obs)
+	if got := kinds(p); got != "demo-manager-1=none demo-worker-1=reconfigure demo-worker-2=none" {
+		t.Fatal(got)
+	}
+	a := p.Actions[1]
+	if a.Observed == nil || a.Observed.ID != "id-new" || a.RetiringObserved[0] == nil || a.RetiringObserved[0].ID != old.ID || len(a.Leftovers) != 1 || a.Leftovers[0].ID != "id-3" {
+		t.Fatalf("action %+v", a)
+	}
+	if r := strings.Join(a.Reasons, "; "); !strings.Contains(r, "finishing a replacement: generation 1 leaves") || !strings.Contains(r, "leftover machines under this name are destroyed: id-3") {
+		t.Fatalf("reasons %q", r)
+	}
+	d := Destroy(st, obs)
+	ids := map[string]bool{}
+	for _, a := range d.Actions {
+		m := a.Observed
+		if a.Recorded != nil {
+			m = &a.Recorded.Machine
+		}
+		ids[m.ID] = true
+	}
+	for _, id := range []string{"id-new", old.ID, "id-3", "id-demo-manager-1", "id-demo-worker-2"} {
+		if !ids[id] {
+			t.Errorf("destroy misses %s: %v", id, ids)
+		}
 	}
 }

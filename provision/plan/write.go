@@ -26,6 +26,14 @@ func (p *Plan) WriteText(w io.Writer, color bool) error {
 		width = max(width, len(a.Machine))
 	}
 	fmt.Fprintf(bw, "Cluster %q: %d machines in the spec\n", p.Cluster, len(p.Actions)-p.Summary.Remove)
+	if m := p.Missing; m != nil {
+		fmt.Fprintln(bw)
+		warn := "WARNING: " + m.Message + "."
+		if color {
+			warn = "\x1b[1;31m" + warn + "\x1b[0m"
+		}
+		fmt.Fprintln(bw, warn)
+	}
 	if p.Summary.Changes() > 0 {
 		fmt.Fprintln(bw)
 	}

@@ -360,20 +360,30 @@ func decodePool(dc *dec, c *Cluster, b *hcl.Block, role string) Pool {
 		dc.errf(countRange, "No managers", "A swarm needs at least one manager: set managers.count to 1, 3 or 5.")
 	}
 
-	// Disk.
+	// Disk and size: a setting the driver does not use is accepted with a
+	// warning (it never rebuilds a machine).
 	if r, ok := dc.size(content.Attributes, "disk", path+".disk", &p.DiskGiB); ok {
 		switch {
 		case p.DiskGiB <= 0:
 			dc.errf(r, "Invalid disk size", "%s.disk must be positive.", path)
-		case info.MinDiskGiB == 0 && info.Type != "":
-			dc.warnf(r, "Disk size ignored", "The %s driver does not make disks: %s.disk is ignored.", info.Type, path)
+		case info.Type != "" && !info.Uses("disk"):
+			dc.warnf(r, "Setting ignored by the driver", "The %s driver does not use disk (%s): %s.disk is ignored, and changing it never rebuilds a machine.", info.Type, ignoredWhy(info.Type, "disk"), path)
 		case p.DiskGiB < info.MinDiskGiB:
 			dc.errf(r, "Disk too small", "%s.disk is %d GiB; the %s driver needs at least %d GiB.", path, p.DiskGiB, info.Type, info.MinDiskGiB)
 		}
 	} else {
 		p.DiskGiB = info.DefaultGiB
 	}
-	dc.str(content.Attributes, "size", path+".size", &p.Size)
+	if r, ok := dc.str(content.Attributes, "size", path+".size", &p.Size); ok && info.Type != "" {
+		switch {
+		case !info.Uses("size"):
+			dc.warnf(r, "Setting ignored by the driver", "The %s driver does not use size (%s): %s.size is ignored, and changing it never rebuilds a machine.", info.Type, ignoredWhy(info.Type, "size"), path)
+		case info.CheckSize != nil && p.Size != "":
+			if err := info.CheckSize(p.Size); err != nil {
+				dc.errf(r, "Invalid size", "%s.size for the %s driver: %v.", path, info.Type, err)
+			}
+		}
+	}
 	if r, ok := dc.strMap(content.Attributes, "labels", path+".labels", &p.Labels); ok {
 		for _, k := range sortedKeys(p.Labels) {
 			if !labelKey.MatchString(k) || strings.HasPrefix(k, "provision.") || len(k) > 128 {
@@ -382,6 +392,17 @@ func decodePool(dc *dec, c *Cluster, b *hcl.Block, role string) Pool {
 		}
 	}
 	return p
+}
+
+// ignoredWhy says why a driver type has no use for a pool setting.
+func ignoredWhy(typ, setting string) string {
+	switch {
+	case typ == "local" && setting == "disk":
+		return "containers share the engine's disk"
+	case typ == "generic":
+		return "it uses existing machines as they are"
+	}
+	return "not a setting of this platform"
 }
 
 func validHostPort(h string) bool {

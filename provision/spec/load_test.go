@@ -3,6 +3,7 @@ package spec
 import (
 	"bytes"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,8 +40,8 @@ workers { count = 2 }
 	if c.Managers.Driver != "local" || c.Workers[0].Driver != "local" || c.Workers[0].Name != "worker" {
 		t.Errorf("pools: %+v %+v", c.Managers, c.Workers)
 	}
-	if c.Managers.DiskGiB != 10 {
-		t.Errorf("default disk %d", c.Managers.DiskGiB)
+	if c.Managers.DiskGiB != 0 {
+		t.Errorf("default disk %d: the local driver makes no disks", c.Managers.DiskGiB)
 	}
 	if c.Engine.Method != "package" || c.Engine.Package != "docker.io" {
 		t.Errorf("engine %+v", c.Engine)
@@ -341,4 +342,40 @@ func FuzzLoad(f *testing.F) {
 			t.Fatalf("accepted a cluster without managers")
 		}
 	})
+}
+
+// TestIgnoredSettings: a pool setting the driver does not use is a warning
+// at the attribute (it never rebuilds a machine); a size the driver cannot
+// read is an error there.
+func TestIgnoredSettings(t *testing.T) {
+	c, diags := load(t, `name = "demo"
+managers {
+  count = 1
+  disk  = "20GiB"
+  size  = "2cpu-2g"
+}
+workers {
+  count = 1
+  size  = "large"
+}
+`, Vars{})
+	if c != nil || !diags.HasErrors() {
+		t.Fatalf("an unreadable local size is accepted: %v", diags)
+	}
+	var got []string
+	for _, d := range diags {
+		got = append(got, fmt.Sprintf("%d:%d %s: %s", d.Subject.Start.Line, d.Subject.Start.Column, d.Summary, d.Detail))
+	}
+	s := strings.Join(got, "\n")
+	for _, want := range []string{
+		`4:11 Setting ignored by the driver: The local driver does not use disk (containers share the engine's disk): managers.disk is ignored`,
+		`9:11 Invalid size: workers.worker.size for the local driver: size "large": want <cpus>cpu-<memory>`,
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("diagnostics lack %q:\n%s", want, s)
+		}
+	}
+	if strings.Contains(s, "5:11") {
+		t.Errorf("a valid local size is reported:\n%s", s)
+	}
 }

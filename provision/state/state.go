@@ -3,7 +3,9 @@
 //
 //	<dir>/state.json      this file's State (version, machines, swarm, pki facts)
 //	<dir>/state.json.bak  the previous copy
-//	<dir>/state.lock      flock held for a whole command; its content names the holder
+//	<dir>/state.lock      flock held by apply, destroy, backup and restore; its content names the holder
+//	<dir>/backups/        raft backups (raft-<time>-<node>.tar.gz, 0600), the last few
+//	<dir>/local/          the local driver's engine binding
 //	<dir>/pki/            ca.pem, ca-key.pem (0600, never leaves this machine), cert.pem, key.pem (operator client)
 //	<dir>/ssh/            id_ed25519 (0600) and id_ed25519.pub: the cluster's admin key
 //
@@ -18,8 +20,8 @@ import (
 )
 
 // Version is the state format this binary writes. Older versions are migrated
-// on load; newer ones are refused.
-const Version = 1
+// on load (migrate.go); newer ones are refused.
+const Version = 2
 
 // Machine status values: a machine moves created -> ready; a failed apply
 // leaves it at the last status reached, and the next apply resumes from there.
@@ -50,9 +52,23 @@ type Machine struct {
 	Pool   string `json:"pool"`
 	Index  int    `json:"index"`
 	Status string `json:"status"`
-	// SpecHash is the hash of the machine-level spec (driver, disk, size,
-	// address). A change means the machine must be replaced.
+	// SpecHash is the hash of MadeWith. In a record from state version 1
+	// (MadeWith nil) it is the hash of driver, disk, size and address, which
+	// plan checks once against the spec and replaces by MadeWith.
 	SpecHash string `json:"spec_hash"`
+	// MadeWith are the settings the machine was made with that its driver
+	// uses (plan.MachineSettings): a change of one means a new machine.
+	MadeWith map[string]string `json:"made_with,omitempty"`
+	// Generation numbers the machines made under this name (0 or 1: the
+	// first); a replacement is the next generation.
+	Generation int `json:"generation,omitempty"`
+	// Retiring are earlier generations of this machine that still have to
+	// leave the swarm and be destroyed: the replacement joins first.
+	Retiring []Retiring `json:"retiring,omitempty"`
+	// Labels are the node labels provision set on the node (provision.* and
+	// the spec's), so that labels removed from the spec are removed from
+	// the node, and no others. nil: not recorded yet (state version 1).
+	Labels map[string]string `json:"labels,omitempty"`
 	// Steps maps a host step ID to the hash of the inputs it was applied with.
 	Steps map[string]string `json:"steps,omitempty"`
 	// NodeID is the swarm node ID once joined.
@@ -62,9 +78,26 @@ type Machine struct {
 	Engine       string    `json:"engine,omitempty"` // engine version found after install
 }
 
+// Retiring is an earlier generation of a machine on its way out.
+type Retiring struct {
+	drivers.Machine
+	Generation int    `json:"generation,omitempty"`
+	NodeID     string `json:"node_id,omitempty"`
+	// Destroyed says the machine itself is gone (destroyed or lost): only
+	// its swarm node is left to remove.
+	Destroyed bool `json:"destroyed,omitempty"`
+}
+
+// Gen is the machine's generation (1 for records that predate them).
+func (m *Machine) Gen() int { return max(1, m.Generation) }
+
 // Swarm is what provision knows of the swarm it bootstrapped.
 type Swarm struct {
 	ID string `json:"id,omitempty"`
+	// Retired are swarms this cluster had before (every manager was lost
+	// and replaced with --replace-missing): a host still in one of them is
+	// stale and leaves it to join the current swarm.
+	Retired []string `json:"retired,omitempty"`
 	// AutolockKey is empty unless autolock is on (not yet supported).
 	AutolockKey string `json:"autolock_key,omitempty"`
 }

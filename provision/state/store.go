@@ -70,11 +70,13 @@ func (h *Holder) gone() bool {
 	return errors.Is(syscall.Kill(h.PID, 0), syscall.ESRCH)
 }
 
-// Store is one cluster's state directory, locked for the life of a command.
+// Store is one cluster's state directory: locked for the life of a command
+// that changes the cluster (Open), or read as it is (OpenReadOnly).
 type Store struct {
-	dir   string
-	lock  *os.File
-	stale *Holder
+	dir      string
+	lock     *os.File
+	stale    *Holder
+	readOnly bool
 }
 
 // DefaultDir is where a spec's state lives unless --state-dir says otherwise:
@@ -87,33 +89,77 @@ func DefaultDir(specFile, cluster string) string {
 // waiting: a second apply or destroy on the same cluster fails at once with a
 // *LockedError naming the holder. The lock is a flock, so the kernel releases
 // it when its process dies, on every exit path.
+//
+// Close may remove the lock file (when destroy emptied the directory) while
+// it holds the lock, so a lock taken here counts only if the file locked is
+// still the one at the path: otherwise Open tries again. Two processes can
+// never both hold "the" lock.
 func Open(dir, command string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("state lock: %w", err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		defer f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			h := readHolder(f)
-			return nil, &LockedError{Dir: dir, Holder: h, HolderGone: h.gone()}
+	path := filepath.Join(dir, lockFile)
+	for attempt := 0; ; attempt++ {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("state lock: %w", err)
 		}
-		return nil, fmt.Errorf("state lock: %w", err)
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			defer f.Close()
+			if errors.Is(err, syscall.EWOULDBLOCK) {
+				h := readHolder(f)
+				return nil, &LockedError{Dir: dir, Holder: h, HolderGone: h.gone()}
+			}
+			return nil, fmt.Errorf("state lock: %w", err)
+		}
+		if !samePath(f, path) {
+			// Locked a file its holder unlinked on the way out: not the lock.
+			f.Close()
+			if attempt > 100 {
+				return nil, fmt.Errorf("state lock %s keeps being replaced", path)
+			}
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return nil, fmt.Errorf("state directory: %w", err)
+			}
+			continue
+		}
+		s := &Store{dir: dir, lock: f}
+		// A holder recorded in a lock we could take died without cleaning up.
+		s.stale = readHolder(f)
+		host, _ := os.Hostname()
+		b, _ := json.Marshal(Holder{PID: os.Getpid(), Host: host, Command: command, Since: time.Now().UTC()})
+		if err := f.Truncate(0); err == nil {
+			f.WriteAt(append(b, '\n'), 0)
+			f.Sync()
+		}
+		return s, nil
 	}
-	s := &Store{dir: dir, lock: f}
-	// A holder recorded in a lock we could take died without cleaning up.
-	s.stale = readHolder(f)
-	host, _ := os.Hostname()
-	b, _ := json.Marshal(Holder{PID: os.Getpid(), Host: host, Command: command, Since: time.Now().UTC()})
-	if err := f.Truncate(0); err == nil {
-		f.WriteAt(append(b, '\n'), 0)
-		f.Sync()
-	}
-	return s, nil
 }
+
+// samePath reports whether the open file f is the file at path.
+func samePath(f *os.File, path string) bool {
+	fi, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	pi, err := os.Stat(path)
+	return err == nil && os.SameFile(fi, pi)
+}
+
+// OpenReadOnly opens a state directory without taking its lock, for
+// commands that only read (plan, status, env, ssh, audit): they work while
+// an apply runs and never hold it up. Each Load reads one consistent
+// snapshot (state.json is replaced atomically); Save refuses. A directory
+// that does not exist reads as a new cluster and is not created.
+func OpenReadOnly(dir string) (*Store, error) {
+	if fi, err := os.Stat(dir); err == nil && !fi.IsDir() {
+		return nil, fmt.Errorf("state directory %s is not a directory", dir)
+	}
+	return &Store{dir: dir, readOnly: true}, nil
+}
+
+// ReadOnly reports whether the store was opened without the lock.
+func (s *Store) ReadOnly() bool { return s.readOnly }
 
 func readHolder(f *os.File) *Holder {
 	b := make([]byte, 4096)
@@ -182,13 +228,18 @@ func (s *Store) Load() (*State, error) {
 	if st.ClusterID == "" {
 		return nil, fmt.Errorf("state file %s has no cluster ID; it was left untouched", path)
 	}
-	st.Version = Version
+	if err := migrate(st, head.Version); err != nil {
+		return nil, fmt.Errorf("state file %s: %w; it was left untouched", path, err)
+	}
 	return st, nil
 }
 
 // Save writes the state atomically: a temp file in the same directory,
 // fsync, the current file kept as the backup, rename, fsync of the directory.
 func (s *Store) Save(st *State) error {
+	if s.readOnly {
+		return errors.New("save state: opened read-only (without the lock)")
+	}
 	st.Version = Version
 	st.Updated = time.Now().UTC()
 	b, err := json.MarshalIndent(st, "", "  ")
@@ -259,7 +310,9 @@ func (s *Store) Clear() error {
 }
 
 // Close releases the lock. When the directory holds nothing else (after
-// Clear), it is removed too.
+// Clear), the lock file and the directory are removed first, while the lock
+// is still held: a process that opened the old file meanwhile finds it is
+// no longer the one at the path and takes the new one (see Open).
 func (s *Store) Close() error {
 	if s.lock == nil {
 		return nil

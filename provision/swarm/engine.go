@@ -181,8 +181,13 @@ func (h *Host) init(ctx context.Context, clusterLabel string) (Local, bool, erro
 	return l, true, err
 }
 
-// forceNewCluster re-initialises a swarm from a surviving manager after
-// quorum was lost. Its state (services, secrets, configs) is kept.
+// ForceNewCluster re-initialises a swarm from a surviving manager after
+// quorum was lost, or from a restored raft: its state (services, secrets,
+// configs) is kept and it is the only manager.
+func (h *Host) ForceNewCluster(ctx context.Context) (Local, error) {
+	return h.forceNewCluster(ctx)
+}
+
 func (h *Host) forceNewCluster(ctx context.Context) (Local, error) {
 	listen, adv := h.listen()
 	_, err := h.API.SwarmInit(ctx, dswarm.InitRequest{ListenAddr: listen, AdvertiseAddr: adv, ForceNewCluster: true})

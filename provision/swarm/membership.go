@@ -148,6 +148,29 @@ type Form struct {
 	// Label is written on a new swarm (LabelCluster) so that provision can
 	// tell its own swarm from another one.
 	Label string
+	// Stale are earlier swarms of this cluster: a manager still in one
+	// leaves it (its swarm was lost and replaced).
+	Stale []string
+	// LeaveOther lets a manager that runs another swarm leave it; without
+	// it such a manager is refused (Failed, ErrOtherSwarm).
+	LeaveOther bool
+	// Before, when set, is called with the manager a swarm is about to be
+	// re-formed on (--force-new-cluster): the raft backup.
+	Before func(ctx context.Context, h *Host) error
+}
+
+// theirs says whether an active manager runs another swarm than the
+// recorded one (or, with none recorded, than one labelled for this
+// cluster). A manager without quorum cannot read its cluster: not another.
+func (f Form) theirs(ctx context.Context, h *Host, l Local) bool {
+	if !l.Active() || !l.Manager || l.ClusterID == "" {
+		return false
+	}
+	if f.ClusterID != "" {
+		return l.ClusterID != f.ClusterID
+	}
+	sw, err := h.API.SwarmInspect(ctx)
+	return err == nil && f.Label != "" && sw.Spec.Annotations.Labels[LabelCluster] != f.Label
 }
 
 // ErrQuorumLost means no recorded manager answers as a manager.
@@ -179,6 +202,22 @@ func (m *Membership) Bootstrap(ctx context.Context, managers []*Host, f Form) (F
 			out.Failed[h] = err
 			continue
 		}
+		if f.theirs(ctx, h, l) {
+			stale := slices.Contains(f.Stale, l.ClusterID)
+			if !stale && !f.LeaveOther {
+				out.Failed[h] = fmt.Errorf("%s: %w (%s): provision makes it leave only when told: run apply with --leave-other-swarm once nothing else needs that swarm", h.Name, ErrOtherSwarm, l.ClusterID)
+				continue
+			}
+			m.note(h.Name, fmt.Sprintf("leaving swarm %s (%s)", short(l.ClusterID), map[bool]string{true: "an earlier swarm of this cluster", false: "--leave-other-swarm"}[stale]))
+			if err := m.leaveNow(ctx, h); err != nil {
+				out.Failed[h] = err
+				continue
+			}
+			if l, err = h.Inspect(ctx); err != nil {
+				out.Failed[h] = err
+				continue
+			}
+		}
 		if first == nil {
 			first, firstLocal = h, l
 		}
@@ -196,6 +235,11 @@ func (m *Membership) Bootstrap(ctx context.Context, managers []*Host, f Form) (F
 		}
 		var err error
 		if f.ClusterID != "" && f.ForceNewCluster && firstLocal.Active() {
+			if f.Before != nil {
+				if err := f.Before(ctx, first); err != nil {
+					return out, err
+				}
+			}
 			m.note(first.Name, "re-forming the swarm on this manager (--force-new-cluster)")
 			out.Local, err = first.forceNewCluster(ctx)
 			out.Forced = err == nil
@@ -281,8 +325,9 @@ func (m *Membership) joinTokens(ctx context.Context) (Tokens, error) {
 // it Ready (and, for a manager, Reachable). It returns h's node ID and
 // whether anything changed. A join an earlier run left in progress is
 // waited for rather than started again; an engine that is already active
-// in another swarm is refused with ErrOtherSwarm.
-func (m *Membership) Join(ctx context.Context, h *Host, manager bool) (nodeID string, changed bool, err error) {
+// in another swarm is refused with ErrOtherSwarm, unless leave says it may
+// leave that swarm (an earlier one of this cluster, or the operator said so).
+func (m *Membership) Join(ctx context.Context, h *Host, manager bool, leave ...func(Local) bool) (nodeID string, changed bool, err error) {
 	to := m.timeouts()
 	if manager {
 		m.change.Lock()
@@ -300,9 +345,20 @@ func (m *Membership) Join(ctx context.Context, h *Host, manager bool) (nodeID st
 	}
 	if l.Active() {
 		if err := m.inThisSwarm(ctx, h, l); err != nil {
-			return "", false, err
+			if !errors.Is(err, ErrOtherSwarm) || len(leave) == 0 || !leave[0](l) {
+				return "", false, err
+			}
+			m.note(h.Name, "leaving the other swarm it is in, to join this one")
+			if err := m.leaveNow(ctx, h); err != nil {
+				return "", false, err
+			}
+			changed = true
+			if l, err = h.Inspect(ctx); err != nil {
+				return "", false, err
+			}
 		}
-	} else {
+	}
+	if !l.Active() {
 		t, err := m.joinTokens(ctx)
 		if err != nil {
 			return "", false, err
@@ -336,6 +392,20 @@ func (m *Membership) Join(ctx context.Context, h *Host, manager bool) (nodeID st
 		m.AddManager(h)
 	}
 	return l.NodeID, changed, nil
+}
+
+// leaveNow makes h's engine leave its swarm and waits until it says so.
+func (m *Membership) leaveNow(ctx context.Context, h *Host) error {
+	if err := h.Leave(ctx); err != nil {
+		return err
+	}
+	return m.wait(h.Name, "its engine to leave the swarm", m.timeouts().Leave).Until(ctx, func(ctx context.Context) (bool, string, error) {
+		l, err := h.Inspect(ctx)
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		return l.State == dswarm.LocalNodeStateInactive, "engine says " + string(l.State), nil
+	})
 }
 
 // inThisSwarm checks that an active engine is a member of this swarm: a

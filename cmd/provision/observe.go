@@ -1,0 +1,69 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/provision/provision/provision/pki"
+	"github.com/provision/provision/provision/plan"
+	"github.com/provision/provision/provision/swarm"
+)
+
+// observeEngines asks the engine of every machine state records as a swarm
+// member (TLS, 2376, a few seconds each, all at once) what it says of its
+// swarm membership, and a manager for the node list: plan reports hosts
+// that left the swarm or are in another one. Engines that do not answer are
+// left out (status shows them).
+func (l *loaded) observeEngines(ctx context.Context, log *slog.Logger, obs *plan.Observed) {
+	if l.state.Swarm.ID == "" {
+		return
+	}
+	cfg, err := pki.ClientTLS(l.store.PKIDir())
+	if err != nil {
+		return
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, max(1, l.spec.Parallelism))
+	obs.Engines = map[string]plan.EngineView{}
+	for _, m := range l.state.Machines {
+		if m.NodeID == "" || m.Address == "" {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			en, err := swarm.Connect(m.Name, m.Address, cfg)
+			if err != nil {
+				return
+			}
+			defer en.Close()
+			loc, err := en.Inspect(ctx)
+			if err != nil {
+				log.Debug("engine did not answer", "host", m.Name, "err", err)
+				return
+			}
+			var nodes []string
+			if loc.Manager && loc.ClusterID == l.state.Swarm.ID {
+				if ns, err := en.Nodes(ctx); err == nil {
+					for _, n := range ns {
+						nodes = append(nodes, n.ID)
+					}
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			obs.Engines[m.Name] = plan.EngineView{State: string(loc.State), NodeID: loc.NodeID, ClusterID: loc.ClusterID, Manager: loc.Manager, Managers: loc.Managers}
+			if len(nodes) > 0 && obs.Nodes == nil {
+				obs.Nodes = nodes
+			}
+		}()
+	}
+	wg.Wait()
+}

@@ -1,0 +1,284 @@
+package apply
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	dswarm "github.com/docker/docker/api/types/swarm"
+
+	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/provision/comm"
+	"github.com/provision/provision/provision/spec"
+	"github.com/provision/provision/provision/swarm"
+)
+
+// BackupTarget is one raft backup to take: the manager it is copied from,
+// reached over SSH, and where the file goes.
+type BackupTarget struct {
+	Host string // machine name
+	Comm *comm.Client
+	// Stop says the manager's engine is stopped for the copy (the raft is
+	// then consistent on disk). false: the swarm cannot spare the manager
+	// (stopping it would lose quorum), so the copy is taken hot.
+	Stop bool
+	Dir  string // the state directory's backups/
+}
+
+// BackupDir is where raft backups are kept in a state directory.
+func BackupDir(stateDir string) string { return filepath.Join(stateDir, "backups") }
+
+// backup takes a raft backup once per run, before the first change that
+// touches a manager (why says which). It copies /var/lib/docker/swarm from
+// a manager that is not the leader (the leader when it is the only one),
+// with its engine stopped for the few seconds the copy takes when the raft
+// keeps its majority without it, and waits until it is back.
+func (r *run) backup(ctx context.Context, why string) error {
+	r.backupMu.Lock()
+	defer r.backupMu.Unlock()
+	if r.backedUp != "" || r.members == nil || r.members.Via() == nil {
+		return nil
+	}
+	nodes, err := r.members.Refresh(ctx)
+	if err != nil {
+		return fmt.Errorf("raft backup: %w", err)
+	}
+	src, stop := r.backupSource(nodes)
+	if src == nil {
+		r.note("", "raft backup skipped: no manager of the swarm can be reached over SSH ("+why+")")
+		r.backedUp = "-"
+		return nil
+	}
+	if src.comm == nil {
+		c, err := r.Dial(ctx, src.machine)
+		if err != nil {
+			return fmt.Errorf("raft backup from %s: %w", src.name, err)
+		}
+		defer c.Close()
+		src.comm = c
+	}
+	how := "its engine stopped for the copy"
+	if !stop {
+		how = "hot: stopping it would lose quorum"
+	}
+	r.note(src.name, "raft backup before "+why+" ("+how+")")
+	t0 := time.Now()
+	do := r.TakeBackup
+	if do == nil {
+		do = backupRaft
+	}
+	path, err := do(ctx, BackupTarget{Host: src.name, Comm: src.comm, Stop: stop, Dir: BackupDir(r.Store.Dir())})
+	if err != nil {
+		return fmt.Errorf("raft backup from %s: %w", src.name, err)
+	}
+	if stop && src.member != nil {
+		if err := r.members.WaitMember(ctx, src.member, src.nodeID, true); err != nil {
+			return fmt.Errorf("raft backup from %s: back in the swarm: %w", src.name, err)
+		}
+	}
+	r.backedUp = path
+	r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: src.name, Step: "swarm.backup", Msg: path, Took: time.Since(t0)})
+	if err := pruneBackups(BackupDir(r.Store.Dir()), r.backupsToKeep()); err != nil {
+		r.log.Warn("prune raft backups", "err", err)
+	}
+	return nil
+}
+
+func (r *run) backupsToKeep() int {
+	if r.KeepBackups > 0 {
+		return r.KeepBackups
+	}
+	return 5
+}
+
+// backupCandidate is a manager a backup can be taken from.
+type backupCandidate struct {
+	name    string
+	nodeID  string
+	leader  bool
+	machine drivers.Machine
+	comm    *comm.Client
+	member  *swarm.Host
+}
+
+// backupSource picks the manager to copy the raft from: a Reachable one
+// that is not the leader, preferring machines that stay (not retiring), and
+// whether its engine may be stopped (the raft keeps a majority without it).
+func (r *run) backupSource(nodes map[string]dswarm.Node) (*backupCandidate, bool) {
+	var cands []*backupCandidate
+	total, reachable := 0, 0
+	for _, n := range nodes {
+		if n.ManagerStatus == nil {
+			continue
+		}
+		total++
+		if n.ManagerStatus.Reachability == dswarm.ReachabilityReachable {
+			reachable++
+		}
+	}
+	r.mu.Lock()
+	for _, h := range r.hosts {
+		n, ok := nodes[h.rec.NodeID]
+		if h.rec.Role != spec.RoleManager || h.rec.NodeID == "" || !ok || n.ManagerStatus == nil || n.ManagerStatus.Reachability != dswarm.ReachabilityReachable {
+			continue
+		}
+		cands = append(cands, &backupCandidate{name: h.rec.Name, nodeID: h.rec.NodeID, leader: n.ManagerStatus.Leader, machine: h.rec.Machine, comm: h.comm, member: h.member})
+	}
+	var retiring []*backupCandidate
+	for _, o := range r.retiring {
+		n, ok := nodes[o.rec.NodeID]
+		if !ok || n.ManagerStatus == nil || n.ManagerStatus.Reachability != dswarm.ReachabilityReachable || o.rec.Address == "" {
+			continue
+		}
+		m := o.rec.Machine
+		m.Name = o.owner.rec.Name
+		retiring = append(retiring, &backupCandidate{name: o.owner.rec.Name + " (generation " + fmt.Sprint(max(1, o.rec.Generation)) + ")", nodeID: o.rec.NodeID, leader: n.ManagerStatus.Leader, machine: m, member: o.member})
+	}
+	r.mu.Unlock()
+	rank := func(c *backupCandidate) int {
+		n := 0
+		if c.leader {
+			n += 2
+		}
+		if c.comm == nil {
+			n++
+		}
+		return n
+	}
+	sort.SliceStable(cands, func(i, j int) bool { return rank(cands[i]) < rank(cands[j]) })
+	sort.SliceStable(retiring, func(i, j int) bool { return rank(retiring[i]) < rank(retiring[j]) })
+	all := append(cands, retiring...)
+	if len(all) == 0 {
+		return nil, false
+	}
+	best := all[0]
+	// Stopping it must leave a majority of the raft reachable; the only
+	// manager may stop (the swarm's control plane pauses for seconds).
+	stop := total == 1 || reachable-1 >= total/2+1
+	return best, stop
+}
+
+// backupScript copies the swarm directory to stdout as a gzipped tar. With
+// "stop", the engine is stopped first and started again however the script
+// ends (also when the connection drops).
+const backupScript = `set -eu
+if [ "${1:-}" = stop ]; then
+	trap 'systemctl start docker.service' EXIT HUP INT TERM
+	systemctl stop docker.socket 2>/dev/null || true
+	systemctl stop docker.service
+fi
+test -d /var/lib/docker/swarm
+tar -C /var/lib/docker -czf - swarm
+`
+
+// backupRaft streams the manager's /var/lib/docker/swarm over its SSH
+// connection into <dir>/raft-<time>-<host>.tar.gz (0600, the directory
+// 0700): it holds the swarm's keys. The file is checked (a readable
+// archive with the raft in it) before it replaces nothing.
+func backupRaft(ctx context.Context, t BackupTarget) (string, error) {
+	if err := os.MkdirAll(t.Dir, 0o700); err != nil {
+		return "", err
+	}
+	if err := os.Chmod(t.Dir, 0o700); err != nil {
+		return "", err
+	}
+	name := fmt.Sprintf("raft-%s-%s.tar.gz", time.Now().UTC().Format("20060102T150405Z"), t.Host)
+	path := filepath.Join(t.Dir, name)
+	tmp, err := os.CreateTemp(t.Dir, "."+name+".tmp*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	arg := "hot"
+	if t.Stop {
+		arg = "stop"
+	}
+	var stderr bytes.Buffer
+	code, err := t.Comm.Stream(ctx, t.Comm.Sudo("sh -s -- "+arg), strings.NewReader(backupScript), tmp, &stderr)
+	if err == nil && code != 0 {
+		err = fmt.Errorf("exit %d: %s", code, strings.TrimSpace(stderr.String()))
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", err
+	}
+	if err := checkRaftArchive(tmp.Name()); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// checkRaftArchive reads a backup through and requires the raft in it.
+func checkRaftArchive(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		return fmt.Errorf("backup %s is not a gzip archive: %w", path, err)
+	}
+	tr := tar.NewReader(zr)
+	raft := false
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("backup %s: %w", path, err)
+		}
+		raft = raft || strings.HasPrefix(h.Name, "swarm/raft/")
+		if _, err := io.Copy(io.Discard, tr); err != nil {
+			return fmt.Errorf("backup %s: %w", path, err)
+		}
+	}
+	if !raft {
+		return fmt.Errorf("backup %s holds no swarm/raft/", path)
+	}
+	return nil
+}
+
+// Backups lists the raft backups in a state directory, newest first.
+func Backups(stateDir string) ([]string, error) {
+	m, err := filepath.Glob(filepath.Join(BackupDir(stateDir), "raft-*.tar.gz"))
+	if err != nil {
+		return nil, err
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(m)))
+	return m, nil
+}
+
+// pruneBackups keeps the newest keep backups.
+func pruneBackups(dir string, keep int) error {
+	all, err := Backups(filepath.Dir(dir))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range all[min(keep, len(all)):] {
+		if err := os.Remove(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
