@@ -396,6 +396,7 @@ func (p *Plan) missing(st *state.State, obs Observed, seen map[string]map[string
 	m.Message += ". That is more often a mistaken view than a real loss: provision may be asking a different Docker engine (DOCKER_HOST, a docker context), other cloud credentials, another account, subscription or project, or another region than the one the cluster was made with. Check that first. apply refuses to create replacements unless run with --replace-missing; if the managers really are gone, so is the swarm's raft (services, secrets, configs): a new swarm is formed, and `provision restore` brings back a raft backup"
 	p.Missing = m
 }
+
 // notes explains quorum effects of manager changes, the order of
 // replacements, the raft backup and what engines say of their swarm.
 func (p *Plan) notes(c *spec.Cluster, st *state.State, obs Observed) {
