@@ -2,13 +2,22 @@ package hostos_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
+	"math/big"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/provision/provision/hostos"
 	"github.com/provision/provision/provision/comm"
@@ -672,5 +681,33 @@ func TestKernelFiles(t *testing.T) {
 	}
 	if fc.ran("sysctl -q -w") {
 		t.Errorf("unchanged sysctl file applied again:\n%s", strings.Join(fc.cmds, "\n"))
+	}
+}
+
+// TestSwarmCertFact: the facts read a host's swarm membership from its
+// swarm node certificate (CN node, OU role, O cluster), before any engine
+// API is reachable: a host of another swarm is known before it is changed.
+func TestSwarmCertFact(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "node123", OrganizationalUnit: []string{"swarm-worker"}, Organization: []string{"cluster456"}},
+		NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b64 := base64.StdEncoding.EncodeToString(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	f, err := hostos.ParseFacts([]byte("swarmcert\t" + b64 + "\nend\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Swarm == nil || f.Swarm.NodeID != "node123" || f.Swarm.ClusterID != "cluster456" || f.Swarm.Role != "worker" {
+		t.Fatalf("swarm fact %+v", f.Swarm)
+	}
+	f, _ = hostos.ParseFacts([]byte("swarmcert\tnot-base64!\nend\n"))
+	if f.Swarm != nil {
+		t.Fatalf("garbage read as %+v", f.Swarm)
 	}
 }

@@ -9,6 +9,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
+
+	"github.com/provision/provision/provision/state"
 )
 
 // runCLI runs the command tree in-process.
@@ -112,5 +116,48 @@ func TestStateLockedExitCode(t *testing.T) {
 	_, _, err := runCLI(t, "plan", "../../examples/local.hcl", "--state-dir", sd)
 	if code(err) != exitRefused || !strings.Contains(err.Error(), "corrupt") {
 		t.Fatalf("corrupt state: code %d: %v", code(err), err)
+	}
+}
+
+// TestLocksFitCommands: while another process holds the state lock (an
+// apply), plan, status, env and ssh still run; apply and destroy fail with
+// exit 3 naming the holder, whose recorded command has no flag values.
+func TestLocksFitCommands(t *testing.T) {
+	sd := t.TempDir()
+	spec := filepath.Join(t.TempDir(), "c.hcl")
+	os.WriteFile(spec, []byte("name = \"lk\"\nmanagers { count = 1 }\n"), 0o644)
+	root := newRoot()
+	root.SetArgs(normalizeArgs([]string{"apply", spec, "--state-dir", sd, "-var", "secret=hunter2", "--auto-approve"}))
+	var holderCmd string
+	apply, _, err := root.Find([]string{"apply"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply.RunE = func(cmd *cobra.Command, args []string) error {
+		holderCmd = holder(cmd)
+		return nil
+	}
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(holderCmd, "hunter2") || !strings.Contains(holderCmd, "provision apply") || !strings.Contains(holderCmd, "--var") || !strings.Contains(holderCmd, "--auto-approve") {
+		t.Fatalf("holder %q", holderCmd)
+	}
+	st, err := state.Open(sd, holderCmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, errs, err := runCLI(t, "plan", spec, "--state-dir", sd, "--no-color"); err != nil {
+		t.Fatalf("plan while locked: %v\n%s", err, errs)
+	}
+	if _, errs, err := runCLI(t, "status", spec, "--state-dir", sd); code(err) == exitLocked {
+		t.Fatalf("status while locked: %v\n%s", err, errs)
+	}
+	for _, c := range [][]string{{"apply", spec, "--auto-approve"}, {"destroy", spec, "--auto-approve"}, {"backup", spec}} {
+		_, _, err := runCLI(t, append(c, "--state-dir", sd)...)
+		if code(err) != exitLocked || !strings.Contains(err.Error(), "provision apply") || strings.Contains(err.Error(), "hunter2") {
+			t.Fatalf("%s while locked: code %d: %v", c[0], code(err), err)
+		}
 	}
 }

@@ -58,7 +58,11 @@ func (r *run) backup(ctx context.Context, why string) error {
 		r.backedUp = "-"
 		return nil
 	}
-	if src.comm == nil {
+	do := r.TakeBackup
+	if do == nil {
+		do = backupRaft
+	}
+	if src.comm == nil && r.TakeBackup == nil {
 		c, err := r.Dial(ctx, src.machine)
 		if err != nil {
 			return fmt.Errorf("raft backup from %s: %w", src.name, err)
@@ -72,10 +76,6 @@ func (r *run) backup(ctx context.Context, why string) error {
 	}
 	r.note(src.name, "raft backup before "+why+" ("+how+")")
 	t0 := time.Now()
-	do := r.TakeBackup
-	if do == nil {
-		do = backupRaft
-	}
 	path, err := do(ctx, BackupTarget{Host: src.name, Comm: src.comm, Stop: stop, Dir: BackupDir(r.Store.Dir())})
 	if err != nil {
 		return fmt.Errorf("raft backup from %s: %w", src.name, err)

@@ -128,8 +128,10 @@ func TestNeedsMachineWork(t *testing.T) {
 // records calls and makes no machine. Real hosts are covered by the driver
 // tests and the acceptance suite.
 type testDriver struct {
-	mu      sync.Mutex
-	created []string
+	mu        sync.Mutex
+	created   []string
+	destroyed []string // "name/gen"
+	specs     []drivers.MachineSpec
 	fail    map[string]error // Create fails for these names
 	block   chan struct{}    // when set, Create waits for it
 	started chan string      // when set, Create reports its name
@@ -151,6 +153,7 @@ func (d *testDriver) Create(ctx context.Context, cluster string, want drivers.Ma
 	}
 	d.mu.Lock()
 	d.created = append(d.created, want.Name)
+	d.specs = append(d.specs, want)
 	d.mu.Unlock()
 	if want.Tags[drivers.TagCluster] != cluster || want.Tags[drivers.TagMachine] != want.Name {
 		return drivers.Machine{}, fmt.Errorf("ownership tags missing: %v", want.Tags)
@@ -158,7 +161,12 @@ func (d *testDriver) Create(ctx context.Context, cluster string, want drivers.Ma
 	return drivers.Machine{Name: want.Name, ID: "id-" + want.Name, Address: "192.0.2.1", SSH: drivers.SSHEndpoint{User: "admin", HostKey: want.HostKey.Public}, State: "running"}, nil
 }
 
-func (d *testDriver) Destroy(ctx context.Context, m drivers.Machine) error { return nil }
+func (d *testDriver) Destroy(ctx context.Context, m drivers.Machine) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.destroyed = append(d.destroyed, fmt.Sprintf("%s/%s", m.Name, m.Tags[drivers.TagGeneration]))
+	return nil
+}
 
 func newTestEngine(t *testing.T, workers int, d drivers.Driver) (*Engine, *plan.Plan) {
 	t.Helper()

@@ -71,6 +71,9 @@ func reinstallOne(ctx context.Context, r *run, h *host) error {
 	a := h.action
 	manager := h.rec.Role == spec.RoleManager
 	if manager && h.rec.NodeID != "" {
+		if err := r.members.CanRetire(ctx, h.rec.NodeID); err != nil {
+			return fmt.Errorf("cannot leave the swarm to be made again: %w", err)
+		}
 		if err := r.backup(ctx, "manager "+h.rec.Name+" is replaced in place"); err != nil {
 			return err
 		}

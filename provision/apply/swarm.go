@@ -130,12 +130,12 @@ func (swarmPhase) Run(ctx context.Context, r *run) error {
 		if !m.Member(h.rec.NodeID, true) {
 			if err := join(ctx, r, h, true); err != nil {
 				r.fail(h, "swarm.join", err)
-				continue
+				break // never change another manager after a failed one
 			}
 		}
 		if err := retireOld(ctx, r, h); err != nil {
 			r.fail(h, "swarm.replace", err)
-			return nil // never change another manager after a failed one
+			break
 		}
 	}
 	// Workers in parallel, then their old generations in batches.

@@ -34,9 +34,9 @@ func (f *fakeSwarm) api(name, address string) (swarm.API, error) {
 
 // addHost records a machine in state with a fake engine, as the machines
 // phase would leave it, and puts it in the run.
-func (f *fakeSwarm) addHost(r *run, name, role, addr string) *host {
+func (f *fakeSwarm) addHost(r *run, name, role, addr string, index int) *host {
 	f.engines[addr] = f.w.Engine(name, addr)
-	rec := &state.Machine{Role: role, Pool: role, Status: state.StatusCreated}
+	rec := &state.Machine{Role: role, Pool: role, Index: index, Status: state.StatusCreated}
 	rec.Machine = drivers.Machine{Name: name, ID: "id-" + name, Driver: "local", Address: addr}
 	r.State.Put(rec)
 	p, _ := r.pool(role, role)
@@ -63,10 +63,10 @@ func fakeRun(t *testing.T, f *fakeSwarm, managers, workers int) *run {
 	e := &Engine{Spec: c, Store: store, State: st, EngineAPI: f.api}
 	r := newRun(e, &plan.Plan{})
 	for i := 1; i <= managers; i++ {
-		f.addHost(r, fmt.Sprintf("t-manager-%d", i), spec.RoleManager, fmt.Sprintf("10.0.0.%d", i))
+		f.addHost(r, fmt.Sprintf("t-manager-%d", i), spec.RoleManager, fmt.Sprintf("10.0.0.%d", i), i)
 	}
 	for i := 1; i <= workers; i++ {
-		f.addHost(r, fmt.Sprintf("t-worker-%d", i), spec.RoleWorker, fmt.Sprintf("10.0.1.%d", i))
+		f.addHost(r, fmt.Sprintf("t-worker-%d", i), spec.RoleWorker, fmt.Sprintf("10.0.1.%d", i), i)
 	}
 	return r
 }

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/provision/provision/drivers"
@@ -202,5 +203,115 @@ func TestLockHolderGoneButHeld(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, lockFile), b, 0o600)
 	if _, err = Open(dir, "third"); !errors.As(err, &le) || le.HolderGone {
 		t.Fatalf("live holder: %v", err)
+	}
+}
+
+// TestMigrateV1: a version 1 state loads as version 2 with everything kept;
+// its records have no made_with, generation or labels (plan upgrades them),
+// and once saved an older provision refuses the file.
+func TestMigrateV1(t *testing.T) {
+	dir := t.TempDir()
+	b, err := os.ReadFile("testdata/v1.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, stateFile), b, 0o600)
+	s, err := Open(dir, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	st, err := s.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := st.Machine("demo-manager-1")
+	if st.Version != 2 || m == nil || m.SpecHash != "5d1b3f1c2e0a9b77" || m.NodeID == "" || m.MadeWith != nil || m.Gen() != 1 || m.Labels != nil || st.Swarm.ID == "" {
+		t.Fatalf("migrated %+v %+v", st, m)
+	}
+	if err := s.Save(st); err != nil {
+		t.Fatal(err)
+	}
+	saved, _ := os.ReadFile(filepath.Join(dir, stateFile))
+	if !strings.Contains(string(saved), `"version": 2`) {
+		t.Fatalf("saved version:\n%s", saved)
+	}
+}
+
+// TestReadOnlyTakesNoLock: readers work while the lock is held, see the
+// saved state, never write, and create nothing.
+func TestReadOnlyTakesNoLock(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "c")
+	w, err := Open(dir, "provision apply")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	st, _ := w.Load()
+	st.Name = "demo"
+	if err := w.Save(st); err != nil {
+		t.Fatal(err)
+	}
+	r, err := OpenReadOnly(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.Load()
+	if err != nil || got.ClusterID != st.ClusterID {
+		t.Fatalf("read-only load while locked: %v %+v", err, got)
+	}
+	if err := r.Save(got); err == nil {
+		t.Fatal("a read-only store saved")
+	}
+	r.Close()
+	if _, err := Open(dir, "second"); err == nil {
+		t.Fatal("the lock was released by a reader")
+	}
+	none := filepath.Join(t.TempDir(), "none")
+	r2, err := OpenReadOnly(none)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r2.Load(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(none); err == nil {
+		t.Fatal("a read-only open created the state directory")
+	}
+}
+
+// TestLockFileUnlinkedWhileHeld: destroy's Close removes the lock file
+// while holding it; a process that opened the old file before can lock it,
+// but Open does not count that as the lock (it is no longer at the path),
+// so two processes never both hold the lock.
+func TestLockFileUnlinkedWhileHeld(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "c")
+	a, err := Open(dir, "provision destroy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, lockFile)
+	early, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer early.Close()
+	if err := a.Clear(); err != nil {
+		t.Fatal(err)
+	}
+	a.Close() // removes the lock file and the directory
+	if err := syscall.Flock(int(early.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatalf("the old file is free: %v", err)
+	}
+	if samePath(early, path) {
+		t.Fatal("a lock on an unlinked file passes for the lock")
+	}
+	b, err := Open(dir, "provision apply")
+	if err != nil {
+		t.Fatalf("Open after the holder left: %v", err)
+	}
+	defer b.Close()
+	if _, err := Open(dir, "provision apply"); err == nil {
+		t.Fatal("two holders")
 	}
 }

@@ -546,6 +546,20 @@ func SortRemovals[T any](items []T, nodes map[string]dswarm.Node, key func(T) (n
 	})
 }
 
+// CanRetire says whether the node may leave now: for a manager, whether
+// the raft keeps its majority without it (from a fresh node list).
+func (m *Membership) CanRetire(ctx context.Context, nodeID string) error {
+	nodes, err := m.Refresh(ctx)
+	if err != nil {
+		return err
+	}
+	list := make([]dswarm.Node, 0, len(nodes))
+	for _, n := range nodes {
+		list = append(list, n)
+	}
+	return CanDemote(list, nodeID)
+}
+
 // Retire takes a node out of the swarm for good: a manager is demoted first
 // (refused when that would lose quorum; one manager change at a time), the
 // node is drained and its tasks Running elsewhere, the host's engine leaves
