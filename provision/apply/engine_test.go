@@ -132,9 +132,9 @@ type testDriver struct {
 	created   []string
 	destroyed []string // "name/gen"
 	specs     []drivers.MachineSpec
-	fail    map[string]error // Create fails for these names
-	block   chan struct{}    // when set, Create waits for it
-	started chan string      // when set, Create reports its name
+	fail      map[string]error // Create fails for these names
+	block     chan struct{}    // when set, Create waits for it
+	started   chan string      // when set, Create reports its name
 }
 
 func (d *testDriver) Machines(ctx context.Context, cluster string) ([]drivers.Machine, error) {
