@@ -238,41 +238,63 @@ const testImage = "provision-acceptance/busybox:1"
 // applet links.
 func busyboxImage(t *testing.T, ctx context.Context, e *swarm.Engine) {
 	t.Helper()
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		for _, p := range []string{"/bin/busybox", "/usr/bin/busybox"} {
-			if _, e := os.Stat(p); e == nil {
-				bb = p
-			}
-		}
-	}
-	if bb == "" {
-		t.Fatal("static busybox not found: apt-get install busybox-static (acceptance/env/dockerd.sh installs it)")
-	}
-	data, err := os.ReadFile(bb)
-	if err != nil {
+	if err := importBusybox(ctx, e); err != nil {
 		t.Fatal(err)
 	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, d := range []string{"bin/", "tmp/", "www/"} {
-		tw.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755})
+}
+
+var (
+	busyboxOnce sync.Once
+	busyboxTar  []byte
+	busyboxErr  error
+)
+
+// importBusybox is busyboxImage for goroutines: it returns the error.
+func importBusybox(ctx context.Context, e *swarm.Engine) error {
+	busyboxOnce.Do(func() {
+		bb, err := exec.LookPath("busybox")
+		if err != nil {
+			for _, p := range []string{"/bin/busybox", "/usr/bin/busybox"} {
+				if _, e := os.Stat(p); e == nil {
+					bb = p
+				}
+			}
+		}
+		if bb == "" {
+			busyboxErr = fmt.Errorf("static busybox not found: apt-get install busybox-static (acceptance/env/dockerd.sh installs it)")
+			return
+		}
+		data, err := os.ReadFile(bb)
+		if err != nil {
+			busyboxErr = err
+			return
+		}
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for _, d := range []string{"bin/", "tmp/", "www/"} {
+			tw.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755})
+		}
+		tw.WriteHeader(&tar.Header{Name: "bin/busybox", Mode: 0o755, Size: int64(len(data))})
+		tw.Write(data)
+		for _, a := range []string{"sh", "nc", "httpd", "sleep", "echo", "cat", "hostname", "ip", "printf", "ls"} {
+			tw.WriteHeader(&tar.Header{Name: "bin/" + a, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777})
+		}
+		idx := []byte("provision-acceptance\n")
+		tw.WriteHeader(&tar.Header{Name: "www/index.html", Mode: 0o644, Size: int64(len(idx))})
+		tw.Write(idx)
+		tw.Close()
+		busyboxTar = buf.Bytes()
+	})
+	if busyboxErr != nil {
+		return busyboxErr
 	}
-	tw.WriteHeader(&tar.Header{Name: "bin/busybox", Mode: 0o755, Size: int64(len(data))})
-	tw.Write(data)
-	for _, a := range []string{"sh", "nc", "httpd", "sleep", "echo", "cat", "hostname", "ip", "printf", "ls"} {
-		tw.WriteHeader(&tar.Header{Name: "bin/" + a, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777})
-	}
-	idx := []byte("provision-acceptance\n")
-	tw.WriteHeader(&tar.Header{Name: "www/index.html", Mode: 0o644, Size: int64(len(idx))})
-	tw.Write(idx)
-	tw.Close()
-	rc, err := e.ImageImport(ctx, image.ImportSource{Source: &buf, SourceName: "-"}, testImage, image.ImportOptions{})
+	rc, err := e.ImageImport(ctx, image.ImportSource{Source: bytes.NewReader(busyboxTar), SourceName: "-"}, testImage, image.ImportOptions{})
 	if err != nil {
-		t.Fatalf("%s: import busybox image: %v", e.Name, err)
+		return fmt.Errorf("%s: import busybox image: %w", e.Name, err)
 	}
 	io.Copy(io.Discard, rc)
 	rc.Close()
+	return nil
 }
 
 // eventually polls fn until it returns nil or the timeout passes.
