@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -202,16 +203,20 @@ type watch struct {
 }
 
 func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
-	cfg, err := pki.ClientTLS(filepath.Join(d.stateDir, "pki"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	var cfg *tls.Config // once the first apply made it
 	wctx, stop := context.WithCancel(ctx)
 	w := &watch{stop: stop, done: make(chan struct{}), minManagers: 1 << 30, minRunning: 1 << 30, fed: map[string]bool{}}
 	engines := map[string]*swarm.Engine{}
 	conn := func(addr, name string) *swarm.Engine {
 		if e := engines[addr]; e != nil {
 			return e
+		}
+		if cfg == nil {
+			c, err := pki.ClientTLS(filepath.Join(d.stateDir, "pki"))
+			if err != nil {
+				return nil
+			}
+			cfg = c
 		}
 		e, err := swarm.Connect(name, addr, cfg)
 		if err != nil {

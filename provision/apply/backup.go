@@ -108,11 +108,13 @@ type backupCandidate struct {
 	machine drivers.Machine
 	comm    *comm.Client
 	member  *swarm.Host
+	fresh   bool // joined in this run: prefer a manager that was there before
 }
 
 // backupSource picks the manager to copy the raft from: a Reachable one
-// that is not the leader, preferring machines that stay (not retiring), and
-// whether its engine may be stopped (the raft keeps a majority without it).
+// that is not the leader, preferring one that was a manager before this run
+// and one already connected, and says whether its engine may be stopped
+// (the raft keeps a majority without it).
 func (r *run) backupSource(nodes map[string]dswarm.Node) (*backupCandidate, bool) {
 	var cands []*backupCandidate
 	total, reachable := 0, 0
@@ -131,7 +133,7 @@ func (r *run) backupSource(nodes map[string]dswarm.Node) (*backupCandidate, bool
 		if h.rec.Role != spec.RoleManager || h.rec.NodeID == "" || !ok || n.ManagerStatus == nil || n.ManagerStatus.Reachability != dswarm.ReachabilityReachable {
 			continue
 		}
-		cands = append(cands, &backupCandidate{name: h.rec.Name, nodeID: h.rec.NodeID, leader: n.ManagerStatus.Leader, machine: h.rec.Machine, comm: h.comm, member: h.member})
+		cands = append(cands, &backupCandidate{name: h.rec.Name, nodeID: h.rec.NodeID, leader: n.ManagerStatus.Leader, machine: h.rec.Machine, comm: h.comm, member: h.member, fresh: h.joinedNow})
 	}
 	var retiring []*backupCandidate
 	for _, o := range r.retiring {
@@ -147,6 +149,9 @@ func (r *run) backupSource(nodes map[string]dswarm.Node) (*backupCandidate, bool
 	rank := func(c *backupCandidate) int {
 		n := 0
 		if c.leader {
+			n += 4
+		}
+		if c.fresh {
 			n += 2
 		}
 		if c.comm == nil {
@@ -154,9 +159,8 @@ func (r *run) backupSource(nodes map[string]dswarm.Node) (*backupCandidate, bool
 		}
 		return n
 	}
-	sort.SliceStable(cands, func(i, j int) bool { return rank(cands[i]) < rank(cands[j]) })
-	sort.SliceStable(retiring, func(i, j int) bool { return rank(retiring[i]) < rank(retiring[j]) })
 	all := append(cands, retiring...)
+	sort.SliceStable(all, func(i, j int) bool { return rank(all[i]) < rank(all[j]) })
 	if len(all) == 0 {
 		return nil, false
 	}

@@ -76,6 +76,8 @@ type host struct {
 	action plan.Action
 	// inPlace: the machine is replaced in place (reinstall phase).
 	inPlace bool
+	// joinedNow: the host joined the swarm in this run.
+	joinedNow bool
 	// steps are the host steps for this host, pending the IDs whose Check
 	// found work before any ran; restarted says a step that restarts the
 	// engine was applied.

@@ -210,7 +210,7 @@ func join(ctx context.Context, r *run, h *host, manager bool) error {
 	}
 	id, changed, err := r.members.Join(ctx, h.member, manager, leave)
 	if changed {
-		h.changed = true
+		h.changed, h.joinedNow = true, true
 		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: "swarm.join"})
 	}
 	if errors.Is(err, swarm.ErrOtherSwarm) && !r.LeaveOtherSwarm {
@@ -243,7 +243,7 @@ func retireOld(ctx context.Context, r *run, h *host) error {
 		}
 	}
 	for _, o := range r.retiringOf(h) {
-		if o.rec.NodeID != "" && h.rec.Role == spec.RoleManager {
+		if _, inSwarm := r.members.Nodes()[o.rec.NodeID]; inSwarm && o.rec.NodeID != "" && h.rec.Role == spec.RoleManager {
 			if err := r.backup(ctx, "manager "+h.rec.Name+" is replaced"); err != nil {
 				return err
 			}
