@@ -42,7 +42,11 @@ func BackupDir(stateDir string) string { return filepath.Join(stateDir, "backups
 // a manager that is not the leader (the leader when it is the only one),
 // with its engine stopped for the few seconds the copy takes when the raft
 // keeps its majority without it, and waits until it is back.
-func (r *run) backup(ctx context.Context, why string) error {
+//
+// prefer names the node about to change (the manager that leaves or
+// restarts next): copied from when it is a Reachable follower, so that no
+// other manager is disturbed.
+func (r *run) backup(ctx context.Context, why, prefer string) error {
 	r.backupMu.Lock()
 	defer r.backupMu.Unlock()
 	if r.backedUp != "" || r.members == nil || r.members.Via() == nil {
@@ -52,12 +56,18 @@ func (r *run) backup(ctx context.Context, why string) error {
 	if err != nil {
 		return fmt.Errorf("raft backup: %w", err)
 	}
-	src, stop := r.backupSource(nodes)
+	src, stop := r.backupSource(nodes, prefer)
 	if src == nil {
 		r.note("", "raft backup skipped: no manager of the swarm can be reached over SSH ("+why+")")
 		r.backedUp = "-"
 		return nil
 	}
+	return r.backupFrom(ctx, src, stop, why)
+}
+
+// backupFrom copies the raft from src (stopping its engine for the copy
+// when stop) and waits until it is back.
+func (r *run) backupFrom(ctx context.Context, src *backupCandidate, stop bool, why string) error {
 	do := r.TakeBackup
 	if do == nil {
 		do = backupRaft
@@ -80,9 +90,20 @@ func (r *run) backup(ctx context.Context, why string) error {
 	if err != nil {
 		return fmt.Errorf("raft backup from %s: %w", src.name, err)
 	}
-	if stop && src.member != nil {
+	if stop && src.member != nil && r.members != nil && r.members.Via() != nil {
 		if err := r.members.WaitMember(ctx, src.member, src.nodeID, true); err != nil {
 			return fmt.Errorf("raft backup from %s: back in the swarm: %w", src.name, err)
+		}
+	} else if stop && src.member != nil {
+		err := swarm.Wait{Host: src.name, What: "its engine back after the backup", Timeout: 2 * time.Minute, Progress: r.note}.Until(ctx, func(ctx context.Context) (bool, string, error) {
+			l, err := src.member.Inspect(ctx)
+			if err != nil {
+				return false, err.Error(), nil
+			}
+			return l.Active(), "engine says " + string(l.State), nil
+		})
+		if err != nil {
+			return fmt.Errorf("raft backup from %s: %w", src.name, err)
 		}
 	}
 	r.backedUp = path
@@ -111,11 +132,23 @@ type backupCandidate struct {
 	fresh   bool // joined in this run: prefer a manager that was there before
 }
 
+// backupSurvivor copies the raft of the manager a swarm is about to be
+// re-formed on (--force-new-cluster): the swarm has no quorum, so its
+// engine may stop for the copy.
+func (r *run) backupSurvivor(ctx context.Context, h *host, why string) error {
+	r.backupMu.Lock()
+	defer r.backupMu.Unlock()
+	if r.backedUp != "" {
+		return nil
+	}
+	return r.backupFrom(ctx, &backupCandidate{name: h.rec.Name, nodeID: h.rec.NodeID, machine: h.rec.Machine, comm: h.comm, member: h.member}, true, why)
+}
+
 // backupSource picks the manager to copy the raft from: a Reachable one
 // that is not the leader, preferring one that was a manager before this run
 // and one already connected, and says whether its engine may be stopped
 // (the raft keeps a majority without it).
-func (r *run) backupSource(nodes map[string]dswarm.Node) (*backupCandidate, bool) {
+func (r *run) backupSource(nodes map[string]dswarm.Node, prefer string) (*backupCandidate, bool) {
 	var cands []*backupCandidate
 	total, reachable := 0, 0
 	for _, n := range nodes {
@@ -148,6 +181,9 @@ func (r *run) backupSource(nodes map[string]dswarm.Node) (*backupCandidate, bool
 	r.mu.Unlock()
 	rank := func(c *backupCandidate) int {
 		n := 0
+		if c.nodeID == prefer && !c.leader {
+			return -1
+		}
 		if c.leader {
 			n += 4
 		}

@@ -68,7 +68,7 @@ func (hostSteps) Run(ctx context.Context, r *run) error {
 			return nil
 		}
 		if b.rolling && b.hosts[0].rec.Role == spec.RoleManager {
-			if err := r.backup(ctx, "manager engines restart"); err != nil {
+			if err := r.backup(ctx, "manager engines restart", b.hosts[0].rec.NodeID); err != nil {
 				return err
 			}
 		}

@@ -74,7 +74,7 @@ func reinstallOne(ctx context.Context, r *run, h *host) error {
 		if err := r.members.CanRetire(ctx, h.rec.NodeID); err != nil {
 			return fmt.Errorf("cannot leave the swarm to be made again: %w", err)
 		}
-		if err := r.backup(ctx, "manager "+h.rec.Name+" is replaced in place"); err != nil {
+		if err := r.backup(ctx, "manager "+h.rec.Name+" is replaced in place", h.rec.NodeID); err != nil {
 			return err
 		}
 	}

@@ -71,7 +71,7 @@ func (remove) Run(ctx context.Context, r *run) error {
 			return errors.Join(errs...)
 		}
 		if a.Recorded != nil && a.Recorded.NodeID != "" {
-			if err := r.backup(ctx, "manager "+a.Machine+" is removed"); err != nil {
+			if err := r.backup(ctx, "manager "+a.Machine+" is removed", a.Recorded.NodeID); err != nil {
 				errs = append(errs, &StepError{Host: a.Machine, Step: "machine.remove", Err: err})
 				break
 			}

@@ -62,7 +62,7 @@ func (e *Engine) BackupNow(ctx context.Context) (string, error) {
 	if err := r.recordedSwarm(ctx); err != nil {
 		return "", err
 	}
-	if err := r.backup(ctx, "`provision backup`"); err != nil {
+	if err := r.backup(ctx, "`provision backup`", ""); err != nil {
 		return "", err
 	}
 	if r.backedUp == "" || r.backedUp == "-" {

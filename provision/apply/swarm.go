@@ -76,7 +76,10 @@ func (swarmPhase) Run(ctx context.Context, r *run) error {
 		Stale:           r.State.Swarm.Retired,
 		LeaveOther:      r.LeaveOtherSwarm,
 		Before: func(ctx context.Context, sh *swarm.Host) error {
-			return r.backup(ctx, "the swarm is re-formed on "+sh.Name)
+			if h := byMember[sh]; h != nil {
+				return r.backupSurvivor(ctx, h, "the swarm is re-formed on "+sh.Name)
+			}
+			return nil
 		},
 	})
 	for sh, ferr := range f.Failed {
@@ -244,7 +247,7 @@ func retireOld(ctx context.Context, r *run, h *host) error {
 	}
 	for _, o := range r.retiringOf(h) {
 		if _, inSwarm := r.members.Nodes()[o.rec.NodeID]; inSwarm && o.rec.NodeID != "" && h.rec.Role == spec.RoleManager {
-			if err := r.backup(ctx, "manager "+h.rec.Name+" is replaced"); err != nil {
+			if err := r.backup(ctx, "manager "+h.rec.Name+" is replaced", o.rec.NodeID); err != nil {
 				return err
 			}
 		}

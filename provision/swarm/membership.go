@@ -576,7 +576,10 @@ func (m *Membership) Retire(ctx context.Context, name, nodeID string, h *Host) e
 		}
 		return nil
 	}
-	if n.Spec.Role == dswarm.NodeRoleManager || n.ManagerStatus != nil {
+	if n.ManagerStatus != nil {
+		// Still in the raft: demoted first. A manager the raft no longer
+		// has (after --force-new-cluster) cannot be demoted and is removed
+		// as it is.
 		m.change.Lock()
 		defer m.change.Unlock()
 		// Calls must not go through the manager that leaves.
