@@ -693,7 +693,9 @@ func (d *day2) interruptBlockedJoin(t *testing.T, ctx context.Context) {
 	if out, err := runIn(ctx, d.dc, id, []string{"sh", "-c", block}); err != nil {
 		t.Fatalf("block 2377: %v %s", err, out)
 	}
-	unblock := func() { runIn(context.Background(), d.dc, id, []string{"sh", "-c", "nft delete table inet acc || true"}) }
+	unblock := func() {
+		runIn(context.Background(), d.dc, id, []string{"sh", "-c", "nft delete table inet acc || true"})
+	}
 	defer unblock()
 	if err := d.engine(t, host, addr).SwarmLeave(ctx, true); err != nil {
 		t.Fatalf("leave: %v", err)
