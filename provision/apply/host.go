@@ -37,6 +37,9 @@ func (hostSteps) Run(ctx context.Context, r *run) error {
 	}); err != nil {
 		return err
 	}
+	if err := oldFirewalls(ctx, r, peers); err != nil {
+		return err
+	}
 	var todo []*host
 	for _, h := range r.live() {
 		if len(h.pending) > 0 {
@@ -102,6 +105,74 @@ func (hostSteps) Run(ctx context.Context, r *run) error {
 			}
 			return nil
 		}
+	}
+	return nil
+}
+
+// oldFirewalls lets the new machines through the firewalls of the earlier
+// generations still in the swarm: the new ones must reach them (2377, 7946,
+// 4789) to join before the old ones leave. Only the firewall step runs
+// there; the old machines take no other change.
+func oldFirewalls(ctx context.Context, r *run, peers []string) error {
+	if !r.Spec.Hardening.Firewall {
+		return nil
+	}
+	r.openRetiring()
+	for _, o := range r.retiring {
+		if o.member == nil || o.rec.Address == "" {
+			continue // gone already
+		}
+		name := fmt.Sprintf("%s (generation %d)", o.owner.rec.Name, max(1, o.rec.Generation))
+		if err := firewallOnly(ctx, r, o, peers); err != nil {
+			// Its successor cannot join without it: that host fails here,
+			// the old one stays in the swarm.
+			r.fail(o.owner, "harden.firewall", fmt.Errorf("%s: let the new machines in: %w", name, err))
+		}
+	}
+	return nil
+}
+
+// firewallOnly runs the firewall step alone on an old generation.
+func firewallOnly(ctx context.Context, r *run, o *retiree, peers []string) error {
+	m := o.rec.Machine
+	m.Name = o.owner.rec.Name
+	c, err := r.Dial(ctx, m)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	cfg := &hostos.Config{
+		Cluster:       r.Spec.Name,
+		ClusterID:     r.State.ClusterID,
+		Node:          o.owner.rec.Name,
+		Role:          o.owner.rec.Role,
+		AdminUser:     m.SSH.User,
+		Engine:        r.Spec.Engine,
+		Logging:       r.Spec.Logging,
+		Prune:         r.Spec.Prune,
+		Hardening:     r.Spec.Hardening,
+		Peers:         peers,
+		OperatorCIDRs: r.Spec.TLS.AllowedCIDRs,
+		BundleDir:     r.bundleDir(),
+	}
+	facts, err := hostos.GatherFacts(ctx, c, hostos.ManagedPaths(cfg))
+	if err != nil {
+		return fmt.Errorf("facts: %w", err)
+	}
+	t := &hostos.Target{Name: m.Name, Comm: c, Facts: facts, Config: cfg, Log: r.log.With("host", m.Name, "generation", max(1, o.rec.Generation))}
+	for _, st := range hostos.Steps(cfg) {
+		if st.ID() != "harden.firewall" {
+			continue
+		}
+		done, err := st.Check(ctx, t)
+		if err != nil || done {
+			return err
+		}
+		t0 := time.Now()
+		if err := st.Apply(ctx, t); err != nil {
+			return err
+		}
+		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: m.Name, Step: st.ID(), Msg: fmt.Sprintf("generation %d lets its successor in", max(1, o.rec.Generation)), Took: time.Since(t0)})
 	}
 	return nil
 }
