@@ -268,8 +268,10 @@ func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
 							reach++
 						}
 					}
-					running, _ = runningTasks(c, e, day2Service)
 					asked = true
+					if running, err = runningTasks(c, e, day2Service); err != nil {
+						running = -1 // not known this time
+					}
 				}
 				cancel()
 				if asked {
@@ -285,7 +287,7 @@ func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
 			if reach < w.minManagers {
 				w.minManagers, w.lowManagersAt = reach, now
 			}
-			if asked && running < w.minRunning {
+			if asked && running >= 0 && running < w.minRunning {
 				w.minRunning, w.lowTaskAt = running, now
 			}
 			w.mu.Unlock()
@@ -700,6 +702,19 @@ func (d *day2) interruptBlockedJoin(t *testing.T, ctx context.Context) {
 	if err := d.engine(t, host, addr).SwarmLeave(ctx, true); err != nil {
 		t.Fatalf("leave: %v", err)
 	}
+	// The managers see it Down after a heartbeat or two.
+	eventually(t, ctx, time.Minute, host+" Down in the node list", func() error {
+		nodes, err := d.manager(t, ctx).Nodes(ctx)
+		if err != nil {
+			return err
+		}
+		for _, n := range nodes {
+			if n.Description.Hostname == host && n.Status.State != dswarm.NodeStateDown {
+				return errorf("%s is %s", host, n.Status.State)
+			}
+		}
+		return nil
+	})
 	args := d.args("apply", "--auto-approve", "--json")
 	cmd := exec.CommandContext(ctx, binary(t), args...)
 	pr, pw := io.Pipe()

@@ -273,22 +273,41 @@ func (h *Host) Nodes(ctx context.Context) ([]dswarm.Node, error) {
 }
 
 // update applies fn to the node's spec and writes it back when it changed.
+// The swarm changes node objects itself (a demotion going through, a
+// status update), so a write can find the version it read outdated
+// ("update out of sequence"): it reads the node again and retries, for a
+// few seconds.
 func (h *Host) update(ctx context.Context, nodeID string, fn func(*dswarm.NodeSpec) bool) (bool, error) {
-	n, _, err := h.API.NodeInspectWithRaw(ctx, nodeID)
-	if err != nil {
-		return false, fmt.Errorf("%s: node inspect %s: %w", h.Name, nodeID, err)
+	var changed bool
+	var lastErr error
+	uctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	err := Poll(uctx, 100*time.Millisecond, time.Second, func() (bool, error) {
+		n, _, err := h.API.NodeInspectWithRaw(ctx, nodeID)
+		if err != nil {
+			return false, fmt.Errorf("%s: node inspect %s: %w", h.Name, nodeID, err)
+		}
+		spec := n.Spec
+		if spec.Labels != nil {
+			spec.Labels = cloneMap(spec.Labels)
+		}
+		if changed = fn(&spec); !changed {
+			return true, nil
+		}
+		err = h.API.NodeUpdate(ctx, nodeID, n.Version, spec)
+		if err != nil && strings.Contains(err.Error(), "out of sequence") {
+			lastErr = err
+			return false, nil // someone else wrote first: read again
+		}
+		if err != nil {
+			return false, fmt.Errorf("%s: node update %s: %w", h.Name, nodeID, err)
+		}
+		return true, nil
+	})
+	if err != nil && lastErr != nil && uctx.Err() != nil && ctx.Err() == nil {
+		return false, fmt.Errorf("%s: node update %s: %w", h.Name, nodeID, lastErr)
 	}
-	spec := n.Spec
-	if spec.Labels != nil {
-		spec.Labels = cloneMap(spec.Labels)
-	}
-	if !fn(&spec) {
-		return false, nil
-	}
-	if err := h.API.NodeUpdate(ctx, nodeID, n.Version, spec); err != nil {
-		return false, fmt.Errorf("%s: node update %s: %w", h.Name, nodeID, err)
-	}
-	return true, nil
+	return changed, err
 }
 
 // SetLabels sets labels on the node and deletes the keys in del; it writes
