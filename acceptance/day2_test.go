@@ -199,6 +199,7 @@ type watch struct {
 	samples, minManagers     int
 	minRunning               int
 	lowManagersAt, lowTaskAt string
+	lowTasks                 string // the service's tasks at the lowest sample
 	fed                      map[string]bool
 }
 
@@ -254,7 +255,7 @@ func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
 				}
 			}
 			// Sample through the first manager that answers.
-			reach, running, asked := 0, 0, false
+			reach, running, asked, tasks := 0, 0, false, ""
 			for addr, name := range addrs {
 				e := conn(addr, name)
 				if e == nil {
@@ -271,6 +272,8 @@ func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
 					asked = true
 					if running, err = runningTasks(c, e, day2Service); err != nil {
 						running = -1 // not known this time
+					} else if running < day2Replicas {
+						tasks = describeTasks(c, e, nodes)
 					}
 				}
 				cancel()
@@ -288,7 +291,7 @@ func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
 				w.minManagers, w.lowManagersAt = reach, now
 			}
 			if asked && running >= 0 && running < w.minRunning {
-				w.minRunning, w.lowTaskAt = running, now
+				w.minRunning, w.lowTaskAt, w.lowTasks = running, now, tasks
 			}
 			w.mu.Unlock()
 			select {
@@ -298,6 +301,24 @@ func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
 		}
 	}()
 	return w
+}
+
+// describeTasks lists the service's tasks that should run: node and state.
+func describeTasks(ctx context.Context, e *swarm.Engine, nodes []dswarm.Node) string {
+	host := map[string]string{}
+	for _, n := range nodes {
+		host[n.ID] = n.Description.Hostname + "/" + string(n.Status.State) + "/" + string(n.Spec.Availability)
+	}
+	ts, err := e.TaskList(ctx, dswarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("service", day2Service), filters.Arg("desired-state", "running"))})
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, tk := range ts {
+		out = append(out, fmt.Sprintf("%s@%s:%s(%s)", tk.ID[:6], host[tk.NodeID], tk.Status.State, tk.Status.Err))
+	}
+	sort.Strings(out)
+	return strings.Join(out, " ")
 }
 
 func (w *watch) end() {
@@ -605,7 +626,8 @@ func (d *day2) roll(t *testing.T, ctx context.Context, variable, value, role str
 		t.Errorf("only %d reachable managers at %s", w.minManagers, w.lowManagersAt)
 	}
 	if w.minRunning < day2Replicas-1 {
-		t.Errorf("only %d of %d tasks running at %s", w.minRunning, day2Replicas, w.lowTaskAt)
+		t.Errorf("only %d of %d tasks running at %s: %s", w.minRunning, day2Replicas, w.lowTaskAt, w.lowTasks)
+		t.Logf("apply events:\n%s", timeline(r.stderr))
 	}
 	// The events: a backup before the first manager leaves, each old
 	// generation gone after its successor joined.
@@ -667,6 +689,23 @@ func (d *day2) roll(t *testing.T, ctx context.Context, variable, value, role str
 	if r := mustProvision(t, ctx, nil, d.args("apply", "--auto-approve")...); !strings.Contains(r.stderr, "No changes") {
 		t.Errorf("second apply after the %s roll is not a no-op:\n%s", role, r.stderr)
 	}
+}
+
+// timeline is the apply's notes and changes, one per line with the time.
+func timeline(ndjson string) string {
+	var out []string
+	for _, l := range strings.Split(ndjson, "\n") {
+		var ev struct {
+			Time                  time.Time
+			Kind, Host, Step, Msg string
+			Err                   string `json:"error"`
+		}
+		if json.Unmarshal([]byte(l), &ev) != nil || (ev.Kind != "note" && ev.Kind != "step_changed" && ev.Kind != "step_failed" && ev.Kind != "phase_start") {
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s %s %s %s %s%s", ev.Time.Format("15:04:05.000"), ev.Kind, ev.Host, ev.Step, ev.Msg, ev.Err))
+	}
+	return strings.Join(out, "\n")
 }
 
 func indexOf(s []string, v string) int {
@@ -735,8 +774,9 @@ func (d *day2) interruptBlockedJoin(t *testing.T, ctx context.Context) {
 				fired = true
 				go func() {
 					time.Sleep(3 * time.Second) // well into the join the engine cannot finish
+					now := time.Now()
 					cmd.Process.Signal(syscall.SIGINT)
-					sent <- time.Now()
+					sent <- now
 				}()
 			}
 		}
