@@ -86,13 +86,18 @@ func (r *run) backupFrom(ctx context.Context, src *backupCandidate, stop bool, w
 	}
 	r.note(src.name, "raft backup before "+why+" ("+how+")")
 	t0 := time.Now()
-	path, err := do(ctx, BackupTarget{Host: src.name, Comm: src.comm, Stop: stop, Dir: BackupDir(r.Store.Dir())})
+	path, err := do(ctx, BackupTarget{Host: src.file, Comm: src.comm, Stop: stop, Dir: BackupDir(r.Store.Dir())})
 	if err != nil {
 		return fmt.Errorf("raft backup from %s: %w", src.name, err)
 	}
 	if stop && src.member != nil && r.members != nil && r.members.Via() != nil {
 		if err := r.members.WaitMember(ctx, src.member, src.nodeID, true); err != nil {
 			return fmt.Errorf("raft backup from %s: back in the swarm: %w", src.name, err)
+		}
+		// Its tasks stopped with its engine: they run again before the
+		// change the backup was for takes another node's.
+		if err := r.members.WaitTasks(ctx, src.name, "its tasks running again after the backup"); err != nil {
+			return fmt.Errorf("raft backup from %s: %w", src.name, err)
 		}
 	} else if stop && src.member != nil {
 		err := swarm.Wait{Host: src.name, What: "its engine back after the backup", Timeout: 2 * time.Minute, Progress: r.note}.Until(ctx, func(ctx context.Context) (bool, string, error) {
@@ -123,7 +128,8 @@ func (r *run) backupsToKeep() int {
 
 // backupCandidate is a manager a backup can be taken from.
 type backupCandidate struct {
-	name    string
+	name    string // for messages
+	file    string // for the backup's file name
 	nodeID  string
 	leader  bool
 	machine drivers.Machine
@@ -141,7 +147,7 @@ func (r *run) backupSurvivor(ctx context.Context, h *host, why string) error {
 	if r.backedUp != "" {
 		return nil
 	}
-	return r.backupFrom(ctx, &backupCandidate{name: h.rec.Name, nodeID: h.rec.NodeID, machine: h.rec.Machine, comm: h.comm, member: h.member}, true, why)
+	return r.backupFrom(ctx, &backupCandidate{name: h.rec.Name, file: h.rec.Name, nodeID: h.rec.NodeID, machine: h.rec.Machine, comm: h.comm, member: h.member}, true, why)
 }
 
 // backupSource picks the manager to copy the raft from: a Reachable one
@@ -166,7 +172,7 @@ func (r *run) backupSource(nodes map[string]dswarm.Node, prefer string) (*backup
 		if h.rec.Role != spec.RoleManager || h.rec.NodeID == "" || !ok || n.ManagerStatus == nil || n.ManagerStatus.Reachability != dswarm.ReachabilityReachable {
 			continue
 		}
-		cands = append(cands, &backupCandidate{name: h.rec.Name, nodeID: h.rec.NodeID, leader: n.ManagerStatus.Leader, machine: h.rec.Machine, comm: h.comm, member: h.member, fresh: h.joinedNow})
+		cands = append(cands, &backupCandidate{name: h.rec.Name, file: h.rec.Name, nodeID: h.rec.NodeID, leader: n.ManagerStatus.Leader, machine: h.rec.Machine, comm: h.comm, member: h.member, fresh: h.joinedNow})
 	}
 	var retiring []*backupCandidate
 	for _, o := range r.retiring {
@@ -176,7 +182,8 @@ func (r *run) backupSource(nodes map[string]dswarm.Node, prefer string) (*backup
 		}
 		m := o.rec.Machine
 		m.Name = o.owner.rec.Name
-		retiring = append(retiring, &backupCandidate{name: o.owner.rec.Name + " (generation " + fmt.Sprint(max(1, o.rec.Generation)) + ")", nodeID: o.rec.NodeID, leader: n.ManagerStatus.Leader, machine: m, member: o.member})
+		gen := max(1, o.rec.Generation)
+		retiring = append(retiring, &backupCandidate{name: fmt.Sprintf("%s (generation %d)", o.owner.rec.Name, gen), file: fmt.Sprintf("%s-g%d", o.owner.rec.Name, gen), nodeID: o.rec.NodeID, leader: n.ManagerStatus.Leader, machine: m, member: o.member})
 	}
 	r.mu.Unlock()
 	rank := func(c *backupCandidate) int {

@@ -679,8 +679,17 @@ func (m *Membership) drain(ctx context.Context, name, nodeID string) error {
 	if err != nil {
 		return err
 	}
+	return m.WaitTasks(ctx, name, "its tasks Running elsewhere")
+}
+
+// WaitTasks waits until every task the swarm wants running is Running (a
+// drained node's tasks restarted elsewhere, a restarted engine's tasks back),
+// so that the next change does not take a service further below its
+// replicas. A task that cannot start anywhere does not block for long:
+// after the reschedule timeout it is named in a note and the change goes on.
+func (m *Membership) WaitTasks(ctx context.Context, name, what string) error {
 	var waiting []string
-	err = m.wait(name, "its tasks Running elsewhere", to.Reschedule).Until(ctx, func(ctx context.Context) (bool, string, error) {
+	err := m.wait(name, what, m.timeouts().Reschedule).Until(ctx, func(ctx context.Context) (bool, string, error) {
 		ts, err := m.Via().API.TaskList(ctx, dswarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("desired-state", "running"))})
 		if err != nil {
 			return false, err.Error(), nil
@@ -695,7 +704,7 @@ func (m *Membership) drain(ctx context.Context, name, nodeID string) error {
 	})
 	var we *WaitError
 	if errors.As(err, &we) && errors.Is(err, context.DeadlineExceeded) {
-		m.note(name, fmt.Sprintf("drained; %d tasks are not running elsewhere yet: %s", len(waiting), strings.Join(waiting, ", ")))
+		m.note(name, fmt.Sprintf("%d tasks are not running yet: %s; going on", len(waiting), strings.Join(waiting, ", ")))
 		return nil
 	}
 	return err
