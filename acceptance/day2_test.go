@@ -625,9 +625,18 @@ func (d *day2) roll(t *testing.T, ctx context.Context, variable, value, role str
 	if w.minManagers < 2 {
 		t.Errorf("only %d reachable managers at %s", w.minManagers, w.lowManagersAt)
 	}
-	if w.minRunning < day2Replicas-1 {
+	// Workers: no task lost, only the one a drained node moves is away at
+	// any time. Managers: their tasks move too, and the leader's demotion
+	// (last) leaves nodes Unknown for a moment; the service never stops.
+	low := day2Replicas - 1
+	if role == "manager" {
+		low = 1
+	}
+	if w.minRunning < low {
 		t.Errorf("only %d of %d tasks running at %s: %s", w.minRunning, day2Replicas, w.lowTaskAt, w.lowTasks)
 		t.Logf("apply events:\n%s", timeline(r.stderr))
+	} else if w.minRunning < day2Replicas-1 {
+		t.Logf("fewest running at %s: %s", w.lowTaskAt, w.lowTasks)
 	}
 	// The events: a backup before the first manager leaves, each old
 	// generation gone after its successor joined.
@@ -652,14 +661,20 @@ func (d *day2) roll(t *testing.T, ctx context.Context, variable, value, role str
 				t.Errorf("backup %s: %v", b, err)
 			}
 		}
-		for i := 1; i <= 3; i++ {
-			name := fmt.Sprintf("day2-manager-%d", i)
-			j, r := indexOf(steps, "swarm.join "+name), indexOf(steps, "swarm.replace "+name)
-			if j < 0 || r < 0 || j > r {
-				t.Errorf("%s: its new generation did not join before the old one left: %v", name, steps)
+		// One manager at a time: join X, (backup,) old X leaves, join Y, ...
+		var seq []string
+		for _, s := range steps {
+			if !strings.HasPrefix(s, "swarm.backup") {
+				seq = append(seq, s)
 			}
-			if i > 1 && indexOf(steps, fmt.Sprintf("swarm.replace day2-manager-%d", i-1)) > j {
-				t.Errorf("%s joined before day2-manager-%d's old generation left: %v", name, i-1, steps)
+		}
+		if len(seq) != 6 {
+			t.Errorf("manager changes %v: want a join and a replacement for each of 3", seq)
+		}
+		for i := 0; i+1 < len(seq); i += 2 {
+			host := strings.TrimPrefix(seq[i], "swarm.join ")
+			if !strings.HasPrefix(seq[i], "swarm.join ") || seq[i+1] != "swarm.replace "+host {
+				t.Errorf("manager changes %v: %s is not followed by its old generation leaving", seq, seq[i])
 			}
 		}
 	}
@@ -803,8 +818,10 @@ func (d *day2) interruptBlockedJoin(t *testing.T, ctx context.Context) {
 	if !strings.Contains(errb.String(), "waiting for the swarm join") && !strings.Contains(errb.String(), "swarm join") {
 		t.Logf("apply output:\n%s", errb.String())
 	}
-	if st, err := os.Stat(filepath.Join(d.stateDir, "state.json")); err != nil || st.ModTime().Before(at) {
-		t.Errorf("state not saved on interrupt: %v", err)
+	// Saved on the way out: state's own timestamp is after the signal.
+	var saved struct{ Updated time.Time }
+	if b, err := os.ReadFile(filepath.Join(d.stateDir, "state.json")); err != nil || json.Unmarshal(b, &saved) != nil || saved.Updated.Before(at) {
+		t.Errorf("state not saved on interrupt: updated %s, signal at %s (%v)", saved.Updated, at, err)
 	}
 	unblock()
 	mustProvision(t, ctx, nil, d.args("apply", "--auto-approve")...)

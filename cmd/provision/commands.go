@@ -132,13 +132,7 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 			if errors.Is(err, apply.ErrMissing) {
 				return withCode(exitRefused, err)
 			}
-			if err != nil {
-				if ctx.Err() != nil {
-					return fmt.Errorf("interrupted: %w", err)
-				}
-				return err
-			}
-			return nil
+			return err
 		},
 	}
 	cmd.Flags().BoolVar(&auto, "auto-approve", false, "do not ask before replacing or removing machines")

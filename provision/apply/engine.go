@@ -149,7 +149,7 @@ func (e *Engine) Apply(ctx context.Context, p *plan.Plan) (Stats, error) {
 		if errors.Is(err, context.Canceled) {
 			err = nil // the interrupt, said once below
 		}
-		err = errors.Join(err, fmt.Errorf("interrupted: %w", context.Cause(ctx)))
+		err = errors.Join(err, fmt.Errorf("apply stopped: %w", context.Cause(ctx)))
 	}
 	var hostErrs []error
 	for _, name := range r.hostNames() {

@@ -261,7 +261,7 @@ func TestInterruptStopsNewWork(t *testing.T) {
 	cancel()
 	close(d.block)
 	r := <-done
-	if r.err == nil || !strings.Contains(r.err.Error(), "interrupted") || !errors.Is(r.err, context.Canceled) {
+	if r.err == nil || !strings.Contains(r.err.Error(), "apply stopped") || !errors.Is(r.err, context.Canceled) {
 		t.Fatalf("Apply returned %v, want an interrupt", r.err)
 	}
 	if len(d.created) != 1 || d.created[0] != first {

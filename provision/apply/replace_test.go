@@ -118,7 +118,8 @@ func TestRollingManagerReplacement(t *testing.T) {
 			seq = append(seq, "demote "+strings.Fields(c)[1])
 		}
 	}
-	want := "join t-manager-1 demote t-manager-1 join t-manager-2 demote t-manager-2 join t-manager-3 demote t-manager-3"
+	// t-manager-1 inited the swarm and leads: its replacement goes last.
+	want := "join t-manager-2 demote t-manager-2 join t-manager-3 demote t-manager-3 join t-manager-1 demote t-manager-1"
 	if got := strings.Join(seq, " "); got != want {
 		t.Errorf("manager changes\n got %s\nwant %s", got, want)
 	}
@@ -149,26 +150,26 @@ func beforeCall(backups []string, call int) bool {
 }
 
 // TestFailedManagerJoinStopsTheRoll: when the second new manager cannot
-// join, its old one stays, the third manager is not touched, and quorum is
-// never at risk.
+// join, its old one stays, the third manager (the leader's, last) is not
+// touched, and quorum is never at risk.
 func TestFailedManagerJoinStopsTheRoll(t *testing.T) {
 	r, f, d, _ := formed(t, 3, 0)
 	r.Timeouts.Join = 300e6
 	r2 := replaced(t, r, f, "t-manager-1", "t-manager-2", "t-manager-3")
-	f.w.Kill(f.engines[r2.hosts["t-manager-2"].rec.Address])
+	f.w.Kill(f.engines[r2.hosts["t-manager-3"].rec.Address])
 	if err := (swarmPhase{}).Run(context.Background(), r2); err != nil {
 		t.Fatal(err)
 	}
-	if r2.hosts["t-manager-1"].err != nil || len(r2.hosts["t-manager-1"].rec.Retiring) != 0 {
-		t.Errorf("manager-1: %v %v", r2.hosts["t-manager-1"].err, r2.hosts["t-manager-1"].rec.Retiring)
+	if h := r2.hosts["t-manager-2"]; h.err != nil || len(h.rec.Retiring) != 0 {
+		t.Errorf("manager-2: %v %v", h.err, h.rec.Retiring)
 	}
-	if r2.hosts["t-manager-2"].err == nil || len(r2.hosts["t-manager-2"].rec.Retiring) != 1 {
-		t.Errorf("manager-2 should fail and keep its old generation: %v", r2.hosts["t-manager-2"].rec.Retiring)
+	if h := r2.hosts["t-manager-3"]; h.err == nil || len(h.rec.Retiring) != 1 {
+		t.Errorf("manager-3 should fail and keep its old generation: %v", h.rec.Retiring)
 	}
-	if len(r2.hosts["t-manager-3"].rec.Retiring) != 1 || r2.hosts["t-manager-3"].rec.NodeID != "" {
-		t.Errorf("manager-3 was changed after manager-2 failed")
+	if h := r2.hosts["t-manager-1"]; len(h.rec.Retiring) != 1 || h.rec.NodeID != "" {
+		t.Errorf("manager-1 was changed after manager-3 failed")
 	}
-	if got := strings.Join(d.destroyed, " "); got != "t-manager-1/1" {
+	if got := strings.Join(d.destroyed, " "); got != "t-manager-2/1" {
 		t.Errorf("destroyed %s", got)
 	}
 	if len(f.w.Violations) > 0 {

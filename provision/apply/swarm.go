@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	dswarm "github.com/docker/docker/api/types/swarm"
+
 	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/provision/state"
@@ -122,7 +124,10 @@ func (swarmPhase) Run(ctx context.Context, r *run) error {
 	}
 	// Managers one at a time, each Ready and Reachable before the next
 	// changes, its old generation retired right after it: quorum is never
-	// at risk.
+	// at risk. Replacements of followers go first and the leader's last, so
+	// that leadership moves once.
+	nodes := m.Nodes()
+	slices.SortStableFunc(managers, func(a, b *host) int { return replaceRank(a, nodes) - replaceRank(b, nodes) })
 	for _, h := range managers {
 		if h.err != nil || h.inPlace {
 			continue
@@ -274,6 +279,19 @@ func retireOld(ctx context.Context, r *run, h *host) error {
 		}
 	}
 	return nil
+}
+
+// replaceRank orders manager changes: machines with no old generation in
+// the swarm first (new or finished), then replacements by the old node's
+// swarm.RemovalRank (dead, followers, the leader last).
+func replaceRank(h *host, nodes map[string]dswarm.Node) int {
+	rank := -1
+	for _, old := range h.rec.Retiring {
+		if _, ok := nodes[old.NodeID]; ok {
+			rank = max(rank, swarm.RemovalRank(nodes, old.NodeID))
+		}
+	}
+	return rank
 }
 
 // openRetiring lists the earlier generations of the live hosts and opens

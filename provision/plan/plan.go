@@ -432,7 +432,7 @@ func (p *Plan) notes(c *spec.Cluster, st *state.State, obs Observed) {
 		}
 	}
 	if len(rollM) > 0 {
-		p.Notes = append(p.Notes, fmt.Sprintf("managers are replaced one at a time, in this order: %s; each new manager joins and is Reachable before the old one is demoted, drained and removed, so the raft keeps its majority (%d of %d managers reachable at the least)", strings.Join(rollM, ", "), before, before+1))
+		p.Notes = append(p.Notes, fmt.Sprintf("managers are replaced one at a time (%s), followers first and the current leader last, so leadership moves once; each new manager joins and is Reachable before the old one is demoted, drained and removed, so the raft keeps its majority (%d of %d managers reachable at the least)", strings.Join(rollM, ", "), before, before+1))
 	}
 	if len(inPlaceM) > 0 {
 		note := fmt.Sprintf("managers replaced in place, one at a time: %s; each leaves the swarm before it is made again (%d of %d managers meanwhile)", strings.Join(inPlaceM, ", "), before-1, before)

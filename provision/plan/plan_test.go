@@ -329,7 +329,7 @@ func TestManagerReplacementNotes(t *testing.T) {
 	var buf bytes.Buffer
 	p.WriteText(&buf, false)
 	for _, want := range []string{
-		"managers are replaced one at a time, in this order: demo-manager-1, demo-manager-2, demo-manager-3; each new manager joins and is Reachable before the old one is demoted, drained and removed, so the raft keeps its majority (3 of 4 managers reachable at the least)",
+		"managers are replaced one at a time (demo-manager-1, demo-manager-2, demo-manager-3), followers first and the current leader last, so leadership moves once; each new manager joins and is Reachable before the old one is demoted, drained and removed, so the raft keeps its majority (3 of 4 managers reachable at the least)",
 		"apply saves a backup of the swarm's raft",
 	} {
 		if !strings.Contains(buf.String(), want) {
