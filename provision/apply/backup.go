@@ -82,7 +82,7 @@ func (r *run) backupFrom(ctx context.Context, src *backupCandidate, stop bool, w
 	}
 	how := "its engine stopped for the copy"
 	if !stop {
-		how = "hot: stopping it would lose quorum"
+		how = "hot: the swarm cannot spare it, or has no quorum to lose"
 	}
 	r.note(src.name, "raft backup before "+why+" ("+how+")")
 	t0 := time.Now()
@@ -139,15 +139,16 @@ type backupCandidate struct {
 }
 
 // backupSurvivor copies the raft of the manager a swarm is about to be
-// re-formed on (--force-new-cluster): the swarm has no quorum, so its
-// engine may stop for the copy.
+// re-formed on (--force-new-cluster). The copy is taken hot: without quorum
+// nothing can change the raft, and a stopped survivor comes back only
+// half-way (pending), not where --force-new-cluster starts from.
 func (r *run) backupSurvivor(ctx context.Context, h *host, why string) error {
 	r.backupMu.Lock()
 	defer r.backupMu.Unlock()
 	if r.backedUp != "" {
 		return nil
 	}
-	return r.backupFrom(ctx, &backupCandidate{name: h.rec.Name, file: h.rec.Name, nodeID: h.rec.NodeID, machine: h.rec.Machine, comm: h.comm, member: h.member}, true, why)
+	return r.backupFrom(ctx, &backupCandidate{name: h.rec.Name, file: h.rec.Name, nodeID: h.rec.NodeID, machine: h.rec.Machine, comm: h.comm, member: h.member}, false, why)
 }
 
 // backupSource picks the manager to copy the raft from: a Reachable one
