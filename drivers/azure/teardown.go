@@ -104,7 +104,9 @@ func (d *Driver) deleteGroup(ctx context.Context, cli *clients, rg, cluster stri
 	if !ownedBy(got.Tags, cluster) {
 		return fmt.Errorf("teardown %s: resource group %q does not carry the tag %s=%s; not deleting it", cluster, rg, drivers.TagCluster, cluster)
 	}
-	held, err := collect(ctx, cli.res.NewListByResourceGroupPager(rg, nil), func(p armresources.ClientListByResourceGroupResponse) []*armresources.GenericResourceExpanded { return p.Value })
+	held, err := collect(ctx, cli.res.NewListByResourceGroupPager(rg, nil), func(p armresources.ClientListByResourceGroupResponse) []*armresources.GenericResourceExpanded {
+		return p.Value
+	})
 	if err != nil && !isNotFound(err) {
 		return fmt.Errorf("teardown %s: list what resource group %q holds: %w", cluster, rg, d.explain(err))
 	}
