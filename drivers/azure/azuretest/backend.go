@@ -273,6 +273,14 @@ func (t *Transport) Do(req *http.Request) (*http.Response, error) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if strings.Contains(api, ".NewList") {
+		if m := groupPathRe.FindStringSubmatch(req.URL.Path); m != nil && t.b.missing(m[1]) {
+			// The fake servers' pagers keep a failed listing's tracker
+			// (the next listing of the path would find it empty), so a
+			// missing group is answered here.
+			return statusResponse(req, http.StatusNotFound, "ResourceGroupNotFound"), nil
+		}
+	}
 	var (
 		resp *http.Response
 		err  error
@@ -289,6 +297,26 @@ func (t *Transport) Do(req *http.Request) (*http.Response, error) {
 		t.b.asyncFailure(req, resp)
 	}
 	return resp, err
+}
+
+var groupPathRe = regexp.MustCompile(`(?i)^/subscriptions/[^/]+/resourceGroups/([^/]+)`)
+
+func (b *Backend) missing(rg string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.init()
+	return b.groupMissing(rg)
+}
+
+// statusResponse is an error answer as Resource Manager gives it.
+func statusResponse(req *http.Request, status int, code string) *http.Response {
+	body := fmt.Sprintf(`{"error":{"code":%q,"message":"azuretest: %s"}}`, code, code)
+	return &http.Response{
+		StatusCode: status, Status: fmt.Sprintf("%d %s", status, http.StatusText(status)), Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header:        http.Header{"Content-Type": {"application/json"}, "X-Ms-Error-Code": {code}},
+		Body:          io.NopCloser(strings.NewReader(body)),
+		ContentLength: int64(len(body)), Request: req,
+	}
 }
 
 // operationsPath is where the operations that fail asynchronously are
@@ -447,10 +475,8 @@ func (b *Backend) resourceList(rg string, _ *armresources.ClientListByResourceGr
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.init()
-	if b.groupMissing(rg) {
-		resp.AddResponseError(http.StatusNotFound, "ResourceGroupNotFound")
-		return resp
-	}
+	// (A missing group is answered by the Transport: an error page would
+	// leave the fake's pager tracker stuck on this path.)
 	var out []*armresources.GenericResourceExpanded
 	add := func(id, name, typ *string, tags map[string]*string) {
 		out = append(out, &armresources.GenericResourceExpanded{ID: id, Name: name, Type: typ, Tags: tags, Location: to(b.Location)})
@@ -673,10 +699,8 @@ func (b *Backend) pipList(rg string, _ *armnetwork.PublicIPAddressesClientListOp
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.init()
-	if b.groupMissing(rg) {
-		resp.AddResponseError(http.StatusNotFound, "ResourceGroupNotFound")
-		return resp
-	}
+	// (A missing group is answered by the Transport: an error page would
+	// leave the fake's pager tracker stuck on this path.)
 	resp.AddPage(http.StatusOK, armnetwork.PublicIPAddressesClientListResponse{PublicIPAddressListResult: armnetwork.PublicIPAddressListResult{Value: inGroup(b.pips, rg)}}, nil)
 	return resp
 }
@@ -835,10 +859,8 @@ func (b *Backend) nicList(rg string, _ *armnetwork.InterfacesClientListOptions) 
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.init()
-	if b.groupMissing(rg) {
-		resp.AddResponseError(http.StatusNotFound, "ResourceGroupNotFound")
-		return resp
-	}
+	// (A missing group is answered by the Transport: an error page would
+	// leave the fake's pager tracker stuck on this path.)
 	resp.AddPage(http.StatusOK, armnetwork.InterfacesClientListResponse{InterfaceListResult: armnetwork.InterfaceListResult{Value: inGroup(b.nics, rg)}}, nil)
 	return resp
 }
@@ -1035,10 +1057,8 @@ func (b *Backend) vmList(rg string, _ *armcompute.VirtualMachinesClientListOptio
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.init()
-	if b.groupMissing(rg) {
-		resp.AddResponseError(http.StatusNotFound, "ResourceGroupNotFound")
-		return resp
-	}
+	// (A missing group is answered by the Transport: an error page would
+	// leave the fake's pager tracker stuck on this path.)
 	resp.AddPage(http.StatusOK, armcompute.VirtualMachinesClientListResponse{VirtualMachineListResult: armcompute.VirtualMachineListResult{Value: inGroup(b.vms, rg)}}, nil)
 	return resp
 }
@@ -1115,10 +1135,8 @@ func (b *Backend) diskList(rg string, _ *armcompute.DisksClientListByResourceGro
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.init()
-	if b.groupMissing(rg) {
-		resp.AddResponseError(http.StatusNotFound, "ResourceGroupNotFound")
-		return resp
-	}
+	// (A missing group is answered by the Transport: an error page would
+	// leave the fake's pager tracker stuck on this path.)
 	resp.AddPage(http.StatusOK, armcompute.DisksClientListByResourceGroupResponse{DiskList: armcompute.DiskList{Value: inGroup(b.disks, rg)}}, nil)
 	return resp
 }

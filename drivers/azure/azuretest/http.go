@@ -33,7 +33,16 @@ const (
 type Server struct {
 	*httptest.Server
 	CertFile string // the server's certificate, PEM: point SSL_CERT_FILE at it
-	Tokens   int    // tokens issued
+
+	mu     sync.Mutex
+	tokens int
+}
+
+// Tokens is how many access tokens the token endpoint issued.
+func (s *Server) Tokens() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tokens
 }
 
 // Serve starts an HTTPS server on 127.0.0.1 for the backend, writing its
@@ -171,6 +180,10 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.Header().Add(k, v)
 		}
 	}
+	if st := resp.Header.Get("Fake-Poller-Status"); st == "InProgress" || resp.Header.Get("Azure-AsyncOperation") != "" {
+		// Poll again soon (the SDK honours it over its own frequency).
+		w.Header().Set("Retry-After-Ms", "50")
+	}
 	w.WriteHeader(resp.StatusCode)
 	io.Copy(w, resp.Body)
 }
@@ -208,9 +221,9 @@ func (h *handler) token(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(map[string]string{"error": "invalid_client", "error_description": "azuretest: unknown client or secret"})
 		return
 	}
-	h.mu.Lock()
-	h.srv.Tokens++
-	h.mu.Unlock()
+	h.srv.mu.Lock()
+	h.srv.tokens++
+	h.srv.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	fmt.Fprintf(w, `{"token_type":"Bearer","expires_in":3600,"ext_expires_in":3600,"access_token":%q}`, accessToken)
 }
