@@ -41,7 +41,8 @@ const azureNetnsEnv = "PROVISION_ACC_AZURE_NETNS" // "1": this process is the na
 //
 // Needs PROVISION_ACC=1 and permission to unshare the network namespace
 // (root here); it skips otherwise, and fails instead when
-// PROVISION_REQUIRE_NETNS=1.
+// PROVISION_REQUIRE_NETNS=1 or PROVISION_REQUIRE_MOTO=1 (which .ci/run sets
+// for the emulator tests).
 func TestAzureFakeEndToEnd(t *testing.T) {
 	if os.Getenv(azureNetnsEnv) == "1" {
 		azureInNamespace(t)
@@ -51,8 +52,8 @@ func TestAzureFakeEndToEnd(t *testing.T) {
 	skipOrFail := func(format string, args ...any) {
 		t.Helper()
 		msg := fmt.Sprintf(format, args...)
-		if os.Getenv("PROVISION_REQUIRE_NETNS") == "1" {
-			t.Fatalf("%s (PROVISION_REQUIRE_NETNS=1)", msg)
+		if os.Getenv("PROVISION_REQUIRE_NETNS") == "1" || os.Getenv("PROVISION_REQUIRE_MOTO") == "1" {
+			t.Fatalf("%s (PROVISION_REQUIRE_NETNS=1 or PROVISION_REQUIRE_MOTO=1)", msg)
 		}
 		t.Skipf("%s (PROVISION_REQUIRE_NETNS=1 turns this skip into a failure)", msg)
 	}
