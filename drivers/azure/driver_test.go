@@ -702,3 +702,40 @@ func TestNoSubscription(t *testing.T) {
 		t.Errorf("Machines: %v", err)
 	}
 }
+
+// TestAdoptWaitsForProvisioning: a VM an interrupted apply left still
+// creating is waited for (bounded), then adopted, not created again.
+func TestAdoptWaitsForProvisioning(t *testing.T) {
+	b := azuretest.New()
+	ctx := testCtx(t)
+	cluster := drivertest.ClusterID(t)
+	d := testDriver(t, b, allowed)
+	want := spec(t, cluster, "manager", 1)
+	m, err := d.Create(ctx, cluster, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rg := "provision-" + cluster
+	b.SetProvisioning(rg, want.Name, "Creating")
+	d.pollEvery = 10 * time.Millisecond
+	var finished atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(50 * time.Millisecond)
+		finished.Store(true) // before: Create can only see Succeeded after it
+		b.SetProvisioning(rg, want.Name, "Succeeded")
+	}()
+	got, err := d.Create(ctx, cluster, want)
+	returnedAfter := finished.Load()
+	<-done
+	if err != nil || got.ID != m.ID {
+		t.Fatalf("Create on a creating vm: %v %+v", err, got)
+	}
+	if !returnedAfter {
+		t.Error("Create returned while the vm was still creating")
+	}
+	if n := b.Calls("VirtualMachinesClient.BeginCreateOrUpdate"); n != 1 {
+		t.Errorf("VM creates: %d", n)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
@@ -43,6 +44,9 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	if vm != nil {
 		if !ownedBy(vm.Tags, cluster) {
 			return drivers.Machine{}, fmt.Errorf("vm %q exists in resource group %q without the tag %s=%s; remove or rename it", want.Name, rg, drivers.TagCluster, cluster)
+		}
+		if vm, err = d.settled(ctx, cli, rg, vm); err != nil {
+			return drivers.Machine{}, err
 		}
 		if provisioningState(vm) == "failed" {
 			d.log.WarnContext(ctx, "vm failed to provision earlier; deleting it to create it again", "cluster", cluster, "host", want.Name)
@@ -217,6 +221,39 @@ func (d *Driver) getVM(ctx context.Context, cli *clients, rg, name string) (*arm
 		return nil, d.explain(err)
 	}
 	return &got.VirtualMachine, nil
+}
+
+// settled waits, for at most waitVM, until a VM an earlier (interrupted)
+// create or update left in progress has finished provisioning.
+func (d *Driver) settled(ctx context.Context, cli *clients, rg string, vm *armcompute.VirtualMachine) (*armcompute.VirtualMachine, error) {
+	name := deref(vm.Name)
+	deadline := time.Now().Add(waitVM)
+	for {
+		switch provisioningState(vm) {
+		case "creating", "updating", "migrating":
+		default:
+			return vm, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("vm %q is still %s after %s", name, provisioningState(vm), waitVM)
+		}
+		d.log.InfoContext(ctx, "waiting for an earlier create of the vm to finish", "host", name, "state", provisioningState(vm))
+		t := time.NewTimer(d.pollEvery)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("wait for vm %q to finish provisioning: %w", name, ctx.Err())
+		case <-t.C:
+		}
+		got, err := d.getVM(ctx, cli, rg, name)
+		if err != nil {
+			return nil, fmt.Errorf("wait for vm %q to finish provisioning: %w", name, err)
+		}
+		if got == nil {
+			return nil, fmt.Errorf("vm %q disappeared while it was provisioning", name)
+		}
+		vm = got
+	}
 }
 
 // startAndDescribe starts a stopped or deallocated VM and returns it with

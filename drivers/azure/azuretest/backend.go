@@ -1315,3 +1315,15 @@ func (b *Backend) RemoveDisk(rg, name string) {
 	b.init()
 	delete(b.disks, key(rg, name))
 }
+
+// SetProvisioning sets a VM's provisioning state ("Creating", "Succeeded").
+func (b *Backend) SetProvisioning(rg, name, state string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.init()
+	if vm, ok := b.vms[key(rg, name)]; ok {
+		p := *vm.Properties
+		p.ProvisioningState = to(state)
+		vm.Properties = &p
+	}
+}
