@@ -44,7 +44,7 @@ api_url = "http://127.0.0.1:8080"`, "sekret-token")
 
 	for _, tc := range []struct {
 		name, src, want string
-		line          int
+		line            int
 	}{
 		{"no region", `allowed_cidrs = ["198.51.100.7/32"]`, "Missing region", 0},
 		{"bad region", "region = \"Amsterdam\"\nallowed_cidrs = [\"198.51.100.7/32\"]", "Invalid region", 1},
