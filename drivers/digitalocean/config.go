@@ -198,7 +198,7 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 	// DIGITALOCEAN_TOKEN, so a spec cannot send the operator's token
 	// elsewhere by naming a host.
 	c.APIURL, _ = url.Parse(DefaultAPIURL)
-	if raw.APIURL != nil {
+	if raw.APIURL != nil && *raw.APIURL != "" {
 		c.CustomAPI = true
 		u, err := checkAPIURL(*raw.APIURL)
 		if err != nil {

@@ -83,6 +83,10 @@ api_url = "http://127.0.0.1:8080"`, "sekret-token")
 		})
 	}
 
+	// An empty api_url is the default one.
+	if c, diags := decode(t, "region = \"ams3\"\nallowed_cidrs = [\"198.51.100.7/32\"]\napi_url = \"\"", ""); diags.HasErrors() || c.CustomAPI || c.APIURL.String() != DefaultAPIURL {
+		t.Errorf("empty api_url: %v %+v", diags, c)
+	}
 	// A literal token: a warning without a location (the snippet would show it).
 	_, diags = decode(t, "region = \"ams3\"\ntoken = \"dop_v1_literal\"\nallowed_cidrs = [\"198.51.100.7/32\"]", "")
 	if len(diags) != 1 || diags[0].Severity != hcl.DiagWarning || diags[0].Subject != nil || strings.Contains(diags[0].Detail, "dop_v1_literal") {
