@@ -63,10 +63,21 @@ func (d *Driver) ensureShared(ctx context.Context, cli *godo.Client, cluster, pu
 		}
 	}
 	// The cluster tag first: the firewall names it as target and source.
-	if _, _, err := cli.Tags.Create(ctx, &godo.TagCreateRequest{Name: clusterTag(cluster)}); err != nil {
+	err := d.once(ctx, "tag",
+		func() (bool, error) {
+			_, _, err := cli.Tags.Get(ctx, clusterTag(cluster))
+			if isNotFound(err) {
+				return false, nil
+			}
+			return err == nil, err
+		},
+		func() error {
+			_, _, err := cli.Tags.Create(ctx, &godo.TagCreateRequest{Name: clusterTag(cluster)})
+			return err
+		})
+	if err != nil {
 		return nil, fmt.Errorf("create tag %s: %w", clusterTag(cluster), d.explain(err))
 	}
-	var err error
 	if s.vpcID, err = d.ensureVPC(ctx, cli, cluster); err != nil {
 		return nil, err
 	}
