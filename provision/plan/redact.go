@@ -6,12 +6,40 @@ import (
 	"github.com/provision/provision/provision/redact"
 )
 
-// Redact removes sensitive values from the plan before it is printed
-// (text or JSON): every known secret value wherever it appears, and the old
-// and new values of settings whose spec path (spec.Cluster.SensitivePaths,
-// "logging.options") uses a sensitive variable, even where the value is
-// only derived from it.
-func (p *Plan) Redact(v *redact.Values, sensitivePaths map[string]bool) {
+// Redacted returns a copy of the plan to print (text or JSON) without
+// sensitive values: every known secret value wherever it appears, and the
+// old and new values of settings whose spec path
+// (spec.Cluster.SensitivePaths, "logging.options") uses a sensitive
+// variable, even where the value is only derived from it. The plan itself
+// is left as it is for apply.
+func (p *Plan) Redacted(v *redact.Values, sensitivePaths map[string]bool) *Plan {
+	cp := *p
+	cp.Actions = make([]Action, len(p.Actions))
+	for i, a := range p.Actions {
+		a.Reasons = append([]string(nil), a.Reasons...)
+		cp.Actions[i] = a
+	}
+	cp.Settings = make([]SettingChange, len(p.Settings))
+	for i, s := range p.Settings {
+		s.Changes = append([]string(nil), s.Changes...)
+		cp.Settings[i] = s
+	}
+	if p.Settings == nil {
+		cp.Settings = nil
+	}
+	cp.Notes = append([]string(nil), p.Notes...)
+	if p.Unknown != nil {
+		cp.Unknown = make(map[string]string, len(p.Unknown))
+		for k, v := range p.Unknown {
+			cp.Unknown[k] = v
+		}
+	}
+	cp.Resources = append([]Resource(nil), p.Resources...)
+	cp.redact(v, sensitivePaths)
+	return &cp
+}
+
+func (p *Plan) redact(v *redact.Values, sensitivePaths map[string]bool) {
 	blocks := map[string]bool{}
 	for path := range sensitivePaths {
 		block, _, _ := strings.Cut(path, ".")

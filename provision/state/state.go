@@ -63,8 +63,8 @@ type Machine struct {
 	// HostKeySource says where SSH.HostKey came from: HostKeyInstalled
 	// (provision made it and the driver put it on the machine: it is
 	// rotated on the first trusted connection), HostKeyHost (made on the
-	// host, never left it) or "" (the host's own key: generic hosts, and
-	// machines recorded before rotation existed).
+	// host, never left it), HostKeyOwn (the host's own: generic hosts) or
+	// "" (recorded before rotation existed).
 	HostKeySource string `json:"host_key_source,omitempty"`
 	// HostKeyNext is the public half of a key made on the host and pinned
 	// (beside SSH.HostKey) before the host switches to it, so that an

@@ -18,6 +18,9 @@ const (
 	// HostKeyHost: the key was made on the host by provision's rotation;
 	// its private half never left the host.
 	HostKeyHost = "host"
+	// HostKeyOwn: the host's own key, which provision never had (generic
+	// hosts: pinned from the spec, known_hosts or first use).
+	HostKeyOwn = "own"
 )
 
 var (
@@ -79,7 +82,7 @@ func (m *Machine) validate() error {
 		return fmt.Errorf("%s: address %q is not a host address", m.Name, m.Address)
 	case m.PrivateAddress != "" && !validHost(m.PrivateAddress):
 		return fmt.Errorf("%s: private_address %q is not a host address", m.Name, m.PrivateAddress)
-	case m.HostKeySource != "" && m.HostKeySource != HostKeyInstalled && m.HostKeySource != HostKeyHost:
+	case m.HostKeySource != "" && m.HostKeySource != HostKeyInstalled && m.HostKeySource != HostKeyHost && m.HostKeySource != HostKeyOwn:
 		return fmt.Errorf("%s: host_key_source %q", m.Name, m.HostKeySource)
 	case m.HostKeyNext != "" && m.SSH.HostKey == "":
 		return fmt.Errorf("%s: a host key rotation without a current host key", m.Name)
