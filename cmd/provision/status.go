@@ -21,7 +21,6 @@ import (
 	"github.com/provision/provision/provision/comm"
 	"github.com/provision/provision/provision/pki"
 	"github.com/provision/provision/provision/state"
-	"github.com/provision/provision/provision/swarm"
 )
 
 func pickMachine(l *loaded, name string) (*state.Machine, error) {
@@ -126,7 +125,8 @@ func dash(s string) string {
 func status(ctx context.Context, g *globals, l *loaded) (rows []NodeStatus, strays []string) {
 	rows = make([]NodeStatus, len(l.state.Machines))
 	tlsCfg, tlsErr := pki.ClientTLS(l.store.PKIDir())
-	e := l.engine(g, apply.Discard{}) // for SSH (Dial); shared by the goroutines
+	e := l.engine(g, apply.Discard{}) // for SSH (Dial) and engine tunnels; shared by the goroutines
+	defer e.Close()
 	sshSem := make(chan struct{}, max(1, l.spec.Parallelism))
 	var wg sync.WaitGroup
 	var nodes []dswarm.Node
@@ -163,7 +163,7 @@ func status(ctx context.Context, g *globals, l *loaded) (rows []NodeStatus, stra
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
-			en, err := swarm.Connect(m.Name, m.Address, tlsCfg)
+			en, err := e.ConnectEngine(ctx, m.Machine, tlsCfg)
 			if err != nil {
 				rows[i].Error = err.Error()
 				return

@@ -66,6 +66,8 @@ type Engine struct {
 	// loginWait bounds the fresh login that proves a rotated host key
 	// (default 20s).
 	loginWait time.Duration
+	// tunnels carry the engine API of hosts behind a bastion.
+	tunnels tunnels
 }
 
 // errStopped ends a host's work early because the apply was interrupted; the
@@ -315,6 +317,7 @@ func (e *Engine) closeAll() {
 			h.engine.Close()
 		}
 	}
+	e.Close()
 }
 
 // connectTimeout bounds SSH connection retries: the caller's setting, else

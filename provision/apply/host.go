@@ -43,7 +43,7 @@ func (e *Engine) hostSteps(ctx context.Context) error {
 	if slices.ContainsFunc(batches, func(b batch) bool { return b.rolling }) {
 		// waitMember asks engines; their clients are opened here, before
 		// the batches run their hosts in parallel.
-		if err := e.engines(e.live()); err != nil {
+		if err := e.engines(ctx, e.live()); err != nil {
 			return err
 		}
 	}

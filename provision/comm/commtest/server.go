@@ -26,8 +26,9 @@ import (
 // Server is one listening SSH server.
 type Server struct {
 	Addr    string
-	Accepts atomic.Int64 // connections accepted
-	Refuse  atomic.Int64 // close this many connections before the handshake
+	Accepts  atomic.Int64 // connections accepted
+	Refuse   atomic.Int64 // close this many connections before the handshake
+	Forwards atomic.Int64 // direct-tcpip channels opened (tunnelled TCP connections)
 	// Exec, when set, is asked first for every exec request (ch is the
 	// session: stdin to read, stdout to write): handled commands return
 	// their exit code without running /bin/sh.
@@ -181,6 +182,7 @@ func (s *Server) serve(c net.Conn) {
 				up.Close()
 				continue
 			}
+			s.Forwards.Add(1)
 			go ssh.DiscardRequests(creqs)
 			go func() { io.Copy(ch, up); ch.CloseWrite() }()
 			go func() { io.Copy(up, ch); up.Close() }()
