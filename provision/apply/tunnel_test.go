@@ -3,10 +3,10 @@ package apply
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"net"
 	"path/filepath"
 	"strings"
 	"sync"

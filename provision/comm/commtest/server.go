@@ -25,7 +25,7 @@ import (
 
 // Server is one listening SSH server.
 type Server struct {
-	Addr    string
+	Addr     string
 	Accepts  atomic.Int64 // connections accepted
 	Refuse   atomic.Int64 // close this many connections before the handshake
 	Forwards atomic.Int64 // direct-tcpip channels opened (tunnelled TCP connections)
