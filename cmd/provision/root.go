@@ -125,7 +125,9 @@ func newRootWith() (*cobra.Command, *globals) {
 			c.Args = usage(c.Args)
 		}
 	}
+	// Runnable, so that an unknown command is an argument error, not help.
 	root.Args = usage(cobra.NoArgs)
+	root.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
 	return root, g
 }
 

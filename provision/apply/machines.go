@@ -352,5 +352,8 @@ func (e *Engine) Dial(ctx context.Context, m drivers.Machine) (*comm.Client, err
 		return nil, err
 	}
 	cfg.Timeout = 30 * time.Second
+	if t := e.Spec.SSH.ConnectTimeout; t > 0 && t < cfg.Timeout {
+		cfg.Timeout = t
+	}
 	return comm.Dial(ctx, cfg)
 }
