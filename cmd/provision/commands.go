@@ -56,8 +56,8 @@ based on state alone for them.`,
 			}
 			defer l.close()
 			obs := l.observe(cmd.Context(), g.log)
-			l.observeEngines(cmd.Context(), g.log, &obs)
-			p := plan.Build(l.spec, l.state, obs)
+			l.observeEngines(cmd.Context(), g, &obs)
+			p := plan.Build(l.spec, l.state, obs).Redacted(g.secrets.Load(), l.spec.SensitivePaths)
 			if jsonOut {
 				return p.WriteJSON(cmd.OutOrStdout())
 			}
@@ -108,7 +108,7 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 			p := plan.Build(l.spec, l.state, l.observe(ctx, g.log))
 			out := cmd.ErrOrStderr()
 			if !jsonOut {
-				if err := p.WriteText(out, !g.noColor && isTTY(out)); err != nil {
+				if err := p.Redacted(g.secrets.Load(), l.spec.SensitivePaths).WriteText(out, !g.noColor && isTTY(out)); err != nil {
 					return err
 				}
 			}
@@ -120,7 +120,7 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 			if p.Missing != nil && !replaceMissing {
 				return withCode(exitRefused, fmt.Errorf("%w: %s. Nothing was changed. If the machines really are gone, run apply again with --replace-missing", apply.ErrMissing, p.Missing.Message))
 			}
-			e := l.engine(g, reporter(out, jsonOut))
+			e := l.engine(g, g.reporter(out, jsonOut))
 			e.ForceNewCluster = forceNew
 			e.ReplaceMissing = replaceMissing
 			e.LeaveOtherSwarm = leaveOther
@@ -176,18 +176,18 @@ func newDestroy(g *globals) *cobra.Command {
 			obs := l.observe(ctx, g.log)
 			p := plan.Destroy(l.state, obs)
 			out := cmd.ErrOrStderr()
-			if err := p.WriteText(out, !g.noColor && isTTY(out)); err != nil {
+			if err := p.Redacted(g.secrets.Load(), l.spec.SensitivePaths).WriteText(out, !g.noColor && isTTY(out)); err != nil {
 				return err
 			}
 			for name, why := range obs.Unknown {
-				fmt.Fprintf(out, "warning: driver %s cannot list machines (%s): only recorded machines are removed\n", name, why)
+				fmt.Fprintln(out, g.redact(fmt.Sprintf("warning: driver %s cannot list machines (%s): only recorded machines are removed", name, why)))
 			}
 			if len(p.Actions) > 0 {
 				if err := approve(cmd, auto, fmt.Sprintf("This destroys %d machines of cluster %q", len(p.Actions), l.spec.Name)); err != nil {
 					return err
 				}
 			}
-			e := l.engine(g, reporter(out, jsonOut))
+			e := l.engine(g, g.reporter(out, jsonOut))
 			if err := e.Destroy(ctx, p); err != nil {
 				return err
 			}

@@ -2,13 +2,12 @@ package main
 
 import (
 	"context"
-	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/provision/provision/provision/apply"
 	"github.com/provision/provision/provision/pki"
 	"github.com/provision/provision/provision/plan"
-	"github.com/provision/provision/provision/swarm"
 )
 
 // observeEngines asks the engine of every machine state records as a swarm
@@ -16,7 +15,7 @@ import (
 // swarm membership, and a manager for the node list: plan reports hosts
 // that left the swarm or are in another one. Engines that do not answer are
 // left out (status shows them).
-func (l *loaded) observeEngines(ctx context.Context, log *slog.Logger, obs *plan.Observed) {
+func (l *loaded) observeEngines(ctx context.Context, g *globals, obs *plan.Observed) {
 	if l.state.Swarm.ID == "" {
 		return
 	}
@@ -24,6 +23,9 @@ func (l *loaded) observeEngines(ctx context.Context, log *slog.Logger, obs *plan
 	if err != nil {
 		return
 	}
+	log := g.log
+	e := l.engine(g, apply.Discard{}) // bastion tunnels, shared by the goroutines
+	defer e.Close()
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, max(1, l.spec.Parallelism))
@@ -39,7 +41,7 @@ func (l *loaded) observeEngines(ctx context.Context, log *slog.Logger, obs *plan
 			defer func() { <-sem }()
 			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
-			en, err := swarm.Connect(m.Name, m.Address, cfg)
+			en, err := e.ConnectEngine(ctx, m.Machine, cfg)
 			if err != nil {
 				return
 			}

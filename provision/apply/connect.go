@@ -35,7 +35,7 @@ func (connect) Run(ctx context.Context, r *run) error {
 			return err
 		}
 		h.comm = c
-		return nil
+		return r.rotateHostKey(ctx, h)
 	})
 }
 
@@ -53,14 +53,15 @@ func (e *Engine) commConfig(name string, m drivers.Machine) (comm.Config, error)
 		port = 22
 	}
 	cfg := comm.Config{
-		Host:    name,
-		Address: m.Address,
-		Port:    port,
-		User:    m.SSH.User,
-		Signer:  signer,
-		HostKey: m.SSH.HostKey,
-		Timeout: e.connectTimeout(),
-		Log:     e.logger().With("host", name),
+		Host:        name,
+		Address:     m.Address,
+		Port:        port,
+		User:        m.SSH.User,
+		Signer:      signer,
+		HostKey:     m.SSH.HostKey,
+		NextHostKey: e.nextHostKey(name),
+		Timeout:     e.connectTimeout(),
+		Log:         e.logger().With("host", name),
 	}
 	if b := m.SSH.Bastion; b != nil {
 		bs := signer
@@ -80,6 +81,20 @@ func (e *Engine) commConfig(name string, m drivers.Machine) (comm.Config, error)
 	return cfg, nil
 }
 
+// nextHostKey is the key a host key rotation pinned for the machine, if one
+// is under way: connections accept it beside the current one.
+func (e *Engine) nextHostKey(name string) string {
+	if e.State == nil {
+		return ""
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if rec := e.State.Machine(name); rec != nil {
+		return rec.HostKeyNext
+	}
+	return ""
+}
+
 // Dial connects to one recorded machine with the cluster's admin key and its
 // pinned host key (for `provision ssh`, `status`, `audit`, and harden.ssh's
 // fresh login). It changes nothing on e: one engine serves concurrent Dials.
@@ -92,6 +107,9 @@ func (e *Engine) Dial(ctx context.Context, m drivers.Machine) (*comm.Client, err
 		return nil, err
 	}
 	cfg.Timeout = 30 * time.Second
+	if t := e.Spec.SSH.ConnectTimeout; t > 0 && t < cfg.Timeout {
+		cfg.Timeout = t
+	}
 	return comm.Dial(ctx, cfg)
 }
 
@@ -115,12 +133,13 @@ func loadSigner(path string) (ssh.Signer, error) {
 	return s, nil
 }
 
-// openEngineAPI opens a host's engine API: the Docker Engine SDK over
-// mutual TLS on 2376 with the operator's client certificate, or what
-// Engine.EngineAPI gives. It does no I/O.
-func (r *run) openEngineAPI(name, address string) (swarm.API, func() error, error) {
+// openEngineAPI opens a machine's engine API: the Docker Engine SDK over
+// mutual TLS on 2376 with the operator's client certificate (through the
+// bastion's tunnel for machines behind one), or what Engine.EngineAPI
+// gives. Only a tunnel does I/O.
+func (r *run) openEngineAPI(ctx context.Context, m drivers.Machine) (swarm.API, func() error, error) {
 	if r.EngineAPI != nil {
-		api, err := r.EngineAPI(name, address)
+		api, err := r.EngineAPI(m.Name, m.Address)
 		return api, func() error { return nil }, err
 	}
 	r.tlsMu.Lock()
@@ -134,7 +153,7 @@ func (r *run) openEngineAPI(name, address string) (swarm.API, func() error, erro
 	}
 	cfg := r.clientTLS
 	r.tlsMu.Unlock()
-	en, err := swarm.Connect(name, address, cfg)
+	en, err := r.ConnectEngine(ctx, m, cfg)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -142,19 +161,22 @@ func (r *run) openEngineAPI(name, address string) (swarm.API, func() error, erro
 }
 
 // engines opens the engine API of every given host that has none yet.
-func (r *run) engines(hosts []*host) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+func (r *run) engines(ctx context.Context, hosts []*host) error {
 	for _, h := range hosts {
-		if h.api != nil {
+		r.mu.Lock()
+		has, m := h.api != nil, h.rec.Machine
+		r.mu.Unlock()
+		if has {
 			continue
 		}
-		api, closer, err := r.openEngineAPI(h.rec.Name, h.rec.Address)
+		api, closer, err := r.openEngineAPI(ctx, m)
 		if err != nil {
 			return err
 		}
+		r.mu.Lock()
 		h.api, h.closer = api, closer
 		h.member = &swarm.Host{Name: h.rec.Name, Advertise: h.rec.Advertise(), API: api, NodeID: h.rec.NodeID}
+		r.mu.Unlock()
 	}
 	return nil
 }

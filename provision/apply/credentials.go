@@ -2,16 +2,9 @@ package apply
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/pem"
 	"time"
 
-	"golang.org/x/crypto/ssh"
-
-	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/provision/pki"
-	"github.com/provision/provision/provision/redact"
 )
 
 // credentials loads or creates the cluster's admin SSH key, CA and the
@@ -41,25 +34,4 @@ func (credentials) Run(ctx context.Context, r *run) error {
 	r.State.PKI.ClientNotAfter = client.NotAfter
 	r.mu.Unlock()
 	return nil
-}
-
-// newHostKey makes the ed25519 host key a new machine must present.
-func newHostKey() (drivers.HostKey, error) {
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return drivers.HostKey{}, err
-	}
-	block, err := ssh.MarshalPrivateKey(priv, "")
-	if err != nil {
-		return drivers.HostKey{}, err
-	}
-	sp, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		return drivers.HostKey{}, err
-	}
-	line := ssh.MarshalAuthorizedKey(sp)
-	return drivers.HostKey{
-		PrivatePEM: redact.Secret(pem.EncodeToMemory(block)),
-		Public:     string(line[:len(line)-1]),
-	}, nil
 }

@@ -79,7 +79,7 @@ func leaveSwarm(ctx context.Context, r *run, p *plan.Plan) {
 			continue
 		}
 		m := a.Recorded.Machine
-		api, closer, err := r.openEngineAPI(m.Name, m.Address)
+		api, closer, err := r.openEngineAPI(ctx, m)
 		if err != nil {
 			continue
 		}

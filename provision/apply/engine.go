@@ -58,6 +58,15 @@ type Engine struct {
 	// with its engine stopped briefly (backup.go). Tests replace it.
 	TakeBackup func(ctx context.Context, t BackupTarget) (string, error)
 
+	// mu guards State and the records of its machines while a run or
+	// concurrent Dials use them.
+	mu sync.Mutex
+	// loginWait bounds the fresh login that proves a rotated host key
+	// (default 20s).
+	loginWait time.Duration
+	// tunnels carry the engine API of hosts behind a bastion.
+	tunnels tunnels
+
 	// keyOnce loads the admin key (admin, adminPub) once; Dial and the
 	// credentials phase share it, so concurrent Dials need no engine of
 	// their own.

@@ -13,7 +13,6 @@ import (
 
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/hostos"
-	"github.com/provision/provision/provision/pki"
 	"github.com/provision/provision/provision/redact"
 	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/provision/swarm"
@@ -53,7 +52,7 @@ func (hostSteps) Run(ctx context.Context, r *run) error {
 	if slices.ContainsFunc(batches, func(b batch) bool { return b.rolling }) {
 		// Waiting for a member to come back asks engines; their clients
 		// are opened here, before the batches run their hosts in parallel.
-		if err := r.engines(r.live()); err != nil {
+		if err := r.engines(ctx, r.live()); err != nil {
 			return err
 		}
 		members = r.membership()
@@ -117,7 +116,7 @@ func oldFirewalls(ctx context.Context, r *run, peers []string) error {
 	if !r.Spec.Hardening.Firewall {
 		return nil
 	}
-	r.openRetiring()
+	r.openRetiring(ctx)
 	for _, o := range r.retiring {
 		if o.member == nil || o.rec.Address == "" {
 			continue // gone already
@@ -146,6 +145,7 @@ func firewallOnly(ctx context.Context, r *run, o *retiree, peers []string) error
 		ClusterID:     r.State.ClusterID,
 		Node:          o.owner.rec.Name,
 		Role:          o.owner.rec.Role,
+		Index:         o.owner.rec.Index,
 		AdminUser:     m.SSH.User,
 		Engine:        r.Spec.Engine,
 		Logging:       r.Spec.Logging,
@@ -250,6 +250,7 @@ func prepareHost(ctx context.Context, r *run, h *host, peers []string) error {
 		ClusterID:     r.State.ClusterID,
 		Node:          h.rec.Name,
 		Role:          h.rec.Role,
+		Index:         h.rec.Index,
 		AdminUser:     h.rec.SSH.User,
 		Engine:        r.Spec.Engine,
 		Logging:       r.Spec.Logging,
@@ -422,17 +423,20 @@ func (r *run) nodeCertDir(name string) string {
 }
 
 // serverCert returns the node's TLS files, issuing a new certificate when
-// there is none, it nears expiry, or its names no longer cover the node.
+// there is none or the stored one fails pki's CheckServer (another CA, not
+// server-only, near expiry, names no longer covering the node).
 func serverCert(r *run, h *host) (hostos.TLSFiles, error) {
 	dir := r.nodeCertDir(h.rec.Name)
 	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	names := certNames(r, h)
 	certPEM, cerr := os.ReadFile(certPath)
 	keyPEM, kerr := os.ReadFile(keyPath)
-	if cerr == nil && kerr == nil && !pki.NeedsRenewal(certPEM, time.Now()) {
-		if _, _, have, err := pki.Inspect(certPEM); err == nil && covers(have, names) {
+	if cerr == nil && kerr == nil {
+		err := r.ca.CheckServer(certPEM, keyPEM, names, time.Now())
+		if err == nil {
 			return hostos.TLSFiles{CA: r.ca.CertPEM, Cert: certPEM, Key: redact.Secret(keyPEM)}, nil
 		}
+		r.log.Info("issuing a new server certificate", "host", h.rec.Name, "reason", "the stored one "+err.Error())
 	}
 	b, err := r.ca.Server(h.rec.Name, names, time.Duration(r.Spec.TLS.ValidityHours)*time.Hour)
 	if err != nil {
@@ -463,15 +467,6 @@ func certNames(r *run, h *host) []string {
 	}
 	names = append(names, r.Spec.TLS.ExtraNames...)
 	return names
-}
-
-func covers(have, want []string) bool {
-	for _, w := range want {
-		if !slices.Contains(have, w) {
-			return false
-		}
-	}
-	return true
 }
 
 func writeFile(path string, b []byte, mode os.FileMode) error {

@@ -93,6 +93,9 @@ func makeMachine(ctx context.Context, r *run, h *host, a plan.Action) error {
 			return fmt.Errorf("start: %w", err)
 		}
 		m.Driver = a.Driver
+		if m, err = r.pinnedKey(h, m, nil); err != nil {
+			return err
+		}
 		record(r, h, m, state.StatusCreated, a)
 		h.changed = true
 		return r.save()
@@ -102,7 +105,7 @@ func makeMachine(ctx context.Context, r *run, h *host, a plan.Action) error {
 			return err
 		}
 	}
-	hk, err := newHostKey()
+	hk, err := r.installKey(h.rec.Name)
 	if err != nil {
 		return err
 	}
@@ -120,6 +123,9 @@ func makeMachine(ctx context.Context, r *run, h *host, a plan.Action) error {
 		return fmt.Errorf("create: %w", err)
 	}
 	m.Driver = a.Driver
+	if m, err = r.pinnedKey(h, m, &hk); err != nil {
+		return err
+	}
 	record(r, h, m, state.StatusCreated, a)
 	h.changed = true
 	r.mu.Lock()
@@ -127,7 +133,11 @@ func makeMachine(ctx context.Context, r *run, h *host, a plan.Action) error {
 	r.mu.Unlock()
 	r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: "machine.create", Msg: m.Address, Took: time.Since(t0)})
 	r.log.Info("machine created", "host", h.rec.Name, "driver", a.Driver, "generation", a.Generation, "id", m.ID, "address", m.Address)
-	return r.save()
+	if err := r.save(); err != nil {
+		return err
+	}
+	r.forgetInstallKey(h.rec.Name)
+	return nil
 }
 
 // retireLater moves the machine's current generation to its retiring list

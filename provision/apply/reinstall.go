@@ -117,7 +117,7 @@ func reinstallOne(ctx context.Context, r *run, h *host) error {
 	if err := hostDone(r, h); err != nil {
 		return err
 	}
-	if err := r.engines([]*host{h}); err != nil {
+	if err := r.engines(ctx, []*host{h}); err != nil {
 		return err
 	}
 	if err := join(ctx, r, h, manager); err != nil {

@@ -107,7 +107,7 @@ func removeOne(ctx context.Context, r *run, a plan.Action) error {
 		var leaver *swarm.Host
 		if a.Observed != nil && rec.Address != "" {
 			// The host still exists: its engine leaves by itself.
-			api, closer, err := r.openEngineAPI(rec.Name, rec.Address)
+			api, closer, err := r.openEngineAPI(ctx, rec.Machine)
 			if err == nil {
 				defer closer()
 				leaver = &swarm.Host{Name: rec.Name, Advertise: rec.Advertise(), API: api, NodeID: rec.NodeID}

@@ -26,7 +26,7 @@ func (r *run) recordedSwarm(ctx context.Context) error {
 		p, _ := r.pool(rec.Role, rec.Pool)
 		r.hosts[rec.Name] = &host{rec: rec, pool: p}
 	}
-	if err := r.engines(r.live()); err != nil {
+	if err := r.engines(ctx, r.live()); err != nil {
 		return err
 	}
 	m := r.membership()
@@ -129,7 +129,7 @@ func (e *Engine) Restore(ctx context.Context, archive, node string) (string, err
 	if err != nil {
 		return "", fmt.Errorf("%s: restore the swarm directory: %w", target.Name, err)
 	}
-	api, closer, err := r.openEngineAPI(target.Name, target.Address)
+	api, closer, err := r.openEngineAPI(ctx, target.Machine)
 	if err != nil {
 		return "", err
 	}
@@ -161,7 +161,7 @@ func (e *Engine) Restore(ctx context.Context, archive, node string) (string, err
 		if rec == target || rec.Role != spec.RoleManager || rec.Address == "" {
 			continue
 		}
-		if api, closer, err := r.openEngineAPI(rec.Name, rec.Address); err == nil {
+		if api, closer, err := r.openEngineAPI(ctx, rec.Machine); err == nil {
 			lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			if err := (&swarm.Host{Name: rec.Name, API: api}).Leave(lctx); err != nil {
 				r.note(rec.Name, "did not leave its swarm ("+err.Error()+"): apply makes it")

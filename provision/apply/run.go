@@ -31,8 +31,7 @@ type run struct {
 	log  *slog.Logger
 	rep  Reporter
 
-	mu    sync.Mutex // guards State, hosts and the hosts' records
-	hosts map[string]*host
+	hosts map[string]*host // guarded by Engine.mu, with State
 	stats Stats
 
 	ca        *pki.CA // the cluster CA (credentials)
@@ -211,6 +210,12 @@ func (r *run) closeAll() {
 			h.closer()
 		}
 	}
+	for _, o := range r.retiring {
+		if o.closer != nil {
+			o.closer()
+		}
+	}
+	r.Close() // the bastions' engine API tunnels
 }
 
 // pool returns the spec pool a machine belongs to.

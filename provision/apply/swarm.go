@@ -37,10 +37,10 @@ func (r *run) membership() *swarm.Membership {
 
 func (swarmPhase) Run(ctx context.Context, r *run) error {
 	hosts := r.live()
-	if err := r.engines(hosts); err != nil {
+	if err := r.engines(ctx, hosts); err != nil {
 		return err
 	}
-	r.openRetiring()
+	r.openRetiring(ctx)
 	var managers, workers []*host
 	byMember := map[*swarm.Host]*host{}
 	var members, fresh []*swarm.Host
@@ -250,7 +250,7 @@ func retireOld(ctx context.Context, r *run, h *host) error {
 			return errors.New("the new generation is not a Ready member: the old one stays")
 		}
 	}
-	for _, o := range r.retiringOf(h) {
+	for _, o := range r.retiringOf(ctx, h) {
 		if _, inSwarm := r.members.Nodes()[o.rec.NodeID]; inSwarm && o.rec.NodeID != "" && h.rec.Role == spec.RoleManager {
 			if err := r.backup(ctx, "manager "+h.rec.Name+" is replaced", o.rec.NodeID); err != nil {
 				return err
@@ -296,7 +296,7 @@ func replaceRank(h *host, nodes map[string]dswarm.Node) int {
 
 // openRetiring lists the earlier generations of the live hosts and opens
 // the engine API of those that still exist.
-func (r *run) openRetiring() {
+func (r *run) openRetiring(ctx context.Context) {
 	if r.retiring != nil {
 		return
 	}
@@ -318,7 +318,9 @@ func (r *run) openRetiring() {
 				}
 			}
 			if alive {
-				if api, closer, err := r.openEngineAPI(h.rec.Name+"/g"+fmt.Sprint(max(1, old.Generation)), old.Address); err == nil {
+				m := old.Machine
+				m.Name = h.rec.Name
+				if api, closer, err := r.openEngineAPI(ctx, m); err == nil {
 					o.member = &swarm.Host{Name: h.rec.Name + " (generation " + fmt.Sprint(max(1, old.Generation)) + ")", Advertise: old.Advertise(), API: api, NodeID: old.NodeID}
 					o.closer = closer
 				}
@@ -328,8 +330,8 @@ func (r *run) openRetiring() {
 	}
 }
 
-func (r *run) retiringOf(h *host) []*retiree {
-	r.openRetiring()
+func (r *run) retiringOf(ctx context.Context, h *host) []*retiree {
+	r.openRetiring(ctx)
 	var out []*retiree
 	for _, o := range r.retiring {
 		if o.owner != h {

@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -77,6 +78,9 @@ type Store struct {
 	lock     *os.File
 	stale    *Holder
 	readOnly bool
+	// created are the directories Open made (outermost first): Close
+	// removes those, and only those, when they are left empty.
+	created []string
 }
 
 // DefaultDir is where a spec's state lives unless --state-dir says otherwise:
@@ -95,7 +99,8 @@ func DefaultDir(specFile, cluster string) string {
 // still the one at the path: otherwise Open tries again. Two processes can
 // never both hold "the" lock.
 func Open(dir, command string) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	created, err := mkdirAll(dir, 0o700)
+	if err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
 	path := filepath.Join(dir, lockFile)
@@ -118,12 +123,14 @@ func Open(dir, command string) (*Store, error) {
 			if attempt > 100 {
 				return nil, fmt.Errorf("state lock %s keeps being replaced", path)
 			}
-			if err := os.MkdirAll(dir, 0o700); err != nil {
+			more, err := mkdirAll(dir, 0o700)
+			if err != nil {
 				return nil, fmt.Errorf("state directory: %w", err)
 			}
+			created = append(created, more...)
 			continue
 		}
-		s := &Store{dir: dir, lock: f}
+		s := &Store{dir: dir, lock: f, created: created}
 		// A holder recorded in a lock we could take died without cleaning up.
 		s.stale = readHolder(f)
 		host, _ := os.Hostname()
@@ -152,8 +159,12 @@ func samePath(f *os.File, path string) bool {
 // snapshot (state.json is replaced atomically); Save refuses. A directory
 // that does not exist reads as a new cluster and is not created.
 func OpenReadOnly(dir string) (*Store, error) {
-	if fi, err := os.Stat(dir); err == nil && !fi.IsDir() {
+	fi, err := os.Stat(dir)
+	switch {
+	case err == nil && !fi.IsDir():
 		return nil, fmt.Errorf("state directory %s is not a directory", dir)
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("state directory: %w", err)
 	}
 	return &Store{dir: dir, readOnly: true}, nil
 }
@@ -197,7 +208,7 @@ func (s *Store) SSHDir() string { return filepath.Join(s.dir, "ssh") }
 // refused and left untouched.
 func (s *Store) Load() (*State, error) {
 	path := filepath.Join(s.dir, stateFile)
-	b, err := os.ReadFile(path)
+	b, err := readLimited(path, maxStateBytes)
 	if errors.Is(err, fs.ErrNotExist) {
 		id := make([]byte, 8)
 		if _, err := rand.Read(id); err != nil {
@@ -206,7 +217,7 @@ func (s *Store) Load() (*State, error) {
 		return &State{Version: Version, ClusterID: hex.EncodeToString(id)}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read state: %w", err)
+		return nil, fmt.Errorf("read state file %s: %w; it was left untouched", path, err)
 	}
 	var head struct {
 		Version int `json:"version"`
@@ -227,6 +238,9 @@ func (s *Store) Load() (*State, error) {
 	}
 	if st.ClusterID == "" {
 		return nil, fmt.Errorf("state file %s has no cluster ID; it was left untouched", path)
+	}
+	if err := st.Validate(); err != nil {
+		return nil, fmt.Errorf("state file %s is corrupt (%v); it was left untouched: restore it from %s or move it away", path, err, backup)
 	}
 	if err := migrate(st, head.Version); err != nil {
 		return nil, fmt.Errorf("state file %s: %w; it was left untouched", path, err)
@@ -256,6 +270,26 @@ func (s *Store) Save(st *State) error {
 		return fmt.Errorf("save state: %w", err)
 	}
 	return nil
+}
+
+// maxStateBytes bounds what Load reads: a state of 10000 machines is about
+// 20 MiB.
+const maxStateBytes = 256 << 20
+
+func readLimited(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("larger than %d MiB", max>>20)
+	}
+	return b, nil
 }
 
 func writeAtomic(dir, name string, b []byte) error {
@@ -326,10 +360,47 @@ func (s *Store) Close() error {
 	err := s.lock.Close() // closing the descriptor releases the flock
 	s.lock = nil
 	if empty {
-		os.Remove(s.dir)
-		os.Remove(filepath.Dir(s.dir)) // .provision, when it held only this cluster
+		// Only directories this Open made, innermost first, and only when
+		// empty: a directory the user made (or that holds anything else)
+		// stays.
+		for i := len(s.created) - 1; i >= 0; i-- {
+			if os.Remove(s.created[i]) != nil {
+				break
+			}
+		}
 	}
 	return err
+}
+
+// mkdirAll is os.MkdirAll that returns the directories it created,
+// outermost first.
+func mkdirAll(dir string, mode os.FileMode) ([]string, error) {
+	dir = filepath.Clean(dir)
+	var missing []string
+	for d := dir; ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err == nil {
+			if !fi.IsDir() {
+				return nil, fmt.Errorf("%s is not a directory", d)
+			}
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		missing = append(missing, d)
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	var created []string
+	for i := len(missing) - 1; i >= 0; i-- {
+		if err := os.Mkdir(missing[i], mode); err != nil && !errors.Is(err, fs.ErrExist) {
+			return created, err
+		}
+		created = append(created, missing[i])
+	}
+	return created, nil
 }
 
 // EnsureSSHKey returns the cluster's admin key from <dir>/ssh/id_ed25519,
