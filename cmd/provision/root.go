@@ -279,7 +279,11 @@ func (g *globals) openState(cmd *cobra.Command, file string, lock bool) (*loaded
 		return nil, err
 	}
 	if prev, ok := l.store.Stale(); ok {
-		g.log.Warn("took over a stale state lock: its holder is gone", "holder", prev.String())
+		if l.store.ReadOnly() {
+			g.log.Warn("stale state lock: its holder died without finishing; the next apply goes on from where it stopped", "holder", prev.String())
+		} else {
+			g.log.Warn("took over a stale state lock: its holder is gone", "holder", prev.String())
+		}
 	}
 	l.state, err = l.store.Load()
 	if err != nil {

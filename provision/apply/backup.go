@@ -18,6 +18,7 @@ import (
 
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/provision/comm"
+	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/provision/swarm"
 )
@@ -71,6 +72,12 @@ func (r *run) backupFrom(ctx context.Context, src *backupCandidate, stop bool, w
 	do := r.TakeBackup
 	if do == nil {
 		do = backupRaft
+	}
+	if src.member == nil && stop && r.members != nil {
+		if api, closer, err := r.openEngineAPI(ctx, src.machine); err == nil {
+			defer closer()
+			src.member = &swarm.Host{Name: src.name, Advertise: src.machine.Advertise(), API: api, NodeID: src.nodeID}
+		}
 	}
 	if src.comm == nil && r.TakeBackup == nil {
 		c, err := r.Dial(ctx, src.machine)
@@ -186,6 +193,20 @@ func (r *run) backupSource(nodes map[string]dswarm.Node, prefer string) (*backup
 		gen := max(1, o.rec.Generation)
 		retiring = append(retiring, &backupCandidate{name: fmt.Sprintf("%s (generation %d)", o.owner.rec.Name, gen), file: fmt.Sprintf("%s-g%d", o.owner.rec.Name, gen), nodeID: o.rec.NodeID, leader: n.ManagerStatus.Leader, machine: m, member: o.member})
 	}
+	// Managers about to be removed: the best source, they leave anyway.
+	if r.plan != nil {
+		for _, a := range r.plan.Actions {
+			rec := a.Recorded
+			if a.Kind != plan.Remove || rec == nil || rec.Role != spec.RoleManager || rec.Address == "" {
+				continue
+			}
+			n, ok := nodes[rec.NodeID]
+			if !ok || n.ManagerStatus == nil || n.ManagerStatus.Reachability != dswarm.ReachabilityReachable {
+				continue
+			}
+			retiring = append(retiring, &backupCandidate{name: rec.Name, file: rec.Name, nodeID: rec.NodeID, leader: n.ManagerStatus.Leader, machine: rec.Machine})
+		}
+	}
 	r.mu.Unlock()
 	rank := func(c *backupCandidate) int {
 		n := 0
@@ -209,9 +230,11 @@ func (r *run) backupSource(nodes map[string]dswarm.Node, prefer string) (*backup
 		return nil, false
 	}
 	best := all[0]
-	// Stopping it must leave a majority of the raft reachable; the only
-	// manager may stop (the swarm's control plane pauses for seconds).
-	stop := total == 1 || reachable-1 >= total/2+1
+	// Stopping it must leave a majority of the raft reachable, and never
+	// stops the leader of several managers (an election disturbs every
+	// node); the only manager may stop (its control plane pauses for the
+	// seconds of the copy).
+	stop := total == 1 || (!best.leader && reachable-1 >= total/2+1)
 	return best, stop
 }
 

@@ -164,7 +164,7 @@ func (d *testDriver) Create(ctx context.Context, cluster string, want drivers.Ma
 func (d *testDriver) Destroy(ctx context.Context, m drivers.Machine) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.destroyed = append(d.destroyed, fmt.Sprintf("%s/%s", m.Name, m.Tags[drivers.TagGeneration]))
+	d.destroyed = append(d.destroyed, fmt.Sprintf("%s/%d", m.Name, drivers.GenerationOf(m.Tags)))
 	return nil
 }
 

@@ -257,21 +257,29 @@ func preflight(ctx context.Context, r *run, work []*host) error {
 func machineSpec(r *run, h *host, a plan.Action, hk drivers.HostKey) drivers.MachineSpec {
 	p := h.pool
 	gen := max(1, a.Generation)
+	tags := map[string]string{
+		drivers.TagCluster: r.State.ClusterID,
+		drivers.TagMachine: h.rec.Name,
+		drivers.TagRole:    p.Role,
+		drivers.TagPool:    p.Name,
+	}
+	// Drivers that hold two generations at once tell them apart by this
+	// tag; the others have no use for it (and some turn every tag into a
+	// resource of its own).
+	if db, ok := r.Spec.Driver(a.Driver); ok {
+		if info, _ := drivers.Lookup(db.Type); info.Coexist {
+			tags[drivers.TagGeneration] = strconv.Itoa(gen)
+		}
+	}
 	return drivers.MachineSpec{
-		Name:    h.rec.Name,
-		Role:    p.Role,
-		Pool:    p.Name,
-		DiskGiB: p.DiskGiB,
-		Size:    p.Size,
-		Address: a.Address,
-		Labels:  p.Labels,
-		Tags: map[string]string{
-			drivers.TagCluster:    r.State.ClusterID,
-			drivers.TagMachine:    h.rec.Name,
-			drivers.TagRole:       p.Role,
-			drivers.TagPool:       p.Name,
-			drivers.TagGeneration: strconv.Itoa(gen),
-		},
+		Name:       h.rec.Name,
+		Role:       p.Role,
+		Pool:       p.Name,
+		DiskGiB:    p.DiskGiB,
+		Size:       p.Size,
+		Address:    a.Address,
+		Labels:     p.Labels,
+		Tags:       tags,
 		SSH:        drivers.SSHAccess{User: r.Spec.SSH.User, PublicKey: r.adminPub},
 		HostKey:    hk,
 		Generation: gen,

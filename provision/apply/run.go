@@ -251,8 +251,8 @@ func owned(clusterID string, m drivers.Machine, gen int) drivers.Machine {
 	if tags[drivers.TagMachine] == "" {
 		tags[drivers.TagMachine] = m.Name
 	}
-	if tags[drivers.TagGeneration] == "" {
-		tags[drivers.TagGeneration] = strconv.Itoa(max(1, gen))
+	if tags[drivers.TagGeneration] == "" && gen > 1 {
+		tags[drivers.TagGeneration] = strconv.Itoa(gen)
 	}
 	m.Tags = tags
 	return m

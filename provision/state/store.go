@@ -166,7 +166,17 @@ func OpenReadOnly(dir string) (*Store, error) {
 	case err != nil && !errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
-	return &Store{dir: dir, readOnly: true}, nil
+	s := &Store{dir: dir, readOnly: true}
+	// A holder recorded in the lock file (a clean Close empties it) whose
+	// process is gone died holding it: Stale reports it. Nothing is locked
+	// to find out.
+	if f, err := os.Open(filepath.Join(dir, lockFile)); err == nil {
+		if h := readHolder(f); h.gone() {
+			s.stale = h
+		}
+		f.Close()
+	}
+	return s, nil
 }
 
 // ReadOnly reports whether the store was opened without the lock.
