@@ -49,7 +49,11 @@ again updates the context; destroy does not remove it.`,
 				return err
 			}
 			out := cmd.OutOrStdout()
-			host := "tcp://" + m.Address + ":2376"
+			port := 2376
+			if m.EnginePort != 0 { // forwarded by the driver (libvirt user-mode networking)
+				port = m.EnginePort
+			}
+			host := fmt.Sprintf("tcp://%s:%d", m.Address, port)
 			if context || ctxName != "" {
 				if ctxName == "" {
 					ctxName = "provision-" + l.spec.Name + "-" + m.Name

@@ -161,7 +161,7 @@ func status(ctx context.Context, g *globals, l *loaded) (rows []NodeStatus, stra
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
-			en, err := swarm.Connect(m.Name, m.Address, tlsCfg)
+			en, err := swarm.ConnectAt(m.Name, m.Address, m.EnginePort, tlsCfg)
 			if err != nil {
 				rows[i].Error = err.Error()
 				return

@@ -5,5 +5,6 @@ package all
 import (
 	_ "github.com/provision/provision/drivers/aws"
 	_ "github.com/provision/provision/drivers/generic"
+	_ "github.com/provision/provision/drivers/libvirt"
 	_ "github.com/provision/provision/drivers/local"
 )

@@ -37,7 +37,7 @@ func (e *Engine) engines(hosts []*host) error {
 		if h.engine != nil {
 			continue
 		}
-		en, err := swarm.Connect(h.rec.Name, h.rec.Address, cfg)
+		en, err := swarm.ConnectAt(h.rec.Name, h.rec.Address, h.rec.EnginePort, cfg)
 		if err != nil {
 			return err
 		}
@@ -698,7 +698,7 @@ func (e *Engine) leaveSwarm(ctx context.Context, p *plan.Plan) {
 		g.Go(func() error {
 			ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 			defer cancel()
-			en, err := swarm.Connect(m.Name, m.Address, cfg)
+			en, err := swarm.ConnectAt(m.Name, m.Address, m.EnginePort, cfg)
 			if err != nil {
 				return nil
 			}

@@ -41,6 +41,15 @@ type Engine struct {
 // Connect returns an SDK client for address:2376 over mutual TLS. It does no
 // I/O; the first call negotiates the API version.
 func Connect(name, address string, tlsConfig *tls.Config) (*Engine, error) {
+	return ConnectAt(name, address, Port, tlsConfig)
+}
+
+// ConnectAt is Connect for an engine whose TLS port is reached at another
+// port of address (a driver's forward); port 0 means Port.
+func ConnectAt(name, address string, port int, tlsConfig *tls.Config) (*Engine, error) {
+	if port == 0 {
+		port = Port
+	}
 	tr := &http.Transport{
 		TLSClientConfig:     tlsConfig.Clone(),
 		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -48,7 +57,7 @@ func Connect(name, address string, tlsConfig *tls.Config) (*Engine, error) {
 		MaxIdleConnsPerHost: 4,
 	}
 	c, err := client.NewClientWithOpts(
-		client.WithHost("tcp://"+net.JoinHostPort(address, strconv.Itoa(Port))),
+		client.WithHost("tcp://"+net.JoinHostPort(address, strconv.Itoa(port))),
 		client.WithScheme("https"),
 		client.WithHTTPClient(&http.Client{Transport: tr}),
 		client.WithAPIVersionNegotiation(),
