@@ -33,6 +33,13 @@ echo "libvirt: libvirt0 $(dpkg-query -W -f='${Version}' libvirt0)"
 # syslinux MBR. genisoimage writes the NoCloud seeds (the driver runs it).
 install libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
   genisoimage debootstrap e2fsprogs fdisk extlinux syslinux-common dnsmasq-base
+# Without udev nothing applies the packaged rule that makes /dev/kvm root:kvm 0660. A /dev/kvm
+# that libvirt's QEMU user cannot open while QEMU probed as root with KVM makes libvirtd think its
+# capability cache is stale on every call ("KVM was enabled when probing ... but it is not
+# available now"): each define/start then re-probes QEMU (seconds to minutes). Apply the rule.
+if [ -c /dev/kvm ] && [ "$(stat -c %G:%a /dev/kvm)" != kvm:660 ]; then
+  chgrp kvm /dev/kvm && chmod 660 /dev/kvm
+fi
 mkdir -p /run/libvirt
 if ! pgrep -x virtlogd >/dev/null; then /usr/sbin/virtlogd -d; fi
 if ! pgrep -x libvirtd >/dev/null; then /usr/sbin/libvirtd -d; fi

@@ -75,7 +75,7 @@ func NewDriver(cfg Config, opts drivers.Options) *Driver {
 	return &Driver{
 		cfg:     cfg,
 		name:    name,
-		log:     log.With("driver", name),
+		log:     log,
 		names:   map[string]*sync.Mutex{},
 		upload:  uploadStream,
 		scan:    comm.ScanHostKey,
