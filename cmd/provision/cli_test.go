@@ -39,7 +39,7 @@ func code(err error) int {
 // noCloud makes sure no SDK reaches for credentials or instance metadata:
 // plan must work with none.
 func noCloud(t *testing.T) {
-	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION"} {
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "DIGITALOCEAN_TOKEN"} {
 		t.Setenv(k, "")
 		os.Unsetenv(k)
 	}
