@@ -289,7 +289,7 @@ ip netns exec fwtest ip link set lo up`
 			Hosts []struct {
 				Name        string   `json:"name"`
 				Index       int      `json:"hardening_index"`
-				Tests       int      `json:"tests"`
+				Tests       int      `json:"tests_performed"`
 				Warnings    []string `json:"warnings"`
 				Suggestions []string `json:"suggestions"`
 				Error       string   `json:"error"`

@@ -10,6 +10,7 @@ import (
 
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/drivers/drivertest"
+	"github.com/provision/provision/provision/spec"
 )
 
 func decode(t *testing.T, src string) (Config, hcl.Diagnostics) {
@@ -130,5 +131,18 @@ func TestNetworkXML(t *testing.T) {
 		if !strings.Contains(x, want) {
 			t.Errorf("network XML lacks %s:\n%s", want, x)
 		}
+	}
+}
+
+// TestSpecRefusesBadSize: a libvirt pool's size is checked by spec.Load,
+// with the attribute's position.
+func TestSpecRefusesBadSize(t *testing.T) {
+	src := "name = \"vm\"\ndriver \"libvirt\" {\n  image = \"b.qcow2\"\n  user_network = true\n}\nmanagers {\n  size = \"t3.small\"\n}\n"
+	_, diags := spec.LoadBytes("vm.hcl", []byte(src), spec.Vars{})
+	if !diags.HasErrors() || !strings.Contains(diags.Error(), "vm.hcl:7,10") || !strings.Contains(diags.Error(), "Invalid size") {
+		t.Fatalf("diagnostics: %v", diags)
+	}
+	if _, diags := spec.LoadBytes("vm.hcl", []byte(strings.Replace(src, "t3.small", "1cpu-512m", 1)), spec.Vars{}); diags.HasErrors() {
+		t.Fatalf("1cpu-512m: %v", diags)
 	}
 }
