@@ -116,7 +116,7 @@ func requireLibvirt(t *testing.T, ctx context.Context) (pool, cache string) {
 // `provision destroy` leaves no domain and no volume.
 func TestLibvirtVM(t *testing.T) {
 	requireAcc(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 35*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 65*time.Minute)
 	defer cancel()
 	pool, cache := requireLibvirt(t, ctx)
 

@@ -205,12 +205,6 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 
 func rangePtr(r hcl.Range) *hcl.Range { return &r }
 
-// checkSize is the libvirt driver's pool size check (drivers.Info.CheckSize).
-func checkSize(s string) error {
-	_, err := drivers.ParseSize(s)
-	return err
-}
-
 // resources returns a machine's vCPUs and memory from its pool's size.
 func resources(size string) (drivers.Resources, error) {
 	if size == "" {
