@@ -4,6 +4,7 @@ package all
 
 import (
 	_ "github.com/provision/provision/drivers/aws"
+	_ "github.com/provision/provision/drivers/azure"
 	_ "github.com/provision/provision/drivers/digitalocean"
 	_ "github.com/provision/provision/drivers/generic"
 	_ "github.com/provision/provision/drivers/libvirt"
