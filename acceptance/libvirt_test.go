@@ -379,7 +379,7 @@ func dockerBench(t *testing.T, ctx context.Context, c *comm.Client) {
 	// Sections 1-5 and 7: the host, the daemon's configuration and files,
 	// images and containers, swarm (there are no containers or images
 	// besides what the test made).
-	res, err := c.Run(ctx, "cd "+comm.Quote(dst)+" && sudo -n sh docker-bench-security.sh -b "+
+	res, err := c.Run(ctx, "cd "+comm.Quote(dst)+" && sudo -n bash docker-bench-security.sh -b "+
 		"-c host_configuration,docker_daemon_configuration,docker_daemon_files,container_images,container_runtime,docker_swarm_configuration 2>&1", nil)
 	if err != nil {
 		t.Fatalf("docker-bench-security: %v\n%s", err, res)

@@ -22,9 +22,6 @@ import (
 	"github.com/provision/provision/provision/comm"
 )
 
-// Built reports whether this binary can talk to libvirt.
-const Built = true
-
 // Driver makes libvirt domains. It is safe for concurrent use: one libvirt
 // connection (thread-safe in libvirt) serves every call.
 type Driver struct {

@@ -9,9 +9,6 @@ import (
 	"github.com/provision/provision/drivers"
 )
 
-// Built reports whether this binary can talk to libvirt.
-const Built = false
-
 // ErrNotBuilt is what every call that needs a hypervisor returns in a
 // binary built without libvirt.
 var ErrNotBuilt = errors.New("this provision was built without libvirt support: build it with CGO_ENABLED=1 and -tags libvirt_dlopen (make build does)")
