@@ -24,6 +24,8 @@ require (
 	golang.org/x/oauth2 v0.27.0
 	golang.org/x/sync v0.25.0
 	golang.org/x/term v0.48.0
+	libvirt.org/go/libvirt v1.11010.0
+	libvirt.org/go/libvirtxml v1.12008.0
 )
 
 require (
@@ -89,6 +91,4 @@ require (
 	golang.org/x/time v0.6.0 // indirect
 	golang.org/x/tools v0.52.0 // indirect
 	gotest.tools/v3 v3.5.2 // indirect
-	libvirt.org/go/libvirt v1.11010.0 // indirect
-	libvirt.org/go/libvirtxml v1.12008.0 // indirect
 )

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure libvirt is usable on this machine, from the machine's own apt sources.
-#   libvirt.sh lib     the client library only (libvirt0): what `go test ./drivers/libvirt/`
+#   libvirt.sh lib     what the operator's side of the driver needs: the client library (libvirt0)
+#                      and genisoimage (NoCloud seeds); also all that `go test ./drivers/libvirt/`
 #                      needs for its test:///default unit tests (make env runs this)
 #   libvirt.sh daemon  also QEMU, the daemons and the image tools, and starts virtlogd and
 #                      libvirtd by hand (systemd is not PID 1 on CI machines); what the VM
@@ -23,16 +24,16 @@ install() { # packages whose status is not "installed" are installed
     echo "apt-get install ${missing[*]} failed; last lines of $log:" >&2; tail -20 "$log" >&2; exit 1; }
 }
 
-install libvirt0
-echo "libvirt: libvirt0 $(dpkg-query -W -f='${Version}' libvirt0)"
+install libvirt0 genisoimage
+echo "libvirt: libvirt0 $(dpkg-query -W -f='${Version}' libvirt0), genisoimage"
 [ "$what" = lib ] && exit 0
 [ "$what" = daemon ] || { echo "usage: $0 lib|daemon" >&2; exit 2; }
 
 # The daemon and QEMU (TCG works without /dev/kvm), qemu-img, and what the base
 # image build needs: debootstrap, sfdisk (fdisk), mkfs.ext4 -d, extlinux and the
-# syslinux MBR. genisoimage writes the NoCloud seeds (the driver runs it).
+# syslinux MBR.
 install libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
-  genisoimage debootstrap e2fsprogs fdisk extlinux syslinux-common dnsmasq-base
+  debootstrap e2fsprogs fdisk extlinux syslinux-common dnsmasq-base
 # Without udev nothing applies the packaged rule that makes /dev/kvm root:kvm 0660. A /dev/kvm
 # that libvirt's QEMU user cannot open while QEMU probed as root with KVM makes libvirtd think its
 # capability cache is stale on every call ("KVM was enabled when probing ... but it is not
