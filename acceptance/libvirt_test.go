@@ -168,7 +168,7 @@ func TestLibvirtVM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	en, err := swarm.ConnectAt(m.Name, m.Address, m.EnginePort, tlsCfg)
+	en, err := swarm.ConnectAt(m.Name, m.Address, m.EnginePort, tlsCfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

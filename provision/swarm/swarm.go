@@ -41,18 +41,32 @@ type Engine struct {
 // Connect returns an SDK client for address:2376 over mutual TLS. It does no
 // I/O; the first call negotiates the API version.
 func Connect(name, address string, tlsConfig *tls.Config) (*Engine, error) {
-	return ConnectAt(name, address, Port, tlsConfig)
+	return ConnectVia(name, address, tlsConfig, nil)
 }
 
-// ConnectAt is Connect for an engine whose TLS port is reached at another
-// port of address (a driver's forward); port 0 means Port.
-func ConnectAt(name, address string, port int, tlsConfig *tls.Config) (*Engine, error) {
+// Dialer opens the TCP connection under the TLS session (nil: directly).
+type Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// ConnectVia is Connect with the TCP connection made by dial: through an
+// SSH tunnel when the engine is reached through a bastion. TLS runs end to
+// end over it, verified against the node's name and address as always.
+func ConnectVia(name, address string, tlsConfig *tls.Config, dial Dialer) (*Engine, error) {
+	return ConnectAt(name, address, Port, tlsConfig, dial)
+}
+
+// ConnectAt is ConnectVia for an engine whose TLS port is reached at another
+// port of address (a driver's forward, such as libvirt's user-mode
+// networking); port 0 means Port.
+func ConnectAt(name, address string, port int, tlsConfig *tls.Config, dial Dialer) (*Engine, error) {
 	if port == 0 {
 		port = Port
 	}
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	}
 	tr := &http.Transport{
 		TLSClientConfig:     tlsConfig.Clone(),
-		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:         dial,
 		TLSHandshakeTimeout: 10 * time.Second,
 		MaxIdleConnsPerHost: 4,
 	}
