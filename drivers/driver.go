@@ -169,6 +169,7 @@ type Machine struct {
 	Address        string            `json:"address"`                   // where the operator reaches SSH and the engine's TLS port
 	PrivateAddress string            `json:"private_address,omitempty"` // where other members reach it (swarm advertise); empty means Address
 	SSH            SSHEndpoint       `json:"ssh"`
+	EnginePort     int               `json:"engine_port,omitempty"` // the engine's TLS port at Address when the driver forwards it elsewhere (libvirt user-mode networking); 0 means the standard 2376
 	Tags           map[string]string `json:"tags,omitempty"`
 	State          string            `json:"state,omitempty"` // driver's word for it: "running", "stopped", ...
 }
