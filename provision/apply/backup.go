@@ -55,7 +55,16 @@ func (r *run) backup(ctx context.Context, why, prefer string) error {
 	}
 	nodes, err := r.members.Refresh(ctx)
 	if err != nil {
-		return fmt.Errorf("raft backup: %w", err)
+		// The engine API cannot be asked (its certificates are about to
+		// change, say): which manager leads and whether one can stop is
+		// unknown, so the copy is taken hot, over SSH, from a manager state
+		// records, the one about to change first.
+		src := r.recordedManager(prefer)
+		if src == nil {
+			return fmt.Errorf("raft backup: %w", err)
+		}
+		r.note(src.name, "the engine API does not answer ("+err.Error()+"): the raft is copied hot")
+		return r.backupFrom(ctx, src, false, why)
 	}
 	src, stop := r.backupSource(nodes, prefer)
 	if src == nil {
@@ -143,6 +152,25 @@ type backupCandidate struct {
 	comm    *comm.Client
 	member  *swarm.Host
 	fresh   bool // joined in this run: prefer a manager that was there before
+}
+
+// recordedManager is a manager of this run that state records as a swarm
+// member, the node prefer if it is one.
+func (r *run) recordedManager(prefer string) *backupCandidate {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var best *backupCandidate
+	for _, name := range r.hostNamesLocked() {
+		h := r.hosts[name]
+		if h.rec.Role != spec.RoleManager || h.rec.NodeID == "" || h.err != nil {
+			continue
+		}
+		c := &backupCandidate{name: h.rec.Name, file: h.rec.Name, nodeID: h.rec.NodeID, machine: h.rec.Machine, comm: h.comm, member: h.member}
+		if best == nil || h.rec.NodeID == prefer {
+			best = c
+		}
+	}
+	return best
 }
 
 // backupSurvivor copies the raft of the manager a swarm is about to be

@@ -61,9 +61,6 @@ func (hostSteps) Run(ctx context.Context, r *run) error {
 				members.AddManager(h.member)
 			}
 		}
-		if _, err := members.Refresh(ctx); err != nil {
-			return fmt.Errorf("rolling restart: %w", err)
-		}
 	}
 	for i, b := range batches {
 		if r.stopped() {

@@ -129,7 +129,10 @@ func (r *run) failedCount() int {
 	return n
 }
 
-func (r *run) hostNames() []string {
+func (r *run) hostNames() []string { return r.hostNamesLocked() }
+
+// hostNamesLocked is hostNames for callers that hold r.mu (or need no lock).
+func (r *run) hostNamesLocked() []string {
 	names := make([]string, 0, len(r.hosts))
 	for n := range r.hosts {
 		names = append(names, n)
