@@ -84,7 +84,7 @@ func newRoot() *cobra.Command {
 	pf.BoolVar(&g.noColor, "no-color", false, "no colors in output")
 	root.AddCommand(
 		newValidate(g), newPlan(g), newApply(g), newDestroy(g), newAudit(g),
-		newStatus(g), newEnv(g), newSSH(g), newVersion(),
+		newStatus(g), newEnv(g), newSSH(g), newLB(g), newVersion(),
 	)
 	return root
 }

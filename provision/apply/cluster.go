@@ -626,6 +626,9 @@ func poll(ctx context.Context, fn func() (bool, error)) error {
 // find with the cluster's tag, then each driver's shared resources.
 func (e *Engine) Destroy(ctx context.Context, p *plan.Plan) error {
 	e.init()
+	if err := e.removeBalancers(ctx); err != nil { // lb.go
+		return err
+	}
 	e.leaveSwarm(ctx, p)
 	mu := &e.mu
 	g := new(errgroup.Group)
