@@ -10,6 +10,8 @@ import (
 
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/provision/lb"
+	"github.com/provision/provision/provision/spec"
+	"github.com/provision/provision/provision/swarm"
 )
 
 // loadBalancer is the phase after the swarm: every load balancer the spec
@@ -64,6 +66,7 @@ func (e *Engine) removeBalancers(ctx context.Context) error {
 	if e.State.ClusterID == "" {
 		return nil
 	}
+	e.stopReconciler(ctx)
 	var names []string
 	for name := range e.Drivers {
 		names = append(names, name)
@@ -96,4 +99,36 @@ func (e *Engine) removeBalancers(ctx context.Context) error {
 		return fmt.Errorf("the load balancers must go before the machines: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// stopReconciler removes the in-cluster reconciler service (lb deploy), and
+// waits for its task to stop, so that it cannot make the load balancer again
+// while destroy removes it. Best effort: managers that do not answer cannot
+// be asked, and destroy goes on.
+func (e *Engine) stopReconciler(ctx context.Context) {
+	cfg, err := e.clientTLS()
+	if err != nil {
+		return
+	}
+	for _, m := range e.State.Machines {
+		if m.Role != spec.RoleManager || m.Address == "" || m.NodeID == "" {
+			continue
+		}
+		en, err := swarm.Connect(m.Name, m.Address, cfg)
+		if err != nil {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+		removed, err := lb.Undeploy(cctx, en.Client, e.State.ClusterID)
+		cancel()
+		en.Close()
+		if err != nil {
+			e.logger().Debug("remove the in-cluster reconciler", "host", m.Name, "err", err)
+			continue
+		}
+		if removed {
+			e.note(m.Name, "removed the in-cluster load balancer reconciler ("+lb.ServiceName+")")
+		}
+		return
+	}
 }
