@@ -46,13 +46,10 @@ func TestBalancer(t *testing.T) {
 	if st, err := d.SyncPorts(ctx, cluster, nil); err != nil || st.Exists {
 		t.Fatalf("SyncPorts(nil) before anything: %+v %v", st, err)
 	}
-	var ms []drivers.Machine
 	for i := 1; i <= 2; i++ {
-		m, err := d.Create(ctx, cluster, spec(t, cluster, "worker", i, adminLine))
-		if err != nil {
+		if _, err := d.Create(ctx, cluster, spec(t, cluster, "worker", i, adminLine)); err != nil {
 			t.Fatal(err)
 		}
-		ms = append(ms, m)
 	}
 	mainFW := lbFirewall(s, d.baseName(cluster))
 	if mainFW == nil {
@@ -167,7 +164,6 @@ func TestBalancer(t *testing.T) {
 			t.Errorf("left in the account: %s", line)
 		}
 	}
-	_ = ms
 }
 
 // TestBalancerForeignName: a balancer of the cluster's name that targets
