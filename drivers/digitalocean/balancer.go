@@ -36,7 +36,9 @@ func (d *Driver) lbFWName(cluster string) string { return d.baseName(cluster) + 
 // findLB returns the cluster's balancer (by name, targeting the cluster
 // tag), or nil; one of that name that targets something else is refused.
 func (d *Driver) findLB(ctx context.Context, cli *godo.Client, cluster string) (*godo.LoadBalancer, error) {
-	lbs, err := listAll(ctx, func(o *godo.ListOptions) ([]godo.LoadBalancer, *godo.Response, error) { return cli.LoadBalancers.List(ctx, o) })
+	lbs, err := listAll(ctx, func(o *godo.ListOptions) ([]godo.LoadBalancer, *godo.Response, error) {
+		return cli.LoadBalancers.List(ctx, o)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list load balancers: %w", d.explain(err))
 	}
