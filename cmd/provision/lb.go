@@ -281,8 +281,15 @@ func loadBalancers(ctx context.Context, l *loaded, timeout time.Duration) *lbRep
 	targets := lb.Targets(l.spec, l.drivers, nil)
 	off := lb.Unbalanced(l.spec, l.drivers)
 	rep := &lbReport{}
-	if len(targets) == 0 && len(l.state.Machines) == 0 {
-		return nil
+	if len(l.state.Machines) == 0 || l.state.ClusterID == "" {
+		// Nothing can exist yet: say what will happen, ask nobody.
+		for _, t := range targets {
+			rep.Balancers = append(rep.Balancers, lbView{Balancer: t.Name, LBStatus: drivers.LBStatus{Note: "made when a service publishes the first port"}})
+		}
+		if len(rep.Balancers) == 0 {
+			return nil
+		}
+		return rep
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
