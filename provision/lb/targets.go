@@ -30,15 +30,15 @@ func Targets(c *spec.Cluster, ds map[string]drivers.Driver, en Engine) []Target 
 
 // Unbalanced names the driver blocks pools use that have no load balancer
 // (local, generic, libvirt): published ports there are reachable on every
-// node directly. Empty when a webhook stands in for them or the load
-// balancer is off.
+// node directly. Empty when a webhook stands in for them or the spec turns
+// the load balancer off.
 func Unbalanced(c *spec.Cluster, ds map[string]drivers.Driver) []string {
-	if c.LoadBalancer.Enabled && c.LoadBalancer.Webhook != nil {
+	if !c.LoadBalancer.Enabled || c.LoadBalancer.Webhook != nil {
 		return nil
 	}
 	var out []string
 	for _, name := range usedDrivers(c) {
-		if _, ok := ds[name].(drivers.Balancer); !ok || !c.LoadBalancer.Enabled {
+		if _, ok := ds[name].(drivers.Balancer); !ok {
 			out = append(out, name)
 		}
 	}
