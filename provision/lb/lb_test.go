@@ -16,6 +16,7 @@ import (
 	"github.com/docker/docker/api/types/swarm"
 
 	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/provision/spec"
 )
 
 // fakeEngine serves a service list that tests change, and event streams
@@ -329,3 +330,66 @@ func TestWebhook(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// balancingDriver is a driver with a load balancer; plainDriver has none.
+type balancingDriver struct {
+	drivers.Driver
+	*recorder
+}
+type plainDriver struct{ drivers.Driver }
+
+func TestTargets(t *testing.T) {
+	load := func(src string) *spec.Cluster {
+		t.Helper()
+		c, diags := spec.LoadBytes("c.hcl", []byte(src), spec.Vars{})
+		if diags.HasErrors() {
+			t.Fatal(diags)
+		}
+		return c
+	}
+	two := `name = "t"
+driver "aws" { alias = "cloud" }
+driver "local" {}
+managers {
+  driver = "cloud"
+}
+workers {
+  driver = "local"
+}
+`
+	ds := map[string]drivers.Driver{"cloud": balancingDriver{recorder: newRecorder()}, "local": plainDriver{}}
+	c := load(two)
+	if ts := Targets(c, ds, nil); len(ts) != 1 || ts[0].Name != "cloud" {
+		t.Errorf("targets %+v", ts)
+	}
+	if un := Unbalanced(c, ds); !slices.Equal(un, []string{"local"}) {
+		t.Errorf("unbalanced %v", un)
+	}
+	if !slices.Equal(c.LoadBalancer.PublishedCIDRs, []string{"0.0.0.0/0"}) || c.LoadBalancer.Resync != spec.DefaultResync {
+		t.Errorf("defaults: %+v", c.LoadBalancer)
+	}
+	c = load(two + "load_balancer {\n  enabled = false\n}\n")
+	if len(Targets(c, ds, nil))+len(Unbalanced(c, ds)) != 0 {
+		t.Error("a disabled load balancer has targets or notes")
+	}
+	c = load(two + "load_balancer {\n  published_cidrs = [\"203.0.113.7/24\"]\n  webhook {\n    url = \"https://lb.example/hook\"\n    token = \"t\"\n  }\n}\n")
+	if ts := Targets(c, ds, nil); len(ts) != 2 || ts[1].Name != "webhook" || len(Unbalanced(c, ds)) != 0 {
+		t.Errorf("with a webhook: %+v", ts)
+	}
+	if !slices.Equal(c.LoadBalancer.PublishedCIDRs, []string{"203.0.113.0/24"}) {
+		t.Errorf("published_cidrs %v", c.LoadBalancer.PublishedCIDRs)
+	}
+	for _, bad := range []string{
+		"load_balancer {\n  published_cidrs = [\"nope\"]\n}\n",
+		"load_balancer {\n  published_cidrs = []\n}\n",
+		"load_balancer {\n  resync = \"1s\"\n}\n",
+		"load_balancer {\n  webhook {\n    url = \"ftp://x\"\n  }\n}\n",
+		"load_balancer {\n  webhook {\n    url = \"https://user:pw@x/\"\n  }\n}\n",
+	} {
+		if _, diags := spec.LoadBytes("c.hcl", []byte(two+bad), spec.Vars{}); !diags.HasErrors() {
+			t.Errorf("accepted:\n%s", bad)
+		} else if d := diags[0]; d.Subject == nil || d.Subject.Start.Line < 10 {
+			t.Errorf("diagnostic without the attribute's position: %v", diags)
+		}
+	}
+}
