@@ -202,6 +202,9 @@ managers { count = 1 }
 	destroyed := false
 	t.Cleanup(func() {
 		if !destroyed {
+			// The webhook is gone by now (cleanups run last first): destroy
+			// without it, or it would refuse to remove the machines.
+			os.WriteFile(file, []byte(base), 0o600)
 			provision(t, context.Background(), env, "destroy", file, sd, "--auto-approve")
 		}
 	})
@@ -229,6 +232,10 @@ managers { count = 1 }
 	}
 	gw := nets[0].IPAM.Config[0].Gateway
 	rec := startRecorder(t, gw)
+	// The in-cluster reconciler's requests come from the manager's address;
+	// the operator's from this machine (whichever source address it picks).
+	mgrAddr := st.Machines[0].Address
+	operator, inCluster := "!"+mgrAddr, mgrAddr
 	spec := base + fmt.Sprintf(`load_balancer {
   published_cidrs = ["198.51.100.0/24"]
   webhook {
@@ -258,13 +265,13 @@ managers { count = 1 }
 	if err := watch.Start(); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitPorts(t, time.Now().Add(-time.Minute), gw, []int{}, "the watch's first sync")
+	rec.waitPorts(t, time.Now().Add(-time.Minute), operator, []int{}, "the watch's first sync")
 
 	t0 := time.Now()
 	web := publish(t, ctx, mgr, "lbacc-web", nil, ingress(8080))
-	took := rec.waitPorts(t, t0, gw, []int{8080}, "service create")
+	took := rec.waitPorts(t, t0, operator, []int{8080}, "service create")
 	t.Logf("operator mode: port 8080 reached the load balancer %s after service create", took.Round(time.Millisecond))
-	last, _ := rec.lastPost(gw)
+	last, _ := rec.lastPost("")
 	if last.auth != "Bearer "+token || last.body.Cluster != st.ClusterID || len(last.body.Nodes) != 1 || !last.body.Nodes[0].Ready ||
 		!slices.Equal(last.body.Ports[0].Sources, []string{"198.51.100.0/24"}) || !slices.Equal(last.body.Ports[0].Services, []string{"lbacc-web"}) {
 		t.Errorf("request: auth %q body %+v", last.auth, last.body)
@@ -281,7 +288,7 @@ managers { count = 1 }
 	}
 	t0 = time.Now()
 	api := publish(t, ctx, mgr, "lbacc-api", nil, ingress(8443))
-	rec.waitPorts(t, t0, gw, []int{8080, 8443}, "second service")
+	rec.waitPorts(t, t0, operator, []int{8080, 8443}, "second service")
 
 	// status and plan show it.
 	r = mustProvision(t, ctx, env, "status", file, sd, "--json")
@@ -313,12 +320,12 @@ managers { count = 1 }
 	if err := mgr.ServiceRemove(ctx, web); err != nil {
 		t.Fatal(err)
 	}
-	took = rec.waitPorts(t, t0, gw, []int{8443}, "service rm")
+	took = rec.waitPorts(t, t0, operator, []int{8443}, "service rm")
 	t.Logf("operator mode: port 8080 left the load balancer %s after service rm", took.Round(time.Millisecond))
 	if err := mgr.ServiceRemove(ctx, api); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitPorts(t, t0, gw, []int{}, "second service rm")
+	rec.waitPorts(t, t0, operator, []int{}, "second service rm")
 	stopWatch()
 	if err := watch.Wait(); err != nil {
 		t.Errorf("lb sync --watch did not stop cleanly on SIGINT: %v\n%s", err, watchOut.String())
@@ -342,7 +349,6 @@ managers { count = 1 }
 	if c := svc.Spec.TaskTemplate.Placement; c == nil || !slices.Contains(c.Constraints, "node.role==manager") {
 		t.Errorf("placement: %+v", c)
 	}
-	inCluster := "!" + gw // any caller but the operator's machine
 	eventually(t, ctx, 2*time.Minute, "the reconciler's task running", func() error {
 		ts, err := mgr.TaskList(ctx, dswarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("service", svc.ID))})
 		if err != nil {
@@ -359,9 +365,9 @@ managers { count = 1 }
 		return fmt.Errorf("%d tasks, none running", len(ts))
 	})
 	rec.waitPorts(t, time.Now().Add(-2*time.Minute), inCluster, []int{}, "the in-cluster reconciler's first sync")
-	first, _ := rec.lastPost("")
-	if first.from == gw || first.auth != "Bearer "+token {
-		t.Errorf("in-cluster request from %s (operator %s), auth %q", first.from, gw, first.auth)
+	first, _ := rec.lastPost(mgrAddr)
+	if first.auth != "Bearer "+token || first.body.Cluster != st.ClusterID {
+		t.Errorf("in-cluster request: auth %q, cluster %q", first.auth, first.body.Cluster)
 	}
 	t.Logf("in-cluster reconciler calls from %s", first.from)
 	t0 = time.Now()
@@ -396,7 +402,7 @@ managers { count = 1 }
 		if c.at.After(t0) && c.method == http.MethodDelete {
 			deleted = true
 		}
-		if c.at.After(t0) && c.method == http.MethodPost && c.from != gw {
+		if c.at.After(t0) && c.method == http.MethodPost && c.from == mgrAddr {
 			t.Errorf("the in-cluster reconciler was still syncing during destroy: %+v", c)
 		}
 	}
