@@ -24,20 +24,22 @@ const (
 
 // Cluster is one cluster file, loaded and checked.
 type Cluster struct {
-	Name         string               // cluster name: lowercase letters, digits, '-'; used in machine names
-	Files        []string             // the files it was loaded from
-	Drivers      []DriverBlock        // in file order; at least one (an implicit local driver when none is written)
-	Managers     Pool                 // exactly one manager pool
-	Workers      []Pool               // zero or more worker pools, distinct pool names
-	Engine       Engine               //
-	Prune        Prune                //
-	Logging      Logging              //
-	TLS          TLS                  //
-	Hardening    Hardening            //
-	SSH          SSH                  //
-	LoadBalancer LoadBalancer         // the load balancer in front of published ports (lb.go)
-	Parallelism  int                  // bound on concurrent host work; default 16
-	Ranges       map[string]hcl.Range // source ranges of settings by dotted path ("managers.count", "engine.version"), for later diagnostics
+	Name        string               // cluster name: lowercase letters, digits, '-'; used in machine names
+	Files       []string             // the files it was loaded from
+	Drivers     []DriverBlock        // in file order; at least one (an implicit local driver when none is written)
+	Managers    Pool                 // exactly one manager pool
+	Workers     []Pool               // zero or more worker pools, distinct pool names
+	Engine      Engine               //
+	Prune       Prune                //
+	Logging     Logging              //
+	TLS         TLS                  //
+	Hardening   Hardening            //
+	SSH         SSH                  //
+	Parallelism int                  // bound on concurrent host work; default 16
+	Ranges      map[string]hcl.Range // source ranges of settings by dotted path ("managers.count", "engine.version"), for later diagnostics
+
+	// LoadBalancer is the load_balancer block (lb.go).
+	LoadBalancer LoadBalancer
 }
 
 // DriverBlock is a `driver "TYPE" { ... }` block. Name is its `alias`
