@@ -262,10 +262,16 @@ managers { count = 1 }
 	watch.Cancel = func() error { return watch.Process.Signal(syscall.SIGINT) }
 	var watchOut strings.Builder
 	watch.Stdout, watch.Stderr = &watchOut, &watchOut
+	before := len(rec.all())
 	if err := watch.Start(); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitPorts(t, time.Now().Add(-time.Minute), operator, []int{}, "the watch's first sync")
+	eventually(t, ctx, lbWithin, "the watch's first sync", func() error {
+		if len(rec.all()) == before {
+			return fmt.Errorf("no call yet")
+		}
+		return nil
+	})
 
 	t0 := time.Now()
 	web := publish(t, ctx, mgr, "lbacc-web", nil, ingress(8080))
