@@ -47,8 +47,16 @@ test: env vet
 unit:
 	$(GO) test -count=1 $(PKGS)
 
+# Every fuzz target for a minute each (their seed corpora, in testdata/fuzz,
+# also run as plain tests in `make unit` and `make test`).
+FUZZ_TARGETS := ./provision/spec/:FuzzLoad ./provision/spec/:FuzzVarFile ./provision/spec/:FuzzVarValue ./provision/state/:FuzzLoadState
+FUZZ_TIME ?= 60s
+
 fuzz:
-	$(GO) test -run='^$$' -fuzz=FuzzLoad -fuzztime=60s ./provision/spec/
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; echo "== $$name ($$pkg, $(FUZZ_TIME))"; \
+		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZ_TIME) $$pkg; \
+	done
 
 bench: env build
 	$(GO) test -run='^$$' -bench=. -benchmem ./provision/spec/ ./provision/plan/

@@ -262,6 +262,28 @@ ssh {
 	}
 	motoCheckInstances(t, ctx, cli, stateDir, st.ClusterID, ids)
 
+	// Issue 12: the provision-hostkey tag is not a source of trust. Someone
+	// who may write tags replaces a machine's tag and stops it: apply
+	// starts it again (the path that used to take the key from the tag),
+	// reports the disagreement and keeps the key state pins.
+	victim := name + "-worker-1"
+	pinned := motoPinned(t, stateDir)[victim]
+	forged := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJHZv6U96VThcn+hOTRycucI2ed+gkpLaTEZa5/V43JH"
+	if _, err := cli.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{ids[victim]},
+		Tags: []ec2types.Tag{{Key: aws.String("provision-hostkey"), Value: aws.String(forged)}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.StopInstances(ctx, &ec2.StopInstancesInput{InstanceIds: []string{ids[victim]}}); err != nil {
+		t.Fatal(err)
+	}
+	r = run(nil, "apply", "--auto-approve")
+	if all := r.stdout + r.stderr; r.code != 1 || !strings.Contains(motoLine(all, "driver reports host key"), victim) || !strings.Contains(all, "is ignored") {
+		t.Fatalf("apply after the tag was rewritten: exit %d, want the disagreement reported\n%s", r.code, all)
+	}
+	if got := motoPinned(t, stateDir)[victim]; got != pinned {
+		t.Fatalf("the pinned host key followed the tag: %q, was %q", got, pinned)
+	}
+
 	// The load balancer, as apply's phase makes it once a port is published
 	// (moto's instances have no swarm to publish one): plan lists it,
 	// destroy removes it before the instances.

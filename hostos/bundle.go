@@ -3,7 +3,13 @@ package hostos
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"net/url"
 	"os"
 	"os/exec"
@@ -83,8 +89,9 @@ func installBundle(ctx context.Context, t *Target, fam Family) error {
 	return uploadAndInstall(ctx, t, debs)
 }
 
-// prepareBundle downloads what the host lacks and returns those .deb files.
-func prepareBundle(ctx context.Context, t *Target, fam Family, dir string, status []byte) ([]string, error) {
+// prepareBundle downloads what the host lacks and returns those .deb files,
+// pinned (PinBundle).
+func prepareBundle(ctx context.Context, t *Target, fam Family, dir string, status []byte) ([]BundleFile, error) {
 	mu, _ := bundleLocks.LoadOrStore(dir, &sync.Mutex{})
 	mu.(*sync.Mutex).Lock()
 	defer mu.(*sync.Mutex).Unlock()
@@ -132,16 +139,158 @@ func prepareBundle(ctx context.Context, t *Target, fam Family, dir string, statu
 	if out, err := dl.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("download bundle %s: %w: %s", filepath.Base(dir), err, tailOf(out))
 	}
-	var debs []string
-	for _, p := range inst {
-		m, _ := filepath.Glob(filepath.Join(dir, DebFileGlob(p.Name, p.Version)))
-		if len(m) == 0 {
-			return nil, fmt.Errorf("bundle %s: %s %s was not downloaded", filepath.Base(dir), p.Name, p.Version)
-		}
-		debs = append(debs, m[0])
+	records, err := aptRecords(ctx, inst)
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s: %w", filepath.Base(dir), err)
+	}
+	debs, err := PinBundle(dir, inst, records)
+	if err != nil {
+		return nil, err
 	}
 	t.Log.Info("offline bundle prepared", "dir", dir, "packages", len(debs))
 	return debs, nil
+}
+
+// BundleManifestFile pins an offline bundle's files: their exact names and
+// SHA-256, written when the bundle is made. Only files it lists are ever
+// uploaded, and only with those contents.
+const BundleManifestFile = "manifest.json"
+
+// BundleManifest is the manifest's content.
+type BundleManifest struct {
+	Files map[string]string `json:"files"` // file name -> sha256 hex
+}
+
+// AptRecord is what this machine's package index says of one package
+// version: its architecture and the SHA-256 of its .deb (the index is
+// signed; apt verified it).
+type AptRecord struct{ Arch, SHA256 string }
+
+// BundleFile is one pinned file of a bundle.
+type BundleFile struct {
+	Path, SHA256 string
+}
+
+// PinBundle checks the downloaded files of the packages against the index
+// records and the bundle's manifest, records them in the manifest, and
+// returns exactly those files. A file whose content is not what the index
+// says, or not what the manifest pinned when the bundle was made, is
+// refused; files in the directory that the packages do not name are never
+// looked at.
+func PinBundle(dir string, pkgs []SimPackage, records map[string]AptRecord) ([]BundleFile, error) {
+	mpath := filepath.Join(dir, BundleManifestFile)
+	var man BundleManifest
+	switch b, err := os.ReadFile(mpath); {
+	case err == nil:
+		if err := json.Unmarshal(b, &man); err != nil {
+			return nil, fmt.Errorf("bundle manifest %s is corrupt (%v): remove the bundle directory to make it again", mpath, err)
+		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("bundle manifest: %w", err)
+	}
+	if man.Files == nil {
+		man.Files = map[string]string{}
+	}
+	var out []BundleFile
+	changed := false
+	for _, p := range pkgs {
+		rec, ok := records[p.Name+"="+p.Version]
+		if !ok || rec.Arch == "" || len(rec.SHA256) != 64 {
+			return nil, fmt.Errorf("bundle %s: the package index has no SHA-256 for %s %s", filepath.Base(dir), p.Name, p.Version)
+		}
+		name := DebFile(p.Name, p.Version, rec.Arch)
+		path := filepath.Join(dir, name)
+		sum, err := fileSHA256(path)
+		if err != nil {
+			return nil, fmt.Errorf("bundle %s: %s %s: %w", filepath.Base(dir), p.Name, p.Version, err)
+		}
+		if pinned, ok := man.Files[name]; ok && pinned != sum {
+			return nil, fmt.Errorf("bundle file %s has SHA-256 %s, its manifest pins %s: refusing to upload it (remove it and the manifest entry to download it again)", path, sum, pinned)
+		}
+		if sum != rec.SHA256 {
+			return nil, fmt.Errorf("bundle file %s has SHA-256 %s, the package index says %s: refusing to upload it (remove it to download it again)", path, sum, rec.SHA256)
+		}
+		if man.Files[name] != sum {
+			man.Files[name] = sum
+			changed = true
+		}
+		out = append(out, BundleFile{Path: path, SHA256: sum})
+	}
+	if changed {
+		b, _ := json.MarshalIndent(man, "", "  ")
+		tmp := mpath + ".tmp"
+		if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+			return nil, fmt.Errorf("bundle manifest: %w", err)
+		}
+		if err := os.Rename(tmp, mpath); err != nil {
+			return nil, fmt.Errorf("bundle manifest: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// aptRecords asks this machine's package index (apt-cache show) for the
+// architecture and SHA-256 of each package version.
+func aptRecords(ctx context.Context, pkgs []SimPackage) (map[string]AptRecord, error) {
+	args := []string{"show"}
+	for _, p := range pkgs {
+		args = append(args, p.Name+"="+p.Version)
+	}
+	cmd := exec.CommandContext(ctx, "apt-cache", args...)
+	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("apt-cache show: %w", err)
+	}
+	return ParseAptRecords(out)
+}
+
+// ParseAptRecords reads `apt-cache show` records into "name=version" ->
+// record. Two records of one version that disagree are an error.
+func ParseAptRecords(out []byte) (map[string]AptRecord, error) {
+	recs := map[string]AptRecord{}
+	for _, para := range strings.Split(string(out), "\n\n") {
+		var name, version string
+		var r AptRecord
+		for _, l := range strings.Split(para, "\n") {
+			k, v, ok := strings.Cut(l, ": ")
+			if !ok {
+				continue
+			}
+			switch k {
+			case "Package":
+				name = v
+			case "Version":
+				version = v
+			case "Architecture":
+				r.Arch = v
+			case "SHA256":
+				r.SHA256 = strings.ToLower(strings.TrimSpace(v))
+			}
+		}
+		if name == "" || version == "" {
+			continue
+		}
+		key := name + "=" + version
+		if prev, ok := recs[key]; ok && prev != r {
+			return nil, fmt.Errorf("the package index has two different %s %s", name, version)
+		}
+		recs[key] = r
+	}
+	return recs, nil
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // SimPackage is one "Inst" line of `apt-get install -s`.
@@ -175,7 +324,15 @@ func DebFileGlob(name, version string) string {
 	return name + "_" + v + "_*.deb"
 }
 
-func uploadAndInstall(ctx context.Context, t *Target, debs []string) error {
+// DebFile is the exact archive file name of a package version and arch.
+func DebFile(name, version, arch string) string {
+	return strings.TrimSuffix(DebFileGlob(name, version), "*.deb") + arch + ".deb"
+}
+
+// uploadAndInstall uploads exactly the pinned files, checks each against
+// its pin as it is sent and again on the host, and installs those files by
+// name.
+func uploadAndInstall(ctx context.Context, t *Target, debs []BundleFile) error {
 	out, err := t.Comm.Run(ctx, "mktemp -d /tmp/provision-bundle.XXXXXXXX", nil)
 	if err != nil {
 		return fmt.Errorf("bundle temp dir: %w", err)
@@ -185,21 +342,34 @@ func uploadAndInstall(ctx context.Context, t *Target, debs []string) error {
 		return fmt.Errorf("bundle temp dir: mktemp gave %q", tmp)
 	}
 	defer t.Comm.Run(context.WithoutCancel(ctx), comm.Quote("rm", "-rf", tmp), nil)
+	var sums strings.Builder
+	var paths []string
 	for _, d := range debs {
-		f, err := os.Open(d)
+		name := filepath.Base(d.Path)
+		f, err := os.Open(d.Path)
 		if err != nil {
 			return fmt.Errorf("bundle: %w", err)
 		}
-		err = t.Comm.Upload(ctx, tmp+"/"+filepath.Base(d), f, 0o644)
+		h := sha256.New()
+		err = t.Comm.Upload(ctx, tmp+"/"+name, io.TeeReader(f, h), 0o644)
 		f.Close()
 		if err != nil {
-			return fmt.Errorf("upload %s: %w", filepath.Base(d), err)
+			return fmt.Errorf("upload %s: %w", name, err)
 		}
+		if got := hex.EncodeToString(h.Sum(nil)); got != d.SHA256 {
+			return fmt.Errorf("bundle file %s changed while it was uploaded (SHA-256 %s, pinned %s): not installed", d.Path, got, d.SHA256)
+		}
+		fmt.Fprintf(&sums, "%s  %s\n", d.SHA256, name)
+		paths = append(paths, tmp+"/"+name)
+	}
+	// The host checks what it received before anything is installed.
+	if _, err := t.Comm.Run(ctx, "cd "+comm.Quote(tmp)+" && sha256sum --check --strict --quiet -", strings.NewReader(sums.String())); err != nil {
+		return fmt.Errorf("offline bundle: the host received files that do not match their pins: %w", err)
 	}
 	t.Log.Info("installing offline bundle", "packages", len(debs))
 	// apt orders the local packages and their dependencies itself; dpkg -i
 	// of everything at once does not.
-	if _, err := t.sudoSh(ctx, aptEnv+"apt-get install -y -q --no-install-recommends --allow-downgrades"+aptOpts+comm.Quote(tmp)+"/*.deb"); err != nil {
+	if _, err := t.sudoSh(ctx, aptEnv+"apt-get install -y -q --no-install-recommends --allow-downgrades"+aptOpts+comm.Quote(paths...)); err != nil {
 		return fmt.Errorf("install offline bundle: %w", err)
 	}
 	return nil

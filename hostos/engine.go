@@ -35,8 +35,8 @@ func wantPackages(cfg *Config, fam Family) []string {
 }
 
 // VersionMatches reports whether an installed or candidate version satisfies
-// the pin: "" accepts any, "20.10.24*" or "20.10.24" is a prefix, anything
-// else must be equal.
+// the pin: "" accepts any, a pin ending in '*' ("20.10.24*") is a prefix,
+// anything else must be equal.
 func VersionMatches(have, pin string) bool {
 	if have == "" {
 		return false
@@ -44,7 +44,9 @@ func VersionMatches(have, pin string) bool {
 	if pin == "" || have == pin {
 		return true
 	}
-	return strings.HasPrefix(have, strings.TrimSuffix(pin, "*"))
+	// A pin is exact unless it ends in '*': "20.10.2" is not 20.10.24.
+	prefix, ok := strings.CutSuffix(pin, "*")
+	return ok && strings.HasPrefix(have, prefix)
 }
 
 func (engineInstall) Check(ctx context.Context, t *Target) (bool, error) {

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/templates"
 )
 
@@ -174,21 +175,46 @@ func PruneFiles(cfg *Config, fam Family) ([]File, error) {
 	return []File{svc, tim}, nil
 }
 
-// SSHDFiles renders the sshd drop-in.
+// SSHDFiles renders the sshd drop-in: the admin user and the spec's
+// hardening.ssh_users may log in (AllowUsers), and members of
+// hardening.ssh_groups through a Match block at the end (sshd confines a
+// Match block in an included file to that file, so it does not capture the
+// distro's own settings).
 func SSHDFiles(cfg *Config) ([]File, error) {
 	d := struct {
 		PermitRootLogin string
 		AllowUsers      []string
+		AllowGroups     []string
 	}{PermitRootLogin: "no"}
+	plain := func(kind, n string) error {
+		if n == "" || strings.ContainsAny(n, " \t\n\r*?,@!\"") {
+			return fmt.Errorf("%s %q: not a plain name", kind, n)
+		}
+		return nil
+	}
 	if u := cfg.AdminUser; u != "" {
-		if strings.ContainsAny(u, " \t\n*?,@") {
-			return nil, fmt.Errorf("admin user %q: not a plain user name", u)
+		if err := plain("admin user", u); err != nil {
+			return nil, err
 		}
 		d.AllowUsers = []string{u}
 		if u == "root" {
 			// provision itself logs in as root here: keep keys working.
 			d.PermitRootLogin = "prohibit-password"
 		}
+	}
+	for _, u := range cfg.Hardening.SSHUsers {
+		if err := plain("ssh user", u); err != nil {
+			return nil, err
+		}
+		if !slices.Contains(d.AllowUsers, u) {
+			d.AllowUsers = append(d.AllowUsers, u)
+		}
+	}
+	for _, g := range cfg.Hardening.SSHGroups {
+		if err := plain("ssh group", g); err != nil {
+			return nil, err
+		}
+		d.AllowGroups = append(d.AllowGroups, g)
 	}
 	f, err := render(PathSSHD, 0o644, "sshd.conf.tmpl", d)
 	if err != nil {
@@ -273,6 +299,14 @@ type FirewallData struct {
 	Peers4, Peers6         []string
 	SSHPort, EnginePort    int
 	ESP                    bool
+	Extra                  []FirewallRule // the spec's firewall_allow blocks
+}
+
+// FirewallRule is one of the spec's firewall_allow blocks in nft terms.
+type FirewallRule struct {
+	Proto        string // tcp, udp
+	Ports        string // "80, 443, 9100-9110"
+	From4, From6 []string
 }
 
 // FirewallFiles renders the ruleset and its boot unit. Operators are
@@ -292,6 +326,28 @@ func FirewallFiles(cfg *Config, fam Family, facts *Facts) ([]File, error) {
 	}
 	if d.Peers4, d.Peers6, err = splitPrefixes(cfg.Peers); err != nil {
 		return nil, fmt.Errorf("firewall peer addresses: %w", err)
+	}
+	for i, r := range cfg.Hardening.FirewallAllow {
+		fr := FirewallRule{Proto: r.Protocol}
+		if fr.Proto == "" {
+			fr.Proto = "tcp"
+		}
+		if fr.Proto != "tcp" && fr.Proto != "udp" {
+			return nil, fmt.Errorf("firewall_allow[%d]: protocol %q", i, r.Protocol)
+		}
+		for _, p := range r.Ports {
+			if strings.Trim(p, "0123456789-") != "" || p == "" {
+				return nil, fmt.Errorf("firewall_allow[%d]: port %q", i, p)
+			}
+		}
+		fr.Ports = strings.Join(r.Ports, ", ")
+		if fr.From4, fr.From6, err = splitPrefixes(r.From); err != nil {
+			return nil, fmt.Errorf("firewall_allow[%d]: %w", i, err)
+		}
+		if len(r.Ports) == 0 || len(fr.From4)+len(fr.From6) == 0 {
+			return nil, fmt.Errorf("firewall_allow[%d]: no ports or no sources", i)
+		}
+		d.Extra = append(d.Extra, fr)
 	}
 	rs, err := render(PathFirewall, 0o644, "firewall.nft.tmpl", d)
 	if err != nil {
@@ -376,7 +432,7 @@ func UpdatesFiles(cfg *Config) ([]File, error) {
 		Blacklist  []string
 		AutoReboot bool
 		RebootTime string
-	}{bl, cfg.Hardening.AutoReboot, "03:30"})
+	}{bl, cfg.Hardening.AutoReboot, rebootTime(cfg)})
 	if err != nil {
 		return nil, err
 	}
@@ -385,6 +441,32 @@ func UpdatesFiles(cfg *Config) ([]File, error) {
 		return nil, err
 	}
 	return []File{au, uu, sec}, nil
+}
+
+// RebootTime is when a node reboots after an update that needs it
+// (hardening.auto_reboot), staggered so that no two managers (of up to 72)
+// go down together and workers go in twelve waves after them: managers from
+// 02:00 at 20-minute steps by index, workers from 06:00 at 10-minute steps
+// by index modulo 12. The same node always gets the same time.
+func RebootTime(role string, index int) string {
+	i := max(index, 1) - 1
+	var m int
+	if role == spec.RoleManager {
+		m = 2*60 + 20*i
+	} else {
+		m = 6*60 + 10*(i%12)
+	}
+	m %= 24 * 60
+	return fmt.Sprintf("%02d:%02d", m/60, m%60)
+}
+
+// rebootTime is the node's staggered time when auto_reboot is on; off, the
+// file keeps the time it always had.
+func rebootTime(cfg *Config) string {
+	if !cfg.Hardening.AutoReboot {
+		return "03:30"
+	}
+	return RebootTime(cfg.Role, cfg.Index)
 }
 
 func def(v, d string) string {

@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -360,6 +362,12 @@ func TestOfflineBundle(t *testing.T) {
 	debs, _ := filepath.Glob(filepath.Join(cfg.BundleDir, "debian-12-*", "*.deb"))
 	if len(debs) == 0 {
 		t.Errorf("no .deb files in the bundle dir")
+	}
+	// The bundle's files are pinned by name and SHA-256 (issue 12).
+	mb, err := os.ReadFile(filepath.Join(filepath.Dir(debs[0]), hostos.BundleManifestFile))
+	var man hostos.BundleManifest
+	if err != nil || json.Unmarshal(mb, &man) != nil || len(man.Files) != len(debs) {
+		t.Errorf("bundle manifest %s (%v) does not pin the %d files", mb, err, len(debs))
 	}
 	facts2, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths(cfg))
 	if err != nil {

@@ -34,6 +34,7 @@ type Config struct {
 	ClusterID string
 	Node      string // machine name; becomes the hostname
 	Role      string // spec.RoleManager or spec.RoleWorker
+	Index     int    // the machine's index in its pool (1-based): staggers auto reboots
 	AdminUser string
 	Engine    spec.Engine
 	Logging   spec.Logging

@@ -126,7 +126,6 @@ other | 1 | x
 	}
 	for pin, want := range map[string]string{
 		"20.10.24*":                   "20.10.24+dfsg1-1+deb12u1+b6",
-		"20.10.24":                    "20.10.24+dfsg1-1+deb12u1+b6",
 		"20.10.5+dfsg1-1+deb11u2":     "20.10.5+dfsg1-1+deb11u2",
 		"20.10.24+dfsg1-1+deb12u1+b6": "20.10.24+dfsg1-1+deb12u1+b6",
 	} {
@@ -140,6 +139,24 @@ other | 1 | x
 	}
 	if hostos.VersionMatches("", "") || !hostos.VersionMatches("1.2", "") || hostos.VersionMatches("20.10.5", "20.10.24*") {
 		t.Error("VersionMatches")
+	}
+	// Issue 12: pins are exact unless they end in '*'.
+	for _, c := range []struct {
+		have, pin string
+		want      bool
+	}{
+		{"20.10.24+dfsg1-1+deb12u1", "20.10.2", false},
+		{"20.10.24+dfsg1-1+deb12u1", "20.10.24", false},
+		{"20.10.24+dfsg1-1+deb12u1", "20.10.2*", true},
+		{"20.10.24+dfsg1-1+deb12u1", "20.10.24+dfsg1-1+deb12u1", true},
+		{"20.10.24+dfsg1-1+deb12u1", "20.10.24+dfsg1-1+deb12u", false},
+	} {
+		if got := hostos.VersionMatches(c.have, c.pin); got != c.want {
+			t.Errorf("VersionMatches(%q, %q) = %v, want %v", c.have, c.pin, got, c.want)
+		}
+	}
+	if _, err := hostos.ResolveVersion("docker.io", "20.10.24", avail); err == nil {
+		t.Error("ResolveVersion took the inexact pin 20.10.24 as a prefix")
 	}
 }
 
@@ -672,5 +689,100 @@ func TestKernelFiles(t *testing.T) {
 	}
 	if fc.ran("sysctl -q -w") {
 		t.Errorf("unchanged sysctl file applied again:\n%s", strings.Join(fc.cmds, "\n"))
+	}
+}
+
+// TestBareMetalKnobs is issue 12's spec settings for hosts that other people
+// use too: extra SSH users and groups, extra firewall openings, and reboot
+// times staggered so that managers never reboot together.
+func TestBareMetalKnobs(t *testing.T) {
+	cfg := baseConfig()
+	base, _ := hostos.SSHDFiles(cfg)
+	if strings.Contains(string(base[0].Content), "Match") || !strings.HasSuffix(string(base[0].Content), "diffie-hellman-group18-sha512\n") {
+		t.Errorf("without groups the drop-in must stay as it was:\n%s", base[0].Content)
+	}
+	cfg.Hardening.SSHUsers = []string{"backup", "provision"}
+	cfg.Hardening.SSHGroups = []string{"ops", "dba"}
+	files, err := hostos.SSHDFiles(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(files[0].Content)
+	if !strings.Contains(s, "\nAllowUsers provision backup\n") || !strings.HasSuffix(s, "\nMatch Group ops,dba\n\tAllowUsers *\n") {
+		t.Errorf("sshd drop-in:\n%s", s)
+	}
+	if strings.Index(s, "Match Group") < strings.Index(s, "KexAlgorithms") {
+		t.Error("the Match block must be last: everything after it applies only to the group")
+	}
+	cfg.Hardening.SSHGroups = []string{"ops,root"}
+	if _, err := hostos.SSHDFiles(cfg); err == nil {
+		t.Error("a group name with a comma was accepted")
+	}
+
+	cfg = baseConfig()
+	cfg.Hardening.FirewallAllow = []spec.FirewallRule{
+		{Protocol: "tcp", Ports: []string{"80", "443"}, From: []string{"0.0.0.0/0", "::/0"}},
+		{Protocol: "udp", Ports: []string{"9100-9110"}, From: []string{"10.1.2.3"}},
+	}
+	fw, err := hostos.FirewallFiles(cfg, mustFamily(t), debianFacts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := string(fw[0].Content)
+	for _, want := range []string{
+		`ip saddr { 0.0.0.0/0 } tcp dport { 80, 443 } accept comment "firewall_allow"`,
+		`ip6 saddr { ::/0 } tcp dport { 80, 443 } accept comment "firewall_allow"`,
+		`ip saddr { 10.1.2.3 } udp dport { 9100-9110 } accept comment "firewall_allow"`,
+	} {
+		if !strings.Contains(rs, want) {
+			t.Errorf("ruleset lacks %q:\n%s", want, rs)
+		}
+	}
+	if strings.Contains(rs, "ip6 saddr { } ") {
+		t.Errorf("empty source set rendered:\n%s", rs)
+	}
+	cfg.Hardening.FirewallAllow = []spec.FirewallRule{{Protocol: "tcp", Ports: []string{"80; flush ruleset"}, From: []string{"0.0.0.0/0"}}}
+	if _, err := hostos.FirewallFiles(cfg, mustFamily(t), debianFacts()); err == nil {
+		t.Error("a port with nft syntax in it was accepted")
+	}
+
+	// Reboots: managers never at the same time, the same node always at
+	// the same time, workers spread.
+	seen := map[string]int{}
+	for i := 1; i <= 9; i++ {
+		tm := hostos.RebootTime(spec.RoleManager, i)
+		if prev, ok := seen[tm]; ok {
+			t.Errorf("managers %d and %d both reboot at %s", prev, i, tm)
+		}
+		seen[tm] = i
+		if hostos.RebootTime(spec.RoleManager, i) != tm {
+			t.Error("not deterministic")
+		}
+	}
+	if got := hostos.RebootTime(spec.RoleManager, 1); got != "02:00" {
+		t.Errorf("manager 1 reboots at %s", got)
+	}
+	workers := map[string]bool{}
+	for i := 1; i <= 48; i++ {
+		tm := hostos.RebootTime(spec.RoleWorker, i)
+		if _, ok := seen[tm]; ok {
+			t.Errorf("worker %d reboots with a manager at %s", i, tm)
+		}
+		workers[tm] = true
+	}
+	if len(workers) != 12 {
+		t.Errorf("workers reboot in %d waves, want 12", len(workers))
+	}
+	cfg = baseConfig()
+	cfg.Role, cfg.Index = spec.RoleManager, 3
+	cfg.Hardening.AutoReboot = true
+	up, _ := hostos.UpdatesFiles(cfg)
+	if s := string(up[1].Content); !strings.Contains(s, `Automatic-Reboot-Time "02:40";`) {
+		t.Errorf("manager 3's reboot time:\n%s", s)
+	}
+	cfg.Hardening.AutoReboot = false
+	up, _ = hostos.UpdatesFiles(cfg)
+	if s := string(up[1].Content); !strings.Contains(s, `Automatic-Reboot-Time "03:30";`) {
+		t.Errorf("auto_reboot off keeps the file as it was:\n%s", s)
 	}
 }

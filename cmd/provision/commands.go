@@ -54,8 +54,8 @@ based on state alone for them.`,
 				return err
 			}
 			defer l.close()
-			p := plan.Build(l.spec, l.state, l.observe(cmd.Context(), g.log))
-			p.Notes = append(p.Notes, loadBalancers(cmd.Context(), l, 8*time.Second).lines()...) // lb.go
+			p := plan.Build(l.spec, l.state, l.observe(cmd.Context(), g.log)).Redacted(g.secrets.Load(), l.spec.SensitivePaths)
+			p.Notes = append(p.Notes, loadBalancers(cmd.Context(), g, l, 8*time.Second).lines()...) // lb.go
 			if jsonOut {
 				return p.WriteJSON(cmd.OutOrStdout())
 			}
@@ -106,7 +106,7 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 			p := plan.Build(l.spec, l.state, l.observe(ctx, g.log))
 			out := cmd.ErrOrStderr()
 			if !jsonOut {
-				if err := p.WriteText(out, !g.noColor && isTTY(out)); err != nil {
+				if err := p.Redacted(g.secrets.Load(), l.spec.SensitivePaths).WriteText(out, !g.noColor && isTTY(out)); err != nil {
 					return err
 				}
 			}
@@ -115,7 +115,7 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 					return err
 				}
 			}
-			e := l.engine(g, reporter(out, jsonOut))
+			e := l.engine(g, g.reporter(out, jsonOut))
 			e.ForceNewCluster = forceNew
 			if parallelism > 0 {
 				e.Parallelism = parallelism
@@ -170,18 +170,18 @@ func newDestroy(g *globals) *cobra.Command {
 			obs := l.observe(ctx, g.log)
 			p := plan.Destroy(l.state, obs)
 			out := cmd.ErrOrStderr()
-			if err := p.WriteText(out, !g.noColor && isTTY(out)); err != nil {
+			if err := p.Redacted(g.secrets.Load(), l.spec.SensitivePaths).WriteText(out, !g.noColor && isTTY(out)); err != nil {
 				return err
 			}
 			for name, why := range obs.Unknown {
-				fmt.Fprintf(out, "warning: driver %s cannot list machines (%s): only recorded machines are removed\n", name, why)
+				fmt.Fprintln(out, g.redact(fmt.Sprintf("warning: driver %s cannot list machines (%s): only recorded machines are removed", name, why)))
 			}
 			if len(p.Actions) > 0 {
 				if err := approve(cmd, auto, fmt.Sprintf("This destroys %d machines of cluster %q", len(p.Actions), l.spec.Name)); err != nil {
 					return err
 				}
 			}
-			e := l.engine(g, reporter(out, jsonOut))
+			e := l.engine(g, g.reporter(out, jsonOut))
 			if err := e.Destroy(ctx, p); err != nil {
 				return err
 			}

@@ -2,13 +2,17 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/docker/cli/cli/context/docker"
 	"github.com/docker/cli/cli/context/store"
 	"github.com/spf13/cobra"
+
+	"github.com/provision/provision/provision/swarm"
 )
 
 func newEnv(g *globals) *cobra.Command {
@@ -49,7 +53,7 @@ again updates the context; destroy does not remove it.`,
 				return err
 			}
 			out := cmd.OutOrStdout()
-			host := "tcp://" + m.Address + ":2376"
+			host := dockerHost(m.Address)
 			if context || ctxName != "" {
 				if ctxName == "" {
 					ctxName = "provision-" + l.spec.Name + "-" + m.Name
@@ -61,17 +65,17 @@ again updates the context; destroy does not remove it.`,
 				fmt.Fprintf(out, "docker context %q now points at %s (in %s).\nUse it: docker --context %s node ls   or   docker context use %s\n", ctxName, host, dir, ctxName, ctxName)
 				return nil
 			}
-			switch shell {
-			case "fish":
-				fmt.Fprintf(out, "set -gx DOCKER_HOST %s;\nset -gx DOCKER_TLS_VERIFY 1;\nset -gx DOCKER_CERT_PATH %s;\n", host, certDir)
-			default:
-				fmt.Fprintf(out, "export DOCKER_HOST=%s\nexport DOCKER_TLS_VERIFY=1\nexport DOCKER_CERT_PATH=%s\n", host, shellQuote(certDir))
-				fmt.Fprintf(out, "# node %s; run: eval \"$(provision env %s %s)\"\n", m.Name, args[0], m.Name)
-			}
+			fmt.Fprint(out, envScript(shell, host, certDir, m.Name, args[0]))
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&shell, "shell", "sh", "output syntax: sh or fish")
+	cmd.PreRunE = func(*cobra.Command, []string) error {
+		if shell != "sh" && shell != "fish" {
+			return withCode(exitUsage, fmt.Errorf("--shell %q: use sh or fish", shell))
+		}
+		return nil
+	}
 	cmd.Flags().BoolVar(&context, "context", false, "create or update a docker CLI context for the node instead of printing variables")
 	cmd.Flags().StringVar(&ctxName, "context-name", "", "name of the docker context (implies --context)")
 	return cmd
@@ -128,6 +132,27 @@ func writeDockerContext(configDir, name, host, certDir, description string) erro
 		return fmt.Errorf("docker context %q: tls files: %w", name, err)
 	}
 	return nil
+}
+
+// dockerHost is the engine's URL: tcp://host:2376, with brackets around an
+// IPv6 address.
+func dockerHost(address string) string {
+	return "tcp://" + net.JoinHostPort(address, strconv.Itoa(swarm.Port))
+}
+
+// envScript is what `provision env` prints for the shell: sh (and bash,
+// zsh) or fish, every value quoted for that shell.
+func envScript(shell, host, certDir, node, specFile string) string {
+	if shell == "fish" {
+		return fmt.Sprintf("set -gx DOCKER_HOST %s;\nset -gx DOCKER_TLS_VERIFY 1;\nset -gx DOCKER_CERT_PATH %s;\n", fishQuote(host), fishQuote(certDir))
+	}
+	return fmt.Sprintf("export DOCKER_HOST=%s\nexport DOCKER_TLS_VERIFY=1\nexport DOCKER_CERT_PATH=%s\n# node %s; run: eval \"$(provision env %s %s)\"\n",
+		shellQuote(host), shellQuote(certDir), node, shellQuote(specFile), node)
+}
+
+// fishQuote quotes for fish: inside single quotes only \\ and \' are special.
+func fishQuote(s string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
 }
 
 func shellQuote(s string) string {

@@ -23,6 +23,7 @@ import (
 	_ "golang.org/x/crypto/x509roots/fallback" // CA roots for the in-cluster image, which has no /etc/ssl
 
 	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/provision/apply"
 	"github.com/provision/provision/provision/lb"
 	"github.com/provision/provision/provision/pki"
 	"github.com/provision/provision/provision/spec"
@@ -86,7 +87,7 @@ credentials from the swarm secret at --bundle, the local engine's socket.`,
 			if l.state.ClusterID == "" || len(l.state.Machines) == 0 {
 				return withCode(exitUsage, fmt.Errorf("cluster %q has no machines yet: run `provision apply %s` first", l.spec.Name, args[0]))
 			}
-			en, err := managerEngines(l)
+			en, err := managerEngines(ctx, g, l)
 			if err != nil {
 				return err
 			}
@@ -169,29 +170,31 @@ func noBalancerReason(c *spec.Cluster, ds map[string]drivers.Driver) string {
 	return fmt.Sprintf("driver %s has no load balancer (published ports are reachable on every node directly); a load_balancer { webhook { url = ... } } block can drive one of your own", strings.Join(lb.Unbalanced(c, ds), ", "))
 }
 
-// managers is an lb.Engine over the cluster's managers (mutual TLS, 2376)
-// that moves to the next manager when one stops answering.
+// managers is an lb.Engine over the cluster's managers (mutual TLS, 2376,
+// through a bastion's tunnel where SSH goes through one) that moves to the
+// next manager when one stops answering.
 type managers struct {
 	mu  sync.Mutex
 	ens []*swarm.Engine
 	cur int
+	e   *apply.Engine // owns the tunnels
 }
 
 var _ lb.Engine = (*managers)(nil)
 
 // managerEngines opens clients for every recorded manager, the first one
 // that answers as a swarm manager first.
-func managerEngines(l *loaded) (*managers, error) {
+func managerEngines(ctx context.Context, g *globals, l *loaded) (*managers, error) {
 	cfg, err := pki.ClientTLS(l.store.PKIDir())
 	if err != nil {
 		return nil, err
 	}
-	m := &managers{}
+	m := &managers{e: l.engine(g, apply.Discard{})}
 	for _, rec := range l.state.Machines {
 		if rec.Role != spec.RoleManager || rec.Address == "" {
 			continue
 		}
-		en, err := swarm.Connect(rec.Name, rec.Address, cfg)
+		en, err := m.e.ConnectEngine(ctx, rec.Machine, cfg)
 		if err != nil {
 			m.Close()
 			return nil, err
@@ -207,6 +210,9 @@ func managerEngines(l *loaded) (*managers, error) {
 func (m *managers) Close() {
 	for _, en := range m.ens {
 		en.Close()
+	}
+	if m.e != nil {
+		m.e.Close()
 	}
 }
 
@@ -277,7 +283,7 @@ type lbView struct {
 
 // loadBalancers asks every load balancer what exists and a manager what
 // the swarm publishes; best effort, bounded by timeout.
-func loadBalancers(ctx context.Context, l *loaded, timeout time.Duration) *lbReport {
+func loadBalancers(ctx context.Context, g *globals, l *loaded, timeout time.Duration) *lbReport {
 	targets := lb.Targets(l.spec, l.drivers, nil)
 	off := lb.Unbalanced(l.spec, l.drivers)
 	rep := &lbReport{}
@@ -307,7 +313,7 @@ func loadBalancers(ctx context.Context, l *loaded, timeout time.Duration) *lbRep
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			en, err := managerEngines(l)
+			en, err := managerEngines(ctx, g, l)
 			if err != nil {
 				rep.SwarmError = err.Error()
 				return
@@ -452,7 +458,7 @@ when the binary, spec or credentials changed.`,
 			if err != nil {
 				return err
 			}
-			en, err := managerEngines(l)
+			en, err := managerEngines(cmd.Context(), g, l)
 			if err != nil {
 				return err
 			}
@@ -511,7 +517,7 @@ func newLBUndeploy(g *globals) *cobra.Command {
 				return err
 			}
 			defer l.close()
-			en, err := managerEngines(l)
+			en, err := managerEngines(cmd.Context(), g, l)
 			if err != nil {
 				return err
 			}

@@ -20,12 +20,18 @@ const (
 	exitLocked    = 3 // another provision holds the state lock
 	exitRefused   = 4 // refused: destructive change without approval, unreadable or newer state
 	exitInterrupt = 130
+	// exitSSH is what `provision ssh` exits with when provision itself
+	// failed (bad flags or spec, locked state, unknown node, no
+	// connection), as ssh(1) does: every other code is the remote command's.
+	exitSSH = 255
 )
 
 // exitError carries an exit code through cobra.
 type codeError struct {
 	code int
 	err  error
+	// remote: the code is a remote command's exit status (provision ssh).
+	remote bool
 }
 
 func (e *codeError) Error() string { return e.err.Error() }
@@ -52,26 +58,48 @@ func main() {
 }
 
 func run(ctx context.Context, args []string) int {
-	root := newRoot()
+	root, g := newRootWith()
 	root.SetArgs(normalizeArgs(args))
-	err := root.ExecuteContext(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return exitOK
 	}
+	code := exitCode(ctx, err)
 	var ce *codeError
-	if errors.As(err, &ce) {
-		if ce.err != errSilent {
-			fmt.Fprintln(os.Stderr, "Error:", ce.err)
-		}
-		return ce.code
-	}
-	if ctx.Err() != nil {
-		fmt.Fprintln(os.Stderr, "Interrupted:", err)
+	switch {
+	case errors.As(err, &ce) && ce.remote:
+		return ce.code // the remote command said what it had to say
+	case errors.As(err, &ce) && ce.err == errSilent:
+	case code == exitInterrupt:
+		fmt.Fprintln(os.Stderr, g.redact("Interrupted: "+err.Error()))
 		fmt.Fprintln(os.Stderr, "State was saved; run the same command again to finish.")
+	default:
+		fmt.Fprintln(os.Stderr, g.redact("Error: "+unwrapCode(err).Error()))
+	}
+	if cmd != nil && cmd.Name() == "ssh" {
+		return exitSSH
+	}
+	return code
+}
+
+// exitCode maps an error to the documented exit codes.
+func exitCode(ctx context.Context, err error) int {
+	var ce *codeError
+	switch {
+	case errors.As(err, &ce):
+		return ce.code
+	case ctx.Err() != nil:
 		return exitInterrupt
 	}
-	fmt.Fprintln(os.Stderr, "Error:", err)
 	return exitError
+}
+
+func unwrapCode(err error) error {
+	var ce *codeError
+	if errors.As(err, &ce) {
+		return ce.err
+	}
+	return err
 }
 
 // errSilent marks an error whose message was already printed (diagnostics).

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -20,6 +21,7 @@ import (
 	_ "github.com/provision/provision/drivers/all" // link every driver
 	"github.com/provision/provision/provision/apply"
 	"github.com/provision/provision/provision/plan"
+	"github.com/provision/provision/provision/redact"
 	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/provision/state"
 )
@@ -35,6 +37,24 @@ type globals struct {
 	noColor   bool
 	log       *slog.Logger
 	logCloser io.Closer
+	// secrets replaces the values of the spec's sensitive variables in
+	// everything the command prints: logs (both handlers write through
+	// it), plans and the final error. Set once the spec is loaded.
+	secrets atomic.Pointer[redact.Values]
+}
+
+// redact returns s with the sensitive values of the loaded spec replaced.
+func (g *globals) redact(s string) string { return g.secrets.Load().String(s) }
+
+// secretWriter passes w's writes through the spec's sensitive values, as
+// they are known at the time of each write.
+type secretWriter struct {
+	g *globals
+	w io.Writer
+}
+
+func (w secretWriter) Write(p []byte) (int, error) {
+	return w.g.secrets.Load().Writer(w.w).Write(p)
 }
 
 const rootLong = `provision turns one HCL file into a running, TLS-secured Docker Swarm.
@@ -54,6 +74,18 @@ Exit codes:
   130  interrupted: state was saved, run the command again to finish`
 
 func newRoot() *cobra.Command {
+	root, _ := newRootWith()
+	return root
+}
+
+// usage marks argument errors as bad usage (exit 2).
+func usage(a cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		return withCode(exitUsage, a(cmd, args))
+	}
+}
+
+func newRootWith() (*cobra.Command, *globals) {
 	g := &globals{}
 	root := &cobra.Command{
 		Use:           "provision",
@@ -86,7 +118,17 @@ func newRoot() *cobra.Command {
 		newValidate(g), newPlan(g), newApply(g), newDestroy(g), newAudit(g),
 		newStatus(g), newEnv(g), newSSH(g), newLB(g), newVersion(),
 	)
-	return root
+	// Bad flags and arguments are usage errors (exit 2), as documented.
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return withCode(exitUsage, err) })
+	for _, c := range root.Commands() {
+		if c.Args != nil {
+			c.Args = usage(c.Args)
+		}
+	}
+	// Runnable, so that an unknown command is an argument error, not help.
+	root.Args = usage(cobra.NoArgs)
+	root.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	return root, g
 }
 
 func (g *globals) setupLog(stderr io.Writer) error {
@@ -102,17 +144,40 @@ func (g *globals) setupLog(stderr io.Writer) error {
 		}
 		return a
 	}
-	handlers := []slog.Handler{slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl, ReplaceAttr: dropTime})}
+	handlers := []slog.Handler{slog.NewTextHandler(secretWriter{g, stderr}, &slog.HandlerOptions{Level: lvl, ReplaceAttr: dropTime})}
 	if g.logFile != "" {
-		f, err := os.OpenFile(g.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		f, err := openLogFile(g.logFile)
 		if err != nil {
 			return withCode(exitUsage, fmt.Errorf("--log-file: %w", err))
 		}
 		g.logCloser = f
-		handlers = append(handlers, slog.NewJSONHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		handlers = append(handlers, slog.NewJSONHandler(secretWriter{g, f}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	g.log = slog.New(slog.NewMultiHandler(handlers...))
 	return nil
+}
+
+// openLogFile opens the debug log for appending, creating it 0600; an
+// existing regular file that others may read is tightened to 0600 before
+// anything is written (debug logs name hosts, commands and addresses).
+// Devices and pipes (/dev/stderr) are written as they are.
+func openLogFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if fi.Mode().IsRegular() && fi.Mode().Perm()&0o077 != 0 {
+		if err := f.Chmod(0o600); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%s is readable by others and cannot be made private: %w", path, err)
+		}
+	}
+	return f, nil
 }
 
 // loaded is a spec with its state store open (and locked).
@@ -133,6 +198,7 @@ func (l *loaded) close() {
 func (g *globals) loadSpec(cmd *cobra.Command, file string) (*spec.Cluster, error) {
 	c, diags := spec.Load([]string{file}, spec.Vars{Args: g.vars, Files: g.varFiles, Env: os.Environ()})
 	if c != nil {
+		g.secrets.Store(redact.NewValues(c.Secrets...))
 		diags = append(diags, unbuiltDrivers(c)...)
 	}
 	if len(diags) > 0 {
@@ -188,6 +254,9 @@ func (g *globals) open(cmd *cobra.Command, file string) (*loaded, error) {
 		var le *state.LockedError
 		if errors.As(err, &le) {
 			return nil, withCode(exitLocked, err)
+		}
+		if g.stateDir != "" {
+			return nil, withCode(exitUsage, fmt.Errorf("--state-dir %s: %w", g.stateDir, err))
 		}
 		return nil, err
 	}
@@ -274,11 +343,13 @@ func (l *loaded) engine(g *globals, rep apply.Reporter) *apply.Engine {
 	}
 }
 
-func reporter(w io.Writer, jsonOut bool) apply.Reporter {
+func (g *globals) reporter(w io.Writer, jsonOut bool) apply.Reporter {
+	tty := isTTY(w)
+	w = secretWriter{g, w}
 	switch {
 	case jsonOut:
 		return &apply.JSON{W: w}
-	case isTTY(w):
+	case tty:
 		return &apply.Live{W: w}
 	default:
 		return &apply.Lines{W: w}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -17,9 +18,9 @@ import (
 	"golang.org/x/term"
 
 	"github.com/provision/provision/provision/apply"
+	"github.com/provision/provision/provision/comm"
 	"github.com/provision/provision/provision/pki"
 	"github.com/provision/provision/provision/state"
-	"github.com/provision/provision/provision/swarm"
 )
 
 func pickMachine(l *loaded, name string) (*state.Machine, error) {
@@ -80,7 +81,7 @@ func newStatus(g *globals) *cobra.Command {
 			}
 			defer l.close()
 			rows, strays := status(cmd.Context(), g, l)
-			lbs := loadBalancers(cmd.Context(), l, 8*time.Second) // lb.go
+			lbs := loadBalancers(cmd.Context(), g, l, 8*time.Second) // lb.go
 			if jsonOut {
 				return writeJSON(cmd.OutOrStdout(), map[string]any{"cluster": l.spec.Name, "cluster_id": l.state.ClusterID, "swarm_id": l.state.Swarm.ID, "nodes": rows, "unrecorded_nodes": strays, "load_balancer": lbs})
 			}
@@ -126,7 +127,8 @@ func dash(s string) string {
 func status(ctx context.Context, g *globals, l *loaded) (rows []NodeStatus, strays []string) {
 	rows = make([]NodeStatus, len(l.state.Machines))
 	tlsCfg, tlsErr := pki.ClientTLS(l.store.PKIDir())
-	e := l.engine(g, apply.Discard{}) // for SSH (Dial); shared by the goroutines
+	e := l.engine(g, apply.Discard{}) // for SSH (Dial) and engine tunnels; shared by the goroutines
+	defer e.Close()
 	sshSem := make(chan struct{}, max(1, l.spec.Parallelism))
 	var wg sync.WaitGroup
 	var nodes []dswarm.Node
@@ -163,7 +165,7 @@ func status(ctx context.Context, g *globals, l *loaded) (rows []NodeStatus, stra
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
-			en, err := swarm.Connect(m.Name, m.Address, tlsCfg)
+			en, err := e.ConnectEngine(ctx, m.Machine, tlsCfg)
 			if err != nil {
 				rows[i].Error = err.Error()
 				return
@@ -315,7 +317,12 @@ func newSSH(g *globals) *cobra.Command {
 		Use:   "ssh FILE NODE [-- COMMAND...]",
 		Short: "Open a shell on a node, or run a command there",
 		Long: `Log in to a node as the admin user over the same pinned-host-key SSH
-connection provision uses. With a command, run it and exit with its code.`,
+connection provision uses. With a command, run it and exit with its code.
+
+Exit status: the remote command's (or shell's) own, whatever it is (128+N
+when a signal N killed it); 255 when provision itself fails (bad flags or
+spec, locked state, unknown node, no connection), as ssh(1) does. provision's
+other exit codes (2, 3, 4) do not apply to this command.`,
 		Example: "  provision ssh cluster.hcl demo-manager-1\n  provision ssh cluster.hcl demo-worker-2 -- sudo journalctl -u docker -n 50",
 		Args:    cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -339,15 +346,29 @@ connection provision uses. With a command, run it and exit with its code.`,
 				if err != nil {
 					return err
 				}
-				if code != 0 {
-					return withCode(code, errSilent)
-				}
-				return nil
+				return remoteExit(code)
 			}
-			return shell(cmd.Context(), c, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
+			err = shell(cmd.Context(), c, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
+			var ee *comm.ExitError
+			if errors.As(err, &ee) {
+				return remoteExit(ee.Code)
+			}
+			return err
 		},
 	}
 	return cmd
+}
+
+// remoteExit passes a remote exit status through as provision's own. A
+// command killed by a signal has no status (-1): that is provision's 255.
+func remoteExit(code int) error {
+	switch {
+	case code == 0:
+		return nil
+	case code < 0 || code > 255:
+		return fmt.Errorf("the remote command ended without an exit status (killed by a signal?)")
+	}
+	return &codeError{code: code, err: errSilent, remote: true}
 }
 
 // shell runs an interactive login shell with a PTY when stdin is a terminal.

@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/provision/provision/drivers"
 )
@@ -71,6 +73,19 @@ type rawBastion struct {
 }
 
 var rootVolumeTypes = []string{"gp3", "gp2", "io1", "io2", "standard"}
+
+var (
+	bastionUserRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9._-]{0,31}$`)
+	hostnameRe    = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$`)
+)
+
+// validHost accepts an IP address or a DNS name.
+func validHost(h string) bool {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	return hostnameRe.MatchString(h)
+}
 
 func str(p *string, def string) string {
 	if p == nil {
@@ -189,14 +204,44 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 	}
 	if raw.Bastion != nil {
 		b := raw.Bastion
-		c.Bastion = &drivers.Bastion{Address: b.Address, Port: 22, User: b.User, HostKey: str(b.HostKey, ""), KeyFile: str(b.KeyFile, "")}
+		c.Bastion = &drivers.Bastion{Address: strings.TrimSpace(b.Address), Port: 22, User: b.User, HostKey: strings.TrimSpace(str(b.HostKey, "")), KeyFile: str(b.KeyFile, "")}
 		if b.Port != nil {
 			c.Bastion.Port = *b.Port
 		}
+		blk := content.Blocks.OfType("bastion")[0]
+		bschema, _ := gohcl.ImpliedBodySchema(b)
+		bcontent, _, _ := blk.Body.PartialContent(bschema)
+		brng := func(name string) *hcl.Range {
+			if a, ok := bcontent.Attributes[name]; ok {
+				r := a.Expr.Range()
+				return &r
+			}
+			return blk.DefRange.Ptr()
+		}
+		bbad := func(attr, summary, detail string) {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: brng(attr)})
+		}
 		if c.Bastion.Port < 1 || c.Bastion.Port > 65535 {
-			r := content.Blocks.OfType("bastion")[0].DefRange
+			r := blk.DefRange
 			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid bastion port",
 				Detail: fmt.Sprintf("port %d is outside 1-65535.", c.Bastion.Port), Subject: &r})
+		}
+		if !validHost(c.Bastion.Address) {
+			bbad("address", "Invalid bastion address", fmt.Sprintf("bastion.address %q must be the jump host's IP address or DNS name.", c.Bastion.Address))
+		}
+		if !bastionUserRe.MatchString(c.Bastion.User) {
+			bbad("user", "Invalid bastion user", fmt.Sprintf("bastion.user %q must be the login user on the jump host.", c.Bastion.User))
+		}
+		switch k := c.Bastion.HostKey; {
+		case k == "":
+			bbad("host_key", "Missing bastion host key", "bastion.host_key must pin the jump host's key (authorized_keys form, as in /etc/ssh/ssh_host_ed25519_key.pub): provision never connects to a host it cannot verify.")
+		default:
+			if pk, _, _, rest, err := ssh.ParseAuthorizedKey([]byte(k)); err != nil || len(strings.TrimSpace(string(rest))) > 0 || strings.HasPrefix(pk.Type(), "ssh-dss") {
+				bbad("host_key", "Invalid bastion host key", "bastion.host_key must be exactly one public key in authorized_keys form, such as \"ssh-ed25519 AAAA...\" (DSA keys are not accepted).")
+			}
+		}
+		if b.KeyFile != nil && strings.TrimSpace(*b.KeyFile) == "" {
+			bbad("key_file", "Invalid bastion key file", "bastion.key_file is empty: leave it out to use the cluster's admin key.")
 		}
 	}
 	if !c.AssociatePublicIP && c.Bastion == nil {

@@ -24,6 +24,8 @@ func decode(t *testing.T, src string) (Config, hcl.Diagnostics) {
 	return decodeConfig(f.Body, nil)
 }
 
+const testKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJHZv6U96VThcn+hOTRycucI2ed+gkpLaTEZa5/V43JH"
+
 func TestDecodeConfigDefaults(t *testing.T) {
 	c, diags := decode(t, `allowed_cidrs = ["198.51.100.7", "203.0.113.9/24"]`)
 	if diags.HasErrors() {
@@ -49,9 +51,10 @@ associate_public_ip = false
 root_volume_type    = "gp2"
 endpoint            = "http://127.0.0.1:5000"
 bastion {
-  address = "203.0.113.1"
-  port    = 2222
-  user    = "jump"
+  address  = "203.0.113.1"
+  port     = 2222
+  user     = "jump"
+  host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJHZv6U96VThcn+hOTRycucI2ed+gkpLaTEZa5/V43JH"
 }
 `)
 	if diags.HasErrors() {
@@ -61,7 +64,7 @@ bastion {
 		c.RootVolumeType != "gp2" || !slices.Equal(c.SubnetIDs, []string{"subnet-1", "subnet-2"}) || c.AllowedCIDRs[0] != "2001:db8::/64" {
 		t.Errorf("decoded: %+v", c)
 	}
-	if c.Bastion == nil || *c.Bastion != (drivers.Bastion{Address: "203.0.113.1", Port: 2222, User: "jump"}) {
+	if c.Bastion == nil || *c.Bastion != (drivers.Bastion{Address: "203.0.113.1", Port: 2222, User: "jump", HostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJHZv6U96VThcn+hOTRycucI2ed+gkpLaTEZa5/V43JH"}) {
 		t.Errorf("bastion: %+v", c.Bastion)
 	}
 	if len(diags) != 0 {
@@ -89,7 +92,16 @@ func TestDecodeConfigDiagnostics(t *testing.T) {
 		{"endpoint", "allowed_cidrs = [\"10.0.0.0/8\"]\nendpoint = \"localhost:5000\"", "Invalid endpoint", "2:12", hcl.DiagError},
 		{"ip url", "detect_operator_ip = true\noperator_ip_url = \"ftp://x\"", "Invalid URL", "2:19", hcl.DiagError},
 		{"private only", "allowed_cidrs = [\"10.0.0.0/8\"]\nassociate_public_ip = false", "Private addresses only", "2:23", hcl.DiagWarning},
-		{"bastion port", "allowed_cidrs = [\"10.0.0.0/8\"]\nbastion {\n  address = \"a\"\n  user = \"u\"\n  port = 0\n}", "Invalid bastion port", "2:1", hcl.DiagError},
+		{"bastion port", "allowed_cidrs = [\"10.0.0.0/8\"]\nbastion {\n  address = \"a\"\n  user = \"u\"\n  port = 0\n  host_key = \"" + testKey + "\"\n}", "Invalid bastion port", "2:1", hcl.DiagError},
+		// Issue 12: a bastion that every apply would fail on is refused by validate.
+		{"bastion empty address", "allowed_cidrs = [\"10.0.0.0/8\"]\nbastion {\n  address = \"\"\n  user = \"u\"\n  host_key = \"" + testKey + "\"\n}", "Invalid bastion address", "3:13", hcl.DiagError},
+		{"bastion address with spaces", "allowed_cidrs = [\"10.0.0.0/8\"]\nbastion {\n  address = \"a b\"\n  user = \"u\"\n  host_key = \"" + testKey + "\"\n}", "Invalid bastion address", "3:13", hcl.DiagError},
+		{"bastion empty user", "allowed_cidrs = [\"10.0.0.0/8\"]\nbastion {\n  address = \"a\"\n  user = \"\"\n  host_key = \"" + testKey + "\"\n}", "Invalid bastion user", "4:10", hcl.DiagError},
+		{"bastion no host key", "allowed_cidrs = [\"10.0.0.0/8\"]\nbastion {\n  address = \"a\"\n  user = \"u\"\n}", "Missing bastion host key", "2:1", hcl.DiagError},
+		{"bastion empty host key", "allowed_cidrs = [\"10.0.0.0/8\"]\nbastion {\n  address = \"a\"\n  user = \"u\"\n  host_key = \"\"\n}", "Missing bastion host key", "5:14", hcl.DiagError},
+		{"bastion malformed host key", "allowed_cidrs = [\"10.0.0.0/8\"]\nbastion {\n  address = \"a\"\n  user = \"u\"\n  host_key = \"ssh-ed25519 AAAA\"\n}", "Invalid bastion host key", "5:14", hcl.DiagError},
+		{"bastion two host keys", "allowed_cidrs = [\"10.0.0.0/8\"]\nbastion {\n  address = \"a\"\n  user = \"u\"\n  host_key = \"" + testKey + "\\n" + testKey + "\"\n}", "Invalid bastion host key", "5:14", hcl.DiagError},
+		{"bastion empty key file", "allowed_cidrs = [\"10.0.0.0/8\"]\nbastion {\n  address = \"a\"\n  user = \"u\"\n  host_key = \"" + testKey + "\"\n  key_file = \"\"\n}", "Invalid bastion key file", "6:14", hcl.DiagError},
 		{"unknown attribute", "allowed_cidrs = [\"10.0.0.0/8\"]\nsize = \"big\"", "Unsupported argument", "2:1", hcl.DiagError},
 		{"wrong type", "allowed_cidrs = \"10.0.0.0/8\"", "Unsuitable value type", "1:18", hcl.DiagError},
 	} {

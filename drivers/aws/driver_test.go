@@ -392,7 +392,7 @@ associate_public_ip = false
 bastion {
   address  = "192.0.2.10"
   user     = "jump"
-  host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBastionKeyForTestOnly"
+  host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJHZv6U96VThcn+hOTRycucI2ed+gkpLaTEZa5/V43JH"
 }
 `, testAMI(t), snID))
 	if d.cfg.CreateVPC {

@@ -295,7 +295,12 @@ func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
 	return nil
 }
 
-// machine turns an instance into the engine's plain data.
+// machine turns an instance into the engine's plain data. SSH.HostKey is
+// what the instance's TagHostKey says: observed data, as anyone allowed to
+// write tags can change it. The engine pins the key state records (and
+// reports a tag that disagrees); after its host key rotation the tag still
+// shows the key the instance was created with, which the host no longer
+// serves.
 func (d *Driver) machine(i types.Instance) drivers.Machine {
 	tags := map[string]string{}
 	for _, t := range i.Tags {

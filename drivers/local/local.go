@@ -301,6 +301,12 @@ func (d *Driver) create(ctx context.Context, cluster string, spec drivers.Machin
 	if err != nil {
 		return drivers.Machine{}, err
 	}
+	// The host key this call can vouch for: the one it installs in a
+	// container it starts for the first time. A container that ran before
+	// may serve a key its host made since (the engine replaces the
+	// installed one): the engine's connection, pinned to what state
+	// records, checks that one.
+	vouch := ""
 	if id == "" {
 		id, err = d.createContainer(ctx, cli, cluster, spec)
 		if err != nil {
@@ -326,6 +332,7 @@ func (d *Driver) create(ctx context.Context, cluster string, spec drivers.Machin
 		if err != nil {
 			return drivers.Machine{}, fmt.Errorf("copy host key and admin files into %s: %w", short(id), err)
 		}
+		vouch = info.Config.Labels[TagHostKey]
 	}
 	if !info.State.Running {
 		d.log.Info("starting container", "machine", spec.Name, "container", short(id))
@@ -356,7 +363,7 @@ func (d *Driver) create(ctx context.Context, cluster string, spec drivers.Machin
 	if err := d.setupUser(ctx, cli, id, labels[TagUser]); err != nil {
 		return drivers.Machine{}, err
 	}
-	if err := d.waitSSH(ctx, cli, id, addr, labels[TagHostKey]); err != nil {
+	if err := d.waitSSH(ctx, cli, id, addr, vouch); err != nil {
 		return drivers.Machine{}, err
 	}
 	m := d.machine(id, labels, "running", addr)
@@ -692,8 +699,8 @@ func (d *Driver) setupUser(ctx context.Context, cli *client.Client, id, user str
 	return nil
 }
 
-// waitSSH waits until sshd answers at addr:22 and checks that it presents
-// the pinned key.
+// waitSSH waits until sshd answers at addr:22 and, when pinned is set,
+// checks that it presents that key.
 func (d *Driver) waitSSH(ctx context.Context, cli *client.Client, id, addr, pinned string) error {
 	if _, err := netip.ParseAddr(addr); err != nil {
 		return fmt.Errorf("container address %q: %w", addr, err)
@@ -704,7 +711,7 @@ func (d *Driver) waitSSH(ctx context.Context, cli *client.Client, id, addr, pinn
 		got, err := comm.ScanHostKey(actx, addr, 22)
 		cancel()
 		if err == nil {
-			if sameKey(got, pinned) {
+			if pinned == "" || sameKey(got, pinned) {
 				return nil
 			}
 			return fmt.Errorf("sshd at %s presents %q, not the pinned host key %q: %w", addr, got, pinned, comm.ErrHostKeyMismatch)

@@ -27,8 +27,9 @@ func (e *Engine) clientTLS() (*tls.Config, error) {
 	return pki.ClientTLS(e.Store.PKIDir())
 }
 
-// engines opens an engine API client (mutual TLS, 2376) for every live host.
-func (e *Engine) engines(hosts []*host) error {
+// engines opens an engine API client (mutual TLS, 2376) for every live host,
+// through the bastion's tunnel for hosts behind one.
+func (e *Engine) engines(ctx context.Context, hosts []*host) error {
 	cfg, err := e.clientTLS()
 	if err != nil {
 		return err
@@ -37,7 +38,7 @@ func (e *Engine) engines(hosts []*host) error {
 		if h.engine != nil {
 			continue
 		}
-		en, err := swarm.Connect(h.rec.Name, h.rec.Address, cfg)
+		en, err := e.ConnectEngine(ctx, h.rec.Machine, cfg)
 		if err != nil {
 			return err
 		}
@@ -52,7 +53,7 @@ func (e *Engine) engines(hosts []*host) error {
 // removed from the node list.
 func (e *Engine) swarm(ctx context.Context) error {
 	hosts := e.live()
-	if err := e.engines(hosts); err != nil {
+	if err := e.engines(ctx, hosts); err != nil {
 		return err
 	}
 	var managers, workers []*host
@@ -626,6 +627,7 @@ func poll(ctx context.Context, fn func() (bool, error)) error {
 // find with the cluster's tag, then each driver's shared resources.
 func (e *Engine) Destroy(ctx context.Context, p *plan.Plan) error {
 	e.init()
+	defer e.Close()
 	if err := e.removeBalancers(ctx); err != nil { // lb.go
 		return err
 	}
@@ -701,7 +703,7 @@ func (e *Engine) leaveSwarm(ctx context.Context, p *plan.Plan) {
 		g.Go(func() error {
 			ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 			defer cancel()
-			en, err := swarm.Connect(m.Name, m.Address, cfg)
+			en, err := e.ConnectEngine(ctx, m, cfg)
 			if err != nil {
 				return nil
 			}

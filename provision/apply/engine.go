@@ -6,9 +6,6 @@ package apply
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,7 +24,6 @@ import (
 	"github.com/provision/provision/provision/comm"
 	"github.com/provision/provision/provision/pki"
 	"github.com/provision/provision/provision/plan"
-	"github.com/provision/provision/provision/redact"
 	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/provision/state"
 	"github.com/provision/provision/provision/swarm"
@@ -67,6 +63,11 @@ type Engine struct {
 	// stop is the caller's context: once it is done (SIGINT), no new work
 	// starts, while running steps finish on a context that is not cancelled.
 	stop context.Context
+	// loginWait bounds the fresh login that proves a rotated host key
+	// (default 20s).
+	loginWait time.Duration
+	// tunnels carry the engine API of hosts behind a bastion.
+	tunnels tunnels
 }
 
 // errStopped ends a host's work early because the apply was interrupted; the
@@ -317,6 +318,7 @@ func (e *Engine) closeAll() {
 			h.engine.Close()
 		}
 	}
+	e.Close()
 }
 
 // connectTimeout bounds SSH connection retries: the caller's setting, else
@@ -370,26 +372,6 @@ func (e *Engine) credentials(ctx context.Context) error {
 	e.State.PKI.ClientNotAfter = client.NotAfter
 	e.mu.Unlock()
 	return nil
-}
-
-// newHostKey makes the ed25519 host key a new machine must present.
-func newHostKey() (drivers.HostKey, error) {
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return drivers.HostKey{}, err
-	}
-	block, err := ssh.MarshalPrivateKey(priv, "")
-	if err != nil {
-		return drivers.HostKey{}, err
-	}
-	sp, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		return drivers.HostKey{}, err
-	}
-	return drivers.HostKey{
-		PrivatePEM: redact.Secret(pem.EncodeToMemory(block)),
-		Public:     string(ssh.MarshalAuthorizedKey(sp)[:len(ssh.MarshalAuthorizedKey(sp))-1]),
-	}, nil
 }
 
 // loadSigner reads a private key file for hosts that use their own login key.

@@ -14,7 +14,6 @@ import (
 	dswarm "github.com/docker/docker/api/types/swarm"
 
 	"github.com/provision/provision/hostos"
-	"github.com/provision/provision/provision/pki"
 	"github.com/provision/provision/provision/redact"
 	"github.com/provision/provision/provision/spec"
 )
@@ -44,7 +43,7 @@ func (e *Engine) hostSteps(ctx context.Context) error {
 	if slices.ContainsFunc(batches, func(b batch) bool { return b.rolling }) {
 		// waitMember asks engines; their clients are opened here, before
 		// the batches run their hosts in parallel.
-		if err := e.engines(e.live()); err != nil {
+		if err := e.engines(ctx, e.live()); err != nil {
 			return err
 		}
 	}
@@ -186,6 +185,7 @@ func (e *Engine) prepareHost(ctx context.Context, h *host, peers []string) error
 		ClusterID:     e.State.ClusterID,
 		Node:          h.rec.Name,
 		Role:          h.rec.Role,
+		Index:         h.rec.Index,
 		AdminUser:     h.rec.SSH.User,
 		Engine:        e.Spec.Engine,
 		Logging:       e.Spec.Logging,
@@ -313,17 +313,20 @@ func (e *Engine) peers() []string {
 }
 
 // serverCert returns the node's TLS files, issuing a new certificate when
-// there is none, it nears expiry, or its names no longer cover the node.
+// there is none or the stored one fails pki's CheckServer (another CA, not
+// server-only, near expiry, names no longer covering the node).
 func (e *Engine) serverCert(h *host) (hostos.TLSFiles, error) {
 	dir := e.nodeCertDir(h.rec.Name)
 	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	names := e.certNames(h)
 	certPEM, cerr := os.ReadFile(certPath)
 	keyPEM, kerr := os.ReadFile(keyPath)
-	if cerr == nil && kerr == nil && !pki.NeedsRenewal(certPEM, time.Now()) {
-		if _, _, have, err := pki.Inspect(certPEM); err == nil && covers(have, names) {
+	if cerr == nil && kerr == nil {
+		err := e.ca.CheckServer(certPEM, keyPEM, names, time.Now())
+		if err == nil {
 			return hostos.TLSFiles{CA: e.ca.CertPEM, Cert: certPEM, Key: redact.Secret(keyPEM)}, nil
 		}
+		e.Log.Info("issuing a new server certificate", "host", h.rec.Name, "reason", "the stored one "+err.Error())
 	}
 	b, err := e.ca.Server(h.rec.Name, names, time.Duration(e.Spec.TLS.ValidityHours)*time.Hour)
 	if err != nil {
@@ -354,15 +357,6 @@ func (e *Engine) certNames(h *host) []string {
 	}
 	names = append(names, e.Spec.TLS.ExtraNames...)
 	return names
-}
-
-func covers(have, want []string) bool {
-	for _, w := range want {
-		if !slices.Contains(have, w) {
-			return false
-		}
-	}
-	return true
 }
 
 func writeFile(path string, b []byte, mode os.FileMode) error {

@@ -11,7 +11,6 @@ import (
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/provision/lb"
 	"github.com/provision/provision/provision/spec"
-	"github.com/provision/provision/provision/swarm"
 )
 
 // loadBalancer is the phase after the swarm: every load balancer the spec
@@ -114,11 +113,12 @@ func (e *Engine) stopReconciler(ctx context.Context) {
 		if m.Role != spec.RoleManager || m.Address == "" || m.NodeID == "" {
 			continue
 		}
-		en, err := swarm.Connect(m.Name, m.Address, cfg)
+		cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+		en, err := e.ConnectEngine(cctx, m.Machine, cfg) // through the bastion's tunnel when there is one
 		if err != nil {
+			cancel()
 			continue
 		}
-		cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 		removed, err := lb.Undeploy(cctx, en.Client, e.State.ClusterID)
 		cancel()
 		en.Close()

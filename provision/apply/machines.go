@@ -102,11 +102,14 @@ func (e *Engine) machines(ctx context.Context) error {
 				return fmt.Errorf("start: %w", err)
 			}
 			m.Driver = a.Driver
+			if m, err = e.pinnedKey(h, m, nil); err != nil {
+				return err
+			}
 			e.record(h, m, state.StatusCreated, a)
 			h.changed = true
 			return e.save()
 		}
-		hk, err := newHostKey()
+		hk, err := e.installKey(h.rec.Name)
 		if err != nil {
 			return err
 		}
@@ -124,6 +127,9 @@ func (e *Engine) machines(ctx context.Context) error {
 			return fmt.Errorf("create: %w", err)
 		}
 		m.Driver = a.Driver
+		if m, err = e.pinnedKey(h, m, &hk); err != nil {
+			return err
+		}
 		e.record(h, m, state.StatusCreated, a)
 		h.changed = true
 		e.mu.Lock()
@@ -131,7 +137,11 @@ func (e *Engine) machines(ctx context.Context) error {
 		e.mu.Unlock()
 		e.Report.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: "machine.create", Msg: m.Address, Took: time.Since(t0)})
 		e.Log.Info("machine created", "host", h.rec.Name, "driver", a.Driver, "id", m.ID, "address", m.Address)
-		return e.save()
+		if err := e.save(); err != nil {
+			return err
+		}
+		e.forgetInstallKey(h.rec.Name)
+		return nil
 	})
 }
 
@@ -270,7 +280,7 @@ func (e *Engine) connect(ctx context.Context) error {
 			return err
 		}
 		h.comm = c
-		return nil
+		return e.rotateHostKey(ctx, h)
 	})
 }
 
@@ -288,14 +298,15 @@ func (e *Engine) commConfig(name string, m drivers.Machine) (comm.Config, error)
 		port = 22
 	}
 	cfg := comm.Config{
-		Host:    name,
-		Address: m.Address,
-		Port:    port,
-		User:    m.SSH.User,
-		Signer:  signer,
-		HostKey: m.SSH.HostKey,
-		Timeout: e.connectTimeout(),
-		Log:     e.logger().With("host", name),
+		Host:        name,
+		Address:     m.Address,
+		Port:        port,
+		User:        m.SSH.User,
+		Signer:      signer,
+		HostKey:     m.SSH.HostKey,
+		NextHostKey: e.nextHostKey(name),
+		Timeout:     e.connectTimeout(),
+		Log:         e.logger().With("host", name),
 	}
 	if b := m.SSH.Bastion; b != nil {
 		bs := signer
@@ -315,6 +326,20 @@ func (e *Engine) commConfig(name string, m drivers.Machine) (comm.Config, error)
 	return cfg, nil
 }
 
+// nextHostKey is the key a host key rotation pinned for the machine, if one
+// is under way: connections accept it beside the current one.
+func (e *Engine) nextHostKey(name string) string {
+	if e.State == nil {
+		return ""
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if rec := e.State.Machine(name); rec != nil {
+		return rec.HostKeyNext
+	}
+	return ""
+}
+
 // Dial connects to one recorded machine with the cluster's admin key and its
 // pinned host key (for `provision ssh`, `status`, `audit`, and harden.ssh's
 // fresh login). It changes nothing on e: one engine serves concurrent Dials.
@@ -327,5 +352,8 @@ func (e *Engine) Dial(ctx context.Context, m drivers.Machine) (*comm.Client, err
 		return nil, err
 	}
 	cfg.Timeout = 30 * time.Second
+	if t := e.Spec.SSH.ConnectTimeout; t > 0 && t < cfg.Timeout {
+		cfg.Timeout = t
+	}
 	return comm.Dial(ctx, cfg)
 }

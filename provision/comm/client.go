@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,9 +31,12 @@ type Config struct {
 	User    string
 	Signer  ssh.Signer
 	HostKey string // authorized_keys form; required: the key is pinned
-	Bastion *Config
-	Timeout time.Duration // connect deadline including retries; default 3m
-	Log     *slog.Logger
+	// NextHostKey, when set, is accepted too: the key a host key rotation
+	// pinned before the host switched to it (see apply's rotation).
+	NextHostKey string
+	Bastion     *Config
+	Timeout     time.Duration // connect deadline including retries; default 3m
+	Log         *slog.Logger
 }
 
 // Stats counts what a Client did, so tests and benchmarks can prove that one
@@ -52,6 +56,8 @@ type Client struct {
 	root    *bool
 	stop    chan struct{}
 	closed  bool
+	// presented is the host key the host showed on the current connection.
+	presented string
 
 	dials, sessions, sftpOpens atomic.Int64
 }
@@ -81,11 +87,12 @@ func (c *Client) connect(ctx context.Context) error {
 	defer cancel()
 	backoff := 250 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		cl, bastion, err := dialOnce(ctx, c.cfg)
+		var presented string
+		cl, bastion, err := dialOnce(ctx, c.cfg, &presented)
 		c.dials.Add(1)
 		if err == nil {
 			c.mu.Lock()
-			c.ssh, c.bastion, c.sftp = cl, bastion, nil
+			c.ssh, c.bastion, c.sftp, c.presented = cl, bastion, nil, presented
 			c.mu.Unlock()
 			return nil
 		}
@@ -119,32 +126,48 @@ func permanent(err error) bool {
 
 var errNoHostKey = errors.New("no pinned host key: refusing to connect to an unverified host")
 
-// hostKeyCallback accepts only the pinned key.
-func hostKeyCallback(host, pinned string) (ssh.HostKeyCallback, []string, error) {
+// hostKeyCallback accepts only the pinned key (or, during a rotation, the
+// next one too) and records which one the host presented.
+func hostKeyCallback(host, pinned, next string, presented *string) (ssh.HostKeyCallback, []string, error) {
 	if strings.TrimSpace(pinned) == "" {
 		return nil, nil, errNoHostKey
 	}
-	want, _, _, _, err := ssh.ParseAuthorizedKey([]byte(pinned))
-	if err != nil {
-		return nil, nil, fmt.Errorf("pinned host key for %s: %w", host, err)
+	var wants []ssh.PublicKey
+	for _, k := range []string{pinned, next} {
+		if strings.TrimSpace(k) == "" {
+			continue
+		}
+		want, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k))
+		if err != nil {
+			return nil, nil, fmt.Errorf("pinned host key for %s: %w", host, err)
+		}
+		wants = append(wants, want)
 	}
-	wantBytes := want.Marshal()
 	cb := func(_ string, _ net.Addr, got ssh.PublicKey) error {
-		if subtle.ConstantTimeCompare(got.Marshal(), wantBytes) == 1 {
-			return nil
+		for _, want := range wants {
+			if subtle.ConstantTimeCompare(got.Marshal(), want.Marshal()) == 1 {
+				if presented != nil {
+					*presented = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(got)))
+				}
+				return nil
+			}
 		}
 		return fmt.Errorf("%w: %s presented %s, expected %s; if the host was legitimately rebuilt, update the pinned key (spec host_keys, known_hosts, or the machine's entry in state)",
-			ErrHostKeyMismatch, host, ssh.FingerprintSHA256(got), ssh.FingerprintSHA256(want))
+			ErrHostKeyMismatch, host, ssh.FingerprintSHA256(got), ssh.FingerprintSHA256(wants[0]))
 	}
-	algos := []string{want.Type()}
-	if want.Type() == ssh.KeyAlgoRSA {
-		algos = []string{ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA}
+	var algos []string
+	for _, want := range wants {
+		if want.Type() == ssh.KeyAlgoRSA {
+			algos = append(algos, ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA)
+		} else if !slices.Contains(algos, want.Type()) {
+			algos = append(algos, want.Type())
+		}
 	}
 	return cb, algos, nil
 }
 
-func clientConfig(cfg Config) (*ssh.ClientConfig, error) {
-	cb, algos, err := hostKeyCallback(cfg.Host, cfg.HostKey)
+func clientConfig(cfg Config, presented *string) (*ssh.ClientConfig, error) {
+	cb, algos, err := hostKeyCallback(cfg.Host, cfg.HostKey, cfg.NextHostKey, presented)
 	if err != nil {
 		return nil, err
 	}
@@ -161,8 +184,8 @@ func clientConfig(cfg Config) (*ssh.ClientConfig, error) {
 }
 
 // dialOnce makes one attempt, through the bastion when there is one.
-func dialOnce(ctx context.Context, cfg Config) (*ssh.Client, *ssh.Client, error) {
-	cc, err := clientConfig(cfg)
+func dialOnce(ctx context.Context, cfg Config, presented *string) (*ssh.Client, *ssh.Client, error) {
+	cc, err := clientConfig(cfg, presented)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -174,7 +197,7 @@ func dialOnce(ctx context.Context, cfg Config) (*ssh.Client, *ssh.Client, error)
 		if b.Port == 0 {
 			b.Port = 22
 		}
-		bastion, _, err = dialOnce(ctx, b)
+		bastion, _, err = dialOnce(ctx, b, nil)
 		if err != nil {
 			return nil, nil, fmt.Errorf("bastion %s: %w", b.Address, err)
 		}
@@ -251,6 +274,32 @@ func (c *Client) Close() error {
 		c.bastion.Close()
 	}
 	return err
+}
+
+// PresentedHostKey is the host key (authorized_keys form) the host showed
+// on the current connection: the pinned one, or the next one during a
+// rotation.
+func (c *Client) PresentedHostKey() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.presented
+}
+
+// DialContext opens a TCP connection from the far end of this SSH
+// connection (direct-tcpip), for tunnelling another protocol along the
+// same pinned path. The server must allow TCP forwarding.
+func (c *Client) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	c.mu.Lock()
+	cl := c.ssh
+	c.mu.Unlock()
+	if cl == nil {
+		return nil, fmt.Errorf("%s: ssh connection closed", c.cfg.Host)
+	}
+	conn, err := cl.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: tunnel to %s: %w", c.cfg.Host, addr, err)
+	}
+	return conn, nil
 }
 
 // Stats returns the counters.

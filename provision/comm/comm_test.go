@@ -8,13 +8,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ssh"
 )
 
 func setup(t *testing.T) (*testServer, Config) {
 	t.Helper()
 	userKey := newSigner(t)
 	s := startServer(t, userKey.PublicKey())
-	return s, Config{Host: "node-1", Address: "127.0.0.1", Port: s.port(), User: "tester", Signer: userKey, HostKey: authorized(s.hostKey), Timeout: 10 * time.Second}
+	return s, Config{Host: "node-1", Address: "127.0.0.1", Port: s.Port(), User: "tester", Signer: userKey, HostKey: authorized(s.HostKey()), Timeout: 10 * time.Second}
 }
 
 func TestRunOneConnection(t *testing.T) {
@@ -41,8 +43,8 @@ func TestRunOneConnection(t *testing.T) {
 		t.Fatalf("exit error: %#v", err)
 	}
 	st := c.Stats()
-	if st.Dials != 1 || st.Sessions != 7 || s.accepts.Load() != 1 {
-		t.Fatalf("stats %+v, server accepts %d: want 1 dial for 7 sessions", st, s.accepts.Load())
+	if st.Dials != 1 || st.Sessions != 7 || s.Accepts.Load() != 1 {
+		t.Fatalf("stats %+v, server accepts %d: want 1 dial for 7 sessions", st, s.Accepts.Load())
 	}
 }
 
@@ -108,7 +110,7 @@ func TestHostKeyMismatchNotRetried(t *testing.T) {
 	if !strings.Contains(err.Error(), "SHA256:") || !strings.Contains(err.Error(), "node-1") {
 		t.Errorf("error does not name host and fingerprints: %v", err)
 	}
-	if n := s.accepts.Load(); n != 1 {
+	if n := s.Accepts.Load(); n != 1 {
 		t.Errorf("mismatch retried: %d connections", n)
 	}
 	cfg.HostKey = ""
@@ -124,20 +126,20 @@ func TestAuthFailureNotRetried(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "unable to authenticate") {
 		t.Fatalf("want auth failure, got %v", err)
 	}
-	if n := s.accepts.Load(); n != 1 {
+	if n := s.Accepts.Load(); n != 1 {
 		t.Errorf("auth failure retried: %d connections", n)
 	}
 }
 
 func TestRetryUntilUp(t *testing.T) {
 	s, cfg := setup(t)
-	s.refuse.Store(3)
+	s.Refuse.Store(3)
 	c, err := Dial(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.Close()
-	if n := s.accepts.Load(); n != 4 {
+	if n := s.Accepts.Load(); n != 4 {
 		t.Errorf("%d connections, want 4", n)
 	}
 }
@@ -165,7 +167,7 @@ func TestReconnectAfterDrop(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	s.dropAll()
+	s.DropAll()
 	time.Sleep(50 * time.Millisecond)
 	out, err := c.Run(context.Background(), "echo back", nil)
 	if err != nil || strings.TrimSpace(string(out)) != "back" {
@@ -181,7 +183,7 @@ func TestBastion(t *testing.T) {
 	_ = target
 	bastionUser := newSigner(t)
 	b := startServer(t, bastionUser.PublicKey())
-	cfg.Bastion = &Config{Host: "bastion", Address: "127.0.0.1", Port: b.port(), User: "jump", Signer: bastionUser, HostKey: authorized(b.hostKey)}
+	cfg.Bastion = &Config{Host: "bastion", Address: "127.0.0.1", Port: b.Port(), User: "jump", Signer: bastionUser, HostKey: authorized(b.HostKey())}
 	c, err := Dial(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -190,8 +192,8 @@ func TestBastion(t *testing.T) {
 	if out, err := c.Run(context.Background(), "echo via", nil); err != nil || strings.TrimSpace(string(out)) != "via" {
 		t.Fatalf("through bastion: %q %v", out, err)
 	}
-	if b.accepts.Load() != 1 {
-		t.Errorf("bastion accepts %d", b.accepts.Load())
+	if b.Accepts.Load() != 1 {
+		t.Errorf("bastion accepts %d", b.Accepts.Load())
 	}
 	// A wrong bastion key is fatal too.
 	cfg.Bastion.HostKey = authorized(newSigner(t))
@@ -202,8 +204,8 @@ func TestBastion(t *testing.T) {
 
 func TestScanHostKey(t *testing.T) {
 	s, _ := setup(t)
-	k, err := ScanHostKey(context.Background(), "127.0.0.1", s.port())
-	if err != nil || k != authorized(s.hostKey) {
+	k, err := ScanHostKey(context.Background(), "127.0.0.1", s.Port())
+	if err != nil || k != authorized(s.HostKey()) {
 		t.Fatalf("scan: %q %v", k, err)
 	}
 }
@@ -221,5 +223,37 @@ func TestQuote(t *testing.T) {
 		if got := Quote(in); got != want {
 			t.Errorf("Quote(%q) = %s, want %s", in, got, want)
 		}
+	}
+}
+
+// TestNextHostKey: during a host key rotation both the pinned key and the
+// next one are accepted, and the client says which one the host showed;
+// any other key is still refused.
+func TestNextHostKey(t *testing.T) {
+	userKey := newSigner(t)
+	s := startServer(t, userKey.PublicKey())
+	old := s.HostKey()
+	next := newSigner(t)
+	cfg := Config{Host: "node-1", Address: "127.0.0.1", Port: s.Port(), User: "tester", Signer: userKey,
+		HostKey: authorized(old), NextHostKey: authorized(next), Timeout: 5 * time.Second}
+	for _, k := range []ssh.Signer{old, next} {
+		s.SetHostKey(k)
+		c, err := Dial(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.PresentedHostKey(); got != authorized(k) {
+			t.Errorf("presented %q, want %q", got, authorized(k))
+		}
+		c.Close()
+	}
+	s.SetHostKey(newSigner(t))
+	if _, err := Dial(context.Background(), cfg); !errors.Is(err, ErrHostKeyMismatch) {
+		t.Fatalf("a third key: %v", err)
+	}
+	cfg.NextHostKey = ""
+	s.SetHostKey(next)
+	if _, err := Dial(context.Background(), cfg); !errors.Is(err, ErrHostKeyMismatch) {
+		t.Fatalf("the next key without the rotation pinned: %v", err)
 	}
 }

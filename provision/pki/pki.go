@@ -128,7 +128,49 @@ func (ca *CA) Server(name string, hosts []string, validity time.Duration) (Bundl
 			dns = append(dns, h)
 		}
 	}
-	return ca.issue(pkix.Name{CommonName: name}, dns, ips, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, validity)
+	// Server only: engines accept any client certificate the cluster CA
+	// signed for client use, so a node's certificate must not be one, or
+	// root on one node could drive every other node's engine.
+	return ca.issue(pkix.Name{CommonName: name}, dns, ips, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, validity)
+}
+
+// CheckServer reports why a node's stored server certificate cannot be used
+// again, or nil when it can: it must chain to this CA (a new CA makes every
+// old certificate useless), be for servers only, match its key, have more
+// than a third of its life left and cover every name in names.
+func (ca *CA) CheckServer(certPEM, keyPEM []byte, names []string, now time.Time) error {
+	c, err := parseCert(certPEM)
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	if _, err := c.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+		return fmt.Errorf("does not verify against the cluster CA: %w", err)
+	}
+	if len(c.ExtKeyUsage) != 1 || c.ExtKeyUsage[0] != x509.ExtKeyUsageServerAuth || len(c.UnknownExtKeyUsage) > 0 {
+		return errors.New("is not a server-only certificate (issued before server certificates stopped being client certificates)")
+	}
+	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		return fmt.Errorf("does not match its key: %w", err)
+	}
+	if NeedsRenewal(certPEM, now) {
+		return errors.New("is near its expiry")
+	}
+	have := append([]string(nil), c.DNSNames...)
+	for _, ip := range c.IPAddresses {
+		have = append(have, ip.String())
+	}
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			if !slices.ContainsFunc(c.IPAddresses, ip.Equal) {
+				return fmt.Errorf("does not cover %s", n)
+			}
+		} else if !slices.Contains(have, n) {
+			return fmt.Errorf("does not cover %s", n)
+		}
+	}
+	return nil
 }
 
 // Client issues a client certificate.
@@ -186,7 +228,7 @@ func EnsureClient(dir string, ca *CA, validity time.Duration) (Bundle, error) {
 	certPath, keyPath := filepath.Join(dir, CertFile), filepath.Join(dir, KeyFile)
 	if certPEM, err := os.ReadFile(certPath); err == nil {
 		if keyPEM, err := readFileChecked(keyPath); err == nil {
-			if cert, err := parseCert(certPEM); err == nil && cert.CheckSignatureFrom(ca.Cert) == nil && !NeedsRenewal(certPEM, time.Now()) {
+			if cert, err := parseCert(certPEM); err == nil && verifies(cert, ca, x509.ExtKeyUsageClientAuth) && !NeedsRenewal(certPEM, time.Now()) {
 				if _, err := tls.X509KeyPair(certPEM, keyPEM); err == nil {
 					return Bundle{CertPEM: certPEM, KeyPEM: keyPEM, Serial: cert.SerialNumber.Text(16), NotAfter: cert.NotAfter}, nil
 				}
@@ -206,6 +248,14 @@ func EnsureClient(dir string, ca *CA, validity time.Duration) (Bundle, error) {
 		return Bundle{}, err
 	}
 	return b, nil
+}
+
+// verifies reports whether c chains to ca for the given use, now.
+func verifies(c *x509.Certificate, ca *CA, use x509.ExtKeyUsage) bool {
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	_, err := c.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{use}})
+	return err == nil
 }
 
 // ClientTLS is the operator's mutual-TLS client configuration from dir.

@@ -21,6 +21,10 @@ type dec struct {
 	diags  hcl.Diagnostics
 	ctx    *hcl.EvalContext
 	ranges map[string]hcl.Range
+	// sensitive says which attributes use a sensitive variable;
+	// sensitivePaths collects the dotted paths of those decoded.
+	sensitive      sensitiveUse
+	sensitivePaths map[string]bool
 }
 
 func (d *dec) errf(rng hcl.Range, summary, format string, args ...any) {
@@ -43,6 +47,9 @@ func (d *dec) value(attrs hcl.Attributes, name, path string, ty cty.Type) (cty.V
 	rng := a.Expr.Range()
 	if d.ranges != nil {
 		d.ranges[path] = rng
+	}
+	if d.sensitivePaths != nil && d.sensitive.covers(rng) {
+		d.sensitivePaths[path] = true
 	}
 	v, diags := a.Expr.Value(d.ctx)
 	d.diags = append(d.diags, diags...)

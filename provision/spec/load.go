@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"regexp"
 	"sort"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/provision/provision/drivers"
@@ -65,8 +67,13 @@ var (
 	pruneSchema     = attrSchema("enabled", "schedule", "until", "volumes", "randomized_delay")
 	loggingSchema   = attrSchema("driver", "options", "journald_max_use")
 	tlsSchema       = attrSchema("validity", "extra_names", "allowed_cidrs")
-	hardeningSchema = attrSchema("profile", "ssh", "kernel", "firewall", "daemon", "audit", "updates", "auto_reboot", "user_namespaces", "overlay_encryption")
-	sshSchema       = attrSchema("user", "connect_timeout")
+	hardeningSchema = &hcl.BodySchema{
+		Attributes: attrSchema("profile", "ssh", "kernel", "firewall", "daemon", "audit", "updates", "auto_reboot", "user_namespaces", "overlay_encryption",
+			"ssh_users", "ssh_groups").Attributes,
+		Blocks: []hcl.BlockHeaderSchema{{Type: "firewall_allow"}},
+	}
+	firewallRuleSchema = attrSchema("protocol", "ports", "from")
+	sshSchema          = attrSchema("user", "connect_timeout")
 )
 
 // Load reads the cluster files (usually one), applies the variables and
@@ -76,9 +83,9 @@ func Load(files []string, vars Vars) (*Cluster, hcl.Diagnostics) {
 	srcs := make([]source, 0, len(files))
 	var diags hcl.Diagnostics
 	for _, f := range files {
-		b, err := readFile(f)
-		if err != nil {
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Cannot read cluster file", Detail: err.Error()})
+		b, d := readInput(f, "cluster file")
+		if d != nil {
+			diags = append(diags, d)
 			continue
 		}
 		srcs = append(srcs, source{Name: f, Src: b})
@@ -105,15 +112,38 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 	if len(srcs) == 0 {
 		return nil, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "No cluster file", Detail: "Give the path of a cluster file."}}
 	}
+	// Values of variables declared sensitive never appear in what Load
+	// returns: not in diagnostics, and (through Cluster.Secrets) not in
+	// anything the caller prints.
+	var secrets []string
+	var sensitive sensitiveUse
+	defer func() { redactDiags(diags, secrets, sensitive) }()
 	p := hclparse.NewParser()
 	var hfiles []*hcl.File
 	var names []string
+	var templates []struct {
+		name string
+		t    templateAt
+	}
 	for _, s := range srcs {
 		var f *hcl.File
 		var d hcl.Diagnostics
+		if len(s.Src) > MaxFileBytes {
+			diags = append(diags, fileDiag(s.Name, "File too large", fmt.Sprintf("This cluster file is larger than %s, the limit for cluster files.", byteSize(MaxFileBytes))))
+			continue
+		}
 		if strings.HasSuffix(s.Name, ".json") {
-			f, d = p.ParseJSON(s.Src, s.Name)
-		} else {
+			var ts []templateAt
+			if d, ts = checkJSONSource(s.Src, s.Name); !d.HasErrors() {
+				f, d = p.ParseJSON(s.Src, s.Name)
+				for _, t := range ts {
+					templates = append(templates, struct {
+						name string
+						t    templateAt
+					}{s.Name, t})
+				}
+			}
+		} else if d = checkHCLSource(s.Src, s.Name, false); !d.HasErrors() {
 			f, d = p.ParseHCL(s.Src, s.Name)
 		}
 		diags = append(diags, d...)
@@ -130,20 +160,37 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 	// Pass 1: variables, so every other expression can use var.NAME.
 	vcontent, _, d := body.PartialContent(&hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "variable", LabelNames: []string{"name"}}}})
 	diags = append(diags, d...)
-	decl, d := decodeVariables(vcontent.Blocks)
+	budget := &evalBudget{}
+	decl, d := decodeVariables(vcontent.Blocks, budget)
 	diags = append(diags, d...)
-	varObj, d := resolveVariables(decl, vars, readFile)
+	varObj, secrets, d := resolveVariables(decl, vars, readFile, budget)
 	diags = append(diags, d...)
+	sensitive = findSensitiveUse(hfiles, decl)
 	if diags.HasErrors() {
 		return nil, diags
 	}
-	ctx := &hcl.EvalContext{Variables: map[string]cty.Value{"var": varObj}, Functions: functions()}
+	ctx := &hcl.EvalContext{Variables: map[string]cty.Value{"var": varObj}, Functions: functions(budget)}
+
+	// Every expression's cost is bounded before anything evaluates it
+	// (drivers decode their own blocks, so this walks the whole files).
+	for _, f := range hfiles {
+		diags = append(diags, checkBodyCost(f.Body, ctx, "variable")...)
+	}
+	for _, t := range templates {
+		if expr, d := hclsyntax.ParseTemplate([]byte(t.t.src), t.name, t.t.pos); !d.HasErrors() {
+			diags = append(diags, checkCost(expr, ctx)...)
+		}
+	}
+	if diags.HasErrors() {
+		return nil, diags
+	}
 
 	// Pass 2: everything.
 	content, d := body.Content(rootSchema)
+	atFile(d, names[0])
 	diags = append(diags, d...)
-	dc := &dec{ctx: ctx, ranges: map[string]hcl.Range{}}
-	c = &Cluster{Files: names, Parallelism: DefaultParallelism, Ranges: dc.ranges}
+	dc := &dec{ctx: ctx, ranges: map[string]hcl.Range{}, sensitive: sensitive, sensitivePaths: map[string]bool{}}
+	c = &Cluster{Files: names, Parallelism: DefaultParallelism, Ranges: dc.ranges, Secrets: secrets, SensitivePaths: dc.sensitivePaths}
 	c.Engine = Engine{Method: "package", Package: DefaultPackage}
 	c.Prune = Prune{Enabled: true, Schedule: "daily", Until: "24h", RandomizedDelay: "1h"}
 	c.Logging = Logging{Driver: "json-file", JournaldMaxUse: "500M"}
@@ -205,8 +252,8 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 
 	switch {
 	case len(managerBlocks) == 0:
-		r := content.MissingItemRange
-		dc.errf(r, "Missing managers block", "A cluster needs a managers block with at least one manager, e.g. `managers { count = 1 }`.")
+		r := fileStart(content.MissingItemRange, names[0])
+		dc.errf(r, "Missing managers block", "The cluster file has no managers block: a cluster needs one with at least one manager, e.g. `managers { count = 1 }`.")
 	case len(managerBlocks) > 1:
 		dc.errf(managerBlocks[1].DefRange, "Duplicate managers block", "Only one managers block is allowed; the first is at %s. Use workers blocks with `pool = \"...\"` for several groups.", managerBlocks[0].DefRange)
 		fallthrough
@@ -236,6 +283,27 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 		return nil, diags
 	}
 	return c, diags
+}
+
+// fileStart is r, or line 1 of file when r points nowhere (an empty file, or
+// the merged body of several files, has no range of its own).
+func fileStart(r hcl.Range, file string) hcl.Range {
+	if r.Filename == "" || r.Start.Line < 1 {
+		return hcl.Range{Filename: file, Start: hcl.InitialPos, End: hcl.InitialPos}
+	}
+	return r
+}
+
+// atFile points diagnostics that have no place of their own (a missing
+// required attribute in an empty file) at line 1 of the file.
+func atFile(diags hcl.Diagnostics, file string) {
+	for _, d := range diags {
+		r := fileStart(hcl.Range{}, file)
+		if d.Subject != nil {
+			r = fileStart(*d.Subject, file)
+		}
+		d.Subject = &r
+	}
 }
 
 // sortDiags orders diagnostics by position so they read top to bottom.
@@ -451,8 +519,14 @@ func checkCluster(dc *dec, c *Cluster) {
 func decodeEngine(dc *dec, c *Cluster, b *hcl.Block) {
 	content, d := b.Body.Content(engineSchema)
 	dc.diags = append(dc.diags, d...)
-	if r, ok := dc.str(content.Attributes, "version", "engine.version", &c.Engine.Version); ok && !versionRe.MatchString(c.Engine.Version) {
-		dc.errf(r, "Invalid engine version", "%q is not a package version: write it as apt shows it (\"20.10.24+dfsg1-1+deb12u1\") or a prefix ending in '*' (\"20.10.*\").", c.Engine.Version)
+	if r, ok := dc.str(content.Attributes, "version", "engine.version", &c.Engine.Version); ok {
+		switch v := c.Engine.Version; {
+		case !versionRe.MatchString(v):
+			dc.errf(r, "Invalid engine version", "%q is not a package version: write it as apt shows it (\"20.10.24+dfsg1-1+deb12u1\") or a prefix ending in '*' (\"20.10.*\").", v)
+		case !strings.HasSuffix(v, "*") && !strings.Contains(v, "-"):
+			// Exact pins: "20.10.2" no longer matches 20.10.24.
+			dc.warnf(r, "Engine version is exact", "engine.version %q matches only that exact package version, and Debian versions of the engine carry a revision (\"20.10.24+dfsg1-1+deb12u1\"). Write %q to take the newest %s release.", v, v+"*", v)
+		}
 	}
 	if r, ok := dc.str(content.Attributes, "method", "engine.method", &c.Engine.Method); ok && c.Engine.Method != "package" && c.Engine.Method != "bundle" {
 		dc.errf(r, "Invalid install method", "engine.method is %q; use \"package\" (from the host's package mirror) or \"bundle\" (an offline bundle uploaded from this machine).", c.Engine.Method)
@@ -527,10 +601,12 @@ func decodeHardening(dc *dec, c *Cluster, b *hcl.Block) {
 	h := &c.Hardening
 	h.Profile = "default"
 	var attrs hcl.Attributes
+	var rules hcl.Blocks
 	if b != nil {
 		content, d := b.Body.Content(hardeningSchema)
 		dc.diags = append(dc.diags, d...)
 		attrs = content.Attributes
+		rules = content.Blocks
 		if r, ok := dc.str(attrs, "profile", "hardening.profile", &h.Profile); ok && h.Profile != "default" && h.Profile != "off" {
 			dc.errf(r, "Invalid hardening profile", "hardening.profile is %q; use \"default\" or \"off\".", h.Profile)
 		}
@@ -546,6 +622,88 @@ func decodeHardening(dc *dec, c *Cluster, b *hcl.Block) {
 	if h.AutoReboot && !h.Updates {
 		dc.warnf(dc.ranges["hardening.auto_reboot"], "Auto reboot without updates", "hardening.auto_reboot only matters when hardening.updates is on.")
 	}
+	for _, k := range []struct {
+		name string
+		dst  *[]string
+		what string
+	}{{"ssh_users", &h.SSHUsers, "user"}, {"ssh_groups", &h.SSHGroups, "group"}} {
+		r, ok := dc.strList(attrs, k.name, "hardening."+k.name, k.dst)
+		if !ok {
+			continue
+		}
+		seen := map[string]bool{}
+		for _, n := range *k.dst {
+			switch {
+			case !userRe.MatchString(n):
+				dc.errf(r, "Invalid "+k.what+" name", "hardening.%s: %q is not a %s name sshd can match: use lowercase letters, digits, '_' and '-', starting with a letter or '_'.", k.name, n, k.what)
+			case seen[n]:
+				dc.errf(r, "Duplicate "+k.what, "hardening.%s lists %q twice.", k.name, n)
+			case k.name == "ssh_users" && n == "root":
+				dc.errf(r, "Root login", "hardening.ssh_users cannot let root in: root login stays off on every host.")
+			}
+			seen[n] = true
+		}
+		if len(*k.dst) > 0 && !h.SSH {
+			dc.warnf(r, "SSH hardening is off", "hardening.%s only takes effect with hardening.ssh on (without it sshd lets every user in).", k.name)
+		}
+	}
+	for i, rb := range rules {
+		h.FirewallAllow = append(h.FirewallAllow, decodeFirewallRule(dc, rb, i))
+	}
+	if len(rules) > 0 && !h.Firewall {
+		dc.warnf(rules[0].DefRange, "Firewall is off", "firewall_allow blocks only take effect with hardening.firewall on (without it nothing is filtered).")
+	}
+}
+
+func decodeFirewallRule(dc *dec, b *hcl.Block, i int) FirewallRule {
+	content, d := b.Body.Content(firewallRuleSchema)
+	dc.diags = append(dc.diags, d...)
+	path := fmt.Sprintf("hardening.firewall_allow[%d]", i)
+	rule := FirewallRule{Protocol: "tcp"}
+	if r, ok := dc.str(content.Attributes, "protocol", path+".protocol", &rule.Protocol); ok && rule.Protocol != "tcp" && rule.Protocol != "udp" {
+		dc.errf(r, "Invalid protocol", "%s.protocol is %q; use \"tcp\" or \"udp\".", path, rule.Protocol)
+	}
+	if r, ok := dc.strList(content.Attributes, "ports", path+".ports", &rule.Ports); !ok || len(rule.Ports) == 0 {
+		if r == (hcl.Range{}) {
+			r = b.DefRange
+		}
+		dc.errf(r, "Missing ports", "%s needs ports = [443] or [\"9100-9110\"].", path)
+	} else {
+		for _, p := range rule.Ports {
+			if !validPortRange(p) {
+				dc.errf(r, "Invalid port", "%s.ports: %q is not a port (1-65535) or a range \"low-high\".", path, p)
+			}
+		}
+	}
+	if r, ok := dc.strList(content.Attributes, "from", path+".from", &rule.From); !ok || len(rule.From) == 0 {
+		if r == (hcl.Range{}) {
+			r = b.DefRange
+		}
+		dc.errf(r, "Missing sources", "%s needs from = [\"203.0.113.0/24\"]: the addresses the ports open to (\"0.0.0.0/0\" and \"::/0\" for anyone, said explicitly).", path)
+	} else {
+		for _, f := range rule.From {
+			if _, err := netip.ParsePrefix(f); err != nil {
+				if _, err := netip.ParseAddr(f); err != nil {
+					dc.errf(r, "Invalid source", "%s.from: %q is neither a CIDR block nor an address.", path, f)
+				}
+			}
+		}
+	}
+	return rule
+}
+
+// validPortRange accepts "443" and "9100-9110".
+func validPortRange(s string) bool {
+	lo, hi, isRange := strings.Cut(s, "-")
+	a, err := parsePort(lo)
+	if err != nil || a == 0 {
+		return false
+	}
+	if !isRange {
+		return true
+	}
+	b, err := parsePort(hi)
+	return err == nil && b >= a
 }
 
 func decodeSSH(dc *dec, c *Cluster, b *hcl.Block) {

@@ -224,12 +224,13 @@ managers { count = 1 }`, Vars{})
 
 func TestCalendar(t *testing.T) {
 	for _, ok := range []string{"daily", "Weekly", "Sun *-*-* 03:00", "Mon..Fri 02:30", "*-*-* 02,14:30:00", "Sat,Sun 04:00 UTC",
-		"*-*-01 00:00:00", "2026-12-24 18:00", "*:0/15", "12-25 10:00 Europe/Berlin", "Mon *-*-~1 03:00"} {
+		"*-*-01 00:00:00", "2026-12-24 18:00", "*:0/15", "12-25 10:00 Europe/Berlin", "Mon *-*~1 03:00"} {
 		if err := CheckCalendar(ok); err != nil {
 			t.Errorf("CheckCalendar(%q): %v", ok, err)
 		}
 	}
-	for _, bad := range []string{"", "sometimes", "every tuesday", "25:00", "*-13-01 00:00", "Funday 03:00", "*:0/0", "03:00 04:00"} {
+	for _, bad := range []string{"", "sometimes", "every tuesday", "25:00", "*-13-01 00:00", "Funday 03:00", "*:0/0", "03:00 04:00",
+		"Mon *-*-~1 03:00", "daily\n", "daily ", "Sun\t03:00", "03:00 Mars/Base"} {
 		if err := CheckCalendar(bad); err == nil {
 			t.Errorf("CheckCalendar(%q) accepted", bad)
 		}

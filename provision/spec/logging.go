@@ -77,6 +77,12 @@ func decodeLogging(dc *dec, c *Cluster, b *hcl.Block) {
 		switch {
 		case k == "max-size" && !logSizeRe.MatchString(v):
 			dc.errf(or, "Invalid log option", "max-size %q must be a size like \"10m\" (k, m or g).", v)
+		case k == "max-size" && strings.Trim(v, "0kmg") == "":
+			dc.errf(or, "Invalid log option", "max-size %q must be more than zero: the engine refuses to start with it. Remove max-size to keep logs unbounded.", v)
+		case k == "labels-regex" || k == "env-regex":
+			if _, err := regexp.Compile(v); err != nil {
+				dc.errf(or, "Invalid log option", "%s %q is not a regular expression the engine accepts (Go syntax): %v.", k, v, err)
+			}
 		case k == "max-file" || k == "fluentd-max-retries" || k == "gelf-compression-level" || k == "awslogs-max-buffered-events" || k == "awslogs-force-flush-interval-seconds":
 			if n, err := strconv.Atoi(v); err != nil || n < 0 || (k == "max-file" && n < 1) {
 				dc.errf(or, "Invalid log option", "%s %q must be a positive whole number.", k, v)
@@ -89,6 +95,11 @@ func decodeLogging(dc *dec, c *Cluster, b *hcl.Block) {
 			dc.errf(or, "Invalid log option", "gelf-address %q must start with udp:// or tcp://.", v)
 		case k == "syslog-address" && !regexp.MustCompile(`^(udp|tcp|tcp\+tls|unix|unixgram)://`).MatchString(v):
 			dc.errf(or, "Invalid log option", "syslog-address %q must start with udp://, tcp://, tcp+tls://, unix:// or unixgram://.", v)
+		}
+	}
+	if (c.Logging.Driver == "json-file" || c.Logging.Driver == "local") && opts["compress"] != "" && boolWords[opts["compress"]] && (opts["compress"] == "true" || opts["compress"] == "1") {
+		if n, err := strconv.Atoi(opts["max-file"]); err == nil && n < 2 {
+			dc.errf(or, "Invalid log option", "compress = %q needs max-file of 2 or more: the engine refuses compression with a single file.", opts["compress"])
 		}
 	}
 	for _, req := range def.required {

@@ -37,6 +37,14 @@ type Cluster struct {
 	SSH         SSH                  //
 	Parallelism int                  // bound on concurrent host work; default 16
 	Ranges      map[string]hcl.Range // source ranges of settings by dotted path ("managers.count", "engine.version"), for later diagnostics
+	// Secrets are the values of variables declared `sensitive = true` (each
+	// string, number and bool in them, as text): whatever prints something
+	// derived from the spec replaces them (redact.NewValues).
+	Secrets []string
+	// SensitivePaths are the settings (dotted paths as in Ranges) whose
+	// expression uses a sensitive variable: their values, even when only
+	// derived from the secret, are not shown.
+	SensitivePaths map[string]bool
 
 	// LoadBalancer is the load_balancer block (lb.go).
 	LoadBalancer LoadBalancer
@@ -110,7 +118,9 @@ type TLS struct {
 }
 
 // Hardening is the `hardening { }` block; every switch defaults to true except
-// UserNamespaces, AutoReboot and OverlayEncryption.
+// UserNamespaces, AutoReboot and OverlayEncryption. The lists (tagged, and
+// left out when empty) are the bare-metal knobs: who else may log in over
+// SSH, and what else the firewall lets in.
 type Hardening struct {
 	Profile           string // "default" or "off" (off turns every switch off unless set explicitly)
 	SSH               bool
@@ -119,9 +129,23 @@ type Hardening struct {
 	Daemon            bool
 	Audit             bool
 	Updates           bool
-	AutoReboot        bool
+	AutoReboot        bool // reboots when an update needs one, at a time staggered per node (managers never together)
 	UserNamespaces    bool
 	OverlayEncryption bool
+	// SSHUsers may log in over SSH besides the admin user (sshd AllowUsers).
+	SSHUsers []string `json:"ssh_users,omitempty"`
+	// SSHGroups: members of these groups may log in over SSH too.
+	SSHGroups []string `json:"ssh_groups,omitempty"`
+	// FirewallAllow are inbound rules added to the firewall (firewall_allow blocks).
+	FirewallAllow []FirewallRule `json:"firewall_allow,omitempty"`
+}
+
+// FirewallRule is one `firewall_allow { }` block: protocol, ports and the
+// sources they are open to.
+type FirewallRule struct {
+	Protocol string   `json:"protocol"` // "tcp" (default) or "udp"
+	Ports    []string `json:"ports"`    // "443" or a range "9100-9110"
+	From     []string `json:"from"`     // CIDRs or addresses; required ("0.0.0.0/0" and "::/0" for anyone)
 }
 
 // SSH is the `ssh { }` block: the admin login provision creates or uses.

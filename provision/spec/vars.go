@@ -1,8 +1,9 @@
 package spec
 
 import (
+	"errors"
 	"fmt"
-	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -34,7 +35,13 @@ type variable struct {
 	Typed   bool
 	Default cty.Value
 	HasDef  bool
-	Range   hcl.Range
+	// Sensitive values are replaced by "(sensitive)" in everything provision
+	// prints: diagnostics, plans, logs and errors.
+	Sensitive bool
+	Range     hcl.Range
+	// raw holds the text of every value given to a sensitive variable,
+	// also those refused (a diagnostic may show their source line).
+	raw []string
 }
 
 var variableSchema = &hcl.BodySchema{
@@ -47,7 +54,7 @@ var variableSchema = &hcl.BodySchema{
 }
 
 // decodeVariables reads the variable blocks of every file.
-func decodeVariables(blocks hcl.Blocks) (map[string]*variable, hcl.Diagnostics) {
+func decodeVariables(blocks hcl.Blocks, budget *evalBudget) (map[string]*variable, hcl.Diagnostics) {
 	var diags hcl.Diagnostics
 	vars := map[string]*variable{}
 	for _, b := range blocks {
@@ -73,10 +80,30 @@ func decodeVariables(blocks hcl.Blocks) (map[string]*variable, hcl.Diagnostics) 
 				v.Type, v.Typed = ty, true
 			}
 		}
-		if a, ok := content.Attributes["default"]; ok {
+		if a, ok := content.Attributes["sensitive"]; ok {
 			val, d := a.Expr.Value(nil)
 			diags = append(diags, d...)
 			if !d.HasErrors() {
+				if bv, err := convert.Convert(val, cty.Bool); err != nil || bv.IsNull() || !bv.IsKnown() {
+					diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid sensitive flag",
+						Detail: "sensitive must be true or false.", Subject: a.Expr.Range().Ptr()})
+				} else {
+					v.Sensitive = bv.True()
+				}
+			}
+		}
+		if a, ok := content.Attributes["default"]; ok {
+			if d := checkCost(a.Expr, nil); d.HasErrors() {
+				diags = append(diags, d...)
+				vars[name] = v
+				continue
+			}
+			val, d := a.Expr.Value(nil)
+			diags = append(diags, d...)
+			if !d.HasErrors() {
+				if v.Sensitive {
+					v.raw = append(v.raw, leaves(val)...)
+				}
 				if v.Typed {
 					cv, err := convert.Convert(val, v.Type)
 					if err != nil {
@@ -95,8 +122,9 @@ func decodeVariables(blocks hcl.Blocks) (map[string]*variable, hcl.Diagnostics) 
 }
 
 // resolveVariables applies the outside values to the declarations and returns
-// the `var` object for expressions.
-func resolveVariables(decl map[string]*variable, in Vars, read func(string) ([]byte, error)) (cty.Value, hcl.Diagnostics) {
+// the `var` object for expressions, and the values of sensitive variables as
+// text (every string, number and bool in them) for redaction.
+func resolveVariables(decl map[string]*variable, in Vars, read func(string) ([]byte, error), budget *evalBudget) (cty.Value, []string, hcl.Diagnostics) {
 	var diags hcl.Diagnostics
 	vals := map[string]cty.Value{}
 	for name, v := range decl {
@@ -114,9 +142,22 @@ func resolveVariables(decl map[string]*variable, in Vars, read func(string) ([]b
 				Detail: fmt.Sprintf("%s sets %q, but the cluster file declares no variable %q. Add a `variable %q {}` block.", src, name, name, name), Subject: rng})
 			return
 		}
+		if v.Sensitive {
+			v.raw = append(v.raw, leaves(raw)...)
+		}
 		val := raw
 		if parseStr && raw.Type() == cty.String {
-			val = parseLoose(raw.AsString(), v)
+			if len(raw.AsString()) > MaxValueBytes {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Variable value too large",
+					Detail: fmt.Sprintf("%s gives variable %q a value of %d bytes; values from the command line and the environment are limited to %s.", src, name, len(raw.AsString()), byteSize(MaxValueBytes)), Subject: rng})
+				return
+			}
+			var d hcl.Diagnostics
+			val, d = parseLoose(raw.AsString(), v, src)
+			if d.HasErrors() {
+				diags = append(diags, d...)
+				return
+			}
 		}
 		if v.Typed {
 			cv, err := convert.Convert(val, v.Type)
@@ -142,8 +183,16 @@ func resolveVariables(decl map[string]*variable, in Vars, read func(string) ([]b
 	// Var files.
 	for _, path := range in.Files {
 		src, err := read(path)
+		if errors.Is(err, errTooLarge) {
+			diags = append(diags, fileDiag(path, "File too large", fmt.Sprintf("This variable file is larger than %s, the limit for variable files. Is it the right file?", byteSize(MaxFileBytes))))
+			continue
+		}
 		if err != nil {
 			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Cannot read variable file", Detail: err.Error()})
+			continue
+		}
+		if d := checkHCLSource(src, path, false); d.HasErrors() {
+			diags = append(diags, d...)
 			continue
 		}
 		f, d := hclsyntax.ParseConfig(src, path, hcl.InitialPos)
@@ -160,6 +209,10 @@ func resolveVariables(decl map[string]*variable, in Vars, read func(string) ([]b
 		sort.Strings(names)
 		for _, n := range names {
 			a := attrs[n]
+			if d := checkCost(a.Expr, nil); d.HasErrors() {
+				diags = append(diags, d...)
+				continue
+			}
 			val, d := a.Expr.Value(nil)
 			diags = append(diags, d...)
 			if d.HasErrors() {
@@ -191,42 +244,78 @@ func resolveVariables(decl map[string]*variable, in Vars, read func(string) ([]b
 			vals[n] = cty.DynamicVal
 		}
 	}
-	if len(vals) == 0 {
-		return cty.EmptyObjectVal, diags
+	var secrets []string
+	for _, n := range names {
+		if decl[n].Sensitive {
+			secrets = append(secrets, decl[n].raw...)
+			secrets = append(secrets, leaves(vals[n])...)
+		}
 	}
-	return cty.ObjectVal(vals), diags
+	sort.Strings(secrets)
+	secrets = slices.Compact(secrets)
+	if len(vals) == 0 {
+		return cty.EmptyObjectVal, secrets, diags
+	}
+	return cty.ObjectVal(vals), secrets, diags
+}
+
+// leaves returns the text of every primitive value inside v.
+func leaves(v cty.Value) []string {
+	var out []string
+	_ = cty.Walk(v, func(_ cty.Path, e cty.Value) (bool, error) {
+		if e.IsNull() || !e.IsKnown() {
+			return false, nil
+		}
+		if e.Type().IsPrimitiveType() {
+			if s, err := convert.Convert(e, cty.String); err == nil && !s.IsNull() && s.AsString() != "" {
+				out = append(out, s.AsString())
+			}
+		}
+		return true, nil
+	})
+	return out
 }
 
 // parseLoose turns a command-line or environment string into a value: kept as
 // a string for string, primitive or untyped variables (converted later), and
-// parsed as an HCL expression for collection and object types.
-func parseLoose(s string, v *variable) cty.Value {
+// parsed as an HCL expression for collection and object types. An expression
+// beyond the input bounds is refused; one that does not parse stays a string
+// (the type conversion then says what is wrong).
+func parseLoose(s string, v *variable, src string) (cty.Value, hcl.Diagnostics) {
 	if v.Typed && (v.Type.IsPrimitiveType() || v.Type == cty.DynamicPseudoType) {
-		return cty.StringVal(s)
+		return cty.StringVal(s), nil
 	}
 	if !v.Typed {
 		if v.HasDef && v.Default.Type().IsPrimitiveType() {
 			cv, err := convert.Convert(cty.StringVal(s), v.Default.Type())
 			if err == nil {
-				return cv
+				return cv, nil
 			}
 		}
-		return cty.StringVal(s)
+		return cty.StringVal(s), nil
 	}
-	expr, d := hclsyntax.ParseExpression([]byte(s), "<value>", hcl.InitialPos)
+	name := "<" + src + ">"
+	if d := checkHCLSource([]byte(s), name, true); d.HasErrors() {
+		return cty.NilVal, d
+	}
+	expr, d := hclsyntax.ParseExpression([]byte(s), name, hcl.InitialPos)
 	if d.HasErrors() {
-		return cty.StringVal(s)
+		return cty.StringVal(s), nil
+	}
+	if d := checkCost(expr, nil); d.HasErrors() {
+		return cty.NilVal, d
 	}
 	val, d := expr.Value(nil)
 	if d.HasErrors() {
-		return cty.StringVal(s)
+		return cty.StringVal(s), nil
 	}
-	return val
+	return val, nil
 }
 
-// functions is the small standard library available in expressions.
-func functions() map[string]function.Function {
-	return map[string]function.Function{
+// functions is the small standard library available in expressions, each
+// bounded by budget (see guard).
+func functions(budget *evalBudget) map[string]function.Function {
+	fs := map[string]function.Function{
 		"upper":      stdlib.UpperFunc,
 		"lower":      stdlib.LowerFunc,
 		"format":     stdlib.FormatFunc,
@@ -245,6 +334,10 @@ func functions() map[string]function.Function {
 		"coalesce":   stdlib.CoalesceFunc,
 		"formatlist": stdlib.FormatListFunc,
 	}
+	for name, f := range fs {
+		fs[name] = guard(name, f, budget)
+	}
+	return fs
 }
 
-func readFile(path string) ([]byte, error) { return os.ReadFile(path) }
+func readFile(path string) ([]byte, error) { return readFileLimited(path) }

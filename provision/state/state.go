@@ -60,6 +60,19 @@ type Machine struct {
 	CertSerial   string    `json:"cert_serial,omitempty"`
 	CertNotAfter time.Time `json:"cert_not_after,omitempty"`
 	Engine       string    `json:"engine,omitempty"` // engine version found after install
+	// HostKeySource says where SSH.HostKey came from: HostKeyInstalled
+	// (provision made it and the driver put it on the machine: it is
+	// rotated on the first trusted connection), HostKeyHost (made on the
+	// host, never left it), HostKeyOwn (the host's own: generic hosts) or
+	// "" (recorded before rotation existed).
+	HostKeySource string `json:"host_key_source,omitempty"`
+	// HostKeyNext is the public half of a key made on the host and pinned
+	// (beside SSH.HostKey) before the host switches to it, so that an
+	// interrupted rotation never locks provision out.
+	HostKeyNext string `json:"host_key_next,omitempty"`
+	// HostKeyInstalled is the installed key a rotation replaced: a driver
+	// tag that still shows it is expected, any other disagreement is not.
+	HostKeyInstalled string `json:"host_key_installed,omitempty"`
 }
 
 // Swarm is what provision knows of the swarm it bootstrapped.

@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -75,6 +76,9 @@ type Store struct {
 	dir   string
 	lock  *os.File
 	stale *Holder
+	// created are the directories Open made (outermost first): Close
+	// removes those, and only those, when they are left empty.
+	created []string
 }
 
 // DefaultDir is where a spec's state lives unless --state-dir says otherwise:
@@ -88,7 +92,8 @@ func DefaultDir(specFile, cluster string) string {
 // *LockedError naming the holder. The lock is a flock, so the kernel releases
 // it when its process dies, on every exit path.
 func Open(dir, command string) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	created, err := mkdirAll(dir, 0o700)
+	if err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
 	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
@@ -103,7 +108,7 @@ func Open(dir, command string) (*Store, error) {
 		}
 		return nil, fmt.Errorf("state lock: %w", err)
 	}
-	s := &Store{dir: dir, lock: f}
+	s := &Store{dir: dir, lock: f, created: created}
 	// A holder recorded in a lock we could take died without cleaning up.
 	s.stale = readHolder(f)
 	host, _ := os.Hostname()
@@ -151,7 +156,7 @@ func (s *Store) SSHDir() string { return filepath.Join(s.dir, "ssh") }
 // refused and left untouched.
 func (s *Store) Load() (*State, error) {
 	path := filepath.Join(s.dir, stateFile)
-	b, err := os.ReadFile(path)
+	b, err := readLimited(path, maxStateBytes)
 	if errors.Is(err, fs.ErrNotExist) {
 		id := make([]byte, 8)
 		if _, err := rand.Read(id); err != nil {
@@ -160,7 +165,7 @@ func (s *Store) Load() (*State, error) {
 		return &State{Version: Version, ClusterID: hex.EncodeToString(id)}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read state: %w", err)
+		return nil, fmt.Errorf("read state file %s: %w; it was left untouched", path, err)
 	}
 	var head struct {
 		Version int `json:"version"`
@@ -181,6 +186,9 @@ func (s *Store) Load() (*State, error) {
 	}
 	if st.ClusterID == "" {
 		return nil, fmt.Errorf("state file %s has no cluster ID; it was left untouched", path)
+	}
+	if err := st.Validate(); err != nil {
+		return nil, fmt.Errorf("state file %s is corrupt (%v); it was left untouched: restore it from %s or move it away", path, err, backup)
 	}
 	st.Version = Version
 	return st, nil
@@ -205,6 +213,26 @@ func (s *Store) Save(st *State) error {
 		return fmt.Errorf("save state: %w", err)
 	}
 	return nil
+}
+
+// maxStateBytes bounds what Load reads: a state of 10000 machines is about
+// 20 MiB.
+const maxStateBytes = 256 << 20
+
+func readLimited(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("larger than %d MiB", max>>20)
+	}
+	return b, nil
 }
 
 func writeAtomic(dir, name string, b []byte) error {
@@ -273,10 +301,47 @@ func (s *Store) Close() error {
 	err := s.lock.Close() // closing the descriptor releases the flock
 	s.lock = nil
 	if empty {
-		os.Remove(s.dir)
-		os.Remove(filepath.Dir(s.dir)) // .provision, when it held only this cluster
+		// Only directories this Open made, innermost first, and only when
+		// empty: a directory the user made (or that holds anything else)
+		// stays.
+		for i := len(s.created) - 1; i >= 0; i-- {
+			if os.Remove(s.created[i]) != nil {
+				break
+			}
+		}
 	}
 	return err
+}
+
+// mkdirAll is os.MkdirAll that returns the directories it created,
+// outermost first.
+func mkdirAll(dir string, mode os.FileMode) ([]string, error) {
+	dir = filepath.Clean(dir)
+	var missing []string
+	for d := dir; ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err == nil {
+			if !fi.IsDir() {
+				return nil, fmt.Errorf("%s is not a directory", d)
+			}
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		missing = append(missing, d)
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	var created []string
+	for i := len(missing) - 1; i >= 0; i-- {
+		if err := os.Mkdir(missing[i], mode); err != nil && !errors.Is(err, fs.ErrExist) {
+			return created, err
+		}
+		created = append(created, missing[i])
+	}
+	return created, nil
 }
 
 // EnsureSSHKey returns the cluster's admin key from <dir>/ssh/id_ed25519,

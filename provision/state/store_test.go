@@ -28,8 +28,8 @@ func TestSaveLoadBackup(t *testing.T) {
 		t.Fatalf("new state %+v", st)
 	}
 	st.Name = "demo"
-	st.Put(&Machine{Machine: drivers.Machine{Name: "demo-worker-1", ID: "abc"}, Role: "worker", Status: StatusReady})
-	st.Put(&Machine{Machine: drivers.Machine{Name: "demo-manager-1", ID: "def"}, Role: "manager", Status: StatusReady})
+	st.Put(&Machine{Machine: drivers.Machine{Name: "demo-worker-1", ID: "abc", Driver: "local"}, Role: "worker", Status: StatusReady})
+	st.Put(&Machine{Machine: drivers.Machine{Name: "demo-manager-1", ID: "def", Driver: "local"}, Role: "manager", Status: StatusReady})
 	if err := s.Save(st); err != nil {
 		t.Fatal(err)
 	}

@@ -41,9 +41,22 @@ type Engine struct {
 // Connect returns an SDK client for address:2376 over mutual TLS. It does no
 // I/O; the first call negotiates the API version.
 func Connect(name, address string, tlsConfig *tls.Config) (*Engine, error) {
+	return ConnectVia(name, address, tlsConfig, nil)
+}
+
+// Dialer opens the TCP connection under the TLS session (nil: directly).
+type Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// ConnectVia is Connect with the TCP connection made by dial: through an
+// SSH tunnel when the engine is reached through a bastion. TLS runs end to
+// end over it, verified against the node's name and address as always.
+func ConnectVia(name, address string, tlsConfig *tls.Config, dial Dialer) (*Engine, error) {
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	}
 	tr := &http.Transport{
 		TLSClientConfig:     tlsConfig.Clone(),
-		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:         dial,
 		TLSHandshakeTimeout: 10 * time.Second,
 		MaxIdleConnsPerHost: 4,
 	}

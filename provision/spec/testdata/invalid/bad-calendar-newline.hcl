@@ -1,0 +1,7 @@
+name = "cal"
+managers { count = 1 }
+prune {
+  schedule = <<EOT
+daily
+EOT
+}

@@ -1,0 +1,3 @@
+name = "nomgr"
+
+workers { count = 2 }
