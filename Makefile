@@ -10,10 +10,8 @@ export GOFLAGS ?= -mod=mod
 
 all: build
 
-# Static (no cgo): `provision lb deploy` packs this binary into the image of
-# the in-cluster load balancer reconciler.
 build:
-	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/provision
+	$(GO) build -o $(BIN) ./cmd/provision
 
 # Everything the tests and the demo need on this machine: a running Docker
 # engine (installed from the machine's apt sources when missing) and the local

@@ -83,8 +83,6 @@ func binary(t *testing.T) string {
 		binPath = filepath.Join(dir, "provision")
 		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/provision")
 		cmd.Dir = repoRoot(t)
-		// Static, as make build makes it: lb deploy packs this binary into an image.
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)

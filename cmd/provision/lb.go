@@ -414,7 +414,8 @@ func newLBDeploy(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "deploy FILE",
 		Short: "Run the load balancer reconciler as a swarm service on the managers",
-		Long: `Build an image from a static provision binary (this one by default), load it
+		Long: `Build an image from a provision binary (this one by default; a dynamically
+linked one goes with its loader and libraries from this machine), load it
 onto every manager through the Engine API (no registry), and run it as the
 service provision-lb: one replica on a manager, the local engine's socket
 mounted, following the swarm's events like lb sync --watch. It keeps the load
@@ -427,7 +428,7 @@ swarm secret (encrypted in the raft log, on tmpfs in the task).
 --credentials none relies on the machines' own identity (an AWS instance
 profile, an Azure managed identity). Running it again updates the service
 when the binary, spec or credentials changed.`,
-		Example: "  provision lb deploy cluster.hcl\n  CGO_ENABLED=0 go build -o provision-linux ./cmd/provision && provision lb deploy cluster.hcl --binary provision-linux",
+		Example: "  provision lb deploy cluster.hcl\n  GOOS=linux GOARCH=arm64 CGO_ENABLED=0 go build -o provision-arm64 ./cmd/provision && provision lb deploy cluster.hcl --binary provision-arm64",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if creds != "env" && creds != "none" {
@@ -501,7 +502,7 @@ when the binary, spec or credentials changed.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&binary, "binary", "", "static Linux provision binary for the image (default: this one)")
+	cmd.Flags().StringVar(&binary, "binary", "", "Linux provision binary for the image, of the managers' architecture (default: this one)")
 	cmd.Flags().StringVar(&creds, "credentials", "env", "env: copy the drivers' credential variables from this environment; none: the machines' own identity")
 	return cmd
 }

@@ -26,8 +26,8 @@ import (
 
 // The in-cluster reconciler: a swarm service on the managers running this
 // same program (`provision lb sync --in-cluster`) from an image provision
-// builds from its own static binary and loads onto each manager through the
-// Engine API. No registry, no Dockerfile.
+// builds from its own binary and loads onto each manager through the Engine
+// API. No registry, no Dockerfile.
 const (
 	ServiceName  = "provision-lb"
 	ImageRepo    = "provision/lb"
@@ -59,7 +59,7 @@ type NamedFile struct {
 }
 
 // Image is the reconciler's image: a gzip'd root filesystem holding the
-// static binary as /provision, and its tag (from the binary's hash, so a new
+// binary as /provision (with its loader and libraries when it has any), and its tag (from the binary's hash, so a new
 // binary rolls the service and an unchanged one is not uploaded again).
 type Image struct {
 	Tag     string
@@ -67,12 +67,16 @@ type Image struct {
 	RootTar []byte
 }
 
-// BuildImage packs binary (which must be a static Linux executable) into an
-// image root filesystem.
+// BuildImage packs binary (a Linux executable of this machine's kind) into
+// an image root filesystem. A static binary goes alone; a dynamically linked
+// one (make build links cgo for the libvirt driver) goes with its program
+// interpreter and the shared libraries it names, taken from this machine
+// where the dynamic linker finds them. libvirt is loaded only when the
+// libvirt driver is used, which the reconciler never does.
 func BuildImage(binary string) (*Image, error) {
 	f, err := elf.Open(binary)
 	if err != nil {
-		return nil, fmt.Errorf("%s is not a Linux executable (%v): build one with CGO_ENABLED=0 GOOS=linux go build -o provision-linux ./cmd/provision and pass --binary", binary, err)
+		return nil, fmt.Errorf("%s is not a Linux executable (%v): build one (GOOS=linux go build -o provision-linux ./cmd/provision) and pass --binary", binary, err)
 	}
 	arch := ""
 	switch f.Machine {
@@ -83,13 +87,11 @@ func BuildImage(binary string) (*Image, error) {
 	default:
 		arch = f.Machine.String()
 	}
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			f.Close()
-			return nil, fmt.Errorf("%s is dynamically linked: the image holds nothing but the binary; build it with CGO_ENABLED=0 (make build does) and pass --binary", binary)
-		}
-	}
 	f.Close()
+	libs, err := runtimeFiles(binary)
+	if err != nil {
+		return nil, err
+	}
 	bin, err := os.ReadFile(binary)
 	if err != nil {
 		return nil, err
@@ -99,24 +101,47 @@ func BuildImage(binary string) (*Image, error) {
 	gz, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
 	tw := tar.NewWriter(gz)
 	now := time.Unix(0, 0)
-	for _, d := range []struct {
-		name string
-		mode int64
-	}{{"tmp/", 0o1777}, {"run/", 0o755}, {"etc/", 0o755}} {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d.name, Mode: d.mode, ModTime: now}); err != nil {
+	dirs := map[string]bool{}
+	dir := func(name string, mode int64) error {
+		if dirs[name] {
+			return nil
+		}
+		dirs[name] = true
+		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: mode, ModTime: now})
+	}
+	file := func(name string, mode int64, data []byte) error {
+		parts := strings.Split(name, "/")
+		for i := 1; i < len(parts); i++ {
+			if err := dir(strings.Join(parts[:i], "/"), 0o755); err != nil {
+				return err
+			}
+		}
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(data)), ModTime: now}); err != nil {
+			return err
+		}
+		_, err := tw.Write(data)
+		return err
+	}
+	if err := dir("tmp", 0o1777); err != nil {
+		return nil, err
+	}
+	if err := dir("run", 0o755); err != nil {
+		return nil, err
+	}
+	// A passwd for the SDKs that look up the current user.
+	if err := file("etc/passwd", 0o644, []byte("root:x:0:0:root:/tmp:/provision\n")); err != nil {
+		return nil, err
+	}
+	for _, l := range libs {
+		data, err := os.ReadFile(l) // follows the link: the image holds the file under the name asked for
+		if err != nil {
+			return nil, err
+		}
+		if err := file(strings.TrimPrefix(l, "/"), 0o755, data); err != nil {
 			return nil, err
 		}
 	}
-	// A passwd for the SDKs that look up the current user.
-	passwd := []byte("root:x:0:0:root:/tmp:/provision\n")
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "etc/passwd", Mode: 0o644, Size: int64(len(passwd)), ModTime: now}); err != nil {
-		return nil, err
-	}
-	tw.Write(passwd)
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "provision", Mode: 0o755, Size: int64(len(bin)), ModTime: now}); err != nil {
-		return nil, err
-	}
-	if _, err := tw.Write(bin); err != nil {
+	if err := file("provision", 0o755, bin); err != nil {
 		return nil, err
 	}
 	if err := tw.Close(); err != nil {
@@ -126,6 +151,71 @@ func BuildImage(binary string) (*Image, error) {
 		return nil, err
 	}
 	return &Image{Tag: ImageRepo + ":" + hex.EncodeToString(sum[:6]), Arch: arch, RootTar: buf.Bytes()}, nil
+}
+
+// libDirs are where the dynamic linker looks on Debian-like and other
+// common systems (multiarch first).
+var libDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"}
+
+// runtimeFiles lists what a dynamically linked binary needs to start: its
+// program interpreter and the shared libraries it names, and theirs, by the
+// paths the dynamic linker would use. None for a static binary.
+func runtimeFiles(binary string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	var walk func(path string, top bool) error
+	walk = func(path string, top bool) error {
+		f, err := elf.Open(path)
+		if err != nil {
+			return fmt.Errorf("read %s: %w", path, err)
+		}
+		defer f.Close()
+		if top {
+			for _, p := range f.Progs {
+				if p.Type != elf.PT_INTERP {
+					continue
+				}
+				b, err := io.ReadAll(p.Open())
+				if err != nil {
+					return fmt.Errorf("%s: program interpreter: %w", path, err)
+				}
+				interp := strings.TrimRight(string(b), "\x00")
+				if !seen[interp] {
+					seen[interp] = true
+					out = append(out, interp)
+				}
+			}
+		}
+		libs, err := f.ImportedLibraries()
+		if err != nil {
+			return fmt.Errorf("%s: shared libraries: %w", path, err)
+		}
+		for _, l := range libs {
+			if seen[l] {
+				continue
+			}
+			seen[l] = true
+			found := ""
+			for _, d := range libDirs {
+				if _, err := os.Stat(d + "/" + l); err == nil {
+					found = d + "/" + l
+					break
+				}
+			}
+			if found == "" {
+				return fmt.Errorf("%s needs %s, which is not in %s: build a static binary (CGO_ENABLED=0 go build ./cmd/provision) and pass --binary", binary, l, strings.Join(libDirs, ", "))
+			}
+			out = append(out, found)
+			if err := walk(found, false); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := walk(binary, true); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // engineArch maps an engine's Info.Architecture to GOARCH.
