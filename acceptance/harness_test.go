@@ -81,7 +81,7 @@ func binary(t *testing.T) string {
 		}
 		builtDir = dir
 		binPath = filepath.Join(dir, "provision")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/provision")
+		cmd := exec.Command("go", "build", "-tags", "libvirt_dlopen", "-o", binPath, "./cmd/provision") // as make build
 		cmd.Dir = repoRoot(t)
 		out, err := cmd.CombinedOutput()
 		if err != nil {

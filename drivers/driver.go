@@ -131,6 +131,7 @@ type Machine struct {
 	Address        string            `json:"address"`                   // where the operator reaches SSH and the engine's TLS port
 	PrivateAddress string            `json:"private_address,omitempty"` // where other members reach it (swarm advertise); empty means Address
 	SSH            SSHEndpoint       `json:"ssh"`
+	EnginePort     int               `json:"engine_port,omitempty"` // the engine's TLS port at Address when the driver forwards it elsewhere (libvirt user-mode networking); 0 means the standard 2376
 	Tags           map[string]string `json:"tags,omitempty"`
 	State          string            `json:"state,omitempty"` // driver's word for it: "running", "stopped", ...
 }
@@ -184,6 +185,9 @@ type Info struct {
 	MinDiskGiB int     // smallest disk the platform accepts (0: the driver manages no disk)
 	DefaultGiB int     // disk size when the spec gives none
 	NeedsHosts bool    // pools on this driver list existing host addresses (generic)
+	// CheckSize, when set, validates a pool's size (spec errors at the
+	// attribute); drivers without it take platform type names unchecked.
+	CheckSize func(size string) error
 }
 
 var (
@@ -191,7 +195,7 @@ var (
 	known = []Info{
 		{Type: "local", MinDiskGiB: 1, DefaultGiB: 10},
 		{Type: "generic", NeedsHosts: true},
-		{Type: "libvirt", MinDiskGiB: 4, DefaultGiB: 20},
+		{Type: "libvirt", MinDiskGiB: 4, DefaultGiB: 20, CheckSize: func(s string) error { _, err := ParseSize(s); return err }},
 		{Type: "aws", MinDiskGiB: 8, DefaultGiB: 20},
 		{Type: "azure", MinDiskGiB: 30, DefaultGiB: 30},
 		{Type: "digitalocean", MinDiskGiB: 25, DefaultGiB: 25},

@@ -94,16 +94,6 @@ func TestValidateExitCodes(t *testing.T) {
 	if code(err) != exitUsage || !strings.Contains(errs, "Negative count") {
 		t.Fatalf("code %d, stderr:\n%s", code(err), errs)
 	}
-	// A driver type the language knows but this binary lacks is refused by
-	// validate as well as plan, at the block.
-	f := filepath.Join(t.TempDir(), "lv.hcl")
-	os.WriteFile(f, []byte("name = \"lv\"\n\ndriver \"libvirt\" {}\nmanagers {\n  count = 1\n}\n"), 0o644)
-	for _, c := range []string{"validate", "plan"} {
-		_, errs, err = runCLI(t, c, f, "--no-color", "--state-dir", t.TempDir())
-		if code(err) != exitUsage || !strings.Contains(errs, "lv.hcl:3:1") || !strings.Contains(errs, "Driver not built in") {
-			t.Fatalf("%s: code %d, stderr:\n%s", c, code(err), errs)
-		}
-	}
 }
 
 func TestStateLockedExitCode(t *testing.T) {

@@ -54,6 +54,9 @@ again updates the context; destroy does not remove it.`,
 			}
 			out := cmd.OutOrStdout()
 			host := dockerHost(m.Address)
+			if m.EnginePort != 0 { // forwarded by the driver (libvirt user-mode networking)
+				host = "tcp://" + net.JoinHostPort(m.Address, strconv.Itoa(m.EnginePort))
+			}
 			if context || ctxName != "" {
 				if ctxName == "" {
 					ctxName = "provision-" + l.spec.Name + "-" + m.Name

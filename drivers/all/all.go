@@ -7,5 +7,6 @@ import (
 	_ "github.com/provision/provision/drivers/azure"
 	_ "github.com/provision/provision/drivers/digitalocean"
 	_ "github.com/provision/provision/drivers/generic"
+	_ "github.com/provision/provision/drivers/libvirt"
 	_ "github.com/provision/provision/drivers/local"
 )

@@ -62,7 +62,7 @@ func (e *Engine) ConnectEngine(ctx context.Context, m drivers.Machine, cfg *tls.
 	if err != nil {
 		return nil, err
 	}
-	return swarm.ConnectVia(m.Name, m.Address, cfg, dial)
+	return swarm.ConnectAt(m.Name, m.Address, m.EnginePort, cfg, dial)
 }
 
 // Close releases the engine's tunnels (a caller that used ConnectEngine or

@@ -446,7 +446,11 @@ func decodePool(dc *dec, c *Cluster, b *hcl.Block, role string) Pool {
 	} else {
 		p.DiskGiB = info.DefaultGiB
 	}
-	dc.str(content.Attributes, "size", path+".size", &p.Size)
+	if r, ok := dc.str(content.Attributes, "size", path+".size", &p.Size); ok && info.CheckSize != nil {
+		if err := info.CheckSize(p.Size); err != nil {
+			dc.errf(r, "Invalid size", "%s.size: %s", path, err)
+		}
+	}
 	if r, ok := dc.strMap(content.Attributes, "labels", path+".labels", &p.Labels); ok {
 		for _, k := range sortedKeys(p.Labels) {
 			if !labelKey.MatchString(k) || strings.HasPrefix(k, "provision.") || len(k) > 128 {

@@ -51,6 +51,16 @@ type Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 // SSH tunnel when the engine is reached through a bastion. TLS runs end to
 // end over it, verified against the node's name and address as always.
 func ConnectVia(name, address string, tlsConfig *tls.Config, dial Dialer) (*Engine, error) {
+	return ConnectAt(name, address, Port, tlsConfig, dial)
+}
+
+// ConnectAt is ConnectVia for an engine whose TLS port is reached at another
+// port of address (a driver's forward, such as libvirt's user-mode
+// networking); port 0 means Port.
+func ConnectAt(name, address string, port int, tlsConfig *tls.Config, dial Dialer) (*Engine, error) {
+	if port == 0 {
+		port = Port
+	}
 	if dial == nil {
 		dial = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	}
@@ -61,7 +71,7 @@ func ConnectVia(name, address string, tlsConfig *tls.Config, dial Dialer) (*Engi
 		MaxIdleConnsPerHost: 4,
 	}
 	c, err := client.NewClientWithOpts(
-		client.WithHost("tcp://"+net.JoinHostPort(address, strconv.Itoa(Port))),
+		client.WithHost("tcp://"+net.JoinHostPort(address, strconv.Itoa(port))),
 		client.WithScheme("https"),
 		client.WithHTTPClient(&http.Client{Transport: tr}),
 		client.WithAPIVersionNegotiation(),

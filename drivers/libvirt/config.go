@@ -1,0 +1,214 @@
+package libvirt
+
+import (
+	"fmt"
+	"net/netip"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+
+	"github.com/provision/provision/drivers"
+)
+
+// Defaults for the driver block.
+const (
+	DefaultURI             = "qemu:///system"
+	DefaultDomainType      = "kvm"
+	DefaultPool            = "default"
+	DefaultMachineType     = "q35"
+	DefaultSize            = "2cpu-2g"
+	DefaultBootTimeout     = 10 * time.Minute
+	DefaultShutdownTimeout = 90 * time.Second
+)
+
+// Network modes: how a machine is attached and how it is reached.
+const (
+	ModeNetwork = "network" // an existing libvirt network; addresses from its DHCP leases
+	ModeBridge  = "bridge"  // an existing host bridge; addresses from the guest agent or ARP
+	ModeCreate  = "create"  // a NAT network the driver creates per cluster on network_cidr
+	ModeUser    = "user"    // QEMU user-mode networking; SSH and the engine port forwarded on 127.0.0.1
+)
+
+// defaultNATRange is libvirt's own default network: never used by provision.
+var defaultNATRange = netip.MustParsePrefix("192.168.122.0/24")
+
+// Config is the decoded driver block, defaults applied.
+type Config struct {
+	URI             string        // libvirt connection URI
+	DomainType      string        // "kvm" or "qemu" (software emulation, TCG)
+	Pool            string        // storage pool of the machines' disks and seeds
+	Image           string        // base image: a volume name in ImagePool, or a volume's absolute path on the hypervisor
+	ImagePool       string        // pool holding Image when it is a name (default Pool)
+	Mode            string        // ModeNetwork, ModeBridge, ModeCreate or ModeUser
+	Network         string        // ModeNetwork: the libvirt network
+	Bridge          string        // ModeBridge: the host bridge
+	NetworkCIDR     netip.Prefix  // ModeCreate: the created network's IPv4 block
+	MachineType     string        // QEMU machine type ("q35", "pc")
+	BootTimeout     time.Duration // start to sshd answering with the pinned key
+	ShutdownTimeout time.Duration // ACPI shutdown before the domain is forced off
+	SerialLogDir    string        // a directory on the hypervisor for each machine's serial console log ("" = none)
+}
+
+type rawConfig struct {
+	URI             *string `hcl:"uri,optional"`
+	DomainType      *string `hcl:"domain_type,optional"`
+	Pool            *string `hcl:"pool,optional"`
+	Image           *string `hcl:"image,optional"`
+	ImagePool       *string `hcl:"image_pool,optional"`
+	Network         *string `hcl:"network,optional"`
+	Bridge          *string `hcl:"bridge,optional"`
+	NetworkCIDR     *string `hcl:"network_cidr,optional"`
+	UserNetwork     *bool   `hcl:"user_network,optional"`
+	MachineType     *string `hcl:"machine_type,optional"`
+	BootTimeout     *string `hcl:"boot_timeout,optional"`
+	ShutdownTimeout *string `hcl:"shutdown_timeout,optional"`
+	SerialLogDir    *string `hcl:"serial_log_dir,optional"`
+}
+
+func str(p *string, def string) string {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+// decodeConfig decodes and checks the block; every problem is reported with
+// the range of the attribute at fault.
+func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics) {
+	var raw rawConfig
+	diags := gohcl.DecodeBody(body, ctx, &raw)
+	if diags.HasErrors() {
+		return Config{}, diags
+	}
+	schema, _ := gohcl.ImpliedBodySchema(&raw)
+	content, _, _ := body.PartialContent(schema)
+	rng := func(name string) *hcl.Range {
+		if a, ok := content.Attributes[name]; ok {
+			r := a.Expr.Range()
+			return &r
+		}
+		r := body.MissingItemRange()
+		return &r
+	}
+	bad := func(attr, summary, detail string) {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: rng(attr)})
+	}
+
+	c := Config{
+		URI:          str(raw.URI, DefaultURI),
+		DomainType:   str(raw.DomainType, DefaultDomainType),
+		Pool:         str(raw.Pool, DefaultPool),
+		Image:        str(raw.Image, ""),
+		Network:      str(raw.Network, ""),
+		Bridge:       str(raw.Bridge, ""),
+		MachineType:  str(raw.MachineType, DefaultMachineType),
+		SerialLogDir: str(raw.SerialLogDir, ""),
+	}
+	c.ImagePool = str(raw.ImagePool, c.Pool)
+
+	u, err := url.Parse(c.URI)
+	if err != nil || u.Scheme == "" {
+		bad("uri", "Invalid libvirt URI", fmt.Sprintf("uri %q is not a libvirt connection URI such as %q or \"qemu+ssh://user@host/system\".", c.URI, DefaultURI))
+	}
+	switch c.DomainType {
+	case "kvm", "qemu":
+	default:
+		bad("domain_type", "Invalid domain type", fmt.Sprintf("domain_type %q: use \"kvm\" (hardware virtualization) or \"qemu\" (software emulation, where KVM does not work).", c.DomainType))
+	}
+	for _, a := range []struct{ attr, v string }{{"pool", c.Pool}, {"image_pool", c.ImagePool}, {"network", c.Network}, {"bridge", c.Bridge}, {"machine_type", c.MachineType}} {
+		if strings.ContainsAny(a.v, "/\x00\n'\"<>&") {
+			bad(a.attr, "Invalid name", fmt.Sprintf("%s %q contains a character libvirt names cannot hold.", a.attr, a.v))
+		}
+	}
+	if raw.Pool != nil && c.Pool == "" {
+		bad("pool", "Empty storage pool", "pool must name a libvirt storage pool.")
+	}
+	switch {
+	case c.Image == "":
+		bad("image", "No base image", "image must name the qcow2 base image (a cloud image with cloud-init): a volume in the storage pool (image_pool, default pool) or the absolute path of a volume on the hypervisor.")
+	case strings.ContainsAny(c.Image, "\x00\n"):
+		bad("image", "Invalid image", "image contains a control character.")
+	}
+
+	// Exactly one network mode.
+	var modes []string
+	if raw.Network != nil {
+		modes = append(modes, "network")
+		c.Mode = ModeNetwork
+		if c.Network == "" {
+			bad("network", "Empty network", "network must name an existing libvirt network.")
+		}
+	}
+	if raw.Bridge != nil {
+		modes = append(modes, "bridge")
+		c.Mode = ModeBridge
+		if c.Bridge == "" || len(c.Bridge) > 15 {
+			bad("bridge", "Invalid bridge", fmt.Sprintf("bridge %q must name an existing host bridge (at most 15 characters).", c.Bridge))
+		}
+	}
+	if raw.NetworkCIDR != nil {
+		modes = append(modes, "network_cidr")
+		c.Mode = ModeCreate
+		p, err := netip.ParsePrefix(*raw.NetworkCIDR)
+		switch {
+		case err != nil || !p.Addr().Is4() || p.Bits() < 16 || p.Bits() > 28:
+			bad("network_cidr", "Invalid network CIDR", fmt.Sprintf("network_cidr %q must be an IPv4 block between /16 and /28, such as \"10.213.0.0/24\".", *raw.NetworkCIDR))
+		case !p.Addr().IsPrivate():
+			bad("network_cidr", "Public network CIDR", fmt.Sprintf("network_cidr %q is not a private range (10/8, 172.16/12, 192.168/16).", *raw.NetworkCIDR))
+		case p.Overlaps(defaultNATRange):
+			bad("network_cidr", "Network CIDR overlaps libvirt's default network",
+				fmt.Sprintf("network_cidr %q overlaps %s, the range of libvirt's own default network: choose another private block.", *raw.NetworkCIDR, defaultNATRange))
+		default:
+			c.NetworkCIDR = p.Masked()
+		}
+	}
+	if raw.UserNetwork != nil && *raw.UserNetwork {
+		modes = append(modes, "user_network")
+		c.Mode = ModeUser
+		if err == nil && u.Host != "" {
+			bad("user_network", "User-mode networking on a remote hypervisor",
+				fmt.Sprintf("user_network forwards SSH and the engine port on the hypervisor's 127.0.0.1, which this machine cannot reach through %q: use network, bridge or network_cidr.", c.URI))
+		}
+	}
+	switch len(modes) {
+	case 0:
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "No network for the machines",
+			Detail: "Set one of: network = \"<libvirt network>\", bridge = \"<host bridge>\", network_cidr = \"10.213.0.0/24\" " +
+				"(a NAT network the driver creates for the cluster), or user_network = true (one machine, ports forwarded on 127.0.0.1).",
+			Subject: rangePtr(body.MissingItemRange())})
+	case 1:
+	default:
+		bad(modes[1], "Several network modes", fmt.Sprintf("Only one of network, bridge, network_cidr and user_network may be set (found %s).", strings.Join(modes, ", ")))
+	}
+
+	dur := func(attr string, p *string, def time.Duration) time.Duration {
+		if p == nil {
+			return def
+		}
+		d, err := time.ParseDuration(*p)
+		if err != nil || d <= 0 {
+			bad(attr, "Invalid duration", fmt.Sprintf("%s %q must be a positive duration such as \"10m\" or \"90s\".", attr, *p))
+			return def
+		}
+		return d
+	}
+	c.BootTimeout = dur("boot_timeout", raw.BootTimeout, DefaultBootTimeout)
+	c.ShutdownTimeout = dur("shutdown_timeout", raw.ShutdownTimeout, DefaultShutdownTimeout)
+	if c.SerialLogDir != "" && !strings.HasPrefix(c.SerialLogDir, "/") {
+		bad("serial_log_dir", "Relative path", "serial_log_dir must be an absolute directory on the hypervisor.")
+	}
+	return c, diags
+}
+
+func rangePtr(r hcl.Range) *hcl.Range { return &r }
+
+// resources returns a machine's vCPUs and memory from its pool's size.
+func resources(size string) (drivers.Resources, error) {
+	if size == "" {
+		size = DefaultSize
+	}
+	return drivers.ParseSize(size)
+}
