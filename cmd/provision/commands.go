@@ -55,6 +55,7 @@ based on state alone for them.`,
 			}
 			defer l.close()
 			p := plan.Build(l.spec, l.state, l.observe(cmd.Context(), g.log)).Redacted(g.secrets.Load(), l.spec.SensitivePaths)
+			p.Notes = append(p.Notes, loadBalancers(cmd.Context(), g, l, 8*time.Second).lines()...) // lb.go
 			if jsonOut {
 				return p.WriteJSON(cmd.OutOrStdout())
 			}

@@ -628,6 +628,9 @@ func poll(ctx context.Context, fn func() (bool, error)) error {
 func (e *Engine) Destroy(ctx context.Context, p *plan.Plan) error {
 	e.init()
 	defer e.Close()
+	if err := e.removeBalancers(ctx); err != nil { // lb.go
+		return err
+	}
 	e.leaveSwarm(ctx, p)
 	mu := &e.mu
 	g := new(errgroup.Group)

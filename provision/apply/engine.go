@@ -191,6 +191,7 @@ func (e *Engine) phases() []phase {
 		{"swarm", e.swarm},
 		{"labels", e.labels},
 		{"remove", e.remove},
+		{"load-balancer", e.loadBalancer}, // lb.go
 	}
 }
 
