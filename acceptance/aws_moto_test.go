@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"os"
@@ -24,9 +25,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	"github.com/hashicorp/hcl/v2/hclparse"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/provision/provision/drivers"
+	_ "github.com/provision/provision/drivers/aws" // motoLoadBalancer builds the driver
 	"github.com/provision/provision/drivers/aws/awstest"
 )
 
@@ -280,10 +284,29 @@ ssh {
 		t.Fatalf("the pinned host key followed the tag: %q, was %q", got, pinned)
 	}
 
-	// destroy: everything goes, the account is as it was.
+	// The load balancer, as apply's phase makes it once a port is published
+	// (moto's instances have no swarm to publish one): plan lists it,
+	// destroy removes it before the instances.
+	elb := motoLoadBalancer(t, ctx, endpoint, st.ClusterID)
+	r = run(nil, "plan")
+	if all := r.stdout + r.stderr; r.code != 0 || !strings.Contains(all, "load-balancer provision-"+st.ClusterID) || !strings.Contains(all, "ports 80, 443") {
+		t.Errorf("plan does not list the load balancer: exit %d\n%s", r.code, all)
+	}
+
+	// destroy: the load balancer first, then everything else; the account
+	// is as it was.
 	r = run(nil, "destroy", "--auto-approve")
 	if all := r.stdout + r.stderr; r.code != 0 || !strings.Contains(all, fmt.Sprintf("Destroyed cluster %q", name)) {
 		t.Fatalf("destroy: exit %d\n%s", r.code, all)
+	}
+	if all := r.stdout + r.stderr; !strings.Contains(all, "lb.remove") || strings.Index(all, "lb.remove") > strings.Index(all, "machine.destroy") {
+		t.Errorf("destroy did not remove the load balancer before the instances:\n%s", all)
+	}
+	if lbs, err := elb.DescribeLoadBalancers(ctx, &elbv2.DescribeLoadBalancersInput{}); err != nil || len(lbs.LoadBalancers) != 0 {
+		t.Errorf("load balancers left: %v %v", lbs, err)
+	}
+	if tgs, err := elb.DescribeTargetGroups(ctx, &elbv2.DescribeTargetGroupsInput{}); err != nil || len(tgs.TargetGroups) != 0 {
+		t.Errorf("target groups left: %v %v", tgs, err)
 	}
 	destroyed = true
 	for n, id := range ids {
@@ -588,4 +611,32 @@ func motoAccount(t *testing.T, ctx context.Context, cli *ec2.Client, fs ...ec2ty
 	}
 	sort.Strings(out)
 	return out
+}
+
+// motoLoadBalancer makes the cluster's load balancer through the driver's
+// own SyncPorts, in this process, against moto: what apply's load-balancer
+// phase does when services publish 80 and 443. It returns an ELBv2 client.
+func motoLoadBalancer(t *testing.T, ctx context.Context, endpoint, clusterID string) *elbv2.Client {
+	t.Helper()
+	src := fmt.Sprintf("region = \"us-east-1\"\nendpoint = %q\nallowed_cidrs = [\"198.51.100.7/32\"]\n", endpoint)
+	f, diags := hclparse.NewParser().ParseHCL([]byte(src), "aws.hcl")
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	info, _ := drivers.Lookup("aws")
+	d, diags := info.New(f.Body, drivers.Options{Name: "aws", Log: slog.New(slog.DiscardHandler)})
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	st, err := d.(drivers.Balancer).SyncPorts(ctx, clusterID, []drivers.PublishedPort{{Port: 80, Protocol: "tcp", Sources: []string{"0.0.0.0/0"}}, {Port: 443, Protocol: "tcp", Sources: []string{"0.0.0.0/0"}}})
+	if err != nil || !st.Exists || st.Targets != 3 {
+		t.Fatalf("load balancer: %+v %v", st, err)
+	}
+	return elbv2.New(elbv2.Options{
+		Region:       "us-east-1",
+		BaseEndpoint: aws.String(endpoint),
+		Credentials: aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
+			return aws.Credentials{AccessKeyID: "testing", SecretAccessKey: "testing"}, nil
+		}),
+	})
 }

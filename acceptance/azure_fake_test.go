@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,8 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/hcl/v2/hclparse"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/provision/provision/drivers"
+	_ "github.com/provision/provision/drivers/azure" // azureLoadBalancer builds the driver
 	"github.com/provision/provision/drivers/azure/azuretest"
 )
 
@@ -259,11 +263,23 @@ ssh {
 	}
 	azureCheckVMs(t, b, stateDir, rg, st.ClusterID, machines)
 
-	// destroy: plan lists what goes; then everything of the cluster goes,
-	// the resource group with it.
+	// The load balancer, as apply's phase makes it once a port is published
+	// (the fake's VMs have no swarm to publish one): plan lists it, destroy
+	// removes it before the VMs.
+	azureLoadBalancer(t, ctx, env, srv.URL, st.ClusterID)
+	r = run(env, "plan", "--no-color")
+	if all := r.stdout + r.stderr; r.code != 0 || !strings.Contains(all, "load-balancer provision-"+st.ClusterID+"-lb") || !strings.Contains(all, "ports 80, 443") {
+		t.Errorf("plan does not list the load balancer: exit %d\n%s", r.code, all)
+	}
+
+	// destroy: plan lists what goes; then the load balancer, then
+	// everything of the cluster goes, the resource group with it.
 	r = run(env, "destroy", "--auto-approve")
 	if all := r.stdout + r.stderr; r.code != 0 || !strings.Contains(all, fmt.Sprintf("Destroyed cluster %q", name)) {
 		t.Fatalf("destroy: exit %d\n%s", r.code, all)
+	}
+	if all := r.stdout + r.stderr; !strings.Contains(all, "lb.remove") || strings.Index(all, "lb.remove") > strings.Index(all, "machine.destroy") {
+		t.Errorf("destroy did not remove the load balancer before the VMs:\n%s", all)
 	}
 	destroyed = true
 	if left := b.Owned(st.ClusterID); len(left) > 0 || b.Count() != 0 {
@@ -319,5 +335,31 @@ func azureCheckVMs(t *testing.T, b *azuretest.Backend, stateDir, rg, cluster str
 		if p := vm.Properties.OSProfile.LinuxConfiguration; p == nil || p.DisablePasswordAuthentication == nil || !*p.DisablePasswordAuthentication {
 			t.Errorf("%s: password login not disabled", n)
 		}
+	}
+}
+
+// azureLoadBalancer makes the cluster's load balancer through the driver's
+// own SyncPorts, in this (namespaced) process, with the binary's environment
+// and endpoints: what apply's load-balancer phase does when services publish
+// 80 and 443.
+func azureLoadBalancer(t *testing.T, ctx context.Context, env []string, url, clusterID string) {
+	t.Helper()
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		os.Setenv(k, v) // this process is the namespaced child: its environment is its own
+	}
+	src := fmt.Sprintf("cloud = \"custom\"\nresource_manager_endpoint = %q\nauthority_host = %q\nlocation = \"westeurope\"\nallowed_cidrs = [\"198.51.100.7/32\"]\n", url, url)
+	f, diags := hclparse.NewParser().ParseHCL([]byte(src), "azure.hcl")
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	info, _ := drivers.Lookup("azure")
+	d, diags := info.New(f.Body, drivers.Options{Name: "azure", Log: slog.New(slog.DiscardHandler)})
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	st, err := d.(drivers.Balancer).SyncPorts(ctx, clusterID, []drivers.PublishedPort{{Port: 80, Protocol: "tcp", Sources: []string{"0.0.0.0/0"}}, {Port: 443, Protocol: "tcp", Sources: []string{"0.0.0.0/0"}}})
+	if err != nil || !st.Exists || st.Targets != 4 {
+		t.Fatalf("load balancer: %+v %v", st, err)
 	}
 }

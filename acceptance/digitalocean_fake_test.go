@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,9 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/hcl/v2/hclparse"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/provision/provision/drivers"
+	_ "github.com/provision/provision/drivers/digitalocean" // doLoadBalancer builds the driver
 	"github.com/provision/provision/drivers/digitalocean/dotest"
 )
 
@@ -233,9 +236,23 @@ ssh {
 	}
 	doCheckDroplets(t, api, stateDir, st.ClusterID, ids)
 
-	// destroy: the droplets, volumes, firewall, VPC, key and the cluster's
-	// tags go; the account is as it was but for generic tags.
+	// The load balancer, as apply's phase makes it once a port is published
+	// (the fake's droplets have no swarm to publish one): plan lists it,
+	// destroy removes it before the droplets.
+	doLoadBalancer(t, ctx, api, token, st.ClusterID)
+	r = run(withToken, "plan")
+	if all := r.stdout + r.stderr; r.code != 0 || !strings.Contains(all, "load-balancer provision-"+st.ClusterID) || !strings.Contains(all, "ports 80, 443") ||
+		!strings.Contains(all, "firewall provision-"+st.ClusterID+"-lb") {
+		t.Errorf("plan does not list the load balancer: exit %d\n%s", r.code, all)
+	}
+
+	// destroy: the load balancer first, then the droplets, volumes,
+	// firewall, VPC, key and the cluster's tags go; the account is as it
+	// was but for generic tags.
 	r = run(withToken, "destroy", "--auto-approve")
+	if all := r.stdout + r.stderr; !strings.Contains(all, "lb.remove") || strings.Index(all, "lb.remove") > strings.Index(all, "machine.destroy") {
+		t.Errorf("destroy did not remove the load balancer before the droplets:\n%s", all)
+	}
 	noToken(r)
 	if all := r.stdout + r.stderr; r.code != 0 || !strings.Contains(all, fmt.Sprintf("Destroyed cluster %q", name)) {
 		t.Fatalf("destroy: exit %d\n%s", r.code, all)
@@ -315,5 +332,29 @@ func doCheckDroplets(t *testing.T, api *dotest.Server, stateDir, cluster string,
 	}
 	if vs := api.VPCs(); len(vs) != 1 || vs[0].ID != vpc {
 		t.Errorf("vpcs: %+v", vs)
+	}
+}
+
+// doLoadBalancer makes the cluster's load balancer through the driver's own
+// SyncPorts, in this process, against the fake: what apply's load-balancer
+// phase does when services publish 80 and 443.
+func doLoadBalancer(t *testing.T, ctx context.Context, api *dotest.Server, token, clusterID string) {
+	t.Helper()
+	src := fmt.Sprintf("token = %q\napi_url = %q\nregion = \"ams3\"\nallowed_cidrs = [\"198.51.100.7/32\"]\n", token, api.URL)
+	f, diags := hclparse.NewParser().ParseHCL([]byte(src), "do.hcl")
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	info, _ := drivers.Lookup("digitalocean")
+	d, diags := info.New(f.Body, drivers.Options{Name: "digitalocean", Log: slog.New(slog.DiscardHandler)})
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	st, err := d.(drivers.Balancer).SyncPorts(ctx, clusterID, []drivers.PublishedPort{{Port: 80, Protocol: "tcp", Sources: []string{"0.0.0.0/0"}}, {Port: 443, Protocol: "tcp", Sources: []string{"0.0.0.0/0"}}})
+	if err != nil || !st.Exists || st.Targets != 3 {
+		t.Fatalf("load balancer: %+v %v", st, err)
+	}
+	if len(api.LoadBalancers()) != 1 {
+		t.Fatalf("%d load balancers", len(api.LoadBalancers()))
 	}
 }

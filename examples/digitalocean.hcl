@@ -56,3 +56,10 @@ tls {
 ssh {
   connect_timeout = "5m"
 }
+
+# Ports services publish (docker service create -p 80:80 ...) are served by
+# the cloud's load balancer, made when the first one is published; README
+# "Load balancer". `provision lb deploy` keeps it in step from the managers.
+load_balancer {
+  published_cidrs = ["0.0.0.0/0"]
+}

@@ -58,6 +58,7 @@ based on state alone for them.`,
 			obs := l.observe(cmd.Context(), g.log)
 			l.observeEngines(cmd.Context(), g, &obs)
 			p := plan.Build(l.spec, l.state, obs).Redacted(g.secrets.Load(), l.spec.SensitivePaths)
+			p.Notes = append(p.Notes, loadBalancers(cmd.Context(), g, l, 8*time.Second).lines()...) // lb.go
 			if jsonOut {
 				return p.WriteJSON(cmd.OutOrStdout())
 			}

@@ -81,9 +81,11 @@ func newStatus(g *globals) *cobra.Command {
 			}
 			defer l.close()
 			rows, strays := status(cmd.Context(), g, l)
+			lbs := loadBalancers(cmd.Context(), g, l, 8*time.Second) // lb.go
 			if jsonOut {
-				return writeJSON(cmd.OutOrStdout(), map[string]any{"cluster": l.spec.Name, "cluster_id": l.state.ClusterID, "swarm_id": l.state.Swarm.ID, "nodes": rows, "unrecorded_nodes": strays})
+				return writeJSON(cmd.OutOrStdout(), map[string]any{"cluster": l.spec.Name, "cluster_id": l.state.ClusterID, "swarm_id": l.state.Swarm.ID, "nodes": rows, "unrecorded_nodes": strays, "load_balancer": lbs})
 			}
+			defer writeLBTable(cmd.OutOrStdout(), lbs)
 			defer func() {
 				if len(strays) > 0 {
 					fmt.Fprintf(cmd.OutOrStdout(), "\nThe swarm also lists %d node(s) provision does not record: %s.\n`provision apply` removes the dead ones; others joined outside provision.\n", len(strays), strings.Join(strays, ", "))

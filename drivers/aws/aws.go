@@ -45,6 +45,7 @@ import (
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	"github.com/aws/smithy-go/logging"
 	"github.com/hashicorp/hcl/v2"
 
@@ -79,6 +80,8 @@ type Driver struct {
 	clientMu sync.Mutex
 	client   *ec2.Client
 	region   string
+	awsCfg   awssdk.Config // the loaded SDK configuration, for the ELBv2 client (balancer.go)
+	elb      *elbv2.Client
 
 	sharedMu sync.Mutex
 	shared   map[string]*clusterShared // by cluster ID
@@ -167,6 +170,7 @@ func (d *Driver) ec2Client(ctx context.Context) (*ec2.Client, error) {
 		}
 	})
 	d.region = awsCfg.Region
+	d.awsCfg = awsCfg
 	return d.client, nil
 }
 

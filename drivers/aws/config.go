@@ -41,6 +41,7 @@ type Config struct {
 	AssociatePublicIP bool     // give instances a public address (the operator's way in)
 	RootVolumeType    string   // EBS type of the (always encrypted) root volume
 	Endpoint          string   // EC2 endpoint override (tests, compatible clouds); AWS_ENDPOINT_URL also works
+	ELBEndpoint       string   // ELBv2 endpoint override; default Endpoint (moto serves both at one address)
 	Bastion           *drivers.Bastion
 }
 
@@ -59,6 +60,7 @@ type rawConfig struct {
 	AssociatePublicIP *bool       `hcl:"associate_public_ip,optional"`
 	RootVolumeType    *string     `hcl:"root_volume_type,optional"`
 	Endpoint          *string     `hcl:"endpoint,optional"`
+	ELBEndpoint       *string     `hcl:"elb_endpoint,optional"`
 	Bastion           *rawBastion `hcl:"bastion,block"`
 }
 
@@ -128,6 +130,7 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 		RootVolumeType: str(raw.RootVolumeType, DefaultRootVolumeType),
 		Endpoint:       str(raw.Endpoint, ""),
 	}
+	c.ELBEndpoint = str(raw.ELBEndpoint, c.Endpoint)
 	c.CreateVPC = raw.CreateVPC == nil && c.VPCID == "" && len(c.SubnetIDs) == 0
 	if raw.CreateVPC != nil {
 		c.CreateVPC = *raw.CreateVPC
@@ -192,6 +195,11 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 	if c.Endpoint != "" {
 		if u, err := url.Parse(c.Endpoint); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 			bad("endpoint", "Invalid endpoint", fmt.Sprintf("endpoint %q must be an http(s) URL.", c.Endpoint))
+		}
+	}
+	if raw.ELBEndpoint != nil && c.ELBEndpoint != "" {
+		if u, err := url.Parse(c.ELBEndpoint); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			bad("elb_endpoint", "Invalid endpoint", fmt.Sprintf("elb_endpoint %q must be an http(s) URL.", c.ELBEndpoint))
 		}
 	}
 	if raw.Bastion != nil {

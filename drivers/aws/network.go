@@ -443,6 +443,8 @@ func (d *Driver) ensureSecurityGroup(ctx context.Context, cli *ec2.Client, clust
 	if err != nil {
 		return "", fmt.Errorf("find security group: %w", d.explain(err))
 	}
+	// The load balancer's own group carries the cluster tag too (balancer.go).
+	sgs = slices.DeleteFunc(sgs, func(g types.SecurityGroup) bool { return tagValue(g.Tags, TagLB) != "" })
 	var sg types.SecurityGroup
 	if len(sgs) > 0 {
 		sg = sgs[0]

@@ -86,7 +86,14 @@ func (d *Driver) Resources(ctx context.Context, cluster string, want []drivers.M
 		errs = append(errs, fmt.Errorf("list security groups: %w", d.explain(err)))
 	}
 	for _, g := range sgs {
-		keep("security-group", awssdk.ToString(g.GroupName), awssdk.ToString(g.GroupId), d.sgNote())
+		if tagValue(g.Tags, TagLB) == "" { // the load balancer's is listed below
+			keep("security-group", awssdk.ToString(g.GroupName), awssdk.ToString(g.GroupId), d.sgNote())
+		}
+	}
+	if rs, err := d.balancerResources(ctx, cluster, action); err != nil {
+		errs = append(errs, err)
+	} else {
+		out = append(out, rs...)
 	}
 	kps, err := cli.DescribeKeyPairs(ctx, &ec2.DescribeKeyPairsInput{Filters: fs})
 	if err != nil {

@@ -165,6 +165,7 @@ type clients struct {
 	nsgs   *armnetwork.SecurityGroupsClient
 	pips   *armnetwork.PublicIPAddressesClient
 	nics   *armnetwork.InterfacesClient
+	lbs    *armnetwork.LoadBalancersClient // balancer.go
 	groups *armresources.ResourceGroupsClient
 	res    *armresources.Client
 }
@@ -267,6 +268,7 @@ func (d *Driver) clients(ctx context.Context) (*clients, error) {
 		nsgs:   network.NewSecurityGroupsClient(),
 		pips:   network.NewPublicIPAddressesClient(),
 		nics:   network.NewInterfacesClient(),
+		lbs:    network.NewLoadBalancersClient(),
 		groups: resources.NewResourceGroupsClient(),
 		res:    resources.NewClient(),
 	}

@@ -85,6 +85,11 @@ func (d *Driver) Resources(ctx context.Context, cluster string, want []drivers.M
 				out = append(out, r)
 			}
 		}
+		lbs, err := d.balancerResources(ctx, cli, cluster, drivers.ResourceKeep)
+		if err != nil {
+			return wanted, err
+		}
+		out = append(out, lbs...)
 	} else if len(want) > 0 {
 		out = append(out, wanted[1:]...)
 	}

@@ -108,6 +108,11 @@ func (d *Driver) Resources(ctx context.Context, cluster string, want []drivers.M
 				Note: fmt.Sprintf("%d GiB, /var/lib/docker of %s (size %s has %d GiB)", p.volumeGiB, m.Name, p.size.Slug, p.size.Disk)})
 		}
 	}
+	if rs, err := d.balancerResources(ctx, cli, cluster, action); err != nil {
+		errs = append(errs, err)
+	} else {
+		out = append(out, rs...)
+	}
 	return out, errors.Join(errs...)
 }
 

@@ -44,6 +44,7 @@ var rootSchema = &hcl.BodySchema{
 		{Type: "tls"},
 		{Type: "hardening"},
 		{Type: "ssh"},
+		{Type: "load_balancer"},
 	},
 }
 
@@ -195,6 +196,7 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 	c.Logging = Logging{Driver: "json-file", JournaldMaxUse: "500M"}
 	c.TLS = TLS{ValidityHours: DefaultValidityHours}
 	c.SSH = SSH{User: DefaultUser}
+	c.LoadBalancer = defaultLoadBalancer()
 
 	if r, ok := dc.str(content.Attributes, "name", "name", &c.Name); ok {
 		checkName(dc, r, c.Name)
@@ -243,6 +245,9 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 	decodeHardening(dc, c, singles["hardening"])
 	if b := singles["ssh"]; b != nil {
 		decodeSSH(dc, c, b)
+	}
+	if b := singles["load_balancer"]; b != nil {
+		decodeLoadBalancer(dc, c, b)
 	}
 
 	switch {

@@ -45,6 +45,9 @@ type Cluster struct {
 	// expression uses a sensitive variable: their values, even when only
 	// derived from the secret, are not shown.
 	SensitivePaths map[string]bool
+
+	// LoadBalancer is the load_balancer block (lb.go).
+	LoadBalancer LoadBalancer
 }
 
 // DriverBlock is a `driver "TYPE" { ... }` block. Name is its `alias`

@@ -81,6 +81,7 @@ type Backend struct {
 	nsgs   map[string]*armnetwork.SecurityGroup
 	pips   map[string]*armnetwork.PublicIPAddress
 	nics   map[string]*armnetwork.Interface
+	lbs    map[string]*armnetwork.LoadBalancer // lb.go
 	vms    map[string]*armcompute.VirtualMachine
 	power  map[string]string // vm key -> "running", "deallocated"
 	custom map[string]string // vm key -> custom data (Azure never returns it)
@@ -166,6 +167,7 @@ func (b *Backend) init() {
 		b.nsgs = map[string]*armnetwork.SecurityGroup{}
 		b.pips = map[string]*armnetwork.PublicIPAddress{}
 		b.nics = map[string]*armnetwork.Interface{}
+		b.lbs = map[string]*armnetwork.LoadBalancer{}
 		b.vms = map[string]*armcompute.VirtualMachine{}
 		b.power = map[string]string{}
 		b.custom = map[string]string{}
@@ -262,7 +264,7 @@ type Transport struct {
 }
 
 var computeClients = map[string]bool{"VirtualMachinesClient": true, "DisksClient": true, "ResourceSKUsClient": true, "VirtualMachineImagesClient": true, "UsageClient": true}
-var networkClients = map[string]bool{"VirtualNetworksClient": true, "SecurityGroupsClient": true, "PublicIPAddressesClient": true, "InterfacesClient": true, "SubnetsClient": true}
+var networkClients = map[string]bool{"VirtualNetworksClient": true, "SecurityGroupsClient": true, "PublicIPAddressesClient": true, "InterfacesClient": true, "SubnetsClient": true, "LoadBalancersClient": true}
 
 // Do implements policy.Transporter.
 func (t *Transport) Do(req *http.Request) (*http.Response, error) {
@@ -395,6 +397,7 @@ func (b *Backend) newTransport() *Transport {
 			InterfacesServer: networkfake.InterfacesServer{
 				BeginCreateOrUpdate: b.nicCreate, Get: b.nicGet, BeginDelete: b.nicDelete, NewListPager: b.nicList,
 			},
+			LoadBalancersServer: networkfake.LoadBalancersServer{BeginCreateOrUpdate: b.lbCreate, Get: b.lbGet, BeginDelete: b.lbDelete},
 		}),
 		resources: resourcesfake.NewServerFactoryTransport(&resourcesfake.ServerFactory{
 			ResourceGroupsServer: resourcesfake.ResourceGroupsServer{CreateOrUpdate: b.groupCreate, Get: b.groupGet, BeginDelete: b.groupDelete},
@@ -456,6 +459,7 @@ func (b *Backend) groupDelete(ctx context.Context, rg string, _ *armresources.Re
 	deletePrefix(b.vms, prefix)
 	deletePrefix(b.disks, prefix)
 	deletePrefix(b.nics, prefix)
+	deletePrefix(b.lbs, prefix)
 	deletePrefix(b.pips, prefix)
 	deletePrefix(b.nsgs, prefix)
 	deletePrefix(b.vnets, prefix)
@@ -508,6 +512,11 @@ func (b *Backend) resourceList(rg string, _ *armresources.ClientListByResourceGr
 		}
 	}
 	for k, v := range b.disks {
+		if strings.HasPrefix(k, prefix) {
+			add(v.ID, v.Name, v.Type, v.Tags)
+		}
+	}
+	for k, v := range b.lbs {
 		if strings.HasPrefix(k, prefix) {
 			add(v.ID, v.Name, v.Type, v.Tags)
 		}
@@ -773,6 +782,11 @@ func (b *Backend) nicCreate(ctx context.Context, rg, name string, p armnetwork.I
 			cp.PrivateIPAddress = old.Properties.IPConfigurations[i].Properties.PrivateIPAddress
 		} else {
 			cp.PrivateIPAddress = to(b.privateIP(prefix))
+		}
+		for _, pool := range cp.LoadBalancerBackendAddressPools {
+			if !b.lbPoolExists(val(pool.ID)) {
+				return resp, errResp(http.StatusBadRequest, "InvalidResourceReference")
+			}
 		}
 		if cp.PublicIPAddress != nil {
 			ip, ok := b.pips[idKey(val(cp.PublicIPAddress.ID))]
@@ -1232,6 +1246,11 @@ func (b *Backend) Owned(cluster string) []string {
 			out = append(out, "vm "+val(v.Name))
 		}
 	}
+	for _, v := range b.lbs {
+		if owned(v.Tags) {
+			out = append(out, "load-balancer "+val(v.Name))
+		}
+	}
 	for _, v := range b.disks {
 		if owned(v.Tags) {
 			out = append(out, "disk "+val(v.Name))
@@ -1246,7 +1265,7 @@ func (b *Backend) Count() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.init()
-	return len(b.groups) + len(b.vnets) + len(b.nsgs) + len(b.pips) + len(b.nics) + len(b.vms) + len(b.disks)
+	return len(b.groups) + len(b.vnets) + len(b.nsgs) + len(b.pips) + len(b.nics) + len(b.vms) + len(b.disks) + len(b.lbs)
 }
 
 // VM returns a copy of the VM (nil when it does not exist) and the custom

@@ -117,6 +117,7 @@ var routes = []route{
 	{regexp.MustCompile(nwk + `/publicipaddresses/[^/]+$`), map[string]string{"PUT": "PublicIPAddressesClient.BeginCreateOrUpdate", "GET": "PublicIPAddressesClient.Get", "DELETE": "PublicIPAddressesClient.BeginDelete"}},
 	{regexp.MustCompile(nwk + `/networkinterfaces$`), map[string]string{"GET": "InterfacesClient.NewListPager"}},
 	{regexp.MustCompile(nwk + `/networkinterfaces/[^/]+$`), map[string]string{"PUT": "InterfacesClient.BeginCreateOrUpdate", "GET": "InterfacesClient.Get", "DELETE": "InterfacesClient.BeginDelete"}},
+	{regexp.MustCompile(nwk + `/loadbalancers/[^/]+$`), map[string]string{"PUT": "LoadBalancersClient.BeginCreateOrUpdate", "GET": "LoadBalancersClient.Get", "DELETE": "LoadBalancersClient.BeginDelete"}},
 }
 
 // fakePollSuffix is what the SDK's fake poller appends to an operation's

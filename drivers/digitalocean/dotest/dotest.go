@@ -68,6 +68,7 @@ type Server struct {
 	vpcs      map[string]*godo.VPC
 	lingering map[string][]lingerMember // VPC ID -> deleted droplets still listed
 	firewalls map[string]*godo.Firewall
+	lbs       map[string]*godo.LoadBalancer // lb.go
 	keys      map[int]*godo.Key
 	tags      map[string]bool
 	faults    []*Fault
@@ -100,6 +101,7 @@ func Start(token string) *Server {
 		vpcs:          map[string]*godo.VPC{},
 		lingering:     map[string][]lingerMember{},
 		firewalls:     map[string]*godo.Firewall{},
+		lbs:           map[string]*godo.LoadBalancer{},
 		keys:          map[int]*godo.Key{},
 		tags:          map[string]bool{},
 		nextID:        100000,
@@ -218,6 +220,9 @@ func (s *Server) Inventory() []string {
 	}
 	for _, k := range s.keys {
 		out = append(out, fmt.Sprintf("ssh-key %d %s", k.ID, k.Name))
+	}
+	for _, l := range s.lbs {
+		out = append(out, fmt.Sprintf("load-balancer %s %s", l.ID, l.Name))
 	}
 	for t := range s.tags {
 		out = append(out, "tag "+t)
@@ -423,6 +428,8 @@ func (s *Server) route(r *http.Request) (int, any, *apiErr) {
 		return s.routeFirewalls(m, rest, decode)
 	case "volumes":
 		return s.routeVolumes(m, rest, r, decode)
+	case "load_balancers":
+		return s.routeLBs(m, rest, r, decode)
 	}
 	return 0, nil, errf(404, "not_found", "no route for %s %s", m, r.URL.Path)
 }
@@ -706,7 +713,7 @@ func (s *Server) checkFirewall(req *godo.FirewallRequest) *apiErr {
 			return errf(422, "unprocessable_entity", "tag %q not found", t)
 		}
 	}
-	check := func(proto, ports string, addrs, tags []string) *apiErr {
+	check := func(proto, ports string, addrs, tags, lbs []string) *apiErr {
 		switch proto {
 		case "tcp", "udp":
 			if ports == "" {
@@ -716,8 +723,13 @@ func (s *Server) checkFirewall(req *godo.FirewallRequest) *apiErr {
 		default:
 			return errf(422, "unprocessable_entity", "protocol %q: tcp, udp or icmp", proto)
 		}
-		if len(addrs)+len(tags) == 0 {
+		if len(addrs)+len(tags)+len(lbs) == 0 {
 			return errf(422, "unprocessable_entity", "a rule needs sources or destinations")
+		}
+		for _, id := range lbs {
+			if _, ok := s.lbs[id]; !ok {
+				return errf(422, "unprocessable_entity", "load balancer %s not found", id)
+			}
 		}
 		for _, a := range addrs {
 			if _, err := netip.ParsePrefix(a); err != nil {
@@ -737,7 +749,7 @@ func (s *Server) checkFirewall(req *godo.FirewallRequest) *apiErr {
 		if r.Sources == nil {
 			return errf(422, "unprocessable_entity", "inbound rule without sources")
 		}
-		if e := check(r.Protocol, r.PortRange, r.Sources.Addresses, r.Sources.Tags); e != nil {
+		if e := check(r.Protocol, r.PortRange, r.Sources.Addresses, r.Sources.Tags, r.Sources.LoadBalancerUIDs); e != nil {
 			return e
 		}
 	}
@@ -745,7 +757,7 @@ func (s *Server) checkFirewall(req *godo.FirewallRequest) *apiErr {
 		if r.Destinations == nil {
 			return errf(422, "unprocessable_entity", "outbound rule without destinations")
 		}
-		if e := check(r.Protocol, r.PortRange, r.Destinations.Addresses, r.Destinations.Tags); e != nil {
+		if e := check(r.Protocol, r.PortRange, r.Destinations.Addresses, r.Destinations.Tags, r.Destinations.LoadBalancerUIDs); e != nil {
 			return e
 		}
 	}
