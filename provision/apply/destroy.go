@@ -17,7 +17,7 @@ import (
 // find with the cluster's tag, then each driver's shared resources.
 func (e *Engine) Destroy(ctx context.Context, p *plan.Plan) error {
 	r := newRun(e, p)
-	defer r.Close() // the bastions' engine API tunnels
+	defer r.Close()                                // the bastions' engine API tunnels
 	if err := r.removeBalancers(ctx); err != nil { // lb.go: before any machine goes
 		return err
 	}
