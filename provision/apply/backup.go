@@ -17,7 +17,6 @@ import (
 	dswarm "github.com/docker/docker/api/types/swarm"
 
 	"github.com/provision/provision/drivers"
-	"github.com/provision/provision/provision/comm"
 	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/provision/swarm"
@@ -27,7 +26,7 @@ import (
 // reached over SSH, and where the file goes.
 type BackupTarget struct {
 	Host string // machine name
-	Comm *comm.Client
+	Comm Conn
 	// Stop says the manager's engine is stopped for the copy (the raft is
 	// then consistent on disk). false: the swarm cannot spare the manager
 	// (stopping it would lose quorum), so the copy is taken hot.
@@ -149,7 +148,7 @@ type backupCandidate struct {
 	nodeID  string
 	leader  bool
 	machine drivers.Machine
-	comm    *comm.Client
+	comm    Conn
 	member  *swarm.Host
 	fresh   bool // joined in this run: prefer a manager that was there before
 }

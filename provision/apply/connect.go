@@ -3,6 +3,8 @@ package apply
 import (
 	"context"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"time"
 
@@ -30,13 +32,48 @@ func (connect) Run(ctx context.Context, r *run) error {
 		if err != nil {
 			return err
 		}
-		c, err := comm.Dial(ctx, cfg)
+		c, err := r.dialSSH(ctx, cfg)
 		if err != nil {
 			return err
 		}
 		h.comm = c
 		return r.rotateHostKey(ctx, h)
 	})
+}
+
+// Conn is one host's SSH connection as apply uses it: *comm.Client, or
+// what Engine.DialSSH gives.
+type Conn interface {
+	Run(ctx context.Context, cmd string, stdin io.Reader) ([]byte, error)
+	Stream(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error)
+	Upload(ctx context.Context, path string, content io.Reader, mode fs.FileMode) error
+	Download(ctx context.Context, path string) ([]byte, error)
+	Sudo(cmd string) string
+	PresentedHostKey() string
+	Close() error
+}
+
+var _ Conn = (*comm.Client)(nil)
+
+// dialSSH opens one SSH connection: through Engine.DialSSH when set.
+func (e *Engine) dialSSH(ctx context.Context, cfg comm.Config) (Conn, error) {
+	if e.DialSSH != nil {
+		return e.DialSSH(ctx, cfg)
+	}
+	return comm.Dial(ctx, cfg)
+}
+
+// login is Dial through dialSSH: a short-lived connection to a recorded
+// machine (a fresh login's proof).
+func (e *Engine) login(ctx context.Context, m drivers.Machine) (Conn, error) {
+	if e.DialSSH == nil {
+		return e.Dial(ctx, m)
+	}
+	cfg, err := e.commConfig(m.Name, m)
+	if err != nil {
+		return nil, err
+	}
+	return e.DialSSH(ctx, cfg)
 }
 
 func (e *Engine) commConfig(name string, m drivers.Machine) (comm.Config, error) {

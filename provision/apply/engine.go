@@ -20,6 +20,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/provision/comm"
 	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/provision/state"
@@ -46,6 +47,9 @@ type Engine struct {
 	// EngineAPI opens a host's engine API; nil means the Docker Engine SDK
 	// over mutual TLS on 2376 (tests give an in-memory swarm).
 	EngineAPI func(name, address string) (swarm.API, error)
+	// DialSSH opens a host's SSH connection; nil means comm.Dial (the fleet
+	// simulation gives in-memory hosts).
+	DialSSH func(ctx context.Context, cfg comm.Config) (Conn, error)
 	// ReplaceMissing lets apply create replacements when every recorded
 	// machine, or every manager, appears gone at once (plan.Missing).
 	ReplaceMissing bool

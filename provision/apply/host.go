@@ -271,7 +271,7 @@ func prepareHost(ctx context.Context, r *run, h *host, peers []string) error {
 	// A fresh login with the host's own connection settings (pinned key,
 	// bastion): harden.ssh's proof that a changed sshd still lets us in.
 	t.Relogin = func(ctx context.Context) error {
-		c, err := r.Dial(ctx, h.rec.Machine)
+		c, err := r.login(ctx, h.rec.Machine)
 		if err != nil {
 			return fmt.Errorf("fresh ssh login: %w", err)
 		}

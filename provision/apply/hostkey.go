@@ -187,7 +187,7 @@ func (e *Engine) loginWithKey(ctx context.Context, m drivers.Machine, key string
 	defer cancel()
 	var last error
 	for {
-		c, err := comm.Dial(ctx, cfg)
+		c, err := e.dialSSH(ctx, cfg)
 		if err == nil {
 			_, err = c.Run(ctx, "true", nil)
 			c.Close()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/provision/provision/provision/comm"
 	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/provision/state"
@@ -105,7 +104,7 @@ func reinstallOne(ctx context.Context, r *run, h *host) error {
 	if err != nil {
 		return err
 	}
-	if h.comm, err = comm.Dial(ctx, cfg); err != nil {
+	if h.comm, err = r.dialSSH(ctx, cfg); err != nil {
 		return err
 	}
 	if err := prepareHost(ctx, r, h, r.peers()); err != nil {

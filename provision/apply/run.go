@@ -15,7 +15,6 @@ import (
 
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/hostos"
-	"github.com/provision/provision/provision/comm"
 	"github.com/provision/provision/provision/pki"
 	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/spec"
@@ -64,7 +63,7 @@ type retiree struct {
 type host struct {
 	rec     *state.Machine
 	pool    spec.Pool
-	comm    *comm.Client
+	comm    Conn
 	target  *hostos.Target
 	api     swarm.API    // the engine API (swarm phase on)
 	closer  func() error // closes api

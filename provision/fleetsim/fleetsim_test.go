@@ -1,0 +1,121 @@
+package fleetsim
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/provision/provision/provision/apply"
+)
+
+func newCluster(t testing.TB, managers, workers int, l Latency) *Cluster {
+	t.Helper()
+	return &Cluster{Fleet: New(l), Dir: t.TempDir(), Name: "sim", Managers: managers, Workers: workers}
+}
+
+// TestApplyNoopDestroy: a fresh apply forms the swarm with every host, a
+// second apply changes nothing and costs one SSH session per host (the
+// facts), and destroy leaves no machine.
+func TestApplyNoopDestroy(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, 3, 20, Latency{})
+	stats, _, err := c.Apply(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stats.Changed) != 23 || len(stats.Failed) != 0 {
+		t.Fatalf("changed %d, failed %v", len(stats.Changed), stats.Failed)
+	}
+	h := c.Fleet.Host("sim-manager-1")
+	sw := h.f.engines[h.Address].Swarm()
+	if sw == nil || sw.NodeCount() != 23 || len(sw.Managers()) != 3 {
+		t.Fatalf("swarm: %v", sw)
+	}
+	first := c.Fleet.Take()
+	t.Logf("fresh apply: %+v", first)
+	stats, p, err := c.Apply(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stats.Changed) != 0 || len(stats.Unchanged) != 23 || !p.Empty() {
+		t.Fatalf("no-op apply changed %v (plan empty %v)", stats.Changed, p.Empty())
+	}
+	noop := c.Fleet.Take()
+	if noop.MaxSessions != 1 || noop.Writes != 0 {
+		t.Fatalf("no-op apply: %d sessions on the busiest host, %d SFTP writes; want 1 and 0", noop.MaxSessions, noop.Writes)
+	}
+	if err := c.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.Fleet.Driver.Count(); n != 0 {
+		t.Fatalf("%d machines left", n)
+	}
+}
+
+// TestFailuresConverge: with hosts failing at random steps, the apply
+// finishes every other host, reports each failed one with the step it
+// failed in, and the next apply converges exactly those.
+func TestFailuresConverge(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, 3, 97, Latency{})
+	names := c.Names()
+	var workers []string
+	for _, n := range names {
+		if strings.Contains(n, "worker") {
+			workers = append(workers, n)
+		}
+	}
+	failed := c.Fleet.FailRandom(workers, 7)
+	stats, _, err := c.Apply(ctx)
+	if err == nil {
+		t.Fatal("apply with failing hosts returned no error")
+	}
+	if len(stats.Failed) != len(failed) || len(stats.Changed) != 100-len(failed) {
+		t.Fatalf("failed %v, changed %d; injected %v", stats.Failed, len(stats.Changed), failed)
+	}
+	for name, step := range failed {
+		found := false
+		for _, e := range unjoin(err) {
+			var se *apply.StepError
+			if errors.As(e, &se) && se.Host == name {
+				found = true
+				if se.Step != step {
+					t.Errorf("%s failed in %s, injected at %s: %v", name, se.Step, step, se)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("%s (injected at %s) is not reported", name, step)
+		}
+	}
+	c.Fleet.Take()
+	c.Fleet.Heal()
+	stats, _, err = c.Apply(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stats.Failed) != 0 || len(stats.Changed) != len(failed) {
+		t.Fatalf("re-apply changed %v, want exactly %v", stats.Changed, failed)
+	}
+	for _, n := range stats.Changed {
+		if _, ok := failed[n]; !ok {
+			t.Errorf("re-apply changed %s, which had not failed", n)
+		}
+	}
+	h := c.Fleet.Host("sim-manager-1")
+	if sw := h.f.engines[h.Address].Swarm(); sw.NodeCount() != 100 {
+		t.Fatalf("swarm has %d nodes after the re-apply", sw.NodeCount())
+	}
+}
+
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, unjoin(e)...)
+		}
+		return out
+	}
+	return []error{err}
+}
