@@ -16,29 +16,46 @@ import (
 	"github.com/provision/provision/provision/swarm"
 )
 
-// connect dials every live host once; the connection is reused by every
-// later phase.
-type connect struct{}
+// conn makes sure h has its SSH connection, dialling it on first use (and
+// finishing a host key rotation the machine needs). Connections live only
+// while a host works: release closes them, so open connections (file
+// descriptors, keepalive goroutines) follow the parallelism, not the size
+// of the fleet.
+func (r *run) conn(ctx context.Context, h *host) error {
+	if h.comm != nil {
+		return nil
+	}
+	r.mu.Lock()
+	m := h.rec.Machine
+	status := h.rec.Status
+	r.mu.Unlock()
+	if m.Address == "" {
+		return &StepError{Host: h.rec.Name, Step: "ssh.connect", Err: fmt.Errorf("machine has no address (status %s): re-run apply to finish creating it", status)}
+	}
+	cfg, err := r.commConfig(h.rec.Name, m)
+	if err != nil {
+		return &StepError{Host: h.rec.Name, Step: "ssh.connect", Err: err}
+	}
+	c, err := r.dialSSH(ctx, cfg)
+	if err != nil {
+		return &StepError{Host: h.rec.Name, Step: "ssh.connect", Err: err}
+	}
+	h.comm = c
+	if h.target != nil {
+		h.target.Comm = c
+	}
+	if err := r.rotateHostKey(ctx, h); err != nil {
+		return &StepError{Host: h.rec.Name, Step: "ssh.connect", Err: err}
+	}
+	return nil
+}
 
-func (connect) Name() string { return "connect" }
-
-func (connect) Run(ctx context.Context, r *run) error {
-	return r.each(ctx, r.live(), "ssh.connect", func(ctx context.Context, h *host) error {
-		m := h.rec.Machine
-		if m.Address == "" {
-			return fmt.Errorf("machine has no address (status %s): re-run apply to finish creating it", h.rec.Status)
-		}
-		cfg, err := r.commConfig(h.rec.Name, m)
-		if err != nil {
-			return err
-		}
-		c, err := r.dialSSH(ctx, cfg)
-		if err != nil {
-			return err
-		}
-		h.comm = c
-		return r.rotateHostKey(ctx, h)
-	})
+// release closes h's SSH connection; the next conn dials again.
+func (r *run) release(h *host) {
+	if h.comm != nil {
+		h.comm.Close()
+		h.comm = nil
+	}
 }
 
 // Conn is one host's SSH connection as apply uses it: *comm.Client, or

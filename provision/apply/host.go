@@ -32,6 +32,12 @@ func (hostSteps) Run(ctx context.Context, r *run) error {
 	peers := r.peers()
 	r.peersUsed = peers
 	if err := r.each(ctx, r.live(), "host.check", func(ctx context.Context, h *host) error {
+		// One connection per host while it is checked, closed after: the
+		// hosts with work dial again when their batch runs.
+		defer r.release(h)
+		if err := r.conn(ctx, h); err != nil {
+			return err
+		}
 		return prepareHost(ctx, r, h, peers)
 	}); err != nil {
 		return err
@@ -79,6 +85,10 @@ func (hostSteps) Run(ctx context.Context, r *run) error {
 			r.note("", fmt.Sprintf("rolling batch %d/%d: %s (engine restart)", i+1, len(batches), strings.Join(names, ", ")))
 		}
 		if err := r.each(ctx, b.hosts, "host", func(ctx context.Context, h *host) error {
+			defer r.release(h)
+			if err := r.conn(ctx, h); err != nil {
+				return err
+			}
 			if err := runSteps(ctx, r, h); err != nil {
 				return err
 			}
@@ -329,18 +339,24 @@ func runSteps(ctx context.Context, r *run, h *host) error {
 // hostDone records a host whose steps all hold.
 func hostDone(r *run, h *host) error {
 	r.mu.Lock()
+	dirty := h.changed
 	for _, st := range h.steps {
 		if h.rec.Steps[st.ID()] == "" {
 			if h.rec.Steps == nil {
 				h.rec.Steps = map[string]string{}
 			}
 			h.rec.Steps[st.ID()] = time.Now().UTC().Format(time.RFC3339)
+			dirty = true
 		}
 	}
-	if t := h.target; t != nil && t.Facts != nil && t.Facts.Engine != "" {
+	if t := h.target; t != nil && t.Facts != nil && t.Facts.Engine != "" && h.rec.Engine != t.Facts.Engine {
 		h.rec.Engine = t.Facts.Engine
+		dirty = true
 	}
 	r.mu.Unlock()
+	if !dirty {
+		return nil // nothing to record: a no-op apply writes state once, at the end
+	}
 	return r.save()
 }
 

@@ -21,12 +21,16 @@ func (peers) Run(ctx context.Context, r *run) error {
 	}
 	var hosts []*host
 	for _, h := range r.live() {
-		if h.comm != nil && h.target != nil {
+		if h.target != nil {
 			hosts = append(hosts, h)
 		}
 	}
 	r.peersUsed = now
 	return r.each(ctx, hosts, "host.peers", func(ctx context.Context, h *host) error {
+		defer r.release(h)
+		if err := r.conn(ctx, h); err != nil {
+			return err
+		}
 		if err := prepareHost(ctx, r, h, now); err != nil {
 			return err
 		}

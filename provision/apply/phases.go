@@ -15,8 +15,7 @@ func phases() []phase {
 	return []phase{
 		credentials{},  // admin SSH key, cluster CA, operator's client certificate
 		machines{},     // create, adopt, start; state saved around every create
-		connect{},      // one SSH connection per host
-		hostSteps{},    // facts in one call per host, then the steps; rolling for engine restarts
+		hostSteps{},    // connect, facts in one call per host, then the steps; rolling for engine restarts
 		swarmPhase{},   // init or find the swarm; managers join (and replace) one at a time, workers in parallel
 		reinstall{},    // machines replaced in place (drivers that reuse the host), one manager at a time
 		labels{},       // node labels (set, changed, removed) and the cluster's overlay network

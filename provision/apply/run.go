@@ -32,6 +32,7 @@ type run struct {
 
 	hosts map[string]*host // guarded by Engine.mu, with State
 	stats Stats
+	saver saver
 
 	ca        *pki.CA // the cluster CA (credentials)
 	tlsMu     sync.Mutex
@@ -110,10 +111,16 @@ func (r *run) runPhase(ctx context.Context, ph phase) error {
 func (r *run) fail(h *host, step string, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if h.err == nil {
-		h.err = &StepError{Host: h.rec.Name, Step: step, Err: err}
+	// An error that already names this host's step (runSteps') keeps it:
+	// the report says the step that failed, and the host once.
+	se, ok := err.(*StepError)
+	if !ok || se.Host != h.rec.Name {
+		se = &StepError{Host: h.rec.Name, Step: step, Err: err}
 	}
-	r.rep.Event(Event{Time: time.Now(), Kind: StepFail, Host: h.rec.Name, Step: step, Err: err.Error()})
+	if h.err == nil {
+		h.err = se
+	}
+	r.rep.Event(Event{Time: time.Now(), Kind: StepFail, Host: h.rec.Name, Step: se.Step, Err: se.Err.Error()})
 }
 
 func (r *run) failedCount() int {
@@ -190,13 +197,51 @@ func (r *run) each(ctx context.Context, hosts []*host, step string, fn func(ctx 
 	return ctx.Err()
 }
 
+// save writes state and returns once a write that began after the call
+// has finished: what the caller changed before calling is on disk. Hosts
+// that save at the same time share one write (a group commit), so a fleet
+// of N hosts costs far fewer than N writes of an N-machine state.
 func (r *run) save() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if err := r.Store.Save(r.State); err != nil {
+	s := &r.saver
+	s.mu.Lock()
+	if s.cond == nil {
+		s.cond = sync.NewCond(&s.mu)
+	}
+	s.asked++
+	ticket := s.asked
+	for s.done < ticket {
+		if s.writing {
+			s.cond.Wait()
+			continue
+		}
+		s.writing = true
+		upto := s.asked
+		s.mu.Unlock()
+		r.mu.Lock()
+		err := r.Store.Save(r.State)
+		r.mu.Unlock()
+		s.mu.Lock()
+		s.writing, s.done, s.err = false, upto, err
+		s.writes++
+		s.cond.Broadcast()
+	}
+	err := s.err
+	s.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("save state: %w", err)
 	}
 	return nil
+}
+
+// saver groups concurrent saves (run.save).
+type saver struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	asked   uint64 // saves asked for
+	done    uint64 // saves covered by the last finished write
+	writing bool
+	err     error // the last write's
+	writes  int
 }
 
 func (r *run) note(hostName, msg string) {

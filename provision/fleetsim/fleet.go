@@ -134,7 +134,7 @@ func (f *Fleet) removeHost(addr string) {
 var FailPoints = []struct{ Where, Step string }{
 	{"create", "machine.create"},
 	{"connect", "ssh.connect"},
-	{"printf 'ssh_client", "host.check"},
+	{"SSH_CONNECTION", "host.check"}, // the facts command line
 	{"hostnamectl", "host.hostname"},
 	{"apt-get install", "engine.install"},
 	{"/etc/docker/daemon.json", "engine.config"},
@@ -324,8 +324,10 @@ func (c *Cluster) engine() (*apply.Engine, *state.Store, error) {
 		ConnectTimeout: 30 * time.Second,
 		Timeouts:       swarm.Timeouts{},
 		TakeBackup: func(ctx context.Context, t apply.BackupTarget) (string, error) {
-			if _, err := t.Comm.Run(ctx, "true", nil); err != nil {
-				return "", err
+			if t.Comm != nil {
+				if _, err := t.Comm.Run(ctx, "true", nil); err != nil {
+					return "", err
+				}
 			}
 			p := filepath.Join(t.Dir, t.Host+".tar.gz")
 			if err := os.MkdirAll(t.Dir, 0o700); err != nil {
