@@ -138,7 +138,7 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 	}
 	cmd.Flags().BoolVar(&auto, "auto-approve", false, "do not ask before replacing or removing machines")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stderr")
-	cmd.Flags().IntVar(&parallelism, "parallelism", 0, "hosts worked on at once (default: the spec's, 16)")
+	cmd.Flags().IntVar(&parallelism, "parallelism", 0, "hosts worked on at once (default: the spec's, else every host up to 256)")
 	cmd.Flags().BoolVar(&forceNew, "force-new-cluster", false, "when swarm quorum is lost, re-form the swarm on a surviving manager")
 	cmd.Flags().BoolVar(&replaceMissing, "replace-missing", false, "create replacements even when every machine (or every manager) appears gone at once")
 	cmd.Flags().BoolVar(&leaveOther, "leave-other-swarm", false, "make hosts that are members of another swarm leave it and join this one")

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -50,6 +51,11 @@ type Engine struct {
 	// DialSSH opens a host's SSH connection; nil means comm.Dial (the fleet
 	// simulation gives in-memory hosts).
 	DialSSH func(ctx context.Context, cfg comm.Config) (Conn, error)
+	// JoinAttempts is how often a worker's join is tried before the host
+	// is reported failed (default 3), JoinBackoff the first pause between
+	// tries, doubling (default 2s).
+	JoinAttempts int
+	JoinBackoff  time.Duration
 	// ReplaceMissing lets apply create replacements when every recorded
 	// machine, or every manager, appears gone at once (plan.Missing).
 	ReplaceMissing bool
@@ -117,7 +123,41 @@ func (e *Engine) parallelism() int {
 	case e.Spec != nil && e.Spec.Parallelism > 0:
 		return e.Spec.Parallelism
 	}
-	return 16
+	n := 0
+	if e.Spec != nil {
+		for _, p := range e.Spec.Pools() {
+			n += p.Count
+		}
+	}
+	return DefaultParallelism(n, fdLimit())
+}
+
+// MaxParallelism is the most hosts worked on at once by default. Hosts
+// mostly wait (boot, package installs, round trips), so the bound is
+// what the operator's machine holds per host in flight: one SSH
+// connection (a file descriptor, its buffers and keepalive goroutine) and
+// one engine API connection.
+const MaxParallelism = 256
+
+// DefaultParallelism adapts to the fleet: every host at once up to
+// MaxParallelism, within a quarter of the file descriptors the process may
+// open (each host in flight holds up to two, and the rest of the process
+// needs some), never below 1.
+func DefaultParallelism(hosts int, fds uint64) int {
+	p := min(max(hosts, 1), MaxParallelism)
+	if fds > 0 {
+		p = min(p, max(1, int(fds/4)))
+	}
+	return p
+}
+
+// fdLimit is the process's open file limit (0: unknown).
+func fdLimit() uint64 {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0
+	}
+	return rl.Cur
 }
 
 func (e *Engine) reporter() Reporter {

@@ -49,17 +49,29 @@ func (Discard) Event(Event) {}
 
 // Lines prints one line per event: for logs, CI and pipes.
 type Lines struct {
-	mu sync.Mutex
-	W  io.Writer
+	mu  sync.Mutex
+	W   io.Writer
+	sum *tally // a phase of more than SummaryAbove hosts (summary.go)
 }
 
 func (r *Lines) Event(e Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.sum != nil && e.Kind != PhaseEnd {
+		r.sum.add(e)
+		return
+	}
 	switch e.Kind {
 	case PhaseStart:
 		fmt.Fprintf(r.W, "==> %s (%d hosts)\n", e.Phase, e.Hosts)
+		if e.Hosts > SummaryAbove {
+			r.sum = newTally()
+		}
 	case PhaseEnd:
+		if r.sum != nil {
+			r.sum.write(r.W)
+			r.sum = nil
+		}
 		mark := "✓"
 		if e.Err != "" {
 			mark = "✗"
@@ -113,15 +125,35 @@ type Live struct {
 	done    map[string]bool
 	failed  map[string]bool
 	started time.Time
+	sum     *tally // a phase of more than SummaryAbove hosts (summary.go)
 }
 
 func (r *Live) Event(e Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.sum != nil {
+		switch e.Kind {
+		case StepChange, Note:
+			r.sum.add(e)
+			return
+		case StepFail:
+			r.sum.add(e)
+			r.failed[e.Host] = true
+			r.redraw()
+			return
+		case PhaseEnd:
+			fmt.Fprint(r.W, "\r\033[K")
+			r.sum.write(r.W)
+			r.sum = nil
+		}
+	}
 	switch e.Kind {
 	case PhaseStart:
 		r.phase, r.total, r.started = e.Phase, e.Hosts, e.Time
 		r.done, r.failed = map[string]bool{}, map[string]bool{}
+		if e.Hosts > SummaryAbove {
+			r.sum = newTally()
+		}
 		r.redraw()
 	case PhaseEnd:
 		mark := "\033[32m✓\033[0m"
@@ -160,7 +192,9 @@ func (r *Live) redraw() {
 		return
 	}
 	fmt.Fprintf(r.W, "\r\033[K  %s [%d/%d hosts]", r.phase, len(r.done), r.total)
-	if len(r.failed) > 0 {
+	if r.sum != nil && len(r.failed) > 0 {
+		fmt.Fprintf(r.W, " %d failed", len(r.failed)) // named at the end of the phase
+	} else if len(r.failed) > 0 {
 		names := make([]string, 0, len(r.failed))
 		for h := range r.failed {
 			names = append(names, h)

@@ -153,8 +153,9 @@ func (swarmPhase) Run(ctx context.Context, r *run) error {
 			pending = append(pending, h)
 		}
 	}
+	pace := make(chan struct{}, joinPace)
 	if err := r.each(ctx, pending, "swarm.join", func(ctx context.Context, h *host) error {
-		return join(ctx, r, h, false)
+		return joinPaced(ctx, r, h, pace)
 	}); err != nil {
 		return err
 	}
@@ -199,6 +200,52 @@ func (swarmPhase) Run(ctx context.Context, r *run) error {
 		return err
 	}
 	return r.save()
+}
+
+// joinPace bounds the worker joins in flight. Each join has a manager sign
+// a node certificate and add the node to the raft store; a herd of
+// hundreds at once is what managers take worst (slow raft writes, missed
+// heartbeats, leader elections), so joins go at a steady pace instead.
+const joinPace = 20
+
+// joinPaced joins a worker within the pace, trying again with a growing
+// pause (Engine.JoinAttempts, JoinBackoff) before the host is reported
+// failed: a join that times out under load usually works the next time.
+// Other workers go on meanwhile.
+func joinPaced(ctx context.Context, r *run, h *host, pace chan struct{}) error {
+	attempts, wait := r.JoinAttempts, r.JoinBackoff
+	if attempts <= 0 {
+		attempts = 3
+	}
+	if wait <= 0 {
+		wait = 2 * time.Second
+	}
+	var err error
+	for i := 1; ; i++ {
+		select {
+		case pace <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		err = join(ctx, r, h, false)
+		<-pace
+		if err == nil || i >= attempts || errors.Is(err, swarm.ErrOtherSwarm) || ctx.Err() != nil {
+			break
+		}
+		r.note(h.rec.Name, fmt.Sprintf("join attempt %d of %d failed (%v): trying again in %s", i, attempts, err, wait))
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		wait *= 2
+	}
+	if err != nil && attempts > 1 {
+		return fmt.Errorf("after %d attempts: %w", attempts, err)
+	}
+	return err
 }
 
 // join makes h a member and records its node ID. A host in an earlier
