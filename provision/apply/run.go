@@ -94,7 +94,11 @@ func (r *run) stopped() bool { return r.stop != nil && r.stop.Err() != nil }
 
 func (r *run) runPhase(ctx context.Context, ph phase) error {
 	t0 := time.Now()
-	r.rep.Event(Event{Time: t0, Kind: PhaseStart, Phase: ph.Name(), Hosts: len(r.live())})
+	n := len(r.live())
+	if n == 0 && r.plan != nil {
+		n = len(r.plan.Actions) // the machines phase: the hosts are made there
+	}
+	r.rep.Event(Event{Time: t0, Kind: PhaseStart, Phase: ph.Name(), Hosts: n})
 	err := ph.Run(ctx, r)
 	ev := Event{Time: time.Now(), Kind: PhaseEnd, Phase: ph.Name(), Took: time.Since(t0)}
 	if err != nil {
@@ -217,9 +221,13 @@ func (r *run) save() error {
 		s.writing = true
 		upto := s.asked
 		s.mu.Unlock()
+		// Encoding needs the state still; writing it out does not.
 		r.mu.Lock()
-		err := r.Store.Save(r.State)
+		b, err := r.Store.Encode(r.State)
 		r.mu.Unlock()
+		if err == nil {
+			err = r.Store.Write(b)
+		}
 		s.mu.Lock()
 		s.writing, s.done, s.err = false, upto, err
 		s.writes++

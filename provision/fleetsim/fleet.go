@@ -67,7 +67,9 @@ type Fleet struct {
 	hosts   map[string]*Host // by address
 	engines map[string]*engineAPI
 	fail    map[string]string // machine name -> where it fails
-	rng     *rand.Rand
+	// failTimes bounds a failure to so many tries (absent: until Heal).
+	failTimes map[string]int
+	rng       *rand.Rand
 
 	open, peakOpen     atomic.Int64 // SSH connections open now, most at once
 	sessions, writes   atomic.Int64
@@ -77,7 +79,7 @@ type Fleet struct {
 
 // New returns an empty fleet.
 func New(l Latency) *Fleet {
-	f := &Fleet{Latency: l, World: swarmtest.New(), hosts: map[string]*Host{}, engines: map[string]*engineAPI{}, fail: map[string]string{}, rng: rand.New(rand.NewPCG(1, 2))}
+	f := &Fleet{Latency: l, World: swarmtest.New(), hosts: map[string]*Host{}, engines: map[string]*engineAPI{}, fail: map[string]string{}, failTimes: map[string]int{}, rng: rand.New(rand.NewPCG(1, 2))}
 	f.Driver = &Driver{f: f, machines: map[string]drivers.Machine{}, calls: map[string]int{}}
 	if l.CloudRate > 0 {
 		f.limit = &limiter{rate: l.CloudRate, burst: float64(max(1, l.CloudBurst))}
@@ -168,7 +170,7 @@ func (f *Fleet) Fail(name, where string) {
 func (f *Fleet) Heal() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.fail = map[string]string{}
+	f.fail, f.failTimes = map[string]string{}, map[string]int{}
 	for _, h := range f.hosts {
 		h.mu.Lock()
 		h.failAt, h.failDial = "", false
@@ -179,7 +181,26 @@ func (f *Fleet) Heal() {
 func (f *Fleet) failing(where, name string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.fail[name] == where
+	if f.fail[name] != where {
+		return false
+	}
+	if n, ok := f.failTimes[name]; ok {
+		if n <= 1 {
+			delete(f.fail, name)
+			delete(f.failTimes, name)
+		} else {
+			f.failTimes[name] = n - 1
+		}
+	}
+	return true
+}
+
+// FailTimes makes machine name fail at where (create or join) n times.
+func (f *Fleet) FailTimes(name, where string, n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fail[name] = where
+	f.failTimes[name] = n
 }
 
 // Dial is apply.Engine.DialSSH for the fleet: it checks the pinned host
@@ -287,6 +308,9 @@ type Cluster struct {
 	Workers     int
 	Parallelism int // 0: the engine's default
 	Report      apply.Reporter
+	// JoinBackoff is the engine's first pause between join attempts
+	// (0: the engine's default).
+	JoinBackoff time.Duration
 }
 
 // Spec renders the cluster's spec: hardening off (the simulated host
@@ -321,8 +345,8 @@ func (c *Cluster) engine() (*apply.Engine, *state.Store, error) {
 	}
 	e := &apply.Engine{Spec: sp, Store: store, State: st, Drivers: map[string]drivers.Driver{"local": c.Fleet.Driver},
 		Report: rep, Parallelism: c.Parallelism, DialSSH: c.Fleet.Dial, EngineAPI: c.Fleet.EngineAPI,
-		ConnectTimeout: 30 * time.Second,
-		Timeouts:       swarm.Timeouts{},
+		ConnectTimeout: 30 * time.Second, JoinBackoff: c.JoinBackoff,
+		Timeouts: swarm.Timeouts{},
 		TakeBackup: func(ctx context.Context, t apply.BackupTarget) (string, error) {
 			if t.Comm != nil {
 				if _, err := t.Comm.Run(ctx, "true", nil); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/provision/provision/provision/apply"
 )
@@ -59,6 +60,7 @@ func TestApplyNoopDestroy(t *testing.T) {
 func TestFailuresConverge(t *testing.T) {
 	ctx := context.Background()
 	c := newCluster(t, 3, 97, Latency{})
+	c.JoinBackoff = time.Millisecond
 	names := c.Names()
 	var workers []string
 	for _, n := range names {
@@ -118,4 +120,47 @@ func unjoin(err error) []error {
 		return out
 	}
 	return []error{err}
+}
+
+// TestConnectionsFollowParallelism: SSH connections open at once stay
+// within the parallelism (a host in flight may hold its own and the fresh
+// login that proves a rotated host key), whatever the fleet's size, and
+// none is left open.
+func TestConnectionsFollowParallelism(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, 3, 97, Latency{SSHRTT: 50 * time.Microsecond})
+	c.Parallelism = 8
+	if _, _, err := c.Apply(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n := c.Fleet.Take()
+	if n.PeakOpen > 2*8 || n.OpenAtEnd != 0 {
+		t.Fatalf("%d SSH connections open at once for parallelism 8 (%d at the end)", n.PeakOpen, n.OpenAtEnd)
+	}
+	if n.PeakJoins > 8 {
+		t.Fatalf("%d joins at once", n.PeakJoins)
+	}
+}
+
+// TestJoinRetried: a worker whose join fails twice joins on the third
+// try; one that keeps failing is reported after the attempts, and every
+// other worker joins.
+func TestJoinRetried(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, 1, 10, Latency{})
+	c.JoinBackoff = time.Millisecond
+	c.Fleet.FailTimes("sim-worker-3", "join", 2)
+	c.Fleet.Fail("sim-worker-5", "join")
+	stats, _, err := c.Apply(ctx)
+	if len(stats.Failed) != 1 || stats.Failed[0] != "sim-worker-5" {
+		t.Fatalf("failed %v (%v)", stats.Failed, err)
+	}
+	var se *apply.StepError
+	if !errors.As(err, &se) || se.Step != "swarm.join" || !strings.Contains(se.Error(), "after 3 attempts") {
+		t.Fatalf("error %v", err)
+	}
+	h := c.Fleet.Host("sim-manager-1")
+	if n := h.f.engines[h.Address].Swarm().NodeCount(); n != 10 {
+		t.Fatalf("%d nodes, want the 10 others", n)
+	}
 }

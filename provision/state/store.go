@@ -261,14 +261,35 @@ func (s *Store) Load() (*State, error) {
 // Save writes the state atomically: a temp file in the same directory,
 // fsync, the current file kept as the backup, rename, fsync of the directory.
 func (s *Store) Save(st *State) error {
+	b, err := s.Encode(st)
+	if err != nil {
+		return err
+	}
+	return s.Write(b)
+}
+
+// Encode stamps st (version, time) and encodes it for Write. Callers that
+// share st with other goroutines hold their lock for Encode only: the
+// slow part, Write's fsyncs, needs none.
+func (s *Store) Encode(st *State) ([]byte, error) {
 	if s.readOnly {
-		return errors.New("save state: opened read-only (without the lock)")
+		return nil, errors.New("save state: opened read-only (without the lock)")
 	}
 	st.Version = Version
 	st.Updated = time.Now().UTC()
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
-		return fmt.Errorf("encode state: %w", err)
+		return nil, fmt.Errorf("encode state: %w", err)
+	}
+	return b, nil
+}
+
+// Write stores an encoded state durably (temp file, fsync, rename, fsync
+// the directory), keeping the previous one as state.json.bak. Writes must
+// not overlap.
+func (s *Store) Write(b []byte) error {
+	if s.readOnly {
+		return errors.New("save state: opened read-only (without the lock)")
 	}
 	path := filepath.Join(s.dir, stateFile)
 	if cur, err := os.ReadFile(path); err == nil {
