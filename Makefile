@@ -12,7 +12,7 @@ TAGS := libvirt_dlopen
 # Where acceptance/env/libvirt-image.sh keeps the VM base image (a libvirt pool; outside the repo).
 export PROVISION_LIBVIRT_CACHE ?= /var/cache/provision/libvirt
 
-.PHONY: all build demo demo-destroy env host-image test unit acceptance acceptance-libvirt vet fmt bench fuzz clean
+.PHONY: all build demo demo-destroy env host-image test unit acceptance acceptance-libvirt vet fmt bench bench-fleet fuzz clean
 
 all: build
 
@@ -79,6 +79,19 @@ fuzz:
 bench: env build
 	$(GO) test -tags $(TAGS) -run='^$$' -bench=. -benchmem ./provision/spec/ ./provision/plan/
 	./acceptance/bench.sh
+
+# The fleet at scale, simulated (provision/fleetsim): apply, no-op apply, scale
+# N -> 1.2N -> N and destroy on FLEET_HOSTS simulated hosts, first with zero
+# latency (the orchestration's own cost), then with realistic latencies run
+# FLEET_SCALE times faster (times printed unscaled). No Docker, no network.
+FLEET_HOSTS ?= 1000
+FLEET_MANAGERS ?= 3
+FLEET_SCALE ?= 10
+bench-fleet:
+	FLEET_HOSTS=$(FLEET_HOSTS) FLEET_MANAGERS=$(FLEET_MANAGERS) FLEET_LATENCY=zero \
+		$(GO) test -tags $(TAGS) -run='^$$' -bench=Fleet -benchtime=1x -timeout 60m ./provision/fleetsim/
+	FLEET_HOSTS=$(FLEET_HOSTS) FLEET_MANAGERS=$(FLEET_MANAGERS) FLEET_LATENCY=realistic FLEET_SCALE=$(FLEET_SCALE) \
+		$(GO) test -tags $(TAGS) -run='^$$' -bench=Fleet -benchtime=1x -timeout 60m ./provision/fleetsim/
 
 clean:
 	rm -rf bin
