@@ -121,15 +121,11 @@ func (e *Engine) parallelism() int {
 	case e.Parallelism > 0:
 		return e.Parallelism
 	case e.Spec != nil && e.Spec.Parallelism > 0:
-		return e.Spec.Parallelism
+		// The spec's, or its default (every host, up to 256), within
+		// the file descriptors this process may open.
+		return DefaultParallelism(e.Spec.Parallelism, fdLimit())
 	}
-	n := 0
-	if e.Spec != nil {
-		for _, p := range e.Spec.Pools() {
-			n += p.Count
-		}
-	}
-	return DefaultParallelism(n, fdLimit())
+	return 16
 }
 
 // MaxParallelism is the most hosts worked on at once by default. Hosts

@@ -21,7 +21,10 @@ import (
 
 // Defaults.
 const (
-	DefaultParallelism   = 16
+	// MaxDefaultParallelism bounds the default parallelism, which is every
+	// host of the cluster at once (hosts mostly wait: boots, installs,
+	// round trips); apply lowers it further to fit the file-descriptor limit.
+	MaxDefaultParallelism = 256
 	DefaultUser          = "provision"
 	DefaultPackage       = "docker.io"
 	DefaultValidityHours = 8760
@@ -190,7 +193,7 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 	atFile(d, names[0])
 	diags = append(diags, d...)
 	dc := &dec{ctx: ctx, ranges: map[string]hcl.Range{}, sensitive: sensitive, sensitivePaths: map[string]bool{}}
-	c = &Cluster{Files: names, Parallelism: DefaultParallelism, Ranges: dc.ranges, Secrets: secrets, SensitivePaths: dc.sensitivePaths}
+	c = &Cluster{Files: names, Ranges: dc.ranges, Secrets: secrets, SensitivePaths: dc.sensitivePaths}
 	c.Engine = Engine{Method: "package", Package: DefaultPackage}
 	c.Prune = Prune{Enabled: true, Schedule: "daily", Until: "24h", RandomizedDelay: "1h"}
 	c.Logging = Logging{Driver: "json-file", JournaldMaxUse: "500M"}
@@ -276,6 +279,13 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 	}
 	if len(managerBlocks) > 0 {
 		checkCluster(dc, c)
+	}
+	if c.Parallelism == 0 {
+		n := 0
+		for _, p := range c.Pools() {
+			n += p.Count
+		}
+		c.Parallelism = min(max(n, 1), MaxDefaultParallelism)
 	}
 	diags = append(diags, dc.diags...)
 	sortDiags(diags)

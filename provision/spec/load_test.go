@@ -56,7 +56,7 @@ workers { count = 2 }
 	if !h.SSH || !h.Kernel || !h.Firewall || !h.Daemon || !h.Audit || !h.Updates || h.AutoReboot || h.UserNamespaces || h.OverlayEncryption {
 		t.Errorf("hardening %+v", h)
 	}
-	if c.TLS.ValidityHours != 8760 || c.SSH.User != "provision" || c.SSH.ConnectTimeout != 0 || c.Parallelism != 16 {
+	if c.TLS.ValidityHours != 8760 || c.SSH.User != "provision" || c.SSH.ConnectTimeout != 0 || c.Parallelism != c.Managers.Count+c.Workers[0].Count {
 		t.Errorf("tls/ssh/parallelism %+v %+v %d", c.TLS, c.SSH, c.Parallelism)
 	}
 	if got := c.Workers[0].MachineNames(c.Name); strings.Join(got, ",") != "demo-worker-1,demo-worker-2" {

@@ -35,7 +35,7 @@ type Cluster struct {
 	TLS         TLS                  //
 	Hardening   Hardening            //
 	SSH         SSH                  //
-	Parallelism int                  // bound on concurrent host work; default 16
+	Parallelism int                  // bound on concurrent host work; default every host, up to 256
 	Ranges      map[string]hcl.Range // source ranges of settings by dotted path ("managers.count", "engine.version"), for later diagnostics
 	// Secrets are the values of variables declared `sensitive = true` (each
 	// string, number and bool in them, as text): whatever prints something
