@@ -25,10 +25,10 @@ const (
 	// host of the cluster at once (hosts mostly wait: boots, installs,
 	// round trips); apply lowers it further to fit the file-descriptor limit.
 	MaxDefaultParallelism = 256
-	DefaultUser          = "provision"
-	DefaultPackage       = "docker.io"
-	DefaultValidityHours = 8760
-	maxMachines          = 10000
+	DefaultUser           = "provision"
+	DefaultPackage        = "docker.io"
+	DefaultValidityHours  = 8760
+	maxMachines           = 10000
 )
 
 var rootSchema = &hcl.BodySchema{
