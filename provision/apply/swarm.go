@@ -278,6 +278,12 @@ func join(ctx context.Context, r *run, h *host, manager bool) error {
 	h.rec.NodeID = id
 	h.rec.Status = state.StatusReady
 	r.mu.Unlock()
+	if !manager {
+		// Saved with the phase: a worker's node ID that a crash loses is
+		// found again by the next join (its engine says it is a member),
+		// and a thousand joins need not wait for a thousand writes.
+		return nil
+	}
 	return r.save()
 }
 
