@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/swarm"
 )
@@ -39,6 +41,10 @@ func (labels) Run(ctx context.Context, r *run) error {
 		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: leader.rec.Name, Step: "swarm.network", Msg: fmt.Sprintf("overlay network %s (encrypted: %v)", name, r.Spec.Hardening.OverlayEncryption)})
 	}
 	nodes := r.members.Nodes()
+	// Label changes go to the manager at the joins' pace: one at a time
+	// makes a thousand nodes a thousand round trips in a row.
+	g := new(errgroup.Group)
+	g.SetLimit(min(r.parallelism(), joinPace))
 	for _, h := range r.live() {
 		if h.rec.NodeID == "" {
 			continue
@@ -58,21 +64,27 @@ func (labels) Run(ctx context.Context, r *run) error {
 			r.recordLabels(h, want)
 			continue
 		}
-		changed, err := r.members.SetLabels(ctx, h.rec.NodeID, want, del)
-		if err != nil {
-			r.fail(h, "swarm.labels", err)
-			continue
-		}
-		r.recordLabels(h, want)
-		if changed {
-			h.changed = true
-			msg := ""
-			if len(del) > 0 {
-				msg = "removed " + strings.Join(del, ", ")
+		g.Go(func() error {
+			changed, err := r.members.SetLabels(ctx, h.rec.NodeID, want, del)
+			if err != nil {
+				r.fail(h, "swarm.labels", err)
+				return nil
 			}
-			r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: "swarm.labels", Msg: msg})
-		}
+			r.recordLabels(h, want)
+			if changed {
+				r.mu.Lock()
+				h.changed = true
+				r.mu.Unlock()
+				msg := ""
+				if len(del) > 0 {
+					msg = "removed " + strings.Join(del, ", ")
+				}
+				r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: "swarm.labels", Msg: msg})
+			}
+			return nil
+		})
 	}
+	_ = g.Wait()
 	return r.save()
 }
 
