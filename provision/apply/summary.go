@@ -30,7 +30,9 @@ func (t *tally) add(e Event) {
 	switch e.Kind {
 	case StepChange:
 		t.changed[e.Step]++
-		t.took[e.Host] += e.Took
+		if e.Took > 0 { // steps that say how long they took
+			t.took[e.Host] += e.Took
+		}
 	case StepFail:
 		t.failed = append(t.failed, e.Host+": "+e.Step+": "+e.Err)
 	case Note:
