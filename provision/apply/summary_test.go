@@ -47,3 +47,27 @@ func TestLinesSummary(t *testing.T) {
 		t.Errorf("small phase: %s", b.String())
 	}
 }
+
+// TestLiveSummary: the terminal view keeps its counter line and, above
+// SummaryAbove hosts, prints the summary instead of a line per change.
+func TestLiveSummary(t *testing.T) {
+	var b bytes.Buffer
+	r := &Live{W: &b}
+	r.Event(Event{Kind: PhaseStart, Phase: "host", Hosts: 60})
+	for i := 1; i <= 60; i++ {
+		h := fmt.Sprintf("w-%d", i)
+		r.Event(Event{Kind: StepChange, Host: h, Step: "engine.install", Took: time.Second})
+		r.Event(Event{Kind: StepDone, Host: h})
+	}
+	r.Event(Event{Kind: StepFail, Host: "w-61", Step: "swarm.join", Err: "timeout"})
+	r.Event(Event{Kind: PhaseEnd, Phase: "host", Took: time.Second})
+	out := b.String()
+	if strings.Contains(out, "w-5: engine.install changed") {
+		t.Errorf("a line per change above %d hosts:\n%q", SummaryAbove, out)
+	}
+	for _, want := range []string{"host [60/60 hosts] 1 failed", "changed: engine.install 60", "1 failed:\n      w-61: swarm.join: timeout"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("live output lacks %q:\n%q", want, out)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -55,7 +56,35 @@ func BenchmarkFleet(b *testing.B) {
 			}
 		}
 		applyStep := func() error { _, _, err := c.Apply(ctx); return err }
-		step("apply", applyStep)
+		if pct := envInt("FLEET_FAIL_PERCENT", 0); pct > 0 {
+			// pct% of the hosts fail at random steps: the apply finishes
+			// the others and reports each; the re-apply converges them.
+			c.JoinBackoff = time.Millisecond
+			var workers []string
+			for _, n := range c.Names() {
+				if strings.Contains(n, "-worker-") {
+					workers = append(workers, n)
+				}
+			}
+			failed := c.Fleet.FailRandom(workers, hosts*pct/100)
+			step(fmt.Sprintf("apply, %d failing", len(failed)), func() error {
+				stats, _, err := c.Apply(ctx)
+				if len(stats.Failed) != len(failed) {
+					return fmt.Errorf("%d hosts failed, %d injected: %v", len(stats.Failed), len(failed), err)
+				}
+				return nil
+			})
+			c.Fleet.Heal()
+			step("re-apply", func() error {
+				stats, _, err := c.Apply(ctx)
+				if err == nil && len(stats.Changed) != len(failed) {
+					err = fmt.Errorf("re-apply changed %d hosts, want the %d that failed", len(stats.Changed), len(failed))
+				}
+				return err
+			})
+		} else {
+			step("apply", applyStep)
+		}
 		if os.Getenv("FLEET_APPLY_ONLY") != "" {
 			continue
 		}
