@@ -155,7 +155,14 @@ func (swarmPhase) Run(ctx context.Context, r *run) error {
 	}
 	pace := make(chan struct{}, joinPace)
 	if err := r.each(ctx, pending, "swarm.join", func(ctx context.Context, h *host) error {
-		return joinPaced(ctx, r, h, pace)
+		err := joinPaced(ctx, r, h, pace)
+		// The worker's engine connection goes idle now: drop it, so open
+		// connections follow the joins in flight, not the fleet (the
+		// client dials again if a later phase asks this engine).
+		if h.closer != nil {
+			h.closer()
+		}
+		return err
 	}); err != nil {
 		return err
 	}
