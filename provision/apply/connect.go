@@ -73,11 +73,41 @@ type Conn interface {
 var _ Conn = (*comm.Client)(nil)
 
 // dialSSH opens one SSH connection: through Engine.DialSSH when set.
+// Connections through a bastion are made at most bastionDials at a time
+// per bastion: each is a new login to the bastion, and sshd drops logins
+// beyond MaxStartups (10 by default) that are still unauthenticated.
 func (e *Engine) dialSSH(ctx context.Context, cfg comm.Config) (Conn, error) {
+	if b := cfg.Bastion; b != nil {
+		gate := e.bastionGate(fmt.Sprintf("%s:%d", b.Address, b.Port))
+		select {
+		case gate <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		defer func() { <-gate }()
+	}
 	if e.DialSSH != nil {
 		return e.DialSSH(ctx, cfg)
 	}
 	return comm.Dial(ctx, cfg)
+}
+
+// bastionDials bounds logins in progress through one bastion (below
+// sshd's default MaxStartups of 10).
+const bastionDials = 8
+
+func (e *Engine) bastionGate(addr string) chan struct{} {
+	e.gateMu.Lock()
+	defer e.gateMu.Unlock()
+	if e.gates == nil {
+		e.gates = map[string]chan struct{}{}
+	}
+	g := e.gates[addr]
+	if g == nil {
+		g = make(chan struct{}, bastionDials)
+		e.gates[addr] = g
+	}
+	return g
 }
 
 // login is Dial through dialSSH: a short-lived connection to a recorded
@@ -163,6 +193,15 @@ func (e *Engine) Dial(ctx context.Context, m drivers.Machine) (*comm.Client, err
 	cfg.Timeout = 30 * time.Second
 	if t := e.Spec.SSH.ConnectTimeout; t > 0 && t < cfg.Timeout {
 		cfg.Timeout = t
+	}
+	if b := cfg.Bastion; b != nil {
+		gate := e.bastionGate(fmt.Sprintf("%s:%d", b.Address, b.Port))
+		select {
+		case gate <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		defer func() { <-gate }()
 	}
 	return comm.Dial(ctx, cfg)
 }

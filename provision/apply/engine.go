@@ -76,6 +76,9 @@ type Engine struct {
 	loginWait time.Duration
 	// tunnels carry the engine API of hosts behind a bastion.
 	tunnels tunnels
+	// gates bound the logins in progress through each bastion (dialSSH).
+	gateMu sync.Mutex
+	gates  map[string]chan struct{}
 
 	// keyOnce loads the admin key (admin, adminPub) once; Dial and the
 	// credentials phase share it, so concurrent Dials need no engine of
