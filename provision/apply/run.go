@@ -230,7 +230,6 @@ func (r *run) save() error {
 		}
 		s.mu.Lock()
 		s.writing, s.done, s.err = false, upto, err
-		s.writes++
 		s.cond.Broadcast()
 	}
 	err := s.err
@@ -249,7 +248,6 @@ type saver struct {
 	done    uint64 // saves covered by the last finished write
 	writing bool
 	err     error // the last write's
-	writes  int
 }
 
 func (r *run) note(hostName, msg string) {
