@@ -10,6 +10,7 @@ import (
 
 	"github.com/provision/provision/drivers"
 	_ "github.com/provision/provision/drivers/local" // the spec's driver block needs its factory
+	"github.com/provision/provision/hostos"
 	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/provision/state"
@@ -75,12 +76,12 @@ func TestRollout(t *testing.T) {
 // ones whose change restarts the engine, and no other.
 func TestRestartSteps(t *testing.T) {
 	for _, id := range []string{"engine.install", "engine.tls", "engine.config"} {
-		if !restartSteps[id] {
+		if !hostos.RestartsEngine(id) {
 			t.Errorf("%s restarts the engine", id)
 		}
 	}
-	for _, id := range []string{"os.supported", "os.ready", "hostname", "logging.journald", "prune", "harden.ssh", "harden.firewall"} {
-		if restartSteps[id] {
+	for _, id := range []string{"os.supported", "os.ready", "host.hostname", "logging.journald", "prune.timer", "harden.ssh", "harden.firewall"} {
+		if hostos.RestartsEngine(id) {
 			t.Errorf("%s does not restart the engine", id)
 		}
 	}

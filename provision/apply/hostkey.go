@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/provision/atomicfile"
 	"github.com/provision/provision/provision/comm"
 	"github.com/provision/provision/provision/redact"
 	"github.com/provision/provision/provision/state"
@@ -276,7 +277,7 @@ func (e *Engine) installKey(name string) (drivers.HostKey, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return hk, err
 	}
-	if err := writeFile(path, hk.PrivatePEM, 0o600); err != nil {
+	if err := atomicfile.Write(path, hk.PrivatePEM, 0o600); err != nil {
 		return hk, fmt.Errorf("install key for %s: %w", name, err)
 	}
 	return hk, nil

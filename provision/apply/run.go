@@ -80,7 +80,7 @@ type host struct {
 	// steps are the host steps for this host, pending the IDs whose Check
 	// found work before any ran; restarted says a step that restarts the
 	// engine was applied.
-	steps     []hostos.Step
+	steps     []*hostos.Step
 	pending   []string
 	restarted bool
 }
