@@ -121,7 +121,7 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 			if p.Missing != nil && !replaceMissing {
 				return withCode(exitRefused, fmt.Errorf("%w: %s. Nothing was changed. If the machines really are gone, run apply again with --replace-missing", apply.ErrMissing, p.Missing.Message))
 			}
-			e := l.engine(g, g.reporter(out, jsonOut))
+			e := l.runner(g, g.reporter(out, jsonOut))
 			e.ForceNewCluster = forceNew
 			e.ReplaceMissing = replaceMissing
 			e.LeaveOtherSwarm = leaveOther
@@ -188,7 +188,7 @@ func newDestroy(g *globals) *cobra.Command {
 					return err
 				}
 			}
-			e := l.engine(g, g.reporter(out, jsonOut))
+			e := l.runner(g, g.reporter(out, jsonOut))
 			if err := e.Destroy(ctx, p); err != nil {
 				return err
 			}

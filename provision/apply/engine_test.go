@@ -169,7 +169,7 @@ func (d *testDriver) Destroy(ctx context.Context, m drivers.Machine) error {
 	return nil
 }
 
-func newTestEngine(t *testing.T, workers int, d drivers.Driver) (*Engine, *plan.Plan) {
+func newTestEngine(t *testing.T, workers int, d drivers.Driver) (*Runner, *plan.Plan) {
 	t.Helper()
 	c, diags := spec.LoadBytes("t.hcl", []byte(fmt.Sprintf("name = \"t\"\ndriver \"local\" {}\nmanagers {\n  count = 1\n}\nworkers {\n  count = %d\n}\n", workers)), spec.Vars{})
 	if diags.HasErrors() {
@@ -184,7 +184,7 @@ func newTestEngine(t *testing.T, workers int, d drivers.Driver) (*Engine, *plan.
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &Engine{Spec: c, Store: store, State: st, Drivers: map[string]drivers.Driver{"local": d}, Parallelism: 2}
+	e := &Runner{Spec: c, Store: store, State: st, Drivers: map[string]drivers.Driver{"local": d}, Parallelism: 2}
 	return e, plan.Build(c, st, plan.Observed{})
 }
 
