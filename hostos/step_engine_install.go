@@ -58,6 +58,10 @@ func engineInstalled(ctx context.Context, t *Target) (bool, error) {
 	default:
 		return false, fmt.Errorf("engine method %q: want package or bundle", m)
 	}
+	// A downgrade is refused before anything changes on the host.
+	if err := checkDowngrade(t.Config, t.Facts.Packages[enginePackage(t.Config)], t.Config.Engine.Version); err != nil {
+		return false, err
+	}
 	for _, p := range wantPackages(t.Config, fam) {
 		if _, ok := t.Facts.Packages[p]; !ok {
 			return false, nil
@@ -83,6 +87,15 @@ func installEngine(ctx context.Context, t *Target) error {
 	return verifyEngine(ctx, t, fam)
 }
 
+// checkDowngrade refuses to take the engine package from have to a lower
+// version (want: a pin or a resolved version) unless the operator allowed it.
+func checkDowngrade(cfg *Config, have, want string) error {
+	if cfg.AllowDowngrade || !Downgrade(have, want) {
+		return nil
+	}
+	return fmt.Errorf("engine package %s %s is installed and the spec pins %s: a downgrade, refused (an engine downgrade can leave containers and the swarm's raft in a format the older engine cannot read); run apply with --allow-engine-downgrade to make it", enginePackage(cfg), have, want)
+}
+
 // aptEnv runs apt non-interactively, keeping changed config files
 // (--force-confold) and waiting for a held dpkg lock instead of failing.
 const aptEnv = "env DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l "
@@ -104,8 +117,13 @@ func installPackage(ctx context.Context, t *Target, fam Family) error {
 		if err != nil {
 			return err
 		}
+		if err := checkDowngrade(t.Config, t.Facts.Packages[pkg], v); err != nil {
+			return err
+		}
 		spec = pkg + "=" + v
-		args = append(args, "--allow-downgrades")
+		if t.Config.AllowDowngrade {
+			args = append(args, "--allow-downgrades")
+		}
 	}
 	args = append(args, spec)
 	args = append(args, wantPackages(t.Config, fam)[1:]...)
