@@ -84,7 +84,19 @@ func installEngine(ctx context.Context, t *Target) error {
 	if err != nil {
 		return err
 	}
-	return verifyEngine(ctx, t, fam)
+	before := t.Facts.Packages[enginePackage(t.Config)]
+	if err := verifyEngine(ctx, t, fam); err != nil {
+		return err
+	}
+	if after := t.Facts.Packages[enginePackage(t.Config)]; before != "" && after != before {
+		// A new engine version: whatever the package's own scripts did
+		// (a policy-rc.d may keep them from restarting it), the running
+		// daemon must be the new one. The end of the engine steps
+		// restarts it once.
+		t.restartPending = true
+		t.Log.Info("engine package changed: the engine restarts", "from", before, "to", after)
+	}
+	return nil
 }
 
 // checkDowngrade refuses to take the engine package from have to a lower
