@@ -217,3 +217,15 @@ func verifyEngine(ctx context.Context, t *Target, fam Family) error {
 	t.Log.Info("engine installed", "package", pkg, "version", got.Packages[pkg], "dockerd", got.Engine)
 	return nil
 }
+
+// EngineChanging reports whether engine.install would change the engine
+// itself on the host (not only add packages other steps need): the engine
+// package is missing or not at the pin. Only then does a member need its
+// drain.
+func EngineChanging(t *Target) bool {
+	if t == nil || t.Facts == nil || t.Config == nil {
+		return true
+	}
+	have := t.Facts.Packages[enginePackage(t.Config)]
+	return have == "" || t.Facts.Engine == "" || !VersionMatches(have, t.Config.Engine.Version)
+}

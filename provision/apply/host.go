@@ -137,9 +137,10 @@ func rollBatches(ctx context.Context, r *run, batches []batch, members *swarm.Me
 }
 
 // needsDrain reports whether one of the host's pending steps needs its node
-// drained first (an engine upgrade).
+// drained first: engine.install changing the engine itself (an upgrade),
+// not only adding packages another step needs.
 func needsDrain(h *host) bool {
-	return slices.ContainsFunc(h.pending, hostos.NeedsDrain)
+	return slices.ContainsFunc(h.pending, hostos.NeedsDrain) && (h.target == nil || hostos.EngineChanging(h.target))
 }
 
 // oldFirewalls lets the new machines through the firewalls of the earlier
