@@ -76,7 +76,7 @@ var _ Conn = (*comm.Client)(nil)
 // Connections through a bastion are made at most bastionDials at a time
 // per bastion: each is a new login to the bastion, and sshd drops logins
 // beyond MaxStartups (10 by default) that are still unauthenticated.
-func (e *Engine) dialSSH(ctx context.Context, cfg comm.Config) (Conn, error) {
+func (e *Runner) dialSSH(ctx context.Context, cfg comm.Config) (Conn, error) {
 	if b := cfg.Bastion; b != nil {
 		gate := e.bastionGate(fmt.Sprintf("%s:%d", b.Address, b.Port))
 		select {
@@ -96,7 +96,7 @@ func (e *Engine) dialSSH(ctx context.Context, cfg comm.Config) (Conn, error) {
 // sshd's default MaxStartups of 10).
 const bastionDials = 8
 
-func (e *Engine) bastionGate(addr string) chan struct{} {
+func (e *Runner) bastionGate(addr string) chan struct{} {
 	e.gateMu.Lock()
 	defer e.gateMu.Unlock()
 	if e.gates == nil {
@@ -112,7 +112,7 @@ func (e *Engine) bastionGate(addr string) chan struct{} {
 
 // login is Dial through dialSSH: a short-lived connection to a recorded
 // machine (a fresh login's proof).
-func (e *Engine) login(ctx context.Context, m drivers.Machine) (Conn, error) {
+func (e *Runner) login(ctx context.Context, m drivers.Machine) (Conn, error) {
 	if e.DialSSH == nil {
 		return e.Dial(ctx, m)
 	}
@@ -123,7 +123,7 @@ func (e *Engine) login(ctx context.Context, m drivers.Machine) (Conn, error) {
 	return e.DialSSH(ctx, cfg)
 }
 
-func (e *Engine) commConfig(name string, m drivers.Machine) (comm.Config, error) {
+func (e *Runner) commConfig(name string, m drivers.Machine) (comm.Config, error) {
 	signer := e.admin
 	if m.SSH.KeyFile != "" {
 		s, err := loadSigner(m.SSH.KeyFile)
@@ -167,7 +167,7 @@ func (e *Engine) commConfig(name string, m drivers.Machine) (comm.Config, error)
 
 // nextHostKey is the key a host key rotation pinned for the machine, if one
 // is under way: connections accept it beside the current one.
-func (e *Engine) nextHostKey(name string) string {
+func (e *Runner) nextHostKey(name string) string {
 	if e.State == nil {
 		return ""
 	}
@@ -182,7 +182,7 @@ func (e *Engine) nextHostKey(name string) string {
 // Dial connects to one recorded machine with the cluster's admin key and its
 // pinned host key (for `provision ssh`, `status`, `audit`, and harden.ssh's
 // fresh login). It changes nothing on e: one engine serves concurrent Dials.
-func (e *Engine) Dial(ctx context.Context, m drivers.Machine) (*comm.Client, error) {
+func (e *Runner) Dial(ctx context.Context, m drivers.Machine) (*comm.Client, error) {
 	if err := e.adminKey(); err != nil {
 		return nil, err
 	}
@@ -228,7 +228,7 @@ func loadSigner(path string) (ssh.Signer, error) {
 
 // openEngineAPI opens a machine's engine API: the Docker Engine SDK over
 // mutual TLS on 2376 with the operator's client certificate (through the
-// bastion's tunnel for machines behind one), or what Engine.EngineAPI
+// bastion's tunnel for machines behind one), or what Runner.EngineAPI
 // gives. Only a tunnel does I/O.
 func (r *run) openEngineAPI(ctx context.Context, m drivers.Machine) (swarm.API, func() error, error) {
 	if r.EngineAPI != nil {

@@ -15,7 +15,7 @@ import (
 // unauthenticated logins beyond MaxStartups); hosts without one are not held.
 func TestBastionDialsBounded(t *testing.T) {
 	var now, peak atomic.Int64
-	e := &Engine{DialSSH: func(ctx context.Context, cfg comm.Config) (Conn, error) {
+	e := &Runner{DialSSH: func(ctx context.Context, cfg comm.Config) (Conn, error) {
 		n := now.Add(1)
 		defer now.Add(-1)
 		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {

@@ -203,7 +203,7 @@ func (f *Fleet) FailTimes(name, where string, n int) {
 	f.failTimes[name] = n
 }
 
-// Dial is apply.Engine.DialSSH for the fleet: it checks the pinned host
+// Dial is apply.Runner.DialSSH for the fleet: it checks the pinned host
 // key like comm.Dial does.
 func (f *Fleet) Dial(ctx context.Context, cfg comm.Config) (apply.Conn, error) {
 	f.mu.Lock()
@@ -239,7 +239,7 @@ func (f *Fleet) Dial(ctx context.Context, cfg comm.Config) (apply.Conn, error) {
 	return &conn{h: h, user: cfg.User, key: key}, nil
 }
 
-// EngineAPI is apply.Engine.EngineAPI for the fleet.
+// EngineAPI is apply.Runner.EngineAPI for the fleet.
 func (f *Fleet) EngineAPI(name, address string) (swarm.API, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -324,8 +324,8 @@ func (c *Cluster) Spec() (*spec.Cluster, error) {
 	return s, nil
 }
 
-// engine opens the store and makes an apply.Engine wired to the fleet.
-func (c *Cluster) engine() (*apply.Engine, *state.Store, error) {
+// engine opens the store and makes an apply.Runner wired to the fleet.
+func (c *Cluster) engine() (*apply.Runner, *state.Store, error) {
 	sp, err := c.Spec()
 	if err != nil {
 		return nil, nil, err
@@ -343,7 +343,7 @@ func (c *Cluster) engine() (*apply.Engine, *state.Store, error) {
 	if rep == nil {
 		rep = apply.Discard{}
 	}
-	e := &apply.Engine{Spec: sp, Store: store, State: st, Drivers: map[string]drivers.Driver{"local": c.Fleet.Driver},
+	e := &apply.Runner{Spec: sp, Store: store, State: st, Drivers: map[string]drivers.Driver{"local": c.Fleet.Driver},
 		Report: rep, Parallelism: c.Parallelism, DialSSH: c.Fleet.Dial, EngineAPI: c.Fleet.EngineAPI,
 		ConnectTimeout: 30 * time.Second, JoinBackoff: c.JoinBackoff,
 		Timeouts: swarm.Timeouts{},
