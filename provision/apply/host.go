@@ -13,6 +13,7 @@ import (
 
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/hostos"
+	"github.com/provision/provision/provision/pki"
 	"github.com/provision/provision/provision/redact"
 	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/provision/swarm"
@@ -61,6 +62,9 @@ func (hostSteps) Run(ctx context.Context, r *run) error {
 				members.AddManager(h.member)
 			}
 		}
+		// A manager that restarts comes back locked under autolock: the
+		// key must be on this machine before any restarts.
+		r.keepUnlockKey(ctx, members.Via())
 	}
 	for i, b := range batches {
 		if r.stopped() {
@@ -79,12 +83,24 @@ func (hostSteps) Run(ctx context.Context, r *run) error {
 			r.note("", fmt.Sprintf("rolling batch %d/%d: %s (engine restart)", i+1, len(batches), strings.Join(names, ", ")))
 		}
 		if err := r.each(ctx, b.hosts, "host", func(ctx context.Context, h *host) error {
+			if b.rolling {
+				// live-restore is refused under swarm: the restart stops
+				// the node's tasks, so they move elsewhere first.
+				if err := drainFor(ctx, r, members, h); err != nil {
+					return fmt.Errorf("drain before the engine restart: %w", err)
+				}
+			}
 			if err := runSteps(ctx, r, h); err != nil {
 				return err
 			}
 			if b.rolling && h.restarted {
 				if err := members.WaitMember(ctx, h.member, h.rec.NodeID, h.rec.Role == spec.RoleManager); err != nil {
 					return fmt.Errorf("back in the swarm after the engine restart: %w", err)
+				}
+			}
+			if b.rolling {
+				if err := reactivate(ctx, r, members, h); err != nil {
+					return err
 				}
 			}
 			return hostDone(r, h)
@@ -103,6 +119,45 @@ func (hostSteps) Run(ctx context.Context, r *run) error {
 		}
 	}
 	return nil
+}
+
+// drainFor drains a member before its engine restarts, recording it in
+// state first so that an interrupted restart's drain is undone by the next
+// apply (labels phase).
+func drainFor(ctx context.Context, r *run, m *swarm.Membership, h *host) error {
+	if h.rec.NodeID == "" {
+		return nil
+	}
+	r.mu.Lock()
+	h.rec.Drained = true
+	r.mu.Unlock()
+	if err := r.save(); err != nil {
+		return err
+	}
+	drained, err := m.Drain(ctx, h.rec.Name, h.rec.NodeID)
+	if !drained && err == nil {
+		r.mu.Lock()
+		h.rec.Drained = false
+		r.mu.Unlock()
+	}
+	return err
+}
+
+// reactivate makes a node provision drained take tasks again.
+func reactivate(ctx context.Context, r *run, m *swarm.Membership, h *host) error {
+	r.mu.Lock()
+	drained, id := h.rec.Drained, h.rec.NodeID
+	r.mu.Unlock()
+	if !drained || id == "" {
+		return nil
+	}
+	if err := m.Activate(ctx, h.rec.Name, id); err != nil {
+		return fmt.Errorf("make the node active again after its engine restart: %w", err)
+	}
+	r.mu.Lock()
+	h.rec.Drained = false
+	r.mu.Unlock()
+	return r.save()
 }
 
 // oldFirewalls lets the new machines through the firewalls of the earlier
@@ -421,17 +476,34 @@ func (r *run) nodeCertDir(name string) string {
 
 // serverCert returns the node's TLS files, issuing a new certificate when
 // there is none or the stored one fails pki's CheckServer (another CA, not
-// server-only, near expiry, names no longer covering the node).
+// server-only, inside the renewal window, names no longer covering the
+// node) or was issued before a `provision rotate certs` began. During a CA
+// rotation's reissue phase a new certificate carries the new CA
+// cross-signed by the old one; afterwards the stored one is the leaf alone.
 func serverCert(r *run, h *host) (hostos.TLSFiles, error) {
 	dir := r.nodeCertDir(h.rec.Name)
 	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	names := certNames(r, h)
+	r.mu.Lock()
+	reissue := r.State.PKI.ReissueBefore
+	r.mu.Unlock()
 	certPEM, cerr := os.ReadFile(certPath)
 	keyPEM, kerr := os.ReadFile(keyPath)
 	if cerr == nil && kerr == nil {
-		err := r.ca.CheckServer(certPEM, keyPEM, names, time.Now())
+		err := r.ca.CheckServer(certPEM, keyPEM, names, time.Now(), r.renewBefore())
+		if err == nil && pki.IssuedBefore(certPEM, reissue) {
+			err = errors.New("was issued before `provision rotate certs`")
+		}
 		if err == nil {
-			return hostos.TLSFiles{CA: r.ca.CertPEM, Cert: certPEM, Key: redact.Secret(keyPEM)}, nil
+			if leaf := pki.Leaf(certPEM); r.cross == nil && len(leaf) != len(certPEM) {
+				// The rotation is over: no cross-signed CA any more.
+				if err := writeFile(certPath, leaf, 0o600); err != nil {
+					return hostos.TLSFiles{}, err
+				}
+				certPEM = leaf
+			}
+			r.recordCert(h, certPEM)
+			return hostos.TLSFiles{CA: r.trust, Cert: certPEM, Key: redact.Secret(keyPEM)}, nil
 		}
 		r.log.Info("issuing a new server certificate", "host", h.rec.Name, "reason", "the stored one "+err.Error())
 	}
@@ -439,19 +511,32 @@ func serverCert(r *run, h *host) (hostos.TLSFiles, error) {
 	if err != nil {
 		return hostos.TLSFiles{}, err
 	}
+	chain := append(append([]byte(nil), b.CertPEM...), r.cross...)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return hostos.TLSFiles{}, err
 	}
 	if err := writeFile(keyPath, b.KeyPEM, 0o600); err != nil {
 		return hostos.TLSFiles{}, err
 	}
-	if err := writeFile(certPath, b.CertPEM, 0o600); err != nil {
+	if err := writeFile(certPath, chain, 0o600); err != nil {
 		return hostos.TLSFiles{}, err
 	}
 	r.mu.Lock()
 	h.rec.CertSerial, h.rec.CertNotAfter = b.Serial, b.NotAfter
 	r.mu.Unlock()
-	return hostos.TLSFiles{CA: r.ca.CertPEM, Cert: b.CertPEM, Key: b.KeyPEM}, nil
+	return hostos.TLSFiles{CA: r.trust, Cert: chain, Key: b.KeyPEM}, nil
+}
+
+// recordCert records a node certificate's serial and expiry in state (for
+// plan and status) when they are not recorded yet.
+func (r *run) recordCert(h *host, certPEM []byte) {
+	serial, notAfter, _, err := pki.Inspect(certPEM)
+	if err != nil {
+		return
+	}
+	r.mu.Lock()
+	h.rec.CertSerial, h.rec.CertNotAfter = serial, notAfter
+	r.mu.Unlock()
 }
 
 func certNames(r *run, h *host) []string {

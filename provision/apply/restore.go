@@ -32,6 +32,10 @@ func (r *run) recordedSwarm(ctx context.Context) error {
 	m := r.membership()
 	var errs []error
 	for _, h := range r.live() {
+		if _, err := m.Unlock(ctx, h.member); err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		l, err := h.member.Inspect(ctx)
 		if err != nil {
 			errs = append(errs, err)
@@ -150,7 +154,7 @@ func (e *Engine) Restore(ctx context.Context, archive, node string) (string, err
 	if l, err = h.ForceNewCluster(ctx); err != nil {
 		return "", err
 	}
-	m := &swarm.Membership{Timeouts: e.Timeouts, Notify: r.note}
+	m := &swarm.Membership{Timeouts: e.Timeouts, Notify: r.note, UnlockKeys: r.unlockKeys}
 	m.AddManager(h)
 	if err := m.WaitMember(ctx, h, l.NodeID, true); err != nil {
 		return "", err
