@@ -26,16 +26,16 @@ import (
 // File names in the PKI directory. They match what the docker CLI expects in
 // DOCKER_CERT_PATH.
 const (
-	CAFile     = "ca.pem"
-	CAKeyFile  = "ca-key.pem"
+	CAFile    = "ca.pem"
+	CAKeyFile = "ca-key.pem"
 	// NextCAFile and NextCAKeyFile hold the CA a rotation brings in, until
 	// it replaces the old one (rotate.go).
 	NextCAFile    = "ca-next.pem"
 	NextCAKeyFile = "ca-key-next.pem"
-	CertFile   = "cert.pem"
-	KeyFile    = "key.pem"
-	caLifetime = 10 * 365 * 24 * time.Hour
-	skew       = 5 * time.Minute
+	CertFile      = "cert.pem"
+	KeyFile       = "key.pem"
+	caLifetime    = 10 * 365 * 24 * time.Hour
+	skew          = 5 * time.Minute
 )
 
 // Bundle is an issued certificate with its key.

@@ -28,7 +28,7 @@ const (
 	// DefaultNodeCertExpiry is the swarm's node certificate lifetime
 	// (Docker's own default).
 	DefaultNodeCertExpiry = 2160 * time.Hour
-	maxMachines          = 10000
+	maxMachines           = 10000
 )
 
 var rootSchema = &hcl.BodySchema{
