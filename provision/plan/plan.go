@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/provision/spec"
@@ -77,6 +78,8 @@ type Observed struct {
 	// are the node IDs a manager of the recorded swarm lists.
 	Engines map[string]EngineView
 	Nodes   []string
+	// Now is the time certificate expiry is measured against (zero: now).
+	Now time.Time
 }
 
 // EngineView is one engine's word on its swarm membership.
@@ -122,9 +125,11 @@ type Plan struct {
 	Missing *Missing `json:"missing,omitempty"`
 	// Backup says why apply backs up the swarm's raft first ("" when it
 	// touches no manager).
-	Backup  string   `json:"raft_backup,omitempty"`
-	Notes   []string `json:"notes,omitempty"`
-	Summary Summary  `json:"summary"`
+	Backup string   `json:"raft_backup,omitempty"`
+	Notes  []string `json:"notes,omitempty"`
+	// Certs are the recorded machines' engine TLS certificate expiries.
+	Certs   []CertExpiry `json:"certificates,omitempty"`
+	Summary Summary      `json:"summary"`
 }
 
 // Summary counts actions by kind.
@@ -357,6 +362,11 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 	p.resources(obs, false)
 	p.missing(st, obs, seen)
 	p.notes(c, st, obs)
+	now := obs.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	p.certs(c, st, now)
 	p.count()
 	return p
 }
