@@ -2,6 +2,7 @@ package apply
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -26,6 +27,7 @@ func (credentials) Run(ctx context.Context, r *run) error {
 	phase, nextSerial, reissue := r.State.PKI.Rotation, r.State.PKI.NextCASerial, r.State.PKI.ReissueBefore
 	r.mu.Unlock()
 	var signing *pki.CA
+	r.cross = nil
 	switch phase {
 	case "":
 		ca, err := pki.LoadOrCreateCA(dir, r.Spec.Name)
@@ -58,7 +60,10 @@ func (credentials) Run(ctx context.Context, r *run) error {
 		signing = old
 		if phase == state.RotationReissue {
 			signing = next
-			if r.cross, err = old.CrossSign(next); err != nil {
+			switch r.cross, err = old.CrossSign(next); {
+			case errors.Is(err, pki.ErrNoCrossSign):
+				r.log.Info("server certificates carry no cross-signed CA", "reason", err.Error())
+			case err != nil:
 				return err
 			}
 		}

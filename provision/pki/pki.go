@@ -109,9 +109,11 @@ func loadOrCreate(dir, certFile, keyFile, commonName string) (*CA, error) {
 		NotAfter:              now.Add(caLifetime),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
-		MaxPathLen:            0,
-		MaxPathLenZero:        true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		// One intermediate below it: the next CA cross-signed by this one
+		// when the CA is rotated (rotate.go); certificates it issues are
+		// never CAs.
+		MaxPathLen: 1,
+		KeyUsage:   x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -344,7 +346,8 @@ func IssuedBefore(certPEM []byte, t time.Time) bool {
 	if err != nil {
 		return true
 	}
-	return c.NotBefore.Add(skew).Before(t)
+	// Certificates carry whole seconds.
+	return c.NotBefore.Add(skew).Before(t.Truncate(time.Second))
 }
 
 // Inspect returns a certificate's serial, expiry and names (DNS and IPs).

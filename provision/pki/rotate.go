@@ -33,11 +33,20 @@ func TrustBundle(cas ...*CA) []byte {
 	return out
 }
 
+// ErrNoCrossSign means the old CA cannot sign an intermediate: it was made
+// by an earlier provision with a path length of 0. The rotation goes on
+// without one (clients that use the state directory's ca.pem trust both
+// CAs anyway).
+var ErrNoCrossSign = errors.New("the old CA allows no intermediate CA (path length 0): no cross-signed CA")
+
 // CrossSign returns next's CA certificate signed by ca (same subject, key
 // and key identifier as next's own, valid no longer than either): appended
 // to a certificate next issued, it lets a client that trusts only ca verify
 // it.
 func (ca *CA) CrossSign(next *CA) ([]byte, error) {
+	if ca.Cert.MaxPathLenZero || (ca.Cert.MaxPathLen == 0 && ca.Cert.BasicConstraintsValid) {
+		return nil, ErrNoCrossSign
+	}
 	serial, err := newSerial()
 	if err != nil {
 		return nil, err
