@@ -151,6 +151,11 @@ func (e *Engine) Restore(ctx context.Context, archive, node string) (string, err
 	if err != nil {
 		return "", err
 	}
+	// A raft taken under autolock is encrypted with the key of its time:
+	// the engine starts locked (the keys kept go back ten rotations).
+	if _, err := h.Unlock(ctx, r.unlockKeys()); err != nil {
+		return "", err
+	}
 	if l, err = h.ForceNewCluster(ctx); err != nil {
 		return "", err
 	}

@@ -491,6 +491,8 @@ func (p *Plan) swarmNotes(st *state.State, obs Observed) {
 			p.Notes = append(p.Notes, fmt.Sprintf("%s: its engine is in no swarm (state records node %s): apply joins it again", rec.Name, shortID(rec.NodeID)))
 		case v.State == "pending":
 			p.Notes = append(p.Notes, fmt.Sprintf("%s: its engine is still trying to join a swarm: apply waits for it, then checks which swarm", rec.Name))
+		case v.State == "locked":
+			p.Notes = append(p.Notes, fmt.Sprintf("%s: its engine restarted and is locked (autolock): apply unlocks it with the key kept in the state directory (or `provision unlock`)", rec.Name))
 		case v.ClusterID != "" && v.ClusterID != st.Swarm.ID && slices.Contains(st.Swarm.Retired, v.ClusterID):
 			p.Notes = append(p.Notes, fmt.Sprintf("%s: its engine is in swarm %s, an earlier swarm of this cluster: apply makes it leave and join swarm %s", rec.Name, shortID(v.ClusterID), shortID(st.Swarm.ID)))
 		case v.ClusterID != "" && v.ClusterID != st.Swarm.ID:
