@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/provision/provision/provision/atomicfile"
 	"github.com/provision/provision/provision/comm"
 )
 
@@ -119,6 +120,9 @@ func prepareBundle(ctx context.Context, t *Target, fam Family, dir string, statu
 		if err != nil {
 			return nil, fmt.Errorf("%w (this machine's package lists; run apt-get update here?)", err)
 		}
+		if err := checkDowngrade(t.Config, t.Facts.Packages[pkg], v); err != nil {
+			return nil, err
+		}
 		spec = pkg + "=" + v
 	}
 	pkgs := append([]string{spec}, wantPackages(t.Config, fam)[1:]...)
@@ -218,11 +222,7 @@ func PinBundle(dir string, pkgs []SimPackage, records map[string]AptRecord) ([]B
 	}
 	if changed {
 		b, _ := json.MarshalIndent(man, "", "  ")
-		tmp := mpath + ".tmp"
-		if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-			return nil, fmt.Errorf("bundle manifest: %w", err)
-		}
-		if err := os.Rename(tmp, mpath); err != nil {
+		if err := atomicfile.Write(mpath, append(b, '\n'), 0o644); err != nil {
 			return nil, fmt.Errorf("bundle manifest: %w", err)
 		}
 	}
@@ -369,7 +369,11 @@ func uploadAndInstall(ctx context.Context, t *Target, debs []BundleFile) error {
 	t.Log.Info("installing offline bundle", "packages", len(debs))
 	// apt orders the local packages and their dependencies itself; dpkg -i
 	// of everything at once does not.
-	if _, err := t.sudoSh(ctx, aptEnv+"apt-get install -y -q --no-install-recommends --allow-downgrades"+aptOpts+comm.Quote(paths...)); err != nil {
+	downgrades := ""
+	if t.Config.AllowDowngrade {
+		downgrades = " --allow-downgrades"
+	}
+	if _, err := t.sudoSh(ctx, aptEnv+"apt-get install -y -q --no-install-recommends"+downgrades+aptOpts+comm.Quote(paths...)); err != nil {
 		return fmt.Errorf("install offline bundle: %w", err)
 	}
 	return nil

@@ -50,7 +50,7 @@ measurement the README records for a plain and a provisioned host.`,
 			if len(targets) == 0 {
 				return withCode(exitUsage, fmt.Errorf("cluster %q has no machines yet: run `provision apply` first", l.spec.Name))
 			}
-			e := l.engine(g, apply.Discard{})
+			e := l.runner(g, apply.Discard{})
 			results := make([]AuditResult, len(targets))
 			var wg sync.WaitGroup
 			sem := make(chan struct{}, max(1, l.spec.Parallelism))
@@ -107,7 +107,7 @@ measurement the README records for a plain and a provisioned host.`,
 	return cmd
 }
 
-func auditHost(ctx context.Context, e *apply.Engine, m *state.Machine) AuditResult {
+func auditHost(ctx context.Context, e *apply.Runner, m *state.Machine) AuditResult {
 	r := AuditResult{Name: m.Name}
 	c, err := e.Dial(ctx, m.Machine)
 	if err != nil {

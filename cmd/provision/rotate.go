@@ -41,7 +41,7 @@ func rotateApply(ctx context.Context, g *globals, l *loaded, file string, out io
 	if p.Destructive() {
 		return withCode(exitRefused, fmt.Errorf("the plan replaces or removes machines: run `provision apply %s` first, then rotate", file))
 	}
-	stats, err := l.engine(g, g.reporter(out, jsonOut)).Apply(ctx, p)
+	stats, err := l.runner(g, g.reporter(out, jsonOut)).Apply(ctx, p)
 	summary(out, stats, file, err)
 	return err
 }
@@ -153,7 +153,7 @@ swarm.node_cert_expiry, set by apply.`,
 				return err
 			}
 			defer l.close()
-			e := l.engine(g, g.reporter(cmd.ErrOrStderr(), false))
+			e := l.runner(g, g.reporter(cmd.ErrOrStderr(), false))
 			if err := e.RotateSwarmCA(cmd.Context(), timeout); err != nil {
 				return err
 			}
@@ -181,7 +181,7 @@ the key of its time. The key is never printed (provision unlock --show-key).`,
 				return err
 			}
 			defer l.close()
-			e := l.engine(g, g.reporter(cmd.ErrOrStderr(), false))
+			e := l.runner(g, g.reporter(cmd.ErrOrStderr(), false))
 			if err := e.RotateUnlockKey(cmd.Context()); err != nil {
 				return err
 			}
@@ -223,7 +223,7 @@ host, or a safe). Nothing else ever prints it.`,
 				fmt.Fprintln(cmd.OutOrStdout(), string(keys[0]))
 				return nil
 			}
-			res, err := l.engine(g, g.reporter(cmd.ErrOrStderr(), false)).Unlock(cmd.Context())
+			res, err := l.runner(g, g.reporter(cmd.ErrOrStderr(), false)).Unlock(cmd.Context())
 			if err != nil {
 				return err
 			}

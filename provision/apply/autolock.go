@@ -81,7 +81,7 @@ type Unlocked struct {
 
 // Unlock unlocks every recorded manager that is locked (autolock, after a
 // restart) with the keys kept in the state directory (`provision unlock`).
-func (e *Engine) Unlock(ctx context.Context) ([]Unlocked, error) {
+func (e *Runner) Unlock(ctx context.Context) ([]Unlocked, error) {
 	r := newRun(e, &plan.Plan{})
 	defer r.closeAll()
 	if err := e.adminKey(); err != nil {
@@ -112,7 +112,7 @@ func (e *Engine) Unlock(ctx context.Context) ([]Unlocked, error) {
 // one (the old ones stay in the file for raft backups taken under them).
 // Interrupted before the new key was kept, it is read again by the next
 // apply or rotation from any unlocked manager.
-func (e *Engine) RotateUnlockKey(ctx context.Context) error {
+func (e *Runner) RotateUnlockKey(ctx context.Context) error {
 	return e.onSwarm(ctx, func(ctx context.Context, r *run, via *swarm.Host) error {
 		if !r.Spec.Swarm.Autolock {
 			return errors.New("swarm.autolock is off in the spec: there is no unlock key to rotate")
@@ -134,7 +134,7 @@ func (e *Engine) RotateUnlockKey(ctx context.Context) error {
 // RotateSwarmCA makes the swarm generate a new root CA for its own node
 // certificates (docker swarm ca --rotate) and waits until every node holds
 // one from it.
-func (e *Engine) RotateSwarmCA(ctx context.Context, timeout time.Duration) error {
+func (e *Runner) RotateSwarmCA(ctx context.Context, timeout time.Duration) error {
 	return e.onSwarm(ctx, func(ctx context.Context, r *run, via *swarm.Host) error {
 		if err := via.RotateCA(ctx, timeout, r.note); err != nil {
 			return err
@@ -146,7 +146,7 @@ func (e *Engine) RotateSwarmCA(ctx context.Context, timeout time.Duration) error
 
 // onSwarm runs fn through a manager of the recorded swarm (locked managers
 // unlocked first) and saves state afterwards.
-func (e *Engine) onSwarm(ctx context.Context, fn func(ctx context.Context, r *run, via *swarm.Host) error) error {
+func (e *Runner) onSwarm(ctx context.Context, fn func(ctx context.Context, r *run, via *swarm.Host) error) error {
 	if e.State.Swarm.ID == "" {
 		return errors.New("the cluster has no swarm yet: run apply first")
 	}

@@ -13,7 +13,9 @@ import (
 
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/hostos"
+	"github.com/provision/provision/provision/atomicfile"
 	"github.com/provision/provision/provision/pki"
+	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/redact"
 	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/provision/swarm"
@@ -66,6 +68,17 @@ func (hostSteps) Run(ctx context.Context, r *run) error {
 		// key must be on this machine before any restarts.
 		r.keepUnlockKey(ctx, members.Via())
 	}
+	return rollBatches(ctx, r, batches, members, runSteps)
+}
+
+// rollBatches runs the batches in order, the hosts of a batch in parallel.
+// In a rolling batch each member goes through swarm's Cycle: drained first
+// when a pending step needs it (an engine upgrade), its steps run, its
+// engine back in the swarm (Ready, Reachable for a manager) and reporting
+// the version dockerd --version gave, made active again. A failed member
+// stops the rollout after its batch (the next manager could take quorum
+// with it); the later batches are left untouched.
+func rollBatches(ctx context.Context, r *run, batches []batch, members *swarm.Membership, steps func(context.Context, *run, *host) error) error {
 	for i, b := range batches {
 		if r.stopped() {
 			return nil
@@ -80,26 +93,44 @@ func (hostSteps) Run(ctx context.Context, r *run) error {
 			for j, h := range b.hosts {
 				names[j] = h.rec.Name
 			}
-			r.note("", fmt.Sprintf("rolling batch %d/%d: %s (engine restart)", i+1, len(batches), strings.Join(names, ", ")))
+			why := "engine restart"
+			if b.drain {
+				why = "engine upgrade: drained first"
+			}
+			r.note("", fmt.Sprintf("rolling batch %d/%d: %s (%s)", i+1, len(batches), strings.Join(names, ", "), why))
 		}
 		if err := r.each(ctx, b.hosts, "host", func(ctx context.Context, h *host) error {
-			if b.rolling {
-				// live-restore is refused under swarm: the restart stops
-				// the node's tasks, so they move elsewhere first.
-				if err := drainFor(ctx, r, members, h); err != nil {
-					return fmt.Errorf("drain before the engine restart: %w", err)
+			if !b.rolling {
+				if err := steps(ctx, r, h); err != nil {
+					return err
+				}
+				return hostDone(r, h)
+			}
+			turn := swarm.Turn{Host: h.member, NodeID: h.rec.NodeID, Manager: h.rec.Role == spec.RoleManager, Drain: needsDrain(h)}
+			if turn.Drain {
+				// Recorded first: a drain an interrupted run leaves behind
+				// is undone by the next apply (labels phase).
+				if err := markDrained(r, h, true); err != nil {
+					return err
 				}
 			}
-			if err := runSteps(ctx, r, h); err != nil {
+			err := members.Cycle(ctx, turn, func(ctx context.Context) (bool, error) {
+				if err := steps(ctx, r, h); err != nil {
+					return false, err
+				}
+				return h.restarted, nil
+			}, func(l swarm.Local) error {
+				// dockerd --version (facts) and the engine API must agree.
+				if t := h.target; t != nil && t.Facts != nil && t.Facts.Engine != "" && l.Engine != "" && l.Engine != t.Facts.Engine {
+					return fmt.Errorf("the engine reports version %s after the change, dockerd --version %s", l.Engine, t.Facts.Engine)
+				}
+				return nil
+			})
+			if err != nil {
 				return err
 			}
-			if b.rolling && h.restarted {
-				if err := members.WaitMember(ctx, h.member, h.rec.NodeID, h.rec.Role == spec.RoleManager); err != nil {
-					return fmt.Errorf("back in the swarm after the engine restart: %w", err)
-				}
-			}
-			if b.rolling {
-				if err := reactivate(ctx, r, members, h); err != nil {
+			if turn.Drain {
+				if err := markDrained(r, h, false); err != nil {
 					return err
 				}
 			}
@@ -121,29 +152,29 @@ func (hostSteps) Run(ctx context.Context, r *run) error {
 	return nil
 }
 
-// drainFor drains a member before its engine restarts, recording it in
-// state first so that an interrupted restart's drain is undone by the next
-// apply (labels phase).
-func drainFor(ctx context.Context, r *run, m *swarm.Membership, h *host) error {
-	if h.rec.NodeID == "" {
-		return nil
+// needsDrain reports whether one of the host's pending steps needs its node
+// drained first: engine.install changing the engine itself (an upgrade),
+// not only adding packages another step needs; or new engine certificates
+// (dockerd loads them only when it starts, and live-restore is refused
+// under swarm: the restart stops the node's tasks).
+func needsDrain(h *host) bool {
+	if slices.Contains(h.pending, "engine.tls") {
+		return true
 	}
-	r.mu.Lock()
-	h.rec.Drained = true
-	r.mu.Unlock()
-	if err := r.save(); err != nil {
-		return err
-	}
-	drained, err := m.Drain(ctx, h.rec.Name, h.rec.NodeID)
-	if !drained && err == nil {
-		r.mu.Lock()
-		h.rec.Drained = false
-		r.mu.Unlock()
-	}
-	return err
+	return slices.ContainsFunc(h.pending, hostos.NeedsDrain) && (h.target == nil || hostos.EngineChanging(h.target))
 }
 
-// reactivate makes a node provision drained take tasks again.
+// markDrained records in state that provision drained the node for a
+// rolling change (or that it is active again).
+func markDrained(r *run, h *host, drained bool) error {
+	r.mu.Lock()
+	h.rec.Drained = drained
+	r.mu.Unlock()
+	return r.save()
+}
+
+// reactivate makes a node an earlier, interrupted run drained take tasks
+// again (labels phase).
 func reactivate(ctx context.Context, r *run, m *swarm.Membership, h *host) error {
 	r.mu.Lock()
 	drained, id := h.rec.Drained, h.rec.NodeID
@@ -154,10 +185,7 @@ func reactivate(ctx context.Context, r *run, m *swarm.Membership, h *host) error
 	if err := m.Activate(ctx, h.rec.Name, id); err != nil {
 		return fmt.Errorf("make the node active again after its engine restart: %w", err)
 	}
-	r.mu.Lock()
-	h.rec.Drained = false
-	r.mu.Unlock()
-	return r.save()
+	return markDrained(r, h, false)
 }
 
 // oldFirewalls lets the new machines through the firewalls of the earlier
@@ -207,37 +235,29 @@ func firewallOnly(ctx context.Context, r *run, o *retiree, peers []string) error
 		OperatorCIDRs: r.Spec.TLS.AllowedCIDRs,
 		BundleDir:     r.bundleDir(),
 	}
-	facts, err := hostos.GatherFacts(ctx, c, hostos.ManagedPaths(cfg))
+	facts, err := hostos.GatherFacts(ctx, c, hostos.ManagedPaths())
 	if err != nil {
 		return fmt.Errorf("facts: %w", err)
 	}
 	t := &hostos.Target{Name: m.Name, Comm: c, Facts: facts, Config: cfg, Log: r.log.With("host", m.Name, "generation", max(1, o.rec.Generation))}
-	for _, st := range hostos.Steps(cfg) {
-		if st.ID() != "harden.firewall" {
-			continue
-		}
-		done, err := st.Check(ctx, t)
-		if err != nil || done {
-			return err
-		}
-		t0 := time.Now()
-		if err := st.Apply(ctx, t); err != nil {
-			return err
-		}
-		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: m.Name, Step: st.ID(), Msg: fmt.Sprintf("generation %d lets its successor in", max(1, o.rec.Generation)), Took: time.Since(t0)})
+	st, _ := hostos.StepByID("harden.firewall")
+	done, err := st.Check(ctx, t)
+	if err != nil || done {
+		return err
 	}
+	t0 := time.Now()
+	if err := st.Apply(ctx, t); err != nil {
+		return err
+	}
+	r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: m.Name, Step: st.ID, Msg: fmt.Sprintf("generation %d lets its successor in", max(1, o.rec.Generation)), Took: time.Since(t0)})
 	return nil
 }
-
-// restartSteps are the host steps whose change restarts the engine (a new
-// package, certificates or daemon settings): on a swarm member they run in
-// rolling batches.
-var restartSteps = map[string]bool{"engine.install": true, "engine.tls": true, "engine.config": true}
 
 // batch is hosts whose steps run at once.
 type batch struct {
 	hosts   []*host
 	rolling bool // members whose engine restarts: wait until they are back
+	drain   bool // one of them is drained first (an engine upgrade)
 }
 
 // rollout splits hosts with pending steps into batches: first every host
@@ -249,7 +269,7 @@ func rollout(hosts []*host, parallelism int) []batch {
 	for _, h := range hosts {
 		restarts := false
 		for _, id := range h.pending {
-			restarts = restarts || restartSteps[id]
+			restarts = restarts || hostos.RestartsEngine(id)
 		}
 		switch {
 		case h.rec.NodeID == "" || !restarts:
@@ -265,15 +285,12 @@ func rollout(hosts []*host, parallelism int) []batch {
 		out = append(out, batch{hosts: free})
 	}
 	for _, h := range managers {
-		out = append(out, batch{hosts: []*host{h}, rolling: true})
+		out = append(out, batch{hosts: []*host{h}, rolling: true, drain: needsDrain(h)})
 	}
-	size := max(1, len(workers)/4)
-	if parallelism > 0 {
-		size = min(size, parallelism)
-	}
+	size := plan.WorkerBatch(len(workers), parallelism)
 	for len(workers) > 0 {
 		n := min(size, len(workers))
-		out = append(out, batch{hosts: workers[:n], rolling: true})
+		out = append(out, batch{hosts: workers[:n], rolling: true, drain: slices.ContainsFunc(workers[:n], needsDrain)})
 		workers = workers[n:]
 	}
 	return out
@@ -293,28 +310,33 @@ func (r *run) batchFailed(hs []*host) bool {
 // prepareHost gathers the facts, builds the host's target and lists the steps
 // whose Check says there is work.
 func prepareHost(ctx context.Context, r *run, h *host, peers []string) error {
-	tlsFiles, err := serverCert(r, h)
-	if err != nil {
-		return fmt.Errorf("server certificate: %w", err)
+	var tlsFiles hostos.TLSFiles
+	if hostos.NeedsCert(hostos.CertServer) {
+		f, err := serverCert(r, h)
+		if err != nil {
+			return fmt.Errorf("server certificate: %w", err)
+		}
+		tlsFiles = f
 	}
 	cfg := &hostos.Config{
-		Cluster:       r.Spec.Name,
-		ClusterID:     r.State.ClusterID,
-		Node:          h.rec.Name,
-		Role:          h.rec.Role,
-		Index:         h.rec.Index,
-		AdminUser:     h.rec.SSH.User,
-		Engine:        r.Spec.Engine,
-		Logging:       r.Spec.Logging,
-		Prune:         r.Spec.Prune,
-		Hardening:     r.Spec.Hardening,
-		TLS:           tlsFiles,
-		Peers:         peers,
-		OperatorCIDRs: r.Spec.TLS.AllowedCIDRs,
-		BundleDir:     r.bundleDir(),
+		Cluster:        r.Spec.Name,
+		ClusterID:      r.State.ClusterID,
+		Node:           h.rec.Name,
+		Role:           h.rec.Role,
+		Index:          h.rec.Index,
+		AdminUser:      h.rec.SSH.User,
+		Engine:         r.Spec.Engine,
+		Logging:        r.Spec.Logging,
+		Prune:          r.Spec.Prune,
+		Hardening:      r.Spec.Hardening,
+		TLS:            tlsFiles,
+		Peers:          peers,
+		OperatorCIDRs:  r.Spec.TLS.AllowedCIDRs,
+		BundleDir:      r.bundleDir(),
+		AllowDowngrade: r.AllowEngineDowngrade,
 	}
 	t0 := time.Now()
-	facts, err := hostos.GatherFacts(ctx, h.comm, hostos.ManagedPaths(cfg))
+	facts, err := hostos.GatherFacts(ctx, h.comm, hostos.ManagedPaths())
 	if err != nil {
 		return fmt.Errorf("facts: %w", err)
 	}
@@ -337,15 +359,15 @@ func prepareHost(ctx context.Context, r *run, h *host, peers []string) error {
 		return nil
 	}
 	h.target = t
-	h.steps = hostos.Steps(cfg)
+	h.steps = hostos.Steps()
 	h.pending = nil
 	for _, st := range h.steps {
 		done, err := st.Check(ctx, t)
 		if err != nil {
-			return &StepError{Host: h.rec.Name, Step: st.ID(), Err: err}
+			return &StepError{Host: h.rec.Name, Step: st.ID, Err: err}
 		}
 		if !done {
-			h.pending = append(h.pending, st.ID())
+			h.pending = append(h.pending, st.ID)
 		}
 	}
 	return nil
@@ -361,22 +383,22 @@ func runSteps(ctx context.Context, r *run, h *host) error {
 		}
 		done, err := st.Check(ctx, t)
 		if err != nil {
-			return &StepError{Host: h.rec.Name, Step: st.ID(), Err: err}
+			return &StepError{Host: h.rec.Name, Step: st.ID, Err: err}
 		}
 		if done {
-			r.markStep(h, st.ID())
+			r.markStep(h, st.ID)
 			continue
 		}
 		s0 := time.Now()
-		r.rep.Event(Event{Time: s0, Kind: StepStart, Host: h.rec.Name, Step: st.ID()})
+		r.rep.Event(Event{Time: s0, Kind: StepStart, Host: h.rec.Name, Step: st.ID})
 		if err := st.Apply(ctx, t); err != nil {
-			return &StepError{Host: h.rec.Name, Step: st.ID(), Err: err}
+			return &StepError{Host: h.rec.Name, Step: st.ID, Err: err}
 		}
 		h.changed = true
-		h.restarted = h.restarted || restartSteps[st.ID()]
-		r.markStep(h, st.ID())
-		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: st.ID(), Took: time.Since(s0)})
-		r.log.Info("step applied", "host", h.rec.Name, "step", st.ID(), "took", time.Since(s0))
+		h.restarted = h.restarted || st.RestartsEngine
+		r.markStep(h, st.ID)
+		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: st.ID, Took: time.Since(s0)})
+		r.log.Info("step applied", "host", h.rec.Name, "step", st.ID, "took", time.Since(s0))
 	}
 	return nil
 }
@@ -385,15 +407,18 @@ func runSteps(ctx context.Context, r *run, h *host) error {
 func hostDone(r *run, h *host) error {
 	r.mu.Lock()
 	for _, st := range h.steps {
-		if h.rec.Steps[st.ID()] == "" {
+		if h.rec.Steps[st.ID] == "" {
 			if h.rec.Steps == nil {
 				h.rec.Steps = map[string]string{}
 			}
-			h.rec.Steps[st.ID()] = time.Now().UTC().Format(time.RFC3339)
+			h.rec.Steps[st.ID] = time.Now().UTC().Format(time.RFC3339)
 		}
 	}
 	if t := h.target; t != nil && t.Facts != nil && t.Facts.Engine != "" {
 		h.rec.Engine = t.Facts.Engine
+		if v := t.Facts.Packages[t.Config.Engine.Package]; v != "" {
+			h.rec.EnginePackage = v
+		}
 	}
 	r.mu.Unlock()
 	return r.save()
@@ -497,7 +522,7 @@ func serverCert(r *run, h *host) (hostos.TLSFiles, error) {
 		if err == nil {
 			if leaf := pki.Leaf(certPEM); r.cross == nil && len(leaf) != len(certPEM) {
 				// The rotation is over: no cross-signed CA any more.
-				if err := writeFile(certPath, leaf, 0o600); err != nil {
+				if err := atomicfile.Write(certPath, leaf, 0o600); err != nil {
 					return hostos.TLSFiles{}, err
 				}
 				certPEM = leaf
@@ -515,10 +540,10 @@ func serverCert(r *run, h *host) (hostos.TLSFiles, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return hostos.TLSFiles{}, err
 	}
-	if err := writeFile(keyPath, b.KeyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(keyPath, b.KeyPEM, 0o600); err != nil {
 		return hostos.TLSFiles{}, err
 	}
-	if err := writeFile(certPath, chain, 0o600); err != nil {
+	if err := atomicfile.Write(certPath, chain, 0o600); err != nil {
 		return hostos.TLSFiles{}, err
 	}
 	r.mu.Lock()
@@ -549,15 +574,4 @@ func certNames(r *run, h *host) []string {
 	}
 	names = append(names, r.Spec.TLS.ExtraNames...)
 	return names
-}
-
-func writeFile(path string, b []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, mode); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/provision/provision/provision/atomicfile"
 )
 
 // A CA rotation without downtime goes through three phases, each one
@@ -106,7 +108,7 @@ func PromoteNext(dir string) error {
 	if _, err := parseCert(certPEM); err != nil {
 		return fmt.Errorf("%s: %w", nextCert, err)
 	}
-	if err := writeAtomic(filepath.Join(dir, CAFile), firstPEM(certPEM), 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, CAFile), firstPEM(certPEM), 0o644); err != nil {
 		return err
 	}
 	if _, err := os.Stat(nextKey); err == nil {
@@ -135,7 +137,7 @@ func WriteTrust(dir string, signing *CA, bundle []byte) error {
 	if cur, err := os.ReadFile(path); err == nil && string(cur) == string(bundle) {
 		return nil
 	}
-	return writeAtomic(path, bundle, 0o644)
+	return atomicfile.Write(path, bundle, 0o644)
 }
 
 func syncDir(dir string) error {

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/provision/provision/provision/atomicfile"
 )
 
 func poolOf(t *testing.T, pems ...[]byte) *x509.CertPool {
@@ -139,7 +141,7 @@ func TestPromoteNextResumes(t *testing.T) {
 			// Simulate the interruption by doing the first steps by hand.
 			switch stop {
 			case "after-ca", "after-key":
-				if err := writeAtomic(filepath.Join(dir, CAFile), next.CertPEM, 0o644); err != nil {
+				if err := atomicfile.Write(filepath.Join(dir, CAFile), next.CertPEM, 0o644); err != nil {
 					t.Fatal(err)
 				}
 				if stop == "after-key" {

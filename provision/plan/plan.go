@@ -125,8 +125,11 @@ type Plan struct {
 	Missing *Missing `json:"missing,omitempty"`
 	// Backup says why apply backs up the swarm's raft first ("" when it
 	// touches no manager).
-	Backup string   `json:"raft_backup,omitempty"`
-	Notes  []string `json:"notes,omitempty"`
+	Backup string `json:"raft_backup,omitempty"`
+	// Engine is the rolling engine upgrade (or downgrade) of the swarm's
+	// members, when the spec changes their engine package.
+	Engine *EngineChange `json:"engine_change,omitempty"`
+	Notes  []string      `json:"notes,omitempty"`
 	// Certs are the recorded machines' engine TLS certificate expiries.
 	Certs   []CertExpiry `json:"certificates,omitempty"`
 	Summary Summary      `json:"summary"`
@@ -361,6 +364,7 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 	p.Actions = append(p.Actions, removes...)
 	p.resources(obs, false)
 	p.missing(st, obs, seen)
+	p.engineChange(c, slices.Contains(settingNames, "engine"))
 	p.notes(c, st, obs)
 	now := obs.Now
 	if now.IsZero() {
@@ -718,4 +722,15 @@ func flatten(prefix string, v any, out map[string]string) {
 		b, _ := json.Marshal(t)
 		out[prefix] = string(b)
 	}
+}
+
+// WorkerBatch is how many workers change at once in a rolling change that
+// restarts their engines (apply's batches, plan's order): a quarter of
+// them, at least one, at most parallelism (when > 0).
+func WorkerBatch(workers, parallelism int) int {
+	size := max(1, workers/4)
+	if parallelism > 0 {
+		size = min(size, parallelism)
+	}
+	return size
 }

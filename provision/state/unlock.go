@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/provision/provision/provision/atomicfile"
 	"github.com/provision/provision/provision/redact"
 )
 
@@ -76,7 +77,7 @@ func (s *Store) SaveUnlockKey(key redact.Secret) (bool, error) {
 	for _, k := range out {
 		b = append(append(b, k...), '\n')
 	}
-	if err := writeAtomic(dir, filepath.Base(unlockFile), b); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, filepath.Base(unlockFile)), b, 0o600); err != nil {
 		return false, fmt.Errorf("save unlock key: %w", err)
 	}
 	return true, nil

@@ -61,7 +61,7 @@ func TestAutolockRollingRestart(t *testing.T) {
 		if got := sw.Running("web"); got != 5 {
 			t.Fatalf("after draining %s: %d of 5 running", h.Name, got)
 		}
-		w.Restart(engineOf(h))
+		w.Restart(engineOf(h), "")
 		if engineOf(h).Locked() != manager {
 			t.Fatalf("%s locked=%v after restart, manager=%v", h.Name, engineOf(h).Locked(), manager)
 		}
@@ -87,8 +87,8 @@ func TestAutolockRollingRestart(t *testing.T) {
 	// Drain, restart, unlock, active: the order per node, one node at a time.
 	var order []string
 	for _, c := range w.Calls {
-		if strings.HasPrefix(c, "Restart ") {
-			order = append(order, strings.TrimPrefix(c, "Restart "))
+		if strings.HasPrefix(c, "restart ") {
+			order = append(order, strings.TrimPrefix(c, "restart "))
 		}
 	}
 	if strings.Join(order, " ") != "m1 m2 m3 w1 w2" {
@@ -116,7 +116,7 @@ func TestUnlockKeys(t *testing.T) {
 		t.Fatalf("rotation kept the key")
 	}
 	h := ms[2]
-	w.Restart(engineOf(h))
+	w.Restart(engineOf(h), "")
 	if _, err := h.Unlock(ctx, nil); !errors.Is(err, swarm.ErrLocked) {
 		t.Fatalf("no key: %v", err)
 	}
@@ -130,7 +130,7 @@ func TestUnlockKeys(t *testing.T) {
 		t.Fatalf("an unlocked manager: %v %v", locked, err)
 	}
 	// Bootstrap finds a locked first manager and unlocks it.
-	w.Restart(engineOf(ms[0]))
+	w.Restart(engineOf(ms[0]), "")
 	m2 := &swarm.Membership{UnlockKeys: func() []redact.Secret { return []redact.Secret{cur} }}
 	f, err := m2.Bootstrap(ctx, ms, swarm.Form{ClusterID: m.ClusterID, Recorded: true})
 	if err != nil || f.Via != ms[0] || f.Inited || engineOf(ms[0]).Locked() {

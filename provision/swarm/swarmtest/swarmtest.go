@@ -10,6 +10,7 @@
 package swarmtest
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -90,9 +91,11 @@ type Engine struct {
 	Down bool
 	// BlockJoin leaves a join pending: the engine cannot reach a manager.
 	BlockJoin bool
-	sw        *Swarm
-	nodeID    string
-	pending   bool
+	// Version is the engine version Info reports ("20.10.24" when empty).
+	Version string
+	sw      *Swarm
+	nodeID  string
+	pending bool
 	// pendingJoin is the join a blocked engine goes on trying.
 	pendingJoin *dswarm.JoinRequest
 	// locked: a manager of an autolocked swarm restarted and waits for its
@@ -197,17 +200,26 @@ func (w *World) Kill(e *Engine) {
 	}
 }
 
-// Restart restarts an engine: a manager of a swarm with autolock on comes
-// back locked.
-func (w *World) Restart(e *Engine) {
+// Restart stands for the engine restarting as version (an upgrade; ""
+// keeps it): its tasks stop and, the node being active, start again
+// elsewhere or on it, as the swarm places them. A manager of a swarm with
+// autolock on comes back locked.
+func (w *World) Restart(e *Engine, version string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if version != "" {
+		e.Version = version
+	}
 	if e.sw != nil && e.sw.spec.EncryptionConfig.AutoLockManagers {
 		if n := e.sw.nodes[e.nodeID]; n != nil && n.raft {
 			e.locked = true
 		}
 	}
-	w.after("Restart " + e.Name)
+	if e.sw != nil {
+		e.sw.reschedule(e.nodeID)
+		e.sw.electLeader()
+	}
+	w.Calls = append(w.Calls, "restart "+e.Name)
 }
 
 // Locked reports whether the engine waits for its unlock key.
@@ -215,6 +227,17 @@ func (e *Engine) Locked() bool {
 	e.w.mu.Lock()
 	defer e.w.mu.Unlock()
 	return e.locked
+}
+
+// TasksOn is the number of the swarm's tasks placed on the engine's node.
+func (s *Swarm) TasksOn(e *Engine) int {
+	n := 0
+	for _, t := range s.tasks {
+		if t.node != "" && t.node == e.nodeID {
+			n++
+		}
+	}
+	return n
 }
 
 // Swarm returns the swarm the engine is in, or nil.
@@ -318,7 +341,7 @@ func (e *Engine) Info(ctx context.Context) (system.Info, error) {
 	if e.Down {
 		return system.Info{}, errDown
 	}
-	info := system.Info{ServerVersion: "20.10.24", Name: e.Name}
+	info := system.Info{ServerVersion: cmp.Or(e.Version, "20.10.24"), Name: e.Name}
 	switch {
 	case e.pending:
 		info.Swarm.LocalNodeState = dswarm.LocalNodeStatePending
