@@ -94,8 +94,11 @@ func rollBatches(ctx context.Context, r *run, batches []batch, members *swarm.Me
 				names[j] = h.rec.Name
 			}
 			why := "engine restart"
-			if b.drain {
+			switch {
+			case b.drain && slices.ContainsFunc(b.hosts, upgrading):
 				why = "engine upgrade: drained first"
+			case b.drain:
+				why = "engine restart for new certificates: drained first"
 			}
 			r.note("", fmt.Sprintf("rolling batch %d/%d: %s (%s)", i+1, len(batches), strings.Join(names, ", "), why))
 		}
@@ -158,9 +161,11 @@ func rollBatches(ctx context.Context, r *run, batches []batch, members *swarm.Me
 // (dockerd loads them only when it starts, and live-restore is refused
 // under swarm: the restart stops the node's tasks).
 func needsDrain(h *host) bool {
-	if slices.Contains(h.pending, "engine.tls") {
-		return true
-	}
+	return slices.Contains(h.pending, "engine.tls") || upgrading(h)
+}
+
+// upgrading reports whether the host's engine package itself changes.
+func upgrading(h *host) bool {
 	return slices.ContainsFunc(h.pending, hostos.NeedsDrain) && (h.target == nil || hostos.EngineChanging(h.target))
 }
 
