@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
+	"io/fs"
 	"strconv"
 	"strings"
 
@@ -31,7 +32,7 @@ for c in $PROBE; do
 	p=$(command -v "$c" 2>/dev/null) && printf 'cmd\t%s\t%s\n' "$c" "$p"
 done
 for f in $FILES; do
-	if [ -f "$f" ]; then printf 'file\t%s\t%s\n' "$f" "$(sha256sum <"$f" | cut -d' ' -f1)"; fi
+	if [ -f "$f" ]; then printf 'file\t%s\t%s\t%s\n' "$f" "$(sha256sum <"$f" | cut -d' ' -f1)" "$(stat -c %a "$f" 2>/dev/null)"; fi
 done
 dpkg-query -W -f='pkg\t${db:Status-Abbrev}\t${Package}\t${Version}\n' 2>/dev/null
 if command -v systemctl >/dev/null 2>&1; then
@@ -47,6 +48,16 @@ elif [ -f /.dockerenv ] || [ -f /run/.containerenv ]; then
 fi
 if command -v cloud-init >/dev/null 2>&1; then
 	printf 'cloudinit\t%s\n' "$(cloud-init status 2>/dev/null | sed -n 's/^status: *//p')"
+fi
+for a in $(hostname -I 2>/dev/null); do printf 'addr\t%s\n' "$a"; done
+# The ESP data path encrypted overlay networks use (xfrm, esp4, AES-GCM):
+# a transport-mode state in a throwaway network namespace.
+if command -v ip >/dev/null 2>&1 && command -v unshare >/dev/null 2>&1; then
+	if unshare -n ip xfrm state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x1000 reqid 1 mode transport aead 'rfc4106(gcm(aes))' 0x0102030405060708090a0b0c0d0e0f1011121314 128 >/dev/null 2>&1; then
+		printf 'esp\tyes\n'
+	else
+		printf 'esp\tno\n'
+	fi
 fi
 c=/var/lib/docker/swarm/certificates/swarm-node.crt
 if [ -r "$c" ]; then printf 'swarmcert\t%s\n' "$(base64 -w0 <"$c" 2>/dev/null)"; fi
@@ -115,9 +126,23 @@ func ParseFacts(out []byte) (*Facts, error) {
 				f.Commands[fields[0]] = fields[1]
 			}
 		case "file":
-			if len(fields) == 2 && len(fields[1]) == 64 {
+			if len(fields) >= 2 && len(fields[1]) == 64 {
 				f.Files[fields[0]] = fields[1]
 			}
+			if len(fields) == 3 {
+				if m, err := strconv.ParseUint(fields[2], 8, 32); err == nil {
+					if f.Modes == nil {
+						f.Modes = map[string]fs.FileMode{}
+					}
+					f.Modes[fields[0]] = fs.FileMode(m)
+				}
+			}
+		case "addr":
+			if a := strings.TrimSpace(rest); a != "" {
+				f.Addrs = append(f.Addrs, a)
+			}
+		case "esp":
+			f.ESP = strings.TrimSpace(rest)
 		case "pkg":
 			// status abbreviation: want, status, error ("ii "); installed when status is 'i'.
 			if len(fields) == 3 && len(fields[0]) >= 2 && fields[0][1] == 'i' {

@@ -111,15 +111,17 @@ func DaemonFiles(cfg *Config, fam Family) ([]File, error) {
 	return []File{dj, di}, nil
 }
 
-// TLSFilesOf are the engine's TLS files: CA and cert world-readable, key 0600.
+// TLSFilesOf are the engine's TLS files: CA and certificate read-only for
+// everyone (0444), the key read-only for root (0400), as CIS Docker 3.10,
+// 3.12 and 3.14 ask.
 func TLSFilesOf(cfg *Config) ([]File, error) {
 	if len(cfg.TLS.CA) == 0 || len(cfg.TLS.Cert) == 0 || len(cfg.TLS.Key) == 0 {
 		return nil, fmt.Errorf("no TLS certificate for the engine")
 	}
 	return []File{
-		{Path: PathTLSCA, Mode: 0o644, Content: cfg.TLS.CA},
-		{Path: PathTLSCert, Mode: 0o644, Content: cfg.TLS.Cert},
-		{Path: PathTLSKey, Mode: 0o600, Content: cfg.TLS.Key},
+		{Path: PathTLSCA, Mode: 0o444, Content: cfg.TLS.CA},
+		{Path: PathTLSCert, Mode: 0o444, Content: cfg.TLS.Cert},
+		{Path: PathTLSKey, Mode: 0o400, Content: cfg.TLS.Key},
 	}, nil
 }
 
@@ -387,14 +389,27 @@ func splitPrefixes(in []string) (v4, v6 []string, err error) {
 	return slices.Compact(v4), slices.Compact(v6), nil
 }
 
-// auditWatches are the paths the audit rules watch (CIS Docker 1.1.3-1.1.18).
+// auditWatches are the paths the audit rules watch (CIS Docker 1.1.3-1.1.18):
+// the engine's binaries (also at the benchmark's /usr/bin paths, where a
+// distro that keeps them in /usr/sbin has none: a binary put there is
+// recorded), its configuration and the containerd socket and shims.
 func auditWatches(fam Family) []string {
-	return []string{
-		fam.Dockerd, "/usr/bin/containerd", "/usr/sbin/runc",
-		"/etc/docker", "/var/lib/docker", "/etc/default/docker",
+	ws := []string{
+		fam.Dockerd, "/usr/bin/dockerd", "/usr/bin/containerd", "/usr/sbin/runc", "/usr/bin/runc",
+		"/usr/bin/containerd-shim", "/usr/bin/containerd-shim-runc-v1", "/usr/bin/containerd-shim-runc-v2",
+		"/etc/docker", "/etc/docker/daemon.json", "/var/lib/docker", "/etc/default/docker",
+		"/etc/containerd", "/etc/containerd/config.toml",
+		"/run/containerd", "/run/containerd/containerd.sock",
 		"/lib/systemd/system/docker.service", "/lib/systemd/system/docker.socket",
-		"/etc/systemd/system/docker.service.d",
+		"/lib/systemd/system/containerd.service", "/etc/systemd/system/docker.service.d",
 	}
+	out := ws[:0]
+	for _, w := range ws {
+		if !slices.Contains(out, w) {
+			out = append(out, w)
+		}
+	}
+	return out
 }
 
 // AuditFiles renders the audit rules.

@@ -92,7 +92,7 @@ func TestHostConverges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pki.EnsureClient(pkiDir, ca, time.Hour); err != nil {
+	if _, err := pki.EnsureClient(pkiDir, ca, time.Hour, 0, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	clientTLS, err := pki.ClientTLS(pkiDir)

@@ -116,6 +116,13 @@ type Facts struct {
 	// Swarm is the swarm the host's engine is a member of, read from its
 	// swarm node certificate; nil when it is in none.
 	Swarm *SwarmMember `json:"swarm,omitempty"`
+	// Modes are the permission bits of the managed files (absent: unknown).
+	Modes map[string]fs.FileMode `json:"modes,omitempty"`
+	// Addrs are the host's own addresses (`hostname -I`).
+	Addrs []string `json:"addrs,omitempty"`
+	// ESP says whether the kernel has the IPsec ESP data path encrypted
+	// overlay networks need: "yes", "no", "" (not probed).
+	ESP string `json:"esp,omitempty"`
 }
 
 // SwarmMember is an engine's swarm membership as its node certificate says.

@@ -27,6 +27,9 @@ func (t *Target) install(ctx context.Context, files ...File) error {
 			return err
 		}
 		t.Facts.Files[f.Path] = f.Sum()
+		if t.Facts.Modes != nil {
+			t.Facts.Modes[f.Path] = f.Mode.Perm()
+		}
 	}
 	return nil
 }
@@ -49,7 +52,8 @@ func (t *Target) remove(ctx context.Context, paths ...string) error {
 func (t *Target) changed(files []File) []File {
 	var out []File
 	for _, f := range files {
-		if t.Facts.Files[f.Path] != f.Sum() {
+		m, known := t.Facts.Modes[f.Path]
+		if t.Facts.Files[f.Path] != f.Sum() || (known && f.Mode != 0 && m != f.Mode.Perm()) {
 			out = append(out, f)
 		}
 	}

@@ -117,7 +117,7 @@ func newRootWith() (*cobra.Command, *globals) {
 	pf.BoolVar(&g.noColor, "no-color", false, "no colors in output")
 	root.AddCommand(
 		newValidate(g), newPlan(g), newApply(g), newDestroy(g), newAudit(g),
-		newStatus(g), newEnv(g), newSSH(g), newLB(g), newBackup(g), newRestore(g), newVersion(),
+		newStatus(g), newEnv(g), newSSH(g), newLB(g), newBackup(g), newRestore(g), newRotate(g), newUnlock(g), newVersion(),
 	)
 	// Bad flags and arguments are usage errors (exit 2), as documented.
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return withCode(exitUsage, err) })

@@ -92,7 +92,8 @@ func newStatus(g *globals) *cobra.Command {
 				}
 			}()
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tROLE\tPOOL\tADDRESS\tENGINE\tSWARM\tMANAGER\tPRUNED\tSTATUS")
+			defer fmt.Fprint(cmd.OutOrStdout(), pkiNotes(l, time.Now()))
+			fmt.Fprintln(tw, "NAME\tROLE\tPOOL\tADDRESS\tENGINE\tSWARM\tMANAGER\tCERT EXPIRES\tPRUNED\tSTATUS")
 			for _, r := range rows {
 				mgr := r.Manager
 				if r.Leader {
@@ -102,13 +103,57 @@ func newStatus(g *globals) *cobra.Command {
 				if r.Error != "" {
 					st += " (" + r.Error + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Role, r.Pool, r.Address, dash(r.Engine), dash(r.Swarm), dash(mgr), pruneColumn(r, time.Now()), st)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Role, r.Pool, r.Address, dash(r.Engine), dash(r.Swarm), dash(mgr), certColumn(l, r.CertUntil, time.Now()), pruneColumn(r, time.Now()), st)
 			}
 			return tw.Flush()
 		},
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print JSON")
 	return cmd
+}
+
+// certColumn is a node certificate's expiry date, how long is left, and
+// "renews" when it is inside the spec's renewal window (the next apply
+// reissues it).
+func certColumn(l *loaded, notAfter string, now time.Time) string {
+	t, err := time.Parse(time.RFC3339, notAfter)
+	if notAfter == "" || err != nil || t.IsZero() {
+		return "-"
+	}
+	left := t.Sub(now)
+	s := fmt.Sprintf("%s (%s)", t.UTC().Format("2006-01-02"), days(left))
+	if left < time.Duration(l.spec.TLS.RenewBeforeHours)*time.Hour {
+		s += " renews"
+	}
+	return s
+}
+
+func days(d time.Duration) string {
+	if d < 0 {
+		return "expired"
+	}
+	if d < 48*time.Hour {
+		return d.Round(time.Hour).String()
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+// pkiNotes are the lines status and plan print about the cluster's
+// certificates: the operator's client certificate, a CA rotation or a
+// `rotate certs` under way.
+func pkiNotes(l *loaded, now time.Time) string {
+	p := l.state.PKI
+	var b strings.Builder
+	if !p.ClientNotAfter.IsZero() {
+		fmt.Fprintf(&b, "\nOperator client certificate expires %s (%s); cluster CA %s expires %s.\n", p.ClientNotAfter.UTC().Format("2006-01-02"), days(p.ClientNotAfter.Sub(now)), p.CASerial, p.CANotAfter.UTC().Format("2006-01-02"))
+	}
+	if p.Rotation != "" {
+		fmt.Fprintf(&b, "A CA rotation is under way (phase %s of trust, reissue, drop): `provision rotate ca` finishes it.\n", p.Rotation)
+	}
+	if !p.ReissueBefore.IsZero() {
+		fmt.Fprintf(&b, "`provision rotate certs` is under way: certificates issued before %s are reissued by the next apply or `provision rotate certs`.\n", p.ReissueBefore.UTC().Format(time.RFC3339))
+	}
+	return b.String()
 }
 
 func dash(s string) string {

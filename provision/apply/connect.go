@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"slices"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -269,6 +270,11 @@ func (r *run) engines(ctx context.Context, hosts []*host) error {
 		r.mu.Lock()
 		h.api, h.closer = api, closer
 		h.member = &swarm.Host{Name: h.rec.Name, Advertise: h.rec.Advertise(), API: api, NodeID: h.rec.NodeID}
+		// The control port on the private interface when the advertise
+		// address is the host's own (not a NAT address).
+		if t := h.target; t != nil && t.Facts != nil && slices.Contains(t.Facts.Addrs, h.member.Advertise) {
+			h.member.Bind = h.member.Advertise
+		}
 		r.mu.Unlock()
 	}
 	return nil

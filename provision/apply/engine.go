@@ -228,6 +228,9 @@ func (e *Runner) Apply(ctx context.Context, p *plan.Plan) (Stats, error) {
 	if err == nil && len(hostErrs) == 0 {
 		r.mu.Lock()
 		r.State.Settings = plan.Settings(e.Spec)
+		// Every host has the phase's certificates: a CA rotation goes on
+		// to its next phase, a `rotate certs` is done.
+		r.rotationDone()
 		r.mu.Unlock()
 	}
 	// Save whatever happened, even when interrupted.

@@ -14,6 +14,7 @@ import (
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/hostos"
 	"github.com/provision/provision/provision/atomicfile"
+	"github.com/provision/provision/provision/pki"
 	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/redact"
 	"github.com/provision/provision/provision/spec"
@@ -69,6 +70,9 @@ func (hostSteps) Run(ctx context.Context, r *run) error {
 				members.AddManager(h.member)
 			}
 		}
+		// A manager that restarts comes back locked under autolock: the
+		// key must be on this machine before any restarts.
+		r.keepUnlockKey(ctx, members.Via())
 	}
 	return rollBatches(ctx, r, batches, members, connectedSteps)
 }
@@ -106,8 +110,11 @@ func rollBatches(ctx context.Context, r *run, batches []batch, members *swarm.Me
 				names[j] = h.rec.Name
 			}
 			why := "engine restart"
-			if b.drain {
+			switch {
+			case b.drain && slices.ContainsFunc(b.hosts, upgrading):
 				why = "engine upgrade: drained first"
+			case b.drain:
+				why = "engine restart for new certificates: drained first"
 			}
 			r.note("", fmt.Sprintf("rolling batch %d/%d: %s (%s)", i+1, len(batches), strings.Join(names, ", "), why))
 		}
@@ -119,6 +126,13 @@ func rollBatches(ctx context.Context, r *run, batches []batch, members *swarm.Me
 				return hostDone(r, h)
 			}
 			turn := swarm.Turn{Host: h.member, NodeID: h.rec.NodeID, Manager: h.rec.Role == spec.RoleManager, Drain: needsDrain(h)}
+			if turn.Drain {
+				// Recorded first: a drain an interrupted run leaves behind
+				// is undone by the next apply (labels phase).
+				if err := markDrained(r, h, true); err != nil {
+					return err
+				}
+			}
 			err := members.Cycle(ctx, turn, func(ctx context.Context) (bool, error) {
 				if err := steps(ctx, r, h); err != nil {
 					return false, err
@@ -133,6 +147,11 @@ func rollBatches(ctx context.Context, r *run, batches []batch, members *swarm.Me
 			})
 			if err != nil {
 				return err
+			}
+			if turn.Drain {
+				if err := markDrained(r, h, false); err != nil {
+					return err
+				}
 			}
 			return hostDone(r, h)
 		}); err != nil {
@@ -154,9 +173,40 @@ func rollBatches(ctx context.Context, r *run, batches []batch, members *swarm.Me
 
 // needsDrain reports whether one of the host's pending steps needs its node
 // drained first: engine.install changing the engine itself (an upgrade),
-// not only adding packages another step needs.
+// not only adding packages another step needs; or new engine certificates
+// (dockerd loads them only when it starts, and live-restore is refused
+// under swarm: the restart stops the node's tasks).
 func needsDrain(h *host) bool {
+	return slices.Contains(h.pending, "engine.tls") || upgrading(h)
+}
+
+// upgrading reports whether the host's engine package itself changes.
+func upgrading(h *host) bool {
 	return slices.ContainsFunc(h.pending, hostos.NeedsDrain) && (h.target == nil || hostos.EngineChanging(h.target))
+}
+
+// markDrained records in state that provision drained the node for a
+// rolling change (or that it is active again).
+func markDrained(r *run, h *host, drained bool) error {
+	r.mu.Lock()
+	h.rec.Drained = drained
+	r.mu.Unlock()
+	return r.save()
+}
+
+// reactivate makes a node an earlier, interrupted run drained take tasks
+// again (labels phase).
+func reactivate(ctx context.Context, r *run, m *swarm.Membership, h *host) error {
+	r.mu.Lock()
+	drained, id := h.rec.Drained, h.rec.NodeID
+	r.mu.Unlock()
+	if !drained || id == "" {
+		return nil
+	}
+	if err := m.Activate(ctx, h.rec.Name, id); err != nil {
+		return fmt.Errorf("make the node active again after its engine restart: %w", err)
+	}
+	return markDrained(r, h, false)
 }
 
 // oldFirewalls lets the new machines through the firewalls of the earlier
@@ -481,17 +531,34 @@ func (r *run) nodeCertDir(name string) string {
 
 // serverCert returns the node's TLS files, issuing a new certificate when
 // there is none or the stored one fails pki's CheckServer (another CA, not
-// server-only, near expiry, names no longer covering the node).
+// server-only, inside the renewal window, names no longer covering the
+// node) or was issued before a `provision rotate certs` began. During a CA
+// rotation's reissue phase a new certificate carries the new CA
+// cross-signed by the old one; afterwards the stored one is the leaf alone.
 func serverCert(r *run, h *host) (hostos.TLSFiles, error) {
 	dir := r.nodeCertDir(h.rec.Name)
 	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	names := certNames(r, h)
+	r.mu.Lock()
+	reissue := r.State.PKI.ReissueBefore
+	r.mu.Unlock()
 	certPEM, cerr := os.ReadFile(certPath)
 	keyPEM, kerr := os.ReadFile(keyPath)
 	if cerr == nil && kerr == nil {
-		err := r.ca.CheckServer(certPEM, keyPEM, names, time.Now())
+		err := r.ca.CheckServer(certPEM, keyPEM, names, time.Now(), r.renewBefore())
+		if err == nil && pki.IssuedBefore(certPEM, reissue) {
+			err = errors.New("was issued before `provision rotate certs`")
+		}
 		if err == nil {
-			return hostos.TLSFiles{CA: r.ca.CertPEM, Cert: certPEM, Key: redact.Secret(keyPEM)}, nil
+			if leaf := pki.Leaf(certPEM); r.cross == nil && len(leaf) != len(certPEM) {
+				// The rotation is over: no cross-signed CA any more.
+				if err := atomicfile.Write(certPath, leaf, 0o600); err != nil {
+					return hostos.TLSFiles{}, err
+				}
+				certPEM = leaf
+			}
+			r.recordCert(h, certPEM)
+			return hostos.TLSFiles{CA: r.trust, Cert: certPEM, Key: redact.Secret(keyPEM)}, nil
 		}
 		r.log.Info("issuing a new server certificate", "host", h.rec.Name, "reason", "the stored one "+err.Error())
 	}
@@ -499,19 +566,32 @@ func serverCert(r *run, h *host) (hostos.TLSFiles, error) {
 	if err != nil {
 		return hostos.TLSFiles{}, err
 	}
+	chain := append(append([]byte(nil), b.CertPEM...), r.cross...)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return hostos.TLSFiles{}, err
 	}
 	if err := atomicfile.Write(keyPath, b.KeyPEM, 0o600); err != nil {
 		return hostos.TLSFiles{}, err
 	}
-	if err := atomicfile.Write(certPath, b.CertPEM, 0o600); err != nil {
+	if err := atomicfile.Write(certPath, chain, 0o600); err != nil {
 		return hostos.TLSFiles{}, err
 	}
 	r.mu.Lock()
 	h.rec.CertSerial, h.rec.CertNotAfter = b.Serial, b.NotAfter
 	r.mu.Unlock()
-	return hostos.TLSFiles{CA: r.ca.CertPEM, Cert: b.CertPEM, Key: b.KeyPEM}, nil
+	return hostos.TLSFiles{CA: r.trust, Cert: chain, Key: b.KeyPEM}, nil
+}
+
+// recordCert records a node certificate's serial and expiry in state (for
+// plan and status) when they are not recorded yet.
+func (r *run) recordCert(h *host, certPEM []byte) {
+	serial, notAfter, _, err := pki.Inspect(certPEM)
+	if err != nil {
+		return
+	}
+	r.mu.Lock()
+	h.rec.CertSerial, h.rec.CertNotAfter = serial, notAfter
+	r.mu.Unlock()
 }
 
 func certNames(r *run, h *host) []string {

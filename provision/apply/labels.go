@@ -30,7 +30,8 @@ func (labels) Run(ctx context.Context, r *run) error {
 	via := r.members.Via()
 	leader := r.hostOf(via)
 	name := OverlayName(r.Spec.Name)
-	changed, err := via.EnsureOverlay(ctx, name, r.State.ClusterID, r.Spec.Hardening.OverlayEncryption)
+	encrypt := r.overlayEncryption()
+	changed, err := via.EnsureOverlay(ctx, name, r.State.ClusterID, encrypt)
 	switch {
 	case err != nil && leader != nil:
 		r.fail(leader, "swarm.network", err)
@@ -38,7 +39,15 @@ func (labels) Run(ctx context.Context, r *run) error {
 		return err
 	case changed && leader != nil:
 		leader.changed = true
-		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: leader.rec.Name, Step: "swarm.network", Msg: fmt.Sprintf("overlay network %s (encrypted: %v)", name, r.Spec.Hardening.OverlayEncryption)})
+		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: leader.rec.Name, Step: "swarm.network", Msg: fmt.Sprintf("overlay network %s (encrypted: %v)", name, encrypt)})
+	}
+	// The swarm's autolock and node certificate expiry (the unlock key is
+	// kept in the state directory before anything restarts a manager).
+	if err := r.swarmSecurity(ctx, via); err != nil {
+		if leader == nil {
+			return err
+		}
+		r.fail(leader, "swarm.security", err)
 	}
 	nodes := r.members.Nodes()
 	// Label changes go to the manager at the joins' pace: one at a time
@@ -47,6 +56,11 @@ func (labels) Run(ctx context.Context, r *run) error {
 	g.SetLimit(min(r.parallelism(), joinPace))
 	for _, h := range r.live() {
 		if h.rec.NodeID == "" {
+			continue
+		}
+		// A node an interrupted engine restart left drained takes tasks again.
+		if err := reactivate(ctx, r, r.members, h); err != nil {
+			r.fail(h, "swarm.activate", err)
 			continue
 		}
 		want := plan.NodeLabels(h.pool, h.rec.Name)
@@ -100,6 +114,26 @@ func hasAny(have map[string]string, keys []string) bool {
 			return true
 		}
 	}
+	return false
+}
+
+// overlayEncryption says whether the cluster's overlay network is made
+// encrypted: the spec asks for it and every member's kernel has the ESP
+// data path (facts); otherwise it says which cannot, once.
+func (r *run) overlayEncryption() bool {
+	if !r.Spec.Hardening.OverlayEncryption {
+		return false
+	}
+	var without []string
+	for _, h := range r.live() {
+		if h.target != nil && h.target.Facts != nil && h.target.Facts.ESP == "no" {
+			without = append(without, h.rec.Name)
+		}
+	}
+	if len(without) == 0 {
+		return true
+	}
+	r.note("", fmt.Sprintf("overlay network not encrypted: the kernel of %s has no IPsec ESP data path (xfrm, esp4 and rfc4106(gcm(aes)) are needed); hardening.overlay_encryption takes effect once every member's kernel has it", strings.Join(without, ", ")))
 	return false
 }
 

@@ -32,6 +32,10 @@ func (r *run) recordedSwarm(ctx context.Context) error {
 	m := r.membership()
 	var errs []error
 	for _, h := range r.live() {
+		if _, err := m.Unlock(ctx, h.member); err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		l, err := h.member.Inspect(ctx)
 		if err != nil {
 			errs = append(errs, err)
@@ -147,10 +151,15 @@ func (e *Runner) Restore(ctx context.Context, archive, node string) (string, err
 	if err != nil {
 		return "", err
 	}
+	// A raft taken under autolock is encrypted with the key of its time:
+	// the engine starts locked (the keys kept go back ten rotations).
+	if _, err := h.Unlock(ctx, r.unlockKeys()); err != nil {
+		return "", err
+	}
 	if l, err = h.ForceNewCluster(ctx); err != nil {
 		return "", err
 	}
-	m := &swarm.Membership{Timeouts: e.Timeouts, Notify: r.note}
+	m := &swarm.Membership{Timeouts: e.Timeouts, Notify: r.note, UnlockKeys: r.unlockKeys}
 	m.AddManager(h)
 	if err := m.WaitMember(ctx, h, l.NodeID, true); err != nil {
 		return "", err

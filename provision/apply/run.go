@@ -34,9 +34,13 @@ type run struct {
 	stats Stats
 	saver saver
 
-	ca        *pki.CA // the cluster CA (credentials)
-	tlsMu     sync.Mutex
-	clientTLS *tls.Config // the operator's client certificate for engine APIs
+	ca *pki.CA // the CA that signs (credentials): during a CA rotation, the phase's
+	// trust is what engines and the operator trust (the CA, or during a
+	// rotation both CAs); cross is the new CA cross-signed by the old one,
+	// appended to server certificates during a rotation's reissue phase.
+	trust, cross []byte
+	tlsMu        sync.Mutex
+	clientTLS    *tls.Config // the operator's client certificate for engine APIs
 	// members changes the swarm's membership (swarm phase on).
 	members *swarm.Membership
 	// stop is the caller's context: once it is done (SIGINT), no new work

@@ -30,7 +30,7 @@ func (swarmPhase) Name() string { return "swarm" }
 // membership returns the run's swarm.Membership, made on first use.
 func (r *run) membership() *swarm.Membership {
 	if r.members == nil {
-		r.members = &swarm.Membership{ClusterID: r.State.Swarm.ID, Timeouts: r.Timeouts, Notify: r.note}
+		r.members = &swarm.Membership{ClusterID: r.State.Swarm.ID, Timeouts: r.Timeouts, Notify: r.note, UnlockKeys: r.unlockKeys}
 	}
 	return r.members
 }

@@ -27,12 +27,16 @@ import (
 // File names in the PKI directory. They match what the docker CLI expects in
 // DOCKER_CERT_PATH.
 const (
-	CAFile     = "ca.pem"
-	CAKeyFile  = "ca-key.pem"
-	CertFile   = "cert.pem"
-	KeyFile    = "key.pem"
-	caLifetime = 10 * 365 * 24 * time.Hour
-	skew       = 5 * time.Minute
+	CAFile    = "ca.pem"
+	CAKeyFile = "ca-key.pem"
+	// NextCAFile and NextCAKeyFile hold the CA a rotation brings in, until
+	// it replaces the old one (rotate.go).
+	NextCAFile    = "ca-next.pem"
+	NextCAKeyFile = "ca-key-next.pem"
+	CertFile      = "cert.pem"
+	KeyFile       = "key.pem"
+	caLifetime    = 10 * 365 * 24 * time.Hour
+	skew          = 5 * time.Minute
 )
 
 // Bundle is an issued certificate with its key.
@@ -50,12 +54,25 @@ type CA struct {
 	key     *ecdsa.PrivateKey
 }
 
-// LoadOrCreateCA loads dir/ca.pem and dir/ca-key.pem, creating them on first use.
+// LoadOrCreateCA loads dir/ca.pem and dir/ca-key.pem, creating them on first
+// use. During a CA rotation ca.pem may hold the old and the new CA (the
+// trust bundle): the CA is the first certificate, the one its key matches.
 func LoadOrCreateCA(dir, cluster string) (*CA, error) {
+	return loadOrCreate(dir, CAFile, CAKeyFile, "provision "+cluster+" CA")
+}
+
+// LoadOrCreateNextCA loads or creates the CA a rotation brings in
+// (ca-next.pem, ca-key-next.pem). Its name carries its creation time, so
+// that the old and the new CA never share a subject.
+func LoadOrCreateNextCA(dir, cluster string) (*CA, error) {
+	return loadOrCreate(dir, NextCAFile, NextCAKeyFile, "provision "+cluster+" CA "+time.Now().UTC().Format("20060102T150405Z"))
+}
+
+func loadOrCreate(dir, certFile, keyFile, commonName string) (*CA, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("pki dir: %w", err)
 	}
-	certPath, keyPath := filepath.Join(dir, CAFile), filepath.Join(dir, CAKeyFile)
+	certPath, keyPath := filepath.Join(dir, certFile), filepath.Join(dir, keyFile)
 	certPEM, cerr := os.ReadFile(certPath)
 	_, kerr := os.Stat(keyPath)
 	switch {
@@ -72,7 +89,7 @@ func LoadOrCreateCA(dir, cluster string) (*CA, error) {
 		if !ok || !pub.Equal(&key.PublicKey) {
 			return nil, fmt.Errorf("%s does not match %s", keyPath, certPath)
 		}
-		return &CA{Cert: cert, CertPEM: certPEM, key: key}, nil
+		return &CA{Cert: cert, CertPEM: firstPEM(certPEM), key: key}, nil
 	case errors.Is(cerr, os.ErrNotExist) && errors.Is(kerr, os.ErrNotExist):
 	default:
 		return nil, fmt.Errorf("pki: one of %s and %s is missing; restore both or remove both to make a new CA (every node then needs new certificates)", certPath, keyPath)
@@ -88,14 +105,16 @@ func LoadOrCreateCA(dir, cluster string) (*CA, error) {
 	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "provision " + cluster + " CA", Organization: []string{"provision"}},
+		Subject:               pkix.Name{CommonName: commonName, Organization: []string{"provision"}},
 		NotBefore:             now.Add(-skew),
 		NotAfter:              now.Add(caLifetime),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
-		MaxPathLen:            0,
-		MaxPathLenZero:        true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		// One intermediate below it: the next CA cross-signed by this one
+		// when the CA is rotated (rotate.go); certificates it issues are
+		// never CAs.
+		MaxPathLen: 1,
+		KeyUsage:   x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -137,9 +156,9 @@ func (ca *CA) Server(name string, hosts []string, validity time.Duration) (Bundl
 
 // CheckServer reports why a node's stored server certificate cannot be used
 // again, or nil when it can: it must chain to this CA (a new CA makes every
-// old certificate useless), be for servers only, match its key, have more
-// than a third of its life left and cover every name in names.
-func (ca *CA) CheckServer(certPEM, keyPEM []byte, names []string, now time.Time) error {
+// old certificate useless), be for servers only, match its key, not expire
+// within renewBefore (0: a third of its life) and cover every name in names.
+func (ca *CA) CheckServer(certPEM, keyPEM []byte, names []string, now time.Time, renewBefore time.Duration) error {
 	c, err := parseCert(certPEM)
 	if err != nil {
 		return err
@@ -155,8 +174,8 @@ func (ca *CA) CheckServer(certPEM, keyPEM []byte, names []string, now time.Time)
 	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
 		return fmt.Errorf("does not match its key: %w", err)
 	}
-	if NeedsRenewal(certPEM, now) {
-		return errors.New("is near its expiry")
+	if ExpiresWithin(certPEM, now, renewBefore) {
+		return fmt.Errorf("expires %s, within the renewal window", c.NotAfter.UTC().Format(time.RFC3339))
 	}
 	have := append([]string(nil), c.DNSNames...)
 	for _, ip := range c.IPAddresses {
@@ -223,13 +242,15 @@ func (ca *CA) issue(subject pkix.Name, dns []string, ips []net.IP, usage []x509.
 }
 
 // EnsureClient returns the operator's client certificate in dir (cert.pem,
-// key.pem, 0600), issuing a new one when it is missing, not signed by ca, or
-// has less than a third of its life left.
-func EnsureClient(dir string, ca *CA, validity time.Duration) (Bundle, error) {
+// key.pem, 0600), issuing a new one when it is missing, not signed by ca,
+// expires within renewBefore (0: a third of its life), or was issued before
+// reissueBefore (a `provision rotate certs` under way).
+func EnsureClient(dir string, ca *CA, validity, renewBefore time.Duration, reissueBefore time.Time) (Bundle, error) {
 	certPath, keyPath := filepath.Join(dir, CertFile), filepath.Join(dir, KeyFile)
 	if certPEM, err := os.ReadFile(certPath); err == nil {
 		if keyPEM, err := readFileChecked(keyPath); err == nil {
-			if cert, err := parseCert(certPEM); err == nil && verifies(cert, ca, x509.ExtKeyUsageClientAuth) && !NeedsRenewal(certPEM, time.Now()) {
+			if cert, err := parseCert(certPEM); err == nil && verifies(cert, ca, x509.ExtKeyUsageClientAuth) &&
+				!ExpiresWithin(certPEM, time.Now(), renewBefore) && !IssuedBefore(certPEM, reissueBefore) {
 				if _, err := tls.X509KeyPair(certPEM, keyPEM); err == nil {
 					return Bundle{CertPEM: certPEM, KeyPEM: keyPEM, Serial: cert.SerialNumber.Text(16), NotAfter: cert.NotAfter}, nil
 				}
@@ -300,13 +321,34 @@ func ServerTLS(caPEM, certPEM, keyPEM []byte) (*tls.Config, error) {
 
 // NeedsRenewal reports whether less than a third of the certificate's life is
 // left (or it cannot be read).
-func NeedsRenewal(certPEM []byte, now time.Time) bool {
+func NeedsRenewal(certPEM []byte, now time.Time) bool { return ExpiresWithin(certPEM, now, 0) }
+
+// ExpiresWithin reports whether the certificate expires within window of now
+// (window 0: less than a third of its life is left), or cannot be read.
+func ExpiresWithin(certPEM []byte, now time.Time, window time.Duration) bool {
 	c, err := parseCert(certPEM)
 	if err != nil {
 		return true
 	}
-	life := c.NotAfter.Sub(c.NotBefore)
-	return c.NotAfter.Sub(now) < life/3
+	if window <= 0 {
+		window = c.NotAfter.Sub(c.NotBefore) / 3
+	}
+	return c.NotAfter.Sub(now) < window
+}
+
+// IssuedBefore reports whether the certificate was issued before t (its
+// NotBefore, which issue backdates by a few minutes for clock skew). A zero
+// t is never after anything.
+func IssuedBefore(certPEM []byte, t time.Time) bool {
+	if t.IsZero() {
+		return false
+	}
+	c, err := parseCert(certPEM)
+	if err != nil {
+		return true
+	}
+	// Certificates carry whole seconds.
+	return c.NotBefore.Add(skew).Before(t.Truncate(time.Second))
 }
 
 // Inspect returns a certificate's serial, expiry and names (DNS and IPs).
@@ -320,6 +362,15 @@ func Inspect(certPEM []byte) (serial string, notAfter time.Time, names []string,
 		names = append(names, ip.String())
 	}
 	return c.SerialNumber.Text(16), c.NotAfter, names, nil
+}
+
+// firstPEM is the first PEM block of b, re-encoded.
+func firstPEM(b []byte) []byte {
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return b
+	}
+	return pem.EncodeToMemory(blk)
 }
 
 func parseCert(b []byte) (*x509.Certificate, error) {

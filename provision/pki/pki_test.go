@@ -44,7 +44,7 @@ func TestChainAndModes(t *testing.T) {
 	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, DNSName: "other.example.com"}); err == nil {
 		t.Error("verified a name not in the certificate")
 	}
-	if _, err := EnsureClient(dir, ca, time.Hour); err != nil {
+	if _, err := EnsureClient(dir, ca, time.Hour, 0, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range []string{CertFile, KeyFile} {
@@ -106,7 +106,7 @@ func TestMutualTLS(t *testing.T) {
 	dir := t.TempDir()
 	ca, _ := LoadOrCreateCA(dir, "demo")
 	srv, _ := ca.Server("node", nil, time.Hour)
-	if _, err := EnsureClient(dir, ca, time.Hour); err != nil {
+	if _, err := EnsureClient(dir, ca, time.Hour, 0, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	scfg, err := ServerTLS(ca.CertPEM, srv.CertPEM, srv.KeyPEM)
@@ -146,8 +146,8 @@ func TestRenewal(t *testing.T) {
 	if !NeedsRenewal(b.CertPEM, time.Now().Add(70*time.Hour)) {
 		t.Error("cert with a fifth of its life left does not need renewal")
 	}
-	first, _ := EnsureClient(dir, ca, time.Hour)
-	second, _ := EnsureClient(dir, ca, time.Hour)
+	first, _ := EnsureClient(dir, ca, time.Hour, 0, time.Time{})
+	second, _ := EnsureClient(dir, ca, time.Hour, 0, time.Time{})
 	if first.Serial != second.Serial {
 		t.Error("valid client cert was reissued")
 	}
@@ -155,7 +155,7 @@ func TestRenewal(t *testing.T) {
 	os.Remove(filepath.Join(dir, CAFile))
 	os.Remove(filepath.Join(dir, CAKeyFile))
 	ca2, _ := LoadOrCreateCA(dir, "demo")
-	third, _ := EnsureClient(dir, ca2, time.Hour)
+	third, _ := EnsureClient(dir, ca2, time.Hour, 0, time.Time{})
 	if third.Serial == first.Serial {
 		t.Error("client cert of the old CA kept")
 	}

@@ -108,7 +108,7 @@ func TestNodeKeyRefusedByOtherEngine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	op, err := EnsureClient(dir, ca, time.Hour)
+	op, err := EnsureClient(dir, ca, time.Hour, 0, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +151,7 @@ func TestCheckServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	if err := ca.CheckServer(good.CertPEM, good.KeyPEM, names, now); err != nil {
+	if err := ca.CheckServer(good.CertPEM, good.KeyPEM, names, now, 0); err != nil {
 		t.Fatalf("a good certificate is refused: %v", err)
 	}
 	other, _ := ca.Server("demo-manager-2", names[1:], 90*24*time.Hour)
@@ -175,23 +175,23 @@ func TestCheckServer(t *testing.T) {
 		{"new CA", ca2, good.CertPEM, good.KeyPEM, names, now, "does not verify against the cluster CA"},
 		{"client use too", ca, old.CertPEM, old.KeyPEM, names, now, "not a server-only certificate"},
 		{"wrong key", ca, good.CertPEM, other.KeyPEM, names, now, "does not match its key"},
-		{"near expiry", ca, good.CertPEM, good.KeyPEM, names, now.Add(80 * 24 * time.Hour), "near its expiry"},
+		{"near expiry", ca, good.CertPEM, good.KeyPEM, names, now.Add(80 * 24 * time.Hour), "within the renewal window"},
 		{"new address", ca, good.CertPEM, good.KeyPEM, append(names, "10.0.0.6"), now, "does not cover 10.0.0.6"},
 		{"garbage", ca, []byte("x"), good.KeyPEM, names, now, "no PEM certificate"},
 	} {
-		err := c.ca.CheckServer(c.cert, c.key, c.names, c.now)
+		err := c.ca.CheckServer(c.cert, c.key, c.names, c.now, 0)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", c.name, err, c.want)
 		}
 	}
 	// The operator's client certificate is reissued under a new CA too.
-	b1, err := EnsureClient(dir, ca, time.Hour)
+	b1, err := EnsureClient(dir, ca, time.Hour, 0, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	os.Rename(filepath.Join(dir, CertFile), filepath.Join(dir2, CertFile))
 	os.Rename(filepath.Join(dir, KeyFile), filepath.Join(dir2, KeyFile))
-	b2, err := EnsureClient(dir2, ca2, time.Hour)
+	b2, err := EnsureClient(dir2, ca2, time.Hour, 0, time.Time{})
 	if err != nil || b2.Serial == b1.Serial {
 		t.Errorf("client certificate of the old CA kept: %v", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/provision/spec"
@@ -77,6 +78,8 @@ type Observed struct {
 	// are the node IDs a manager of the recorded swarm lists.
 	Engines map[string]EngineView
 	Nodes   []string
+	// Now is the time certificate expiry is measured against (zero: now).
+	Now time.Time
 }
 
 // EngineView is one engine's word on its swarm membership.
@@ -125,9 +128,11 @@ type Plan struct {
 	Backup string `json:"raft_backup,omitempty"`
 	// Engine is the rolling engine upgrade (or downgrade) of the swarm's
 	// members, when the spec changes their engine package.
-	Engine  *EngineChange `json:"engine_change,omitempty"`
-	Notes   []string      `json:"notes,omitempty"`
-	Summary Summary       `json:"summary"`
+	Engine *EngineChange `json:"engine_change,omitempty"`
+	Notes  []string      `json:"notes,omitempty"`
+	// Certs are the recorded machines' engine TLS certificate expiries.
+	Certs   []CertExpiry `json:"certificates,omitempty"`
+	Summary Summary      `json:"summary"`
 }
 
 // Summary counts actions by kind.
@@ -361,6 +366,11 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 	p.missing(st, obs, seen)
 	p.engineChange(c, slices.Contains(settingNames, "engine"))
 	p.notes(c, st, obs)
+	now := obs.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	p.certs(c, st, now)
 	p.count()
 	return p
 }
@@ -485,6 +495,8 @@ func (p *Plan) swarmNotes(st *state.State, obs Observed) {
 			p.Notes = append(p.Notes, fmt.Sprintf("%s: its engine is in no swarm (state records node %s): apply joins it again", rec.Name, shortID(rec.NodeID)))
 		case v.State == "pending":
 			p.Notes = append(p.Notes, fmt.Sprintf("%s: its engine is still trying to join a swarm: apply waits for it, then checks which swarm", rec.Name))
+		case v.State == "locked":
+			p.Notes = append(p.Notes, fmt.Sprintf("%s: its engine restarted and is locked (autolock): apply unlocks it with the key kept in the state directory (or `provision unlock`)", rec.Name))
 		case v.ClusterID != "" && v.ClusterID != st.Swarm.ID && slices.Contains(st.Swarm.Retired, v.ClusterID):
 			p.Notes = append(p.Notes, fmt.Sprintf("%s: its engine is in swarm %s, an earlier swarm of this cluster: apply makes it leave and join swarm %s", rec.Name, shortID(v.ClusterID), shortID(st.Swarm.ID)))
 		case v.ClusterID != "" && v.ClusterID != st.Swarm.ID:

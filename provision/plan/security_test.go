@@ -14,7 +14,7 @@ import (
 // settings hash it had before they existed (no spurious reconfigure).
 func TestHardeningKnobsInPlan(t *testing.T) {
 	c := cluster(t, base)
-	if got := Settings(c)["hardening"]; got != `{"Profile":"default","SSH":true,"Kernel":true,"Firewall":true,"Daemon":true,"Audit":true,"Updates":true,"AutoReboot":false,"UserNamespaces":false,"OverlayEncryption":false}` {
+	if got := Settings(c)["hardening"]; got != `{"Profile":"default","SSH":true,"Kernel":true,"Firewall":true,"Daemon":true,"Audit":true,"Updates":true,"AutoReboot":false,"UserNamespaces":false,"OverlayEncryption":true}` {
 		t.Fatalf("hardening settings without knobs changed: %s", got)
 	}
 	st, obs := converged(c)

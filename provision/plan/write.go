@@ -51,6 +51,20 @@ func (p *Plan) WriteText(w io.Writer, color bool) error {
 		}
 		fmt.Fprintln(bw, paint(a.Kind, line))
 	}
+	if len(p.Certs) > 0 {
+		fmt.Fprintln(bw, "\nEngine TLS certificates:")
+		for i, c := range p.Certs {
+			if i == 20 && len(p.Certs) > 21 {
+				fmt.Fprintf(bw, "  ... and %d more (plan --json lists them all)\n", len(p.Certs)-20)
+				break
+			}
+			line := fmt.Sprintf("  %-*s  expires %s", width, c.Machine, c.NotAfter.UTC().Format("2006-01-02 15:04 MST"))
+			if c.Renews {
+				line = paint(Reconfigure, line+": renewed by this apply")
+			}
+			fmt.Fprintln(bw, line)
+		}
+	}
 	if len(p.Settings) > 0 {
 		fmt.Fprintln(bw, "\nSettings:")
 		for _, s := range p.Settings {

@@ -28,6 +28,9 @@ const (
 	DefaultUser           = "provision"
 	DefaultPackage        = "docker.io"
 	DefaultValidityHours  = 8760
+	// DefaultNodeCertExpiry is the swarm's node certificate lifetime
+	// (Docker's own default).
+	DefaultNodeCertExpiry = 2160 * time.Hour
 	// DefaultLogDriver and DefaultJournaldMaxUse are the logging block's.
 	DefaultLogDriver      = "json-file"
 	DefaultJournaldMaxUse = "500M"
@@ -64,6 +67,7 @@ var rootSchema = &hcl.BodySchema{
 		{Type: "logging"},
 		{Type: "tls"},
 		{Type: "hardening"},
+		{Type: "swarm"},
 		{Type: "ssh"},
 		{Type: "load_balancer"},
 	},
@@ -87,7 +91,8 @@ var (
 	engineSchema    = attrSchema("version", "method", "package", "bundle_dir")
 	pruneSchema     = attrSchema("enabled", "schedule", "until", "volumes", "randomized_delay")
 	loggingSchema   = attrSchema("driver", "options", "journald_max_use")
-	tlsSchema       = attrSchema("validity", "extra_names", "allowed_cidrs")
+	tlsSchema       = attrSchema("validity", "extra_names", "allowed_cidrs", "renew_before")
+	swarmSchema     = attrSchema("autolock", "node_cert_expiry")
 	hardeningSchema = &hcl.BodySchema{
 		Attributes: attrSchema("profile", "ssh", "kernel", "firewall", "daemon", "audit", "updates", "auto_reboot", "user_namespaces", "overlay_encryption",
 			"ssh_users", "ssh_groups").Attributes,
@@ -217,6 +222,7 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 	c.Logging = Logging{Driver: DefaultLogDriver, JournaldMaxUse: DefaultJournaldMaxUse}
 	c.TLS = TLS{ValidityHours: DefaultValidityHours}
 	c.SSH = SSH{User: DefaultUser}
+	c.Swarm = Swarm{Autolock: true, NodeCertExpiry: DefaultNodeCertExpiry}
 	c.LoadBalancer = defaultLoadBalancer()
 
 	if r, ok := dc.str(content.Attributes, "name", "name", &c.Name); ok {
@@ -263,7 +269,13 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 	if b := singles["tls"]; b != nil {
 		decodeTLS(dc, c, b)
 	}
+	if c.TLS.RenewBeforeHours == 0 {
+		c.TLS.RenewBeforeHours = max(1, c.TLS.ValidityHours/3)
+	}
 	decodeHardening(dc, c, singles["hardening"])
+	if b := singles["swarm"]; b != nil {
+		decodeSwarm(dc, c, b)
+	}
 	if b := singles["ssh"]; b != nil {
 		decodeSSH(dc, c, b)
 	}
@@ -630,6 +642,20 @@ func decodeTLS(dc *dec, c *Cluster, b *hcl.Block) {
 			c.TLS.ValidityHours = int(dd.Hours())
 		}
 	}
+	var renew string
+	if r, ok := dc.str(content.Attributes, "renew_before", "tls.renew_before", &renew); ok {
+		dd, err := time.ParseDuration(renew)
+		switch {
+		case err != nil:
+			dc.errf(r, "Invalid renewal window", "tls.renew_before %q is not a duration like \"720h\" (30 days).", renew)
+		case dd < time.Hour:
+			dc.errf(r, "Renewal window too short", "tls.renew_before must be at least 1h.")
+		case int(dd.Hours()) >= c.TLS.ValidityHours:
+			dc.errf(r, "Renewal window too long", "tls.renew_before (%s) must be shorter than tls.validity (%dh): every certificate would be renewed at every apply.", renew, c.TLS.ValidityHours)
+		default:
+			c.TLS.RenewBeforeHours = int(dd.Hours())
+		}
+	}
 	if r, ok := dc.strList(content.Attributes, "extra_names", "tls.extra_names", &c.TLS.ExtraNames); ok {
 		for _, n := range c.TLS.ExtraNames {
 			if net.ParseIP(n) == nil && (!hostRe.MatchString(strings.TrimPrefix(n, "*.")) || len(n) > 253) {
@@ -661,7 +687,7 @@ func decodeHardening(dc *dec, c *Cluster, b *hcl.Block) {
 		}
 	}
 	on := h.Profile != "off"
-	h.SSH, h.Kernel, h.Firewall, h.Daemon, h.Audit, h.Updates = on, on, on, on, on, on
+	h.SSH, h.Kernel, h.Firewall, h.Daemon, h.Audit, h.Updates, h.OverlayEncryption = on, on, on, on, on, on, on
 	for name, dst := range map[string]*bool{
 		"ssh": &h.SSH, "kernel": &h.Kernel, "firewall": &h.Firewall, "daemon": &h.Daemon, "audit": &h.Audit,
 		"updates": &h.Updates, "auto_reboot": &h.AutoReboot, "user_namespaces": &h.UserNamespaces, "overlay_encryption": &h.OverlayEncryption,
@@ -753,6 +779,25 @@ func validPortRange(s string) bool {
 	}
 	b, err := parsePort(hi)
 	return err == nil && b >= a
+}
+
+func decodeSwarm(dc *dec, c *Cluster, b *hcl.Block) {
+	content, d := b.Body.Content(swarmSchema)
+	dc.diags = append(dc.diags, d...)
+	dc.boolean(content.Attributes, "autolock", "swarm.autolock", &c.Swarm.Autolock)
+	var expiry string
+	if r, ok := dc.str(content.Attributes, "node_cert_expiry", "swarm.node_cert_expiry", &expiry); ok {
+		dd, err := time.ParseDuration(expiry)
+		switch {
+		case err != nil:
+			dc.errf(r, "Invalid node certificate expiry", "swarm.node_cert_expiry %q is not a duration like \"2160h\" (90 days).", expiry)
+		case dd < time.Hour:
+			// The engine refuses less than an hour.
+			dc.errf(r, "Node certificate expiry too short", "swarm.node_cert_expiry must be at least 1h.")
+		default:
+			c.Swarm.NodeCertExpiry = dd
+		}
+	}
 }
 
 func decodeSSH(dc *dec, c *Cluster, b *hcl.Block) {

@@ -53,7 +53,7 @@ workers { count = 2 }
 		t.Errorf("logging %+v", c.Logging)
 	}
 	h := c.Hardening
-	if !h.SSH || !h.Kernel || !h.Firewall || !h.Daemon || !h.Audit || !h.Updates || h.AutoReboot || h.UserNamespaces || h.OverlayEncryption {
+	if !h.SSH || !h.Kernel || !h.Firewall || !h.Daemon || !h.Audit || !h.Updates || h.AutoReboot || h.UserNamespaces || !h.OverlayEncryption {
 		t.Errorf("hardening %+v", h)
 	}
 	if c.TLS.ValidityHours != 8760 || c.SSH.User != "provision" || c.SSH.ConnectTimeout != 0 || c.Parallelism != c.Managers.Count+c.Workers[0].Count {

@@ -34,6 +34,7 @@ type Cluster struct {
 	Logging     Logging              //
 	TLS         TLS                  //
 	Hardening   Hardening            //
+	Swarm       Swarm                //
 	SSH         SSH                  //
 	Parallelism int                  // bound on concurrent host work; default every host, up to 256
 	Ranges      map[string]hcl.Range // source ranges of settings by dotted path ("managers.count", "engine.version"), for later diagnostics
@@ -115,10 +116,27 @@ type TLS struct {
 	ValidityHours int      // server and client cert lifetime; default 8760 (one year). The CA lives 10 years.
 	ExtraNames    []string // extra DNS names or IPs for every server cert
 	AllowedCIDRs  []string // who may reach 2376; empty = the operator's address as seen by the host
+	// RenewBeforeHours is the renewal window: apply reissues a server or
+	// client certificate that expires within it (engines restart, drained,
+	// in rolling batches). Default: a third of ValidityHours.
+	RenewBeforeHours int
+}
+
+// Swarm is the `swarm { }` block: the swarm's own security settings.
+type Swarm struct {
+	// Autolock encrypts the managers' raft keys at rest: a restarted
+	// manager stays locked until unlocked with the key provision keeps in
+	// the state directory (apply and `provision unlock` do it). Default true.
+	Autolock bool
+	// NodeCertExpiry is the lifetime of the swarm's own node certificates
+	// (the swarm CA's NodeCertExpiry; the nodes renew them themselves).
+	// Default 2160h (90 days, Docker's default).
+	NodeCertExpiry time.Duration
 }
 
 // Hardening is the `hardening { }` block; every switch defaults to true except
-// UserNamespaces, AutoReboot and OverlayEncryption. The lists (tagged, and
+// UserNamespaces and AutoReboot (OverlayEncryption is on by default and used
+// where every member's kernel has the ESP data path). The lists (tagged, and
 // left out when empty) are the bare-metal knobs: who else may log in over
 // SSH, and what else the firewall lets in.
 type Hardening struct {

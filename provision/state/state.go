@@ -72,7 +72,11 @@ type Machine struct {
 	// Steps maps a host step ID to the hash of the inputs it was applied with.
 	Steps map[string]string `json:"steps,omitempty"`
 	// NodeID is the swarm node ID once joined.
-	NodeID       string    `json:"node_id,omitempty"`
+	NodeID string `json:"node_id,omitempty"`
+	// Drained says provision drained the node for an engine restart and
+	// has not made it active again yet (an interrupted restart): the next
+	// apply does, once the node is back.
+	Drained      bool      `json:"drained,omitempty"`
 	CertSerial   string    `json:"cert_serial,omitempty"`
 	CertNotAfter time.Time `json:"cert_not_after,omitempty"`
 	Engine       string    `json:"engine,omitempty"` // engine version found after install
@@ -115,8 +119,8 @@ type Swarm struct {
 	// and replaced with --replace-missing): a host still in one of them is
 	// stale and leaves it to join the current swarm.
 	Retired []string `json:"retired,omitempty"`
-	// AutolockKey is empty unless autolock is on (not yet supported).
-	AutolockKey string `json:"autolock_key,omitempty"`
+	// The managers' unlock keys (autolock) are not here: they are in
+	// <dir>/swarm/unlock-keys (0600), see Store.UnlockKeys.
 }
 
 // PKI records the certificates issued (the keys live in pki/).
@@ -125,7 +129,27 @@ type PKI struct {
 	CANotAfter     time.Time `json:"ca_not_after,omitempty"`
 	ClientSerial   string    `json:"client_serial,omitempty"`
 	ClientNotAfter time.Time `json:"client_not_after,omitempty"`
+	// Rotation is the phase of a CA rotation under way (RotationTrust,
+	// RotationReissue, RotationDrop; "" when none): the next apply or
+	// `provision rotate ca` goes on from it.
+	Rotation string `json:"rotation,omitempty"`
+	// NextCASerial is the serial of the CA the rotation brings in.
+	NextCASerial string `json:"next_ca_serial,omitempty"`
+	// ReissueBefore, when set, makes apply reissue every server and client
+	// certificate issued before it (`provision rotate certs` under way);
+	// cleared once every node has a newer one.
+	ReissueBefore time.Time `json:"reissue_before,omitempty"`
+	// Rotated records when each rotation last finished ("certs", "ca",
+	// "swarm-ca", "unlock-key").
+	Rotated map[string]time.Time `json:"rotated,omitempty"`
 }
+
+// CA rotation phases (pki/rotate.go describes them).
+const (
+	RotationTrust   = "trust"
+	RotationReissue = "reissue"
+	RotationDrop    = "drop"
+)
 
 // Machine returns the recorded machine with that name, or nil.
 func (s *State) Machine(name string) *Machine {

@@ -55,6 +55,10 @@ type API interface {
 	NetworkInspect(ctx context.Context, networkID string, options network.InspectOptions) (network.Inspect, error)
 	NetworkCreate(ctx context.Context, name string, options network.CreateOptions) (network.CreateResponse, error)
 	NetworkRemove(ctx context.Context, networkID string) error
+	// The swarm's own security (security.go): autolock, its CA.
+	SwarmUpdate(ctx context.Context, version dswarm.Version, spec dswarm.Spec, flags dswarm.UpdateFlags) error
+	SwarmGetUnlockKey(ctx context.Context) (dswarm.UnlockKeyResponse, error)
+	SwarmUnlock(ctx context.Context, req dswarm.UnlockRequest) error
 }
 
 var _ API = (*client.Client)(nil)
@@ -131,6 +135,11 @@ type Host struct {
 	// NodeID is the host's swarm node ID once known (set by Bootstrap and
 	// Join; callers may set the recorded one).
 	NodeID string
+	// Bind, when set, is the host's own address the swarm's control port
+	// (2377) is bound to at init and join: the private interface (CIS
+	// Docker 7.2). Empty: every interface (the advertise address may not
+	// be one of the host's own, behind NAT).
+	Bind string
 }
 
 // Local is what an engine says of its own swarm membership.
@@ -169,7 +178,11 @@ func (h *Host) Inspect(ctx context.Context) (Local, error) {
 }
 
 func (h *Host) listen() (listen, advertise string) {
-	return "0.0.0.0:2377", net.JoinHostPort(h.Advertise, "2377")
+	bind := "0.0.0.0"
+	if h.Bind != "" {
+		bind = h.Bind
+	}
+	return net.JoinHostPort(bind, "2377"), net.JoinHostPort(h.Advertise, "2377")
 }
 
 // init makes h the first manager of a new swarm labelled with the cluster's

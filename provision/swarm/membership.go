@@ -13,6 +13,8 @@ import (
 
 	"github.com/docker/docker/api/types/filters"
 	dswarm "github.com/docker/docker/api/types/swarm"
+
+	"github.com/provision/provision/provision/redact"
 )
 
 // Timeouts bound every wait membership makes. Zero fields take the defaults.
@@ -53,6 +55,10 @@ type Membership struct {
 	Timeouts  Timeouts
 	// Notify receives progress lines of long waits (host, message).
 	Notify func(host, msg string)
+	// UnlockKeys, when set, returns the unlock keys provision holds
+	// (newest first): a manager found locked (autolock, after a restart)
+	// is unlocked with them.
+	UnlockKeys func() []redact.Secret
 
 	mu       sync.Mutex
 	via      *Host   // the manager calls go through
@@ -195,6 +201,9 @@ func (m *Membership) Bootstrap(ctx context.Context, managers []*Host, f Form) (F
 	var firstLocal Local
 	for _, h := range managers {
 		l, err := h.Inspect(ctx)
+		if err == nil && l.State == dswarm.LocalNodeStateLocked {
+			l, err = m.unlock(ctx, h)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return out, ctx.Err()
@@ -475,12 +484,83 @@ func (m *Membership) WaitMember(ctx context.Context, h *Host, nodeID string, man
 		if err != nil {
 			return false, err.Error(), nil
 		}
+		if l.State == dswarm.LocalNodeStateLocked {
+			// Autolock: a restarted manager waits for its key.
+			if l, err = m.unlock(ctx, h); err != nil {
+				return false, "", err
+			}
+		}
 		return l.Active() && (!manager || l.Manager), "engine says " + string(l.State), nil
 	})
 	if err != nil {
 		return err
 	}
 	return m.waitReady(ctx, h.Name, nodeID, max(to.Member-time.Since(start), 10*time.Second))
+}
+
+// unlock gives a locked manager the keys provision holds and returns its
+// view of itself afterwards.
+func (m *Membership) unlock(ctx context.Context, h *Host) (Local, error) {
+	var keys []redact.Secret
+	if m.UnlockKeys != nil {
+		keys = m.UnlockKeys()
+	}
+	if _, err := h.Unlock(ctx, keys); err != nil {
+		return Local{}, err
+	}
+	m.note(h.Name, "unlocked (autolock)")
+	return h.Inspect(ctx)
+}
+
+// Unlock unlocks h when it is a locked manager; it reports whether it was.
+func (m *Membership) Unlock(ctx context.Context, h *Host) (bool, error) {
+	l, err := h.Inspect(ctx)
+	if err != nil || l.State != dswarm.LocalNodeStateLocked {
+		return false, err
+	}
+	_, err = m.unlock(ctx, h)
+	return true, err
+}
+
+// Drain takes a node's tasks away before its engine restarts: the node is
+// set to drain, its tasks stop and run elsewhere (WaitTasks). When no other
+// node is Ready and active to take them, nothing is drained (the restart
+// stops them either way) and it reports false.
+func (m *Membership) Drain(ctx context.Context, name, nodeID string) (bool, error) {
+	nodes, err := m.Refresh(ctx)
+	if err != nil {
+		return false, err
+	}
+	others := 0
+	for id, n := range nodes {
+		if id != nodeID && n.Status.State == dswarm.NodeStateReady && n.Spec.Availability == dswarm.NodeAvailabilityActive {
+			others++
+		}
+	}
+	if others == 0 {
+		m.note(name, "not drained: no other node is Ready and active to take its tasks")
+		return false, nil
+	}
+	return true, m.drain(ctx, name, nodeID)
+}
+
+// Activate makes a drained node take tasks again.
+func (m *Membership) Activate(ctx context.Context, name, nodeID string) error {
+	via := m.Via()
+	if via == nil {
+		return errors.New("no manager to ask")
+	}
+	changed, err := via.update(ctx, nodeID, func(s *dswarm.NodeSpec) bool {
+		if s.Availability == dswarm.NodeAvailabilityActive {
+			return false
+		}
+		s.Availability = dswarm.NodeAvailabilityActive
+		return true
+	})
+	if changed {
+		m.note(name, "active again")
+	}
+	return err
 }
 
 // CanDemote refuses to demote a reachable manager when the managers left

@@ -58,6 +58,13 @@ type Swarm struct {
 	tokens dswarm.JoinTokens
 	tasks  []*task
 	nets   map[string]network.Inspect
+	// spec is the swarm's settings (autolock, CA config) at version.
+	spec    dswarm.Spec
+	version uint64
+	// unlockKey is the managers' unlock key while autolock is on.
+	unlockKey string
+	// RootCA counts the root CA rotations.
+	RootCA int
 }
 
 type node struct {
@@ -91,6 +98,9 @@ type Engine struct {
 	pending bool
 	// pendingJoin is the join a blocked engine goes on trying.
 	pendingJoin *dswarm.JoinRequest
+	// locked: a manager of an autolocked swarm restarted and waits for its
+	// unlock key.
+	locked bool
 }
 
 var _ swarm.API = (*Engine)(nil)
@@ -113,7 +123,9 @@ func (w *World) id(prefix string) string {
 }
 
 // reachable reports whether a node's engine answers as a member.
-func (n *node) reachable() bool { return n.engine != nil && !n.engine.Down && n.engine.nodeID == n.id }
+func (n *node) reachable() bool {
+	return n.engine != nil && !n.engine.Down && !n.engine.locked && n.engine.nodeID == n.id
+}
 
 func (s *Swarm) raft() (total, up int) {
 	for _, n := range s.nodes {
@@ -190,18 +202,31 @@ func (w *World) Kill(e *Engine) {
 
 // Restart stands for the engine restarting as version (an upgrade; ""
 // keeps it): its tasks stop and, the node being active, start again
-// elsewhere or on it, as the swarm places them.
+// elsewhere or on it, as the swarm places them. A manager of a swarm with
+// autolock on comes back locked.
 func (w *World) Restart(e *Engine, version string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if version != "" {
 		e.Version = version
 	}
+	if e.sw != nil && e.sw.spec.EncryptionConfig.AutoLockManagers {
+		if n := e.sw.nodes[e.nodeID]; n != nil && n.raft {
+			e.locked = true
+		}
+	}
 	if e.sw != nil {
 		e.sw.reschedule(e.nodeID)
 		e.sw.electLeader()
 	}
 	w.Calls = append(w.Calls, "restart "+e.Name)
+}
+
+// Locked reports whether the engine waits for its unlock key.
+func (e *Engine) Locked() bool {
+	e.w.mu.Lock()
+	defer e.w.mu.Unlock()
+	return e.locked
 }
 
 // TasksOn is the number of the swarm's tasks placed on the engine's node.
@@ -293,6 +318,9 @@ func (e *Engine) manager() (*Swarm, error) {
 	if e.sw == nil {
 		return nil, errdefs.Unavailable(errors.New("This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again."))
 	}
+	if e.locked {
+		return nil, errdefs.Unavailable(errors.New("Swarm is encrypted and locked. Please run `docker swarm unlock` to unlock it."))
+	}
 	n := e.sw.nodes[e.nodeID]
 	if n == nil || !n.raft {
 		return nil, errdefs.Unavailable(errors.New("This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state."))
@@ -319,6 +347,8 @@ func (e *Engine) Info(ctx context.Context) (system.Info, error) {
 		info.Swarm.LocalNodeState = dswarm.LocalNodeStatePending
 	case e.sw == nil:
 		info.Swarm.LocalNodeState = dswarm.LocalNodeStateInactive
+	case e.locked:
+		info.Swarm.LocalNodeState = dswarm.LocalNodeStateLocked
 	default:
 		info.Swarm.LocalNodeState = dswarm.LocalNodeStateActive
 		info.Swarm.NodeID = e.nodeID
@@ -362,7 +392,11 @@ func (e *Engine) SwarmInit(ctx context.Context, req dswarm.InitRequest) (string,
 	if e.sw != nil || e.pending {
 		return "", errors.New("This node is already part of a swarm. Use \"docker swarm leave\" to leave this swarm and join another one.")
 	}
-	s := &Swarm{ID: w.id("cluster"), Labels: req.Spec.Annotations.Labels, nodes: map[string]*node{}, nets: map[string]network.Inspect{}}
+	s := &Swarm{ID: w.id("cluster"), Labels: req.Spec.Annotations.Labels, nodes: map[string]*node{}, nets: map[string]network.Inspect{}, spec: req.Spec, version: 1}
+	if req.AutoLockManagers {
+		s.spec.EncryptionConfig.AutoLockManagers = true
+		s.unlockKey = w.id("SWMKEY-1-")
+	}
 	s.tokens = dswarm.JoinTokens{Worker: "SWMTKN-worker-" + s.ID, Manager: "SWMTKN-manager-" + s.ID}
 	n := &node{id: w.id("node"), hostname: e.Name, role: dswarm.NodeRoleManager, raft: true, leader: true, avail: dswarm.NodeAvailabilityActive, engine: e, version: 1}
 	s.nodes[n.id] = n
@@ -488,9 +522,87 @@ func (e *Engine) SwarmInspect(ctx context.Context) (dswarm.Swarm, error) {
 	}
 	out := dswarm.Swarm{JoinTokens: s.tokens}
 	out.ID = s.ID
+	out.Spec = s.spec
 	out.Spec.Annotations.Labels = s.Labels
+	out.Version.Index = s.version
 	return out, nil
 }
+
+// SwarmUpdate changes the swarm's settings: autolock (a new unlock key
+// when turned on), the CA config (a changed ForceRotate rotates the root
+// CA), and rotates the unlock key when the flags say so.
+func (e *Engine) SwarmUpdate(ctx context.Context, version dswarm.Version, spec dswarm.Spec, flags dswarm.UpdateFlags) error {
+	w := e.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s, err := e.manager()
+	if err != nil {
+		return err
+	}
+	if version.Index != s.version {
+		return errors.New("rpc error: code = Unknown desc = update out of sequence")
+	}
+	if spec.CAConfig.SigningCACert != "" && spec.CAConfig.SigningCAKey == "" {
+		return errors.New("rpc error: code = InvalidArgument desc = a signing CA certificate without its key")
+	}
+	var what []string
+	if on := spec.EncryptionConfig.AutoLockManagers; on != s.spec.EncryptionConfig.AutoLockManagers {
+		what = append(what, fmt.Sprintf("autolock=%v", on))
+		s.unlockKey = ""
+		if on {
+			s.unlockKey = w.id("SWMKEY-1-")
+		}
+	}
+	if flags.RotateManagerUnlockKey && s.unlockKey != "" {
+		s.unlockKey = w.id("SWMKEY-1-")
+		what = append(what, "unlock-key")
+	}
+	if spec.CAConfig.ForceRotate != s.spec.CAConfig.ForceRotate {
+		s.RootCA++
+		what = append(what, "root-ca")
+	}
+	if spec.CAConfig.NodeCertExpiry != s.spec.CAConfig.NodeCertExpiry {
+		what = append(what, "cert-expiry="+spec.CAConfig.NodeCertExpiry.String())
+	}
+	spec.Annotations.Labels = s.Labels
+	s.spec = spec
+	s.version++
+	w.after("SwarmUpdate " + strings.Join(what, ","))
+	return nil
+}
+
+// SwarmGetUnlockKey returns the unlock key ("" with autolock off).
+func (e *Engine) SwarmGetUnlockKey(ctx context.Context) (dswarm.UnlockKeyResponse, error) {
+	e.w.mu.Lock()
+	defer e.w.mu.Unlock()
+	s, err := e.manager()
+	if err != nil {
+		return dswarm.UnlockKeyResponse{}, err
+	}
+	return dswarm.UnlockKeyResponse{UnlockKey: s.unlockKey}, nil
+}
+
+// SwarmUnlock unlocks a locked manager given the swarm's key.
+func (e *Engine) SwarmUnlock(ctx context.Context, req dswarm.UnlockRequest) error {
+	w := e.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if e.Down {
+		return errDown
+	}
+	if !e.locked {
+		return errors.New("swarm is not locked")
+	}
+	if req.UnlockKey == "" || req.UnlockKey != e.sw.unlockKey {
+		return errors.New("rpc error: code = InvalidArgument desc = swarm could not be unlocked: invalid key supplied")
+	}
+	e.locked = false
+	w.after("SwarmUnlock " + e.Name)
+	return nil
+}
+
+// UnlockKey is the swarm's current unlock key, for tests.
+func (s *Swarm) UnlockKey() string { return s.unlockKey }
 
 func (s *Swarm) view(n *node) dswarm.Node {
 	out := dswarm.Node{ID: n.id}
