@@ -140,6 +140,7 @@ func (p *pinger) close() { close(p.stop); <-p.done }
 // a manager restarted under autolock unlocked by apply, then by `provision
 // unlock`.
 func TestCertsLocal(t *testing.T) {
+	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
 	requireAcc(t)
 	dc := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
