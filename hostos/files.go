@@ -91,6 +91,7 @@ type DaemonData struct {
 	LogOpts                   map[string]string
 	Hardened                  bool // no-new-privileges, no userland proxy, no inter-container traffic on the default bridge
 	UsernsRemap               bool
+	MetricsAddr               string // "" = no metrics endpoint
 }
 
 // DaemonFiles renders /etc/docker/daemon.json and the docker.service drop-in.
@@ -112,6 +113,7 @@ func DaemonFiles(cfg *Config, fam Family) ([]File, error) {
 		LogOpts:     opts,
 		Hardened:    cfg.Hardening.Daemon,
 		UsernsRemap: cfg.Hardening.UserNamespaces,
+		MetricsAddr: cfg.MetricsAddr,
 	}
 	dj, err := render(PathDaemonJSON, 0o644, "daemon.json.tmpl", d)
 	if err != nil {
@@ -300,6 +302,10 @@ type FirewallData struct {
 	SSHPort, EnginePort    int
 	ESP                    bool
 	Extra                  []FirewallRule // the spec's firewall_allow blocks
+	// MetricsPort is the engine's metrics port (0: off), open to the peers
+	// and to Metrics4/Metrics6 (the spec's engine.metrics_cidrs).
+	MetricsPort        int
+	Metrics4, Metrics6 []string
 }
 
 // FirewallRule is one of the spec's firewall_allow blocks in nft terms.
@@ -326,6 +332,12 @@ func FirewallFiles(cfg *Config, fam Family, facts *Facts) ([]File, error) {
 	}
 	if d.Peers4, d.Peers6, err = splitPrefixes(cfg.Peers); err != nil {
 		return nil, fmt.Errorf("firewall peer addresses: %w", err)
+	}
+	if cfg.MetricsAddr != "" {
+		d.MetricsPort = cfg.Engine.MetricsPort()
+		if d.Metrics4, d.Metrics6, err = splitPrefixes(cfg.Engine.MetricsCIDRs); err != nil {
+			return nil, fmt.Errorf("firewall metrics_cidrs: %w", err)
+		}
 	}
 	for i, r := range cfg.Hardening.FirewallAllow {
 		fr := FirewallRule{Proto: r.Protocol}

@@ -47,6 +47,11 @@ type Config struct {
 	OperatorCIDRs []string
 	// BundleDir is the operator-side cache of offline engine bundles.
 	BundleDir string
+	// MetricsAddr is the engine's metrics-addr on this host (the spec's
+	// engine.metrics_addr with the host's private address filled in), ""
+	// when metrics are off. The firewall opens its port to Peers and
+	// Engine.MetricsCIDRs.
+	MetricsAddr string
 }
 
 // TLSFiles are the PEM files the engine's daemon gets. Key is secret.

@@ -68,11 +68,11 @@ type NodeStatus struct {
 }
 
 func newStatus(g *globals) *cobra.Command {
-	var jsonOut bool
+	var jsonOut, withMetrics, prometheus bool
 	cmd := &cobra.Command{
 		Use:     "status FILE",
 		Short:   "List nodes with role, address, engine version and swarm state",
-		Example: "  provision status examples/local.hcl\n  provision status cluster.hcl --json",
+		Example: "  provision status examples/local.hcl\n  provision status cluster.hcl --json\n  provision status cluster.hcl --metrics\n  provision status cluster.hcl --prometheus > /etc/prometheus/docker.json",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := g.openRead(cmd, args[0])
@@ -80,12 +80,30 @@ func newStatus(g *globals) *cobra.Command {
 				return err
 			}
 			defer l.close()
+			if prometheus { // metrics.go
+				ts, err := prometheusTargets(l)
+				if err != nil {
+					return err
+				}
+				return writeJSON(cmd.OutOrStdout(), ts)
+			}
 			rows, strays := status(cmd.Context(), g, l)
 			lbs := loadBalancers(cmd.Context(), g, l, 8*time.Second) // lb.go
+			var ms []NodeMetrics
+			if withMetrics {
+				ms = nodeMetrics(cmd.Context(), g, l)
+			}
 			if jsonOut {
-				return writeJSON(cmd.OutOrStdout(), map[string]any{"cluster": l.spec.Name, "cluster_id": l.state.ClusterID, "swarm_id": l.state.Swarm.ID, "nodes": rows, "unrecorded_nodes": strays, "load_balancer": lbs})
+				out := map[string]any{"cluster": l.spec.Name, "cluster_id": l.state.ClusterID, "swarm_id": l.state.Swarm.ID, "nodes": rows, "unrecorded_nodes": strays, "load_balancer": lbs}
+				if withMetrics {
+					out["metrics"] = ms
+				}
+				return writeJSON(cmd.OutOrStdout(), out)
 			}
 			defer writeLBTable(cmd.OutOrStdout(), lbs)
+			if withMetrics {
+				defer writeMetricsTable(cmd.OutOrStdout(), ms)
+			}
 			defer func() {
 				if len(strays) > 0 {
 					fmt.Fprintf(cmd.OutOrStdout(), "\nThe swarm also lists %d node(s) provision does not record: %s.\n`provision apply` removes the dead ones; others joined outside provision.\n", len(strays), strings.Join(strays, ", "))
@@ -108,6 +126,8 @@ func newStatus(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print JSON")
+	cmd.Flags().BoolVar(&withMetrics, "metrics", false, "also show each node's containers, CPU, memory and disk use (from its engine API)")
+	cmd.Flags().BoolVar(&prometheus, "prometheus", false, "print a Prometheus file_sd target list of the engines' metrics endpoints, and nothing else")
 	return cmd
 }
 

@@ -151,6 +151,7 @@ func firewallOnly(ctx context.Context, r *run, o *retiree, peers []string) error
 		Peers:         peers,
 		OperatorCIDRs: r.Spec.TLS.AllowedCIDRs,
 		BundleDir:     r.bundleDir(),
+		MetricsAddr:   r.Spec.Engine.MetricsListen(o.rec.Advertise()),
 	}
 	facts, err := hostos.GatherFacts(ctx, c, hostos.ManagedPaths(cfg))
 	if err != nil {
@@ -257,6 +258,7 @@ func prepareHost(ctx context.Context, r *run, h *host, peers []string) error {
 		Peers:         peers,
 		OperatorCIDRs: r.Spec.TLS.AllowedCIDRs,
 		BundleDir:     r.bundleDir(),
+		MetricsAddr:   r.Spec.Engine.MetricsListen(h.rec.Advertise()),
 	}
 	t0 := time.Now()
 	facts, err := hostos.GatherFacts(ctx, h.comm, hostos.ManagedPaths(cfg))

@@ -63,7 +63,7 @@ func attrSchema(names ...string) *hcl.BodySchema {
 }
 
 var (
-	engineSchema    = attrSchema("version", "method", "package", "bundle_dir")
+	engineSchema    = attrSchema("version", "method", "package", "bundle_dir", "metrics_addr", "metrics_cidrs")
 	pruneSchema     = attrSchema("enabled", "schedule", "until", "volumes", "randomized_delay")
 	loggingSchema   = attrSchema("driver", "options", "journald_max_use")
 	tlsSchema       = attrSchema("validity", "extra_names", "allowed_cidrs")
@@ -191,7 +191,7 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 	diags = append(diags, d...)
 	dc := &dec{ctx: ctx, ranges: map[string]hcl.Range{}, sensitive: sensitive, sensitivePaths: map[string]bool{}}
 	c = &Cluster{Files: names, Parallelism: DefaultParallelism, Ranges: dc.ranges, Secrets: secrets, SensitivePaths: dc.sensitivePaths}
-	c.Engine = Engine{Method: "package", Package: DefaultPackage}
+	c.Engine = Engine{Method: "package", Package: DefaultPackage, MetricsAddr: DefaultMetricsAddr}
 	c.Prune = Prune{Enabled: true, Schedule: "daily", Until: "24h", RandomizedDelay: "1h"}
 	c.Logging = Logging{Driver: "json-file", JournaldMaxUse: "500M"}
 	c.TLS = TLS{ValidityHours: DefaultValidityHours}
@@ -556,6 +556,7 @@ func decodeEngine(dc *dec, c *Cluster, b *hcl.Block) {
 		dc.errf(r, "Invalid package name", "%q is not a Debian package name.", c.Engine.Package)
 	}
 	dc.str(content.Attributes, "bundle_dir", "engine.bundle_dir", &c.Engine.BundleDir)
+	decodeMetrics(dc, c, content.Attributes)
 }
 
 var (

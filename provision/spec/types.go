@@ -91,6 +91,14 @@ type Engine struct {
 	// BundleDir is where the operator's machine caches downloaded bundles
 	// (default: <state dir>/bundles).
 	BundleDir string
+	// MetricsAddr is where the engine serves its Prometheus metrics
+	// (daemon.json metrics-addr): "host:port", or ":port" for the host's
+	// private (swarm advertise) address. Default ":9323"; "" is off
+	// (`metrics_addr = "off"`). See metrics.go.
+	MetricsAddr string
+	// MetricsCIDRs may reach the metrics port besides the cluster's
+	// members (a Prometheus server elsewhere).
+	MetricsCIDRs []string
 }
 
 // Prune is the `prune { }` block: scheduled `docker system prune` per host.

@@ -1,0 +1,55 @@
+package hostos_test
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/provision/provision/hostos"
+)
+
+// TestMetricsEndpoint: the engine serves its metrics where the config says
+// (daemon.json metrics-addr), and the firewall opens that port to the
+// members and to engine.metrics_cidrs only; off, neither appears.
+func TestMetricsEndpoint(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Engine.MetricsAddr = ":9400"
+	cfg.Engine.MetricsCIDRs = []string{"192.0.2.0/24", "2001:db8::/32"}
+	cfg.MetricsAddr = cfg.Engine.MetricsListen("10.0.0.2")
+	files, err := hostos.DaemonFiles(cfg, mustFamily(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d map[string]any
+	if err := json.Unmarshal(files[0].Content, &d); err != nil {
+		t.Fatalf("daemon.json is not JSON: %v\n%s", err, files[0].Content)
+	}
+	if d["metrics-addr"] != "10.0.0.2:9400" {
+		t.Errorf("metrics-addr %v, want 10.0.0.2:9400", d["metrics-addr"])
+	}
+	fw, err := hostos.FirewallFiles(cfg, mustFamily(t), debianFacts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := string(fw[0].Content)
+	for _, want := range []string{
+		`ip saddr @peers4 tcp dport 9400 accept comment "engine metrics"`,
+		`ip6 saddr @peers6 tcp dport 9400 accept comment "engine metrics"`,
+		`ip saddr { 192.0.2.0/24 } tcp dport 9400 accept comment "engine metrics (metrics_cidrs)"`,
+		`ip6 saddr { 2001:db8::/32 } tcp dport 9400 accept comment "engine metrics (metrics_cidrs)"`,
+	} {
+		if !strings.Contains(rs, want) {
+			t.Errorf("ruleset lacks %q:\n%s", want, rs)
+		}
+	}
+	if strings.Count(rs, "9400") != 4 {
+		t.Errorf("port 9400 opened elsewhere too:\n%s", rs)
+	}
+
+	cfg.Engine.MetricsAddr, cfg.MetricsAddr = "", ""
+	files, _ = hostos.DaemonFiles(cfg, mustFamily(t))
+	fw, _ = hostos.FirewallFiles(cfg, mustFamily(t), debianFacts())
+	if strings.Contains(string(files[0].Content), "metrics-addr") || strings.Contains(string(fw[0].Content), "metrics") {
+		t.Errorf("metrics off, yet:\n%s\n%s", files[0].Content, fw[0].Content)
+	}
+}
