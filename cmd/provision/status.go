@@ -52,6 +52,7 @@ type NodeStatus struct {
 	Pool      string `json:"pool"`
 	Driver    string `json:"driver"`
 	Address   string `json:"address"`
+	Zone      string `json:"zone,omitempty"`   // the failure domain the driver placed it in
 	Status    string `json:"status"`           // provision's: creating, created, ready
 	Engine    string `json:"engine,omitempty"` // engine version over TLS
 	Swarm     string `json:"swarm,omitempty"`  // ready, down, unknown, not joined
@@ -88,6 +89,7 @@ func newStatus(g *globals) *cobra.Command {
 				return writeJSON(cmd.OutOrStdout(), ts)
 			}
 			rows, strays := status(cmd.Context(), g, l)
+			zoneWarn := zoneWarning(cmd.Context(), l, rows) // zones.go
 			lbs := loadBalancers(cmd.Context(), g, l, 8*time.Second) // lb.go
 			var ms []NodeMetrics
 			if withMetrics {
@@ -95,6 +97,9 @@ func newStatus(g *globals) *cobra.Command {
 			}
 			if jsonOut {
 				out := map[string]any{"cluster": l.spec.Name, "cluster_id": l.state.ClusterID, "swarm_id": l.state.Swarm.ID, "nodes": rows, "unrecorded_nodes": strays, "load_balancer": lbs}
+				if zoneWarn != "" {
+					out["zone_warning"] = zoneWarn
+				}
 				if withMetrics {
 					out["metrics"] = ms
 				}
@@ -105,12 +110,29 @@ func newStatus(g *globals) *cobra.Command {
 				defer writeMetricsTable(cmd.OutOrStdout(), ms)
 			}
 			defer func() {
+				if zoneWarn != "" {
+					fmt.Fprintf(cmd.OutOrStdout(), "\nWARNING: %s.\n", zoneWarn)
+				}
 				if len(strays) > 0 {
 					fmt.Fprintf(cmd.OutOrStdout(), "\nThe swarm also lists %d node(s) provision does not record: %s.\n`provision apply` removes the dead ones; others joined outside provision.\n", len(strays), strings.Join(strays, ", "))
 				}
 			}()
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tROLE\tPOOL\tADDRESS\tENGINE\tSWARM\tMANAGER\tPRUNED\tSTATUS")
+			withZone := false
+			for _, r := range rows {
+				withZone = withZone || r.Zone != ""
+			}
+			zoneCol := func(r NodeStatus) string {
+				if !withZone {
+					return ""
+				}
+				return dash(r.Zone) + "\t"
+			}
+			if withZone {
+				fmt.Fprintln(tw, "NAME\tROLE\tPOOL\tADDRESS\tZONE\tENGINE\tSWARM\tMANAGER\tPRUNED\tSTATUS")
+			} else {
+				fmt.Fprintln(tw, "NAME\tROLE\tPOOL\tADDRESS\tENGINE\tSWARM\tMANAGER\tPRUNED\tSTATUS")
+			}
 			for _, r := range rows {
 				mgr := r.Manager
 				if r.Leader {
@@ -120,7 +142,7 @@ func newStatus(g *globals) *cobra.Command {
 				if r.Error != "" {
 					st += " (" + r.Error + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Role, r.Pool, r.Address, dash(r.Engine), dash(r.Swarm), dash(mgr), pruneColumn(r, time.Now()), st)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s%s\t%s\t%s\t%s\t%s\n", r.Name, r.Role, r.Pool, r.Address, zoneCol(r), dash(r.Engine), dash(r.Swarm), dash(mgr), pruneColumn(r, time.Now()), st)
 			}
 			return tw.Flush()
 		},
@@ -154,7 +176,7 @@ func status(ctx context.Context, g *globals, l *loaded) (rows []NodeStatus, stra
 	var nodes []dswarm.Node
 	var nodesOnce sync.Once
 	for i, m := range l.state.Machines {
-		rows[i] = NodeStatus{Name: m.Name, Role: m.Role, Pool: m.Pool, Driver: m.Driver, Address: m.Address, Status: m.Status, NodeID: m.NodeID}
+		rows[i] = NodeStatus{Name: m.Name, Role: m.Role, Pool: m.Pool, Driver: m.Driver, Address: m.Address, Zone: m.Zone, Status: m.Status, NodeID: m.NodeID}
 		if !m.CertNotAfter.IsZero() {
 			rows[i].CertUntil = m.CertNotAfter.Format(time.RFC3339)
 		}

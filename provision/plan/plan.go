@@ -58,6 +58,9 @@ type Action struct {
 	// Leftovers are other machines the driver reports under this name
 	// (generations no record knows): apply destroys them.
 	Leftovers []drivers.Machine `json:"-"`
+	// Zone is the failure domain the machine is in or will get ("" when
+	// its driver has none or could not say).
+	Zone string `json:"zone,omitempty"`
 }
 
 // Observed is what the drivers reported: machines per driver name, and the
@@ -77,6 +80,9 @@ type Observed struct {
 	// are the node IDs a manager of the recorded swarm lists.
 	Engines map[string]EngineView
 	Nodes   []string
+	// Placement is, per driver name, where drivers that implement
+	// drivers.Placer put the spec's machines (zones.go).
+	Placement map[string]drivers.Placement
 }
 
 // EngineView is one engine's word on its swarm membership.
@@ -357,6 +363,7 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 	p.resources(obs, false)
 	p.missing(st, obs, seen)
 	p.notes(c, st, obs)
+	p.zones(obs)
 	p.count()
 	return p
 }
