@@ -89,7 +89,7 @@ func newStatus(g *globals) *cobra.Command {
 				return writeJSON(cmd.OutOrStdout(), ts)
 			}
 			rows, strays := status(cmd.Context(), g, l)
-			zoneWarn := zoneWarning(cmd.Context(), l, rows) // zones.go
+			zoneWarn := zoneWarning(cmd.Context(), l, rows)          // zones.go
 			lbs := loadBalancers(cmd.Context(), g, l, 8*time.Second) // lb.go
 			var ms []NodeMetrics
 			if withMetrics {
