@@ -3,9 +3,19 @@
 package acceptance
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"io"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +23,8 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/client"
 
 	"github.com/provision/provision/drivers/local"
 	"github.com/provision/provision/provision/metrics"
@@ -29,15 +41,31 @@ hardening {
   profile  = "off"
   firewall = true
 }
+images = ["app.tar"]
+engine {
+  registry_mirrors = ["https://mirror.acc.test:5000"]
+  registry "registry.acc.test:5000" {
+    ca_file = "ca.crt"
+  }
+}
 `
 
-// TestEngineExtrasLocal is issue 15's metrics part on the local driver:
+// extrasImage is the small image the test saves into app.tar: made on this
+// machine's engine from a one-file tar (no registry is reachable).
+const extrasImage = "mxacc/scratch:1"
+
+// TestEngineExtrasLocal is issue 15's metrics and image parts on the local
+// driver:
 //   - every engine serves Prometheus metrics on its private address, port
 //     9323, and another member reads them;
 //   - a host on the same network that is not a member cannot connect to it
 //     (the firewall opens it to members and metrics_cidrs only);
 //   - `status --prometheus` prints a file_sd list naming each node's endpoint;
-//   - `status --metrics` shows each node's containers, CPU, memory and disk.
+//   - `status --metrics` shows each node's containers, CPU, memory and disk;
+//   - `images = ["app.tar"]` loads the archive onto every node through the
+//     engine API under its ID and tag, and a second apply loads nothing;
+//   - the registry mirror lands in daemon.json and the private registry's
+//     CA in /etc/docker/certs.d/<host>/ca.crt.
 func TestEngineExtrasLocal(t *testing.T) {
 	requireAcc(t)
 	dc := dockerClient(t)
@@ -49,6 +77,11 @@ func TestEngineExtrasLocal(t *testing.T) {
 	sd := "--state-dir=" + stateDir
 	file := filepath.Join(dir, "extras.hcl")
 	if err := os.WriteFile(file, []byte(extrasSpec), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	imageID := saveScratchImage(t, ctx, dc, filepath.Join(dir, "app.tar"))
+	ca := registryCA(t)
+	if err := os.WriteFile(filepath.Join(dir, "ca.crt"), ca, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -135,6 +168,84 @@ func TestEngineExtrasLocal(t *testing.T) {
 			t.Errorf("summary of %s: %+v (%s)", m.Name, m.Summary, m.Error)
 		}
 	}
+
+	// Images: on every node under their ID and tag.
+	ens, _ := engines(t, stateDir)
+	for name, e := range ens {
+		im, err := e.ImageInspect(ctx, extrasImage)
+		if err != nil || im.ID != imageID {
+			t.Errorf("%s: %s is %q (%v), want %s", name, extrasImage, im.ID, err, imageID)
+		}
+	}
+	// Registry settings on the hosts.
+	for _, m := range ms {
+		out, err := rootRun(ctx, dc, m, "cat /etc/docker/certs.d/registry.acc.test:5000/ca.crt")
+		if err != nil || out != string(ca) {
+			t.Errorf("%s: registry CA %q (%v)", m.Name, out, err)
+		}
+		out, err = rootRun(ctx, dc, m, "cat /etc/docker/daemon.json")
+		if err != nil || !strings.Contains(out, `"registry-mirrors": ["https://mirror.acc.test:5000"]`) || !strings.Contains(out, `"metrics-addr": "`+m.Address+`:9323"`) {
+			t.Errorf("%s: daemon.json:\n%s (%v)", m.Name, out, err)
+		}
+	}
+	// A second apply loads nothing.
+	r = mustProvision(t, ctx, nil, "apply", file, sd, "--auto-approve", "--json")
+	for _, l := range strings.Split(r.stdout+r.stderr, "\n") {
+		if strings.Contains(l, `"step":"engine.images"`) && strings.Contains(l, `"kind":"step_changed"`) {
+			t.Errorf("the second apply loaded again: %s", l)
+		}
+	}
+}
+
+// saveScratchImage imports a one-file image into this machine's engine,
+// saves it into file (`docker save` format, through the SDK) and removes it
+// again; it returns the image's ID.
+func saveScratchImage(t *testing.T, ctx context.Context, dc *client.Client, file string) string {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	body := []byte("provision acceptance image\n")
+	tw.WriteHeader(&tar.Header{Name: "hello.txt", Mode: 0o644, Size: int64(len(body))})
+	tw.Write(body)
+	tw.Close()
+	rc, err := dc.ImageImport(ctx, image.ImportSource{Source: &buf, SourceName: "-"}, extrasImage, image.ImportOptions{})
+	if err != nil {
+		t.Fatalf("import %s: %v", extrasImage, err)
+	}
+	io.Copy(io.Discard, rc)
+	rc.Close()
+	t.Cleanup(func() { dc.ImageRemove(context.Background(), extrasImage, image.RemoveOptions{Force: true}) })
+	im, err := dc.ImageInspect(ctx, extrasImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err = dc.ImageSave(ctx, []string{extrasImage})
+	if err != nil {
+		t.Fatalf("save %s: %v", extrasImage, err)
+	}
+	defer rc.Close()
+	f, err := os.Create(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, rc); err != nil {
+		t.Fatalf("save %s: %v", extrasImage, err)
+	}
+	return im.ID
+}
+
+// registryCA is a throwaway CA certificate (PEM) standing in for a private
+// registry's.
+func registryCA(t *testing.T) []byte {
+	t.Helper()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "registry.acc.test CA"}, NotBefore: time.Now(), NotAfter: time.Now().Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
 
 // NodeMetricsJSON is one entry of `status --metrics --json`'s "metrics".

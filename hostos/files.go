@@ -51,13 +51,25 @@ const (
 // to hash. It does not depend on which switches are on: a step whose switch
 // is off checks that its files are gone.
 func ManagedPaths(cfg *Config) []string {
-	return []string{
+	return append([]string{
 		PathTLSCA, PathTLSCert, PathTLSKey, PathDaemonJSON, PathDockerDropIn,
 		PathJournald, PathPruneService, PathPruneTimer, PathSSHD, PathSysctl,
 		PathFirewall, PathFirewallUnit, PathAuditRules, PathAutoUpgrades, PathUnattendedConf,
 		PathCoredump, PathLimits, PathModprobe, PathIssue, PathIssueNet, PathProfile, PathLoginPolicy,
 		PathSecuritySource,
+	}, registryCAPaths(cfg)...)
+}
+
+// RegistryCAPath is where the engine finds a private registry's CA
+// (certs.d, read at each pull).
+func RegistryCAPath(host string) string { return "/etc/docker/certs.d/" + host + "/ca.crt" }
+
+func registryCAPaths(cfg *Config) []string {
+	var out []string
+	for _, r := range cfg.Engine.Registries {
+		out = append(out, RegistryCAPath(r.Host))
 	}
+	return out
 }
 
 // File is one file a step wants on the host.
@@ -91,7 +103,8 @@ type DaemonData struct {
 	LogOpts                   map[string]string
 	Hardened                  bool // no-new-privileges, no userland proxy, no inter-container traffic on the default bridge
 	UsernsRemap               bool
-	MetricsAddr               string // "" = no metrics endpoint
+	MetricsAddr               string   // "" = no metrics endpoint
+	RegistryMirrors           []string // none: no registry-mirrors key
 }
 
 // DaemonFiles renders /etc/docker/daemon.json and the docker.service drop-in.
@@ -105,15 +118,16 @@ func DaemonFiles(cfg *Config, fam Family) ([]File, error) {
 		opts[k] = v
 	}
 	d := DaemonData{
-		Hosts:       []string{"unix:///var/run/docker.sock", fmt.Sprintf("tcp://0.0.0.0:%d", EnginePort)},
-		CAFile:      PathTLSCA,
-		CertFile:    PathTLSCert,
-		KeyFile:     PathTLSKey,
-		LogDriver:   drv,
-		LogOpts:     opts,
-		Hardened:    cfg.Hardening.Daemon,
-		UsernsRemap: cfg.Hardening.UserNamespaces,
-		MetricsAddr: cfg.MetricsAddr,
+		Hosts:           []string{"unix:///var/run/docker.sock", fmt.Sprintf("tcp://0.0.0.0:%d", EnginePort)},
+		CAFile:          PathTLSCA,
+		CertFile:        PathTLSCert,
+		KeyFile:         PathTLSKey,
+		LogDriver:       drv,
+		LogOpts:         opts,
+		Hardened:        cfg.Hardening.Daemon,
+		UsernsRemap:     cfg.Hardening.UserNamespaces,
+		MetricsAddr:     cfg.MetricsAddr,
+		RegistryMirrors: cfg.Engine.RegistryMirrors,
 	}
 	dj, err := render(PathDaemonJSON, 0o644, "daemon.json.tmpl", d)
 	if err != nil {
@@ -123,7 +137,16 @@ func DaemonFiles(cfg *Config, fam Family) ([]File, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []File{dj, di}, nil
+	out := []File{dj, di}
+	// Private registries' CAs: beside daemon.json in engine.config, so a
+	// registry and the mirrors change together.
+	for _, r := range cfg.Engine.Registries {
+		if strings.ContainsAny(r.Host, "/\x00") || r.Host == "" || r.Host == "." || r.Host == ".." {
+			return nil, fmt.Errorf("registry host %q", r.Host)
+		}
+		out = append(out, File{Path: RegistryCAPath(r.Host), Mode: 0o644, Content: []byte(r.CA)})
+	}
+	return out, nil
 }
 
 // TLSFilesOf are the engine's TLS files: CA and cert world-readable, key 0600.

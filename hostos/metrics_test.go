@@ -2,10 +2,13 @@ package hostos_test
 
 import (
 	"encoding/json"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/provision/provision/hostos"
+	"github.com/provision/provision/provision/spec"
 )
 
 // TestMetricsEndpoint: the engine serves its metrics where the config says
@@ -51,5 +54,34 @@ func TestMetricsEndpoint(t *testing.T) {
 	fw, _ = hostos.FirewallFiles(cfg, mustFamily(t), debianFacts())
 	if strings.Contains(string(files[0].Content), "metrics-addr") || strings.Contains(string(fw[0].Content), "metrics") {
 		t.Errorf("metrics off, yet:\n%s\n%s", files[0].Content, fw[0].Content)
+	}
+}
+
+// TestRegistryFiles: mirrors go into daemon.json, each private registry's
+// CA into certs.d beside it (same step), and facts hash those paths.
+func TestRegistryFiles(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Engine.RegistryMirrors = []string{"https://mirror.internal:5000"}
+	cfg.Engine.Registries = []spec.Registry{{Host: "registry.internal:5000", CA: "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n"}}
+	files, err := hostos.DaemonFiles(cfg, mustFamily(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d map[string]any
+	if err := json.Unmarshal(files[0].Content, &d); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(d["registry-mirrors"]) != "[https://mirror.internal:5000]" {
+		t.Errorf("registry-mirrors %v", d["registry-mirrors"])
+	}
+	if len(files) != 3 || files[2].Path != "/etc/docker/certs.d/registry.internal:5000/ca.crt" || files[2].Mode != 0o644 || string(files[2].Content) != cfg.Engine.Registries[0].CA {
+		t.Errorf("files %+v", files)
+	}
+	if !slices.Contains(hostos.ManagedPaths(cfg), "/etc/docker/certs.d/registry.internal:5000/ca.crt") {
+		t.Error("the CA's path is not among the managed paths: facts would not hash it")
+	}
+	cfg.Engine.Registries[0].Host = "../../etc"
+	if _, err := hostos.DaemonFiles(cfg, mustFamily(t)); err == nil {
+		t.Error("a registry host with a slash was accepted")
 	}
 }

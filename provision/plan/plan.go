@@ -4,6 +4,7 @@
 package plan
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -169,13 +170,34 @@ func Settings(c *spec.Cluster) map[string]string {
 		return string(b)
 	}
 	return map[string]string{
-		"engine":    enc(map[string]any{"version": c.Engine.Version, "method": c.Engine.Method, "package": c.Engine.Package}),
+		"engine":    enc(engineSettings(c.Engine)),
 		"logging":   enc(map[string]any{"driver": c.Logging.Driver, "options": c.Logging.Options, "journald_max_use": c.Logging.JournaldMaxUse}),
 		"prune":     enc(map[string]any{"enabled": c.Prune.Enabled, "schedule": c.Prune.Schedule, "until": c.Prune.Until, "volumes": c.Prune.Volumes, "randomized_delay": c.Prune.RandomizedDelay}),
 		"tls":       enc(map[string]any{"validity_hours": c.TLS.ValidityHours, "extra_names": c.TLS.ExtraNames, "allowed_cidrs": c.TLS.AllowedCIDRs}),
 		"hardening": enc(c.Hardening),
 		"ssh":       enc(map[string]any{"user": c.SSH.User}),
 	}
+}
+
+// engineSettings are the engine block's settings as plan shows them; the
+// metrics and registry settings only when set, so that a state recorded
+// before they existed differs only in what really changes daemon.json (the
+// metrics endpoint, on by default).
+func engineSettings(e spec.Engine) map[string]any {
+	m := map[string]any{"version": e.Version, "method": e.Method, "package": e.Package}
+	if e.MetricsAddr != "" {
+		m["metrics_addr"] = e.MetricsAddr
+	}
+	if len(e.MetricsCIDRs) > 0 {
+		m["metrics_cidrs"] = e.MetricsCIDRs
+	}
+	if len(e.RegistryMirrors) > 0 {
+		m["registry_mirrors"] = e.RegistryMirrors
+	}
+	for _, r := range e.Registries {
+		m["registry."+r.Host+".ca_sha256"] = fmt.Sprintf("%x", sha256.Sum256([]byte(r.CA)))
+	}
+	return m
 }
 
 // restartSettings are the cluster settings whose change may restart every

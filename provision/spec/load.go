@@ -32,6 +32,7 @@ var rootSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
 		{Name: "name", Required: true},
 		{Name: "parallelism"},
+		{Name: "images"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "variable", LabelNames: []string{"name"}},
@@ -63,7 +64,10 @@ func attrSchema(names ...string) *hcl.BodySchema {
 }
 
 var (
-	engineSchema    = attrSchema("version", "method", "package", "bundle_dir", "metrics_addr", "metrics_cidrs")
+	engineSchema = &hcl.BodySchema{
+		Attributes: attrSchema("version", "method", "package", "bundle_dir", "metrics_addr", "metrics_cidrs", "registry_mirrors").Attributes,
+		Blocks:     []hcl.BlockHeaderSchema{{Type: "registry", LabelNames: []string{"host"}}},
+	}
 	pruneSchema     = attrSchema("enabled", "schedule", "until", "volumes", "randomized_delay")
 	loggingSchema   = attrSchema("driver", "options", "journald_max_use")
 	tlsSchema       = attrSchema("validity", "extra_names", "allowed_cidrs")
@@ -231,6 +235,7 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 	if b := singles["engine"]; b != nil {
 		decodeEngine(dc, c, b)
 	}
+	decodeImages(dc, c, content.Attributes, names[0]) // images.go
 	if b := singles["prune"]; b != nil {
 		decodePrune(dc, c, b)
 	}
@@ -557,6 +562,7 @@ func decodeEngine(dc *dec, c *Cluster, b *hcl.Block) {
 	}
 	dc.str(content.Attributes, "bundle_dir", "engine.bundle_dir", &c.Engine.BundleDir)
 	decodeMetrics(dc, c, content.Attributes)
+	decodeRegistries(dc, c, content) // images.go
 }
 
 var (

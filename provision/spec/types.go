@@ -48,6 +48,11 @@ type Cluster struct {
 
 	// LoadBalancer is the load_balancer block (lb.go).
 	LoadBalancer LoadBalancer
+
+	// Images are image archives (`docker save` tarballs) loaded onto every
+	// node through its engine API (images.go): absolute paths, resolved
+	// against the first cluster file's directory.
+	Images []string
 }
 
 // DriverBlock is a `driver "TYPE" { ... }` block. Name is its `alias`
@@ -99,6 +104,18 @@ type Engine struct {
 	// MetricsCIDRs may reach the metrics port besides the cluster's
 	// members (a Prometheus server elsewhere).
 	MetricsCIDRs []string
+	// RegistryMirrors are pull-through mirrors of Docker Hub (daemon.json
+	// registry-mirrors), "https://mirror.internal:5000".
+	RegistryMirrors []string
+	// Registries are private registries whose CA the engines trust
+	// (/etc/docker/certs.d/<host>/ca.crt): `registry "HOST[:PORT]" { ca_file = "..." }`.
+	Registries []Registry
+}
+
+// Registry is one private registry the engines trust.
+type Registry struct {
+	Host string // "registry.internal:5000"
+	CA   string // PEM certificates, read from ca_file at load
 }
 
 // Prune is the `prune { }` block: scheduled `docker system prune` per host.
