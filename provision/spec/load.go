@@ -281,6 +281,7 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 	}
 	if len(managerBlocks) > 0 {
 		checkCluster(dc, c)
+		checkLogPlatform(dc, c) // logging.go
 	}
 	diags = append(diags, dc.diags...)
 	sortDiags(diags)

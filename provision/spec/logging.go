@@ -1,7 +1,9 @@
 package spec
 
 import (
+	"net"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -91,10 +93,10 @@ func decodeLogging(dc *dec, c *Cluster, b *hcl.Block) {
 			if !boolWords[v] {
 				dc.errf(or, "Invalid log option", "%s %q must be true or false.", k, v)
 			}
-		case k == "gelf-address" && !strings.HasPrefix(v, "udp://") && !strings.HasPrefix(v, "tcp://"):
-			dc.errf(or, "Invalid log option", "gelf-address %q must start with udp:// or tcp://.", v)
-		case k == "syslog-address" && !regexp.MustCompile(`^(udp|tcp|tcp\+tls|unix|unixgram)://`).MatchString(v):
-			dc.errf(or, "Invalid log option", "syslog-address %q must start with udp://, tcp://, tcp+tls://, unix:// or unixgram://.", v)
+		case k == "gelf-address" || k == "syslog-address" || k == "fluentd-address":
+			if msg := checkLogAddress(k, v); msg != "" {
+				dc.errf(or, "Invalid log option", "%s %q %s.", k, v, msg)
+			}
 		}
 	}
 	if (c.Logging.Driver == "json-file" || c.Logging.Driver == "local") && opts["compress"] != "" && boolWords[opts["compress"]] && (opts["compress"] == "true" || opts["compress"] == "1") {
@@ -119,5 +121,85 @@ func decodeLogging(dc *dec, c *Cluster, b *hcl.Block) {
 		if !regexp.MustCompile(`^[0-9]+[KMGT]?$`).MatchString(c.Logging.JournaldMaxUse) {
 			dc.errf(r, "Invalid size", "logging.journald_max_use %q must be a size like \"500M\" or \"2G\".", c.Logging.JournaldMaxUse)
 		}
+	}
+}
+
+// logAddressSchemes are the schemes each log address accepts; "" is a
+// plain host:port (fluentd).
+var logAddressSchemes = map[string][]string{
+	"gelf-address":    {"udp", "tcp"},
+	"syslog-address":  {"udp", "tcp", "tcp+tls", "unix", "unixgram"},
+	"fluentd-address": {"", "tcp", "unix"},
+}
+
+// checkLogAddress says what is wrong with a log driver's address, as the
+// engine would parse it when a container starts: a known scheme, then a
+// host and a port in range (network schemes) or an absolute path (unix).
+func checkLogAddress(opt, v string) string {
+	schemes := logAddressSchemes[opt]
+	scheme, rest, ok := strings.Cut(v, "://")
+	if !ok {
+		scheme, rest = "", v
+	}
+	if !slices.Contains(schemes, scheme) {
+		var want []string
+		for _, s := range schemes {
+			if s == "" {
+				want = append(want, "host:port")
+			} else {
+				want = append(want, s+"://")
+			}
+		}
+		return "must start with " + strings.Join(want, ", ")
+	}
+	if scheme == "unix" || scheme == "unixgram" {
+		if !strings.HasPrefix(rest, "/") {
+			return "must name an absolute socket path (unix:///run/log.sock)"
+		}
+		return ""
+	}
+	host, port, err := net.SplitHostPort(rest)
+	if err != nil {
+		if opt == "syslog-address" && !strings.Contains(rest, ":") && rest != "" {
+			return "" // the engine adds syslog's port 514
+		}
+		return "must give a host and a port (host:port after the scheme)"
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "has no valid port"
+	}
+	if host == "" || strings.ContainsAny(host, "/ ") {
+		return "has no valid host"
+	}
+	return ""
+}
+
+// checkLogPlatform checks the log driver against where the machines run:
+// awslogs needs AWS credentials in every engine. Machines outside AWS have
+// no instance role, so the spec must name where the engine gets them
+// (awslogs-credentials-endpoint); on AWS the instances' role must allow
+// CloudWatch Logs, which the aws driver does not make yet.
+func checkLogPlatform(dc *dec, c *Cluster) {
+	if c.Logging.Driver != "awslogs" {
+		return
+	}
+	r := c.Ranges["logging.driver"]
+	var outside, onAWS []string
+	for _, p := range c.Pools() {
+		d, ok := c.Driver(p.Driver)
+		if !ok || p.Count == 0 {
+			continue
+		}
+		if d.Type == "aws" {
+			onAWS = append(onAWS, p.Name)
+		} else {
+			outside = append(outside, p.Name+" ("+d.Type+")")
+		}
+	}
+	if len(outside) > 0 && c.Logging.Options["awslogs-credentials-endpoint"] == "" {
+		dc.errf(r, "No AWS credentials for awslogs", "The awslogs log driver needs AWS credentials in each engine, and the pools %s run outside AWS, where no instance role provides them. Name where the engine gets them with options { awslogs-credentials-endpoint = \"/path\" } (a credentials endpoint reachable from the hosts), or use another log driver there.", strings.Join(outside, ", "))
+	}
+	if len(onAWS) > 0 && c.Logging.Options["awslogs-credentials-endpoint"] == "" {
+		dc.warnf(r, "awslogs needs an instance role", "The engines on AWS (pools %s) take awslogs credentials from the instances' role; the aws driver does not create one yet. Give the instances a role allowing logs:CreateLogStream and logs:PutLogEvents on the log group (and create the group), or set awslogs-credentials-endpoint.", strings.Join(onAWS, ", "))
 	}
 }
