@@ -125,11 +125,23 @@ type MachineSpec struct {
 	SSH      SSHAccess         // the admin user and key the machine must accept
 	HostKey  HostKey           // the SSH host key the machine must present (drivers that can inject one)
 	UserData string            // optional cloud-init user-data the driver may pass through
+	// Logs, when set, says the engine ships container logs to the
+	// platform's log service (logging driver awslogs): a driver that can
+	// give the machine an identity allowed to write there (AWS: an instance
+	// profile) does so and makes the log group; others ignore it.
+	Logs *CloudLogs
 	// Generation tells machines of one Name apart (1, 2, ...; 0 means 1):
 	// drivers whose Info says Coexist key their own resources (container,
 	// instance Name tag, domain) by InstanceName(Name, Generation) and
 	// Create/Destroy by name and generation. The host name stays Name.
 	Generation int
+}
+
+// CloudLogs is where a machine's engine ships container logs.
+type CloudLogs struct {
+	Group         string // log group (awslogs-group)
+	Region        string // awslogs-region
+	RetentionDays int    // how long the group keeps events; 0: forever
 }
 
 // InstanceName is the driver-level name of generation gen of machine name:

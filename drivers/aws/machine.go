@@ -140,10 +140,20 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 		out    *ec2.RunInstancesOutput
 		subnet types.Subnet
 	)
+	if want.Logs != nil {
+		profile, err := d.ensureLogs(ctx, cluster, want.Logs)
+		if err != nil {
+			return drivers.Machine{}, fmt.Errorf("create instance %q: awslogs: %w", want.Name, err)
+		}
+		in.IamInstanceProfile = &types.IamInstanceProfileSpecification{Name: awssdk.String(profile)}
+	}
 	for k := range shared.subnets {
 		subnet = shared.subnets[(first+k)%len(shared.subnets)]
 		in.NetworkInterfaces[0].SubnetId = subnet.SubnetId
-		out, err = cli.RunInstances(ctx, in)
+		err = runWithProfileRetry(ctx, func() (err error) {
+			out, err = cli.RunInstances(ctx, in)
+			return err
+		})
 		if err == nil || !isCode(err, "InsufficientInstanceCapacity", "Unsupported") {
 			break
 		}

@@ -583,6 +583,7 @@ func Wanted(c *spec.Cluster, clusterID string) map[string][]drivers.MachineSpec 
 				Name: name, Role: pool.Role, Pool: pool.Name, DiskGiB: pool.DiskGiB, Size: pool.Size, Labels: pool.Labels,
 				Tags: map[string]string{drivers.TagCluster: clusterID, drivers.TagMachine: name, drivers.TagRole: pool.Role, drivers.TagPool: pool.Name},
 				SSH:  drivers.SSHAccess{User: c.SSH.User},
+				Logs: c.Logging.Cloud(),
 			}
 			if i <= len(pool.Hosts) {
 				m.Address = pool.Hosts[i-1]

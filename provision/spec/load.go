@@ -69,7 +69,7 @@ var (
 		Blocks:     []hcl.BlockHeaderSchema{{Type: "registry", LabelNames: []string{"host"}}},
 	}
 	pruneSchema     = attrSchema("enabled", "schedule", "until", "volumes", "randomized_delay")
-	loggingSchema   = attrSchema("driver", "options", "journald_max_use")
+	loggingSchema   = attrSchema("driver", "options", "journald_max_use", "retention_days")
 	tlsSchema       = attrSchema("validity", "extra_names", "allowed_cidrs")
 	hardeningSchema = &hcl.BodySchema{
 		Attributes: attrSchema("profile", "ssh", "kernel", "firewall", "daemon", "audit", "updates", "auto_reboot", "user_namespaces", "overlay_encryption",
@@ -197,7 +197,7 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 	c = &Cluster{Files: names, Parallelism: DefaultParallelism, Ranges: dc.ranges, Secrets: secrets, SensitivePaths: dc.sensitivePaths}
 	c.Engine = Engine{Method: "package", Package: DefaultPackage, MetricsAddr: DefaultMetricsAddr}
 	c.Prune = Prune{Enabled: true, Schedule: "daily", Until: "24h", RandomizedDelay: "1h"}
-	c.Logging = Logging{Driver: "json-file", JournaldMaxUse: "500M"}
+	c.Logging = Logging{Driver: "json-file", JournaldMaxUse: "500M", RetentionDays: 30}
 	c.TLS = TLS{ValidityHours: DefaultValidityHours}
 	c.SSH = SSH{User: DefaultUser}
 	c.LoadBalancer = defaultLoadBalancer()

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/provision/provision/drivers"
 )
 
 // logDrivers lists the engine log drivers provision configures and the
@@ -117,6 +119,13 @@ func decodeLogging(dc *dec, c *Cluster, b *hcl.Block) {
 		}
 	}
 	c.Logging.Options = opts
+	if r, ok := dc.integer(content.Attributes, "retention_days", "logging.retention_days", &c.Logging.RetentionDays); ok {
+		if c.Logging.Driver != "awslogs" {
+			dc.warnf(r, "Retention without a cloud log group", "logging.retention_days applies to the awslogs log group the aws driver makes; with the %s log driver it does nothing.", c.Logging.Driver)
+		} else if !slices.Contains(cloudWatchRetention, c.Logging.RetentionDays) {
+			dc.errf(r, "Invalid retention", "CloudWatch Logs keeps events for one of %v days, or 0 for ever; not %d.", cloudWatchRetention, c.Logging.RetentionDays)
+		}
+	}
 	if r, ok := dc.str(content.Attributes, "journald_max_use", "logging.journald_max_use", &c.Logging.JournaldMaxUse); ok {
 		if !regexp.MustCompile(`^[0-9]+[KMGT]?$`).MatchString(c.Logging.JournaldMaxUse) {
 			dc.errf(r, "Invalid size", "logging.journald_max_use %q must be a size like \"500M\" or \"2G\".", c.Logging.JournaldMaxUse)
@@ -174,32 +183,40 @@ func checkLogAddress(opt, v string) string {
 	return ""
 }
 
+// cloudWatchRetention are the retention periods CloudWatch Logs accepts, in
+// days (0: never expire).
+var cloudWatchRetention = []int{0, 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653}
+
+// Cloud is where the engines ship logs in the cloud (drivers.CloudLogs
+// fields), nil unless the log driver is awslogs.
+func (l Logging) Cloud() *drivers.CloudLogs {
+	if l.Driver != "awslogs" {
+		return nil
+	}
+	return &drivers.CloudLogs{Group: l.Options["awslogs-group"], Region: l.Options["awslogs-region"], RetentionDays: l.RetentionDays}
+}
+
 // checkLogPlatform checks the log driver against where the machines run:
-// awslogs needs AWS credentials in every engine. Machines outside AWS have
-// no instance role, so the spec must name where the engine gets them
-// (awslogs-credentials-endpoint); on AWS the instances' role must allow
-// CloudWatch Logs, which the aws driver does not make yet.
+// awslogs needs AWS credentials in every engine. On AWS the driver gives
+// the instances a role allowed to write to the group; machines outside AWS
+// have none, so the spec must name where the engine gets them
+// (awslogs-credentials-endpoint).
 func checkLogPlatform(dc *dec, c *Cluster) {
 	if c.Logging.Driver != "awslogs" {
 		return
 	}
 	r := c.Ranges["logging.driver"]
-	var outside, onAWS []string
+	var outside []string
 	for _, p := range c.Pools() {
 		d, ok := c.Driver(p.Driver)
 		if !ok || p.Count == 0 {
 			continue
 		}
-		if d.Type == "aws" {
-			onAWS = append(onAWS, p.Name)
-		} else {
+		if d.Type != "aws" {
 			outside = append(outside, p.Name+" ("+d.Type+")")
 		}
 	}
 	if len(outside) > 0 && c.Logging.Options["awslogs-credentials-endpoint"] == "" {
 		dc.errf(r, "No AWS credentials for awslogs", "The awslogs log driver needs AWS credentials in each engine, and the pools %s run outside AWS, where no instance role provides them. Name where the engine gets them with options { awslogs-credentials-endpoint = \"/path\" } (a credentials endpoint reachable from the hosts), or use another log driver there.", strings.Join(outside, ", "))
-	}
-	if len(onAWS) > 0 && c.Logging.Options["awslogs-credentials-endpoint"] == "" {
-		dc.warnf(r, "awslogs needs an instance role", "The engines on AWS (pools %s) take awslogs credentials from the instances' role; the aws driver does not create one yet. Give the instances a role allowing logs:CreateLogStream and logs:PutLogEvents on the log group (and create the group), or set awslogs-credentials-endpoint.", strings.Join(onAWS, ", "))
 	}
 }

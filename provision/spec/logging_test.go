@@ -1,6 +1,9 @@
 package spec
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestCheckLogAddress(t *testing.T) {
 	for _, c := range []struct {
@@ -29,16 +32,35 @@ func TestCheckLogAddress(t *testing.T) {
 	}
 }
 
-func TestAWSLogsOnAWSWarns(t *testing.T) {
+func TestAWSLogsOnAWS(t *testing.T) {
 	c, diags := LoadBytes("a.hcl", []byte(`name = "a"
 driver "aws" {}
 managers { count = 1 }
 logging {
-  driver  = "awslogs"
-  options = { awslogs-region = "eu-west-1", awslogs-group = "demo" }
+  driver         = "awslogs"
+  options        = { awslogs-region = "eu-west-1", awslogs-group = "demo" }
+  retention_days = 14
 }
 `), Vars{})
-	if diags.HasErrors() || c == nil || len(diags) == 0 || diags[len(diags)-1].Summary != "awslogs needs an instance role" {
-		t.Errorf("diags %v", diags)
+	if diags.HasErrors() || c == nil {
+		t.Fatalf("diags %v", diags)
+	}
+	if l := c.Logging.Cloud(); l == nil || l.Group != "demo" || l.Region != "eu-west-1" || l.RetentionDays != 14 {
+		t.Errorf("cloud logs %+v", l)
+	}
+	_, diags = LoadBytes("a.hcl", []byte(`name = "a"
+driver "aws" {}
+managers { count = 1 }
+logging {
+  driver         = "awslogs"
+  options        = { awslogs-region = "eu-west-1", awslogs-group = "demo" }
+  retention_days = 10
+}
+`), Vars{})
+	if !diags.HasErrors() || !strings.Contains(diags.Error(), "a.hcl:7,20-22: Invalid retention") {
+		t.Errorf("retention 10: %v", diags)
+	}
+	if l := (Logging{Driver: "json-file"}).Cloud(); l != nil {
+		t.Errorf("json-file ships to the cloud: %+v", l)
 	}
 }

@@ -133,6 +133,9 @@ type Logging struct {
 	Options map[string]string // default for json-file/local: max-size=10m, max-file=3
 	// JournaldMaxUse caps journald's persistent storage (SystemMaxUse); default "500M".
 	JournaldMaxUse string
+	// RetentionDays is how long the cloud's log group keeps events
+	// (awslogs: the group the aws driver makes); default 30, 0 = forever.
+	RetentionDays int
 }
 
 // TLS is the `tls { }` block.
