@@ -34,6 +34,7 @@ if [ -r /etc/os-release ]; then
 fi
 printf 'arch\t%s\n' "$(dpkg --print-architecture 2>/dev/null)"
 printf 'hostname\t%s\n' "$(hostname 2>/dev/null || cat /etc/hostname 2>/dev/null)"
+printf 'addrs\t%s\n' "$(hostname -I 2>/dev/null)"
 for c in $PROBE; do
 	p=$(command -v "$c" 2>/dev/null) && printf 'cmd\t%s\t%s\n' "$c" "$p"
 done
@@ -117,6 +118,8 @@ func ParseFacts(out []byte) (*Facts, error) {
 			f.Arch = strings.TrimSpace(rest)
 		case "hostname":
 			f.Hostname = strings.TrimSpace(rest)
+		case "addrs":
+			f.Addrs = strings.Fields(rest)
 		case "cmd":
 			if len(fields) == 2 {
 				f.Commands[fields[0]] = fields[1]

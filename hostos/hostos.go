@@ -14,6 +14,8 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
+	"net/netip"
 
 	"github.com/provision/provision/provision/redact"
 	"github.com/provision/provision/provision/spec"
@@ -111,6 +113,9 @@ type Facts struct {
 	Busy []string `json:"busy,omitempty"`
 	// Commands maps the commands steps use (sshd, nft, hostnamectl, ...) to their path when present.
 	Commands map[string]string `json:"commands,omitempty"`
+	// Addrs are the host's own addresses (`hostname -I`): where a daemon
+	// may bind (the metrics endpoint).
+	Addrs []string `json:"addrs,omitempty"`
 	// Swarm is the swarm the host's engine is a member of, read from its
 	// swarm node certificate; nil when it is in none.
 	Swarm *SwarmMember `json:"swarm,omitempty"`
@@ -121,6 +126,30 @@ type SwarmMember struct {
 	NodeID    string `json:"node_id"`
 	ClusterID string `json:"cluster_id"`
 	Role      string `json:"role"` // "manager" or "worker"
+}
+
+// MetricsBindable reports whether the engine can listen on addr
+// ("host:port") here: an unspecified address, or one the host has. An
+// address the host does not have (behind NAT, a name) would stop the engine
+// from starting.
+func (f *Facts) MetricsBindable(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return false
+	}
+	if a.IsUnspecified() || a.IsLoopback() {
+		return true
+	}
+	for _, h := range f.Addrs {
+		if b, err := netip.ParseAddr(h); err == nil && b.WithZone("") == a.WithZone("") {
+			return true
+		}
+	}
+	return false
 }
 
 // Container reports whether the host is a container (its kernel is not its own).

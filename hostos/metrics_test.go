@@ -85,3 +85,24 @@ func TestRegistryFiles(t *testing.T) {
 		t.Error("a registry host with a slash was accepted")
 	}
 }
+
+// TestMetricsBindable: the endpoint is only bound where the host has the
+// address (facts `addrs`), so a NAT'd or named address never keeps the
+// engine from starting.
+func TestMetricsBindable(t *testing.T) {
+	f, err := hostos.ParseFacts([]byte("addrs\t10.0.0.5 172.17.0.1 fd00::5 \nend\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(f.Addrs, ",") != "10.0.0.5,172.17.0.1,fd00::5" {
+		t.Fatalf("addrs %q", f.Addrs)
+	}
+	for addr, want := range map[string]bool{
+		"10.0.0.5:9323": true, "[fd00::5]:9323": true, "0.0.0.0:9323": true, "127.0.0.1:9323": true,
+		"203.0.113.9:9323": false, "host.example:9323": false, "10.0.0.5": false,
+	} {
+		if got := f.MetricsBindable(addr); got != want {
+			t.Errorf("%s: %v, want %v", addr, got, want)
+		}
+	}
+}
