@@ -250,3 +250,64 @@ func runWithProfileRetry(ctx context.Context, fn func() error) error {
 		wait = min(wait*2, 10*time.Second)
 	}
 }
+
+// logsResources lists the awslogs log group, role and instance profile: the
+// ones that exist for the cluster (keep, or remove when want is empty), and
+// those Create will make when the spec ships logs (create).
+func (d *Driver) logsResources(ctx context.Context, cluster string, want []drivers.MachineSpec, action string) ([]drivers.Resource, error) {
+	var l *drivers.CloudLogs
+	for _, w := range want {
+		if w.Logs != nil {
+			l = w.Logs
+		}
+	}
+	iamc, logc, err := d.logsClients(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []drivers.Resource
+	if l != nil {
+		ours, err := d.logGroupOurs(ctx, logc, cluster, l.Group)
+		if err != nil {
+			return nil, err
+		}
+		note := fmt.Sprintf("awslogs, events kept %d days", l.RetentionDays)
+		if l.RetentionDays == 0 {
+			note = "awslogs, events kept for ever"
+		}
+		act := drivers.ResourceCreate
+		if ours {
+			act = action
+		}
+		out = append(out, drivers.Resource{Kind: "log-group", Name: l.Group, Action: act, Note: note})
+	} else if len(want) == 0 {
+		p := cloudwatchlogs.NewDescribeLogGroupsPaginator(logc, &cloudwatchlogs.DescribeLogGroupsInput{})
+		for p.HasMorePages() {
+			page, err := p.NextPage(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("list log groups: %w", d.explain(err))
+			}
+			for _, g := range page.LogGroups {
+				if ours, err := d.logGroupOurs(ctx, logc, cluster, awssdk.ToString(g.LogGroupName)); err == nil && ours {
+					out = append(out, drivers.Resource{Kind: "log-group", Name: awssdk.ToString(g.LogGroupName), Action: action, Note: "its events go with it"})
+				}
+			}
+		}
+	}
+	if d.cfg.InstanceProfile != "" {
+		return out, nil
+	}
+	name := logsName(cluster)
+	role, err := iamc.GetRole(ctx, &iamsdk.GetRoleInput{RoleName: awssdk.String(name)})
+	switch {
+	case err == nil && iamTagged(role.Role.Tags, cluster):
+		out = append(out, drivers.Resource{Kind: "iam-role", Name: name, Action: action, Note: "logs:CreateLogStream and logs:PutLogEvents on the log group"},
+			drivers.Resource{Kind: "instance-profile", Name: name, Action: action, Note: "on every instance"})
+	case err != nil && !isCode(err, "NoSuchEntity"):
+		return out, fmt.Errorf("read role %s: %w", name, d.explain(err))
+	case l != nil:
+		out = append(out, drivers.Resource{Kind: "iam-role", Name: name, Action: drivers.ResourceCreate, Note: "logs:CreateLogStream and logs:PutLogEvents on the log group"},
+			drivers.Resource{Kind: "instance-profile", Name: name, Action: drivers.ResourceCreate, Note: "on every instance"})
+	}
+	return out, nil
+}

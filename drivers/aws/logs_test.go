@@ -25,6 +25,25 @@ func TestAWSLogsRoleMoto(t *testing.T) {
 	cluster := newCluster(t)
 	d := driverFromHCL(t, fmt.Sprintf("ami = %q\nallowed_cidrs = [\"198.51.100.7/32\"]\n", testAMI(t)))
 	logs := &drivers.CloudLogs{Group: "demo-" + cluster, Region: "us-east-1", RetentionDays: 14}
+	want := []drivers.MachineSpec{spec(cluster, "manager", 1)}
+	want[0].Logs = logs
+	planned := func(w []drivers.MachineSpec) string {
+		rs, err := d.Resources(ctx, cluster, w)
+		if err != nil {
+			t.Fatalf("Resources: %v", err)
+		}
+		var b strings.Builder
+		for _, r := range rs {
+			if r.Kind == "log-group" || r.Kind == "iam-role" || r.Kind == "instance-profile" {
+				fmt.Fprintf(&b, "%s %s %s; ", r.Action, r.Kind, r.Name)
+			}
+		}
+		return b.String()
+	}
+	name := logsName(cluster)
+	if got, w := planned(want), fmt.Sprintf("create log-group %s; create iam-role %s; create instance-profile %s; ", logs.Group, name, name); got != w {
+		t.Errorf("plan before: %q, want %q", got, w)
+	}
 	var ms []drivers.Machine
 	for i := 1; i <= 2; i++ {
 		w := spec(cluster, "manager", i)
@@ -45,7 +64,12 @@ func TestAWSLogsRoleMoto(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	name := logsName(cluster)
+	if got, w := planned(want), fmt.Sprintf("keep log-group %s; keep iam-role %s; keep instance-profile %s; ", logs.Group, name, name); got != w {
+		t.Errorf("plan after: %q, want %q", got, w)
+	}
+	if got, w := planned(nil), fmt.Sprintf("remove log-group %s; remove iam-role %s; remove instance-profile %s; ", logs.Group, name, name); got != w {
+		t.Errorf("destroy plan: %q, want %q", got, w)
+	}
 	for _, m := range ms {
 		out, err := cli.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{m.ID}})
 		if err != nil {
