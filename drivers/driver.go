@@ -82,6 +82,20 @@ type Resourcer interface {
 	Resources(ctx context.Context, cluster string, want []MachineSpec) ([]Resource, error)
 }
 
+// Placer is implemented by drivers that place machines in failure domains
+// (availability zones), so that plan and status can show where each machine
+// is or will be and warn when managers share one while another is free. It
+// changes nothing; want is every machine the spec asks of this driver.
+type Placer interface {
+	Placement(ctx context.Context, cluster string, want []MachineSpec) (Placement, error)
+}
+
+// Placement is where a driver puts a cluster's machines.
+type Placement struct {
+	Zones    []string          `json:"zones"`    // the zones the driver spreads machines over, sorted
+	Machines map[string]string `json:"machines"` // machine name -> the zone it is in (existing) or will get (new)
+}
+
 // Resource actions in a plan.
 const (
 	ResourceCreate = "create"
@@ -111,11 +125,23 @@ type MachineSpec struct {
 	SSH      SSHAccess         // the admin user and key the machine must accept
 	HostKey  HostKey           // the SSH host key the machine must present (drivers that can inject one)
 	UserData string            // optional cloud-init user-data the driver may pass through
+	// Logs, when set, says the engine ships container logs to the
+	// platform's log service (logging driver awslogs): a driver that can
+	// give the machine an identity allowed to write there (AWS: an instance
+	// profile) does so and makes the log group; others ignore it.
+	Logs *CloudLogs
 	// Generation tells machines of one Name apart (1, 2, ...; 0 means 1):
 	// drivers whose Info says Coexist key their own resources (container,
 	// instance Name tag, domain) by InstanceName(Name, Generation) and
 	// Create/Destroy by name and generation. The host name stays Name.
 	Generation int
+}
+
+// CloudLogs is where a machine's engine ships container logs.
+type CloudLogs struct {
+	Group         string // log group (awslogs-group)
+	Region        string // awslogs-region
+	RetentionDays int    // how long the group keeps events; 0: forever
 }
 
 // InstanceName is the driver-level name of generation gen of machine name:
@@ -172,6 +198,9 @@ type Machine struct {
 	EnginePort     int               `json:"engine_port,omitempty"` // the engine's TLS port at Address when the driver forwards it elsewhere (libvirt user-mode networking); 0 means the standard 2376
 	Tags           map[string]string `json:"tags,omitempty"`
 	State          string            `json:"state,omitempty"` // driver's word for it: "running", "stopped", ...
+	// Zone is the failure domain the machine is in (AWS availability zone,
+	// Azure zone, DigitalOcean region); "" when the driver has none.
+	Zone string `json:"zone,omitempty"`
 }
 
 // SSHEndpoint says how to log in. HostKey, when set, is pinned: a different key

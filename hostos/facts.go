@@ -28,6 +28,7 @@ if [ -r /etc/os-release ]; then
 fi
 printf 'arch\t%s\n' "$(dpkg --print-architecture 2>/dev/null)"
 printf 'hostname\t%s\n' "$(hostname 2>/dev/null || cat /etc/hostname 2>/dev/null)"
+printf 'addrs\t%s\n' "$(hostname -I 2>/dev/null)"
 for c in $PROBE; do
 	p=$(command -v "$c" 2>/dev/null) && printf 'cmd\t%s\t%s\n' "$c" "$p"
 done
@@ -49,7 +50,6 @@ fi
 if command -v cloud-init >/dev/null 2>&1; then
 	printf 'cloudinit\t%s\n' "$(cloud-init status 2>/dev/null | sed -n 's/^status: *//p')"
 fi
-for a in $(hostname -I 2>/dev/null); do printf 'addr\t%s\n' "$a"; done
 # The ESP data path encrypted overlay networks use (xfrm, esp4, AES-GCM):
 # a transport-mode state in a throwaway network namespace.
 if command -v ip >/dev/null 2>&1 && command -v unshare >/dev/null 2>&1; then
@@ -121,6 +121,8 @@ func ParseFacts(out []byte) (*Facts, error) {
 			f.Arch = strings.TrimSpace(rest)
 		case "hostname":
 			f.Hostname = strings.TrimSpace(rest)
+		case "addrs":
+			f.Addrs = strings.Fields(rest)
 		case "cmd":
 			if len(fields) == 2 {
 				f.Commands[fields[0]] = fields[1]
@@ -136,10 +138,6 @@ func ParseFacts(out []byte) (*Facts, error) {
 					}
 					f.Modes[fields[0]] = fs.FileMode(m)
 				}
-			}
-		case "addr":
-			if a := strings.TrimSpace(rest); a != "" {
-				f.Addrs = append(f.Addrs, a)
 			}
 		case "esp":
 			f.ESP = strings.TrimSpace(rest)

@@ -47,6 +47,18 @@ const (
 	EnginePort = 2376
 )
 
+// RegistryCAPath is where the engine finds a private registry's CA
+// (certs.d, read at each pull).
+func RegistryCAPath(host string) string { return "/etc/docker/certs.d/" + host + "/ca.crt" }
+
+func registryCAPaths(cfg *Config) []string {
+	var out []string
+	for _, r := range cfg.Engine.Registries {
+		out = append(out, RegistryCAPath(r.Host))
+	}
+	return out
+}
+
 // File is one file a step wants on the host.
 type File struct {
 	Path    string
@@ -78,6 +90,8 @@ type DaemonData struct {
 	LogOpts                   map[string]string
 	Hardened                  bool // no-new-privileges, no userland proxy, no inter-container traffic on the default bridge
 	UsernsRemap               bool
+	MetricsAddr               string   // "" = no metrics endpoint
+	RegistryMirrors           []string // none: no registry-mirrors key
 }
 
 // DaemonFiles renders /etc/docker/daemon.json and the docker.service drop-in.
@@ -91,14 +105,16 @@ func DaemonFiles(cfg *Config, fam Family) ([]File, error) {
 		opts[k] = v
 	}
 	d := DaemonData{
-		Hosts:       []string{"unix:///var/run/docker.sock", fmt.Sprintf("tcp://0.0.0.0:%d", EnginePort)},
-		CAFile:      PathTLSCA,
-		CertFile:    PathTLSCert,
-		KeyFile:     PathTLSKey,
-		LogDriver:   drv,
-		LogOpts:     opts,
-		Hardened:    cfg.Hardening.Daemon,
-		UsernsRemap: cfg.Hardening.UserNamespaces,
+		Hosts:           []string{"unix:///var/run/docker.sock", fmt.Sprintf("tcp://0.0.0.0:%d", EnginePort)},
+		CAFile:          PathTLSCA,
+		CertFile:        PathTLSCert,
+		KeyFile:         PathTLSKey,
+		LogDriver:       drv,
+		LogOpts:         opts,
+		Hardened:        cfg.Hardening.Daemon,
+		UsernsRemap:     cfg.Hardening.UserNamespaces,
+		MetricsAddr:     cfg.MetricsAddr,
+		RegistryMirrors: cfg.Engine.RegistryMirrors,
 	}
 	dj, err := render(PathDaemonJSON, 0o644, "daemon.json.tmpl", d)
 	if err != nil {
@@ -108,7 +124,16 @@ func DaemonFiles(cfg *Config, fam Family) ([]File, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []File{dj, di}, nil
+	out := []File{dj, di}
+	// Private registries' CAs: beside daemon.json in engine.config, so a
+	// registry and the mirrors change together.
+	for _, r := range cfg.Engine.Registries {
+		if strings.ContainsAny(r.Host, "/\x00") || r.Host == "" || r.Host == "." || r.Host == ".." {
+			return nil, fmt.Errorf("registry host %q", r.Host)
+		}
+		out = append(out, File{Path: RegistryCAPath(r.Host), Mode: 0o644, Content: []byte(r.CA)})
+	}
+	return out, nil
 }
 
 // TLSFilesOf are the engine's TLS files: CA and certificate read-only for
@@ -291,6 +316,10 @@ type FirewallData struct {
 	SSHPort, EnginePort    int
 	ESP                    bool
 	Extra                  []FirewallRule // the spec's firewall_allow blocks
+	// MetricsPort is the engine's metrics port (0: off), open to the peers
+	// and to Metrics4/Metrics6 (the spec's engine.metrics_cidrs).
+	MetricsPort        int
+	Metrics4, Metrics6 []string
 }
 
 // FirewallRule is one of the spec's firewall_allow blocks in nft terms.
@@ -317,6 +346,12 @@ func FirewallFiles(cfg *Config, fam Family, facts *Facts) ([]File, error) {
 	}
 	if d.Peers4, d.Peers6, err = splitPrefixes(cfg.Peers); err != nil {
 		return nil, fmt.Errorf("firewall peer addresses: %w", err)
+	}
+	if cfg.MetricsAddr != "" {
+		d.MetricsPort = cfg.Engine.MetricsPort()
+		if d.Metrics4, d.Metrics6, err = splitPrefixes(cfg.Engine.MetricsCIDRs); err != nil {
+			return nil, fmt.Errorf("firewall metrics_cidrs: %w", err)
+		}
 	}
 	for i, r := range cfg.Hardening.FirewallAllow {
 		fr := FirewallRule{Proto: r.Protocol}

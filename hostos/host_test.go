@@ -114,7 +114,7 @@ func TestHostConverges(t *testing.T) {
 
 	// Facts from the fresh host, in one remote call.
 	runs := h.Comm.runs
-	facts, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths())
+	facts, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths(nil))
 	if err != nil {
 		t.Fatalf("gather facts: %v", err)
 	}
@@ -169,7 +169,7 @@ func TestHostConverges(t *testing.T) {
 	}
 
 	// A second pass: facts again, and every step is done.
-	facts2, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths())
+	facts2, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths(nil))
 	if err != nil {
 		t.Fatalf("gather facts again: %v", err)
 	}
@@ -344,7 +344,7 @@ func TestOfflineBundle(t *testing.T) {
 		Hardening: spec.Hardening{Firewall: true}, // nftables is in the image already
 		BundleDir: t.TempDir(),
 	}
-	facts, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths())
+	facts, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,7 +373,7 @@ func TestOfflineBundle(t *testing.T) {
 	if err != nil || json.Unmarshal(mb, &man) != nil || len(man.Files) != len(debs) {
 		t.Errorf("bundle manifest %s (%v) does not pin the %d files", mb, err, len(debs))
 	}
-	facts2, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths())
+	facts2, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths(nil))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,8 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
+	"net/netip"
 
 	"github.com/provision/provision/provision/redact"
 	"github.com/provision/provision/provision/spec"
@@ -60,6 +62,11 @@ type Config struct {
 	// than the host's (apply --allow-engine-downgrade); without it a pin
 	// below the installed version is refused before anything changes.
 	AllowDowngrade bool
+	// MetricsAddr is the engine's metrics-addr on this host (the spec's
+	// engine.metrics_addr with the host's private address filled in), ""
+	// when metrics are off. The firewall opens its port to Peers and
+	// Engine.MetricsCIDRs.
+	MetricsAddr string
 }
 
 // TLSFiles are the PEM files the engine's daemon gets. Key is secret.
@@ -113,13 +120,14 @@ type Facts struct {
 	Busy []string `json:"busy,omitempty"`
 	// Commands maps the commands steps use (sshd, nft, hostnamectl, ...) to their path when present.
 	Commands map[string]string `json:"commands,omitempty"`
+	// Addrs are the host's own addresses (`hostname -I`): where a daemon
+	// may bind (the metrics endpoint).
+	Addrs []string `json:"addrs,omitempty"`
 	// Swarm is the swarm the host's engine is a member of, read from its
 	// swarm node certificate; nil when it is in none.
 	Swarm *SwarmMember `json:"swarm,omitempty"`
 	// Modes are the permission bits of the managed files (absent: unknown).
 	Modes map[string]fs.FileMode `json:"modes,omitempty"`
-	// Addrs are the host's own addresses (`hostname -I`).
-	Addrs []string `json:"addrs,omitempty"`
 	// ESP says whether the kernel has the IPsec ESP data path encrypted
 	// overlay networks need: "yes", "no", "" (not probed).
 	ESP string `json:"esp,omitempty"`
@@ -130,6 +138,30 @@ type SwarmMember struct {
 	NodeID    string `json:"node_id"`
 	ClusterID string `json:"cluster_id"`
 	Role      string `json:"role"` // "manager" or "worker"
+}
+
+// MetricsBindable reports whether the engine can listen on addr
+// ("host:port") here: an unspecified address, or one the host has. An
+// address the host does not have (behind NAT, a name) would stop the engine
+// from starting.
+func (f *Facts) MetricsBindable(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return false
+	}
+	if a.IsUnspecified() || a.IsLoopback() {
+		return true
+	}
+	for _, h := range f.Addrs {
+		if b, err := netip.ParseAddr(h); err == nil && b.WithZone("") == a.WithZone("") {
+			return true
+		}
+	}
+	return false
 }
 
 // Container reports whether the host is a container (its kernel is not its own).

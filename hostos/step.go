@@ -154,13 +154,18 @@ func NeedsDrain(id string) bool {
 
 // ManagedPaths lists every file a step may write or remove, for GatherFacts
 // to hash. It does not depend on which switches are on: a step whose switch
-// is off checks that its files are gone.
-func ManagedPaths() []string {
+// is off checks that its files are gone. Besides the table's fixed paths it
+// names the files whose paths come from the spec (a private registry's CA
+// under certs.d, written by engine.config); cfg may be nil.
+func ManagedPaths(cfg *Config) []string {
 	var out []string
 	for _, s := range Steps() {
 		for _, f := range s.Files {
 			out = append(out, f.Path)
 		}
+	}
+	if cfg != nil {
+		out = append(out, registryCAPaths(cfg)...)
 	}
 	return out
 }

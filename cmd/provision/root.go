@@ -341,6 +341,25 @@ func (l *loaded) observe(ctx context.Context, log *slog.Logger) plan.Observed {
 			}
 			obs.DriverSettings[name] = ms.MachineSettings()
 		}
+		if pl, ok := d.(drivers.Placer); ok && len(wanted[name]) > 0 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+				defer cancel()
+				p, err := pl.Placement(ctx, l.state.ClusterID, wanted[name])
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					log.Debug("driver cannot say where machines go", "driver", name, "err", err)
+					return
+				}
+				if obs.Placement == nil {
+					obs.Placement = map[string]drivers.Placement{}
+				}
+				obs.Placement[name] = p
+			}()
+		}
 		if r, ok := d.(drivers.Resourcer); ok {
 			wg.Add(1)
 			go func() {

@@ -52,6 +52,7 @@ type NodeStatus struct {
 	Pool      string `json:"pool"`
 	Driver    string `json:"driver"`
 	Address   string `json:"address"`
+	Zone      string `json:"zone,omitempty"`   // the failure domain the driver placed it in
 	Status    string `json:"status"`           // provision's: creating, created, ready
 	Engine    string `json:"engine,omitempty"` // engine version over TLS
 	Swarm     string `json:"swarm,omitempty"`  // ready, down, unknown, not joined
@@ -68,11 +69,11 @@ type NodeStatus struct {
 }
 
 func newStatus(g *globals) *cobra.Command {
-	var jsonOut bool
+	var jsonOut, withMetrics, prometheus bool
 	cmd := &cobra.Command{
 		Use:     "status FILE",
 		Short:   "List nodes with role, address, engine version and swarm state",
-		Example: "  provision status examples/local.hcl\n  provision status cluster.hcl --json",
+		Example: "  provision status examples/local.hcl\n  provision status cluster.hcl --json\n  provision status cluster.hcl --metrics\n  provision status cluster.hcl --prometheus > /etc/prometheus/docker.json",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := g.openRead(cmd, args[0])
@@ -80,20 +81,59 @@ func newStatus(g *globals) *cobra.Command {
 				return err
 			}
 			defer l.close()
+			if prometheus { // metrics.go
+				ts, err := prometheusTargets(l)
+				if err != nil {
+					return err
+				}
+				return writeJSON(cmd.OutOrStdout(), ts)
+			}
 			rows, strays := status(cmd.Context(), g, l)
+			zoneWarn := zoneWarning(cmd.Context(), l, rows)          // zones.go
 			lbs := loadBalancers(cmd.Context(), g, l, 8*time.Second) // lb.go
+			var ms []NodeMetrics
+			if withMetrics {
+				ms = nodeMetrics(cmd.Context(), g, l)
+			}
 			if jsonOut {
-				return writeJSON(cmd.OutOrStdout(), map[string]any{"cluster": l.spec.Name, "cluster_id": l.state.ClusterID, "swarm_id": l.state.Swarm.ID, "nodes": rows, "unrecorded_nodes": strays, "load_balancer": lbs})
+				out := map[string]any{"cluster": l.spec.Name, "cluster_id": l.state.ClusterID, "swarm_id": l.state.Swarm.ID, "nodes": rows, "unrecorded_nodes": strays, "load_balancer": lbs}
+				if zoneWarn != "" {
+					out["zone_warning"] = zoneWarn
+				}
+				if withMetrics {
+					out["metrics"] = ms
+				}
+				return writeJSON(cmd.OutOrStdout(), out)
 			}
 			defer writeLBTable(cmd.OutOrStdout(), lbs)
+			if withMetrics {
+				defer writeMetricsTable(cmd.OutOrStdout(), ms)
+			}
 			defer func() {
+				if zoneWarn != "" {
+					fmt.Fprintf(cmd.OutOrStdout(), "\nWARNING: %s.\n", zoneWarn)
+				}
 				if len(strays) > 0 {
 					fmt.Fprintf(cmd.OutOrStdout(), "\nThe swarm also lists %d node(s) provision does not record: %s.\n`provision apply` removes the dead ones; others joined outside provision.\n", len(strays), strings.Join(strays, ", "))
 				}
 			}()
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			defer fmt.Fprint(cmd.OutOrStdout(), pkiNotes(l, time.Now()))
-			fmt.Fprintln(tw, "NAME\tROLE\tPOOL\tADDRESS\tENGINE\tSWARM\tMANAGER\tCERT EXPIRES\tPRUNED\tSTATUS")
+			withZone := false
+			for _, r := range rows {
+				withZone = withZone || r.Zone != ""
+			}
+			zoneCol := func(r NodeStatus) string {
+				if !withZone {
+					return ""
+				}
+				return dash(r.Zone) + "\t"
+			}
+			if withZone {
+				fmt.Fprintln(tw, "NAME\tROLE\tPOOL\tADDRESS\tZONE\tENGINE\tSWARM\tMANAGER\tCERT EXPIRES\tPRUNED\tSTATUS")
+			} else {
+				fmt.Fprintln(tw, "NAME\tROLE\tPOOL\tADDRESS\tENGINE\tSWARM\tMANAGER\tCERT EXPIRES\tPRUNED\tSTATUS")
+			}
 			for _, r := range rows {
 				mgr := r.Manager
 				if r.Leader {
@@ -103,12 +143,14 @@ func newStatus(g *globals) *cobra.Command {
 				if r.Error != "" {
 					st += " (" + r.Error + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Role, r.Pool, r.Address, dash(r.Engine), dash(r.Swarm), dash(mgr), certColumn(l, r.CertUntil, time.Now()), pruneColumn(r, time.Now()), st)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Role, r.Pool, r.Address, zoneCol(r), dash(r.Engine), dash(r.Swarm), dash(mgr), certColumn(l, r.CertUntil, time.Now()), pruneColumn(r, time.Now()), st)
 			}
 			return tw.Flush()
 		},
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print JSON")
+	cmd.Flags().BoolVar(&withMetrics, "metrics", false, "also show each node's containers, CPU, memory and disk use (from its engine API)")
+	cmd.Flags().BoolVar(&prometheus, "prometheus", false, "print a Prometheus file_sd target list of the engines' metrics endpoints, and nothing else")
 	return cmd
 }
 
@@ -179,7 +221,7 @@ func status(ctx context.Context, g *globals, l *loaded) (rows []NodeStatus, stra
 	var nodes []dswarm.Node
 	var nodesOnce sync.Once
 	for i, m := range l.state.Machines {
-		rows[i] = NodeStatus{Name: m.Name, Role: m.Role, Pool: m.Pool, Driver: m.Driver, Address: m.Address, Status: m.Status, NodeID: m.NodeID}
+		rows[i] = NodeStatus{Name: m.Name, Role: m.Role, Pool: m.Pool, Driver: m.Driver, Address: m.Address, Zone: m.Zone, Status: m.Status, NodeID: m.NodeID}
 		if !m.CertNotAfter.IsZero() {
 			rows[i].CertUntil = m.CertNotAfter.Format(time.RFC3339)
 		}

@@ -81,6 +81,7 @@ type Driver struct {
 	client   *ec2.Client
 	region   string
 	awsCfg   awssdk.Config // the loaded SDK configuration, for the ELBv2 client (balancer.go)
+	logs     logsState     // awslogs role and instance profile per cluster (logs.go)
 	elb      *elbv2.Client
 
 	sharedMu sync.Mutex

@@ -42,7 +42,11 @@ type Config struct {
 	RootVolumeType    string   // EBS type of the (always encrypted) root volume
 	Endpoint          string   // EC2 endpoint override (tests, compatible clouds); AWS_ENDPOINT_URL also works
 	ELBEndpoint       string   // ELBv2 endpoint override; default Endpoint (moto serves both at one address)
-	Bastion           *drivers.Bastion
+	// InstanceProfile is an existing instance profile for machines whose
+	// engine ships logs with awslogs; "" = the driver makes a role and
+	// profile allowed exactly that (logs.go).
+	InstanceProfile string
+	Bastion         *drivers.Bastion
 }
 
 type rawConfig struct {
@@ -61,6 +65,7 @@ type rawConfig struct {
 	RootVolumeType    *string     `hcl:"root_volume_type,optional"`
 	Endpoint          *string     `hcl:"endpoint,optional"`
 	ELBEndpoint       *string     `hcl:"elb_endpoint,optional"`
+	InstanceProfile   *string     `hcl:"instance_profile,optional"`
 	Bastion           *rawBastion `hcl:"bastion,block"`
 }
 
@@ -118,17 +123,18 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 	}
 
 	c := Config{
-		Region:         str(raw.Region, ""),
-		Profile:        str(raw.Profile, ""),
-		InstanceType:   str(raw.InstanceType, DefaultInstanceType),
-		AMI:            str(raw.AMI, ""),
-		VPCID:          str(raw.VPCID, ""),
-		SubnetIDs:      raw.SubnetIDs,
-		AllowedCIDRs:   raw.AllowedCIDRs,
-		VPCCIDR:        str(raw.VPCCIDR, DefaultVPCCIDR),
-		OperatorIPURL:  str(raw.OperatorIPURL, DefaultOperatorIPURL),
-		RootVolumeType: str(raw.RootVolumeType, DefaultRootVolumeType),
-		Endpoint:       str(raw.Endpoint, ""),
+		Region:          str(raw.Region, ""),
+		Profile:         str(raw.Profile, ""),
+		InstanceType:    str(raw.InstanceType, DefaultInstanceType),
+		AMI:             str(raw.AMI, ""),
+		VPCID:           str(raw.VPCID, ""),
+		SubnetIDs:       raw.SubnetIDs,
+		AllowedCIDRs:    raw.AllowedCIDRs,
+		VPCCIDR:         str(raw.VPCCIDR, DefaultVPCCIDR),
+		OperatorIPURL:   str(raw.OperatorIPURL, DefaultOperatorIPURL),
+		RootVolumeType:  str(raw.RootVolumeType, DefaultRootVolumeType),
+		Endpoint:        str(raw.Endpoint, ""),
+		InstanceProfile: str(raw.InstanceProfile, ""),
 	}
 	c.ELBEndpoint = str(raw.ELBEndpoint, c.Endpoint)
 	c.CreateVPC = raw.CreateVPC == nil && c.VPCID == "" && len(c.SubnetIDs) == 0

@@ -140,10 +140,20 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 		out    *ec2.RunInstancesOutput
 		subnet types.Subnet
 	)
+	if want.Logs != nil {
+		profile, err := d.ensureLogs(ctx, cluster, want.Logs)
+		if err != nil {
+			return drivers.Machine{}, fmt.Errorf("create instance %q: awslogs: %w", want.Name, err)
+		}
+		in.IamInstanceProfile = &types.IamInstanceProfileSpecification{Name: awssdk.String(profile)}
+	}
 	for k := range shared.subnets {
 		subnet = shared.subnets[(first+k)%len(shared.subnets)]
 		in.NetworkInterfaces[0].SubnetId = subnet.SubnetId
-		out, err = cli.RunInstances(ctx, in)
+		err = runWithProfileRetry(ctx, func() (err error) {
+			out, err = cli.RunInstances(ctx, in)
+			return err
+		})
 		if err == nil || !isCode(err, "InsufficientInstanceCapacity", "Unsupported") {
 			break
 		}
@@ -341,6 +351,9 @@ func (d *Driver) machine(i types.Instance) drivers.Machine {
 	if i.State != nil {
 		m.State = string(i.State.Name)
 	}
+	if i.Placement != nil {
+		m.Zone = awssdk.ToString(i.Placement.AvailabilityZone)
+	}
 	return m
 }
 
@@ -353,9 +366,12 @@ func tagValue(tags []types.Tag, key string) string {
 	return ""
 }
 
-// pickSubnet spreads a pool's machines across the subnets (and so the
-// availability zones) by the index at the end of the machine name. It
-// returns an index into subnets.
+// pickSubnet spreads a pool's machines across the availability zones by
+// the index at the end of the machine name (machine 1 in the first zone, 2
+// in the second, and around), then across the subnets within a zone: two
+// subnets in one zone do not put two managers there while another zone has
+// none. subnets are sorted by zone (sortSubnets). It returns an index into
+// subnets.
 func pickSubnet(subnets []types.Subnet, name string) int {
 	n := 0
 	if i := strings.LastIndexByte(name, '-'); i >= 0 {
@@ -363,5 +379,18 @@ func pickSubnet(subnets []types.Subnet, name string) int {
 			n = v - 1
 		}
 	}
-	return n % len(subnets)
+	var zones []string
+	byZone := map[string][]int{}
+	for i, sn := range subnets {
+		z := awssdk.ToString(sn.AvailabilityZone)
+		if _, ok := byZone[z]; !ok {
+			zones = append(zones, z)
+		}
+		byZone[z] = append(byZone[z], i)
+	}
+	if len(zones) == 0 {
+		return 0
+	}
+	in := byZone[zones[n%len(zones)]]
+	return in[(n/len(zones))%len(in)]
 }

@@ -104,6 +104,12 @@ func (d *Driver) Resources(ctx context.Context, cluster string, want []drivers.M
 		}
 	}
 
+	if rs, err := d.logsResources(ctx, cluster, want, action); err != nil {
+		errs = append(errs, err)
+	} else {
+		out = append(out, rs...)
+	}
+
 	if len(want) > 0 && len(errs) == 0 {
 		// The zones a dedicated VPC's subnets go to, as ensureVPC picks them.
 		var azs []string

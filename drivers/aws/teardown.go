@@ -183,6 +183,8 @@ func (d *Driver) Teardown(ctx context.Context, cluster string) error {
 		}
 		d.log.InfoContext(ctx, "deleted vpc", "cluster", cluster, "vpc", id)
 	}
+	// The awslogs log groups, role and instance profile (logs.go).
+	errs = append(errs, d.teardownLogs(ctx, cluster)...)
 	if len(errs) > 0 {
 		return fmt.Errorf("teardown %s: resources left: %w", cluster, errors.Join(errs...))
 	}

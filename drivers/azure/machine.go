@@ -371,6 +371,10 @@ func (d *Driver) machine(vm *armcompute.VirtualMachine, nic *armnetwork.Interfac
 		},
 		Tags:  tags,
 		State: state,
+		Zone:  tags[TagZone], // the zone pickZone chose ("" = none)
+	}
+	if m.Zone == "" && len(vm.Zones) > 0 {
+		m.Zone = deref(vm.Zones[0])
 	}
 	if m.Name == "" {
 		m.Name = deref(vm.Name)

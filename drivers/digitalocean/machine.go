@@ -286,6 +286,9 @@ func (d *Driver) machine(dr godo.Droplet) drivers.Machine {
 	if m.State == "" {
 		m.State = dr.Status
 	}
+	if dr.Region != nil {
+		m.Zone = dr.Region.Slug // a region is DigitalOcean's only failure domain a droplet names
+	}
 	m.Address, _ = dr.PublicIPv4()
 	m.PrivateAddress, _ = dr.PrivateIPv4()
 	if m.Address == "" {

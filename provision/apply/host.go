@@ -255,10 +255,14 @@ func firewallOnly(ctx context.Context, r *run, o *retiree, peers []string) error
 		Peers:         peers,
 		OperatorCIDRs: r.Spec.TLS.AllowedCIDRs,
 		BundleDir:     r.bundleDir(),
+		MetricsAddr:   r.Spec.Engine.MetricsListen(o.rec.Advertise()),
 	}
-	facts, err := hostos.GatherFacts(ctx, c, hostos.ManagedPaths())
+	facts, err := hostos.GatherFacts(ctx, c, hostos.ManagedPaths(cfg))
 	if err != nil {
 		return fmt.Errorf("facts: %w", err)
+	}
+	if cfg.MetricsAddr != "" && !facts.MetricsBindable(cfg.MetricsAddr) {
+		cfg.MetricsAddr = ""
 	}
 	t := &hostos.Target{Name: m.Name, Comm: c, Facts: facts, Config: cfg, Log: r.log.With("host", m.Name, "generation", max(1, o.rec.Generation))}
 	st, _ := hostos.StepByID("harden.firewall")
@@ -355,13 +359,20 @@ func prepareHost(ctx context.Context, r *run, h *host, peers []string) error {
 		OperatorCIDRs:  r.Spec.TLS.AllowedCIDRs,
 		BundleDir:      r.bundleDir(),
 		AllowDowngrade: r.AllowEngineDowngrade,
+		MetricsAddr:    r.Spec.Engine.MetricsListen(h.rec.Advertise()),
 	}
 	t0 := time.Now()
-	facts, err := hostos.GatherFacts(ctx, h.comm, hostos.ManagedPaths())
+	facts, err := hostos.GatherFacts(ctx, h.comm, hostos.ManagedPaths(cfg))
 	if err != nil {
 		return fmt.Errorf("facts: %w", err)
 	}
 	r.log.Debug("facts gathered", "host", h.rec.Name, "took", time.Since(t0))
+	if cfg.MetricsAddr != "" && !facts.MetricsBindable(cfg.MetricsAddr) {
+		// Binding an address the host lacks would keep the engine down.
+		r.log.Warn("engine metrics endpoint left off: the host does not have that address (behind NAT?); set engine.metrics_addr to one it has, or \"0.0.0.0:9323\" with the firewall on",
+			"host", h.rec.Name, "metrics_addr", cfg.MetricsAddr, "host_addresses", strings.Join(facts.Addrs, " "))
+		cfg.MetricsAddr = ""
+	}
 	if err := r.checkSwarm(h, facts); err != nil {
 		return &StepError{Host: h.rec.Name, Step: "swarm.check", Err: err}
 	}

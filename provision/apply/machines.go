@@ -283,5 +283,6 @@ func machineSpec(r *run, h *host, a plan.Action, hk drivers.HostKey) drivers.Mac
 		SSH:        drivers.SSHAccess{User: r.Spec.SSH.User, PublicKey: r.adminPub},
 		HostKey:    hk,
 		Generation: gen,
+		Logs:       r.Spec.Logging.Cloud(),
 	}
 }

@@ -19,6 +19,7 @@ func phases() []phase {
 		swarmPhase{},   // init or find the swarm; managers join (and replace) one at a time, workers in parallel
 		reinstall{},    // machines replaced in place (drivers that reuse the host), one manager at a time
 		labels{},       // node labels (set, changed, removed) and the cluster's overlay network
+		imagesPhase{},  // the spec's image archives loaded where missing (images.go)
 		remove{},       // drain and remove what the spec no longer wants, quorum-safe
 		peers{},        // members' firewalls without the machines that left
 		loadBalancer{}, // the load balancers serve the ports services publish (lb.go)

@@ -4,6 +4,7 @@
 package plan
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -59,6 +60,9 @@ type Action struct {
 	// Leftovers are other machines the driver reports under this name
 	// (generations no record knows): apply destroys them.
 	Leftovers []drivers.Machine `json:"-"`
+	// Zone is the failure domain the machine is in or will get ("" when
+	// its driver has none or could not say).
+	Zone string `json:"zone,omitempty"`
 }
 
 // Observed is what the drivers reported: machines per driver name, and the
@@ -80,6 +84,9 @@ type Observed struct {
 	Nodes   []string
 	// Now is the time certificate expiry is measured against (zero: now).
 	Now time.Time
+	// Placement is, per driver name, where drivers that implement
+	// drivers.Placer put the spec's machines (zones.go).
+	Placement map[string]drivers.Placement
 }
 
 // EngineView is one engine's word on its swarm membership.
@@ -171,13 +178,34 @@ func Settings(c *spec.Cluster) map[string]string {
 		return string(b)
 	}
 	return map[string]string{
-		"engine":    enc(map[string]any{"version": c.Engine.Version, "method": c.Engine.Method, "package": c.Engine.Package}),
+		"engine":    enc(engineSettings(c.Engine)),
 		"logging":   enc(map[string]any{"driver": c.Logging.Driver, "options": c.Logging.Options, "journald_max_use": c.Logging.JournaldMaxUse}),
 		"prune":     enc(map[string]any{"enabled": c.Prune.Enabled, "schedule": c.Prune.Schedule, "until": c.Prune.Until, "volumes": c.Prune.Volumes, "randomized_delay": c.Prune.RandomizedDelay}),
 		"tls":       enc(map[string]any{"validity_hours": c.TLS.ValidityHours, "extra_names": c.TLS.ExtraNames, "allowed_cidrs": c.TLS.AllowedCIDRs}),
 		"hardening": enc(c.Hardening),
 		"ssh":       enc(map[string]any{"user": c.SSH.User}),
 	}
+}
+
+// engineSettings are the engine block's settings as plan shows them; the
+// metrics and registry settings only when set, so that a state recorded
+// before they existed differs only in what really changes daemon.json (the
+// metrics endpoint, on by default).
+func engineSettings(e spec.Engine) map[string]any {
+	m := map[string]any{"version": e.Version, "method": e.Method, "package": e.Package}
+	if e.MetricsAddr != "" {
+		m["metrics_addr"] = e.MetricsAddr
+	}
+	if len(e.MetricsCIDRs) > 0 {
+		m["metrics_cidrs"] = e.MetricsCIDRs
+	}
+	if len(e.RegistryMirrors) > 0 {
+		m["registry_mirrors"] = e.RegistryMirrors
+	}
+	for _, r := range e.Registries {
+		m["registry."+r.Host+".ca_sha256"] = fmt.Sprintf("%x", sha256.Sum256([]byte(r.CA)))
+	}
+	return m
 }
 
 // restartSettings are the cluster settings whose change may restart every
@@ -371,6 +399,7 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 		now = time.Now()
 	}
 	p.certs(c, st, now)
+	p.zones(obs)
 	p.count()
 	return p
 }
@@ -570,6 +599,7 @@ func Wanted(c *spec.Cluster, clusterID string) map[string][]drivers.MachineSpec 
 				Name: name, Role: pool.Role, Pool: pool.Name, DiskGiB: pool.DiskGiB, Size: pool.Size, Labels: pool.Labels,
 				Tags: map[string]string{drivers.TagCluster: clusterID, drivers.TagMachine: name, drivers.TagRole: pool.Role, drivers.TagPool: pool.Name},
 				SSH:  drivers.SSHAccess{User: c.SSH.User},
+				Logs: c.Logging.Cloud(),
 			}
 			if i <= len(pool.Hosts) {
 				m.Address = pool.Hosts[i-1]

@@ -110,6 +110,12 @@ func (p *Plan) WriteText(w io.Writer, color bool) error {
 			fmt.Fprintln(bw, paint(k, line))
 		}
 	}
+	if zs := p.zoneLines(); len(zs) > 0 {
+		fmt.Fprintln(bw, "\nZones:")
+		for _, z := range zs {
+			fmt.Fprintf(bw, "  %s\n", z)
+		}
+	}
 	if len(p.Notes) > 0 {
 		fmt.Fprintln(bw, "\nNotes:")
 		for _, n := range p.Notes {

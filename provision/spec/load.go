@@ -34,12 +34,17 @@ const (
 	// DefaultLogDriver and DefaultJournaldMaxUse are the logging block's.
 	DefaultLogDriver      = "json-file"
 	DefaultJournaldMaxUse = "500M"
-	maxMachines           = 10000
+	// DefaultLogRetentionDays is how long a cloud log group keeps events.
+	DefaultLogRetentionDays = 30
+	maxMachines             = 10000
 )
 
 // DefaultEngine is the engine block's settings when the spec says nothing:
-// the distro's docker.io package from the host's sources, any version.
-func DefaultEngine() Engine { return Engine{Method: "package", Package: DefaultPackage} }
+// the distro's docker.io package from the host's sources, any version,
+// with the metrics endpoint on the host's private address.
+func DefaultEngine() Engine {
+	return Engine{Method: "package", Package: DefaultPackage, MetricsAddr: DefaultMetricsAddr}
+}
 
 // DefaultPrune is the prune block's settings when the spec says nothing:
 // daily, what is unused for a day, spread over an hour.
@@ -49,13 +54,14 @@ func DefaultPrune() Prune {
 
 // DefaultLogging is the logging block's settings when the spec says nothing.
 func DefaultLogging() Logging {
-	return Logging{Driver: DefaultLogDriver, Options: defaultLogOptions(DefaultLogDriver), JournaldMaxUse: DefaultJournaldMaxUse}
+	return Logging{Driver: DefaultLogDriver, Options: defaultLogOptions(DefaultLogDriver), JournaldMaxUse: DefaultJournaldMaxUse, RetentionDays: DefaultLogRetentionDays}
 }
 
 var rootSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
 		{Name: "name", Required: true},
 		{Name: "parallelism"},
+		{Name: "images"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "variable", LabelNames: []string{"name"}},
@@ -88,9 +94,12 @@ func attrSchema(names ...string) *hcl.BodySchema {
 }
 
 var (
-	engineSchema    = attrSchema("version", "method", "package", "bundle_dir")
+	engineSchema = &hcl.BodySchema{
+		Attributes: attrSchema("version", "method", "package", "bundle_dir", "metrics_addr", "metrics_cidrs", "registry_mirrors").Attributes,
+		Blocks:     []hcl.BlockHeaderSchema{{Type: "registry", LabelNames: []string{"host"}}},
+	}
 	pruneSchema     = attrSchema("enabled", "schedule", "until", "volumes", "randomized_delay")
-	loggingSchema   = attrSchema("driver", "options", "journald_max_use")
+	loggingSchema   = attrSchema("driver", "options", "journald_max_use", "retention_days")
 	tlsSchema       = attrSchema("validity", "extra_names", "allowed_cidrs", "renew_before")
 	swarmSchema     = attrSchema("autolock", "node_cert_expiry")
 	hardeningSchema = &hcl.BodySchema{
@@ -219,7 +228,7 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 	c = &Cluster{Files: names, Ranges: dc.ranges, Secrets: secrets, SensitivePaths: dc.sensitivePaths}
 	c.Engine = DefaultEngine()
 	c.Prune = DefaultPrune()
-	c.Logging = Logging{Driver: DefaultLogDriver, JournaldMaxUse: DefaultJournaldMaxUse}
+	c.Logging = Logging{Driver: DefaultLogDriver, JournaldMaxUse: DefaultJournaldMaxUse, RetentionDays: DefaultLogRetentionDays}
 	c.TLS = TLS{ValidityHours: DefaultValidityHours}
 	c.SSH = SSH{User: DefaultUser}
 	c.Swarm = Swarm{Autolock: true, NodeCertExpiry: DefaultNodeCertExpiry}
@@ -258,6 +267,7 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 	if b := singles["engine"]; b != nil {
 		decodeEngine(dc, c, b)
 	}
+	decodeImages(dc, c, content.Attributes, names[0]) // images.go
 	if b := singles["prune"]; b != nil {
 		decodePrune(dc, c, b)
 	}
@@ -309,6 +319,7 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 	}
 	if len(managerBlocks) > 0 {
 		checkCluster(dc, c)
+		checkLogPlatform(dc, c) // logging.go
 	}
 	if c.Parallelism == 0 {
 		n := 0
@@ -596,6 +607,8 @@ func decodeEngine(dc *dec, c *Cluster, b *hcl.Block) {
 		dc.errf(r, "Invalid package name", "%q is not a Debian package name.", c.Engine.Package)
 	}
 	dc.str(content.Attributes, "bundle_dir", "engine.bundle_dir", &c.Engine.BundleDir)
+	decodeMetrics(dc, c, content.Attributes)
+	decodeRegistries(dc, c, content) // images.go
 }
 
 var (

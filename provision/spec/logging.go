@@ -1,11 +1,15 @@
 package spec
 
 import (
+	"net"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/provision/provision/drivers"
 )
 
 // logDrivers lists the engine log drivers provision configures and the
@@ -91,10 +95,10 @@ func decodeLogging(dc *dec, c *Cluster, b *hcl.Block) {
 			if !boolWords[v] {
 				dc.errf(or, "Invalid log option", "%s %q must be true or false.", k, v)
 			}
-		case k == "gelf-address" && !strings.HasPrefix(v, "udp://") && !strings.HasPrefix(v, "tcp://"):
-			dc.errf(or, "Invalid log option", "gelf-address %q must start with udp:// or tcp://.", v)
-		case k == "syslog-address" && !regexp.MustCompile(`^(udp|tcp|tcp\+tls|unix|unixgram)://`).MatchString(v):
-			dc.errf(or, "Invalid log option", "syslog-address %q must start with udp://, tcp://, tcp+tls://, unix:// or unixgram://.", v)
+		case k == "gelf-address" || k == "syslog-address" || k == "fluentd-address":
+			if msg := checkLogAddress(k, v); msg != "" {
+				dc.errf(or, "Invalid log option", "%s %q %s.", k, v, msg)
+			}
 		}
 	}
 	if (c.Logging.Driver == "json-file" || c.Logging.Driver == "local") && opts["compress"] != "" && boolWords[opts["compress"]] && (opts["compress"] == "true" || opts["compress"] == "1") {
@@ -115,9 +119,104 @@ func decodeLogging(dc *dec, c *Cluster, b *hcl.Block) {
 		}
 	}
 	c.Logging.Options = opts
+	if r, ok := dc.integer(content.Attributes, "retention_days", "logging.retention_days", &c.Logging.RetentionDays); ok {
+		if c.Logging.Driver != "awslogs" {
+			dc.warnf(r, "Retention without a cloud log group", "logging.retention_days applies to the awslogs log group the aws driver makes; with the %s log driver it does nothing.", c.Logging.Driver)
+		} else if !slices.Contains(cloudWatchRetention, c.Logging.RetentionDays) {
+			dc.errf(r, "Invalid retention", "CloudWatch Logs keeps events for one of %v days, or 0 for ever; not %d.", cloudWatchRetention, c.Logging.RetentionDays)
+		}
+	}
 	if r, ok := dc.str(content.Attributes, "journald_max_use", "logging.journald_max_use", &c.Logging.JournaldMaxUse); ok {
 		if !regexp.MustCompile(`^[0-9]+[KMGT]?$`).MatchString(c.Logging.JournaldMaxUse) {
 			dc.errf(r, "Invalid size", "logging.journald_max_use %q must be a size like \"500M\" or \"2G\".", c.Logging.JournaldMaxUse)
 		}
+	}
+}
+
+// logAddressSchemes are the schemes each log address accepts; "" is a
+// plain host:port (fluentd).
+var logAddressSchemes = map[string][]string{
+	"gelf-address":    {"udp", "tcp"},
+	"syslog-address":  {"udp", "tcp", "tcp+tls", "unix", "unixgram"},
+	"fluentd-address": {"", "tcp", "unix"},
+}
+
+// checkLogAddress says what is wrong with a log driver's address, as the
+// engine would parse it when a container starts: a known scheme, then a
+// host and a port in range (network schemes) or an absolute path (unix).
+func checkLogAddress(opt, v string) string {
+	schemes := logAddressSchemes[opt]
+	scheme, rest, ok := strings.Cut(v, "://")
+	if !ok {
+		scheme, rest = "", v
+	}
+	if !slices.Contains(schemes, scheme) {
+		var want []string
+		for _, s := range schemes {
+			if s == "" {
+				want = append(want, "host:port")
+			} else {
+				want = append(want, s+"://")
+			}
+		}
+		return "must start with " + strings.Join(want, ", ")
+	}
+	if scheme == "unix" || scheme == "unixgram" {
+		if !strings.HasPrefix(rest, "/") {
+			return "must name an absolute socket path (unix:///run/log.sock)"
+		}
+		return ""
+	}
+	host, port, err := net.SplitHostPort(rest)
+	if err != nil {
+		if opt == "syslog-address" && !strings.Contains(rest, ":") && rest != "" {
+			return "" // the engine adds syslog's port 514
+		}
+		return "must give a host and a port (host:port after the scheme)"
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "has no valid port"
+	}
+	if host == "" || strings.ContainsAny(host, "/ ") {
+		return "has no valid host"
+	}
+	return ""
+}
+
+// cloudWatchRetention are the retention periods CloudWatch Logs accepts, in
+// days (0: never expire).
+var cloudWatchRetention = []int{0, 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653}
+
+// Cloud is where the engines ship logs in the cloud (drivers.CloudLogs
+// fields), nil unless the log driver is awslogs.
+func (l Logging) Cloud() *drivers.CloudLogs {
+	if l.Driver != "awslogs" {
+		return nil
+	}
+	return &drivers.CloudLogs{Group: l.Options["awslogs-group"], Region: l.Options["awslogs-region"], RetentionDays: l.RetentionDays}
+}
+
+// checkLogPlatform checks the log driver against where the machines run:
+// awslogs needs AWS credentials in every engine. On AWS the driver gives
+// the instances a role allowed to write to the group; machines outside AWS
+// have none, so the spec must name where the engine gets them
+// (awslogs-credentials-endpoint).
+func checkLogPlatform(dc *dec, c *Cluster) {
+	if c.Logging.Driver != "awslogs" {
+		return
+	}
+	r := c.Ranges["logging.driver"]
+	var outside []string
+	for _, p := range c.Pools() {
+		d, ok := c.Driver(p.Driver)
+		if !ok || p.Count == 0 {
+			continue
+		}
+		if d.Type != "aws" {
+			outside = append(outside, p.Name+" ("+d.Type+")")
+		}
+	}
+	if len(outside) > 0 && c.Logging.Options["awslogs-credentials-endpoint"] == "" {
+		dc.errf(r, "No AWS credentials for awslogs", "The awslogs log driver needs AWS credentials in each engine, and the pools %s run outside AWS, where no instance role provides them. Name where the engine gets them with options { awslogs-credentials-endpoint = \"/path\" } (a credentials endpoint reachable from the hosts), or use another log driver there.", strings.Join(outside, ", "))
 	}
 }

@@ -49,6 +49,11 @@ type Cluster struct {
 
 	// LoadBalancer is the load_balancer block (lb.go).
 	LoadBalancer LoadBalancer
+
+	// Images are image archives (`docker save` tarballs) loaded onto every
+	// node through its engine API (images.go): absolute paths, resolved
+	// against the first cluster file's directory.
+	Images []string
 }
 
 // DriverBlock is a `driver "TYPE" { ... }` block. Name is its `alias`
@@ -92,6 +97,26 @@ type Engine struct {
 	// BundleDir is where the operator's machine caches downloaded bundles
 	// (default: <state dir>/bundles).
 	BundleDir string
+	// MetricsAddr is where the engine serves its Prometheus metrics
+	// (daemon.json metrics-addr): "host:port", or ":port" for the host's
+	// private (swarm advertise) address. Default ":9323"; "" is off
+	// (`metrics_addr = "off"`). See metrics.go.
+	MetricsAddr string
+	// MetricsCIDRs may reach the metrics port besides the cluster's
+	// members (a Prometheus server elsewhere).
+	MetricsCIDRs []string
+	// RegistryMirrors are pull-through mirrors of Docker Hub (daemon.json
+	// registry-mirrors), "https://mirror.internal:5000".
+	RegistryMirrors []string
+	// Registries are private registries whose CA the engines trust
+	// (/etc/docker/certs.d/<host>/ca.crt): `registry "HOST[:PORT]" { ca_file = "..." }`.
+	Registries []Registry
+}
+
+// Registry is one private registry the engines trust.
+type Registry struct {
+	Host string // "registry.internal:5000"
+	CA   string // PEM certificates, read from ca_file at load
 }
 
 // Prune is the `prune { }` block: scheduled `docker system prune` per host.
@@ -109,6 +134,9 @@ type Logging struct {
 	Options map[string]string // default for json-file/local: max-size=10m, max-file=3
 	// JournaldMaxUse caps journald's persistent storage (SystemMaxUse); default "500M".
 	JournaldMaxUse string
+	// RetentionDays is how long the cloud's log group keeps events
+	// (awslogs: the group the aws driver makes); default 30, 0 = forever.
+	RetentionDays int
 }
 
 // TLS is the `tls { }` block.
