@@ -259,10 +259,12 @@ func prepareHost(ctx context.Context, r *run, h *host, peers []string) error {
 		BundleDir:     r.bundleDir(),
 	}
 	t0 := time.Now()
+	r.rep.Event(Event{Time: t0, Kind: StepStart, Host: h.rec.Name, Step: "host.facts"})
 	facts, err := hostos.GatherFacts(ctx, h.comm, hostos.ManagedPaths(cfg))
 	if err != nil {
 		return fmt.Errorf("facts: %w", err)
 	}
+	r.rep.Event(Event{Time: time.Now(), Kind: StepDone, Host: h.rec.Name, Step: "host.facts", Took: time.Since(t0)})
 	r.log.Debug("facts gathered", "host", h.rec.Name, "took", time.Since(t0))
 	if err := r.checkSwarm(h, facts); err != nil {
 		return &StepError{Host: h.rec.Name, Step: "swarm.check", Err: err}
