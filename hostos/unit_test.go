@@ -823,3 +823,51 @@ func TestBareMetalKnobs(t *testing.T) {
 		t.Errorf("auto_reboot off keeps the file as it was:\n%s", s)
 	}
 }
+
+// TestParseFactsSections: the facts script's command sections (one
+// sha256sum, one systemctl show, the swarm certificate) are read back per
+// file and per unit; a unit whose block carries another Id (an alias) is
+// named by its position.
+func TestParseFactsSections(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "node9", OrganizationalUnit: []string{"swarm-manager"}, Organization: []string{"cl9"}},
+		NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := strings.Repeat("a", 64), strings.Repeat("b", 64)
+	out := "files\n" + a + "  /etc/docker/daemon.json\n" + b + "  /etc/ssh/sshd_config.d/provision.conf\nshort  /x\nfiles-end\n" +
+		"units\tdocker.service sshd.service auditd.service\n" +
+		"Id=docker.service\nActiveState=active\nUnitFileState=enabled\n\n" +
+		"UnitFileState=enabled\nId=ssh.service\nActiveState=active\n\n" +
+		"Id=auditd.service\nActiveState=inactive\nUnitFileState=\n\nunits-end\n" +
+		"swarmpem\n" + strings.TrimSpace(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))) + "\nswarmpem-end\n" +
+		"engine\tDocker version 20.10.24+dfsg1, build 297e128\nend\n"
+	f, err := hostos.ParseFacts([]byte(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Files) != 2 || f.Files["/etc/docker/daemon.json"] != a || f.Files["/etc/ssh/sshd_config.d/provision.conf"] != b {
+		t.Errorf("files %v", f.Files)
+	}
+	if f.Units["docker.service"] != "active" || f.UnitFiles["docker.service"] != "enabled" ||
+		f.Units["sshd.service"] != "active" || f.UnitFiles["sshd.service"] != "enabled" ||
+		f.Units["auditd.service"] != "inactive" || f.UnitFiles["auditd.service"] != "" || len(f.Units) != 3 {
+		t.Errorf("units %v unit files %v", f.Units, f.UnitFiles)
+	}
+	if f.Swarm == nil || f.Swarm.NodeID != "node9" || f.Swarm.Role != "manager" || f.Swarm.ClusterID != "cl9" {
+		t.Errorf("swarm %+v", f.Swarm)
+	}
+	if f.Engine != "20.10.24+dfsg1" {
+		t.Errorf("engine %q", f.Engine)
+	}
+	// systemctl skipped a name: the Ids realign the rest.
+	out = "units\ta.service b.service c.service\nId=a.service\nActiveState=active\n\nId=c.service\nActiveState=failed\n\nunits-end\nend\n"
+	if f, err = hostos.ParseFacts([]byte(out)); err != nil || f.Units["a.service"] != "active" || f.Units["c.service"] != "failed" || f.Units["b.service"] != "" {
+		t.Errorf("realign: %v %v", err, f.Units)
+	}
+}

@@ -328,21 +328,29 @@ func runSteps(ctx context.Context, r *run, h *host) error {
 	return nil
 }
 
-// hostDone records a host whose steps all hold.
+// hostDone records a host whose steps all hold. State is saved when the
+// record changed (a host that was already converged costs no write: the
+// apply saves once at its end anyway).
 func hostDone(r *run, h *host) error {
 	r.mu.Lock()
+	dirty := h.changed
 	for _, st := range h.steps {
 		if h.rec.Steps[st.ID()] == "" {
 			if h.rec.Steps == nil {
 				h.rec.Steps = map[string]string{}
 			}
 			h.rec.Steps[st.ID()] = time.Now().UTC().Format(time.RFC3339)
+			dirty = true
 		}
 	}
-	if t := h.target; t != nil && t.Facts != nil && t.Facts.Engine != "" {
+	if t := h.target; t != nil && t.Facts != nil && t.Facts.Engine != "" && h.rec.Engine != t.Facts.Engine {
 		h.rec.Engine = t.Facts.Engine
+		dirty = true
 	}
 	r.mu.Unlock()
+	if !dirty {
+		return nil
+	}
 	return r.save()
 }
 
