@@ -151,6 +151,7 @@ func mustExec(t *testing.T, ctx context.Context, dc *client.Client, id, cmd stri
 // plain sshd hosts with a non-root sudo user, with pinned host keys, forming a
 // TLS swarm; a changed host key stops the next apply.
 func TestGenericEndToEnd(t *testing.T) {
+	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
 	requireAcc(t)
 	dc := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)

@@ -76,6 +76,7 @@ type hardMachine struct {
 // log rotation and journald, the prune service, an SSH change rolled back,
 // and the Lynis index of a provisioned host against a plain one.
 func TestHardening(t *testing.T) {
+	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
 	requireAcc(t)
 	dc := dockerClient(t)
 	if _, err := dc.ImageInspect(context.Background(), local.DefaultImage); err != nil {

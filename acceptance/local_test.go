@@ -32,6 +32,7 @@ func containerListAll(f filters.Args) container.ListOptions {
 // refused on 2376, an overlay service spread over the nodes whose tasks reach
 // each other across hosts, a no-op re-apply, and a destroy that leaves nothing.
 func TestLocalEndToEnd(t *testing.T) {
+	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
 	requireAcc(t)
 	dc := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)

@@ -16,6 +16,7 @@ import (
 // cluster network with --internal) gets its engine through the offline bundle
 // the operator's machine prepares and uploads, and joins a TLS swarm.
 func TestOfflineBundle(t *testing.T) {
+	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
 	requireAcc(t)
 	dc := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)

@@ -40,6 +40,7 @@ workers {
 // Last, every container goes: the same refusal, and --replace-missing
 // rebuilds the cluster.
 func TestRaftRestoreAndMissing(t *testing.T) {
+	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
 	requireAcc(t)
 	dc := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)

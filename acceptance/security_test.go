@@ -96,6 +96,7 @@ func sameKeyLine(a, b string) bool {
 // groups, firewall openings, staggered reboots) are in force; `provision
 // ssh` passes the remote exit status through.
 func TestSecurityLocal(t *testing.T) {
+	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
 	requireAcc(t)
 	dc := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
@@ -326,6 +327,7 @@ func x509Pool(caPEM []byte) (*x509.CertPool, error) {
 // swarm and reports status through the bastion alone: SSH and the engine
 // API (2376) both go through it.
 func TestBastionEngineTunnel(t *testing.T) {
+	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
 	requireAcc(t)
 	dc := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
