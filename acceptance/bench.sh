@@ -6,7 +6,9 @@
 # local driver; needs the Docker engine and the host image (make env). Heavy:
 # run it under the shared lock (flock /tmp/provision-docker.lock make bench).
 #
-# BENCH_ONLY="floor fresh-off" runs only the named rows (floor always runs).
+# BENCH_ONLY="fresh ten" runs only the named groups (the floor always runs): pkgs (the floor
+# with the hardening profile's packages), fresh-off, fresh (hardened 3 nodes, no-op, scale,
+# destroy), audit (inside fresh), ten (hardened 3+7 nodes, no-op, destroy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin/provision}
@@ -62,33 +64,45 @@ steps() { # the slowest steps of a run, from its events (needs jq)
   jq -r 'select(.kind == "phase_end") | "  \(.phase) \(.took_ns / 1e9 * 10 | round / 10)"' "$work/$1.events" | paste -sd' '
 }
 
-echo "load at start: $(load)" >&2
-echo "floor: 3 fresh hosts, apt-get install docker.io by hand, at once ..." >&2
-for f in "${floors[@]}"; do
-  docker run -d --name "$f" --cap-add ALL --cap-drop SYS_RESOURCE \
-    --security-opt seccomp=unconfined --security-opt apparmor=unconfined --security-opt systempaths=unconfined \
-    -v /sys/fs/cgroup:/sys/fs/cgroup:ro --tmpfs /run --tmpfs /run/lock -v /var/lib/docker \
-    -e container=docker "$IMAGE" /sbin/init >/dev/null
-done
-# Wait for systemd to finish booting (as the local driver does) before timing.
-for f in "${floors[@]}"; do
-  for _ in $(seq 1 120); do
-    st=$(docker exec "$f" systemctl is-system-running 2>/dev/null || true)
-    case $st in running|degraded) break ;; esac
-    sleep 0.5
+# floor LABEL PACKAGES...: three fresh hosts install PACKAGES by hand, at once.
+floor_run() {
+  local label=$1; shift
+  local pkgs="$*"
+  echo "$label ..." >&2
+  for f in "${floors[@]}"; do
+    docker run -d --name "$f" --cap-add ALL --cap-drop SYS_RESOURCE \
+      --security-opt seccomp=unconfined --security-opt apparmor=unconfined --security-opt systempaths=unconfined \
+      -v /sys/fs/cgroup:/sys/fs/cgroup:ro --tmpfs /run --tmpfs /run/lock -v /var/lib/docker \
+      -e container=docker "$IMAGE" /sbin/init >/dev/null
   done
-done
-t0=$(now)
-pids=()
-for f in "${floors[@]}"; do
-  docker exec "$f" sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null' &
-  pids+=($!)
-done
-for p in "${pids[@]}"; do wait "$p"; done
-floor=$(secs "$t0" "$(now)")
-rows+=("floor: 3 hosts apt-get install docker.io|$floor")
-echo "  floor: $floor s (load $(load))" >&2
-docker rm -f -v "${floors[@]}" >/dev/null
+  # Wait for systemd to finish booting (as the local driver does) before timing.
+  for f in "${floors[@]}"; do
+    for _ in $(seq 1 120); do
+      st=$(docker exec "$f" systemctl is-system-running 2>/dev/null || true)
+      case $st in running|degraded) break ;; esac
+      sleep 0.5
+    done
+  done
+  local t0 pids=() p
+  t0=$(now)
+  for f in "${floors[@]}"; do
+    docker exec "$f" sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $pkgs >/dev/null" &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+  last=$(secs "$t0" "$(now)")
+  rows+=("$label|$last")
+  echo "  $label: $last s (load $(load))" >&2
+  docker rm -f -v "${floors[@]}" >/dev/null
+}
+
+echo "load at start: $(load)" >&2
+floor_run "floor: 3 hosts apt-get install docker.io" docker.io
+floor=$last
+if want pkgs; then
+  # The same, with every package the default hardening profile installs, in one transaction.
+  floor_run "  the same + hardening's packages" docker.io nftables unattended-upgrades auditd libpam-pwquality libpam-tmpdir debsums acct
+fi
 
 if want fresh-off; then
   run "fresh, hardening off (3 nodes)" benchoff apply
@@ -97,6 +111,12 @@ fi
 if want fresh; then
   run "fresh, hardened (3 nodes)" bench apply
   run "no-op (3 nodes)" bench apply
+  if want audit; then # Lynis on the 3 hosts at once, installed on first use
+    t0=$(now)
+    "$BIN" audit "$work/bench.hcl" --state-dir "$work/state-bench" >"$work/audit.log" 2>&1 || { echo "audit failed:" >&2; tail -20 "$work/audit.log" >&2; exit 1; }
+    rows+=("audit (3 nodes, Lynis installed)|$(secs "$t0" "$(now)")")
+    echo "  audit: $(secs "$t0" "$(now)") s (load $(load))" >&2
+  fi
   run "scale 3 -> 5" bench apply -var workers=4
   run "scale 5 -> 3" bench apply -var workers=2
   run "destroy (3 nodes)" bench destroy
