@@ -75,6 +75,11 @@ func (r *Live) Event(e Event) {
 		if e.Host == "" {
 			break
 		}
+		if r.phase == "" && e.Kind == StepChange { // outside a phase (backup, restore): say it
+			r.erase()
+			fmt.Fprintf(r.W, "    %s%s changed%s\n", hostPrefix(e.Host), e.Step, suffix(e.Msg))
+			break
+		}
 		h := r.host(e.Host, e.Time)
 		if e.Kind == StepChange {
 			h.changes++
