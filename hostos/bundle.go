@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/provision/provision/provision/atomicfile"
 	"github.com/provision/provision/provision/comm"
 )
 
@@ -218,11 +219,7 @@ func PinBundle(dir string, pkgs []SimPackage, records map[string]AptRecord) ([]B
 	}
 	if changed {
 		b, _ := json.MarshalIndent(man, "", "  ")
-		tmp := mpath + ".tmp"
-		if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-			return nil, fmt.Errorf("bundle manifest: %w", err)
-		}
-		if err := os.Rename(tmp, mpath); err != nil {
+		if err := atomicfile.Write(mpath, append(b, '\n'), 0o644); err != nil {
 			return nil, fmt.Errorf("bundle manifest: %w", err)
 		}
 	}

@@ -15,13 +15,6 @@ import (
 	"github.com/provision/provision/provision/comm"
 )
 
-// managedUnits are the systemd units whose state GatherFacts reports.
-var managedUnits = []string{
-	"docker.service", "containerd.service", "systemd-journald.service",
-	unitPruneTimer, unitPruneService, unitFirewall, "auditd.service",
-	"ssh.service", "unattended-upgrades.service",
-}
-
 // probedCommands are the commands whose presence GatherFacts reports.
 var probedCommands = []string{"sshd", "nft", "hostnamectl", "cloud-init", "systemctl", "auditctl", "augenrules", "apt-get", "dockerd", "sysctl"}
 
@@ -104,7 +97,7 @@ func GatherFacts(ctx context.Context, c Comm, paths []string) (*Facts, error) {
 	var script strings.Builder
 	fmt.Fprintf(&script, "PROBE=%s\nUNITS=%s\nFILES=%s\n",
 		comm.Quote(strings.Join(probedCommands, " ")),
-		comm.Quote(strings.Join(managedUnits, " ")),
+		comm.Quote(strings.Join(ManagedUnits(), " ")),
 		comm.Quote(strings.Join(paths, " ")))
 	for _, p := range paths {
 		if strings.ContainsAny(p, " \t\n*?[") {

@@ -47,19 +47,6 @@ const (
 	EnginePort = 2376
 )
 
-// ManagedPaths lists every file a step may write or remove, for GatherFacts
-// to hash. It does not depend on which switches are on: a step whose switch
-// is off checks that its files are gone.
-func ManagedPaths(cfg *Config) []string {
-	return []string{
-		PathTLSCA, PathTLSCert, PathTLSKey, PathDaemonJSON, PathDockerDropIn,
-		PathJournald, PathPruneService, PathPruneTimer, PathSSHD, PathSysctl,
-		PathFirewall, PathFirewallUnit, PathAuditRules, PathAutoUpgrades, PathUnattendedConf,
-		PathCoredump, PathLimits, PathModprobe, PathIssue, PathIssueNet, PathProfile, PathLoginPolicy,
-		PathSecuritySource,
-	}
-}
-
 // File is one file a step wants on the host.
 type File struct {
 	Path    string
@@ -97,7 +84,7 @@ type DaemonData struct {
 func DaemonFiles(cfg *Config, fam Family) ([]File, error) {
 	drv := cfg.Logging.Driver
 	if drv == "" {
-		drv = "json-file"
+		return nil, fmt.Errorf("no log driver (spec.Load sets the default)")
 	}
 	opts := map[string]string{}
 	for k, v := range cfg.Logging.Options {
@@ -138,11 +125,10 @@ func TLSFilesOf(cfg *Config) ([]File, error) {
 
 // JournaldFiles renders the journald drop-in.
 func JournaldFiles(cfg *Config) ([]File, error) {
-	max := cfg.Logging.JournaldMaxUse
-	if max == "" {
-		max = "500M"
+	if cfg.Logging.JournaldMaxUse == "" {
+		return nil, fmt.Errorf("no journald size cap (spec.Load sets the default)")
 	}
-	f, err := render(PathJournald, 0o644, "journald.conf.tmpl", struct{ MaxUse string }{max})
+	f, err := render(PathJournald, 0o644, "journald.conf.tmpl", struct{ MaxUse string }{cfg.Logging.JournaldMaxUse})
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +141,10 @@ func PruneFiles(cfg *Config, fam Family) ([]File, error) {
 	d := struct {
 		Docker, Until, Schedule, RandomizedDelay string
 		Volumes                                  bool
-	}{fam.Docker, def(p.Until, "24h"), def(p.Schedule, "daily"), def(p.RandomizedDelay, "1h"), p.Volumes}
+	}{fam.Docker, p.Until, p.Schedule, p.RandomizedDelay, p.Volumes}
+	if d.Until == "" || d.Schedule == "" {
+		return nil, fmt.Errorf("prune: no schedule or age (spec.Load sets the defaults)")
+	}
 	for _, v := range []string{d.Until, d.Schedule, d.RandomizedDelay} {
 		if strings.ContainsAny(v, "\n\r") {
 			return nil, fmt.Errorf("prune setting %q: newline", v)
@@ -419,7 +408,7 @@ func AuditFiles(fam Family) ([]File, error) {
 
 // UpdatesFiles renders the unattended-upgrades configuration.
 func UpdatesFiles(cfg *Config) ([]File, error) {
-	pkg := def(cfg.Engine.Package, "docker.io")
+	pkg := enginePackage(cfg)
 	bl := []string{pkg, "containerd", "runc"}
 	if pkg == "docker-ce" {
 		bl = []string{"docker-ce", "docker-ce-cli", "containerd.io"}
@@ -467,11 +456,4 @@ func rebootTime(cfg *Config) string {
 		return "03:30"
 	}
 	return RebootTime(cfg.Role, cfg.Index)
-}
-
-func def(v, d string) string {
-	if v == "" {
-		return d
-	}
-	return v
 }

@@ -37,23 +37,23 @@ func (w testWriter) Write(p []byte) (int, error) {
 func converge(t *testing.T, ctx context.Context, tgt *hostos.Target) []string {
 	t.Helper()
 	var applied []string
-	for _, st := range hostos.Steps(tgt.Config) {
+	for _, st := range hostos.Steps() {
 		done, err := st.Check(ctx, tgt)
 		if err != nil {
-			t.Fatalf("%s: check: %v", st.ID(), err)
+			t.Fatalf("%s: check: %v", st.ID, err)
 		}
 		if done {
 			continue
 		}
 		t0 := time.Now()
 		if err := st.Apply(ctx, tgt); err != nil {
-			t.Fatalf("%s: apply: %v", st.ID(), err)
+			t.Fatalf("%s: apply: %v", st.ID, err)
 		}
-		t.Logf("%s applied in %s", st.ID(), time.Since(t0).Round(time.Millisecond))
-		applied = append(applied, st.ID())
+		t.Logf("%s applied in %s", st.ID, time.Since(t0).Round(time.Millisecond))
+		applied = append(applied, st.ID)
 		// The facts the step updated must now say done.
 		if done, err := st.Check(ctx, tgt); err != nil || !done {
-			t.Errorf("%s: after apply, check says done=%v err=%v", st.ID(), done, err)
+			t.Errorf("%s: after apply, check says done=%v err=%v", st.ID, done, err)
 		}
 	}
 	return applied
@@ -63,13 +63,13 @@ func converge(t *testing.T, ctx context.Context, tgt *hostos.Target) []string {
 func notDone(t *testing.T, ctx context.Context, tgt *hostos.Target) []string {
 	t.Helper()
 	var out []string
-	for _, st := range hostos.Steps(tgt.Config) {
+	for _, st := range hostos.Steps() {
 		done, err := st.Check(ctx, tgt)
 		if err != nil {
-			t.Fatalf("%s: check: %v", st.ID(), err)
+			t.Fatalf("%s: check: %v", st.ID, err)
 		}
 		if !done {
-			out = append(out, st.ID())
+			out = append(out, st.ID)
 		}
 	}
 	return out
@@ -114,7 +114,7 @@ func TestHostConverges(t *testing.T) {
 
 	// Facts from the fresh host, in one remote call.
 	runs := h.Comm.runs
-	facts, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths(cfg))
+	facts, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths())
 	if err != nil {
 		t.Fatalf("gather facts: %v", err)
 	}
@@ -169,7 +169,7 @@ func TestHostConverges(t *testing.T) {
 	}
 
 	// A second pass: facts again, and every step is done.
-	facts2, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths(cfg))
+	facts2, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths())
 	if err != nil {
 		t.Fatalf("gather facts again: %v", err)
 	}
@@ -336,18 +336,18 @@ func TestOfflineBundle(t *testing.T) {
 	}
 	cfg := &hostos.Config{
 		Node: "airgap", AdminUser: "provision",
-		Engine:    spec.Engine{Method: "bundle", Version: "20.10.24*"},
+		Engine:    spec.Engine{Method: "bundle", Package: spec.DefaultPackage, Version: "20.10.24*"},
 		Hardening: spec.Hardening{Firewall: true}, // nftables is in the image already
 		BundleDir: t.TempDir(),
 	}
-	facts, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths(cfg))
+	facts, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths())
 	if err != nil {
 		t.Fatal(err)
 	}
 	tgt := &hostos.Target{Name: "airgap", Comm: h.Comm, Facts: facts, Config: cfg, Log: testLogger(t)}
-	var install hostos.Step
-	for _, st := range hostos.Steps(cfg) {
-		if st.ID() == "engine.install" {
+	var install *hostos.Step
+	for _, st := range hostos.Steps() {
+		if st.ID == "engine.install" {
 			install = st
 		}
 	}
@@ -369,7 +369,7 @@ func TestOfflineBundle(t *testing.T) {
 	if err != nil || json.Unmarshal(mb, &man) != nil || len(man.Files) != len(debs) {
 		t.Errorf("bundle manifest %s (%v) does not pin the %d files", mb, err, len(debs))
 	}
-	facts2, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths(cfg))
+	facts2, err := hostos.GatherFacts(ctx, h.Comm, hostos.ManagedPaths())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,10 +3,19 @@
 // (distro package or offline bundle), daemon configuration, logging, pruning
 // and (issue 5) hardening.
 //
-// It is mostly data: steps are small values with an ID that is stored in
-// state, a Check that reads the facts gathered once per host, and an Apply
-// that changes the host over the Comm. Distros differ in data (the Family
-// table), not in flow.
+// It is mostly data: each step is one record (step.go) in its own file
+// (step_<id>.go), with an ID stored in state, the files, units and packages
+// it owns, whether a change restarts the engine or needs a drain, how it is
+// undone and the certificates it needs; Steps() is the one table. A Check
+// reads the facts gathered once per host, an Apply changes the host over
+// the Comm. Distros differ in data (the Family table), not in flow.
+//
+// Adding a step: write hostos/step_<area>_<name>.go with
+// `func stepX() *Step { return &Step{ID: "area.name", Files: ..., Units: ..., ...} }` (a file
+// step gives render and, if needed, ready/after/off; any other step gives
+// check and apply), add stepX to Steps() where it runs, and add its ID to
+// TestStepIDsStable. TestStepRecords checks the record: a unique dotted ID,
+// every file and unit it touches declared, an undo for what it leaves.
 package hostos
 
 import (
@@ -70,17 +79,11 @@ type Target struct {
 	// fails, the old configuration is put back and sshd reloaded again, so
 	// the operator is never locked out.
 	Relogin func(ctx context.Context) error
-}
 
-// Step is one idempotent piece of host work.
-type Step interface {
-	// ID is stable and dotted ("engine.install"); it is stored in state.
-	ID() string
-	// Check reports whether the host already is as the step wants, from Facts
-	// only (no remote call). An error means the step cannot run here.
-	Check(ctx context.Context, t *Target) (done bool, err error)
-	// Apply changes the host. It must be safe to run again after a failure.
-	Apply(ctx context.Context, t *Target) error
+	// restartPending: a step that restarts the engine changed something;
+	// the last of the engine steps restarts it once (reloadPending: after
+	// a systemd daemon-reload, a unit drop-in changed).
+	restartPending, reloadPending bool
 }
 
 // Facts are what one remote call (GatherFacts) learns about a host; every

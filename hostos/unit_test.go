@@ -27,9 +27,9 @@ import (
 func baseConfig() *hostos.Config {
 	return &hostos.Config{
 		Cluster: "t", Node: "t-manager-1", AdminUser: "provision",
-		Engine:        spec.Engine{Method: "package"},
-		Logging:       spec.Logging{Driver: "json-file", Options: map[string]string{"max-size": "10m", "max-file": "3"}},
-		Prune:         spec.Prune{Enabled: true},
+		Engine:        spec.DefaultEngine(),
+		Logging:       spec.DefaultLogging(),
+		Prune:         spec.DefaultPrune(),
 		Hardening:     spec.Hardening{SSH: true, Kernel: true, Firewall: true, Daemon: true, Audit: true, Updates: true},
 		TLS:           hostos.TLSFiles{CA: []byte("ca"), Cert: []byte("cert"), Key: []byte("key")},
 		Peers:         []string{"10.0.0.2", "10.0.0.3"},
@@ -55,9 +55,9 @@ func TestUnsupportedDistro(t *testing.T) {
 		f := debianFacts()
 		f.OS = os
 		tgt := &hostos.Target{Facts: f, Config: baseConfig(), Log: slog.New(slog.DiscardHandler)}
-		st := hostos.Steps(tgt.Config)[0]
-		if st.ID() != "os.supported" {
-			t.Fatalf("first step %s", st.ID())
+		st := hostos.Steps()[0]
+		if st.ID != "os.supported" {
+			t.Fatalf("first step %s", st.ID)
 		}
 		done, err := st.Check(context.Background(), tgt)
 		if err == nil || done || !strings.Contains(err.Error(), "unsupported distro") {
@@ -70,7 +70,7 @@ func TestUnsupportedDistro(t *testing.T) {
 	for _, os := range []hostos.OSRelease{{ID: "debian", VersionID: "12"}, {ID: "ubuntu", VersionID: "22.04"}, {ID: "ubuntu", VersionID: "24.04"}} {
 		f := debianFacts()
 		f.OS = os
-		done, err := hostos.Steps(baseConfig())[0].Check(context.Background(), &hostos.Target{Facts: f, Config: baseConfig()})
+		done, err := hostos.Steps()[0].Check(context.Background(), &hostos.Target{Facts: f, Config: baseConfig()})
 		if !done || err != nil {
 			t.Errorf("%+v: done=%v err=%v", os, done, err)
 		}
@@ -79,8 +79,8 @@ func TestUnsupportedDistro(t *testing.T) {
 
 func TestStepIDsStable(t *testing.T) {
 	var ids []string
-	for _, s := range hostos.Steps(baseConfig()) {
-		ids = append(ids, s.ID())
+	for _, s := range hostos.Steps() {
+		ids = append(ids, s.ID)
 	}
 	want := "os.supported os.ready host.hostname engine.install engine.tls engine.config logging.journald prune.timer harden.ssh harden.login harden.kernel harden.firewall harden.audit harden.updates"
 	if got := strings.Join(ids, " "); got != want {
@@ -208,7 +208,7 @@ func TestDaemonJSON(t *testing.T) {
 		t.Error("live-restore set: swarm rejects it")
 	}
 	cfg.Hardening.UserNamespaces = true
-	cfg.Logging = spec.Logging{} // defaults
+	cfg.Logging = spec.Logging{Driver: "json-file", JournaldMaxUse: "500M"} // no options
 	files, _ = hostos.DaemonFiles(cfg, mustFamily(t))
 	d = nil
 	if err := json.Unmarshal(files[0].Content, &d); err != nil {
@@ -330,12 +330,12 @@ func TestSSHDAndOtherFiles(t *testing.T) {
 	if !strings.Contains(tim, "OnCalendar=Sun *-*-* 03:00\n") || !strings.Contains(tim, "RandomizedDelaySec=30m\n") {
 		t.Errorf("prune timer:\n%s", tim)
 	}
-	pr, _ = hostos.PruneFiles(&hostos.Config{}, mustFamily(t))
+	pr, _ = hostos.PruneFiles(&hostos.Config{Prune: spec.DefaultPrune()}, mustFamily(t))
 	if s := string(pr[0].Content); strings.Contains(s, "volume prune") || !strings.Contains(s, "until=24h") {
 		t.Errorf("prune defaults:\n%s", s)
 	}
 
-	up, _ := hostos.UpdatesFiles(&hostos.Config{Hardening: spec.Hardening{AutoReboot: true}})
+	up, _ := hostos.UpdatesFiles(&hostos.Config{Engine: spec.DefaultEngine(), Hardening: spec.Hardening{AutoReboot: true}})
 	if s := string(up[1].Content); !strings.Contains(s, `Automatic-Reboot "true";`) || !strings.Contains(s, `"docker.io";`) {
 		t.Errorf("unattended-upgrades:\n%s", s)
 	}
@@ -343,7 +343,7 @@ func TestSSHDAndOtherFiles(t *testing.T) {
 	if s := string(au[0].Content); !strings.Contains(s, "-w /usr/sbin/dockerd -p wa -k docker\n") || !strings.Contains(s, "-w /var/lib/docker -p wa -k docker\n") {
 		t.Errorf("audit rules:\n%s", s)
 	}
-	j, _ := hostos.JournaldFiles(&hostos.Config{})
+	j, _ := hostos.JournaldFiles(&hostos.Config{Logging: spec.DefaultLogging()})
 	if s := string(j[0].Content); !strings.Contains(s, "Storage=persistent\nSystemMaxUse=500M\n") {
 		t.Errorf("journald:\n%s", s)
 	}
@@ -408,14 +408,12 @@ func (f *fakeComm) ran(sub string) bool {
 	return false
 }
 
-func stepByID(t *testing.T, cfg *hostos.Config, id string) hostos.Step {
-	for _, s := range hostos.Steps(cfg) {
-		if s.ID() == id {
-			return s
-		}
+func stepByID(t *testing.T, cfg *hostos.Config, id string) *hostos.Step {
+	s, ok := hostos.StepByID(id)
+	if !ok {
+		t.Fatalf("no step %s", id)
 	}
-	t.Fatalf("no step %s", id)
-	return nil
+	return s
 }
 
 func TestSSHRollbackWhenSshdRejects(t *testing.T) {

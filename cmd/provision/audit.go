@@ -57,7 +57,7 @@ and a provisioned host.`,
 				return withCode(exitUsage, fmt.Errorf("cluster %q has no machines yet: run `provision apply` first", l.spec.Name))
 			}
 			rep := g.reporter(cmd, false) // progress on stderr, live on a terminal
-			e := l.engine(g, rep)
+			e := l.runner(g, rep)
 			out := cmd.OutOrStdout()
 			if lw := g.logOut.Load(); lw != nil && isTTY(out) {
 				out = *lw // the rows go above the live lines
@@ -135,7 +135,7 @@ and a provisioned host.`,
 
 // auditHost installs Lynis when the host lacks it (once: it is kept for the
 // next audit), runs it and reads its report, reporting each part as a step.
-func auditHost(ctx context.Context, e *apply.Engine, rep apply.Reporter, m *state.Machine) AuditResult {
+func auditHost(ctx context.Context, e *apply.Runner, rep apply.Reporter, m *state.Machine) AuditResult {
 	r := AuditResult{Name: m.Name}
 	step := func(id string, fn func() error) error {
 		t0 := time.Now()

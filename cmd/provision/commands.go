@@ -139,7 +139,7 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 				}
 				return err
 			}
-			e := l.engine(g, rep)
+			e := l.runner(g, rep)
 			e.ForceNewCluster = forceNew
 			e.ReplaceMissing = replaceMissing
 			e.LeaveOtherSwarm = leaveOther
@@ -234,7 +234,7 @@ func newDestroy(g *globals) *cobra.Command {
 					return done(err)
 				}
 			}
-			e := l.engine(g, rep)
+			e := l.runner(g, rep)
 			if err := e.Destroy(ctx, p); err != nil {
 				return done(err)
 			}

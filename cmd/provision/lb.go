@@ -177,7 +177,7 @@ type managers struct {
 	mu  sync.Mutex
 	ens []*swarm.Engine
 	cur int
-	e   *apply.Engine // owns the tunnels
+	e   *apply.Runner // owns the tunnels
 }
 
 var _ lb.Engine = (*managers)(nil)
@@ -189,7 +189,7 @@ func managerEngines(ctx context.Context, g *globals, l *loaded) (*managers, erro
 	if err != nil {
 		return nil, err
 	}
-	m := &managers{e: l.engine(g, apply.Discard{})}
+	m := &managers{e: l.runner(g, apply.Discard{})}
 	for _, rec := range l.state.Machines {
 		if rec.Role != spec.RoleManager || rec.Address == "" {
 			continue

@@ -24,7 +24,7 @@ func (l *loaded) observeEngines(ctx context.Context, g *globals, obs *plan.Obser
 		return
 	}
 	log := g.log
-	e := l.engine(g, apply.Discard{}) // bastion tunnels, shared by the goroutines
+	e := l.runner(g, apply.Discard{}) // bastion tunnels, shared by the goroutines
 	defer e.Close()
 	var mu sync.Mutex
 	var wg sync.WaitGroup

@@ -387,8 +387,8 @@ func (l *loaded) observe(ctx context.Context, log *slog.Logger) plan.Observed {
 	return obs
 }
 
-func (l *loaded) engine(g *globals, rep apply.Reporter) *apply.Engine {
-	return &apply.Engine{
+func (l *loaded) runner(g *globals, rep apply.Reporter) *apply.Runner {
+	return &apply.Runner{
 		Spec:    l.spec,
 		Store:   l.store,
 		State:   l.state,

@@ -127,7 +127,7 @@ func dash(s string) string {
 func status(ctx context.Context, g *globals, l *loaded) (rows []NodeStatus, strays []string) {
 	rows = make([]NodeStatus, len(l.state.Machines))
 	tlsCfg, tlsErr := pki.ClientTLS(l.store.PKIDir())
-	e := l.engine(g, apply.Discard{}) // for SSH (Dial) and engine tunnels; shared by the goroutines
+	e := l.runner(g, apply.Discard{}) // for SSH (Dial) and engine tunnels; shared by the goroutines
 	defer e.Close()
 	sshSem := make(chan struct{}, max(1, l.spec.Parallelism))
 	var wg sync.WaitGroup
@@ -236,7 +236,7 @@ type PruneRun struct {
 	Reclaimed string // "1.2GB", or "120MB + 0B" with the volume prune
 }
 
-func lastPrune(ctx context.Context, e *apply.Engine, m *state.Machine) (PruneRun, error) {
+func lastPrune(ctx context.Context, e *apply.Runner, m *state.Machine) (PruneRun, error) {
 	c, err := e.Dial(ctx, m.Machine)
 	if err != nil {
 		return PruneRun{}, err
@@ -335,7 +335,7 @@ other exit codes (2, 3, 4) do not apply to this command.`,
 			if err != nil {
 				return err
 			}
-			e := l.engine(g, apply.Discard{})
+			e := l.runner(g, apply.Discard{})
 			c, err := e.Dial(cmd.Context(), m.Machine)
 			if err != nil {
 				return err

@@ -34,9 +34,12 @@
 // Destroy releases a host: it removes /etc/provision/machine.json and the
 // claim. The operating system, the installed packages and the engine stay (the
 // machine is not deleted; it left the swarm before Destroy). With wipe = true,
-// Destroy also stops and disables the engine and removes /etc/docker,
-// /etc/provision and provision's drop-ins (sshd, sysctl, journald, systemd
-// units, apt settings); /var/lib/docker (images, volumes) is kept.
+// Destroy also undoes the host steps as their records say
+// (hostos.WipeScript): the engine stopped and disabled, /etc/docker and
+// every file the steps wrote removed (drop-ins, units, apt settings; not
+// the distro's own files they rewrite, such as /etc/issue), systemd, sshd
+// and sysctls reloaded; the packages and /var/lib/docker (images,
+// volumes) are kept.
 //
 // The engine logs in with the key in key_file (Machine.SSH.KeyFile), not the
 // cluster's generated admin key: the user's key must already be authorized on
@@ -61,6 +64,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/hostos"
 	"github.com/provision/provision/provision/comm"
 )
 
@@ -424,7 +428,8 @@ func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
 		d.log.Info("host now belongs to another machine: its tag is kept", "host", addr, "machine", m.Name, "owner", tg.machine())
 	default:
 		if d.cfg.Wipe {
-			if _, err := c.Run(ctx, comm.Sudo(c, "sh -c "+comm.Quote(wipeScript)), nil); err != nil {
+			// What the host steps made, undone as their records say (hostos.WipeScript).
+			if _, err := c.Run(ctx, comm.Sudo(c, "sh -s"), strings.NewReader(hostos.WipeScript())); err != nil {
 				return fmt.Errorf("release: wipe: %w", err)
 			}
 			d.log.Info("host wiped", "host", addr)
@@ -441,22 +446,6 @@ func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
 		}
 	})
 }
-
-// wipeScript runs as root on Destroy with wipe = true. It removes what
-// provision installed or changed, keeps /var/lib/docker and the packages.
-const wipeScript = `set -u
-systemctl disable --now provision-prune.timer provision-prune.service provision-firewall.service >/dev/null 2>&1
-systemctl disable --now docker.service docker.socket containerd.service >/dev/null 2>&1
-rm -rf /etc/docker /etc/provision
-rm -f /etc/systemd/system/docker.service.d/provision.conf /etc/systemd/system/provision-*.service /etc/systemd/system/provision-*.timer
-rm -f /etc/systemd/journald.conf.d/*provision* /etc/sysctl.d/*provision* /etc/ssh/sshd_config.d/*provision*
-rm -f /etc/audit/rules.d/*provision* /etc/apt/apt.conf.d/*provision*
-systemctl daemon-reload
-sysctl --system >/dev/null 2>&1
-systemctl try-restart systemd-journald >/dev/null 2>&1
-if sshd -t 2>/dev/null || /usr/sbin/sshd -t; then systemctl reload ssh 2>/dev/null || systemctl reload sshd; fi
-exit 0
-`
 
 // checkSudo proves the login user can run commands as root without a password.
 func checkSudo(ctx context.Context, c *comm.Client, user, addr string) error {

@@ -1,7 +1,6 @@
 package generic
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -11,6 +10,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/provision/provision/provision/atomicfile"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
@@ -122,35 +122,12 @@ func (s store) saveClaims(c map[string]Claim) error {
 	return s.write(claimsFile, append(data, '\n'))
 }
 
-// write replaces a file atomically (temp file, fsync, rename), mode 0600.
+// write replaces a file atomically (atomicfile), mode 0600.
 func (s store) write(name string, data []byte) error {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", s.dir, err)
 	}
-	f, err := os.CreateTemp(s.dir, "."+name+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	w := bufio.NewWriter(f)
-	w.Write(data)
-	if err := w.Flush(); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := os.Rename(tmp, s.path(name)); err != nil {
+	if err := atomicfile.Write(s.path(name), data, 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
 	return nil

@@ -87,6 +87,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/provision/atomicfile"
 	"github.com/provision/provision/provision/comm"
 )
 
@@ -305,19 +306,7 @@ func (d *Driver) bind(cli *client.Client) error {
 	if err := os.MkdirAll(filepath.Dir(d.bindPath), 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(d.bindPath), ".bind*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), d.bindPath); err != nil {
+	if err := atomicfile.Write(d.bindPath, append(b, '\n'), 0o600); err != nil {
 		return err
 	}
 	d.log.Info("cluster bound to engine", "engine", bd.EngineID, "endpoint", bd.Endpoint)

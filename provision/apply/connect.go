@@ -39,7 +39,7 @@ func (connect) Run(ctx context.Context, r *run) error {
 	})
 }
 
-func (e *Engine) commConfig(name string, m drivers.Machine) (comm.Config, error) {
+func (e *Runner) commConfig(name string, m drivers.Machine) (comm.Config, error) {
 	signer := e.admin
 	if m.SSH.KeyFile != "" {
 		s, err := loadSigner(m.SSH.KeyFile)
@@ -83,7 +83,7 @@ func (e *Engine) commConfig(name string, m drivers.Machine) (comm.Config, error)
 
 // nextHostKey is the key a host key rotation pinned for the machine, if one
 // is under way: connections accept it beside the current one.
-func (e *Engine) nextHostKey(name string) string {
+func (e *Runner) nextHostKey(name string) string {
 	if e.State == nil {
 		return ""
 	}
@@ -98,7 +98,7 @@ func (e *Engine) nextHostKey(name string) string {
 // Dial connects to one recorded machine with the cluster's admin key and its
 // pinned host key (for `provision ssh`, `status`, `audit`, and harden.ssh's
 // fresh login). It changes nothing on e: one engine serves concurrent Dials.
-func (e *Engine) Dial(ctx context.Context, m drivers.Machine) (*comm.Client, error) {
+func (e *Runner) Dial(ctx context.Context, m drivers.Machine) (*comm.Client, error) {
 	if err := e.adminKey(); err != nil {
 		return nil, err
 	}
@@ -135,7 +135,7 @@ func loadSigner(path string) (ssh.Signer, error) {
 
 // openEngineAPI opens a machine's engine API: the Docker Engine SDK over
 // mutual TLS on 2376 with the operator's client certificate (through the
-// bastion's tunnel for machines behind one), or what Engine.EngineAPI
+// bastion's tunnel for machines behind one), or what Runner.EngineAPI
 // gives. Only a tunnel does I/O.
 func (r *run) openEngineAPI(ctx context.Context, m drivers.Machine) (swarm.API, func() error, error) {
 	if r.EngineAPI != nil {

@@ -15,7 +15,7 @@ import (
 
 // Destroy removes every machine recorded in state and every stray the drivers
 // find with the cluster's tag, then each driver's shared resources.
-func (e *Engine) Destroy(ctx context.Context, p *plan.Plan) error {
+func (e *Runner) Destroy(ctx context.Context, p *plan.Plan) error {
 	r := newRun(e, p)
 	defer r.Close() // the bastions' engine API tunnels
 	t0 := time.Now()

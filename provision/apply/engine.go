@@ -26,8 +26,11 @@ import (
 	"github.com/provision/provision/provision/swarm"
 )
 
-// Engine runs one apply or destroy. It is used once.
-type Engine struct {
+// Runner runs one apply or destroy (or backup, restore, and the engine
+// clients status, audit and lb need). It is used once. ("Engine" is only
+// ever the Docker engine: swarm.Engine is one host's engine client,
+// spec.Engine the engine block.)
+type Runner struct {
 	Spec    *spec.Cluster
 	Store   *state.Store
 	State   *state.State
@@ -106,7 +109,7 @@ func (e *StepError) Unwrap() error { return e.Err }
 // host is not counted as failed.
 var errStopped = errors.New("interrupted before this step")
 
-func (e *Engine) parallelism() int {
+func (e *Runner) parallelism() int {
 	switch {
 	case e.Parallelism > 0:
 		return e.Parallelism
@@ -116,7 +119,7 @@ func (e *Engine) parallelism() int {
 	return 16
 }
 
-func (e *Engine) reporter() Reporter {
+func (e *Runner) reporter() Reporter {
 	if e.Report == nil {
 		return Discard{}
 	}
@@ -127,7 +130,7 @@ func (e *Engine) reporter() Reporter {
 // drops out of later phases and its error is returned, joined with the others,
 // at the end. State is saved after every change and at the end, also when ctx
 // is cancelled.
-func (e *Engine) Apply(ctx context.Context, p *plan.Plan) (Stats, error) {
+func (e *Runner) Apply(ctx context.Context, p *plan.Plan) (Stats, error) {
 	start := time.Now()
 	if m := p.Missing; m != nil && !e.ReplaceMissing {
 		return Stats{}, fmt.Errorf("%w: %s. Nothing was changed. If the machines really are gone, run apply again with --replace-missing", ErrMissing, m.Message)
@@ -191,7 +194,7 @@ func (e *Engine) Apply(ctx context.Context, p *plan.Plan) (Stats, error) {
 
 // connectTimeout bounds SSH connection retries: the caller's setting, else
 // the spec's ssh.connect_timeout, else 3 minutes.
-func (e *Engine) connectTimeout() time.Duration {
+func (e *Runner) connectTimeout() time.Duration {
 	switch {
 	case e.ConnectTimeout != 0:
 		return e.ConnectTimeout
@@ -202,7 +205,7 @@ func (e *Engine) connectTimeout() time.Duration {
 }
 
 // logger is e.Log, or a discarding one.
-func (e *Engine) logger() *slog.Logger {
+func (e *Runner) logger() *slog.Logger {
 	if e.Log == nil {
 		return slog.New(slog.DiscardHandler)
 	}
@@ -210,7 +213,7 @@ func (e *Engine) logger() *slog.Logger {
 }
 
 // adminKey loads or creates the cluster's admin SSH key, once.
-func (e *Engine) adminKey() error {
+func (e *Runner) adminKey() error {
 	e.keyOnce.Do(func() {
 		e.admin, e.adminPub, e.keyErr = state.EnsureSSHKey(e.Store.Dir())
 	})

@@ -10,6 +10,7 @@ import (
 
 	"github.com/provision/provision/drivers"
 	_ "github.com/provision/provision/drivers/local" // the spec's driver block needs its factory
+	"github.com/provision/provision/hostos"
 	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/provision/state"
@@ -75,12 +76,12 @@ func TestRollout(t *testing.T) {
 // ones whose change restarts the engine, and no other.
 func TestRestartSteps(t *testing.T) {
 	for _, id := range []string{"engine.install", "engine.tls", "engine.config"} {
-		if !restartSteps[id] {
+		if !hostos.RestartsEngine(id) {
 			t.Errorf("%s restarts the engine", id)
 		}
 	}
-	for _, id := range []string{"os.supported", "os.ready", "hostname", "logging.journald", "prune", "harden.ssh", "harden.firewall"} {
-		if restartSteps[id] {
+	for _, id := range []string{"os.supported", "os.ready", "host.hostname", "logging.journald", "prune.timer", "harden.ssh", "harden.firewall"} {
+		if hostos.RestartsEngine(id) {
 			t.Errorf("%s does not restart the engine", id)
 		}
 	}
@@ -168,7 +169,7 @@ func (d *testDriver) Destroy(ctx context.Context, m drivers.Machine) error {
 	return nil
 }
 
-func newTestEngine(t *testing.T, workers int, d drivers.Driver) (*Engine, *plan.Plan) {
+func newTestEngine(t *testing.T, workers int, d drivers.Driver) (*Runner, *plan.Plan) {
 	t.Helper()
 	c, diags := spec.LoadBytes("t.hcl", []byte(fmt.Sprintf("name = \"t\"\ndriver \"local\" {}\nmanagers {\n  count = 1\n}\nworkers {\n  count = %d\n}\n", workers)), spec.Vars{})
 	if diags.HasErrors() {
@@ -183,7 +184,7 @@ func newTestEngine(t *testing.T, workers int, d drivers.Driver) (*Engine, *plan.
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &Engine{Spec: c, Store: store, State: st, Drivers: map[string]drivers.Driver{"local": d}, Parallelism: 2}
+	e := &Runner{Spec: c, Store: store, State: st, Drivers: map[string]drivers.Driver{"local": d}, Parallelism: 2}
 	return e, plan.Build(c, st, plan.Observed{})
 }
 

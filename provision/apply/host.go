@@ -13,6 +13,7 @@ import (
 
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/hostos"
+	"github.com/provision/provision/provision/atomicfile"
 	"github.com/provision/provision/provision/redact"
 	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/provision/swarm"
@@ -152,32 +153,23 @@ func firewallOnly(ctx context.Context, r *run, o *retiree, peers []string) error
 		OperatorCIDRs: r.Spec.TLS.AllowedCIDRs,
 		BundleDir:     r.bundleDir(),
 	}
-	facts, err := hostos.GatherFacts(ctx, c, hostos.ManagedPaths(cfg))
+	facts, err := hostos.GatherFacts(ctx, c, hostos.ManagedPaths())
 	if err != nil {
 		return fmt.Errorf("facts: %w", err)
 	}
 	t := &hostos.Target{Name: m.Name, Comm: c, Facts: facts, Config: cfg, Log: r.log.With("host", m.Name, "generation", max(1, o.rec.Generation))}
-	for _, st := range hostos.Steps(cfg) {
-		if st.ID() != "harden.firewall" {
-			continue
-		}
-		done, err := st.Check(ctx, t)
-		if err != nil || done {
-			return err
-		}
-		t0 := time.Now()
-		if err := st.Apply(ctx, t); err != nil {
-			return err
-		}
-		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: m.Name, Step: st.ID(), Msg: fmt.Sprintf("generation %d lets its successor in", max(1, o.rec.Generation)), Took: time.Since(t0)})
+	st, _ := hostos.StepByID("harden.firewall")
+	done, err := st.Check(ctx, t)
+	if err != nil || done {
+		return err
 	}
+	t0 := time.Now()
+	if err := st.Apply(ctx, t); err != nil {
+		return err
+	}
+	r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: m.Name, Step: st.ID, Msg: fmt.Sprintf("generation %d lets its successor in", max(1, o.rec.Generation)), Took: time.Since(t0)})
 	return nil
 }
-
-// restartSteps are the host steps whose change restarts the engine (a new
-// package, certificates or daemon settings): on a swarm member they run in
-// rolling batches.
-var restartSteps = map[string]bool{"engine.install": true, "engine.tls": true, "engine.config": true}
 
 // batch is hosts whose steps run at once.
 type batch struct {
@@ -194,7 +186,7 @@ func rollout(hosts []*host, parallelism int) []batch {
 	for _, h := range hosts {
 		restarts := false
 		for _, id := range h.pending {
-			restarts = restarts || restartSteps[id]
+			restarts = restarts || hostos.RestartsEngine(id)
 		}
 		switch {
 		case h.rec.NodeID == "" || !restarts:
@@ -238,9 +230,13 @@ func (r *run) batchFailed(hs []*host) bool {
 // prepareHost gathers the facts, builds the host's target and lists the steps
 // whose Check says there is work.
 func prepareHost(ctx context.Context, r *run, h *host, peers []string) error {
-	tlsFiles, err := serverCert(r, h)
-	if err != nil {
-		return fmt.Errorf("server certificate: %w", err)
+	var tlsFiles hostos.TLSFiles
+	if hostos.NeedsCert(hostos.CertServer) {
+		f, err := serverCert(r, h)
+		if err != nil {
+			return fmt.Errorf("server certificate: %w", err)
+		}
+		tlsFiles = f
 	}
 	cfg := &hostos.Config{
 		Cluster:       r.Spec.Name,
@@ -260,7 +256,7 @@ func prepareHost(ctx context.Context, r *run, h *host, peers []string) error {
 	}
 	t0 := time.Now()
 	r.rep.Event(Event{Time: t0, Kind: StepStart, Host: h.rec.Name, Step: "host.facts"})
-	facts, err := hostos.GatherFacts(ctx, h.comm, hostos.ManagedPaths(cfg))
+	facts, err := hostos.GatherFacts(ctx, h.comm, hostos.ManagedPaths())
 	if err != nil {
 		return fmt.Errorf("facts: %w", err)
 	}
@@ -284,15 +280,15 @@ func prepareHost(ctx context.Context, r *run, h *host, peers []string) error {
 		return nil
 	}
 	h.target = t
-	h.steps = hostos.Steps(cfg)
+	h.steps = hostos.Steps()
 	h.pending = nil
 	for _, st := range h.steps {
 		done, err := st.Check(ctx, t)
 		if err != nil {
-			return &StepError{Host: h.rec.Name, Step: st.ID(), Err: err}
+			return &StepError{Host: h.rec.Name, Step: st.ID, Err: err}
 		}
 		if !done {
-			h.pending = append(h.pending, st.ID())
+			h.pending = append(h.pending, st.ID)
 		}
 	}
 	return nil
@@ -308,22 +304,22 @@ func runSteps(ctx context.Context, r *run, h *host) error {
 		}
 		done, err := st.Check(ctx, t)
 		if err != nil {
-			return &StepError{Host: h.rec.Name, Step: st.ID(), Err: err}
+			return &StepError{Host: h.rec.Name, Step: st.ID, Err: err}
 		}
 		if done {
-			r.markStep(h, st.ID())
+			r.markStep(h, st.ID)
 			continue
 		}
 		s0 := time.Now()
-		r.rep.Event(Event{Time: s0, Kind: StepStart, Host: h.rec.Name, Step: st.ID()})
+		r.rep.Event(Event{Time: s0, Kind: StepStart, Host: h.rec.Name, Step: st.ID})
 		if err := st.Apply(ctx, t); err != nil {
-			return &StepError{Host: h.rec.Name, Step: st.ID(), Err: err}
+			return &StepError{Host: h.rec.Name, Step: st.ID, Err: err}
 		}
 		h.changed = true
-		h.restarted = h.restarted || restartSteps[st.ID()]
-		r.markStep(h, st.ID())
-		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: st.ID(), Took: time.Since(s0)})
-		r.log.Info("step applied", "host", h.rec.Name, "step", st.ID(), "took", time.Since(s0))
+		h.restarted = h.restarted || st.RestartsEngine
+		r.markStep(h, st.ID)
+		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: st.ID, Took: time.Since(s0)})
+		r.log.Info("step applied", "host", h.rec.Name, "step", st.ID, "took", time.Since(s0))
 	}
 	return nil
 }
@@ -335,11 +331,11 @@ func hostDone(r *run, h *host) error {
 	r.mu.Lock()
 	dirty := h.changed
 	for _, st := range h.steps {
-		if h.rec.Steps[st.ID()] == "" {
+		if h.rec.Steps[st.ID] == "" {
 			if h.rec.Steps == nil {
 				h.rec.Steps = map[string]string{}
 			}
-			h.rec.Steps[st.ID()] = time.Now().UTC().Format(time.RFC3339)
+			h.rec.Steps[st.ID] = time.Now().UTC().Format(time.RFC3339)
 			dirty = true
 		}
 	}
@@ -452,10 +448,10 @@ func serverCert(r *run, h *host) (hostos.TLSFiles, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return hostos.TLSFiles{}, err
 	}
-	if err := writeFile(keyPath, b.KeyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(keyPath, b.KeyPEM, 0o600); err != nil {
 		return hostos.TLSFiles{}, err
 	}
-	if err := writeFile(certPath, b.CertPEM, 0o600); err != nil {
+	if err := atomicfile.Write(certPath, b.CertPEM, 0o600); err != nil {
 		return hostos.TLSFiles{}, err
 	}
 	r.mu.Lock()
@@ -474,15 +470,4 @@ func certNames(r *run, h *host) []string {
 	}
 	names = append(names, r.Spec.TLS.ExtraNames...)
 	return names
-}
-
-func writeFile(path string, b []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, mode); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }

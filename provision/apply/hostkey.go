@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/provision/atomicfile"
 	"github.com/provision/provision/provision/comm"
 	"github.com/provision/provision/provision/redact"
 	"github.com/provision/provision/provision/state"
@@ -97,7 +98,7 @@ exit 4
 `
 
 // needsKeyRotation says whether the machine's pinned key travelled.
-func (e *Engine) needsKeyRotation(rec *state.Machine) bool {
+func (e *Runner) needsKeyRotation(rec *state.Machine) bool {
 	switch rec.HostKeySource {
 	case state.HostKeyInstalled:
 		return true
@@ -173,7 +174,7 @@ func (e *run) rotateHostKey(ctx context.Context, h *host) error {
 // loginWithKey opens a new connection that accepts only key and runs a
 // trivial command. sshd may still be re-executing after the reload: a
 // refused connection or the old key is retried for a few seconds.
-func (e *Engine) loginWithKey(ctx context.Context, m drivers.Machine, key string) error {
+func (e *Runner) loginWithKey(ctx context.Context, m drivers.Machine, key string) error {
 	cfg, err := e.commConfig(m.Name, m)
 	if err != nil {
 		return err
@@ -242,7 +243,7 @@ func (e *run) pinnedKey(h *host, m drivers.Machine, installed *drivers.HostKey) 
 
 // ownKeys reports whether the machine's driver works on existing hosts,
 // whose keys are their own (generic).
-func (e *Engine) ownKeys(h *host) bool {
+func (e *Runner) ownKeys(h *host) bool {
 	db, ok := e.Spec.Driver(h.rec.Driver)
 	if !ok {
 		db, ok = e.Spec.Driver(h.pool.Driver)
@@ -259,7 +260,7 @@ func (e *Engine) ownKeys(h *host) bool {
 // the machine is recorded: a create that crashed and is run again gives the
 // driver the same key, so a machine the first run made is found with the
 // key state recorded for it.
-func (e *Engine) installKey(name string) (drivers.HostKey, error) {
+func (e *Runner) installKey(name string) (drivers.HostKey, error) {
 	dir := filepath.Join(e.Store.SSHDir(), "install")
 	path := filepath.Join(dir, name)
 	if b, err := os.ReadFile(path); err == nil {
@@ -276,7 +277,7 @@ func (e *Engine) installKey(name string) (drivers.HostKey, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return hk, err
 	}
-	if err := writeFile(path, hk.PrivatePEM, 0o600); err != nil {
+	if err := atomicfile.Write(path, hk.PrivatePEM, 0o600); err != nil {
 		return hk, fmt.Errorf("install key for %s: %w", name, err)
 	}
 	return hk, nil
@@ -284,7 +285,7 @@ func (e *Engine) installKey(name string) (drivers.HostKey, error) {
 
 // forgetInstallKey removes the kept install key once the machine that has
 // it is recorded.
-func (e *Engine) forgetInstallKey(name string) {
+func (e *Runner) forgetInstallKey(name string) {
 	os.Remove(filepath.Join(e.Store.SSHDir(), "install", name))
 }
 

@@ -46,7 +46,7 @@ func formed(t *testing.T, managers, workers int) (*run, *fakeSwarm, *testDriver,
 // not yet in the swarm, the old one retiring (still running: alive).
 func replaced(t *testing.T, r *run, f *fakeSwarm, names ...string) *run {
 	t.Helper()
-	r2 := newRun(r.Engine, &plan.Plan{})
+	r2 := newRun(r.Runner, &plan.Plan{})
 	for i, name := range r.hostNames() {
 		old := r.hosts[name]
 		h := &host{rec: old.rec, pool: old.pool, action: plan.Action{Machine: name, Kind: plan.None, Generation: old.rec.Gen()}}
@@ -131,7 +131,7 @@ func TestRollingManagerReplacement(t *testing.T) {
 	}
 	// A second run changes nothing.
 	calls = len(f.w.Calls)
-	r3 := newRun(r.Engine, &plan.Plan{})
+	r3 := newRun(r.Runner, &plan.Plan{})
 	for n, h := range r2.hosts {
 		r3.hosts[n] = &host{rec: h.rec, pool: h.pool}
 	}
@@ -229,7 +229,7 @@ func TestScaleDownManagersOneAtATime(t *testing.T) {
 		rec := r.hosts[n].rec
 		acts = append(acts, plan.Action{Machine: n, Role: spec.RoleManager, Kind: plan.Remove, Recorded: rec, Generation: 1})
 	}
-	r2 := newRun(r.Engine, &plan.Plan{Actions: acts})
+	r2 := newRun(r.Runner, &plan.Plan{Actions: acts})
 	r2.hosts["t-manager-1"] = &host{rec: r.hosts["t-manager-1"].rec, pool: r.hosts["t-manager-1"].pool}
 	if err := (swarmPhase{}).Run(context.Background(), r2); err != nil {
 		t.Fatal(err)
@@ -336,7 +336,7 @@ func TestStaleSwarmLeft(t *testing.T) {
 	facts := map[string]string{"t-worker-1": oldID, "t-worker-2": "cluster-of-someone-else"}
 	next := func(leaveOther bool) *run {
 		r.LeaveOtherSwarm = leaveOther
-		r2 := newRun(r.Engine, &plan.Plan{})
+		r2 := newRun(r.Runner, &plan.Plan{})
 		for n, h := range r.hosts {
 			h2 := &host{rec: h.rec, pool: h.pool}
 			if id := facts[n]; id != "" {

@@ -50,7 +50,7 @@ func (r *run) recordedSwarm(ctx context.Context) error {
 
 // BackupNow takes a raft backup of the recorded swarm (`provision backup`)
 // and returns its path.
-func (e *Engine) BackupNow(ctx context.Context) (string, error) {
+func (e *Runner) BackupNow(ctx context.Context) (string, error) {
 	if e.State.Swarm.ID == "" {
 		return "", errors.New("the cluster has no swarm yet: run apply first")
 	}
@@ -88,7 +88,7 @@ test -d /var/lib/docker/swarm/raft
 // backup's). Workers reconnect by themselves; the other managers leave the
 // swarm they were in and join again at the next apply. State records the
 // restored swarm.
-func (e *Engine) Restore(ctx context.Context, archive, node string) (string, error) {
+func (e *Runner) Restore(ctx context.Context, archive, node string) (string, error) {
 	if err := checkRaftArchive(archive); err != nil {
 		return "", err
 	}

@@ -26,12 +26,12 @@ import (
 // run is one apply's typed state, shared by its phases: the engine's
 // settings, the plan, the hosts taking part and what the phases learned.
 type run struct {
-	*Engine
+	*Runner
 	plan *plan.Plan
 	log  *slog.Logger
 	rep  Reporter
 
-	hosts map[string]*host // guarded by Engine.mu, with State
+	hosts map[string]*host // guarded by Runner.mu, with State
 	stats Stats
 
 	ca        *pki.CA // the cluster CA (credentials)
@@ -80,13 +80,13 @@ type host struct {
 	// steps are the host steps for this host, pending the IDs whose Check
 	// found work before any ran; restarted says a step that restarts the
 	// engine was applied.
-	steps     []hostos.Step
+	steps     []*hostos.Step
 	pending   []string
 	restarted bool
 }
 
-func newRun(e *Engine, p *plan.Plan) *run {
-	return &run{Engine: e, plan: p, log: e.logger(), rep: e.reporter(), hosts: map[string]*host{}}
+func newRun(e *Runner, p *plan.Plan) *run {
+	return &run{Runner: e, plan: p, log: e.logger(), rep: e.reporter(), hosts: map[string]*host{}}
 }
 
 // stopped reports whether the caller asked the apply to stop.

@@ -60,7 +60,7 @@ func fakeRun(t *testing.T, f *fakeSwarm, managers, workers int) *run {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &Engine{Spec: c, Store: store, State: st, EngineAPI: f.api}
+	e := &Runner{Spec: c, Store: store, State: st, EngineAPI: f.api}
 	r := newRun(e, &plan.Plan{})
 	for i := 1; i <= managers; i++ {
 		f.addHost(r, fmt.Sprintf("t-manager-%d", i), spec.RoleManager, fmt.Sprintf("10.0.0.%d", i), i)
@@ -107,7 +107,7 @@ func TestSwarmPhaseFormsAndConverges(t *testing.T) {
 	}
 	// Again, from what state recorded: nothing changes.
 	calls := len(f.w.Calls)
-	r2 := newRun(r.Engine, &plan.Plan{})
+	r2 := newRun(r.Runner, &plan.Plan{})
 	for name, h := range r.hosts {
 		r2.hosts[name] = &host{rec: h.rec, pool: h.pool}
 	}

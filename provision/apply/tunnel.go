@@ -25,7 +25,7 @@ type tunnels struct {
 // unless SSH reaches the machine through a bastion; then along the same
 // path, through an SSH connection to the bastion (its host key pinned the
 // same way) that opens the TCP connection from there.
-func (e *Engine) engineDialer(ctx context.Context, m drivers.Machine) (swarm.Dialer, error) {
+func (e *Runner) engineDialer(ctx context.Context, m drivers.Machine) (swarm.Dialer, error) {
 	if m.SSH.Bastion == nil {
 		return nil, nil
 	}
@@ -57,7 +57,7 @@ func (e *Engine) engineDialer(ctx context.Context, m drivers.Machine) (swarm.Dia
 // ConnectEngine returns a client for the machine's engine API over mutual
 // TLS, through the bastion's SSH tunnel when the machine has one (status,
 // destroy, and the swarm phase use it). The tunnel lives until Close.
-func (e *Engine) ConnectEngine(ctx context.Context, m drivers.Machine, cfg *tls.Config) (*swarm.Engine, error) {
+func (e *Runner) ConnectEngine(ctx context.Context, m drivers.Machine, cfg *tls.Config) (*swarm.Engine, error) {
 	dial, err := e.engineDialer(ctx, m)
 	if err != nil {
 		return nil, err
@@ -67,7 +67,7 @@ func (e *Engine) ConnectEngine(ctx context.Context, m drivers.Machine, cfg *tls.
 
 // Close releases the engine's tunnels (a caller that used ConnectEngine or
 // Dial without Apply or Destroy).
-func (e *Engine) Close() {
+func (e *Runner) Close() {
 	e.tunnels.mu.Lock()
 	defer e.tunnels.mu.Unlock()
 	for k, c := range e.tunnels.clients {

@@ -20,6 +20,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/provision/provision/provision/atomicfile"
 	"github.com/provision/provision/provision/redact"
 )
 
@@ -104,7 +105,7 @@ func LoadOrCreateCA(dir, cluster string) (*CA, error) {
 	if err := writeKey(keyPath, key); err != nil {
 		return nil, err
 	}
-	if err := writeAtomic(certPath, certPEM, 0o644); err != nil {
+	if err := atomicfile.Write(certPath, certPEM, 0o644); err != nil {
 		return nil, err
 	}
 	cert, _ := x509.ParseCertificate(der)
@@ -241,10 +242,10 @@ func EnsureClient(dir string, ca *CA, validity time.Duration) (Bundle, error) {
 	if err != nil {
 		return Bundle{}, err
 	}
-	if err := writeAtomic(keyPath, b.KeyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(keyPath, b.KeyPEM, 0o600); err != nil {
 		return Bundle{}, err
 	}
-	if err := writeAtomic(certPath, b.CertPEM, 0o600); err != nil {
+	if err := atomicfile.Write(certPath, b.CertPEM, 0o600); err != nil {
 		return Bundle{}, err
 	}
 	return b, nil
@@ -370,31 +371,5 @@ func writeKey(path string, key *ecdsa.PrivateKey) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), 0o600)
-}
-
-// writeAtomic writes via a temp file and rename, with mode set before any
-// content is written.
-func writeAtomic(path string, b []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return atomicfile.Write(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), 0o600)
 }

@@ -25,8 +25,26 @@ const (
 	DefaultUser          = "provision"
 	DefaultPackage       = "docker.io"
 	DefaultValidityHours = 8760
-	maxMachines          = 10000
+	// DefaultLogDriver and DefaultJournaldMaxUse are the logging block's.
+	DefaultLogDriver      = "json-file"
+	DefaultJournaldMaxUse = "500M"
+	maxMachines           = 10000
 )
+
+// DefaultEngine is the engine block's settings when the spec says nothing:
+// the distro's docker.io package from the host's sources, any version.
+func DefaultEngine() Engine { return Engine{Method: "package", Package: DefaultPackage} }
+
+// DefaultPrune is the prune block's settings when the spec says nothing:
+// daily, what is unused for a day, spread over an hour.
+func DefaultPrune() Prune {
+	return Prune{Enabled: true, Schedule: "daily", Until: "24h", RandomizedDelay: "1h"}
+}
+
+// DefaultLogging is the logging block's settings when the spec says nothing.
+func DefaultLogging() Logging {
+	return Logging{Driver: DefaultLogDriver, Options: defaultLogOptions(DefaultLogDriver), JournaldMaxUse: DefaultJournaldMaxUse}
+}
 
 var rootSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
@@ -191,9 +209,9 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 	diags = append(diags, d...)
 	dc := &dec{ctx: ctx, ranges: map[string]hcl.Range{}, sensitive: sensitive, sensitivePaths: map[string]bool{}}
 	c = &Cluster{Files: names, Parallelism: DefaultParallelism, Ranges: dc.ranges, Secrets: secrets, SensitivePaths: dc.sensitivePaths}
-	c.Engine = Engine{Method: "package", Package: DefaultPackage}
-	c.Prune = Prune{Enabled: true, Schedule: "daily", Until: "24h", RandomizedDelay: "1h"}
-	c.Logging = Logging{Driver: "json-file", JournaldMaxUse: "500M"}
+	c.Engine = DefaultEngine()
+	c.Prune = DefaultPrune()
+	c.Logging = Logging{Driver: DefaultLogDriver, JournaldMaxUse: DefaultJournaldMaxUse}
 	c.TLS = TLS{ValidityHours: DefaultValidityHours}
 	c.SSH = SSH{User: DefaultUser}
 	c.LoadBalancer = defaultLoadBalancer()

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/provision/provision/provision/atomicfile"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -272,11 +273,11 @@ func (s *Store) Save(st *State) error {
 	}
 	path := filepath.Join(s.dir, stateFile)
 	if cur, err := os.ReadFile(path); err == nil {
-		if err := writeAtomic(s.dir, backup, cur); err != nil {
+		if err := atomicfile.Write(filepath.Join(s.dir, backup), cur, 0o600); err != nil {
 			return fmt.Errorf("state backup: %w", err)
 		}
 	}
-	if err := writeAtomic(s.dir, stateFile, append(b, '\n')); err != nil {
+	if err := atomicfile.Write(filepath.Join(s.dir, stateFile), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("save state: %w", err)
 	}
 	return nil
@@ -300,38 +301,6 @@ func readLimited(path string, max int64) ([]byte, error) {
 		return nil, fmt.Errorf("larger than %d MiB", max>>20)
 	}
 	return b, nil
-}
-
-func writeAtomic(dir, name string, b []byte) error {
-	f, err := os.CreateTemp(dir, "."+name+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
 }
 
 // Clear removes everything the cluster kept (state, backup, certificates,
@@ -432,7 +401,7 @@ func EnsureSSHKey(dir string) (ssh.Signer, string, error) {
 		if err := os.MkdirAll(kdir, 0o700); err != nil {
 			return nil, "", err
 		}
-		if err := writeAtomic(kdir, "id_ed25519", b); err != nil {
+		if err := atomicfile.Write(filepath.Join(kdir, "id_ed25519"), b, 0o600); err != nil {
 			return nil, "", fmt.Errorf("write admin key: %w", err)
 		}
 	} else if err != nil {

@@ -9,30 +9,26 @@ import (
 	"github.com/provision/provision/provision/comm"
 )
 
-// ---- engine.install
-
-type engineInstall struct{}
-
-func (engineInstall) ID() string { return "engine.install" }
-
-// enginePackage is the engine package name (default docker.io).
-func enginePackage(cfg *Config) string { return def(cfg.Engine.Package, "docker.io") }
-
-// wantPackages lists every package the profile needs, the engine first.
-func wantPackages(cfg *Config, fam Family) []string {
-	pkgs := []string{enginePackage(cfg)}
-	h := cfg.Hardening
-	if h.Firewall {
-		pkgs = append(pkgs, fam.Firewall)
+// engine.install: the engine package (pinned, from the host's package
+// sources or the offline bundle) and every package the enabled steps need.
+// A new engine version restarts the engine (the package's own scripts do)
+// and stops its tasks meanwhile: swarm members are drained first. Wipe
+// stops the engine and keeps the packages and /var/lib/docker.
+func stepEngineInstall() *Step {
+	return &Step{
+		ID:             "engine.install",
+		Units:          []string{"docker.service", "containerd.service"},
+		Packages:       func(cfg *Config, _ Family) []string { return []string{enginePackage(cfg)} },
+		RestartsEngine: true,
+		Drain:          true,
+		Undo:           Undo{Stop: "systemctl disable --now docker.service docker.socket containerd.service >/dev/null 2>&1"},
+		check:          engineInstalled,
+		apply:          installEngine,
 	}
-	if h.Updates {
-		pkgs = append(pkgs, fam.Updates)
-	}
-	if h.Audit {
-		pkgs = append(pkgs, fam.Audit)
-	}
-	return pkgs
 }
+
+// enginePackage is the engine package name (spec default docker.io).
+func enginePackage(cfg *Config) string { return cfg.Engine.Package }
 
 // VersionMatches reports whether an installed or candidate version satisfies
 // the pin: "" accepts any, a pin ending in '*' ("20.10.24*") is a prefix,
@@ -49,10 +45,13 @@ func VersionMatches(have, pin string) bool {
 	return ok && strings.HasPrefix(have, prefix)
 }
 
-func (engineInstall) Check(ctx context.Context, t *Target) (bool, error) {
+func engineInstalled(ctx context.Context, t *Target) (bool, error) {
 	fam, err := t.family()
 	if err != nil {
 		return false, err
+	}
+	if enginePackage(t.Config) == "" {
+		return false, fmt.Errorf("no engine package named")
 	}
 	switch m := t.Config.Engine.Method; m {
 	case "", "package", "bundle":
@@ -68,7 +67,7 @@ func (engineInstall) Check(ctx context.Context, t *Target) (bool, error) {
 	return VersionMatches(have, t.Config.Engine.Version) && t.Facts.Engine != "", nil
 }
 
-func (engineInstall) Apply(ctx context.Context, t *Target) error {
+func installEngine(ctx context.Context, t *Target) error {
 	fam, err := t.family()
 	if err != nil {
 		return err
