@@ -77,6 +77,17 @@ type day2 struct {
 	stateDir  string
 	clusterID string
 	vars      map[string]string
+	// svc and replicas are the service watch samples (day2Service,
+	// day2Replicas when empty).
+	svc      string
+	replicas int
+}
+
+func (d *day2) service() (string, int) {
+	if d.svc != "" {
+		return d.svc, d.replicas
+	}
+	return day2Service, day2Replicas
 }
 
 // day2State is the part of state.json these checks read, retiring
@@ -270,10 +281,11 @@ func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
 						}
 					}
 					asked = true
-					if running, err = runningTasks(c, e, day2Service); err != nil {
+					svc, replicas := d.service()
+					if running, err = runningTasks(c, e, svc); err != nil {
 						running = -1 // not known this time
-					} else if running < day2Replicas {
-						tasks = describeTasks(c, e, nodes)
+					} else if running < replicas {
+						tasks = describeTasks(c, e, nodes, svc)
 					}
 				}
 				cancel()
@@ -304,12 +316,12 @@ func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
 }
 
 // describeTasks lists the service's tasks that should run: node and state.
-func describeTasks(ctx context.Context, e *swarm.Engine, nodes []dswarm.Node) string {
+func describeTasks(ctx context.Context, e *swarm.Engine, nodes []dswarm.Node, service string) string {
 	host := map[string]string{}
 	for _, n := range nodes {
 		host[n.ID] = n.Description.Hostname + "/" + string(n.Status.State) + "/" + string(n.Spec.Availability)
 	}
-	ts, err := e.TaskList(ctx, dswarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("service", day2Service), filters.Arg("desired-state", "running"))})
+	ts, err := e.TaskList(ctx, dswarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("service", service), filters.Arg("desired-state", "running"))})
 	if err != nil {
 		return err.Error()
 	}

@@ -120,6 +120,9 @@ func prepareBundle(ctx context.Context, t *Target, fam Family, dir string, statu
 		if err != nil {
 			return nil, fmt.Errorf("%w (this machine's package lists; run apt-get update here?)", err)
 		}
+		if err := checkDowngrade(t.Config, t.Facts.Packages[pkg], v); err != nil {
+			return nil, err
+		}
 		spec = pkg + "=" + v
 	}
 	pkgs := append([]string{spec}, wantPackages(t.Config, fam)[1:]...)
@@ -366,7 +369,11 @@ func uploadAndInstall(ctx context.Context, t *Target, debs []BundleFile) error {
 	t.Log.Info("installing offline bundle", "packages", len(debs))
 	// apt orders the local packages and their dependencies itself; dpkg -i
 	// of everything at once does not.
-	if _, err := t.sudoSh(ctx, aptEnv+"apt-get install -y -q --no-install-recommends --allow-downgrades"+aptOpts+comm.Quote(paths...)); err != nil {
+	downgrades := ""
+	if t.Config.AllowDowngrade {
+		downgrades = " --allow-downgrades"
+	}
+	if _, err := t.sudoSh(ctx, aptEnv+"apt-get install -y -q --no-install-recommends"+downgrades+aptOpts+comm.Quote(paths...)); err != nil {
 		return fmt.Errorf("install offline bundle: %w", err)
 	}
 	return nil

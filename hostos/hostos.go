@@ -56,6 +56,10 @@ type Config struct {
 	OperatorCIDRs []string
 	// BundleDir is the operator-side cache of offline engine bundles.
 	BundleDir string
+	// AllowDowngrade lets engine.install install an engine package older
+	// than the host's (apply --allow-engine-downgrade); without it a pin
+	// below the installed version is refused before anything changes.
+	AllowDowngrade bool
 }
 
 // TLSFiles are the PEM files the engine's daemon gets. Key is secret.

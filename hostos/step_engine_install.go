@@ -58,6 +58,10 @@ func engineInstalled(ctx context.Context, t *Target) (bool, error) {
 	default:
 		return false, fmt.Errorf("engine method %q: want package or bundle", m)
 	}
+	// A downgrade is refused before anything changes on the host.
+	if err := checkDowngrade(t.Config, t.Facts.Packages[enginePackage(t.Config)], t.Config.Engine.Version); err != nil {
+		return false, err
+	}
 	for _, p := range wantPackages(t.Config, fam) {
 		if _, ok := t.Facts.Packages[p]; !ok {
 			return false, nil
@@ -80,7 +84,28 @@ func installEngine(ctx context.Context, t *Target) error {
 	if err != nil {
 		return err
 	}
-	return verifyEngine(ctx, t, fam)
+	before := t.Facts.Packages[enginePackage(t.Config)]
+	if err := verifyEngine(ctx, t, fam); err != nil {
+		return err
+	}
+	if after := t.Facts.Packages[enginePackage(t.Config)]; before != "" && after != before {
+		// A new engine version: whatever the package's own scripts did
+		// (a policy-rc.d may keep them from restarting it), the running
+		// daemon must be the new one. The end of the engine steps
+		// restarts it once.
+		t.restartPending = true
+		t.Log.Info("engine package changed: the engine restarts", "from", before, "to", after)
+	}
+	return nil
+}
+
+// checkDowngrade refuses to take the engine package from have to a lower
+// version (want: a pin or a resolved version) unless the operator allowed it.
+func checkDowngrade(cfg *Config, have, want string) error {
+	if cfg.AllowDowngrade || !Downgrade(have, want) {
+		return nil
+	}
+	return fmt.Errorf("engine package %s %s is installed and the spec pins %s: a downgrade, refused (an engine downgrade can leave containers and the swarm's raft in a format the older engine cannot read); run apply with --allow-engine-downgrade to make it", enginePackage(cfg), have, want)
 }
 
 // aptEnv runs apt non-interactively, keeping changed config files
@@ -104,8 +129,13 @@ func installPackage(ctx context.Context, t *Target, fam Family) error {
 		if err != nil {
 			return err
 		}
+		if err := checkDowngrade(t.Config, t.Facts.Packages[pkg], v); err != nil {
+			return err
+		}
 		spec = pkg + "=" + v
-		args = append(args, "--allow-downgrades")
+		if t.Config.AllowDowngrade {
+			args = append(args, "--allow-downgrades")
+		}
 	}
 	args = append(args, spec)
 	args = append(args, wantPackages(t.Config, fam)[1:]...)
@@ -186,4 +216,16 @@ func verifyEngine(ctx context.Context, t *Target, fam Family) error {
 	t.Facts.Engine = got.Engine
 	t.Log.Info("engine installed", "package", pkg, "version", got.Packages[pkg], "dockerd", got.Engine)
 	return nil
+}
+
+// EngineChanging reports whether engine.install would change the engine
+// itself on the host (not only add packages other steps need): the engine
+// package is missing or not at the pin. Only then does a member need its
+// drain.
+func EngineChanging(t *Target) bool {
+	if t == nil || t.Facts == nil || t.Config == nil {
+		return true
+	}
+	have := t.Facts.Packages[enginePackage(t.Config)]
+	return have == "" || t.Facts.Engine == "" || !VersionMatches(have, t.Config.Engine.Version)
 }

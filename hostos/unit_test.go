@@ -869,3 +869,36 @@ func TestParseFactsSections(t *testing.T) {
 		t.Errorf("realign: %v %v", err, f.Units)
 	}
 }
+
+// TestEngineDowngradeRefused: a pin below the installed engine package is
+// refused by the check, before anything runs on the host; with the
+// operator's permission apt is told to downgrade.
+func TestEngineDowngradeRefused(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Engine.Version = "20.10.24+dfsg1-1+deb12u1+b6"
+	f := debianFacts()
+	f.Packages["docker.io"] = "20.10.24+dfsg1-1+deb12u1+b6+up1"
+	f.Engine = "20.10.24+dfsg1"
+	fc := &fakeComm{answers: []answer{
+		{match: "apt-cache madison", out: " docker.io | 20.10.24+dfsg1-1+deb12u1+b6+up1 | http://r ./ Packages\n docker.io | 20.10.24+dfsg1-1+deb12u1+b6 | http://m bookworm/main amd64 Packages\n"},
+		{match: "dpkg-query", out: "pkg\tii \tdocker.io\t20.10.24+dfsg1-1+deb12u1+b6\npkg\tii \tnftables\t1.0.6\npkg\tii \tunattended-upgrades\t2.9\npkg\tii \tauditd\t1\nengine\tDocker version 20.10.24+dfsg1, build 297e128\nend\n"},
+	}}
+	tgt := &hostos.Target{Comm: fc, Facts: f, Config: cfg, Log: slog.New(slog.DiscardHandler)}
+	st := stepByID(t, cfg, "engine.install")
+	if _, err := st.Check(context.Background(), tgt); err == nil || !strings.Contains(err.Error(), "--allow-engine-downgrade") || !strings.Contains(err.Error(), "+up1") {
+		t.Fatalf("check: %v", err)
+	}
+	if len(fc.cmds) != 0 {
+		t.Fatalf("the check ran commands: %v", fc.cmds)
+	}
+	cfg.AllowDowngrade = true
+	if done, err := st.Check(context.Background(), tgt); done || err != nil {
+		t.Fatalf("allowed: %v %v", done, err)
+	}
+	if err := st.Apply(context.Background(), tgt); err != nil {
+		t.Fatal(err)
+	}
+	if !fc.ran("--allow-downgrades") || !fc.ran("docker.io=20.10.24+dfsg1-1+deb12u1+b6 ") {
+		t.Errorf("ran:\n%s", strings.Join(fc.cmds, "\n"))
+	}
+}

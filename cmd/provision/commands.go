@@ -99,8 +99,8 @@ func approve(cmd *cobra.Command, auto bool, what string) error {
 
 func newApply(g *globals) *cobra.Command {
 	var (
-		auto, jsonOut, forceNew, replaceMissing, leaveOther bool
-		parallelism                                         int
+		auto, jsonOut, forceNew, replaceMissing, leaveOther, allowDowngrade bool
+		parallelism                                                         int
 	)
 	cmd := &cobra.Command{
 		Use:   "apply FILE",
@@ -143,6 +143,7 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 			e.ForceNewCluster = forceNew
 			e.ReplaceMissing = replaceMissing
 			e.LeaveOtherSwarm = leaveOther
+			e.AllowEngineDowngrade = allowDowngrade
 			if parallelism > 0 {
 				e.Parallelism = parallelism
 			}
@@ -163,6 +164,7 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 	cmd.Flags().BoolVar(&forceNew, "force-new-cluster", false, "when swarm quorum is lost, re-form the swarm on a surviving manager")
 	cmd.Flags().BoolVar(&replaceMissing, "replace-missing", false, "create replacements even when every machine (or every manager) appears gone at once")
 	cmd.Flags().BoolVar(&leaveOther, "leave-other-swarm", false, "make hosts that are members of another swarm leave it and join this one")
+	cmd.Flags().BoolVar(&allowDowngrade, "allow-engine-downgrade", false, "let an engine.version pin below a host's installed engine package downgrade it (refused otherwise; plan says which hosts)")
 	return cmd
 }
 

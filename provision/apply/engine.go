@@ -55,6 +55,10 @@ type Runner struct {
 	// LeaveOtherSwarm lets apply make a host that is a member of another
 	// swarm leave it (hosts in an earlier swarm of this cluster always do).
 	LeaveOtherSwarm bool
+	// AllowEngineDowngrade lets engine.install take a host's engine package
+	// to a lower version than it has (refused otherwise, before anything
+	// changes on the host).
+	AllowEngineDowngrade bool
 	// KeepBackups is how many raft backups to keep (default 5).
 	KeepBackups int
 	// TakeBackup takes a raft backup; nil means over SSH from a manager

@@ -14,6 +14,7 @@ import (
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/hostos"
 	"github.com/provision/provision/provision/atomicfile"
+	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/redact"
 	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/provision/swarm"
@@ -63,6 +64,17 @@ func (hostSteps) Run(ctx context.Context, r *run) error {
 			}
 		}
 	}
+	return rollBatches(ctx, r, batches, members, runSteps)
+}
+
+// rollBatches runs the batches in order, the hosts of a batch in parallel.
+// In a rolling batch each member goes through swarm's Cycle: drained first
+// when a pending step needs it (an engine upgrade), its steps run, its
+// engine back in the swarm (Ready, Reachable for a manager) and reporting
+// the version dockerd --version gave, made active again. A failed member
+// stops the rollout after its batch (the next manager could take quorum
+// with it); the later batches are left untouched.
+func rollBatches(ctx context.Context, r *run, batches []batch, members *swarm.Membership, steps func(context.Context, *run, *host) error) error {
 	for i, b := range batches {
 		if r.stopped() {
 			return nil
@@ -77,16 +89,34 @@ func (hostSteps) Run(ctx context.Context, r *run) error {
 			for j, h := range b.hosts {
 				names[j] = h.rec.Name
 			}
-			r.note("", fmt.Sprintf("rolling batch %d/%d: %s (engine restart)", i+1, len(batches), strings.Join(names, ", ")))
+			why := "engine restart"
+			if b.drain {
+				why = "engine upgrade: drained first"
+			}
+			r.note("", fmt.Sprintf("rolling batch %d/%d: %s (%s)", i+1, len(batches), strings.Join(names, ", "), why))
 		}
 		if err := r.each(ctx, b.hosts, "host", func(ctx context.Context, h *host) error {
-			if err := runSteps(ctx, r, h); err != nil {
-				return err
-			}
-			if b.rolling && h.restarted {
-				if err := members.WaitMember(ctx, h.member, h.rec.NodeID, h.rec.Role == spec.RoleManager); err != nil {
-					return fmt.Errorf("back in the swarm after the engine restart: %w", err)
+			if !b.rolling {
+				if err := steps(ctx, r, h); err != nil {
+					return err
 				}
+				return hostDone(r, h)
+			}
+			turn := swarm.Turn{Host: h.member, NodeID: h.rec.NodeID, Manager: h.rec.Role == spec.RoleManager, Drain: needsDrain(h)}
+			err := members.Cycle(ctx, turn, func(ctx context.Context) (bool, error) {
+				if err := steps(ctx, r, h); err != nil {
+					return false, err
+				}
+				return h.restarted, nil
+			}, func(l swarm.Local) error {
+				// dockerd --version (facts) and the engine API must agree.
+				if t := h.target; t != nil && t.Facts != nil && t.Facts.Engine != "" && l.Engine != "" && l.Engine != t.Facts.Engine {
+					return fmt.Errorf("the engine reports version %s after the change, dockerd --version %s", l.Engine, t.Facts.Engine)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
 			}
 			return hostDone(r, h)
 		}); err != nil {
@@ -104,6 +134,13 @@ func (hostSteps) Run(ctx context.Context, r *run) error {
 		}
 	}
 	return nil
+}
+
+// needsDrain reports whether one of the host's pending steps needs its node
+// drained first: engine.install changing the engine itself (an upgrade),
+// not only adding packages another step needs.
+func needsDrain(h *host) bool {
+	return slices.ContainsFunc(h.pending, hostos.NeedsDrain) && (h.target == nil || hostos.EngineChanging(h.target))
 }
 
 // oldFirewalls lets the new machines through the firewalls of the earlier
@@ -175,6 +212,7 @@ func firewallOnly(ctx context.Context, r *run, o *retiree, peers []string) error
 type batch struct {
 	hosts   []*host
 	rolling bool // members whose engine restarts: wait until they are back
+	drain   bool // one of them is drained first (an engine upgrade)
 }
 
 // rollout splits hosts with pending steps into batches: first every host
@@ -202,15 +240,12 @@ func rollout(hosts []*host, parallelism int) []batch {
 		out = append(out, batch{hosts: free})
 	}
 	for _, h := range managers {
-		out = append(out, batch{hosts: []*host{h}, rolling: true})
+		out = append(out, batch{hosts: []*host{h}, rolling: true, drain: needsDrain(h)})
 	}
-	size := max(1, len(workers)/4)
-	if parallelism > 0 {
-		size = min(size, parallelism)
-	}
+	size := plan.WorkerBatch(len(workers), parallelism)
 	for len(workers) > 0 {
 		n := min(size, len(workers))
-		out = append(out, batch{hosts: workers[:n], rolling: true})
+		out = append(out, batch{hosts: workers[:n], rolling: true, drain: slices.ContainsFunc(workers[:n], needsDrain)})
 		workers = workers[n:]
 	}
 	return out
@@ -239,20 +274,21 @@ func prepareHost(ctx context.Context, r *run, h *host, peers []string) error {
 		tlsFiles = f
 	}
 	cfg := &hostos.Config{
-		Cluster:       r.Spec.Name,
-		ClusterID:     r.State.ClusterID,
-		Node:          h.rec.Name,
-		Role:          h.rec.Role,
-		Index:         h.rec.Index,
-		AdminUser:     h.rec.SSH.User,
-		Engine:        r.Spec.Engine,
-		Logging:       r.Spec.Logging,
-		Prune:         r.Spec.Prune,
-		Hardening:     r.Spec.Hardening,
-		TLS:           tlsFiles,
-		Peers:         peers,
-		OperatorCIDRs: r.Spec.TLS.AllowedCIDRs,
-		BundleDir:     r.bundleDir(),
+		Cluster:        r.Spec.Name,
+		ClusterID:      r.State.ClusterID,
+		Node:           h.rec.Name,
+		Role:           h.rec.Role,
+		Index:          h.rec.Index,
+		AdminUser:      h.rec.SSH.User,
+		Engine:         r.Spec.Engine,
+		Logging:        r.Spec.Logging,
+		Prune:          r.Spec.Prune,
+		Hardening:      r.Spec.Hardening,
+		TLS:            tlsFiles,
+		Peers:          peers,
+		OperatorCIDRs:  r.Spec.TLS.AllowedCIDRs,
+		BundleDir:      r.bundleDir(),
+		AllowDowngrade: r.AllowEngineDowngrade,
 	}
 	t0 := time.Now()
 	r.rep.Event(Event{Time: t0, Kind: StepStart, Host: h.rec.Name, Step: "host.facts"})
@@ -339,9 +375,15 @@ func hostDone(r *run, h *host) error {
 			dirty = true
 		}
 	}
-	if t := h.target; t != nil && t.Facts != nil && t.Facts.Engine != "" && h.rec.Engine != t.Facts.Engine {
-		h.rec.Engine = t.Facts.Engine
-		dirty = true
+	if t := h.target; t != nil && t.Facts != nil && t.Facts.Engine != "" {
+		if h.rec.Engine != t.Facts.Engine {
+			h.rec.Engine = t.Facts.Engine
+			dirty = true
+		}
+		if v := t.Facts.Packages[t.Config.Engine.Package]; v != "" && h.rec.EnginePackage != v {
+			h.rec.EnginePackage = v
+			dirty = true
+		}
 	}
 	r.mu.Unlock()
 	if !dirty {

@@ -122,9 +122,12 @@ type Plan struct {
 	Missing *Missing `json:"missing,omitempty"`
 	// Backup says why apply backs up the swarm's raft first ("" when it
 	// touches no manager).
-	Backup  string   `json:"raft_backup,omitempty"`
-	Notes   []string `json:"notes,omitempty"`
-	Summary Summary  `json:"summary"`
+	Backup string `json:"raft_backup,omitempty"`
+	// Engine is the rolling engine upgrade (or downgrade) of the swarm's
+	// members, when the spec changes their engine package.
+	Engine  *EngineChange `json:"engine_change,omitempty"`
+	Notes   []string      `json:"notes,omitempty"`
+	Summary Summary       `json:"summary"`
 }
 
 // Summary counts actions by kind.
@@ -356,6 +359,7 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 	p.Actions = append(p.Actions, removes...)
 	p.resources(obs, false)
 	p.missing(st, obs, seen)
+	p.engineChange(c, slices.Contains(settingNames, "engine"))
 	p.notes(c, st, obs)
 	p.count()
 	return p
@@ -706,4 +710,15 @@ func flatten(prefix string, v any, out map[string]string) {
 		b, _ := json.Marshal(t)
 		out[prefix] = string(b)
 	}
+}
+
+// WorkerBatch is how many workers change at once in a rolling change that
+// restarts their engines (apply's batches, plan's order): a quarter of
+// them, at least one, at most parallelism (when > 0).
+func WorkerBatch(workers, parallelism int) int {
+	size := max(1, workers/4)
+	if parallelism > 0 {
+		size = min(size, parallelism)
+	}
+	return size
 }

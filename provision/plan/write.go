@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -57,6 +58,24 @@ func (p *Plan) WriteText(w io.Writer, color bool) error {
 			for _, c := range s.Changes {
 				fmt.Fprintf(bw, "      %s\n", c)
 			}
+		}
+	}
+	if e := p.Engine; e != nil {
+		fmt.Fprintf(bw, "\nEngine upgrade (%s to %s, one batch after the other, each node drained first):\n", e.Package, e.To)
+		for i, b := range e.Order {
+			var parts []string
+			for _, m := range b {
+				from := e.From[m]
+				if from == "" {
+					from = "?"
+				}
+				part := m + " (" + from + ")"
+				if slices.Contains(e.Downgrade, m) {
+					part += " DOWNGRADE"
+				}
+				parts = append(parts, part)
+			}
+			fmt.Fprintln(bw, paint(Reconfigure, fmt.Sprintf("  %d. %s", i+1, strings.Join(parts, ", "))))
 		}
 	}
 	if len(p.Resources) > 0 {

@@ -76,6 +76,10 @@ type Machine struct {
 	CertSerial   string    `json:"cert_serial,omitempty"`
 	CertNotAfter time.Time `json:"cert_not_after,omitempty"`
 	Engine       string    `json:"engine,omitempty"` // engine version found after install
+	// EnginePackage is the engine package's version found after install
+	// ("20.10.24+dfsg1-1+deb12u1+b6"): plan compares the spec's pin with it
+	// to show an upgrade or a downgrade.
+	EnginePackage string `json:"engine_package,omitempty"`
 	// HostKeySource says where SSH.HostKey came from: HostKeyInstalled
 	// (provision made it and the driver put it on the machine: it is
 	// rotated on the first trusted connection), HostKeyHost (made on the

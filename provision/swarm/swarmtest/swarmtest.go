@@ -10,6 +10,7 @@
 package swarmtest
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -83,9 +84,11 @@ type Engine struct {
 	Down bool
 	// BlockJoin leaves a join pending: the engine cannot reach a manager.
 	BlockJoin bool
-	sw        *Swarm
-	nodeID    string
-	pending   bool
+	// Version is the engine version Info reports ("20.10.24" when empty).
+	Version string
+	sw      *Swarm
+	nodeID  string
+	pending bool
 	// pendingJoin is the join a blocked engine goes on trying.
 	pendingJoin *dswarm.JoinRequest
 }
@@ -183,6 +186,33 @@ func (w *World) Kill(e *Engine) {
 	for _, s := range w.swarms {
 		s.electLeader()
 	}
+}
+
+// Restart stands for the engine restarting as version (an upgrade; ""
+// keeps it): its tasks stop and, the node being active, start again
+// elsewhere or on it, as the swarm places them.
+func (w *World) Restart(e *Engine, version string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if version != "" {
+		e.Version = version
+	}
+	if e.sw != nil {
+		e.sw.reschedule(e.nodeID)
+		e.sw.electLeader()
+	}
+	w.Calls = append(w.Calls, "restart "+e.Name)
+}
+
+// TasksOn is the number of the swarm's tasks placed on the engine's node.
+func (s *Swarm) TasksOn(e *Engine) int {
+	n := 0
+	for _, t := range s.tasks {
+		if t.node != "" && t.node == e.nodeID {
+			n++
+		}
+	}
+	return n
 }
 
 // Swarm returns the swarm the engine is in, or nil.
@@ -283,7 +313,7 @@ func (e *Engine) Info(ctx context.Context) (system.Info, error) {
 	if e.Down {
 		return system.Info{}, errDown
 	}
-	info := system.Info{ServerVersion: "20.10.24", Name: e.Name}
+	info := system.Info{ServerVersion: cmp.Or(e.Version, "20.10.24"), Name: e.Name}
 	switch {
 	case e.pending:
 		info.Swarm.LocalNodeState = dswarm.LocalNodeStatePending

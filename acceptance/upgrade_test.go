@@ -1,0 +1,299 @@
+//go:build acceptance
+
+package acceptance
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/swarm"
+)
+
+// upgradeSpec: 3 managers and 2 workers, hardening off (not the subject),
+// the engine package pinned by a variable.
+const upgradeSpec = `
+variable "engine" {
+  type = string
+}
+name = "upgrade"
+driver "local" {}
+engine {
+  version = var.engine
+}
+hardening {
+  profile = "off"
+}
+managers {
+  count = 3
+}
+workers {
+  count = 2
+}
+`
+
+const (
+	upgradeService  = "upgrade-web"
+	upgradeReplicas = 4
+	repoDir         = "/srv/provision-upgrade-repo"
+)
+
+// TestEngineUpgrade is issue 16's rolling engine upgrade on real hosts: the
+// cluster is made with the distro's docker.io at its exact version, then a
+// local apt repository made here (the same engine repackaged as a higher
+// version) is given to every host and the pin moved to it. plan shows the
+// upgrade and its order; apply takes the nodes one batch at a time, each
+// drained first, while a replicated service keeps running; every node ends
+// on the new package, Ready and active, managers Reachable; a second apply
+// changes nothing; the old pin is a downgrade that plan names and apply
+// refuses without --allow-engine-downgrade, changing nothing.
+func TestEngineUpgrade(t *testing.T) {
+	requireAcc(t)
+	dc := dockerClient(t)
+	t0 := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+
+	// The engine package the hosts get from the distro, and the same
+	// package repackaged as the next version.
+	from, debs := upgradeRepo(t, ctx, dir)
+	to := from + "+provision1"
+
+	d := &day2{dc: dc, spec: filepath.Join(dir, "upgrade.hcl"), stateDir: filepath.Join(dir, "state"),
+		vars: map[string]string{"engine": from}, svc: upgradeService, replicas: upgradeReplicas}
+	if err := os.WriteFile(d.spec, []byte(upgradeSpec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	destroyed := false
+	t.Cleanup(func() {
+		if !destroyed {
+			provision(t, context.Background(), nil, d.args("destroy", "--auto-approve")...)
+		}
+	})
+	w := d.watch(t, ctx) // feeds the test image to every engine
+	mustProvision(t, ctx, nil, d.args("apply", "--auto-approve")...)
+	w.end()
+	d.clusterID = d.state(t).ClusterID
+	made := time.Since(t0)
+	startUpgradeService(t, ctx, d)
+
+	// The repository, on every host.
+	for _, m := range d.state(t).Machines {
+		files := map[string]file{strings.TrimPrefix(repoDir, "/") + "/Packages": {0o644, debs["Packages"]},
+			strings.TrimPrefix(repoDir, "/") + "/Release":   {0o644, debs["Release"]},
+			"etc/apt/sources.list.d/provision-upgrade.list": {0o644, []byte("deb [trusted=yes] file:" + repoDir + " ./\n")}}
+		for name, b := range debs {
+			if strings.HasSuffix(name, ".deb") {
+				files[strings.TrimPrefix(repoDir, "/")+"/"+name] = file{0o644, b}
+			}
+		}
+		if err := dc.CopyToContainer(ctx, m.ID, "/", tarFiles(files), container.CopyToContainerOptions{}); err != nil {
+			t.Fatalf("repository to %s: %v", m.Name, err)
+		}
+	}
+
+	// plan: the upgrade, node by node, managers first.
+	d.vars["engine"] = to
+	p := mustProvision(t, ctx, nil, d.args("plan")...)
+	t.Logf("plan:\n%s", p.stdout)
+	order := regexp.MustCompile(`(?m)^\s+(\d)\. (upgrade-\w+-\d) \(`+regexp.QuoteMeta(from)+`\)$`).FindAllStringSubmatch(p.stdout, -1)
+	var planned []string
+	for _, m := range order {
+		planned = append(planned, m[2])
+	}
+	if want := "upgrade-manager-1 upgrade-manager-2 upgrade-manager-3 upgrade-worker-1 upgrade-worker-2"; strings.Join(planned, " ") != want ||
+		!strings.Contains(p.stdout, "Engine upgrade (docker.io to "+to) || strings.Contains(p.stdout, "DOWNGRADE") {
+		t.Errorf("plan order %v, want %s", planned, want)
+	}
+
+	// apply: watched from outside.
+	w = d.watch(t, ctx)
+	r := mustProvision(t, ctx, nil, d.args("apply", "--auto-approve", "--json")...)
+	w.end()
+	t.Logf("upgrade: %d samples, fewest reachable managers %d (at %s), fewest running tasks %d of %d (at %s: %s), apply %s",
+		w.samples, w.minManagers, w.lowManagersAt, w.minRunning, upgradeReplicas, w.lowTaskAt, w.lowTasks, r.took.Round(time.Second))
+	if w.minManagers < 2 {
+		t.Errorf("only %d reachable managers at %s", w.minManagers, w.lowManagersAt)
+	}
+	// A drain stops a node's tasks before their replacements run: the
+	// service dips by what one node ran, never to nothing.
+	if w.minRunning < upgradeReplicas-2 {
+		t.Errorf("only %d of %d tasks running at %s: %s", w.minRunning, upgradeReplicas, w.lowTaskAt, w.lowTasks)
+		t.Logf("apply events:\n%s", timeline(r.stderr))
+	}
+	upgradeTook := r.took
+	var batches []string
+	for _, l := range strings.Split(r.stderr, "\n") {
+		var ev struct{ Kind, Msg string }
+		if json.Unmarshal([]byte(l), &ev) == nil && strings.HasPrefix(ev.Msg, "rolling batch ") {
+			batches = append(batches, ev.Msg)
+		}
+	}
+	t.Logf("batches:\n%s", strings.Join(batches, "\n"))
+	if len(batches) != 5 || !strings.Contains(batches[0], "upgrade-manager-1 (engine upgrade: drained first)") || !strings.Contains(batches[4], "upgrade-worker-2 (engine upgrade: drained first)") {
+		t.Errorf("rolling batches: %v", batches)
+	}
+
+	// Every node on the new package, Ready and active, managers Reachable.
+	var st struct {
+		Machines []struct {
+			Name          string `json:"name"`
+			EnginePackage string `json:"engine_package"`
+			NodeID        string `json:"node_id"`
+		} `json:"machines"`
+	}
+	b, _ := os.ReadFile(filepath.Join(d.stateDir, "state.json"))
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	mgr := d.manager(t, ctx)
+	nodes, err := mgr.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := map[string]swarm.Node{}
+	for _, n := range nodes {
+		byID[n.ID] = n
+	}
+	for _, m := range st.Machines {
+		n := byID[m.NodeID]
+		if m.EnginePackage != to || n.Status.State != swarm.NodeStateReady || n.Spec.Availability != swarm.NodeAvailabilityActive ||
+			(n.ManagerStatus != nil && n.ManagerStatus.Reachability != swarm.ReachabilityReachable) {
+			t.Errorf("%s: package %s, node %s %s %+v", m.Name, m.EnginePackage, n.Status.State, n.Spec.Availability, n.ManagerStatus)
+		}
+		out, err := runIn(ctx, dc, d.containerOf(t, ctx, m.Name), []string{"dpkg-query", "-W", "-f=${Version}", "docker.io"})
+		if err != nil || strings.TrimSpace(out) != to {
+			t.Errorf("%s: dpkg says docker.io %q (%v)", m.Name, out, err)
+		}
+	}
+	upgradeFull(t, ctx, d)
+
+	// Converged: nothing to do.
+	if p := mustProvision(t, ctx, nil, d.args("plan")...); !strings.Contains(p.stdout, "No changes") {
+		t.Errorf("plan after the upgrade:\n%s", p.stdout)
+	}
+
+	// The old pin is a downgrade: stated, refused, nothing changed.
+	d.vars["engine"] = from
+	p = mustProvision(t, ctx, nil, d.args("plan")...)
+	if !strings.Contains(p.stdout, "DOWNGRADE") || !strings.Contains(p.stdout, "--allow-engine-downgrade") {
+		t.Errorf("plan does not state the downgrade:\n%s", p.stdout)
+	}
+	r = provision(t, ctx, nil, d.args("apply", "--auto-approve")...)
+	if r.code == 0 || !strings.Contains(r.stderr, "--allow-engine-downgrade") {
+		t.Errorf("downgrade apply: exit %d\n%s", r.code, r.stderr)
+	}
+	if nodes, err := mgr.Nodes(ctx); err == nil {
+		for _, n := range nodes {
+			if n.Spec.Availability != swarm.NodeAvailabilityActive {
+				t.Errorf("%s left %s by a refused downgrade", n.Description.Hostname, n.Spec.Availability)
+			}
+		}
+	}
+
+	mustProvision(t, ctx, nil, d.args("destroy", "--auto-approve")...)
+	destroyed = true
+	t.Logf("TestEngineUpgrade: cluster made in %s, upgrade apply %s, whole test %s", made.Round(time.Second), upgradeTook.Round(time.Second), time.Since(t0).Round(time.Second))
+}
+
+// upgradeRepo downloads the distro's docker.io on this machine, repackages
+// it as the next version (same files, version + "+provision1") and indexes
+// it as a flat apt repository: the files by name, "Packages" and "Release".
+// It returns the distro's version.
+func upgradeRepo(t *testing.T, ctx context.Context, dir string) (string, map[string][]byte) {
+	t.Helper()
+	dl := filepath.Join(dir, "dl")
+	if err := os.MkdirAll(dl, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run := func(dir string, name string, args ...string) string {
+		t.Helper()
+		cmd := exec.CommandContext(ctx, name, args...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "LC_ALL=C")
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%s %v: %v\n%s", name, args, err, stderr.String())
+		}
+		return string(out)
+	}
+	run(dl, "apt-get", "download", "-q", "docker.io")
+	matches, _ := filepath.Glob(filepath.Join(dl, "docker.io_*.deb"))
+	if len(matches) != 1 {
+		t.Fatalf("downloaded %v", matches)
+	}
+	from := strings.TrimSpace(run(dl, "dpkg-deb", "-f", matches[0], "Version"))
+	to := from + "+provision1"
+	tree := filepath.Join(dir, "tree")
+	run(dir, "dpkg-deb", "-R", matches[0], tree)
+	ctl := filepath.Join(tree, "DEBIAN", "control")
+	b, err := os.ReadFile(ctl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = regexp.MustCompile(`(?m)^Version: .*$`).ReplaceAll(b, []byte("Version: "+to))
+	if err := os.WriteFile(ctl, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	repo := filepath.Join(dir, "repo")
+	if err := os.MkdirAll(repo, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	name := "docker.io_" + strings.ReplaceAll(to, ":", "%3a") + "_amd64.deb"
+	run(dir, "dpkg-deb", "-Zgzip", "-z1", "-b", tree, filepath.Join(repo, name))
+	pk := run(repo, "dpkg-scanpackages", "-m", ".")
+	deb, err := os.ReadFile(filepath.Join(repo, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte(pk))
+	var rel bytes.Buffer
+	fmt.Fprintf(&rel, "Origin: provision-test\nLabel: provision-test\nDate: %s\nSHA256:\n %s %d Packages\n",
+		time.Now().UTC().Format(time.RFC1123Z), hex.EncodeToString(sum[:]), len(pk))
+	t.Logf("local repository: docker.io %s -> %s (%d MB)", from, to, len(deb)>>20)
+	return from, map[string][]byte{name: deb, "Packages": []byte(pk), "Release": rel.Bytes()}
+}
+
+// startUpgradeService runs a replicated service of the test image and waits
+// until all its tasks run.
+func startUpgradeService(t *testing.T, ctx context.Context, d *day2) {
+	t.Helper()
+	mgr := d.manager(t, ctx)
+	replicas := uint64(upgradeReplicas)
+	grace := time.Second
+	if _, err := mgr.ServiceCreate(ctx, swarm.ServiceSpec{
+		Annotations: swarm.Annotations{Name: upgradeService},
+		TaskTemplate: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{
+			Image: testImage, Command: []string{"/bin/httpd", "-f", "-p", "8080", "-h", "/"}, StopGracePeriod: &grace,
+		}},
+		Mode: swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &replicas}},
+	}, swarm.ServiceCreateOptions{}); err != nil {
+		t.Fatalf("create service: %v", err)
+	}
+	upgradeFull(t, ctx, d)
+}
+
+func upgradeFull(t *testing.T, ctx context.Context, d *day2) {
+	t.Helper()
+	eventually(t, ctx, 3*time.Minute, "service at full replicas", func() error {
+		n, err := runningTasks(ctx, d.manager(t, ctx), upgradeService)
+		if err == nil && n != upgradeReplicas {
+			err = fmt.Errorf("%d of %d tasks running", n, upgradeReplicas)
+		}
+		return err
+	})
+}
