@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/provision/provision/provision/comm"
 )
@@ -76,6 +77,19 @@ func installEngine(ctx context.Context, t *Target) error {
 	if err != nil {
 		return err
 	}
+	// A first install: the engine's certificates and settings go on the
+	// host before the package, whose own start then uses them; no restart
+	// follows (engine.tls and engine.config find their files in place).
+	fresh := t.Facts.Packages[enginePackage(t.Config)] == "" && t.Facts.Engine == ""
+	if fresh {
+		ids, err := prestage(ctx, t, fam)
+		if err != nil {
+			return fmt.Errorf("before the engine's first start: %w", err)
+		}
+		if len(ids) > 0 {
+			t.Log.Info("engine settings written before its first start", "steps", ids)
+		}
+	}
 	if t.Config.Engine.Method == "bundle" {
 		err = installBundle(ctx, t, fam)
 	} else {
@@ -87,6 +101,14 @@ func installEngine(ctx context.Context, t *Target) error {
 	before := t.Facts.Packages[enginePackage(t.Config)]
 	if err := verifyEngine(ctx, t, fam); err != nil {
 		return err
+	}
+	if fresh {
+		// The package started the engine with the settings written above:
+		// it must be running (a package's start failing does not fail the
+		// install), and the engine steps read that it is.
+		if err := t.waitActive(ctx, "docker.service", 2*time.Minute); err != nil {
+			return fmt.Errorf("the engine's first start: %w", err)
+		}
 	}
 	if after := t.Facts.Packages[enginePackage(t.Config)]; before != "" && after != before {
 		// A new engine version: whatever the package's own scripts did
@@ -137,9 +159,21 @@ func installPackage(ctx context.Context, t *Target, fam Family) error {
 			args = append(args, "--allow-downgrades")
 		}
 	}
+	want := wantPackages(t.Config, fam)
 	args = append(args, spec)
-	args = append(args, wantPackages(t.Config, fam)[1:]...)
-	t.Log.Info("installing packages", "packages", args[len(args)-len(wantPackages(t.Config, fam)):])
+	args = append(args, want[1:]...)
+	// One transaction for everything the profile installs: the required
+	// packages and the steps' extras (a second apt run costs as much again
+	// in dependency resolution and dpkg triggers).
+	extras := extraPackages(t.Config, fam, want)
+	t.Log.Info("installing packages", "packages", append(slices.Clone(want), extras...))
+	if len(extras) > 0 {
+		_, err := t.sudo(ctx, aptEnv+comm.Quote(append(slices.Clone(args), extras...)...)+aptOpts)
+		if err == nil {
+			return nil
+		}
+		t.Log.Info("installing without the optional packages: the transaction with them failed", "packages", extras, "err", err)
+	}
 	if _, err := t.sudo(ctx, aptEnv+comm.Quote(args...)+aptOpts); err != nil {
 		return fmt.Errorf("apt-get install: %w", err)
 	}

@@ -467,6 +467,7 @@ func TestEngineInstallPinned(t *testing.T) {
 	fc := &fakeComm{answers: []answer{
 		{match: "apt-cache madison", out: " docker.io | 20.10.24+dfsg1-1+deb12u1+b6 | http://m bookworm/main amd64 Packages\n"},
 		{match: "dpkg-query", out: "pkg\tii \tdocker.io\t20.10.24+dfsg1-1+deb12u1+b6\npkg\tii \tnftables\t1.0.6\npkg\tii \tunattended-upgrades\t2.9\nengine\tDocker version 20.10.24+dfsg1, build 297e128\nend\n"},
+		{match: "ActiveState", out: "active\n"},
 	}}
 	tgt := &hostos.Target{Comm: fc, Facts: debianFacts(), Config: cfg, Log: slog.New(slog.DiscardHandler)}
 	st := stepByID(t, cfg, "engine.install")
@@ -501,6 +502,35 @@ func TestEngineInstallPinned(t *testing.T) {
 	}
 	if done, err := st.Check(context.Background(), tgt); !done || err != nil {
 		t.Errorf("after apply: %v %v", done, err)
+	}
+	// The login policy's packages went into the same transaction.
+	for _, c := range fc.cmds {
+		if strings.Contains(c, "apt-get install") && !strings.Contains(c, "libpam-pwquality") {
+			t.Errorf("install without the login packages: %s", c)
+		}
+	}
+	// A first install: the engine's certificates and settings were on the
+	// host before the package; the engine steps then have nothing to do, so
+	// the engine is not restarted after its first start.
+	if _, ok := fc.uploads["/tmp/provision.abc/0"]; !ok || tgt.Facts.Files[hostos.PathDaemonJSON] == "" || tgt.Facts.Files[hostos.PathTLSKey] == "" {
+		t.Errorf("not written before the install: uploads %d, facts files %v", len(fc.uploads), tgt.Facts.Files)
+	}
+	for _, id := range []string{"engine.tls", "engine.config"} {
+		if done, err := stepByID(t, cfg, id).Check(context.Background(), tgt); !done || err != nil {
+			t.Errorf("%s after a first install: done %v %v", id, done, err)
+		}
+	}
+	if fc.ran("systemctl restart docker") {
+		t.Errorf("the engine was restarted after its first start:\n%s", strings.Join(fc.cmds, "\n"))
+	}
+	// Without a source for the optional packages, the install goes on without them.
+	fc2 := &fakeComm{answers: append([]answer{{match: "libpam-pwquality", code: 100, out: "E: Unable to locate package libpam-pwquality"}}, fc.answers...)}
+	tgt2 := &hostos.Target{Comm: fc2, Facts: debianFacts(), Config: cfg, Log: slog.New(slog.DiscardHandler)}
+	if err := st.Apply(context.Background(), tgt2); err != nil {
+		t.Fatalf("without the optional packages: %v", err)
+	}
+	if n := strings.Count(strings.Join(fc2.cmds, "\n"), "apt-get install"); n != 2 {
+		t.Errorf("%d installs, want the full one then the required one:\n%s", n, strings.Join(fc2.cmds, "\n"))
 	}
 }
 
