@@ -23,7 +23,7 @@ func stepHardenLogin() *Step {
 		// policy script then finds them (and still installs them when a
 		// host got its engine another way).
 		Extras: func(*Config, Family) []string { return LoginPackages },
-		render:  func(*Target, Family) ([]File, error) { return LoginFiles() },
+		render: func(*Target, Family) ([]File, error) { return LoginFiles() },
 	}
 }
 
