@@ -103,11 +103,25 @@ func installEngine(ctx context.Context, t *Target) error {
 		return err
 	}
 	if fresh {
-		// The package started the engine with the settings written above:
-		// it must be running (a package's start failing does not fail the
-		// install), and the engine steps read that it is.
-		if err := t.waitActive(ctx, "docker.service", 2*time.Minute); err != nil {
-			return fmt.Errorf("the engine's first start: %w", err)
+		// The package started the engine with the settings written above
+		// (a start failing does not fail the install, and a policy-rc.d may
+		// forbid it): record how the engine is once it settled. When it is
+		// not running, engine.config starts it (and reports its journal).
+		state := ""
+		err := poll(ctx, 2*time.Minute, "docker.service to settle after its install", func() (bool, error) {
+			out, err := t.sudo(ctx, comm.Quote("systemctl", "show", "-p", "ActiveState", "--value", "docker.service"))
+			if err != nil {
+				return false, err
+			}
+			state = strings.TrimSpace(string(out))
+			return state != "activating" && state != "deactivating" && state != "reloading", nil
+		})
+		if err != nil {
+			return err
+		}
+		t.setUnit("docker.service", state, "")
+		if state != "active" {
+			t.Log.Info("the engine is not running after its install; engine.config starts it", "state", state)
 		}
 	}
 	if after := t.Facts.Packages[enginePackage(t.Config)]; before != "" && after != before {
