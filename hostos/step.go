@@ -234,6 +234,11 @@ func extraPackages(cfg *Config, fam Family, want []string) []string {
 
 // prestage writes the files of the enabled BeforeEngine steps (the engine's
 // certificates and settings) before the engine package is first installed.
+// All or nothing: when one of them cannot render (engine.install run on its
+// own, without certificates), none is written, the package starts the
+// engine with its defaults and the steps do their work after it as before
+// (a daemon.json naming TLS files that are not there would keep the engine
+// from starting at all).
 func prestage(ctx context.Context, t *Target, fam Family) ([]string, error) {
 	var files []File
 	var ids []string
@@ -243,7 +248,8 @@ func prestage(ctx context.Context, t *Target, fam Family) ([]string, error) {
 		}
 		fs, err := s.render(t, fam)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", s.ID, err)
+			t.Log.Debug("engine settings not written before its install", "step", s.ID, "reason", err)
+			return nil, nil
 		}
 		if ch := t.changed(fs); len(ch) > 0 {
 			files = append(files, ch...)

@@ -531,6 +531,14 @@ func TestEngineInstallPinned(t *testing.T) {
 	}
 	if n := strings.Count(strings.Join(fc2.cmds, "\n"), "apt-get install"); n != 2 {
 		t.Errorf("%d installs, want the full one then the required one:\n%s", n, strings.Join(fc2.cmds, "\n"))
+	}	// engine.install on its own, without certificates: nothing is written
+	// before the package (all or nothing), the install goes on.
+	cfg3 := *cfg
+	cfg3.TLS = hostos.TLSFiles{}
+	fc3 := &fakeComm{answers: fc.answers}
+	tgt3 := &hostos.Target{Comm: fc3, Facts: debianFacts(), Config: &cfg3, Log: slog.New(slog.DiscardHandler)}
+	if err := stepByID(t, &cfg3, "engine.install").Apply(context.Background(), tgt3); err != nil || len(fc3.uploads) != 0 {
+		t.Errorf("without certificates: %v, %d files written", err, len(fc3.uploads))
 	}
 }
 
