@@ -531,7 +531,7 @@ func TestEngineInstallPinned(t *testing.T) {
 	}
 	if n := strings.Count(strings.Join(fc2.cmds, "\n"), "apt-get install"); n != 2 {
 		t.Errorf("%d installs, want the full one then the required one:\n%s", n, strings.Join(fc2.cmds, "\n"))
-	}	// engine.install on its own, without certificates: nothing is written
+	} // engine.install on its own, without certificates: nothing is written
 	// before the package (all or nothing), the install goes on.
 	cfg3 := *cfg
 	cfg3.TLS = hostos.TLSFiles{}
