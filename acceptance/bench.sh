@@ -7,8 +7,8 @@
 # run it under the shared lock (flock /tmp/provision-docker.lock make bench).
 #
 # BENCH_ONLY="fresh ten" runs only the named groups (the floor always runs): pkgs (the floor
-# with the hardening profile's packages), fresh-off, fresh (hardened 3 nodes, no-op, scale,
-# destroy), audit (inside fresh), ten (hardened 3+7 nodes, no-op, destroy).
+# with the hardening profile's packages), fresh-off, fresh (hardened 3 nodes, no-op, destroy),
+# audit and scale (3 -> 5 -> 3) inside fresh, ten (hardened 3+7 nodes, no-op, destroy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin/provision}
@@ -117,8 +117,10 @@ if want fresh; then
     rows+=("audit (3 nodes, Lynis installed)|$(secs "$t0" "$(now)")")
     echo "  audit: $(secs "$t0" "$(now)") s (load $(load))" >&2
   fi
-  run "scale 3 -> 5" bench apply -var workers=4
-  run "scale 5 -> 3" bench apply -var workers=2
+  if want scale; then
+    run "scale 3 -> 5" bench apply -var workers=4
+    run "scale 5 -> 3" bench apply -var workers=2
+  fi
   run "destroy (3 nodes)" bench destroy
 fi
 if want ten; then
