@@ -647,14 +647,14 @@ func (d *day2) roll(t *testing.T, ctx context.Context, variable, value, role str
 	}
 	if w.minRunning < low {
 		t.Errorf("only %d of %d tasks running at %s: %s", w.minRunning, day2Replicas, w.lowTaskAt, w.lowTasks)
-		t.Logf("apply events:\n%s", timeline(r.stderr))
+		t.Logf("apply events:\n%s", timeline(r.stdout))
 	} else if w.minRunning < day2Replicas-1 {
 		t.Logf("fewest running at %s: %s", w.lowTaskAt, w.lowTasks)
 	}
 	// The events: a backup before the first manager leaves, each old
 	// generation gone after its successor joined.
 	var steps []string
-	for _, l := range strings.Split(r.stderr, "\n") {
+	for _, l := range strings.Split(r.stdout, "\n") {
 		var ev struct{ Kind, Host, Step, Msg string }
 		if json.Unmarshal([]byte(l), &ev) == nil && ev.Kind == "step_changed" && (ev.Step == "swarm.backup" || ev.Step == "swarm.replace" || ev.Step == "swarm.join") {
 			steps = append(steps, ev.Step+" "+ev.Host)
@@ -785,6 +785,8 @@ func (d *day2) interruptBlockedJoin(t *testing.T, ctx context.Context) {
 	args := d.args("apply", "--auto-approve", "--json")
 	cmd := exec.CommandContext(ctx, binary(t), args...)
 	pr, pw := io.Pipe()
+	// The events (stdout) and the human text (stderr) in one stream, in order.
+	cmd.Stdout = pw
 	cmd.Stderr = pw
 	var errb bytes.Buffer
 	if err := cmd.Start(); err != nil {

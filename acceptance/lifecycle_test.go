@@ -429,8 +429,9 @@ func (c *life) applyUntil(t *testing.T, ctx context.Context, m, w int, sig sysca
 	args := append([]string{"apply", c.spec, c.sd(), "--auto-approve", "--json"}, c.vars(m, w)...)
 	cmd := exec.CommandContext(ctx, binary(t), args...)
 	var out, errb bytes.Buffer
-	cmd.Stdout = &out
 	pr, pw := io.Pipe()
+	// The events (stdout) and the human text (stderr) in one stream, in order.
+	cmd.Stdout = pw
 	cmd.Stderr = pw
 	t0 := time.Now()
 	if err := cmd.Start(); err != nil {

@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io/fs"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -20,29 +21,58 @@ var probedCommands = []string{"sshd", "nft", "hostnamectl", "cloud-init", "syste
 
 // factsScript is the POSIX sh program GatherFacts runs as root; $1 is the
 // SSH client address (expanded by the login shell, since sudo drops the
-// environment). Every line is "kind<TAB>fields...". Paths are appended.
+// environment). Every line is "kind<TAB>fields...", except the sections
+// that carry a command's own output between a header and an end line
+// (files: sha256sum; units: systemctl show; swarmpem: the certificate).
+// Paths are appended.
+//
+// It spawns few processes (a no-op apply is this one call per host, and on a
+// busy machine every exec costs): builtins read os-release, the hostname,
+// the container type and the swarm certificate; one sha256sum hashes every
+// managed file, one dpkg-query lists the packages, one systemctl show
+// reports every unit. dockerd --version runs only when the package database
+// or the binary changed since it last ran (its answer is kept in /run).
 const factsScript = `export LC_ALL=C PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 printf 'ssh_client\t%s\n' "$1"
 if [ -r /etc/os-release ]; then
 	while IFS= read -r l || [ -n "$l" ]; do printf 'os\t%s\n' "$l"; done </etc/os-release
 fi
-printf 'arch\t%s\n' "$(dpkg --print-architecture 2>/dev/null)"
-printf 'hostname\t%s\n' "$(hostname 2>/dev/null || cat /etc/hostname 2>/dev/null)"
+printf 'arch\t'; dpkg --print-architecture 2>/dev/null || echo
+h=
+read -r h 2>/dev/null </proc/sys/kernel/hostname || read -r h 2>/dev/null </etc/hostname || true
+printf 'hostname\t%s\n' "$h"
 printf 'addrs\t%s\n' "$(hostname -I 2>/dev/null)"
 for c in $PROBE; do
 	p=$(command -v "$c" 2>/dev/null) && printf 'cmd\t%s\t%s\n' "$c" "$p"
 done
+set --
 for f in $FILES; do
-	if [ -f "$f" ]; then printf 'file\t%s\t%s\t%s\n' "$f" "$(sha256sum <"$f" | cut -d' ' -f1)" "$(stat -c %a "$f" 2>/dev/null)"; fi
+	if [ -f "$f" ]; then set -- "$@" "$f"; fi
 done
+printf 'files\n'
+if [ $# -gt 0 ]; then sha256sum -- "$@" 2>/dev/null; fi
+printf 'files-end\nmodes\n'
+if [ $# -gt 0 ]; then stat -c '%a %n' -- "$@" 2>/dev/null; fi
+printf 'modes-end\n'
 dpkg-query -W -f='pkg\t${db:Status-Abbrev}\t${Package}\t${Version}\n' 2>/dev/null
 if command -v systemctl >/dev/null 2>&1; then
-	for u in $UNITS; do
-		printf 'unit\t%s\t%s\t%s\n' "$u" "$(systemctl show -p ActiveState --value "$u" 2>/dev/null)" "$(systemctl show -p UnitFileState --value "$u" 2>/dev/null)"
-	done
+	printf 'units\t%s\n' "$UNITS"
+	systemctl show -p Id -p ActiveState -p UnitFileState $UNITS 2>/dev/null
+	printf '\nunits-end\n'
 fi
-if command -v dockerd >/dev/null 2>&1; then printf 'engine\t%s\n' "$(dockerd --version 2>/dev/null)"; fi
-if command -v systemd-detect-virt >/dev/null 2>&1; then
+if d=$(command -v dockerd 2>/dev/null); then
+	ev=/run/provision/engine-version v=
+	if [ -s $ev ] && ! [ /var/lib/dpkg/status -nt $ev ] && ! [ "$d" -nt $ev ]; then read -r v <$ev || v=; fi
+	if [ -z "$v" ]; then
+		v=$(dockerd --version 2>/dev/null)
+		if [ -n "$v" ] && mkdir -p /run/provision 2>/dev/null; then printf '%s\n' "$v" >$ev 2>/dev/null || true; fi
+	fi
+	printf 'engine\t%s\n' "$v"
+fi
+if [ -r /run/systemd/container ]; then
+	v=; read -r v </run/systemd/container || true
+	printf 'virt\t%s\n' "$v"
+elif command -v systemd-detect-virt >/dev/null 2>&1; then
 	printf 'virt\t%s\n' "$(systemd-detect-virt -c 2>/dev/null)"
 elif [ -f /.dockerenv ] || [ -f /run/.containerenv ]; then
 	printf 'virt\tcontainer\n'
@@ -60,7 +90,11 @@ if command -v ip >/dev/null 2>&1 && command -v unshare >/dev/null 2>&1; then
 	fi
 fi
 c=/var/lib/docker/swarm/certificates/swarm-node.crt
-if [ -r "$c" ]; then printf 'swarmcert\t%s\n' "$(base64 -w0 <"$c" 2>/dev/null)"; fi
+if [ -r "$c" ]; then
+	printf 'swarmpem\n'
+	while IFS= read -r l || [ -n "$l" ]; do printf '%s\n' "$l"; done <"$c"
+	printf 'swarmpem-end\n'
+fi
 { ` + busyScript + `; } | while IFS= read -r l; do printf 'busy\t%s\n' "$l"; done
 printf 'end\n'
 `
@@ -104,12 +138,84 @@ func ParseFacts(out []byte) (*Facts, error) {
 	}
 	osr := map[string]string{}
 	ended := false
+	// section is the command output being read ("" outside one).
+	section := ""
+	var units []string // the units section's names, in systemctl's block order
+	unit := map[string]string{}
+	var pemLines []string
+	endUnit := func() {
+		if len(unit) == 0 {
+			return
+		}
+		// Blocks come in the order asked; an alias's block carries the
+		// unit's own Id, so the position names it. Should systemctl skip
+		// a name, the Id realigns the rest.
+		if id := unit["Id"]; id != "" && len(units) > 0 && id != units[0] {
+			if i := slices.Index(units, id); i > 0 {
+				units = units[i:]
+			}
+		}
+		if len(units) > 0 {
+			name := units[0]
+			units = units[1:]
+			f.Units[name] = unit["ActiveState"]
+			f.UnitFiles[name] = unit["UnitFileState"]
+		}
+		unit = map[string]string{}
+	}
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
 	for sc.Scan() {
-		kind, rest, _ := strings.Cut(sc.Text(), "\t")
+		line := sc.Text()
+		switch section {
+		case "files":
+			if line == "files-end" {
+				section = ""
+			} else if sum, path, ok := strings.Cut(line, "  "); ok && len(sum) == 64 {
+				f.Files[path] = sum
+			}
+			continue
+		case "modes":
+			if line == "modes-end" {
+				section = ""
+			} else if mode, path, ok := strings.Cut(line, " "); ok {
+				if m, err := strconv.ParseUint(mode, 8, 32); err == nil {
+					if f.Modes == nil {
+						f.Modes = map[string]fs.FileMode{}
+					}
+					f.Modes[path] = fs.FileMode(m)
+				}
+			}
+			continue
+		case "units":
+			switch {
+			case line == "units-end":
+				endUnit()
+				section = ""
+			case line == "":
+				endUnit()
+			default:
+				if k, v, ok := strings.Cut(line, "="); ok {
+					unit[k] = v
+				}
+			}
+			continue
+		case "swarmpem":
+			if line == "swarmpem-end" {
+				f.Swarm = parseSwarmPEM([]byte(strings.Join(pemLines, "\n") + "\n"))
+				section = ""
+			} else {
+				pemLines = append(pemLines, line)
+			}
+			continue
+		}
+		kind, rest, _ := strings.Cut(line, "\t")
 		fields := strings.Split(rest, "\t")
 		switch kind {
+		case "files", "modes", "swarmpem":
+			section = kind
+		case "units":
+			section, units = kind, strings.Fields(rest)
 		case "ssh_client":
 			f.SSHClient = strings.TrimSpace(rest)
 		case "os":
@@ -226,6 +332,11 @@ func parseSwarmCert(b64 string) *SwarmMember {
 	if err != nil {
 		return nil
 	}
+	return parseSwarmPEM(raw)
+}
+
+// parseSwarmPEM reads a swarm node certificate in PEM; nil when it cannot be read.
+func parseSwarmPEM(raw []byte) *SwarmMember {
 	blk, _ := pem.Decode(raw)
 	if blk == nil {
 		return nil

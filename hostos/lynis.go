@@ -9,21 +9,30 @@ import (
 	"strings"
 )
 
-// LynisScript installs Lynis from the distro's packages when missing, runs a
-// quick system audit into a private report file and prints the report
-// (Lynis's key=value report.dat). Run it as root with `sh -s` (stdin) or
-// `sh -c`. `provision audit` and the acceptance test measure hosts with it,
-// so a plain host and a provisioned one are measured the same way.
-const LynisScript = `set -e
+// LynisInstall installs Lynis from the distro's packages when it is
+// missing (it is kept for the next audit) and prints "installed" when it
+// did. Run it as root with `sh -s` (stdin) or `sh -c`.
+const LynisInstall = `set -e
 if ! command -v lynis >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq --no-install-recommends lynis >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends lynis >/dev/null; }
+  echo installed
 fi
+`
+
+// LynisRun runs a quick system audit into a private report file and prints
+// the report (Lynis's key=value report.dat). Run it as root.
+const LynisRun = `set -e
 d=$(mktemp -d)
 lynis audit system --quick --no-colors --report-file "$d/report.dat" --log-file "$d/lynis.log" >/dev/null 2>&1 || true
 cat "$d/report.dat"
 rm -rf "$d"
 `
+
+// LynisScript is LynisInstall then LynisRun: `provision audit` and the
+// acceptance test measure hosts with them, so a plain host and a
+// provisioned one are measured the same way.
+const LynisScript = LynisInstall + LynisRun
 
 // LynisReport is what a Lynis report says about one host.
 type LynisReport struct {

@@ -20,12 +20,18 @@ func (t *Target) sudoSh(ctx context.Context, script string) ([]byte, error) {
 	return t.sudo(ctx, "sh -c "+comm.Quote("export LC_ALL=C PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; "+script))
 }
 
-// install places files as root and records their hashes in the facts.
+// install places files as root in one batch (comm.InstallAll: one upload
+// each over the host's SFTP client, one command) and records their hashes
+// in the facts.
 func (t *Target) install(ctx context.Context, files ...File) error {
+	batch := make([]comm.InstallFile, len(files))
+	for i, f := range files {
+		batch[i] = comm.InstallFile{Dst: f.Path, Content: f.Content, Mode: f.Mode}
+	}
+	if err := comm.InstallAll(ctx, t.Comm, batch, "root"); err != nil {
+		return err
+	}
 	for _, f := range files {
-		if err := comm.Install(ctx, t.Comm, f.Path, f.Content, f.Mode, "root"); err != nil {
-			return err
-		}
 		t.Facts.Files[f.Path] = f.Sum()
 		if t.Facts.Modes != nil {
 			t.Facts.Modes[f.Path] = f.Mode.Perm()

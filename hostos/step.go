@@ -30,6 +30,17 @@ type Step struct {
 	// Packages are the distro packages the step needs; engine.install
 	// installs those of every enabled step (the engine's first).
 	Packages func(*Config, Family) []string
+	// Extras are packages the step uses when the host's sources have them
+	// and works without (the login policy's PAM modules): engine.install
+	// puts those of every enabled step into its one package transaction,
+	// and installs without them when that transaction fails. They are not
+	// required (engine.install's Check does not ask for them) and not in
+	// the offline bundle.
+	Extras func(*Config, Family) []string
+	// BeforeEngine: the step's files are written before the engine package
+	// is first installed, so that the engine's first start (the package's
+	// own) already uses them and no restart follows the install.
+	BeforeEngine bool
 	// RestartsEngine: a change restarts dockerd, so swarm members take it in
 	// rolling batches and wait to be back before the next batch. Several
 	// such steps in a row restart the engine once, at the last of them.
@@ -208,6 +219,52 @@ func wantPackages(cfg *Config, fam Family) []string {
 		}
 	}
 	return out
+}
+
+// extraPackages lists the enabled steps' Extras not already in want.
+func extraPackages(cfg *Config, fam Family, want []string) []string {
+	var out []string
+	for _, s := range Steps() {
+		if s.Extras == nil || !s.On(cfg) {
+			continue
+		}
+		for _, p := range s.Extras(cfg, fam) {
+			if p != "" && !slices.Contains(out, p) && !slices.Contains(want, p) {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// prestage writes the files of the enabled BeforeEngine steps (the engine's
+// certificates and settings) before the engine package is first installed.
+// All or nothing: when one of them cannot render (engine.install run on its
+// own, without certificates), none is written, the package starts the
+// engine with its defaults and the steps do their work after it as before
+// (a daemon.json naming TLS files that are not there would keep the engine
+// from starting at all).
+func prestage(ctx context.Context, t *Target, fam Family) ([]string, error) {
+	var files []File
+	var ids []string
+	for _, s := range Steps() {
+		if !s.BeforeEngine || !s.On(t.Config) || s.render == nil {
+			continue
+		}
+		fs, err := s.render(t, fam)
+		if err != nil {
+			t.Log.Debug("engine settings not written before its install", "step", s.ID, "reason", err)
+			return nil, nil
+		}
+		if ch := t.changed(fs); len(ch) > 0 {
+			files = append(files, ch...)
+			ids = append(ids, s.ID)
+		}
+	}
+	if err := t.install(ctx, files...); err != nil {
+		return nil, err
+	}
+	return ids, nil
 }
 
 // WipeScript is the POSIX sh program the generic driver runs as root when

@@ -18,6 +18,7 @@ func stepEngineConfig() *Step {
 		Files:          files(PathDaemonJSON, PathDockerDropIn),
 		Units:          []string{"docker.service", "containerd.service"},
 		RestartsEngine: true,
+		BeforeEngine:   true,
 		Undo:           Undo{After: "rm -rf /etc/docker"},
 		render: func(t *Target, fam Family) ([]File, error) {
 			return DaemonFiles(t.Config, fam)

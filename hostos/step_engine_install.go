@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/provision/provision/provision/comm"
 )
@@ -76,6 +77,19 @@ func installEngine(ctx context.Context, t *Target) error {
 	if err != nil {
 		return err
 	}
+	// A first install: the engine's certificates and settings go on the
+	// host before the package, whose own start then uses them; no restart
+	// follows (engine.tls and engine.config find their files in place).
+	fresh := t.Facts.Packages[enginePackage(t.Config)] == "" && t.Facts.Engine == ""
+	if fresh {
+		ids, err := prestage(ctx, t, fam)
+		if err != nil {
+			return fmt.Errorf("before the engine's first start: %w", err)
+		}
+		if len(ids) > 0 {
+			t.Log.Info("engine settings written before its first start", "steps", ids)
+		}
+	}
 	if t.Config.Engine.Method == "bundle" {
 		err = installBundle(ctx, t, fam)
 	} else {
@@ -87,6 +101,28 @@ func installEngine(ctx context.Context, t *Target) error {
 	before := t.Facts.Packages[enginePackage(t.Config)]
 	if err := verifyEngine(ctx, t, fam); err != nil {
 		return err
+	}
+	if fresh {
+		// The package started the engine with the settings written above
+		// (a start failing does not fail the install, and a policy-rc.d may
+		// forbid it): record how the engine is once it settled. When it is
+		// not running, engine.config starts it (and reports its journal).
+		state := ""
+		err := poll(ctx, 2*time.Minute, "docker.service to settle after its install", func() (bool, error) {
+			out, err := t.sudo(ctx, comm.Quote("systemctl", "show", "-p", "ActiveState", "--value", "docker.service"))
+			if err != nil {
+				return false, err
+			}
+			state = strings.TrimSpace(string(out))
+			return state != "activating" && state != "deactivating" && state != "reloading", nil
+		})
+		if err != nil {
+			return err
+		}
+		t.setUnit("docker.service", state, "")
+		if state != "active" {
+			t.Log.Info("the engine is not running after its install; engine.config starts it", "state", state)
+		}
 	}
 	if after := t.Facts.Packages[enginePackage(t.Config)]; before != "" && after != before {
 		// A new engine version: whatever the package's own scripts did
@@ -137,9 +173,21 @@ func installPackage(ctx context.Context, t *Target, fam Family) error {
 			args = append(args, "--allow-downgrades")
 		}
 	}
+	want := wantPackages(t.Config, fam)
 	args = append(args, spec)
-	args = append(args, wantPackages(t.Config, fam)[1:]...)
-	t.Log.Info("installing packages", "packages", args[len(args)-len(wantPackages(t.Config, fam)):])
+	args = append(args, want[1:]...)
+	// One transaction for everything the profile installs: the required
+	// packages and the steps' extras (a second apt run costs as much again
+	// in dependency resolution and dpkg triggers).
+	extras := extraPackages(t.Config, fam, want)
+	t.Log.Info("installing packages", "packages", append(slices.Clone(want), extras...))
+	if len(extras) > 0 {
+		_, err := t.sudo(ctx, aptEnv+comm.Quote(append(slices.Clone(args), extras...)...)+aptOpts)
+		if err == nil {
+			return nil
+		}
+		t.Log.Info("installing without the optional packages: the transaction with them failed", "packages", extras, "err", err)
+	}
 	if _, err := t.sudo(ctx, aptEnv+comm.Quote(args...)+aptOpts); err != nil {
 		return fmt.Errorf("apt-get install: %w", err)
 	}

@@ -9,6 +9,7 @@ func stepEngineTLS() *Step {
 		Files:          files(PathTLSCA, PathTLSCert, PathTLSKey),
 		Units:          []string{"docker.service"},
 		RestartsEngine: true,
+		BeforeEngine:   true,
 		Certs:          []Cert{CertServer},
 		Undo:           Undo{After: "rmdir /etc/docker/tls >/dev/null 2>&1"},
 		render: func(t *Target, _ Family) ([]File, error) {

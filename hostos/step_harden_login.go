@@ -19,7 +19,11 @@ func stepHardenLogin() *Step {
 			{Path: PathLoginPolicy, OnChange: runLoginPolicy},
 		},
 		Enabled: func(c *Config) bool { return c.Hardening.SSH },
-		render:  func(*Target, Family) ([]File, error) { return LoginFiles() },
+		// Installed with the engine, in its one package transaction; the
+		// policy script then finds them (and still installs them when a
+		// host got its engine another way).
+		Extras: func(*Config, Family) []string { return LoginPackages },
+		render: func(*Target, Family) ([]File, error) { return LoginFiles() },
 	}
 }
 

@@ -75,6 +75,9 @@ func TestStepRecords(t *testing.T) {
 		if s.Drain && !s.RestartsEngine {
 			t.Errorf("%s: a drain is for a step that restarts the engine", s.ID)
 		}
+		if s.BeforeEngine && (!s.RestartsEngine || s.check != nil || s.ID == "engine.install") {
+			t.Errorf("%s: only the engine's own file steps are written before its first install", s.ID)
+		}
 		if s.RestartsEngine {
 			restartRun = append(restartRun, i)
 		}

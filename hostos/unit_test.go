@@ -467,6 +467,7 @@ func TestEngineInstallPinned(t *testing.T) {
 	fc := &fakeComm{answers: []answer{
 		{match: "apt-cache madison", out: " docker.io | 20.10.24+dfsg1-1+deb12u1+b6 | http://m bookworm/main amd64 Packages\n"},
 		{match: "dpkg-query", out: "pkg\tii \tdocker.io\t20.10.24+dfsg1-1+deb12u1+b6\npkg\tii \tnftables\t1.0.6\npkg\tii \tunattended-upgrades\t2.9\nengine\tDocker version 20.10.24+dfsg1, build 297e128\nend\n"},
+		{match: "ActiveState", out: "active\n"},
 	}}
 	tgt := &hostos.Target{Comm: fc, Facts: debianFacts(), Config: cfg, Log: slog.New(slog.DiscardHandler)}
 	st := stepByID(t, cfg, "engine.install")
@@ -501,6 +502,43 @@ func TestEngineInstallPinned(t *testing.T) {
 	}
 	if done, err := st.Check(context.Background(), tgt); !done || err != nil {
 		t.Errorf("after apply: %v %v", done, err)
+	}
+	// The login policy's packages went into the same transaction.
+	for _, c := range fc.cmds {
+		if strings.Contains(c, "apt-get install") && !strings.Contains(c, "libpam-pwquality") {
+			t.Errorf("install without the login packages: %s", c)
+		}
+	}
+	// A first install: the engine's certificates and settings were on the
+	// host before the package; the engine steps then have nothing to do, so
+	// the engine is not restarted after its first start.
+	if _, ok := fc.uploads["/tmp/provision.abc/0"]; !ok || tgt.Facts.Files[hostos.PathDaemonJSON] == "" || tgt.Facts.Files[hostos.PathTLSKey] == "" {
+		t.Errorf("not written before the install: uploads %d, facts files %v", len(fc.uploads), tgt.Facts.Files)
+	}
+	for _, id := range []string{"engine.tls", "engine.config"} {
+		if done, err := stepByID(t, cfg, id).Check(context.Background(), tgt); !done || err != nil {
+			t.Errorf("%s after a first install: done %v %v", id, done, err)
+		}
+	}
+	if fc.ran("systemctl restart docker") {
+		t.Errorf("the engine was restarted after its first start:\n%s", strings.Join(fc.cmds, "\n"))
+	}
+	// Without a source for the optional packages, the install goes on without them.
+	fc2 := &fakeComm{answers: append([]answer{{match: "libpam-pwquality", code: 100, out: "E: Unable to locate package libpam-pwquality"}}, fc.answers...)}
+	tgt2 := &hostos.Target{Comm: fc2, Facts: debianFacts(), Config: cfg, Log: slog.New(slog.DiscardHandler)}
+	if err := st.Apply(context.Background(), tgt2); err != nil {
+		t.Fatalf("without the optional packages: %v", err)
+	}
+	if n := strings.Count(strings.Join(fc2.cmds, "\n"), "apt-get install"); n != 2 {
+		t.Errorf("%d installs, want the full one then the required one:\n%s", n, strings.Join(fc2.cmds, "\n"))
+	} // engine.install on its own, without certificates: nothing is written
+	// before the package (all or nothing), the install goes on.
+	cfg3 := *cfg
+	cfg3.TLS = hostos.TLSFiles{}
+	fc3 := &fakeComm{answers: fc.answers}
+	tgt3 := &hostos.Target{Comm: fc3, Facts: debianFacts(), Config: &cfg3, Log: slog.New(slog.DiscardHandler)}
+	if err := stepByID(t, &cfg3, "engine.install").Apply(context.Background(), tgt3); err != nil || len(fc3.uploads) != 0 {
+		t.Errorf("without certificates: %v, %d files written", err, len(fc3.uploads))
 	}
 }
 
@@ -819,6 +857,54 @@ func TestBareMetalKnobs(t *testing.T) {
 	up, _ = hostos.UpdatesFiles(cfg)
 	if s := string(up[1].Content); !strings.Contains(s, `Automatic-Reboot-Time "03:30";`) {
 		t.Errorf("auto_reboot off keeps the file as it was:\n%s", s)
+	}
+}
+
+// TestParseFactsSections: the facts script's command sections (one
+// sha256sum, one systemctl show, the swarm certificate) are read back per
+// file and per unit; a unit whose block carries another Id (an alias) is
+// named by its position.
+func TestParseFactsSections(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "node9", OrganizationalUnit: []string{"swarm-manager"}, Organization: []string{"cl9"}},
+		NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := strings.Repeat("a", 64), strings.Repeat("b", 64)
+	out := "files\n" + a + "  /etc/docker/daemon.json\n" + b + "  /etc/ssh/sshd_config.d/provision.conf\nshort  /x\nfiles-end\n" +
+		"units\tdocker.service sshd.service auditd.service\n" +
+		"Id=docker.service\nActiveState=active\nUnitFileState=enabled\n\n" +
+		"UnitFileState=enabled\nId=ssh.service\nActiveState=active\n\n" +
+		"Id=auditd.service\nActiveState=inactive\nUnitFileState=\n\nunits-end\n" +
+		"swarmpem\n" + strings.TrimSpace(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))) + "\nswarmpem-end\n" +
+		"engine\tDocker version 20.10.24+dfsg1, build 297e128\nend\n"
+	f, err := hostos.ParseFacts([]byte(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Files) != 2 || f.Files["/etc/docker/daemon.json"] != a || f.Files["/etc/ssh/sshd_config.d/provision.conf"] != b {
+		t.Errorf("files %v", f.Files)
+	}
+	if f.Units["docker.service"] != "active" || f.UnitFiles["docker.service"] != "enabled" ||
+		f.Units["sshd.service"] != "active" || f.UnitFiles["sshd.service"] != "enabled" ||
+		f.Units["auditd.service"] != "inactive" || f.UnitFiles["auditd.service"] != "" || len(f.Units) != 3 {
+		t.Errorf("units %v unit files %v", f.Units, f.UnitFiles)
+	}
+	if f.Swarm == nil || f.Swarm.NodeID != "node9" || f.Swarm.Role != "manager" || f.Swarm.ClusterID != "cl9" {
+		t.Errorf("swarm %+v", f.Swarm)
+	}
+	if f.Engine != "20.10.24+dfsg1" {
+		t.Errorf("engine %q", f.Engine)
+	}
+	// systemctl skipped a name: the Ids realign the rest.
+	out = "units\ta.service b.service c.service\nId=a.service\nActiveState=active\n\nId=c.service\nActiveState=failed\n\nunits-end\nend\n"
+	if f, err = hostos.ParseFacts([]byte(out)); err != nil || f.Units["a.service"] != "active" || f.Units["c.service"] != "failed" || f.Units["b.service"] != "" {
+		t.Errorf("realign: %v %v", err, f.Units)
 	}
 }
 

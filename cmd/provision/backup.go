@@ -44,7 +44,7 @@ With --list, print the backups kept, newest first.`,
 				return err
 			}
 			defer l.close()
-			e := l.runner(g, g.reporter(cmd.ErrOrStderr(), false))
+			e := l.runner(g, g.reporter(cmd, false))
 			path, err := e.BackupNow(cmd.Context())
 			if err != nil {
 				return err
@@ -83,7 +83,7 @@ taken is lost.`,
 			if err := approve(cmd, auto, fmt.Sprintf("This replaces the swarm of cluster %q with the backup %s", l.spec.Name, relPath(args[1]))); err != nil {
 				return err
 			}
-			e := l.runner(g, g.reporter(cmd.ErrOrStderr(), false))
+			e := l.runner(g, g.reporter(cmd, false))
 			on, err := e.Restore(cmd.Context(), args[1], node)
 			if err != nil {
 				return err

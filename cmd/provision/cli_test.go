@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/provision/provision/provision/apply/eventtest"
 	"github.com/provision/provision/provision/state"
 )
 
@@ -72,10 +73,13 @@ func TestPlanEveryExample(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			evs := checkEvents(t, jout, "plan")
 			var p struct {
-				Summary struct{ Create int }
+				Plan struct {
+					Summary struct{ Create int }
+				}
 			}
-			if err := json.Unmarshal([]byte(jout), &p); err != nil || p.Summary.Create == 0 {
+			if err := json.Unmarshal(evs[0], &p); err != nil || p.Plan.Summary.Create == 0 {
 				t.Errorf("json plan: %v %s", err, jout)
 			}
 			if _, err := os.Stat(filepath.Join(sd, "state.json")); err == nil {
@@ -150,4 +154,14 @@ func TestLocksFitCommands(t *testing.T) {
 			t.Fatalf("%s while locked: code %d: %v", c[0], code(err), err)
 		}
 	}
+}
+
+// checkEvents checks --json output with eventtest and returns its lines.
+func checkEvents(t *testing.T, out, command string) []json.RawMessage {
+	t.Helper()
+	raws, _, err := eventtest.Check([]byte(out), command)
+	if err != nil {
+		t.Fatalf("%s --json: %v\n%s", command, err, out)
+	}
+	return raws
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"sort"
 	"strings"
 	"time"
 
@@ -47,7 +48,7 @@ func newPlan(g *globals) *cobra.Command {
 and print per machine: create, adopt, reconfigure, replace, remove or nothing.
 Drivers that cannot be asked (no credentials) are named; the plan is then
 based on state alone for them.`,
-		Example: "  provision plan examples/local.hcl\n  provision plan cluster.hcl --json | jq .summary",
+		Example: "  provision plan examples/local.hcl\n  provision plan cluster.hcl --json | jq 'select(.kind == \"plan\").plan.summary'",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := g.openRead(cmd, args[0])
@@ -60,12 +61,22 @@ based on state alone for them.`,
 			p := plan.Build(l.spec, l.state, obs).Redacted(g.secrets.Load(), l.spec.SensitivePaths)
 			p.Notes = append(p.Notes, loadBalancers(cmd.Context(), g, l, 8*time.Second).lines()...) // lb.go
 			if jsonOut {
-				return p.WriteJSON(cmd.OutOrStdout())
+				rep := g.reporter(cmd, true)
+				rep.Event(apply.Event{Time: time.Now(), Kind: apply.PlanEvent, Plan: p})
+				for _, name := range sortedKeys(obs.Unknown) {
+					rep.Event(apply.Event{Time: time.Now(), Kind: apply.Warning, Msg: g.redact(fmt.Sprintf("driver %s cannot list machines (%s): the plan is based on state alone for it", name, obs.Unknown[name]))})
+				}
+				next := ""
+				if p.Summary.Changes() > 0 || len(p.Settings) > 0 {
+					next = "provision apply " + args[0]
+				}
+				summaryEvent(rep, "plan", apply.Stats{}, next, nil)
+				return nil
 			}
 			return p.WriteText(cmd.OutOrStdout(), !g.noColor && isTTY(cmd.OutOrStdout()))
 		},
 	}
-	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the plan as JSON")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the plan as NDJSON events on stdout (plan, warnings, summary)")
 	return cmd
 }
 
@@ -108,7 +119,10 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 			ctx := cmd.Context()
 			p := plan.Build(l.spec, l.state, l.observe(ctx, g.log))
 			out := cmd.ErrOrStderr()
-			if !jsonOut {
+			rep := g.reporter(cmd, jsonOut)
+			if jsonOut {
+				g.planEvent(rep, l, p)
+			} else {
 				if err := p.Redacted(g.secrets.Load(), l.spec.SensitivePaths).WriteText(out, !g.noColor && isTTY(out)); err != nil {
 					return err
 				}
@@ -119,9 +133,13 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 				}
 			}
 			if p.Missing != nil && !replaceMissing {
-				return withCode(exitRefused, fmt.Errorf("%w: %s. Nothing was changed. If the machines really are gone, run apply again with --replace-missing", apply.ErrMissing, p.Missing.Message))
+				err := withCode(exitRefused, fmt.Errorf("%w: %s. Nothing was changed. If the machines really are gone, run apply again with --replace-missing", apply.ErrMissing, p.Missing.Message))
+				if jsonOut {
+					summaryEvent(rep, "apply", apply.Stats{}, "", err)
+				}
+				return err
 			}
-			e := l.runner(g, g.reporter(out, jsonOut))
+			e := l.runner(g, rep)
 			e.ForceNewCluster = forceNew
 			e.ReplaceMissing = replaceMissing
 			e.LeaveOtherSwarm = leaveOther
@@ -130,7 +148,10 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 				e.Parallelism = parallelism
 			}
 			stats, err := e.Apply(ctx, p)
-			summary(out, stats, args[0], err)
+			next := summary(out, stats, args[0], err)
+			if jsonOut {
+				summaryEvent(rep, "apply", stats, next, err)
+			}
 			if errors.Is(err, apply.ErrMissing) {
 				return withCode(exitRefused, err)
 			}
@@ -138,7 +159,7 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 		},
 	}
 	cmd.Flags().BoolVar(&auto, "auto-approve", false, "do not ask before replacing or removing machines")
-	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stderr")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stdout (human text stays on stderr)")
 	cmd.Flags().IntVar(&parallelism, "parallelism", 0, "hosts worked on at once (default: the spec's, else every host up to 256)")
 	cmd.Flags().BoolVar(&forceNew, "force-new-cluster", false, "when swarm quorum is lost, re-form the swarm on a surviving manager")
 	cmd.Flags().BoolVar(&replaceMissing, "replace-missing", false, "create replacements even when every machine (or every manager) appears gone at once")
@@ -147,18 +168,24 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 	return cmd
 }
 
-func summary(w io.Writer, s apply.Stats, file string, err error) {
+// summary prints the apply's last lines and returns the command it
+// suggests running next ("" when none).
+func summary(w io.Writer, s apply.Stats, file string, err error) string {
 	fmt.Fprintf(w, "\n%d changed, %d unchanged, %d failed hosts (%d created, %d removed) in %s.\n",
 		len(s.Changed), len(s.Unchanged), len(s.Failed), s.Created, s.Removed, s.Took.Round(100*time.Millisecond))
 	switch {
 	case len(s.Failed) > 0:
 		fmt.Fprintf(w, "Failed: %s. Fix the cause and run `provision apply %s` again: finished hosts are kept.\n", strings.Join(s.Failed, ", "), file)
+		return "provision apply " + file
 	case err != nil:
 		fmt.Fprintf(w, "Stopped before the cluster converged (the error follows). Fix the cause and run `provision apply %s` again.\n", file)
+		return "provision apply " + file
 	case len(s.Changed) == 0 && s.Removed == 0:
 		fmt.Fprintln(w, "No changes: the cluster matches the spec.")
+		return ""
 	default:
 		fmt.Fprintf(w, "Next: `provision status %s`, or `eval \"$(provision env %s NODE)\"` to use docker.\n", file, file)
+		return "provision status " + file
 	}
 }
 
@@ -179,31 +206,50 @@ func newDestroy(g *globals) *cobra.Command {
 			obs := l.observe(ctx, g.log)
 			p := plan.Destroy(l.state, obs)
 			out := cmd.ErrOrStderr()
-			if err := p.Redacted(g.secrets.Load(), l.spec.SensitivePaths).WriteText(out, !g.noColor && isTTY(out)); err != nil {
+			rep := g.reporter(cmd, jsonOut)
+			t0 := time.Now()
+			if jsonOut {
+				g.planEvent(rep, l, p)
+			} else if err := p.Redacted(g.secrets.Load(), l.spec.SensitivePaths).WriteText(out, !g.noColor && isTTY(out)); err != nil {
 				return err
 			}
-			for name, why := range obs.Unknown {
-				fmt.Fprintln(out, g.redact(fmt.Sprintf("warning: driver %s cannot list machines (%s): only recorded machines are removed", name, why)))
+			for _, name := range sortedKeys(obs.Unknown) {
+				msg := g.redact(fmt.Sprintf("driver %s cannot list machines (%s): only recorded machines are removed", name, obs.Unknown[name]))
+				fmt.Fprintln(out, "warning: "+msg)
+				if jsonOut {
+					rep.Event(apply.Event{Time: time.Now(), Kind: apply.Warning, Msg: msg})
+				}
+			}
+			done := func(err error) error {
+				if jsonOut {
+					var st apply.Stats
+					if err == nil {
+						st.Removed = len(p.Actions)
+					}
+					st.Took = time.Since(t0)
+					summaryEvent(rep, "destroy", st, "", err)
+				}
+				return err
 			}
 			if len(p.Actions) > 0 {
 				if err := approve(cmd, auto, fmt.Sprintf("This destroys %d machines of cluster %q", len(p.Actions), l.spec.Name)); err != nil {
-					return err
+					return done(err)
 				}
 			}
-			e := l.runner(g, g.reporter(out, jsonOut))
+			e := l.runner(g, rep)
 			if err := e.Destroy(ctx, p); err != nil {
-				return err
+				return done(err)
 			}
 			// Everything is gone: drop the state, keys and certificates.
 			if err := l.store.Clear(); err != nil {
-				return err
+				return done(err)
 			}
 			fmt.Fprintf(out, "Destroyed cluster %q.\n", l.spec.Name)
-			return nil
+			return done(nil)
 		},
 	}
 	cmd.Flags().BoolVar(&auto, "auto-approve", false, "do not ask")
-	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stderr")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stdout (human text stays on stderr)")
 	return cmd
 }
 
@@ -235,3 +281,12 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 var _ = os.Stdout
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -42,6 +42,12 @@ type globals struct {
 	// everything the command prints: logs (both handlers write through
 	// it), plans and the final error. Set once the spec is loaded.
 	secrets atomic.Pointer[redact.Values]
+	// stderr is the command's stderr; logOut, when set, replaces it for
+	// log lines (the live reporter prints them above its block); events,
+	// when set, also receives the log's warnings (--json).
+	stderr io.Writer
+	logOut atomic.Pointer[io.Writer]
+	events atomic.Pointer[apply.Reporter]
 }
 
 // redact returns s with the sensitive values of the loaded spec replaced.
@@ -145,7 +151,12 @@ func (g *globals) setupLog(stderr io.Writer) error {
 		}
 		return a
 	}
-	handlers := []slog.Handler{slog.NewTextHandler(secretWriter{g, stderr}, &slog.HandlerOptions{Level: lvl, ReplaceAttr: dropTime})}
+	// NO_COLOR (no-color.org): any non-empty value turns colors off, as --no-color does.
+	if os.Getenv("NO_COLOR") != "" {
+		g.noColor = true
+	}
+	g.stderr = stderr
+	handlers := []slog.Handler{slog.NewTextHandler(secretWriter{g, logWriter{g}}, &slog.HandlerOptions{Level: lvl, ReplaceAttr: dropTime}), warnEvents{g: g}}
 	if g.logFile != "" {
 		f, err := openLogFile(g.logFile)
 		if err != nil {
@@ -403,19 +414,6 @@ func (l *loaded) runner(g *globals, rep apply.Reporter) *apply.Runner {
 		Drivers: l.drivers,
 		Log:     g.log,
 		Report:  rep,
-	}
-}
-
-func (g *globals) reporter(w io.Writer, jsonOut bool) apply.Reporter {
-	tty := isTTY(w)
-	w = secretWriter{g, w}
-	switch {
-	case jsonOut:
-		return &apply.JSON{W: w}
-	case tty:
-		return &apply.Live{W: w}
-	default:
-		return &apply.Lines{W: w}
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -33,7 +32,8 @@ the same command again (or apply).`,
 
 // rotateApply runs one apply for a rotation: the plan must not replace or
 // remove machines (that is apply's to do, with its confirmation).
-func rotateApply(ctx context.Context, g *globals, l *loaded, file string, out io.Writer, jsonOut bool) error {
+func rotateApply(ctx context.Context, g *globals, l *loaded, file string, cmd *cobra.Command, jsonOut bool) error {
+	out := cmd.ErrOrStderr() // human text; --json events go to stdout
 	p := plan.Build(l.spec, l.state, l.observe(ctx, g.log))
 	if p.Missing != nil {
 		return withCode(exitRefused, fmt.Errorf("%w: %s. Nothing was changed", apply.ErrMissing, p.Missing.Message))
@@ -41,7 +41,7 @@ func rotateApply(ctx context.Context, g *globals, l *loaded, file string, out io
 	if p.Destructive() {
 		return withCode(exitRefused, fmt.Errorf("the plan replaces or removes machines: run `provision apply %s` first, then rotate", file))
 	}
-	stats, err := l.runner(g, g.reporter(out, jsonOut)).Apply(ctx, p)
+	stats, err := l.runner(g, g.reporter(cmd, jsonOut)).Apply(ctx, p)
 	summary(out, stats, file, err)
 	return err
 }
@@ -73,7 +73,7 @@ reissues only what is still older than the rotation.`,
 					return err
 				}
 			}
-			return rotateApply(cmd.Context(), g, l, args[0], cmd.ErrOrStderr(), jsonOut)
+			return rotateApply(cmd.Context(), g, l, args[0], cmd, jsonOut)
 		},
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stderr")
@@ -120,7 +120,7 @@ run the command again after an interruption and it goes on from there.`,
 			for i := 0; i < 3 && l.state.PKI.Rotation != ""; i++ {
 				phase := l.state.PKI.Rotation
 				fmt.Fprintf(out, "\nCA rotation, phase %s:\n", phase)
-				if err := rotateApply(cmd.Context(), g, l, args[0], out, jsonOut); err != nil {
+				if err := rotateApply(cmd.Context(), g, l, args[0], cmd, jsonOut); err != nil {
 					return fmt.Errorf("CA rotation stopped in phase %s (run `provision rotate ca %s` again to go on): %w", phase, args[0], err)
 				}
 				if l.state.PKI.Rotation == phase {
@@ -153,7 +153,7 @@ swarm.node_cert_expiry, set by apply.`,
 				return err
 			}
 			defer l.close()
-			e := l.runner(g, g.reporter(cmd.ErrOrStderr(), false))
+			e := l.runner(g, g.reporter(cmd, false))
 			if err := e.RotateSwarmCA(cmd.Context(), timeout); err != nil {
 				return err
 			}
@@ -181,7 +181,7 @@ the key of its time. The key is never printed (provision unlock --show-key).`,
 				return err
 			}
 			defer l.close()
-			e := l.runner(g, g.reporter(cmd.ErrOrStderr(), false))
+			e := l.runner(g, g.reporter(cmd, false))
 			if err := e.RotateUnlockKey(cmd.Context()); err != nil {
 				return err
 			}
@@ -223,7 +223,7 @@ host, or a safe). Nothing else ever prints it.`,
 				fmt.Fprintln(cmd.OutOrStdout(), string(keys[0]))
 				return nil
 			}
-			res, err := l.runner(g, g.reporter(cmd.ErrOrStderr(), false)).Unlock(cmd.Context())
+			res, err := l.runner(g, g.reporter(cmd, false)).Unlock(cmd.Context())
 			if err != nil {
 				return err
 			}

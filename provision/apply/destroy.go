@@ -17,7 +17,19 @@ import (
 // find with the cluster's tag, then each driver's shared resources.
 func (e *Runner) Destroy(ctx context.Context, p *plan.Plan) error {
 	r := newRun(e, p)
-	defer r.Close()                                // the bastions' engine API tunnels
+	defer r.Close() // the bastions' engine API tunnels
+	t0 := time.Now()
+	r.rep.Event(Event{Time: t0, Kind: PhaseStart, Phase: "destroy", Hosts: len(p.Actions)})
+	err := r.destroy(ctx, p)
+	end := Event{Time: time.Now(), Kind: PhaseEnd, Phase: "destroy", Took: time.Since(t0)}
+	if err != nil {
+		end.Err = err.Error()
+	}
+	r.rep.Event(end)
+	return err
+}
+
+func (r *run) destroy(ctx context.Context, p *plan.Plan) error {
 	if err := r.removeBalancers(ctx); err != nil { // lb.go: before any machine goes
 		return err
 	}
@@ -41,6 +53,7 @@ func (e *Runner) Destroy(ctx context.Context, p *plan.Plan) error {
 		mach := owned(r.State.ClusterID, *m, a.Generation)
 		g.Go(func() error {
 			t0 := time.Now()
+			r.rep.Event(Event{Time: t0, Kind: StepStart, Host: mach.Name, Step: "machine.destroy"})
 			err := d.Destroy(ctx, mach)
 			r.mu.Lock()
 			defer r.mu.Unlock()

@@ -362,10 +362,12 @@ func prepareHost(ctx context.Context, r *run, h *host, peers []string) error {
 		MetricsAddr:    r.Spec.Engine.MetricsListen(h.rec.Advertise()),
 	}
 	t0 := time.Now()
+	r.rep.Event(Event{Time: t0, Kind: StepStart, Host: h.rec.Name, Step: "host.facts"})
 	facts, err := hostos.GatherFacts(ctx, h.comm, hostos.ManagedPaths(cfg))
 	if err != nil {
 		return fmt.Errorf("facts: %w", err)
 	}
+	r.rep.Event(Event{Time: time.Now(), Kind: StepDone, Host: h.rec.Name, Step: "host.facts", Took: time.Since(t0)})
 	r.log.Debug("facts gathered", "host", h.rec.Name, "took", time.Since(t0))
 	if cfg.MetricsAddr != "" && !facts.MetricsBindable(cfg.MetricsAddr) {
 		// Binding an address the host lacks would keep the engine down.
@@ -435,7 +437,9 @@ func runSteps(ctx context.Context, r *run, h *host) error {
 	return nil
 }
 
-// hostDone records a host whose steps all hold.
+// hostDone records a host whose steps all hold. State is saved when the
+// record changed (a host that was already converged costs no write: the
+// apply saves once at its end anyway).
 func hostDone(r *run, h *host) error {
 	r.mu.Lock()
 	dirty := h.changed

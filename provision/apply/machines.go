@@ -98,6 +98,7 @@ func makeMachine(ctx context.Context, r *run, h *host, a plan.Action) error {
 		}
 		record(r, h, m, state.StatusCreated, a)
 		h.changed = true
+		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: "machine.create", Msg: m.Address})
 		return r.save()
 	}
 	if a.Kind == plan.Replace && a.Recorded != nil {

@@ -56,6 +56,7 @@ func (remove) Run(ctx context.Context, r *run) error {
 		r.rep.Event(Event{Time: time.Now(), Kind: StepStart, Host: a.Machine, Step: "machine.remove"})
 		if err := removeOne(ctx, r, a); err != nil {
 			errs = append(errs, &StepError{Host: a.Machine, Step: "machine.remove", Err: err})
+			r.rep.Event(Event{Time: time.Now(), Kind: StepFail, Host: a.Machine, Step: "machine.remove", Err: err.Error()})
 		}
 	}
 	if r.members != nil {
@@ -79,6 +80,7 @@ func (remove) Run(ctx context.Context, r *run) error {
 		r.rep.Event(Event{Time: time.Now(), Kind: StepStart, Host: a.Machine, Step: "machine.remove"})
 		if err := removeOne(ctx, r, a); err != nil {
 			errs = append(errs, &StepError{Host: a.Machine, Step: "machine.remove", Err: err})
+			r.rep.Event(Event{Time: time.Now(), Kind: StepFail, Host: a.Machine, Step: "machine.remove", Err: err.Error()})
 			break // never remove a second manager after a failure
 		}
 	}

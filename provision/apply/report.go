@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"sort"
-	"strings"
 	"sync"
 	"time"
 )
@@ -14,27 +12,48 @@ import (
 type Kind string
 
 const (
+	PlanEvent  Kind = "plan" // the plan about to be carried out (Plan)
 	PhaseStart Kind = "phase_start"
 	PhaseEnd   Kind = "phase_end"
+	HostStart  Kind = "host_start" // a host enters the phase's per-host work
+	HostDone   Kind = "host_done"  // a host finished its part of the phase
 	StepStart  Kind = "step_start"
 	StepDone   Kind = "step_done"    // checked, nothing to change
 	StepChange Kind = "step_changed" // applied a change
-	StepFail   Kind = "step_failed"
+	StepFail   Kind = "step_failed"  // also ends the host's part of the phase
 	Note       Kind = "note"
+	Warning    Kind = "warning" // going on in a degraded state (the log's warnings)
+	SummaryEnd Kind = "summary" // the last event of a command (Summary)
 )
 
 // Event is one progress event. Progress is not logging: it goes to a
-// Reporter, which renders it for a person (stderr) or a machine (NDJSON).
+// Reporter, which renders it for a person (stderr) or a machine (NDJSON on
+// stdout). The schema is in the README (Progress and --json).
 type Event struct {
-	Time  time.Time     `json:"time"`
-	Kind  Kind          `json:"kind"`
-	Phase string        `json:"phase,omitempty"`
-	Host  string        `json:"host,omitempty"`
-	Step  string        `json:"step,omitempty"`
-	Msg   string        `json:"msg,omitempty"`
-	Err   string        `json:"error,omitempty"`
-	Took  time.Duration `json:"took_ns,omitempty"`
-	Hosts int           `json:"hosts,omitempty"` // phase_start: how many hosts take part
+	Time    time.Time     `json:"time"`
+	Kind    Kind          `json:"kind"`
+	Phase   string        `json:"phase,omitempty"`
+	Host    string        `json:"host,omitempty"`
+	Step    string        `json:"step,omitempty"`
+	Msg     string        `json:"msg,omitempty"`
+	Err     string        `json:"error,omitempty"`
+	Took    time.Duration `json:"took_ns,omitempty"`
+	Hosts   int           `json:"hosts,omitempty"`   // phase_start: how many hosts take part
+	Plan    any           `json:"plan,omitempty"`    // plan: the plan, as `plan --json` shows it
+	Summary *Summary      `json:"summary,omitempty"` // summary
+}
+
+// Summary is what a command did, for its last event.
+type Summary struct {
+	Command   string   `json:"command"` // apply, destroy, plan
+	Changed   []string `json:"changed"`
+	Unchanged []string `json:"unchanged"`
+	Failed    []string `json:"failed"`
+	Created   int      `json:"created"`
+	Removed   int      `json:"removed"`
+	TookNS    int64    `json:"took_ns"`
+	Error     string   `json:"error,omitempty"`
+	Next      string   `json:"next,omitempty"` // the command to run next, if any
 }
 
 // Reporter receives progress events from concurrent goroutines.
@@ -57,8 +76,8 @@ type Lines struct {
 func (r *Lines) Event(e Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.sum != nil && e.Kind != PhaseEnd {
-		r.sum.add(e)
+	if r.sum != nil && (e.Kind == StepChange || e.Kind == StepFail || e.Kind == Note) {
+		r.sum.add(e) // warnings still print: they are few and each matters
 		return
 	}
 	switch e.Kind {
@@ -85,12 +104,12 @@ func (r *Lines) Event(e Event) {
 		fmt.Fprintf(r.W, "    %s: %s changed%s%s\n", e.Host, e.Step, suffix(e.Msg), took)
 	case StepFail:
 		fmt.Fprintf(r.W, "    %s: %s FAILED: %s\n", e.Host, e.Step, e.Err)
-	case Note:
-		if e.Host != "" {
-			fmt.Fprintf(r.W, "    %s: %s\n", e.Host, e.Msg)
-		} else {
-			fmt.Fprintf(r.W, "    %s\n", e.Msg)
+	case Note, Warning:
+		w := ""
+		if e.Kind == Warning {
+			w = "warning: "
 		}
+		fmt.Fprintf(r.W, "    %s%s%s\n", hostPrefix(e.Host), w, e.Msg)
 	}
 }
 
@@ -99,6 +118,13 @@ func suffix(s string) string {
 		return ""
 	}
 	return ": " + s
+}
+
+func hostPrefix(h string) string {
+	if h == "" {
+		return ""
+	}
+	return h + ": "
 }
 
 // JSON writes NDJSON, one object per event.
@@ -110,96 +136,9 @@ type JSON struct {
 func (r *JSON) Event(e Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	b, _ := json.Marshal(e)
+	b, err := json.Marshal(e)
+	if err != nil { // a plan that cannot be encoded: say so, stay NDJSON
+		b, _ = json.Marshal(Event{Time: e.Time, Kind: Warning, Msg: fmt.Sprintf("%s event not encoded: %v", e.Kind, err)})
+	}
 	r.W.Write(append(b, '\n'))
-}
-
-// Live shows one line per phase that updates as hosts finish
-// ("host [2/3 hosts]"), then ✓ or ✗, plus one line per change or failure. For
-// terminals.
-type Live struct {
-	mu      sync.Mutex
-	W       io.Writer
-	phase   string
-	total   int
-	done    map[string]bool
-	failed  map[string]bool
-	started time.Time
-	sum     *tally // a phase of more than SummaryAbove hosts (summary.go)
-}
-
-func (r *Live) Event(e Event) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.sum != nil {
-		switch e.Kind {
-		case StepChange, Note:
-			r.sum.add(e)
-			return
-		case StepFail:
-			r.sum.add(e)
-			r.failed[e.Host] = true
-			r.redraw()
-			return
-		case PhaseEnd:
-			fmt.Fprint(r.W, "\r\033[K")
-			r.sum.write(r.W)
-			r.sum = nil
-		}
-	}
-	switch e.Kind {
-	case PhaseStart:
-		r.phase, r.total, r.started = e.Phase, e.Hosts, e.Time
-		r.done, r.failed = map[string]bool{}, map[string]bool{}
-		if e.Hosts > SummaryAbove {
-			r.sum = newTally()
-		}
-		r.redraw()
-	case PhaseEnd:
-		mark := "\033[32m✓\033[0m"
-		if e.Err != "" {
-			mark = "\033[31m✗\033[0m"
-		}
-		fmt.Fprintf(r.W, "\r\033[K%s %s (%s)\n", mark, e.Phase, e.Took.Round(time.Millisecond))
-		r.phase = ""
-	case StepChange:
-		fmt.Fprintf(r.W, "\r\033[K    %s: %s changed%s\n", e.Host, e.Step, suffix(e.Msg))
-		r.redraw()
-	case StepFail:
-		r.failed[e.Host] = true
-		fmt.Fprintf(r.W, "\r\033[K    \033[31m%s: %s: %s\033[0m\n", e.Host, e.Step, e.Err)
-		r.redraw()
-	case StepDone:
-		if e.Step == "" && e.Host != "" { // a host finished the phase
-			r.done[e.Host] = true
-			r.redraw()
-		}
-	case Note:
-		fmt.Fprintf(r.W, "\r\033[K    %s%s\n", hostPrefix(e.Host), e.Msg)
-		r.redraw()
-	}
-}
-
-func hostPrefix(h string) string {
-	if h == "" {
-		return ""
-	}
-	return h + ": "
-}
-
-func (r *Live) redraw() {
-	if r.phase == "" {
-		return
-	}
-	fmt.Fprintf(r.W, "\r\033[K  %s [%d/%d hosts]", r.phase, len(r.done), r.total)
-	if r.sum != nil && len(r.failed) > 0 {
-		fmt.Fprintf(r.W, " %d failed", len(r.failed)) // named at the end of the phase
-	} else if len(r.failed) > 0 {
-		names := make([]string, 0, len(r.failed))
-		for h := range r.failed {
-			names = append(names, h)
-		}
-		sort.Strings(names)
-		fmt.Fprintf(r.W, " failed: %s", strings.Join(names, ","))
-	}
 }

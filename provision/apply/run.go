@@ -191,12 +191,13 @@ func (r *run) each(ctx context.Context, hosts []*host, step string, fn func(ctx 
 			if r.stopped() {
 				return nil // not started: the next apply does it
 			}
+			r.rep.Event(Event{Time: time.Now(), Kind: HostStart, Host: h.rec.Name, Step: step})
 			if err := fn(ctx, h); errors.Is(err, errStopped) || (err != nil && r.stopped() && errors.Is(err, context.Canceled)) {
 				return nil // interrupted: not a failure, the next apply goes on
 			} else if err != nil {
 				r.fail(h, step, err)
 			} else {
-				r.rep.Event(Event{Time: time.Now(), Kind: StepDone, Host: h.rec.Name})
+				r.rep.Event(Event{Time: time.Now(), Kind: HostDone, Host: h.rec.Name, Step: step})
 			}
 			return nil
 		})

@@ -65,7 +65,7 @@ func TestLiveSummary(t *testing.T) {
 	if strings.Contains(out, "w-5: engine.install changed") {
 		t.Errorf("a line per change above %d hosts:\n%q", SummaryAbove, out)
 	}
-	for _, want := range []string{"host [60/60 hosts] 1 failed", "changed: engine.install 60", "1 failed:\n      w-61: swarm.join: timeout"} {
+	for _, want := range []string{"host: 61 hosts, 60 changes, 1 failed", "changed: engine.install 60", "1 failed:\n      w-61: swarm.join: timeout"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("live output lacks %q:\n%q", want, out)
 		}

@@ -274,6 +274,8 @@ func join(ctx context.Context, r *run, h *host, manager bool) error {
 	if changed {
 		h.changed, h.joinedNow = true, true
 		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: "swarm.join"})
+	} else if err == nil {
+		r.rep.Event(Event{Time: time.Now(), Kind: StepDone, Host: h.rec.Name, Step: "swarm.join"})
 	}
 	if errors.Is(err, swarm.ErrOtherSwarm) && !r.LeaveOtherSwarm {
 		err = fmt.Errorf("%w; provision makes it leave only when told: run apply with --leave-other-swarm once nothing else needs that swarm", err)

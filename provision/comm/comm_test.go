@@ -95,6 +95,54 @@ func TestUploadDownloadInstall(t *testing.T) {
 	}
 }
 
+// TestInstallAll: several files in one batch, each with its mode, in three
+// commands (temp dir, install, and nothing per file but its upload); no
+// temp file left.
+func TestInstallAll(t *testing.T) {
+	_, cfg := setup(t)
+	ctx := context.Background()
+	c, err := Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	me := os.Getenv("USER")
+	if me == "" {
+		me = "root"
+	}
+	dir := t.TempDir()
+	files := []InstallFile{
+		{Dst: filepath.Join(dir, "a", "one"), Content: []byte("1"), Mode: 0o644},
+		{Dst: filepath.Join(dir, "b", "two"), Content: []byte("it's 2"), Mode: 0o600},
+		{Dst: filepath.Join(dir, "three"), Content: []byte("3"), Mode: 0o755},
+	}
+	before := c.Stats()
+	if err := InstallAll(ctx, asRoot{c}, files, me); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		got, err := os.ReadFile(f.Dst)
+		fi, _ := os.Stat(f.Dst)
+		if err != nil || string(got) != string(f.Content) || fi.Mode().Perm() != f.Mode {
+			t.Errorf("%s: %q mode %v %v", f.Dst, got, fi.Mode(), err)
+		}
+	}
+	if n := c.Stats().Sessions - before.Sessions; n != 2 {
+		t.Errorf("%d command sessions for 3 files, want 2 (temp dir, install)", n)
+	}
+	left, _ := filepath.Glob("/tmp/provision.*/[0-9]")
+	for _, l := range left {
+		if b, _ := os.ReadFile(l); string(b) == "it's 2" {
+			t.Errorf("temp file left: %s", l)
+		}
+	}
+	// A failing install reports every file of the batch.
+	bad := []InstallFile{{Dst: filepath.Join(dir, "ok"), Content: []byte("x"), Mode: 0o644}, {Dst: "/proc/provision-no/x", Content: []byte("y"), Mode: 0o644}}
+	if err := InstallAll(ctx, asRoot{c}, bad, me); err == nil || !strings.Contains(err.Error(), "/proc/provision-no/x") {
+		t.Errorf("failing batch: %v", err)
+	}
+}
+
 // asRoot runs "sudo" commands directly (the test process is the owner).
 type asRoot struct{ *Client }
 

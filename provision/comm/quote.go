@@ -51,6 +51,67 @@ func Sudo(c Comm, cmd string) string {
 	return "sudo -n " + cmd
 }
 
+// InstallFile is one file for InstallAll.
+type InstallFile struct {
+	Dst     string
+	Content []byte
+	Mode    fs.FileMode
+}
+
+// InstallAll places files as root (or owner "user[:group]") in one batch:
+// one temp dir, every file uploaded over the host's one SFTP client, then
+// one command that installs them all. Three round trips for any number of
+// files instead of three per file. A failure may leave the files before
+// the failing one installed (each install is atomic); the caller installs
+// the batch again.
+func InstallAll(ctx context.Context, c Comm, files []InstallFile, owner string) error {
+	switch len(files) {
+	case 0:
+		return nil
+	case 1:
+		return Install(ctx, c, files[0].Dst, files[0].Content, files[0].Mode, owner)
+	}
+	dsts := make([]string, len(files))
+	for i, f := range files {
+		dsts[i] = f.Dst
+	}
+	what := strings.Join(dsts, ", ")
+	out, err := c.Run(ctx, "mktemp -d /tmp/provision.XXXXXXXX", nil)
+	if err != nil {
+		return fmt.Errorf("install %s: temp dir: %w", what, err)
+	}
+	dir := strings.TrimSpace(string(out))
+	if dir == "" || !strings.HasPrefix(dir, "/tmp/provision.") {
+		return fmt.Errorf("install %s: mktemp gave %q", what, dir)
+	}
+	user, group := owners(owner)
+	var script []string
+	for i, f := range files {
+		tmp := fmt.Sprintf("%s/%d", dir, i)
+		if err := c.Upload(ctx, tmp, bytes.NewReader(f.Content), 0o600); err != nil {
+			c.Run(ctx, Quote("rm", "-rf", dir), nil)
+			return fmt.Errorf("install %s: %w", f.Dst, err)
+		}
+		script = append(script, Quote("install", "-D", "-m", fmt.Sprintf("%04o", f.Mode.Perm()), "-o", user, "-g", group, tmp, f.Dst))
+	}
+	cmd := Sudo(c, "sh -c "+Quote(strings.Join(script, " && "))) + "; rc=$?; rm -rf " + Quote(dir) + "; exit $rc"
+	if _, err := c.Run(ctx, cmd, nil); err != nil {
+		return fmt.Errorf("install %s: %w", what, err)
+	}
+	return nil
+}
+
+func owners(owner string) (user, group string) {
+	user, group = "root", "root"
+	if owner != "" {
+		user, group, _ = strings.Cut(owner, ":")
+		if group == "" {
+			group = user
+		}
+	}
+	return user, group
+}
+
 // Install places content at dst as root (or owner "user[:group]") with mode:
 // uploaded over SFTP into a private temp dir, then moved with `install`. The
 // content never appears in a command line.
@@ -68,13 +129,7 @@ func Install(ctx context.Context, c Comm, dst string, content []byte, mode fs.Fi
 		c.Run(ctx, Quote("rm", "-rf", dir), nil)
 		return fmt.Errorf("install %s: %w", dst, err)
 	}
-	user, group := "root", "root"
-	if owner != "" {
-		user, group, _ = strings.Cut(owner, ":")
-		if group == "" {
-			group = user
-		}
-	}
+	user, group := owners(owner)
 	cmd := Sudo(c, Quote("install", "-D", "-m", fmt.Sprintf("%04o", mode.Perm()), "-o", user, "-g", group, tmp, dst)) + "; rc=$?; rm -rf " + Quote(dir) + "; exit $rc"
 	if _, err := c.Run(ctx, cmd, nil); err != nil {
 		return fmt.Errorf("install %s: %w", dst, err)

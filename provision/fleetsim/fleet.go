@@ -132,14 +132,16 @@ func (f *Fleet) removeHost(addr string) {
 // FailPoints are where an injected failure can hit a host, with the step
 // it shows up in: the machine's create, the SSH connect, the facts, the
 // hostname, the engine package install, the daemon configuration and the
-// swarm join.
+// swarm join. On a fresh host engine.install writes the daemon's settings
+// before the package first starts the engine, so a failure writing
+// daemon.json shows up there.
 var FailPoints = []struct{ Where, Step string }{
 	{"create", "machine.create"},
 	{"connect", "ssh.connect"},
 	{"SSH_CONNECTION", "host.check"}, // the facts command line
 	{"hostnamectl", "host.hostname"},
 	{"apt-get install", "engine.install"},
-	{"/etc/docker/daemon.json", "engine.config"},
+	{"/etc/docker/daemon.json", "engine.install"},
 	{"join", "swarm.join"},
 }
 
@@ -249,6 +251,7 @@ func (f *Fleet) EngineAPI(name, address string) (swarm.API, error) {
 	e := f.engines[address]
 	if e == nil {
 		e = &engineAPI{Engine: f.World.Engine(name, address), f: f, name: name}
+		e.Engine.Version = upstream(engineVersion)
 		f.engines[address] = e
 	}
 	return e, nil

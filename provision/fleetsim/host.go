@@ -197,18 +197,21 @@ func (h *Host) exec(cmd string, stdin []byte) ([]byte, int, time.Duration) {
 		h.seq++
 		return fmt.Appendf(nil, "/tmp/provision.sim%06d\n", h.seq), 0, 0
 	case strings.HasPrefix(line, "install -D "):
-		args := fields(strings.SplitN(line, ";", 2)[0])
-		if len(args) < 2 {
-			return nil, 1, 0
+		// One file, or a batch (comm.InstallAll: installs joined by &&).
+		for _, one := range strings.Split(strings.SplitN(line, ";", 2)[0], " && ") {
+			args := fields(one)
+			if len(args) < 2 || args[0] != "install" {
+				return nil, 1, 0
+			}
+			src, dst := args[len(args)-2], args[len(args)-1]
+			b, ok := h.tmp[src]
+			if !ok {
+				return nil, 1, 0
+			}
+			sum := sha256.Sum256(b)
+			h.files[dst] = hex.EncodeToString(sum[:])
+			delete(h.tmp, src)
 		}
-		src, dst := args[len(args)-2], args[len(args)-1]
-		b, ok := h.tmp[src]
-		if !ok {
-			return nil, 1, 0
-		}
-		sum := sha256.Sum256(b)
-		h.files[dst] = hex.EncodeToString(sum[:])
-		delete(h.tmp, src)
 		return nil, 0, 0
 	case strings.HasPrefix(line, "rm -f -- "):
 		for _, p := range fields(line)[3:] {
@@ -242,7 +245,7 @@ func (h *Host) exec(cmd string, stdin []byte) ([]byte, int, time.Duration) {
 		var b bytes.Buffer
 		h.pkgLines(&b)
 		if _, ok := h.pkgs["docker.io"]; ok {
-			fmt.Fprintf(&b, "engine\tDocker version %s, build sim\n", h.pkgs["docker.io"])
+			fmt.Fprintf(&b, "engine\tDocker version %s, build sim\n", upstream(h.pkgs["docker.io"]))
 		}
 		b.WriteString("end\n")
 		return b.Bytes(), 0, 0
@@ -270,6 +273,15 @@ func (h *Host) exec(cmd string, stdin []byte) ([]byte, int, time.Duration) {
 var knownPackage = map[string]string{"docker.io": engineVersion, "nftables": "1.0.6-2+deb12u2", "unattended-upgrades": "2.9.1+nmu3", "auditd": "1:3.0.9-1"}
 
 const engineVersion = "20.10.24+dfsg1-1+deb12u1"
+
+// upstream is what dockerd --version and the Engine API report for a
+// package version: the version without its Debian revision.
+func upstream(pkg string) string {
+	if i := strings.LastIndex(pkg, "-"); i > 0 {
+		return pkg[:i]
+	}
+	return pkg
+}
 
 // systemctl applies the unit changes of a script's systemctl commands.
 func (h *Host) systemctl(script string) {
@@ -359,7 +371,7 @@ func (h *Host) facts(script []byte) []byte {
 		fmt.Fprintf(&b, "unit\t%s\t%s\t%s\n", u, st, h.unitFile[u])
 	}
 	if v := h.pkgs["docker.io"]; v != "" {
-		fmt.Fprintf(&b, "engine\tDocker version %s, build sim\n", v)
+		fmt.Fprintf(&b, "engine\tDocker version %s, build sim\n", upstream(v))
 	}
 	b.WriteString("virt\tnone\nend\n")
 	return b.Bytes()
