@@ -29,7 +29,6 @@ hardening { profile = "off" }
 // with their durations.
 func TestJSONEvents(t *testing.T) {
 	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
-	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
 	requireAcc(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()

@@ -132,11 +132,11 @@ func TestEngineUpgrade(t *testing.T) {
 	// service dips by what one node ran, never to nothing.
 	if w.minRunning < upgradeReplicas-2 {
 		t.Errorf("only %d of %d tasks running at %s: %s", w.minRunning, upgradeReplicas, w.lowTaskAt, w.lowTasks)
-		t.Logf("apply events:\n%s", timeline(r.stderr))
+		t.Logf("apply events:\n%s", timeline(r.stdout))
 	}
 	upgradeTook := r.took
 	var batches []string
-	for _, l := range strings.Split(r.stderr, "\n") {
+	for _, l := range strings.Split(r.stdout, "\n") { // --json: events on stdout
 		var ev struct{ Kind, Msg string }
 		if json.Unmarshal([]byte(l), &ev) == nil && strings.HasPrefix(ev.Msg, "rolling batch ") {
 			batches = append(batches, ev.Msg)

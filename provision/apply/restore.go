@@ -156,7 +156,27 @@ func (e *Runner) Restore(ctx context.Context, archive, node string) (string, err
 	if _, err := h.Unlock(ctx, r.unlockKeys()); err != nil {
 		return "", err
 	}
-	if l, err = h.ForceNewCluster(ctx); err != nil {
+	l, err = h.ForceNewCluster(ctx)
+	if err != nil && strings.Contains(err.Error(), "needs to be unlocked") {
+		// The engine reports itself locked only once its swarm component
+		// has read the restored raft, which can be after the first answer:
+		// unlock it as soon as it says so, then re-form the swarm.
+		err = swarm.Wait{Host: target.Name, What: "its restored raft to be unlocked", Timeout: time.Minute, Progress: r.note}.Until(ctx, func(ctx context.Context) (bool, string, error) {
+			locked, err := h.Unlock(ctx, r.unlockKeys())
+			if errors.Is(err, swarm.ErrLocked) {
+				return false, "", err // no key provision holds opens it: stop
+			}
+			if err != nil {
+				return false, err.Error(), nil
+			}
+			return locked, "the engine does not say it is locked yet", nil
+		})
+		if err != nil {
+			return "", err
+		}
+		l, err = h.ForceNewCluster(ctx)
+	}
+	if err != nil {
 		return "", err
 	}
 	m := &swarm.Membership{Timeouts: e.Timeouts, Notify: r.note, UnlockKeys: r.unlockKeys}

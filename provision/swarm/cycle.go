@@ -2,8 +2,11 @@ package swarm
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"strings"
 
 	dswarm "github.com/docker/docker/api/types/swarm"
 )
@@ -48,12 +51,23 @@ func (m *Membership) Cycle(ctx context.Context, t Turn, change func(ctx context.
 	reactivate := false
 	if t.Drain {
 		n, _, err := via.API.NodeInspectWithRaw(ctx, t.NodeID)
-		if err != nil {
+		switch {
+		case err != nil && Untrusted(err):
+			// The engines still present certificates of a CA the operator
+			// no longer holds (the CA was replaced, not rotated): nothing
+			// can be asked before they restart with the new certificates,
+			// so this one restarts without a drain, as a plain restart does.
+			if m.Notify != nil {
+				m.Notify(name, "its engine presents a certificate from a CA this state no longer holds: restarting it without a drain (`provision rotate ca` replaces a CA without this)")
+			}
+			t.Drain = false
+		case err != nil:
 			return fmt.Errorf("%s: node inspect before the drain: %w", name, err)
-		}
-		reactivate = n.Spec.Availability == dswarm.NodeAvailabilityActive
-		if err := m.drain(ctx, name, t.NodeID); err != nil {
-			return fmt.Errorf("drain: %w", err)
+		default:
+			reactivate = n.Spec.Availability == dswarm.NodeAvailabilityActive
+			if err := m.drain(ctx, name, t.NodeID); err != nil {
+				return fmt.Errorf("drain: %w", err)
+			}
 		}
 	}
 	left := func(err error) error {
@@ -94,4 +108,17 @@ func (m *Membership) Cycle(ctx context.Context, t Turn, change func(ctx context.
 		return left(err)
 	}
 	return nil
+}
+
+// Untrusted reports whether err is the engine's TLS certificate failing
+// verification against the operator's CA (the engine was issued by a CA the
+// state no longer holds).
+func Untrusted(err error) bool {
+	var cv *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	if errors.As(err, &cv) || errors.As(err, &ua) {
+		return true
+	}
+	// The SDK does not always keep the chain: its message does.
+	return strings.Contains(err.Error(), "x509: certificate signed by unknown authority")
 }
