@@ -153,7 +153,10 @@ name = "certs"
 driver "local" {}
 managers { count = 1 }
 workers { count = 1 }
-swarm { node_cert_expiry = "720h" }
+swarm {
+  node_cert_expiry = "720h"
+  autolock         = true
+}
 hardening {
   profile            = "off"
   daemon             = true   # docker-bench sections 2 and 3 look at the daemon's settings

@@ -158,10 +158,10 @@ func (e *Runner) Restore(ctx context.Context, archive, node string) (string, err
 	}
 	l, err = h.ForceNewCluster(ctx)
 	if err != nil && strings.Contains(err.Error(), "needs to be unlocked") {
-		// The engine reports itself locked only once its swarm component
-		// has read the restored raft, which can be after the first answer:
-		// unlock it as soon as it says so, then re-form the swarm.
-		err = swarm.Wait{Host: target.Name, What: "its restored raft to be unlocked", Timeout: time.Minute, Progress: r.note}.Until(ctx, func(ctx context.Context) (bool, string, error) {
+		// The raft was taken under autolock (encrypted with the unlock
+		// key of its time). The engine can only be unlocked once it loads
+		// the restored swarm as locked; when it does, unlock it and go on.
+		werr := swarm.Wait{Host: target.Name, What: "its restored raft to load as a locked swarm", Timeout: 20 * time.Second, Progress: r.note}.Until(ctx, func(ctx context.Context) (bool, string, error) {
 			locked, err := h.Unlock(ctx, r.unlockKeys())
 			if errors.Is(err, swarm.ErrLocked) {
 				return false, "", err // no key provision holds opens it: stop
@@ -169,10 +169,14 @@ func (e *Runner) Restore(ctx context.Context, archive, node string) (string, err
 			if err != nil {
 				return false, err.Error(), nil
 			}
-			return locked, "the engine does not say it is locked yet", nil
+			if !locked {
+				l, _ := h.Inspect(ctx)
+				return false, fmt.Sprintf("its swarm state is %q", l.State), nil
+			}
+			return true, "", nil
 		})
-		if err != nil {
-			return "", err
+		if werr != nil {
+			return "", fmt.Errorf("%s: the restored raft is encrypted (swarm.autolock) and the engine does not load it as a locked swarm that could be unlocked (%v); restoring a raft taken under autolock is not supported yet: restore a backup taken with swarm.autolock = false, or re-form the swarm by hand (docker swarm unlock, then docker swarm init --force-new-cluster). The engine is running with the restored files; nothing else changed", target.Name, werr)
 		}
 		l, err = h.ForceNewCluster(ctx)
 	}

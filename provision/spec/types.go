@@ -154,7 +154,9 @@ type TLS struct {
 type Swarm struct {
 	// Autolock encrypts the managers' raft keys at rest: a restarted
 	// manager stays locked until unlocked with the key provision keeps in
-	// the state directory (apply and `provision unlock` do it). Default true.
+	// the state directory (apply and `provision unlock` do it). Default
+	// false: Docker cannot re-form an autolocked swarm from its raft
+	// (--force-new-cluster, restore; moby/moby#36852).
 	Autolock bool
 	// NodeCertExpiry is the lifetime of the swarm's own node certificates
 	// (the swarm CA's NodeCertExpiry; the nodes renew them themselves).
