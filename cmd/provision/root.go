@@ -192,6 +192,15 @@ func openLogFile(path string) (*os.File, error) {
 	return f, nil
 }
 
+// requireMachines refuses (exit 2) a command that acts on machines when the
+// cluster has none yet.
+func (l *loaded) requireMachines() error {
+	if len(l.state.Machines) == 0 {
+		return withCode(exitUsage, fmt.Errorf("cluster %q has no machines yet: run `provision apply` first", l.spec.Name))
+	}
+	return nil
+}
+
 // loaded is a spec with its state store open (and locked).
 type loaded struct {
 	spec    *spec.Cluster

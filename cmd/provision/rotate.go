@@ -64,8 +64,8 @@ reissues only what is still older than the rotation.`,
 				return err
 			}
 			defer l.close()
-			if len(l.state.Machines) == 0 {
-				return withCode(exitUsage, fmt.Errorf("cluster %q has no machines yet: run `provision apply` first", l.spec.Name))
+			if err := l.requireMachines(); err != nil {
+				return err
 			}
 			if l.state.PKI.ReissueBefore.IsZero() {
 				l.state.PKI.ReissueBefore = time.Now().UTC()
@@ -76,7 +76,7 @@ reissues only what is still older than the rotation.`,
 			return rotateApply(cmd.Context(), g, l, args[0], cmd, jsonOut)
 		},
 	}
-	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stderr")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stdout (human text stays on stderr)")
 	return cmd
 }
 
@@ -105,8 +105,8 @@ run the command again after an interruption and it goes on from there.`,
 				return err
 			}
 			defer l.close()
-			if len(l.state.Machines) == 0 {
-				return withCode(exitUsage, fmt.Errorf("cluster %q has no machines yet: run `provision apply` first", l.spec.Name))
+			if err := l.requireMachines(); err != nil {
+				return err
 			}
 			out := cmd.ErrOrStderr()
 			if l.state.PKI.Rotation == "" {
@@ -131,7 +131,7 @@ run the command again after an interruption and it goes on from there.`,
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stderr")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stdout (human text stays on stderr)")
 	return cmd
 }
 
@@ -196,7 +196,7 @@ func newUnlock(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "unlock FILE",
 		Short: "Unlock managers that restarted under autolock; --show-key prints the unlock key",
-		Long: `A manager of a swarm with autolock (swarm.autolock, on by default) that
+		Long: `A manager of a swarm with autolock (swarm { autolock = true }) that
 restarts stays locked until it is given the unlock key; apply unlocks every
 locked manager it meets, and so does this command without changing anything
 else. The keys are kept in <state dir>/swarm/unlock-keys (0600).

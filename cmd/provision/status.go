@@ -24,8 +24,8 @@ import (
 )
 
 func pickMachine(l *loaded, name string) (*state.Machine, error) {
-	if len(l.state.Machines) == 0 {
-		return nil, withCode(exitUsage, fmt.Errorf("cluster %q has no machines yet: run `provision apply` first", l.spec.Name))
+	if err := l.requireMachines(); err != nil {
+		return nil, err
 	}
 	if name == "" {
 		for _, m := range l.state.Machines {

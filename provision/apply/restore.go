@@ -158,27 +158,9 @@ func (e *Runner) Restore(ctx context.Context, archive, node string) (string, err
 	}
 	l, err = h.ForceNewCluster(ctx)
 	if err != nil && strings.Contains(err.Error(), "needs to be unlocked") {
-		// The raft was taken under autolock (encrypted with the unlock
-		// key of its time). The engine can only be unlocked once it loads
-		// the restored swarm as locked; when it does, unlock it and go on.
-		werr := swarm.Wait{Host: target.Name, What: "its restored raft to load as a locked swarm", Timeout: 20 * time.Second, Progress: r.note}.Until(ctx, func(ctx context.Context) (bool, string, error) {
-			locked, err := h.Unlock(ctx, r.unlockKeys())
-			if errors.Is(err, swarm.ErrLocked) {
-				return false, "", err // no key provision holds opens it: stop
-			}
-			if err != nil {
-				return false, err.Error(), nil
-			}
-			if !locked {
-				l, _ := h.Inspect(ctx)
-				return false, fmt.Sprintf("its swarm state is %q", l.State), nil
-			}
-			return true, "", nil
-		})
-		if werr != nil {
-			return "", fmt.Errorf("%s: the restored raft is encrypted (swarm.autolock) and the engine does not load it as a locked swarm that could be unlocked (%v); restoring a raft taken under autolock is not supported yet: restore a backup taken with swarm.autolock = false, or re-form the swarm by hand (docker swarm unlock, then docker swarm init --force-new-cluster). The engine is running with the restored files; nothing else changed", target.Name, werr)
-		}
-		l, err = h.ForceNewCluster(ctx)
+		// A raft taken under autolock is encrypted, and Docker cannot
+		// re-form a swarm from an encrypted raft (moby/moby#36852).
+		return "", fmt.Errorf("%s: the restored raft is encrypted (swarm.autolock) and Docker cannot re-form a swarm from it (moby/moby#36852): restore a backup taken with swarm.autolock = false, or re-form the swarm by hand. The engine is running with the restored files; nothing else changed: %w", target.Name, err)
 	}
 	if err != nil {
 		return "", err
