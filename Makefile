@@ -49,7 +49,8 @@ vet:
 # emulator-backed cloud tests, then the end-to-end acceptance suite.
 test: env vet
 	PROVISION_REQUIRE_DOCKER=1 PROVISION_REQUIRE_LIBVIRT=1 $(GO) test -tags $(TAGS) -count=1 -timeout 25m $(PKGS)
-	PROVISION_ACC=1 PROVISION_REQUIRE_DOCKER=1 $(GO) test -count=1 -tags acceptance,$(TAGS) -timeout 40m -parallel 2 -skip '^TestLibvirt' -v ./acceptance/ 2>&1 | tee /tmp/provision-acceptance.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:' ; exit $${PIPESTATUS[0]}
+	PROVISION_ACC=1 PROVISION_REQUIRE_DOCKER=1 $(GO) test -count=1 -tags acceptance,$(TAGS) -timeout 40m -parallel 2 -skip '^TestLibvirt' -v ./acceptance/ 2>&1 | tee /tmp/provision-acceptance.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:' ; rc=$${PIPESTATUS[0]}; \
+	  if [ $$rc -ne 0 ]; then ./acceptance/env/failures.sh /tmp/provision-acceptance.log; grep -A40 -E '^panic:' /tmp/provision-acceptance.log || true; fi; exit $$rc
 
 # One real VM under QEMU (TCG where KVM does not work): libvirtd installed and started by the
 # project's script, the Debian base image built once and cached in $(PROVISION_LIBVIRT_CACHE),
@@ -60,7 +61,8 @@ test: env vet
 acceptance-libvirt:
 	./acceptance/env/libvirt.sh daemon
 	./acceptance/env/libvirt-image.sh >/dev/null
-	PROVISION_ACC=1 PROVISION_REQUIRE_LIBVIRT=1 $(GO) test -count=1 -tags acceptance,$(TAGS) -timeout 120m -run '^TestLibvirt' -v ./acceptance/ 2>&1 | tee /tmp/provision-acceptance-libvirt.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:' ; exit $${PIPESTATUS[0]}
+	PROVISION_ACC=1 PROVISION_REQUIRE_LIBVIRT=1 $(GO) test -count=1 -tags acceptance,$(TAGS) -timeout 120m -run '^TestLibvirt' -v ./acceptance/ 2>&1 | tee /tmp/provision-acceptance-libvirt.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:' ; rc=$${PIPESTATUS[0]}; \
+	  if [ $$rc -ne 0 ]; then ./acceptance/env/failures.sh /tmp/provision-acceptance-libvirt.log; fi; exit $$rc
 
 unit:
 	$(GO) test -tags $(TAGS) -count=1 $(PKGS)

@@ -266,9 +266,26 @@ func (m *Membership) Bootstrap(ctx context.Context, managers []*Host, f Form) (F
 	m.addManager(out.Via)
 	m.via = out.Via
 	m.mu.Unlock()
-	_, err := m.Refresh(ctx)
+	if !out.Inited && !out.Forced {
+		_, err := m.Refresh(ctx)
+		return out, err
+	}
+	// A swarm just formed or re-formed answers node calls only once its
+	// raft has elected the one manager leader: on a loaded host that can
+	// take seconds after SwarmInit returns ("the swarm does not have a
+	// leader"). Wait for it, bounded, naming the host.
+	err := Wait{Host: out.Via.Name, What: "the new swarm to elect its leader and list its nodes", Timeout: formTimeout, Progress: m.note}.Until(ctx, func(ctx context.Context) (bool, string, error) {
+		if _, err := m.Refresh(ctx); err != nil {
+			return false, err.Error(), nil
+		}
+		return true, "", nil
+	})
 	return out, err
 }
+
+// formTimeout bounds the wait for a swarm just formed on one manager to
+// answer node calls.
+var formTimeout = 2 * time.Minute
 
 // Refresh reads the node list again through the manager calls go through.
 func (m *Membership) Refresh(ctx context.Context) (map[string]dswarm.Node, error) {

@@ -92,6 +92,49 @@ func TestBootstrapAndJoin(t *testing.T) {
 	}
 }
 
+// TestBootstrapWaitsForLeader: a swarm just formed, or re-formed with
+// --force-new-cluster, may answer "no leader" for a while (its raft electing
+// the one manager on a loaded host); Bootstrap waits for it instead of
+// failing the apply, and gives up at its deadline naming the host.
+func TestBootstrapWaitsForLeader(t *testing.T) {
+	ctx := context.Background()
+	w := swarmtest.New()
+	e := w.Engine("m1", "10.0.0.1")
+	e.Leaderless = 3
+	m := &swarm.Membership{}
+	f, err := m.Bootstrap(ctx, []*swarm.Host{e.Host()}, swarm.Form{Label: "cid"})
+	if err != nil || !f.Inited {
+		t.Fatalf("bootstrap of a new swarm whose leader comes late: %+v %v", f, err)
+	}
+	if len(m.Nodes()) != 1 {
+		t.Fatalf("nodes after the wait: %v", m.Nodes())
+	}
+
+	// Quorum lost: m1 survives of three managers; re-formed, it lists
+	// nodes only after a few tries.
+	w = swarmtest.New()
+	m, ms, _ := cluster(t, w, 3, 0)
+	ms[1].API.(*swarmtest.Engine).Down = true
+	ms[2].API.(*swarmtest.Engine).Down = true
+	ms[0].API.(*swarmtest.Engine).Leaderless = 2
+	m2 := &swarm.Membership{}
+	f, err = m2.Bootstrap(ctx, []*swarm.Host{ms[0]}, swarm.Form{ClusterID: m.ClusterID, Recorded: true, ForceNewCluster: true})
+	if err != nil || !f.Forced {
+		t.Fatalf("force-new-cluster with a late leader: %+v %v", f, err)
+	}
+
+	// A leader that never comes: the wait ends at its deadline and says
+	// which host and what it waited for.
+	defer swarm.SetFormTimeout(300 * time.Millisecond)()
+	w = swarmtest.New()
+	e = w.Engine("m9", "10.0.0.9")
+	e.Leaderless = 1 << 30
+	_, err = (&swarm.Membership{}).Bootstrap(ctx, []*swarm.Host{e.Host()}, swarm.Form{Label: "cid"})
+	if err == nil || !strings.Contains(err.Error(), "m9") || !strings.Contains(err.Error(), "leader") {
+		t.Fatalf("a leader that never comes: %v", err)
+	}
+}
+
 // TestJoinOtherSwarm: an engine active in another swarm is refused, never
 // taken over; the same for a worker whose node the swarm does not list (a
 // worker left in a swarm whose managers were replaced).

@@ -93,6 +93,11 @@ type Engine struct {
 	BlockJoin bool
 	// Version is the engine version Info reports ("20.10.24" when empty).
 	Version string
+	// Leaderless is how many node list calls after this engine forms or
+	// re-forms a swarm answer that the swarm has no leader yet (its raft
+	// still electing one, as on a loaded host).
+	Leaderless int
+	leaderless int
 	sw      *Swarm
 	nodeID  string
 	pending bool
@@ -386,6 +391,7 @@ func (e *Engine) SwarmInit(ctx context.Context, req dswarm.InitRequest) (string,
 			}
 		}
 		e.sw.nodes[e.nodeID].leader = true
+		e.leaderless = e.Leaderless
 		w.after("SwarmInit --force-new-cluster " + e.Name)
 		return e.nodeID, nil
 	}
@@ -401,6 +407,7 @@ func (e *Engine) SwarmInit(ctx context.Context, req dswarm.InitRequest) (string,
 	n := &node{id: w.id("node"), hostname: e.Name, role: dswarm.NodeRoleManager, raft: true, leader: true, avail: dswarm.NodeAvailabilityActive, engine: e, version: 1}
 	s.nodes[n.id] = n
 	e.sw, e.nodeID = s, n.id
+	e.leaderless = e.Leaderless
 	w.swarms = append(w.swarms, s)
 	w.after("SwarmInit " + e.Name)
 	return n.id, nil
@@ -635,6 +642,10 @@ func (e *Engine) NodeList(ctx context.Context, _ dswarm.NodeListOptions) ([]dswa
 	s, err := e.manager()
 	if err != nil {
 		return nil, err
+	}
+	if e.leaderless > 0 {
+		e.leaderless--
+		return nil, errors.New("rpc error: code = Unknown desc = The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.")
 	}
 	var out []dswarm.Node
 	for _, n := range s.nodes {

@@ -1,0 +1,11 @@
+package swarm
+
+import "time"
+
+// SetFormTimeout shortens the wait for a newly formed swarm's leader in a
+// test; the returned func restores it.
+func SetFormTimeout(d time.Duration) func() {
+	old := formTimeout
+	formTimeout = d
+	return func() { formTimeout = old }
+}
