@@ -98,9 +98,9 @@ type Engine struct {
 	// still electing one, as on a loaded host).
 	Leaderless int
 	leaderless int
-	sw      *Swarm
-	nodeID  string
-	pending bool
+	sw         *Swarm
+	nodeID     string
+	pending    bool
 	// pendingJoin is the join a blocked engine goes on trying.
 	pendingJoin *dswarm.JoinRequest
 	// locked: a manager of an autolocked swarm restarted and waits for its
