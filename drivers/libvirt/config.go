@@ -37,7 +37,12 @@ var defaultNATRange = netip.MustParsePrefix("192.168.122.0/24")
 
 // Config is the decoded driver block, defaults applied.
 type Config struct {
-	URI             string        // libvirt connection URI
+	URI string // libvirt connection URI (the first of URIs)
+	// URIs are the hypervisors machines are spread over, one failure domain
+	// (zone) each, named by ZoneOf: machine N of a role goes to URIs[(N-1) %
+	// len], so managers land on different hypervisors. One entry when the
+	// block sets uri.
+	URIs            []string
 	DomainType      string        // "kvm" or "qemu" (software emulation, TCG)
 	Pool            string        // storage pool of the machines' disks and seeds
 	Image           string        // base image: a volume name in ImagePool, or a volume's absolute path on the hypervisor
@@ -53,19 +58,20 @@ type Config struct {
 }
 
 type rawConfig struct {
-	URI             *string `hcl:"uri,optional"`
-	DomainType      *string `hcl:"domain_type,optional"`
-	Pool            *string `hcl:"pool,optional"`
-	Image           *string `hcl:"image,optional"`
-	ImagePool       *string `hcl:"image_pool,optional"`
-	Network         *string `hcl:"network,optional"`
-	Bridge          *string `hcl:"bridge,optional"`
-	NetworkCIDR     *string `hcl:"network_cidr,optional"`
-	UserNetwork     *bool   `hcl:"user_network,optional"`
-	MachineType     *string `hcl:"machine_type,optional"`
-	BootTimeout     *string `hcl:"boot_timeout,optional"`
-	ShutdownTimeout *string `hcl:"shutdown_timeout,optional"`
-	SerialLogDir    *string `hcl:"serial_log_dir,optional"`
+	URI             *string  `hcl:"uri,optional"`
+	URIs            []string `hcl:"uris,optional"`
+	DomainType      *string  `hcl:"domain_type,optional"`
+	Pool            *string  `hcl:"pool,optional"`
+	Image           *string  `hcl:"image,optional"`
+	ImagePool       *string  `hcl:"image_pool,optional"`
+	Network         *string  `hcl:"network,optional"`
+	Bridge          *string  `hcl:"bridge,optional"`
+	NetworkCIDR     *string  `hcl:"network_cidr,optional"`
+	UserNetwork     *bool    `hcl:"user_network,optional"`
+	MachineType     *string  `hcl:"machine_type,optional"`
+	BootTimeout     *string  `hcl:"boot_timeout,optional"`
+	ShutdownTimeout *string  `hcl:"shutdown_timeout,optional"`
+	SerialLogDir    *string  `hcl:"serial_log_dir,optional"`
 }
 
 func str(p *string, def string) string {
@@ -109,9 +115,35 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 	}
 	c.ImagePool = str(raw.ImagePool, c.Pool)
 
+	c.URIs = []string{c.URI}
+	uriAttr := "uri"
+	if raw.URIs != nil {
+		uriAttr = "uris"
+		switch {
+		case raw.URI != nil:
+			bad("uris", "Both uri and uris", "Set uri (one hypervisor) or uris (machines spread over several hypervisors), not both.")
+		case len(raw.URIs) == 0:
+			bad("uris", "No hypervisors", "uris must list at least one libvirt connection URI.")
+		default:
+			c.URIs, c.URI = raw.URIs, raw.URIs[0]
+		}
+	}
+	zones := map[string]string{}
+	for _, one := range c.URIs {
+		u, err := url.Parse(one)
+		if err != nil || u.Scheme == "" {
+			bad(uriAttr, "Invalid libvirt URI", fmt.Sprintf("%s %q is not a libvirt connection URI such as %q or \"qemu+ssh://user@host/system\".", uriAttr, one, DefaultURI))
+			continue
+		}
+		z := ZoneOf(one)
+		if prev, dup := zones[z]; dup {
+			bad(uriAttr, "One hypervisor named twice", fmt.Sprintf("uris %q and %q reach the same hypervisor (%s): each entry must be a different host, a failure domain of its own.", prev, one, z))
+		}
+		zones[z] = one
+	}
 	u, err := url.Parse(c.URI)
-	if err != nil || u.Scheme == "" {
-		bad("uri", "Invalid libvirt URI", fmt.Sprintf("uri %q is not a libvirt connection URI such as %q or \"qemu+ssh://user@host/system\".", c.URI, DefaultURI))
+	if err != nil {
+		u = &url.URL{}
 	}
 	switch c.DomainType {
 	case "kvm", "qemu":
@@ -168,10 +200,16 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 	if raw.UserNetwork != nil && *raw.UserNetwork {
 		modes = append(modes, "user_network")
 		c.Mode = ModeUser
-		if err == nil && u.Host != "" {
+		if u.Host != "" {
 			bad("user_network", "User-mode networking on a remote hypervisor",
 				fmt.Sprintf("user_network forwards SSH and the engine port on the hypervisor's 127.0.0.1, which this machine cannot reach through %q: use network, bridge or network_cidr.", c.URI))
 		}
+	}
+	if len(c.URIs) > 1 && (c.Mode == ModeCreate || c.Mode == ModeUser) {
+		attr := map[string]string{ModeCreate: "network_cidr", ModeUser: "user_network"}[c.Mode]
+		bad(attr, "A private network cannot span hypervisors",
+			fmt.Sprintf("%s gives each hypervisor its own private network, so machines on different hypervisors of uris could not reach each other: "+
+				"with several hypervisors use bridge (a host bridge on a network they share) or network (a libvirt network routed between them).", attr))
 	}
 	switch len(modes) {
 	case 0:
@@ -204,6 +242,16 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 }
 
 func rangePtr(r hcl.Range) *hcl.Range { return &r }
+
+// ZoneOf names the failure domain of a hypervisor URI: its host
+// ("kvm1.lab" for "qemu+ssh://ops@kvm1.lab/system"), or the whole URI for a
+// local one ("qemu:///system").
+func ZoneOf(uri string) string {
+	if u, err := url.Parse(uri); err == nil && u.Hostname() != "" {
+		return u.Hostname()
+	}
+	return uri
+}
 
 // resources returns a machine's vCPUs and memory from its pool's size.
 func resources(size string) (drivers.Resources, error) {

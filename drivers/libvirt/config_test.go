@@ -47,6 +47,20 @@ boot_timeout = "4m"`)
 	}
 }
 
+// TestConfigSpread: uris spreads machines over hypervisors, one zone each.
+func TestConfigSpread(t *testing.T) {
+	c, diags := decode(t, "image = \"b\"\nbridge = \"br0\"\nuris = [\"qemu+ssh://ops@kvm1.lab/system\", \"qemu+ssh://ops@kvm2.lab/system\", \"qemu:///system\"]")
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	if len(c.URIs) != 3 || c.URI != c.URIs[0] || ZoneOf(c.URIs[0]) != "kvm1.lab" || ZoneOf(c.URIs[2]) != "qemu:///system" {
+		t.Errorf("config: %+v, zones %s %s", c, ZoneOf(c.URIs[0]), ZoneOf(c.URIs[2]))
+	}
+	if c, _ := decode(t, "image = \"b\"\nbridge = \"br0\""); len(c.URIs) != 1 || c.URIs[0] != DefaultURI {
+		t.Errorf("one hypervisor: %v", c.URIs)
+	}
+}
+
 // TestConfigErrors: every mistake is reported at its attribute, all at once.
 func TestConfigErrors(t *testing.T) {
 	for _, tc := range []struct{ src, want, at string }{
@@ -63,6 +77,11 @@ func TestConfigErrors(t *testing.T) {
 		{"image = \"b\"\nnetwork = \"lab\"\nboot_timeout = \"soon\"", "Invalid duration", "lv.hcl:3,16"},
 		{"image = \"b\"\nnetwork = \"lab\"\npool = \"a/b\"", "Invalid name", "lv.hcl:3,8"},
 		{"image = \"b\"\nnetwork = \"lab\"\nserial_log_dir = \"logs\"", "Relative path", "lv.hcl:3,18"},
+		{"image = \"b\"\nnetwork = \"lab\"\nuri = \"qemu:///system\"\nuris = [\"qemu+ssh://a/system\"]", "Both uri and uris", "lv.hcl:4,8"},
+		{"image = \"b\"\nnetwork = \"lab\"\nuris = []", "No hypervisors", "lv.hcl:3,8"},
+		{"image = \"b\"\nnetwork = \"lab\"\nuris = [\"qemu+ssh://ops@kvm1/system\", \"qemu+ssh://kvm1/system\"]", "One hypervisor named twice", "lv.hcl:3,8"},
+		{"image = \"b\"\nnetwork = \"lab\"\nuris = [\"qemu+ssh://a/system\", \"nothing\"]", "Invalid libvirt URI", "lv.hcl:3,8"},
+		{"image = \"b\"\nnetwork_cidr = \"10.213.0.0/24\"\nuris = [\"qemu+ssh://a/system\", \"qemu+ssh://b/system\"]", "A private network cannot span hypervisors", "lv.hcl:2,16"},
 	} {
 		_, diags := decode(t, tc.src)
 		if !diags.HasErrors() {

@@ -16,6 +16,7 @@
 //
 //	driver "libvirt" {
 //	  uri          = "qemu:///system"     # or "qemu+ssh://user@host/system"
+//	  uris         = ["qemu+ssh://kvm1/system", "qemu+ssh://kvm2/system"] # instead of uri: spread over these
 //	  domain_type  = "kvm"                # "qemu": software emulation (TCG) where KVM does not work
 //	  pool         = "default"            # storage pool of the disks and seeds
 //	  image        = "debian-12-genericcloud-amd64.qcow2" # volume in image_pool, or a volume's absolute path

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -23,14 +24,14 @@ import (
 )
 
 // Driver makes libvirt domains. It is safe for concurrent use: one libvirt
-// connection (thread-safe in libvirt) serves every call.
+// connection per hypervisor (thread-safe in libvirt) serves every call.
 type Driver struct {
 	cfg  Config
 	name string
 	log  *slog.Logger
 
-	connMu sync.Mutex
-	conn   *lv.Connect
+	// hvs are the hypervisors of cfg.URIs, in order.
+	hvs []*hypervisor
 
 	// portMu is held from choosing user-mode ports until QEMU listens on
 	// them, so that two machines made at once do not pick the same ones.
@@ -69,10 +70,19 @@ func NewDriver(cfg Config, opts drivers.Options) *Driver {
 	if name == "" {
 		name = "libvirt"
 	}
+	uris := cfg.URIs
+	if len(uris) == 0 {
+		uris = []string{cfg.URI}
+	}
+	var hvs []*hypervisor
+	for _, u := range uris {
+		hvs = append(hvs, &hypervisor{uri: u, zone: ZoneOf(u)})
+	}
 	return &Driver{
 		cfg:     cfg,
 		name:    name,
 		log:     log,
+		hvs:     hvs,
 		names:   map[string]*sync.Mutex{},
 		upload:  uploadStream,
 		scan:    comm.ScanHostKey,
@@ -83,39 +93,90 @@ func NewDriver(cfg Config, opts drivers.Options) *Driver {
 // Config returns the driver's decoded configuration.
 func (d *Driver) Config() Config { return d.cfg }
 
-// connect opens the libvirt connection on first use. A failure is not
-// cached: the next call tries again.
-func (d *Driver) connect() (*lv.Connect, error) {
-	d.connMu.Lock()
-	defer d.connMu.Unlock()
-	if d.conn != nil {
-		if alive, err := d.conn.IsAlive(); err == nil && alive {
-			return d.conn, nil
+// hypervisor is one libvirt connection URI: a failure domain.
+type hypervisor struct {
+	uri, zone string
+
+	mu   sync.Mutex
+	conn *lv.Connect
+}
+
+// connect opens the hypervisor's libvirt connection on first use. A
+// failure is not cached: the next call tries again.
+func (h *hypervisor) connect() (*lv.Connect, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.conn != nil {
+		if alive, err := h.conn.IsAlive(); err == nil && alive {
+			return h.conn, nil
 		}
-		d.conn.Close()
-		d.conn = nil
+		h.conn.Close()
+		h.conn = nil
 	}
-	c, err := lv.NewConnect(d.cfg.URI)
+	c, err := lv.NewConnect(h.uri)
 	if err != nil {
 		if strings.Contains(err.Error(), "libvirt.so") {
-			return nil, fmt.Errorf("connect to libvirt at %s: the libvirt client library is not installed on this machine (apt-get install libvirt0): %s", d.cfg.URI, lvMessage(err))
+			return nil, fmt.Errorf("connect to libvirt at %s: the libvirt client library is not installed on this machine (apt-get install libvirt0): %s", h.uri, lvMessage(err))
 		}
-		return nil, fmt.Errorf("connect to libvirt at %s: %s", d.cfg.URI, lvMessage(err))
+		return nil, fmt.Errorf("connect to libvirt at %s: %s", h.uri, lvMessage(err))
 	}
-	d.conn = c
+	h.conn = c
 	return c, nil
 }
 
-// Close releases the libvirt connection, if one was opened.
-func (d *Driver) Close() error {
-	d.connMu.Lock()
-	defer d.connMu.Unlock()
-	if d.conn == nil {
+func (h *hypervisor) close() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.conn == nil {
 		return nil
 	}
-	_, err := d.conn.Close()
-	d.conn = nil
+	_, err := h.conn.Close()
+	h.conn = nil
 	return err
+}
+
+// connect connects the first hypervisor (the only one unless uris lists
+// several).
+func (d *Driver) connect() (*lv.Connect, error) { return d.hvs[0].connect() }
+
+// Close releases the libvirt connections that were opened.
+func (d *Driver) Close() error {
+	var errs []error
+	for _, h := range d.hvs {
+		errs = append(errs, h.close())
+	}
+	return errors.Join(errs...)
+}
+
+// spread reports whether machines are spread over several hypervisors.
+func (d *Driver) spread() bool { return len(d.hvs) > 1 }
+
+// hvFor is the hypervisor a new machine goes to: machine N of its role
+// (the number its name ends in) on hypervisor (N-1) mod len(uris), so that
+// a role's machines, managers above all, land on different hypervisors.
+func (d *Driver) hvFor(name string) *hypervisor {
+	n := 0
+	if i := strings.LastIndexByte(name, '-'); i >= 0 {
+		if v, err := strconv.Atoi(name[i+1:]); err == nil && v > 0 {
+			n = v - 1
+		}
+	}
+	return d.hvs[n%len(d.hvs)]
+}
+
+// hvOrder is every hypervisor, the one of zone first.
+func (d *Driver) hvOrder(zone string) []*hypervisor {
+	out := slices.Clone(d.hvs)
+	slices.SortStableFunc(out, func(a, b *hypervisor) int {
+		switch {
+		case a.zone == zone && b.zone != zone:
+			return -1
+		case b.zone == zone && a.zone != zone:
+			return 1
+		}
+		return 0
+	})
+	return out
 }
 
 // lvMessage is libvirt's own message, without the Go binding's code dump.
@@ -217,25 +278,34 @@ func (d *Driver) clusterDomains(conn *lv.Connect, cluster string) ([]owned, erro
 // Machines lists every domain whose metadata names the cluster, running or
 // not. Addresses of running machines on a network come from its DHCP
 // leases (or the guest agent, or ARP on a bridge); stopped ones have none.
+//
+// With several hypervisors (uris) every one is asked, and each machine's
+// Zone names the hypervisor it is on. One that does not answer fails the
+// listing: its machines would otherwise look gone.
 func (d *Driver) Machines(ctx context.Context, cluster string) ([]drivers.Machine, error) {
-	conn, err := d.connect()
-	if err != nil {
-		return nil, err
-	}
-	doms, err := d.clusterDomains(conn, cluster)
-	if err != nil {
-		return nil, fmt.Errorf("machines of cluster %s: %w", cluster, err)
-	}
-	out := make([]drivers.Machine, 0, len(doms))
+	var out []drivers.Machine
 	var errs []error
-	for _, o := range doms {
-		m, err := d.machine(o.dom, o.meta)
-		o.dom.Free()
+	for _, h := range d.hvs {
+		conn, err := h.connect()
 		if err != nil {
-			errs = append(errs, err)
-			continue
+			return nil, err
 		}
-		out = append(out, m)
+		doms, err := d.clusterDomains(conn, cluster)
+		if err != nil {
+			return nil, fmt.Errorf("machines of cluster %s on %s: %w", cluster, h.uri, err)
+		}
+		for _, o := range doms {
+			m, err := d.machine(o.dom, o.meta)
+			o.dom.Free()
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if d.spread() {
+				m.Zone = h.zone
+			}
+			out = append(out, m)
+		}
 	}
 	slices.SortFunc(out, func(a, b drivers.Machine) int { return strings.Compare(a.Name, b.Name) })
 	return out, errors.Join(errs...)
@@ -346,7 +416,13 @@ func (d *Driver) address(dom *lv.Domain, mode string, x *libvirtxml.Domain) stri
 func (d *Driver) Create(ctx context.Context, cluster string, want drivers.MachineSpec) (drivers.Machine, error) {
 	m, err := d.create(ctx, cluster, want)
 	if err != nil {
+		if d.spread() {
+			return drivers.Machine{}, fmt.Errorf("machine %q on %s: %w", want.Name, d.hvFor(want.Name).uri, err)
+		}
 		return drivers.Machine{}, fmt.Errorf("machine %q: %w", want.Name, err)
+	}
+	if d.spread() {
+		m.Zone = d.hvFor(want.Name).zone
 	}
 	return m, nil
 }
@@ -356,7 +432,8 @@ func (d *Driver) create(ctx context.Context, cluster string, want drivers.Machin
 		return drivers.Machine{}, errors.New("cluster ID and machine name are required")
 	}
 	defer d.lockName(cluster, want.Name)()
-	conn, err := d.connect()
+	hv := d.hvFor(want.Name)
+	conn, err := hv.connect()
 	if err != nil {
 		return drivers.Machine{}, err
 	}
@@ -806,15 +883,34 @@ func (d *Driver) ensureNetwork(ctx context.Context, conn *lv.Connect, cluster st
 // Destroy shuts the machine down (ACPI, then forced off after
 // shutdown_timeout), undefines it and deletes its disk and seed. A machine
 // already gone counts as success.
+//
+// With several hypervisors, the machine's own (its Zone) is asked first,
+// then the others: the domain is removed where it is, and volumes of its
+// name left on any of them by an interrupted Create go too.
 func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
-	if err := d.destroy(ctx, m); err != nil {
+	var errs []error
+	for i, h := range d.hvOrder(m.Zone) {
+		if _, err := h.connect(); err != nil && i > 0 && m.Zone != "" {
+			// The machine is on its zone's hypervisor, asked first; one
+			// that does not answer only keeps its stray volumes.
+			d.log.WarnContext(ctx, "hypervisor not reached: stray volumes of the machine there, if any, are left", "host", m.Name, "uri", h.uri, "err", err)
+			continue
+		}
+		if err := d.destroy(ctx, h, m); err != nil {
+			if d.spread() {
+				err = fmt.Errorf("on %s: %w", h.uri, err)
+			}
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("machine %q: %w", m.Name, err)
 	}
 	return nil
 }
 
-func (d *Driver) destroy(ctx context.Context, m drivers.Machine) error {
-	conn, err := d.connect()
+func (d *Driver) destroy(ctx context.Context, h *hypervisor, m drivers.Machine) error {
+	conn, err := h.connect()
 	if err != nil {
 		return err
 	}
@@ -907,7 +1003,20 @@ func (d *Driver) stop(ctx context.Context, dom *lv.Domain, host string) error {
 // left by an interrupted Create, and the network the driver created. It
 // refuses while domains of the cluster remain.
 func (d *Driver) Teardown(ctx context.Context, cluster string) error {
-	conn, err := d.connect()
+	var errs []error
+	for _, h := range d.hvs {
+		if err := d.teardown(ctx, h, cluster); err != nil {
+			if d.spread() {
+				err = fmt.Errorf("on %s: %w", h.uri, err)
+			}
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Driver) teardown(ctx context.Context, h *hypervisor, cluster string) error {
+	conn, err := h.connect()
 	if err != nil {
 		return err
 	}

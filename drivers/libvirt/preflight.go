@@ -24,6 +24,9 @@ import (
 // guests when domain_type is kvm, the pool is active, the base image is a
 // volume no larger than the disks, the network exists (or the one to
 // create does not collide), sizes parse, and genisoimage is here.
+//
+// With several hypervisors (uris) each is checked for the machines that go
+// to it.
 func (d *Driver) Preflight(ctx context.Context, want []drivers.MachineSpec) error {
 	var errs []error
 	for _, s := range want {
@@ -34,12 +37,34 @@ func (d *Driver) Preflight(ctx context.Context, want []drivers.MachineSpec) erro
 	if _, err := exec.LookPath(isoTool); err != nil {
 		errs = append(errs, fmt.Errorf("the NoCloud seeds need %s on this machine (apt-get install genisoimage)", isoTool))
 	}
-	conn, err := d.connect()
+	if !d.spread() {
+		return errors.Join(append(errs, d.preflight(d.hvs[0], want))...)
+	}
+	on := map[*hypervisor][]drivers.MachineSpec{}
+	for _, s := range want {
+		h := d.hvFor(s.Name)
+		on[h] = append(on[h], s)
+	}
+	for _, h := range d.hvs {
+		if len(on[h]) == 0 {
+			continue
+		}
+		if err := d.preflight(h, on[h]); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", h.uri, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// preflight checks one hypervisor for the machines that go to it.
+func (d *Driver) preflight(h *hypervisor, want []drivers.MachineSpec) error {
+	var errs []error
+	conn, err := h.connect()
 	if err != nil {
-		return errors.Join(append(errs, err)...)
+		return err
 	}
 	if d.cfg.DomainType == "kvm" {
-		if err := d.checkKVM(conn); err != nil {
+		if err := d.checkKVM(conn, h.uri); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -83,7 +108,7 @@ func (d *Driver) Preflight(ctx context.Context, want []drivers.MachineSpec) erro
 // /dev/kvm nor libvirt's list of domain types proves it (both are there on
 // machines whose CPU lacks virtualization extensions, and such a guest then
 // never boots): the host CPU must show vmx or svm.
-func (d *Driver) checkKVM(conn *lv.Connect) error {
+func (d *Driver) checkKVM(conn *lv.Connect, uri string) error {
 	s, err := conn.GetCapabilities()
 	if err != nil {
 		return lvErr("hypervisor capabilities", err)
@@ -101,7 +126,7 @@ func (d *Driver) checkKVM(conn *lv.Connect) error {
 		}
 	}
 	if !offered {
-		return fmt.Errorf("domain_type = \"kvm\": the hypervisor at %s offers no KVM domains; use domain_type = \"qemu\" (software emulation, much slower)", d.cfg.URI)
+		return fmt.Errorf("domain_type = \"kvm\": the hypervisor at %s offers no KVM domains; use domain_type = \"qemu\" (software emulation, much slower)", uri)
 	}
 	var flags []string
 	if caps.Host.CPU != nil {
@@ -109,7 +134,7 @@ func (d *Driver) checkKVM(conn *lv.Connect) error {
 			flags = append(flags, f.Name)
 		}
 	}
-	if u, err := url.Parse(d.cfg.URI); err == nil && u.Host == "" {
+	if u, err := url.Parse(uri); err == nil && u.Host == "" {
 		// A local hypervisor: the kernel's own view of the CPU.
 		if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 			for _, l := range strings.Split(string(b), "\n") {
@@ -220,13 +245,39 @@ func (d *Driver) checkUserMode(conn *lv.Connect, want []drivers.MachineSpec) err
 // Resources lists what the cluster has on the hypervisor besides domains:
 // the network the driver creates (network_cidr) and every machine's disk
 // and seed volume. It changes nothing.
+//
+// With several hypervisors each lists its own, the note naming it.
 func (d *Driver) Resources(ctx context.Context, cluster string, want []drivers.MachineSpec) ([]drivers.Resource, error) {
+	if !d.spread() {
+		return d.resources(d.hvs[0], cluster, want)
+	}
+	on := map[*hypervisor][]drivers.MachineSpec{}
+	for _, s := range want {
+		h := d.hvFor(s.Name)
+		on[h] = append(on[h], s)
+	}
+	var out []drivers.Resource
+	var errs []error
+	for _, h := range d.hvs {
+		rs, err := d.resources(h, cluster, on[h])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", h.uri, err))
+		}
+		for _, r := range rs {
+			r.Note = strings.TrimPrefix(r.Note+", on "+h.zone, ", ")
+			out = append(out, r)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+func (d *Driver) resources(h *hypervisor, cluster string, want []drivers.MachineSpec) ([]drivers.Resource, error) {
 	wanted := map[string]bool{}
 	for _, s := range want {
 		wanted[DiskName(cluster, s.Name)] = true
 		wanted[SeedName(cluster, s.Name)] = true
 	}
-	conn, err := d.connect()
+	conn, err := h.connect()
 	if err != nil {
 		return d.cfg.wouldCreate(cluster, want), err
 	}
