@@ -6,13 +6,17 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -20,8 +24,11 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
@@ -88,7 +95,12 @@ driver "aws" {
 }
 managers { count = 1 }
 workers  { count = 1 }
-`, name, region, itype, strings.Join(quoted, ", "))
+logging {
+  driver         = "awslogs"
+  options        = { awslogs-region = %q, awslogs-group = %q }
+  retention_days = 1
+}
+`, name, region, itype, strings.Join(quoted, ", "), region, name+"-logs")
 	if err := os.WriteFile(specFile, []byte(spec), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -183,10 +195,133 @@ workers  { count = 1 }
 	}
 
 	awsOverlay(t, ctx, mgr, hostnames)
+	awsPublished(t, ctx, dir, specFile, mgr)
+	awsLogsShipped(t, ctx, region, name+"-logs")
 
 	awsMustRun(t, ctx, dir, "destroy", specFile, "--auto-approve")
 	destroyed = true
 	awsNothingTagged(t, ctx, region, status.ClusterID)
+	awsNothingLeftBesidesEC2(t, ctx, region, status.ClusterID, name+"-logs")
+}
+
+// awsPublished is the demo user's path: `docker service create -p 8080`
+// then the port answers at the load balancer's DNS name once apply (or
+// lb sync) has run; status names the balancer and the port.
+func awsPublished(t *testing.T, ctx context.Context, dir, specFile string, mgr *client.Client) {
+	t.Helper()
+	svc, err := mgr.ServiceCreate(ctx, dswarm.ServiceSpec{
+		Annotations: dswarm.Annotations{Name: "acc-pub"},
+		TaskTemplate: dswarm.TaskSpec{ContainerSpec: &dswarm.ContainerSpec{
+			Image:   "busybox:1.36",
+			Command: []string{"sh", "-c", "mkdir -p /www && echo published > /www/index.html && exec httpd -f -v -p 8080 -h /www"},
+		}},
+		EndpointSpec: &dswarm.EndpointSpec{Ports: []dswarm.PortConfig{{Protocol: dswarm.PortConfigProtocolTCP, TargetPort: 8080, PublishedPort: 8080, PublishMode: dswarm.PortConfigPublishModeIngress}}},
+	}, dswarm.ServiceCreateOptions{})
+	if err != nil {
+		t.Fatalf("create published service: %v", err)
+	}
+	awsMustRun(t, ctx, dir, "lb", "sync", specFile)
+	var doc struct {
+		LB struct {
+			Balancers []struct {
+				Address string `json:"address"`
+				Ports   []int  `json:"ports"`
+			} `json:"balancers"`
+		} `json:"load_balancer"`
+	}
+	out := awsMustRun(t, ctx, dir, "status", specFile, "--json").stdout
+	if err := json.Unmarshal([]byte(out), &doc); err != nil || len(doc.LB.Balancers) != 1 || doc.LB.Balancers[0].Address == "" || !slices.Contains(doc.LB.Balancers[0].Ports, 8080) {
+		t.Fatalf("status does not show the load balancer serving 8080: %v\n%s", err, out)
+	}
+	url := "http://" + net.JoinHostPort(doc.LB.Balancers[0].Address, "8080") + "/"
+	hc := &http.Client{Timeout: 10 * time.Second}
+	// A new NLB takes minutes to provision and its DNS name to resolve.
+	awsEventually(t, ctx, 10*time.Minute, "published port 8080 answering at "+url, func() error {
+		resp, err := hc.Get(url)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if !strings.Contains(string(b), "published") {
+			return fmt.Errorf("status %d: %q", resp.StatusCode, b)
+		}
+		return nil
+	})
+	t.Logf("published port answered at %s", url)
+	mgr.ServiceRemove(ctx, svc.ID)
+}
+
+// awsLogsShipped: with logging awslogs, the containers' output reaches
+// the CloudWatch log group provision made (through the instance profile
+// it attached), with the spec's retention.
+func awsLogsShipped(t *testing.T, ctx context.Context, region, group string) {
+	t.Helper()
+	cfg, err := config.LoadDefaultConfig(ctx, config.WithRegion(region))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cw := cloudwatchlogs.NewFromConfig(cfg)
+	awsEventually(t, ctx, 5*time.Minute, "container log events in group "+group, func() error {
+		gs, err := cw.DescribeLogGroups(ctx, &cloudwatchlogs.DescribeLogGroupsInput{LogGroupNamePrefix: aws.String(group)})
+		if err != nil {
+			return err
+		}
+		if len(gs.LogGroups) == 0 {
+			return fmt.Errorf("no log group %s", group)
+		}
+		if r := gs.LogGroups[0].RetentionInDays; r == nil || *r != 1 {
+			t.Errorf("log group %s retention %v, want 1 day", group, r)
+		}
+		ev, err := cw.FilterLogEvents(ctx, &cloudwatchlogs.FilterLogEventsInput{LogGroupName: aws.String(group), Limit: aws.Int32(5)})
+		if err != nil {
+			return err
+		}
+		if len(ev.Events) == 0 {
+			return errors.New("no events yet")
+		}
+		return nil
+	})
+}
+
+// awsNothingLeftBesidesEC2: destroy also removed the load balancer, its
+// target groups, the log group and the IAM role and instance profile it
+// made for the logs.
+func awsNothingLeftBesidesEC2(t *testing.T, ctx context.Context, region, clusterID, group string) {
+	t.Helper()
+	cfg, err := config.LoadDefaultConfig(ctx, config.WithRegion(region))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lbs, err := elasticloadbalancingv2.NewFromConfig(cfg).DescribeLoadBalancers(ctx, &elasticloadbalancingv2.DescribeLoadBalancersInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range lbs.LoadBalancers {
+		if strings.Contains(aws.ToString(l.LoadBalancerName), clusterID) {
+			t.Errorf("load balancer %s left", aws.ToString(l.LoadBalancerName))
+		}
+	}
+	tgs, err := elasticloadbalancingv2.NewFromConfig(cfg).DescribeTargetGroups(ctx, &elasticloadbalancingv2.DescribeTargetGroupsInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range tgs.TargetGroups {
+		if strings.Contains(aws.ToString(g.TargetGroupName), clusterID) {
+			t.Errorf("target group %s left", aws.ToString(g.TargetGroupName))
+		}
+	}
+	gs, err := cloudwatchlogs.NewFromConfig(cfg).DescribeLogGroups(ctx, &cloudwatchlogs.DescribeLogGroupsInput{LogGroupNamePrefix: aws.String(group)})
+	if err != nil || len(gs.LogGroups) > 0 {
+		t.Errorf("log group %s left: %v", group, err)
+	}
+	roleName := "provision-" + clusterID + "-logs"
+	if _, err := iam.NewFromConfig(cfg).GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(roleName)}); err == nil {
+		t.Errorf("IAM role %s left", roleName)
+	}
+	if _, err := iam.NewFromConfig(cfg).GetInstanceProfile(ctx, &iam.GetInstanceProfileInput{InstanceProfileName: aws.String(roleName)}); err == nil {
+		t.Errorf("instance profile %s left", roleName)
+	}
 }
 
 // awsOverlay runs a global service (one task per node, over an overlay
