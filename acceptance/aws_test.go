@@ -195,7 +195,7 @@ logging {
 	}
 
 	awsOverlay(t, ctx, mgr, hostnames)
-	awsPublished(t, ctx, dir, specFile, mgr)
+	cloudPublished(t, ctx, dir, specFile, mgr)
 	awsLogsShipped(t, ctx, region, name+"-logs")
 
 	awsMustRun(t, ctx, dir, "destroy", specFile, "--auto-approve")
@@ -204,10 +204,10 @@ logging {
 	awsNothingLeftBesidesEC2(t, ctx, region, status.ClusterID, name+"-logs")
 }
 
-// awsPublished is the demo user's path: `docker service create -p 8080`
+// cloudPublished is the demo user's path: `docker service create -p 8080`
 // then the port answers at the load balancer's DNS name once apply (or
 // lb sync) has run; status names the balancer and the port.
-func awsPublished(t *testing.T, ctx context.Context, dir, specFile string, mgr *client.Client) {
+func cloudPublished(t *testing.T, ctx context.Context, dir, specFile string, mgr *client.Client) {
 	t.Helper()
 	svc, err := mgr.ServiceCreate(ctx, dswarm.ServiceSpec{
 		Annotations: dswarm.Annotations{Name: "acc-pub"},

@@ -135,6 +135,7 @@ ssh { connect_timeout = "10m" }
 		hostnames = append(hostnames, n.Description.Hostname)
 	}
 	awsOverlay(t, ctx, mgr, hostnames)
+	cloudPublished(t, ctx, dir, specFile, mgr)
 
 	awsMustRun(t, ctx, dir, "destroy", specFile, "--auto-approve")
 	destroyed = true

@@ -125,6 +125,7 @@ ssh { connect_timeout = "5m" }
 		hostnames = append(hostnames, n.Description.Hostname)
 	}
 	awsOverlay(t, ctx, mgr, hostnames)
+	cloudPublished(t, ctx, dir, specFile, mgr)
 
 	awsMustRun(t, ctx, dir, "destroy", specFile, "--auto-approve")
 	destroyed = true
@@ -161,8 +162,17 @@ func doNothingLeft(t *testing.T, ctx context.Context, token, cluster string) {
 	name := "provision-" + cluster
 	if fws, _, err := cli.Firewalls.List(ctx, &godo.ListOptions{PerPage: 200}); err == nil {
 		for _, f := range fws {
-			if f.Name == name {
+			if strings.HasPrefix(f.Name, name) { // the cluster's and the load balancer's ("-lb")
 				t.Errorf("firewall %s left", f.ID)
+			}
+		}
+	} else {
+		t.Error(err)
+	}
+	if lbs, _, err := cli.LoadBalancers.List(ctx, &godo.ListOptions{PerPage: 200}); err == nil {
+		for _, l := range lbs {
+			if strings.HasPrefix(l.Name, name) {
+				t.Errorf("load balancer %s (%s) left", l.Name, l.ID)
 			}
 		}
 	} else {
