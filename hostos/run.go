@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/provision/provision/provision/comm"
+	"github.com/provision/provision/provision/retry"
 )
 
 // sudo runs one command line as root.
@@ -95,23 +96,11 @@ func (t *Target) setUnit(unit, active, file string) {
 func poll(ctx context.Context, limit time.Duration, what string, fn func() (bool, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	wait := 250 * time.Millisecond
-	for {
-		done, err := fn()
-		if err != nil || done {
-			return err
-		}
-		timer := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return fmt.Errorf("wait for %s: %w", what, ctx.Err())
-		case <-timer.C:
-		}
-		if wait *= 2; wait > 5*time.Second {
-			wait = 5 * time.Second
-		}
+	err := retry.Backoff{First: 250 * time.Millisecond, Max: 5 * time.Second}.Poll(ctx, fn)
+	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return fmt.Errorf("wait for %s: %w", what, err)
 	}
+	return err
 }
 
 // exitCode returns the remote exit code of err, or -1.

@@ -17,6 +17,7 @@ import (
 	elbtypes "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 
 	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/provision/retry"
 )
 
 // The load balancer (drivers.Balancer): an internet-facing Network Load
@@ -609,20 +610,8 @@ func (d *Driver) RemoveBalancer(ctx context.Context, cluster string) error {
 // retryResourceInUse retries fn while ELB says the resource is in use (a
 // target group right after its balancer was deleted).
 func (d *Driver) retryResourceInUse(ctx context.Context, fn func() error) error {
-	deadline := time.Now().Add(d.depTimeout)
-	delay := d.waitMin
-	for {
-		err := fn()
-		if err == nil || !isCode(err, "ResourceInUse") || time.Now().Add(delay).After(deadline) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return errors.Join(err, ctx.Err())
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, 30*time.Second)
-	}
+	return retry.Backoff{First: d.waitMin, Max: 30 * time.Second}.While(ctx, d.depTimeout,
+		func(err error) bool { return isCode(err, "ResourceInUse") }, fn)
 }
 
 // balancerResources lists the load balancer's resources for plan.

@@ -14,6 +14,7 @@ import (
 	iamtypes "github.com/aws/aws-sdk-go-v2/service/iam/types"
 
 	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/provision/retry"
 )
 
 // logsPolicyName is the role's one inline policy.
@@ -235,20 +236,9 @@ func (d *Driver) teardownLogs(ctx context.Context, cluster string) []error {
 // runWithProfileRetry retries RunInstances while a new instance profile
 // has not reached EC2 yet (IAM is eventually consistent: seconds).
 func runWithProfileRetry(ctx context.Context, fn func() error) error {
-	deadline := time.Now().Add(90 * time.Second)
-	wait := 2 * time.Second
-	for {
-		err := fn()
-		if err == nil || !isCode(err, "InvalidParameterValue") || !strings.Contains(strings.ToLower(err.Error()), "iaminstanceprofile") || time.Now().After(deadline) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(wait):
-		}
-		wait = min(wait*2, 10*time.Second)
-	}
+	return retry.Backoff{First: 2 * time.Second, Max: 10 * time.Second}.While(ctx, 90*time.Second, func(err error) bool {
+		return isCode(err, "InvalidParameterValue") && strings.Contains(strings.ToLower(err.Error()), "iaminstanceprofile")
+	}, fn)
 }
 
 // logsResources lists the awslogs log group, role and instance profile: the

@@ -9,6 +9,8 @@ import (
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/provision/provision/provision/retry"
 )
 
 // defaultDependencyTimeout bounds the retries of a deletion that AWS refuses
@@ -195,20 +197,6 @@ func (d *Driver) Teardown(ctx context.Context, cluster string) error {
 // backing off from waitMin up to 30s, for at most depTimeout or until ctx
 // ends.
 func (d *Driver) retryDependency(ctx context.Context, fn func() error) error {
-	deadline := time.Now().Add(d.depTimeout)
-	delay := d.waitMin
-	for {
-		err := fn()
-		if err == nil || !isCode(err, "DependencyViolation") || time.Now().Add(delay).After(deadline) {
-			return err
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return errors.Join(err, ctx.Err())
-		case <-t.C:
-		}
-		delay = min(delay*2, 30*time.Second)
-	}
+	return retry.Backoff{First: d.waitMin, Max: 30 * time.Second}.While(ctx, d.depTimeout,
+		func(err error) bool { return isCode(err, "DependencyViolation") }, fn)
 }

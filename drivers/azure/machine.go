@@ -17,6 +17,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v6"
 
 	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/provision/retry"
 )
 
 // maxCustomData is Azure's limit on a VM's custom data, base64 encoded.
@@ -238,12 +239,8 @@ func (d *Driver) settled(ctx context.Context, cli *clients, rg string, vm *armco
 			return nil, fmt.Errorf("vm %q is still %s after %s", name, provisioningState(vm), waitVM)
 		}
 		d.log.InfoContext(ctx, "waiting for an earlier create of the vm to finish", "host", name, "state", provisioningState(vm))
-		t := time.NewTimer(d.pollEvery)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("wait for vm %q to finish provisioning: %w", name, ctx.Err())
-		case <-t.C:
+		if err := retry.Sleep(ctx, d.pollEvery); err != nil {
+			return nil, fmt.Errorf("wait for vm %q to finish provisioning: %w", name, err)
 		}
 		got, err := d.getVM(ctx, cli, rg, name)
 		if err != nil {

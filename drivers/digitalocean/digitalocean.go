@@ -60,6 +60,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/provision/retry"
 )
 
 func init() {
@@ -398,13 +399,4 @@ func fingerprint(publicKey string) (string, error) {
 }
 
 // sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
+func sleep(ctx context.Context, d time.Duration) error { return retry.Sleep(ctx, d) }

@@ -66,6 +66,7 @@ import (
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/hostos"
 	"github.com/provision/provision/provision/comm"
+	"github.com/provision/provision/provision/retry"
 )
 
 func init() {
@@ -608,12 +609,8 @@ func (d *Driver) scan(ctx context.Context, host string, port int, bastion *drive
 			return k, err
 		}
 		d.log.Debug("host key scan failed, retrying", "host", joinHostPort(host, port), "err", err)
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if retry.Sleep(ctx, backoff) != nil {
 			return "", err
-		case <-t.C:
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/provision/comm"
+	"github.com/provision/provision/provision/retry"
 )
 
 // Driver makes libvirt domains. It is safe for concurrent use: one libvirt
@@ -673,12 +674,8 @@ func (d *Driver) run(ctx context.Context, conn *lv.Connect, dom *lv.Domain, mt m
 			}
 		}
 		d.log.DebugContext(ctx, "waiting for the machine", "host", host, "last", last)
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return drivers.Machine{}, fmt.Errorf("wait for sshd with the pinned host key (boot_timeout %s): %w (last: %s)%s", d.cfg.BootTimeout, ctx.Err(), last, d.serialHint(dom))
-		case <-t.C:
+		if err := retry.Sleep(ctx, delay); err != nil {
+			return drivers.Machine{}, fmt.Errorf("wait for sshd with the pinned host key (boot_timeout %s): %w (last: %s)%s", d.cfg.BootTimeout, err, last, d.serialHint(dom))
 		}
 		delay = min(delay*2, 5*time.Second)
 	}
@@ -976,16 +973,10 @@ func (d *Driver) stop(ctx context.Context, dom *lv.Domain, host string) error {
 	} else {
 		sctx, cancel := context.WithTimeout(ctx, d.cfg.ShutdownTimeout)
 		delay := min(d.pollMin, 500*time.Millisecond)
-		for active && sctx.Err() == nil {
-			t := time.NewTimer(delay)
-			select {
-			case <-sctx.Done():
-			case <-t.C:
-			}
-			t.Stop()
+		_ = retry.Backoff{First: delay, Max: 2 * time.Second}.Poll(sctx, func() (bool, error) {
 			active, _ = dom.IsActive()
-			delay = min(delay*2, 2*time.Second)
-		}
+			return !active, nil
+		})
 		cancel()
 		if !active {
 			d.log.InfoContext(ctx, "domain shut down", "host", host, "took", time.Since(t0).Round(100*time.Millisecond))

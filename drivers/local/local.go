@@ -89,6 +89,7 @@ import (
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/provision/atomicfile"
 	"github.com/provision/provision/provision/comm"
+	"github.com/provision/provision/provision/retry"
 )
 
 func init() {
@@ -806,16 +807,7 @@ func execResult(ctx context.Context, cli *client.Client, id string, cmd []string
 	}
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
+func sleep(ctx context.Context, d time.Duration) error { return retry.Sleep(ctx, d) }
 
 // waitSystemd waits until systemd has finished booting ("running", or
 // "degraded" when some unit failed).

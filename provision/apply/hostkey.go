@@ -19,6 +19,7 @@ import (
 	"github.com/provision/provision/provision/atomicfile"
 	"github.com/provision/provision/provision/comm"
 	"github.com/provision/provision/provision/redact"
+	"github.com/provision/provision/provision/retry"
 	"github.com/provision/provision/provision/state"
 )
 
@@ -197,10 +198,8 @@ func (e *Runner) loginWithKey(ctx context.Context, m drivers.Machine, key string
 			}
 		}
 		last = err
-		select {
-		case <-ctx.Done():
+		if retry.Sleep(ctx, 300*time.Millisecond) != nil {
 			return fmt.Errorf("a fresh login with the new host key failed: %w", last)
-		case <-time.After(300 * time.Millisecond):
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	dswarm "github.com/docker/docker/api/types/swarm"
 
 	"github.com/provision/provision/provision/plan"
+	"github.com/provision/provision/provision/retry"
 	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/provision/state"
 	"github.com/provision/provision/provision/swarm"
@@ -240,12 +241,8 @@ func joinPaced(ctx context.Context, r *run, h *host, pace chan struct{}) error {
 			break
 		}
 		r.note(h.rec.Name, fmt.Sprintf("join attempt %d of %d failed (%v): trying again in %s", i, attempts, err, wait))
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
+		if err := retry.Sleep(ctx, wait); err != nil {
+			return err
 		}
 		wait *= 2
 	}

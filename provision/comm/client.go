@@ -21,6 +21,8 @@ import (
 
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/provision/provision/provision/retry"
 )
 
 // Config says how to reach one host.
@@ -85,7 +87,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 func (c *Client) connect(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
-	backoff := 250 * time.Millisecond
+	next := retry.Backoff{First: 250 * time.Millisecond, Max: 5 * time.Second, Jitter: true}.Delays()
 	for attempt := 1; ; attempt++ {
 		var presented string
 		cl, bastion, err := dialOnce(ctx, c.cfg, &presented)
@@ -100,16 +102,8 @@ func (c *Client) connect(ctx context.Context) error {
 			return fmt.Errorf("%s: ssh %s: %w", c.cfg.Host, target(c.cfg), err)
 		}
 		c.cfg.Log.Debug("ssh connect failed, retrying", "host", c.cfg.Host, "attempt", attempt, "err", err)
-		d := backoff/2 + rand.N(backoff/2+1)
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if retry.Sleep(ctx, next()) != nil {
 			return fmt.Errorf("%s: ssh %s: gave up after %d attempts: %w", c.cfg.Host, target(c.cfg), attempt, err)
-		case <-t.C:
-		}
-		if backoff < 5*time.Second {
-			backoff *= 2
 		}
 	}
 }

@@ -22,6 +22,8 @@ import (
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/errdefs"
 	"github.com/docker/docker/pkg/jsonmessage"
+
+	"github.com/provision/provision/provision/retry"
 )
 
 // The in-cluster reconciler: a swarm service on the managers running this
@@ -386,16 +388,12 @@ func Undeploy(ctx context.Context, en client.APIClient, clusterID string) (remov
 	}
 	wait, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
+	err = retry.Backoff{First: 100 * time.Millisecond, Max: 2 * time.Second}.Poll(wait, func() (bool, error) {
 		ts, err := en.TaskList(wait, swarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("service", cur.ID))})
-		if err == nil && !anyRunning(ts) {
-			break
-		}
-		select {
-		case <-wait.Done():
-			return false, fmt.Errorf("service %s: its task did not stop within a minute", ServiceName)
-		case <-time.After(delay):
-		}
+		return err == nil && !anyRunning(ts), nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("service %s: its task did not stop within a minute", ServiceName)
 	}
 	if err := en.ServiceRemove(ctx, cur.ID); err != nil && !errdefs.IsNotFound(err) {
 		return false, fmt.Errorf("remove service %s: %w", ServiceName, err)

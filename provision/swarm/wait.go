@@ -5,26 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/provision/provision/provision/retry"
 )
 
 // Poll calls fn with backoff (first, doubling up to max) until it reports
-// done, fails, or ctx ends. It is the one retry loop of the apply engine.
+// done, fails, or ctx ends.
 func Poll(ctx context.Context, first, max time.Duration, fn func() (bool, error)) error {
-	d := first
-	for {
-		done, err := fn()
-		if err != nil || done {
-			return err
-		}
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-		d = min(2*d, max)
-	}
+	return retry.Backoff{First: first, Max: max}.Poll(ctx, fn)
 }
 
 // Wait is one named wait: which host waits for what, for how long, and
