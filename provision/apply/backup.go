@@ -17,6 +17,7 @@ import (
 	dswarm "github.com/docker/docker/api/types/swarm"
 
 	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/provision/atomicfile"
 	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/spec"
 	"github.com/provision/provision/provision/swarm"
@@ -291,34 +292,21 @@ func backupRaft(ctx context.Context, t BackupTarget) (string, error) {
 	}
 	name := fmt.Sprintf("raft-%s-%s.tar.gz", time.Now().UTC().Format("20060102T150405Z"), t.Host)
 	path := filepath.Join(t.Dir, name)
-	tmp, err := os.CreateTemp(t.Dir, "."+name+".tmp*")
-	if err != nil {
-		return "", err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return "", err
-	}
 	arg := "hot"
 	if t.Stop {
 		arg = "stop"
 	}
-	var stderr bytes.Buffer
-	code, err := t.Comm.Stream(ctx, t.Comm.Sudo("sh -s -- "+arg), strings.NewReader(backupScript), tmp, &stderr)
-	if err == nil && code != 0 {
-		err = fmt.Errorf("exit %d: %s", code, strings.TrimSpace(stderr.String()))
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
+	// Written to a temp file, fsynced, checked, then renamed: a crash or
+	// a broken stream never leaves a partial archive under a backup's name.
+	err := atomicfile.Stream(path, 0o600, func(w io.Writer) error {
+		var stderr bytes.Buffer
+		code, err := t.Comm.Stream(ctx, t.Comm.Sudo("sh -s -- "+arg), strings.NewReader(backupScript), w, &stderr)
+		if err == nil && code != 0 {
+			err = fmt.Errorf("exit %d: %s", code, strings.TrimSpace(stderr.String()))
+		}
+		return err
+	}, checkRaftArchive)
 	if err != nil {
-		return "", err
-	}
-	if err := checkRaftArchive(tmp.Name()); err != nil {
-		return "", err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
 		return "", err
 	}
 	return path, nil

@@ -5,6 +5,7 @@
 package atomicfile
 
 import (
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -12,6 +13,17 @@ import (
 
 // Write replaces path with b, mode applying from the first byte.
 func Write(path string, b []byte, mode fs.FileMode) error {
+	return Stream(path, mode, func(w io.Writer) error {
+		_, err := w.Write(b)
+		return err
+	}, nil)
+}
+
+// Stream replaces path with what fill writes (a download, an archive
+// streamed over SSH), mode applying from the first byte. check, when set,
+// reads the complete temp file (by its path) before it replaces anything:
+// an error from fill or check leaves path as it was and no temp file.
+func Stream(path string, mode fs.FileMode, fill func(w io.Writer) error, check func(tmp string) error) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
@@ -23,7 +35,7 @@ func Write(path string, b []byte, mode fs.FileMode) error {
 		f.Close()
 		return err
 	}
-	if _, err := f.Write(b); err != nil {
+	if err := fill(f); err != nil {
 		f.Close()
 		return err
 	}
@@ -33,6 +45,11 @@ func Write(path string, b []byte, mode fs.FileMode) error {
 	}
 	if err := f.Close(); err != nil {
 		return err
+	}
+	if check != nil {
+		if err := check(tmp); err != nil {
+			return err
+		}
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return err
