@@ -16,3 +16,21 @@ func UserData(want MachineSpec) ([]byte, error) {
 		Extra:          want.UserData,
 	})
 }
+
+// BatchUserData renders the user-data of machines launched together in one
+// call that takes a single user-data (EC2 RunInstances with a count): want[k]
+// is the instance with launch index k (see templates.BatchUserData).
+func BatchUserData(want []MachineSpec) ([]byte, error) {
+	cs := make([]templates.CloudInit, len(want))
+	for k, w := range want {
+		cs[k] = templates.CloudInit{
+			Hostname:       w.Name,
+			User:           w.SSH.User,
+			AuthorizedKey:  w.SSH.PublicKey,
+			HostKeyPrivate: string(w.HostKey.PrivatePEM),
+			HostKeyPublic:  w.HostKey.Public,
+			Extra:          w.UserData,
+		}
+	}
+	return templates.BatchUserData(cs)
+}

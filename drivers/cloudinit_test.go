@@ -4,12 +4,17 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
 	"mime/multipart"
 	"net/mail"
+	"os"
+	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -169,5 +174,104 @@ func TestRenderUserDataMultipart(t *testing.T) {
 	ud, _ = drivers.UserData(want)
 	if !strings.Contains(string(ud), "Merge-Type: list(append)+dict(no_replace,recurse_list)+str()") {
 		t.Errorf("no merge type on the spec's cloud-config:\n%s", ud)
+	}
+}
+
+// renderJinja renders a user-data document the way cloud-init does for an
+// EC2 instance with launch index idx (its "## template: jinja" header
+// dropped, Jinja with the instance data, then YAML), with this machine's
+// python3 Jinja2 and PyYAML (moto's own dependencies, so present wherever
+// the AWS tests run).
+func renderJinja(t *testing.T, doc []byte, idx int) map[string]any {
+	t.Helper()
+	const py = `import sys, json, jinja2, yaml
+doc = sys.stdin.read()
+head, _, body = doc.partition("\n")
+assert head.strip() == "## template: jinja", head
+out = jinja2.Template(body).render(ds={"meta_data": {"ami-launch-index": sys.argv[1]}})
+print(json.dumps(yaml.safe_load(out)))
+`
+	cmd := exec.Command("python3", "-c", py, strconv.Itoa(idx))
+	cmd.Stdin = bytes.NewReader(doc)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		if strings.Contains(stderr.String(), "No module named") || errors.Is(err, exec.ErrNotFound) {
+			if os.Getenv("PROVISION_REQUIRE_MOTO") == "1" {
+				t.Fatalf("python3 with jinja2 and yaml is required (PROVISION_REQUIRE_MOTO=1): %v %s", err, stderr.String())
+			}
+			t.Skipf("python3 with jinja2 and yaml not available: %v", err)
+		}
+		t.Fatalf("render index %d: %v\n%s\n%s", idx, err, stderr.String(), doc)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(out, &m); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	return m
+}
+
+// TestBatchUserData: one user-data for three instances launched together;
+// rendered for launch index k it is machine k's hostname and host key and
+// nobody else's, with the shared admin user; values Jinja would read are
+// refused, as are machines that do not share the admin user.
+func TestBatchUserData(t *testing.T) {
+	var want []drivers.MachineSpec
+	for i := 1; i <= 3; i++ {
+		s := spec("c1", "worker", i)
+		pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+		block, _ := ssh.MarshalPrivateKey(priv, "")
+		sp, _ := ssh.NewPublicKey(pub)
+		s.HostKey = drivers.HostKey{PrivatePEM: redact.Secret(pem.EncodeToMemory(block)), Public: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp)))}
+		want = append(want, s)
+	}
+	ud, err := drivers.BatchUserData(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(ud), "## template: jinja\n#cloud-config\n") {
+		t.Fatalf("header:\n%s", ud)
+	}
+	for k, w := range want {
+		m := renderJinja(t, ud, k)
+		keys, _ := m["ssh_keys"].(map[string]any)
+		if m["hostname"] != w.Name || keys["ed25519_public"] != w.HostKey.Public || strings.TrimSpace(fmt.Sprint(keys["ed25519_private"])) != strings.TrimSpace(string(w.HostKey.PrivatePEM)) {
+			t.Errorf("index %d: hostname %v, keys %v", k, m["hostname"], keys["ed25519_public"])
+		}
+		users, _ := m["users"].([]any)
+		if len(users) != 1 || m["ssh_deletekeys"] != true || m["ssh_pwauth"] != false {
+			t.Errorf("index %d: common settings %v", k, m)
+		}
+		b, _ := json.Marshal(m)
+		for j, o := range want {
+			if j != k && strings.Contains(string(b), o.Name) {
+				t.Errorf("index %d's rendering holds machine %d's settings", k, j)
+			}
+		}
+	}
+	// An index outside the batch gets no hostname and no key: cloud-init
+	// then makes none, and the pinned key does not match (never a silent
+	// wrong one).
+	if m := renderJinja(t, ud, 7); m["hostname"] != nil || m["ssh_keys"] != nil {
+		t.Errorf("index 7: %v", m)
+	}
+	// With the spec's own user-data, the batch document is the first part
+	// of a multipart, typed for cloud-init's Jinja handler.
+	for i := range want {
+		want[i].UserData = "#!/bin/sh\necho extra\n"
+	}
+	if ud, err = drivers.BatchUserData(want); err != nil || !strings.Contains(string(ud), "Content-Type: text/jinja2") {
+		t.Errorf("multipart: %v\n%s", err, ud)
+	}
+	bad := append([]drivers.MachineSpec(nil), want...)
+	bad[1].SSH.PublicKey = testUserKey + "{{ evil }}"
+	if _, err := drivers.BatchUserData(bad); err == nil {
+		t.Error("a key with a Jinja brace accepted")
+	}
+	bad = append([]drivers.MachineSpec(nil), want...)
+	bad[2].SSH.User = "other"
+	if _, err := drivers.BatchUserData(bad); err == nil {
+		t.Error("machines with different admin users accepted")
 	}
 }

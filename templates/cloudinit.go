@@ -60,10 +60,7 @@ func multipartUserData(first, second []byte) ([]byte, error) {
 	w := multipart.NewWriter(&out)
 	fmt.Fprintf(&out, "Content-Type: multipart/mixed; boundary=%q\r\nMIME-Version: 1.0\r\n\r\n", w.Boundary())
 	for i, part := range [][]byte{first, second} {
-		ct := "text/cloud-config"
-		if i == 1 {
-			ct = userDataType(part)
-		}
+		ct := userDataType(part)
 		h := textproto.MIMEHeader{}
 		h.Set("Content-Type", ct+`; charset="utf-8"`)
 		h.Set("MIME-Version", "1.0")
@@ -91,6 +88,8 @@ func multipartUserData(first, second []byte) ([]byte, error) {
 func userDataType(b []byte) string {
 	s := string(b)
 	switch {
+	case strings.HasPrefix(s, "## template: jinja"):
+		return "text/jinja2"
 	case strings.HasPrefix(s, "#cloud-config"):
 		return "text/cloud-config"
 	case strings.HasPrefix(s, "#!"):
@@ -101,4 +100,48 @@ func userDataType(b []byte) string {
 		return "text/x-include-url"
 	}
 	return "text/plain"
+}
+
+// BatchUserData renders one user-data for machines launched together in one
+// EC2 RunInstances call (which takes one user-data for all of them): machine
+// k of cs is the instance with launch index k, and cloud-init's Jinja
+// templating picks its hostname and host key from EC2's ami-launch-index.
+// The admin user, key and Extra must be the same for every machine. Each
+// instance can read the others' install keys through the metadata service
+// until the engine replaces every key on its first connection.
+func BatchUserData(cs []CloudInit) ([]byte, error) {
+	if len(cs) == 0 {
+		return nil, errors.New("no machines")
+	}
+	type machine struct{ Index, Hostname, HostKeyPrivate, HostKeyPublic string }
+	data := struct {
+		User, AuthorizedKey string
+		Machines            []machine
+	}{User: cs[0].User, AuthorizedKey: strings.TrimSpace(cs[0].AuthorizedKey)}
+	for k, c := range cs {
+		// Each machine passes the single-machine checks.
+		if _, err := UserData(CloudInit{Hostname: c.Hostname, User: c.User, AuthorizedKey: c.AuthorizedKey, HostKeyPrivate: c.HostKeyPrivate, HostKeyPublic: c.HostKeyPublic}); err != nil {
+			return nil, fmt.Errorf("machine %d: %w", k, err)
+		}
+		if c.User != cs[0].User || strings.TrimSpace(c.AuthorizedKey) != data.AuthorizedKey || c.Extra != cs[0].Extra {
+			return nil, errors.New("machines launched together must share the admin user, its key and the extra user-data")
+		}
+		// Jinja reads the whole document: nothing in it may open a Jinja
+		// tag. Hostnames are DNS labels and keys base64; only the
+		// authorized key's comment could hold a brace.
+		for _, v := range []string{c.Hostname, c.AuthorizedKey, c.HostKeyPublic} {
+			if strings.ContainsAny(v, "{}") {
+				return nil, errors.New("a hostname or key holds a character Jinja would read: launch these machines one by one")
+			}
+		}
+		data.Machines = append(data.Machines, machine{Index: fmt.Sprint(k), Hostname: c.Hostname, HostKeyPrivate: c.HostKeyPrivate, HostKeyPublic: strings.TrimSpace(c.HostKeyPublic)})
+	}
+	var buf bytes.Buffer
+	if err := parsed.Lookup("cloud-init-batch.yaml.tmpl").Execute(&buf, data); err != nil {
+		return nil, fmt.Errorf("render cloud-init: %w", err)
+	}
+	if strings.TrimSpace(cs[0].Extra) == "" {
+		return buf.Bytes(), nil
+	}
+	return multipartUserData(buf.Bytes(), []byte(cs[0].Extra))
 }

@@ -91,6 +91,9 @@ type Driver struct {
 	names   map[string]*sync.Mutex // "cluster/machine" -> create lock
 
 	images imageCache
+
+	batches batcher // launches gathered into one RunInstances (batch.go)
+	insts   instCache
 }
 
 var (

@@ -20,6 +20,11 @@ const (
 	DefaultInstanceType   = "t3.small"
 	DefaultVPCCIDR        = "10.42.0.0/16"
 	DefaultRootVolumeType = "gp3"
+	// DefaultLaunchBatch machines at most per RunInstances call; MaxLaunchBatch
+	// is the most the block may ask (user-data holds each one's install key
+	// within EC2's 16 KiB).
+	DefaultLaunchBatch = 10
+	MaxLaunchBatch     = 20
 	// DefaultOperatorIPURL answers with the caller's public IPv4 address as
 	// plain text. It is contacted only when detect_operator_ip = true.
 	DefaultOperatorIPURL = "https://checkip.amazonaws.com/"
@@ -46,7 +51,11 @@ type Config struct {
 	// engine ships logs with awslogs; "" = the driver makes a role and
 	// profile allowed exactly that (logs.go).
 	InstanceProfile string
-	Bastion         *drivers.Bastion
+	// LaunchBatch is how many machines of one kind (type, image, disk,
+	// subnet, role, pool) one RunInstances call may launch together (1:
+	// one call per machine). See batch.go.
+	LaunchBatch int
+	Bastion     *drivers.Bastion
 }
 
 type rawConfig struct {
@@ -66,6 +75,7 @@ type rawConfig struct {
 	Endpoint          *string     `hcl:"endpoint,optional"`
 	ELBEndpoint       *string     `hcl:"elb_endpoint,optional"`
 	InstanceProfile   *string     `hcl:"instance_profile,optional"`
+	LaunchBatch       *int        `hcl:"launch_batch,optional"`
 	Bastion           *rawBastion `hcl:"bastion,block"`
 }
 
@@ -137,6 +147,13 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 		InstanceProfile: str(raw.InstanceProfile, ""),
 	}
 	c.ELBEndpoint = str(raw.ELBEndpoint, c.Endpoint)
+	c.LaunchBatch = DefaultLaunchBatch
+	if raw.LaunchBatch != nil {
+		c.LaunchBatch = *raw.LaunchBatch
+		if c.LaunchBatch < 1 || c.LaunchBatch > MaxLaunchBatch {
+			bad("launch_batch", "Invalid launch batch", fmt.Sprintf("launch_batch %d: use 1 (one RunInstances call per machine) to %d.", c.LaunchBatch, MaxLaunchBatch))
+		}
+	}
 	c.CreateVPC = raw.CreateVPC == nil && c.VPCID == "" && len(c.SubnetIDs) == 0
 	if raw.CreateVPC != nil {
 		c.CreateVPC = *raw.CreateVPC

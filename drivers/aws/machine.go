@@ -147,6 +147,20 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 		}
 		in.IamInstanceProfile = &types.IamInstanceProfileSpecification{Name: awssdk.String(profile)}
 	}
+	if d.cfg.LaunchBatch > 1 {
+		// Launched together with the pool's other new machines when they
+		// can share the call (batch.go); alone otherwise.
+		in.NetworkInterfaces[0].SubnetId = shared.subnets[first].SubnetId
+		inst, err := d.launchBatched(cli, &launchReq{ctx: ctx, want: want, gen: gen, in: in, tags: tags})
+		switch {
+		case err == nil:
+			d.log.InfoContext(ctx, "created instance", "cluster", cluster, "host", want.Name, "instance", awssdk.ToString(inst.InstanceId),
+				"type", itype, "ami", img.id, "subnet", awssdk.ToString(in.NetworkInterfaces[0].SubnetId), "batched", true)
+			return d.startAndWait(ctx, cli, inst)
+		case !errors.Is(err, errNotBatched):
+			return drivers.Machine{}, fmt.Errorf("create instance %q (%s, %s): %w", want.Name, itype, img.id, err)
+		}
+	}
 	for k := range shared.subnets {
 		subnet = shared.subnets[(first+k)%len(shared.subnets)]
 		in.NetworkInterfaces[0].SubnetId = subnet.SubnetId
@@ -154,6 +168,7 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 			out, err = cli.RunInstances(ctx, in)
 			return err
 		})
+		d.instancesChanged()
 		if err == nil || !isCode(err, "InsufficientInstanceCapacity", "Unsupported") {
 			break
 		}
@@ -184,6 +199,7 @@ func (d *Driver) startAndWait(ctx context.Context, cli *ec2.Client, inst types.I
 				return drivers.Machine{}, fmt.Errorf("wait for instance %q (%s) to stop: %w", name, id, err)
 			}
 		}
+		d.instancesChanged()
 		if _, err := cli.StartInstances(ctx, &ec2.StartInstancesInput{InstanceIds: []string{id}}); err != nil {
 			return drivers.Machine{}, fmt.Errorf("start instance %q (%s): %w", name, id, d.explain(err))
 		}
@@ -212,15 +228,14 @@ func (d *Driver) startAndWait(ctx context.Context, cli *ec2.Client, inst types.I
 // generation (no generation tag: the first), or nil. When several exist
 // (two processes raced), the oldest wins.
 func (d *Driver) findInstance(ctx context.Context, cli *ec2.Client, cluster, name string, gen int) (*types.Instance, error) {
-	all, err := d.describeInstances(ctx, cli, clusterFilter(cluster), filter("tag:"+drivers.TagMachine, name),
-		filter("instance-state-name", liveStates...))
+	all, err := d.clusterInstances(ctx, cli, cluster)
 	if err != nil || len(all) == 0 {
 		return nil, err
 	}
 	var insts []types.Instance
 	for _, i := range all {
-		tags := map[string]string{drivers.TagGeneration: tagValue(i.Tags, drivers.TagGeneration)}
-		if drivers.GenerationOf(tags) == gen {
+		tags := effectiveTags(i)
+		if tags[drivers.TagMachine] == name && drivers.GenerationOf(tags) == gen {
 			insts = append(insts, i)
 		}
 	}
@@ -305,6 +320,7 @@ func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
 		}
 		id = awssdk.ToString(inst.InstanceId)
 	}
+	defer d.instancesChanged()
 	if _, err := cli.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: []string{id}}); err != nil {
 		if isNotFound(err) {
 			return nil
@@ -327,10 +343,7 @@ func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
 // shows the key the instance was created with, which the host no longer
 // serves.
 func (d *Driver) machine(i types.Instance) drivers.Machine {
-	tags := map[string]string{}
-	for _, t := range i.Tags {
-		tags[awssdk.ToString(t.Key)] = awssdk.ToString(t.Value)
-	}
+	tags := effectiveTags(i)
 	m := drivers.Machine{
 		Name:           tags[drivers.TagMachine],
 		ID:             awssdk.ToString(i.InstanceId),
