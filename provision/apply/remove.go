@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/provision/provision/drivers"
@@ -13,10 +14,14 @@ import (
 )
 
 // remove drains and removes machines the spec no longer wants, then destroys
-// their hosts: workers first, one at a time (each drained node's tasks
-// Running elsewhere before the next goes), then managers one at a time in a
-// quorum-safe order (demoted first, so quorum shrinks cleanly).
+// their hosts: workers first, in waves of at most a quarter of the workers
+// that stay (each wave's tasks Running elsewhere before the next goes),
+// then managers one at a time in a quorum-safe order (demoted first, so
+// quorum shrinks cleanly).
 type remove struct{}
+
+// removeWave is the most workers drained and removed at once.
+const removeWave = 20
 
 func (remove) Name() string { return "remove" }
 
@@ -47,17 +52,45 @@ func (remove) Run(ctx context.Context, r *run) error {
 	if len(workers)+len(managers) == 0 {
 		return errors.Join(errs...)
 	}
-	// Workers one at a time: each drain reschedules its tasks onto nodes
-	// that stay before the next node stops serving.
-	for _, a := range workers {
+	// Workers in waves: each wave's drains reschedule its tasks onto the
+	// workers that stay before the next wave stops serving. A wave is at
+	// most a quarter of the workers that stay (so they keep at least four
+	// fifths of the capacity they and the wave had), at least one, at most
+	// removeWave and the parallelism: scaling 4 -> 1 goes one at a time,
+	// 1200 -> 1000 twenty at a time.
+	stay := 0
+	for _, a := range r.plan.Actions {
+		if a.Kind != plan.Remove && a.Role != spec.RoleManager {
+			stay++
+		}
+	}
+	wave := max(1, min(stay/4, removeWave))
+	if p := r.parallelism(); p > 0 {
+		wave = min(wave, p)
+	}
+	for len(workers) > 0 {
 		if r.stopped() {
 			return nil
 		}
-		r.rep.Event(Event{Time: time.Now(), Kind: StepStart, Host: a.Machine, Step: "machine.remove"})
-		if err := removeOne(ctx, r, a); err != nil {
-			errs = append(errs, &StepError{Host: a.Machine, Step: "machine.remove", Err: err})
-			r.rep.Event(Event{Time: time.Now(), Kind: StepFail, Host: a.Machine, Step: "machine.remove", Err: err.Error()})
+		n := min(wave, len(workers))
+		batch := workers[:n]
+		workers = workers[n:]
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for _, a := range batch {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r.rep.Event(Event{Time: time.Now(), Kind: StepStart, Host: a.Machine, Step: "machine.remove"})
+				if err := removeOne(ctx, r, a); err != nil {
+					mu.Lock()
+					errs = append(errs, &StepError{Host: a.Machine, Step: "machine.remove", Err: err})
+					mu.Unlock()
+					r.rep.Event(Event{Time: time.Now(), Kind: StepFail, Host: a.Machine, Step: "machine.remove", Err: err.Error()})
+				}
+			}()
 		}
+		wg.Wait()
 	}
 	if r.members != nil {
 		swarm.SortRemovals(managers, r.members.Nodes(), func(a plan.Action) (string, string) {

@@ -164,3 +164,30 @@ func TestJoinRetried(t *testing.T) {
 		t.Fatalf("%d nodes, want the 10 others", n)
 	}
 }
+
+// TestScaleDownInWaves: removing 24 of 40 workers drains them in waves of
+// at most a quarter of the 16 that stay (4), never more at once, and
+// leaves the swarm with exactly the workers the spec keeps.
+func TestScaleDownInWaves(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, 3, 40, Latency{})
+	if _, _, err := c.Apply(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.Fleet.World.MaxDrained = 0
+	c.Workers = 16
+	stats, _, err := c.Apply(ctx)
+	if err != nil || len(stats.Failed) != 0 {
+		t.Fatalf("scale down: %v %v", err, stats.Failed)
+	}
+	if d := c.Fleet.World.MaxDrained; d > 4 || d < 2 {
+		t.Errorf("at most %d workers drained at once; want waves of up to 4 (a quarter of the 16 that stay), more than one at a time", d)
+	}
+	h := c.Fleet.Host("sim-manager-1")
+	if sw := h.f.engines[h.Address].Swarm(); sw.NodeCount() != 19 {
+		t.Errorf("swarm has %d nodes after the scale down, want 19", sw.NodeCount())
+	}
+	if n := c.Fleet.Driver.Count(); n != 19 {
+		t.Errorf("%d machines after the scale down, want 19", n)
+	}
+}

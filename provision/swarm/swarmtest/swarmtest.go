@@ -43,6 +43,8 @@ type World struct {
 	// MinReachable is, per swarm ID, the fewest reachable managers seen
 	// after a call, and MinOf the raft size at that moment.
 	MinReachable, MinOf map[string]int
+	// MaxDrained is the most nodes of one swarm seen drained at once.
+	MaxDrained int
 }
 
 // New returns an empty world.
@@ -173,6 +175,13 @@ func (s *Swarm) electLeader() {
 func (w *World) after(call string) {
 	w.Calls = append(w.Calls, call)
 	for _, s := range w.swarms {
+		drained := 0
+		for _, n := range s.nodes {
+			if n.avail == dswarm.NodeAvailabilityDrain {
+				drained++
+			}
+		}
+		w.MaxDrained = max(w.MaxDrained, drained)
 		s.electLeader()
 		total, up := s.raft()
 		if total == 0 {
