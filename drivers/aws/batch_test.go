@@ -11,6 +11,7 @@ import (
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/middleware"
 
 	"github.com/provision/provision/drivers"
@@ -193,6 +194,54 @@ func TestBatchTagsInterrupted(t *testing.T) {
 		if err := d.Destroy(ctx, m); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := d.Teardown(ctx, cluster); err != nil {
+		t.Fatal(err)
+	}
+	assertNothingLeft(t, cli, cluster)
+}
+
+// TestThrottledCallsRetried: EC2 answering RequestLimitExceeded (its
+// throttling) to launches, describes and tags, twice each, slows
+// Create down but does not fail it: the SDK's retryer backs off.
+func TestThrottledCallsRetried(t *testing.T) {
+	cli := sdk(t)
+	ctx := testCtx(t)
+	cluster := newCluster(t)
+	d := driverFromHCL(t, fmt.Sprintf("ami = %q\nallowed_cidrs = [\"198.51.100.7/32\"]\n", testAMI(t)))
+	c, err := d.ec2Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	throttled := map[string]int{}
+	d.client = ec2.New(c.Options(), func(o *ec2.Options) {
+		o.APIOptions = append(o.APIOptions, func(s *middleware.Stack) error {
+			return s.Deserialize.Add(middleware.DeserializeMiddlewareFunc("throttle",
+				func(ctx context.Context, in middleware.DeserializeInput, next middleware.DeserializeHandler) (middleware.DeserializeOutput, middleware.Metadata, error) {
+					op := middleware.GetOperationName(ctx)
+					mu.Lock()
+					hit := (op == "RunInstances" || op == "DescribeInstances" || op == "CreateTags") && throttled[op] < 2
+					if hit {
+						throttled[op]++
+					}
+					mu.Unlock()
+					if hit {
+						return middleware.DeserializeOutput{}, middleware.Metadata{}, &smithy.GenericAPIError{Code: "RequestLimitExceeded", Message: "Request limit exceeded."}
+					}
+					return next.HandleDeserialize(ctx, in)
+				}), middleware.After)
+		})
+	})
+	m, err := d.Create(ctx, cluster, spec(cluster, "worker", 1))
+	if err != nil {
+		t.Fatalf("Create under throttling: %v", err)
+	}
+	if throttled["RunInstances"] != 2 || throttled["DescribeInstances"] != 2 {
+		t.Errorf("throttled answers given: %v", throttled)
+	}
+	if err := d.Destroy(ctx, m); err != nil {
+		t.Fatal(err)
 	}
 	if err := d.Teardown(ctx, cluster); err != nil {
 		t.Fatal(err)
