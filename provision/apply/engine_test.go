@@ -332,3 +332,69 @@ func TestPreflightStopsBeforeAnyCreate(t *testing.T) {
 		t.Errorf("state records %d machines after a failed preflight", len(saved.Machines))
 	}
 }
+
+// TestAdoptFinishesInterruptedCreate: a create interrupted after the
+// driver made the machine but before it was recorded leaves the machine
+// "creating" and its install key kept; the next apply adopts the machine
+// by its tags and gives the driver that install key (a container never
+// started needs it to be finished), treats it as installed (rotated on the
+// first connection), and forgets the kept copy once recorded.
+func TestAdoptFinishesInterruptedCreate(t *testing.T) {
+	d := &testDriver{fail: map[string]error{"t-worker-2": context.Canceled}}
+	e, p := newTestEngine(t, 3, d)
+	r := newRun(e, p)
+	if err := (credentials{}).Run(context.Background(), r); err != nil {
+		t.Fatal(err)
+	}
+	_ = (machines{}).Run(context.Background(), r)
+	saved, err := e.Store.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := saved.Machine("t-worker-2")
+	if rec == nil || rec.Status != state.StatusCreating || rec.SSH.HostKey == "" {
+		t.Fatalf("interrupted create recorded as %+v", rec)
+	}
+	// The machine exists (the driver made it before the interrupt), found
+	// by its tags: the plan adopts it.
+	obs := plan.Observed{Machines: map[string][]drivers.Machine{"local": {
+		{Name: "t-manager-1", ID: "id-t-manager-1", State: "running"},
+		{Name: "t-worker-1", ID: "id-t-worker-1", State: "running"},
+		{Name: "t-worker-2", ID: "id-t-worker-2", State: "created", SSH: drivers.SSHEndpoint{HostKey: rec.SSH.HostKey}},
+		{Name: "t-worker-3", ID: "id-t-worker-3", State: "running"},
+	}}}
+	p2 := plan.Build(e.Spec, saved, obs)
+	adopt := false
+	for _, a := range p2.Actions {
+		adopt = adopt || (a.Machine == "t-worker-2" && a.Kind == plan.Adopt)
+	}
+	if !adopt {
+		t.Fatalf("plan does not adopt t-worker-2: %+v", p2.Actions)
+	}
+	delete(d.fail, "t-worker-2")
+	d.specs = nil
+	e.State = saved
+	r2 := newRun(e, p2)
+	if err := (credentials{}).Run(context.Background(), r2); err != nil {
+		t.Fatal(err)
+	}
+	if err := (machines{}).Run(context.Background(), r2); err != nil {
+		t.Fatal(err)
+	}
+	var got *drivers.MachineSpec
+	for i := range d.specs {
+		if d.specs[i].Name == "t-worker-2" {
+			got = &d.specs[i]
+		}
+	}
+	if got == nil || len(got.HostKey.PrivatePEM) == 0 || got.HostKey.Public != rec.SSH.HostKey {
+		t.Fatalf("the adopting Create did not get the kept install key: %+v", got)
+	}
+	h := r2.hosts["t-worker-2"]
+	if h.err != nil || h.rec.Status != state.StatusCreated || h.rec.HostKeySource != state.HostKeyInstalled {
+		t.Fatalf("adopted: err %v, status %s, key source %q (want installed: rotated on the first connection)", h.err, h.rec.Status, h.rec.HostKeySource)
+	}
+	if _, ok := e.keptInstallKey("t-worker-2", rec.SSH.HostKey); ok {
+		t.Error("the install key is still kept after the machine was recorded")
+	}
+}

@@ -282,6 +282,26 @@ func (e *Runner) installKey(name string) (drivers.HostKey, error) {
 	return hk, nil
 }
 
+// keptInstallKey returns the install key kept for a machine whose create
+// was interrupted, when its public half is public (what state recorded as
+// the intent): the driver can then finish that create (a container never
+// started gets its host key and admin files).
+func (e *Runner) keptInstallKey(name, public string) (drivers.HostKey, bool) {
+	b, err := os.ReadFile(filepath.Join(e.Store.SSHDir(), "install", name))
+	if err != nil {
+		return drivers.HostKey{}, false
+	}
+	k, err := ssh.ParsePrivateKey(b)
+	if err != nil || k.PublicKey().Type() != ssh.KeyAlgoED25519 {
+		return drivers.HostKey{}, false
+	}
+	hk := drivers.HostKey{PrivatePEM: redact.Secret(b), Public: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k.PublicKey())))}
+	if public == "" || !sameKey(public, hk.Public) {
+		return drivers.HostKey{}, false
+	}
+	return hk, true
+}
+
 // forgetInstallKey removes the kept install key once the machine that has
 // it is recorded.
 func (e *Runner) forgetInstallKey(name string) {

@@ -88,18 +88,33 @@ func makeMachine(ctx context.Context, r *run, h *host, a plan.Action) error {
 		if a.Kind == plan.Adopt && a.Observed != nil && hk.Public == "" {
 			hk.Public = a.Observed.SSH.HostKey
 		}
+		// A create interrupted before its machine was recorded: the key it
+		// installs is still kept, and the driver may need it to finish
+		// (the local driver copies it into a container never started).
+		// It is then an installed key like any other: rotated on the
+		// first connection.
+		var installed *drivers.HostKey
+		if kept, ok := r.keptInstallKey(h.rec.Name, hk.Public); ok && h.rec.Status == state.StatusCreating {
+			hk, installed = kept, &kept
+		}
 		m, err := d.Create(ctx, r.State.ClusterID, machineSpec(r, h, a, hk))
 		if err != nil {
 			return fmt.Errorf("start: %w", err)
 		}
 		m.Driver = a.Driver
-		if m, err = r.pinnedKey(h, m, nil); err != nil {
+		if m, err = r.pinnedKey(h, m, installed); err != nil {
 			return err
 		}
 		record(r, h, m, state.StatusCreated, a)
 		h.changed = true
 		r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: "machine.create", Msg: m.Address})
-		return r.save()
+		if err := r.save(); err != nil {
+			return err
+		}
+		if installed != nil {
+			r.forgetInstallKey(h.rec.Name)
+		}
+		return nil
 	}
 	if a.Kind == plan.Replace && a.Recorded != nil {
 		if err := retireLater(ctx, r, h, a); err != nil {
