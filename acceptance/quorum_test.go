@@ -166,6 +166,19 @@ func TestQuorumLoss(t *testing.T) {
 	if _, _, err := ens[survivor].ServiceInspectWithRaw(ctx, quorumService, dswarm.ServiceInspectOptions{}); err != nil {
 		t.Errorf("service %s lost in the re-formed swarm: %v", quorumService, err)
 	}
+	// The swarm was autolocked: the re-formed one is too, and the
+	// survivor's node key is encrypted again (it was written in the clear
+	// only for Docker to re-form the swarm).
+	eventually(t, ctx, time.Minute, "the survivor's node key encrypted again", func() error {
+		out, err := runIn(ctx, dc, survivorID, []string{"head", "-1", "/var/lib/docker/swarm/certificates/swarm-node.key"})
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, "ENCRYPTED") {
+			return fmt.Errorf("first line %q", strings.TrimSpace(out))
+		}
+		return nil
+	})
 	// Once re-formed, a plain apply has nothing left to do.
 	if r := mustProvision(t, ctx, nil, "apply", q.spec, q.sd(), "--auto-approve"); !strings.Contains(r.stderr, "No changes") {
 		t.Errorf("apply after the recovery is not a no-op:\n%s", r.stderr)

@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/provision/comm"
 	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/redact"
 	"github.com/provision/provision/provision/spec"
@@ -169,4 +172,58 @@ func (r *run) markRotated(what string) {
 		r.State.PKI.Rotated = map[string]time.Time{}
 	}
 	r.State.PKI.Rotated[what] = time.Now().UTC()
+}
+
+// unsealScript stops the engine and prints the swarm node key.
+const unsealReadScript = `set -eu
+systemctl stop docker.socket 2>/dev/null || true
+systemctl stop docker.service
+cat ` + swarm.NodeKeyPath + `
+`
+
+// unsealWriteScript writes stdin as the node key (0600, atomically) and
+// starts the engine again, whatever happens.
+const unsealWriteScript = `set -eu
+trap 'systemctl reset-failed docker.service 2>/dev/null || true; systemctl start docker.service' EXIT HUP INT TERM
+k=` + swarm.NodeKeyPath + `
+umask 077
+cat > "$k.provision-new"
+chmod 600 "$k.provision-new"
+mv -f "$k.provision-new" "$k"
+`
+
+// unseal writes an autolocked manager's swarm node key in the clear (with
+// the unlock keys the state directory keeps) and restarts its engine, so
+// that Docker can re-form the swarm on it (swarm.ReformSealed). The key
+// passes through this process's memory only, over the SSH session.
+func (r *run) unseal(ctx context.Context, name string, m drivers.Machine) error {
+	c, err := r.login(ctx, m)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var key, stderr bytes.Buffer
+	defer func() { clear(key.Bytes()) }()
+	code, err := c.Stream(ctx, c.Sudo("sh -c "+comm.Quote(unsealReadScript)), nil, &key, &stderr)
+	if err == nil && code != 0 {
+		err = fmt.Errorf("exit %d: %s", code, strings.TrimSpace(stderr.String()))
+	}
+	if err == nil {
+		var plain []byte
+		if plain, err = swarm.DecryptNodeKey(key.Bytes(), r.unlockKeys()); err == nil {
+			defer clear(plain)
+			stderr.Reset()
+			code, err = c.Stream(ctx, c.Sudo("sh -c "+comm.Quote(unsealWriteScript)), bytes.NewReader(plain), nil, &stderr)
+			if err == nil && code != 0 {
+				err = fmt.Errorf("exit %d: %s", code, strings.TrimSpace(stderr.String()))
+			}
+			if err == nil {
+				r.note(name, "node key written in the clear; engine restarted")
+				return nil
+			}
+		}
+	}
+	// The engine is started again however the rewrite failed.
+	c.Run(context.WithoutCancel(ctx), c.Sudo("sh -c 'systemctl reset-failed docker.service 2>/dev/null; systemctl start docker.service'"), nil)
+	return err
 }

@@ -157,10 +157,16 @@ func (e *Runner) Restore(ctx context.Context, archive, node string) (string, err
 		return "", err
 	}
 	l, err = h.ForceNewCluster(ctx)
-	if err != nil && strings.Contains(err.Error(), "needs to be unlocked") {
+	if swarm.Sealed(err) {
 		// A raft taken under autolock is encrypted, and Docker cannot
-		// re-form a swarm from an encrypted raft (moby/moby#36852).
-		return "", fmt.Errorf("%s: the restored raft is encrypted (swarm.autolock) and Docker cannot re-form a swarm from it (moby/moby#36852): restore a backup taken with swarm.autolock = false, or re-form the swarm by hand. The engine is running with the restored files; nothing else changed: %w", target.Name, err)
+		// re-form a swarm from an encrypted raft (moby/moby#36852): its
+		// node key is written in the clear first.
+		l, err = swarm.ReformSealed(ctx, h, func(ctx context.Context, _ *swarm.Host) error {
+			return r.unseal(ctx, target.Name, target.Machine)
+		}, r.note)
+		if errors.Is(err, swarm.ErrWrongUnlockKey) {
+			err = fmt.Errorf("%w: the backup was taken under autolock with an unlock key the state directory no longer keeps; the engine runs with the restored files, nothing else changed", err)
+		}
 	}
 	if err != nil {
 		return "", err

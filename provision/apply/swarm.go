@@ -84,6 +84,17 @@ func (swarmPhase) Run(ctx context.Context, r *run) error {
 			}
 			return nil
 		},
+		Unseal: func(ctx context.Context, sh *swarm.Host) error {
+			if h := byMember[sh]; h != nil {
+				return r.unseal(ctx, h.rec.Name, h.rec.Machine)
+			}
+			for _, o := range r.retiring {
+				if o.member == sh {
+					return r.unseal(ctx, sh.Name, o.rec.Machine)
+				}
+			}
+			return fmt.Errorf("%s: no machine to reach over SSH", sh.Name)
+		},
 	})
 	for sh, ferr := range f.Failed {
 		if h := byMember[sh]; h != nil {

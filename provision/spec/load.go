@@ -231,7 +231,7 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 	c.Logging = Logging{Driver: DefaultLogDriver, JournaldMaxUse: DefaultJournaldMaxUse, RetentionDays: DefaultLogRetentionDays}
 	c.TLS = TLS{ValidityHours: DefaultValidityHours}
 	c.SSH = SSH{User: DefaultUser}
-	c.Swarm = Swarm{NodeCertExpiry: DefaultNodeCertExpiry}
+	c.Swarm = Swarm{Autolock: true, NodeCertExpiry: DefaultNodeCertExpiry}
 	c.LoadBalancer = defaultLoadBalancer()
 
 	if r, ok := dc.str(content.Attributes, "name", "name", &c.Name); ok {
@@ -798,10 +798,6 @@ func decodeSwarm(dc *dec, c *Cluster, b *hcl.Block) {
 	content, d := b.Body.Content(swarmSchema)
 	dc.diags = append(dc.diags, d...)
 	dc.boolean(content.Attributes, "autolock", "swarm.autolock", &c.Swarm.Autolock)
-	if a, ok := content.Attributes["autolock"]; ok && c.Swarm.Autolock {
-		dc.warnf(a.Expr.Range(), "Autolock limits recovery",
-			"With autolock the engine cannot re-form the swarm from its raft (docker swarm init --force-new-cluster refuses an encrypted raft, moby/moby#36852): apply --force-new-cluster after a quorum loss and `provision restore` stop with that error. Keep autolock off where those recovery paths matter.")
-	}
 	var expiry string
 	if r, ok := dc.str(content.Attributes, "node_cert_expiry", "swarm.node_cert_expiry", &expiry); ok {
 		dd, err := time.ParseDuration(expiry)

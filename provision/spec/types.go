@@ -155,8 +155,9 @@ type Swarm struct {
 	// Autolock encrypts the managers' raft keys at rest: a restarted
 	// manager stays locked until unlocked with the key provision keeps in
 	// the state directory (apply and `provision unlock` do it). Default
-	// false: Docker cannot re-form an autolocked swarm from its raft
-	// (--force-new-cluster, restore; moby/moby#36852).
+	// true. Quorum recovery and restore write the node key in the clear
+	// first (Docker cannot re-form a swarm from an encrypted raft,
+	// moby/moby#36852; swarm/nodekey.go).
 	Autolock bool
 	// NodeCertExpiry is the lifetime of the swarm's own node certificates
 	// (the swarm CA's NodeCertExpiry; the nodes renew them themselves).

@@ -163,6 +163,10 @@ type Form struct {
 	// Before, when set, is called with the manager a swarm is about to be
 	// re-formed on (--force-new-cluster): the raft backup.
 	Before func(ctx context.Context, h *Host) error
+	// Unseal, when set, writes an autolocked manager's node key in the
+	// clear and restarts its engine (see nodekey.go): called when Docker
+	// refuses to re-form the swarm on it because its raft is encrypted.
+	Unseal func(ctx context.Context, h *Host) error
 }
 
 // theirs says whether an active manager runs another swarm than the
@@ -251,6 +255,9 @@ func (m *Membership) Bootstrap(ctx context.Context, managers []*Host, f Form) (F
 			}
 			m.note(first.Name, "re-forming the swarm on this manager (--force-new-cluster)")
 			out.Local, err = first.forceNewCluster(ctx)
+			if err != nil && Sealed(err) && f.Unseal != nil {
+				out.Local, err = ReformSealed(ctx, first, f.Unseal, m.note)
+			}
 			out.Forced = err == nil
 		} else {
 			out.Local, out.Inited, err = first.init(ctx, f.Label)
