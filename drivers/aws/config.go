@@ -102,35 +102,17 @@ func validHost(h string) bool {
 	return hostnameRe.MatchString(h)
 }
 
-func str(p *string, def string) string {
-	if p == nil {
-		return def
-	}
-	return *p
-}
+var str = drivers.Str
 
 // decodeConfig decodes and checks the block; every problem is reported with
 // the range of the attribute at fault.
 func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics) {
 	var raw rawConfig
-	diags := gohcl.DecodeBody(body, ctx, &raw)
-	if diags.HasErrors() {
-		return Config{}, diags
+	blk, ok := drivers.DecodeBlock(body, ctx, &raw)
+	if !ok {
+		return Config{}, blk.Diags
 	}
-	// The attributes again, for their ranges.
-	schema, _ := gohcl.ImpliedBodySchema(&raw)
-	content, _, _ := body.PartialContent(schema)
-	rng := func(name string) *hcl.Range {
-		if a, ok := content.Attributes[name]; ok {
-			r := a.Expr.Range()
-			return &r
-		}
-		r := body.MissingItemRange()
-		return &r
-	}
-	bad := func(attr, summary, detail string) {
-		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: rng(attr)})
-	}
+	rng, bad := blk.Range, blk.Bad
 
 	c := Config{
 		Region:          str(raw.Region, ""),
@@ -198,7 +180,7 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 		}
 		c.AllowedCIDRs[i] = p.Masked().String()
 		if p.Bits() == 0 {
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "SSH and the engine port open to everyone",
+			blk.Diags = append(blk.Diags, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "SSH and the engine port open to everyone",
 				Detail: fmt.Sprintf("allowed_cidrs contains %q: SSH and the Docker TLS port will accept connections from any address.", s), Subject: rng("allowed_cidrs")})
 		}
 	}
@@ -231,22 +213,22 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 		if b.Port != nil {
 			c.Bastion.Port = *b.Port
 		}
-		blk := content.Blocks.OfType("bastion")[0]
+		bb := blk.Content().Blocks.OfType("bastion")[0]
 		bschema, _ := gohcl.ImpliedBodySchema(b)
-		bcontent, _, _ := blk.Body.PartialContent(bschema)
+		bcontent, _, _ := bb.Body.PartialContent(bschema)
 		brng := func(name string) *hcl.Range {
 			if a, ok := bcontent.Attributes[name]; ok {
 				r := a.Expr.Range()
 				return &r
 			}
-			return blk.DefRange.Ptr()
+			return bb.DefRange.Ptr()
 		}
 		bbad := func(attr, summary, detail string) {
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: brng(attr)})
+			blk.Diags = append(blk.Diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: brng(attr)})
 		}
 		if c.Bastion.Port < 1 || c.Bastion.Port > 65535 {
-			r := blk.DefRange
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid bastion port",
+			r := bb.DefRange
+			blk.Diags = append(blk.Diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid bastion port",
 				Detail: fmt.Sprintf("port %d is outside 1-65535.", c.Bastion.Port), Subject: &r})
 		}
 		if !validHost(c.Bastion.Address) {
@@ -268,9 +250,9 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 		}
 	}
 	if !c.AssociatePublicIP && c.Bastion == nil {
-		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "Private addresses only",
+		blk.Diags = append(blk.Diags, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "Private addresses only",
 			Detail: "associate_public_ip = false without a bastion block: provision will connect to the instances' private addresses, " +
 				"which works only from inside the VPC (or over a VPN).", Subject: rng("associate_public_ip")})
 	}
-	return c, diags
+	return c, blk.Diags
 }

@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/gohcl"
 
 	"github.com/provision/provision/drivers"
 )
@@ -132,34 +131,17 @@ var (
 	zoneRe   = regexp.MustCompile(`^[1-9]$`)
 )
 
-func str(p *string, def string) string {
-	if p == nil {
-		return def
-	}
-	return *p
-}
+var str = drivers.Str
 
 // decodeConfig decodes and checks the block; every problem is reported with
 // the range of the attribute at fault.
 func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics) {
 	var raw rawConfig
-	diags := gohcl.DecodeBody(body, ctx, &raw)
-	if diags.HasErrors() {
-		return Config{}, diags
+	blk, ok := drivers.DecodeBlock(body, ctx, &raw)
+	if !ok {
+		return Config{}, blk.Diags
 	}
-	schema, _ := gohcl.ImpliedBodySchema(&raw)
-	content, _, _ := body.PartialContent(schema)
-	rng := func(name string) *hcl.Range {
-		if a, ok := content.Attributes[name]; ok {
-			r := a.Expr.Range()
-			return &r
-		}
-		r := body.MissingItemRange()
-		return &r
-	}
-	bad := func(attr, summary, detail string) {
-		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: rng(attr)})
-	}
+	rng, bad := blk.Range, blk.Bad
 
 	c := Config{
 		SubscriptionID:          str(raw.SubscriptionID, ""),
@@ -198,7 +180,7 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 	switch c.Cloud {
 	case CloudPublic, CloudGovernment, CloudChina:
 		for _, a := range []string{"resource_manager_endpoint", "resource_manager_audience", "authority_host"} {
-			if _, ok := content.Attributes[a]; ok {
+			if _, ok := blk.Content().Attributes[a]; ok {
 				bad(a, "Setting needs cloud = \"custom\"", fmt.Sprintf("%s applies only to cloud = \"custom\" (Azure Stack Hub or another Resource Manager endpoint); cloud %q has its own endpoints.", a, c.Cloud))
 			}
 		}
@@ -280,7 +262,7 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 		}
 		c.AllowedCIDRs[i] = p.Masked().String()
 		if p.Bits() == 0 {
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "SSH and the engine port open to everyone",
+			blk.Diags = append(blk.Diags, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "SSH and the engine port open to everyone",
 				Detail: fmt.Sprintf("allowed_cidrs contains %q: SSH and the Docker TLS port will accept connections from any address.", s), Subject: rng("allowed_cidrs")})
 		}
 	}
@@ -301,17 +283,17 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 			c.Bastion.Port = *b.Port
 		}
 		if c.Bastion.Port < 1 || c.Bastion.Port > 65535 {
-			r := content.Blocks.OfType("bastion")[0].DefRange
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid bastion port",
+			r := blk.Content().Blocks.OfType("bastion")[0].DefRange
+			blk.Diags = append(blk.Diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid bastion port",
 				Detail: fmt.Sprintf("port %d is outside 1-65535.", c.Bastion.Port), Subject: &r})
 		}
 	}
 	if !c.PublicIP && c.Bastion == nil {
-		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "Private addresses only",
+		blk.Diags = append(blk.Diags, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "Private addresses only",
 			Detail: "public_ip = false without a bastion block: provision will connect to the VMs' private addresses, " +
 				"which works only from inside the virtual network (or over a VPN or peering).", Subject: rng("public_ip")})
 	}
-	return c, diags
+	return c, blk.Diags
 }
 
 func httpsURL(s string) bool {

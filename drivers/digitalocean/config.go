@@ -10,10 +10,11 @@ import (
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/provision/provision/provision/redact"
+
+	"github.com/provision/provision/drivers"
 )
 
 // Defaults for the driver block.
@@ -68,12 +69,7 @@ var (
 	uuidRe   = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 )
 
-func str(p *string, def string) string {
-	if p == nil {
-		return def
-	}
-	return *p
-}
+var str = drivers.Str
 
 // decodeConfig decodes and checks the block; every problem is reported with
 // the range of the attribute at fault. The token's value never appears in a
@@ -81,23 +77,11 @@ func str(p *string, def string) string {
 // literally is only warned about without a location).
 func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics) {
 	var raw rawConfig
-	diags := gohcl.DecodeBody(body, ctx, &raw)
-	if diags.HasErrors() {
-		return Config{}, diags
+	blk, ok := drivers.DecodeBlock(body, ctx, &raw)
+	if !ok {
+		return Config{}, blk.Diags
 	}
-	schema, _ := gohcl.ImpliedBodySchema(&raw)
-	content, _, _ := body.PartialContent(schema)
-	rng := func(name string) *hcl.Range {
-		if a, ok := content.Attributes[name]; ok {
-			r := a.Expr.Range()
-			return &r
-		}
-		r := body.MissingItemRange()
-		return &r
-	}
-	bad := func(attr, summary, detail string) {
-		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: rng(attr)})
-	}
+	rng, bad := blk.Range, blk.Bad
 
 	c := Config{
 		Region:        str(raw.Region, ""),
@@ -115,12 +99,12 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 
 	// The token: any string expression, evaluated here. Its value is kept
 	// as a redact.Secret and never printed.
-	if a, ok := content.Attributes["token"]; ok {
+	if a, ok := blk.Content().Attributes["token"]; ok {
 		v, d := a.Expr.Value(ctx)
 		switch {
 		case d.HasErrors():
 			// Diagnostics from evaluation describe the expression, not the value.
-			diags = append(diags, d...)
+			blk.Diags = append(blk.Diags, d...)
 		case v.IsNull():
 		case !v.IsKnown() || !v.Type().Equals(cty.String):
 			bad("token", "Invalid token", "token must be a string (a DigitalOcean API token); pass it through a variable with sensitive = true.")
@@ -128,7 +112,7 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 			c.Token = redact.Secret(strings.TrimSpace(v.AsString()))
 			if len(a.Expr.Variables()) == 0 && len(c.Token) > 0 {
 				// No Subject: the snippet would print the token.
-				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "DigitalOcean token written in the file",
+				blk.Diags = append(blk.Diags, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "DigitalOcean token written in the file",
 					Detail: "The digitalocean driver block holds a literal token. Anyone who can read the file can use the account: " +
 						"declare `variable \"do_token\" { sensitive = true }`, set token = var.do_token, and pass it with PROVISION_VAR_do_token or -var-file, or set " + TokenEnv + " instead."})
 			}
@@ -172,7 +156,7 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 		}
 		c.AllowedCIDRs[i] = p.Masked().String()
 		if p.Bits() == 0 {
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "SSH and the engine port open to everyone",
+			blk.Diags = append(blk.Diags, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "SSH and the engine port open to everyone",
 				Detail: fmt.Sprintf("allowed_cidrs contains %q: SSH and the Docker TLS port will accept connections from any address.", s), Subject: rng("allowed_cidrs")})
 		}
 	}
@@ -182,7 +166,7 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 				"or detect_operator_ip = true to ask "+DefaultOperatorIPURL+" for it when creating.")
 	}
 	if !c.CloudFirewall && (len(c.AllowedCIDRs) > 0 || c.DetectOperatorIP) {
-		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "allowed_cidrs without a cloud firewall",
+		blk.Diags = append(blk.Diags, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "allowed_cidrs without a cloud firewall",
 			Detail: "cloud_firewall = false: no cloud firewall is made, so allowed_cidrs and detect_operator_ip have no effect here " +
 				"(the hosts' own nftables firewall still limits 2376 to tls.allowed_cidrs).", Subject: rng("cloud_firewall")})
 	}
@@ -212,7 +196,7 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 			}
 		}
 	}
-	return c, diags
+	return c, blk.Diags
 }
 
 // checkAPIURL accepts https URLs, and http URLs whose host is a loopback

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/gohcl"
 
 	"github.com/provision/provision/drivers"
 )
@@ -74,34 +73,17 @@ type rawConfig struct {
 	SerialLogDir    *string  `hcl:"serial_log_dir,optional"`
 }
 
-func str(p *string, def string) string {
-	if p == nil {
-		return def
-	}
-	return *p
-}
+var str = drivers.Str
 
 // decodeConfig decodes and checks the block; every problem is reported with
 // the range of the attribute at fault.
 func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics) {
 	var raw rawConfig
-	diags := gohcl.DecodeBody(body, ctx, &raw)
-	if diags.HasErrors() {
-		return Config{}, diags
+	blk, ok := drivers.DecodeBlock(body, ctx, &raw)
+	if !ok {
+		return Config{}, blk.Diags
 	}
-	schema, _ := gohcl.ImpliedBodySchema(&raw)
-	content, _, _ := body.PartialContent(schema)
-	rng := func(name string) *hcl.Range {
-		if a, ok := content.Attributes[name]; ok {
-			r := a.Expr.Range()
-			return &r
-		}
-		r := body.MissingItemRange()
-		return &r
-	}
-	bad := func(attr, summary, detail string) {
-		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: rng(attr)})
-	}
+	bad := blk.Bad
 
 	c := Config{
 		URI:          str(raw.URI, DefaultURI),
@@ -213,7 +195,7 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 	}
 	switch len(modes) {
 	case 0:
-		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "No network for the machines",
+		blk.Diags = append(blk.Diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "No network for the machines",
 			Detail: "Set one of: network = \"<libvirt network>\", bridge = \"<host bridge>\", network_cidr = \"10.213.0.0/24\" " +
 				"(a NAT network the driver creates for the cluster), or user_network = true (one machine, ports forwarded on 127.0.0.1).",
 			Subject: rangePtr(body.MissingItemRange())})
@@ -238,7 +220,7 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 	if c.SerialLogDir != "" && !strings.HasPrefix(c.SerialLogDir, "/") {
 		bad("serial_log_dir", "Relative path", "serial_log_dir must be an absolute directory on the hypervisor.")
 	}
-	return c, diags
+	return c, blk.Diags
 }
 
 func rangePtr(r hcl.Range) *hcl.Range { return &r }

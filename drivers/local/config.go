@@ -9,7 +9,8 @@ import (
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/gohcl"
+
+	"github.com/provision/provision/drivers"
 )
 
 // DefaultImage is the host image built by drivers/local/image/build.sh.
@@ -36,34 +37,17 @@ type rawConfig struct {
 	CPUs       *float64 `hcl:"cpus,optional"`
 }
 
-func str(p *string, def string) string {
-	if p == nil {
-		return def
-	}
-	return *p
-}
+var str = drivers.Str
 
 // decodeConfig decodes and checks the block; every problem is reported with
 // the range of the attribute at fault.
 func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics) {
 	var raw rawConfig
-	diags := gohcl.DecodeBody(body, ctx, &raw)
-	if diags.HasErrors() {
-		return Config{}, diags
+	blk, ok := drivers.DecodeBlock(body, ctx, &raw)
+	if !ok {
+		return Config{}, blk.Diags
 	}
-	schema, _ := gohcl.ImpliedBodySchema(&raw)
-	content, _, _ := body.PartialContent(schema)
-	rng := func(name string) *hcl.Range {
-		if a, ok := content.Attributes[name]; ok {
-			r := a.Expr.Range()
-			return &r
-		}
-		r := body.MissingItemRange()
-		return &r
-	}
-	bad := func(attr, summary, detail string) {
-		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: rng(attr)})
-	}
+	bad := blk.Bad
 
 	c := Config{
 		Image:      str(raw.Image, DefaultImage),
@@ -114,7 +98,7 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 			c.CPUs = *raw.CPUs
 		}
 	}
-	return c, diags
+	return c, blk.Diags
 }
 
 var sizeUnits = map[string]int64{
