@@ -87,8 +87,7 @@ type Driver struct {
 	sharedMu sync.Mutex
 	shared   map[string]*clusterShared // by cluster ID
 
-	namesMu sync.Mutex
-	names   map[string]*sync.Mutex // "cluster/machine" -> create lock
+	names drivers.NameLocks // serializes Create per cluster/machine
 
 	images imageCache
 
@@ -128,7 +127,6 @@ func newDriver(cfg Config, opts drivers.Options) *Driver {
 		depTimeout: defaultDependencyTimeout,
 		httpClient: &http.Client{Timeout: 10 * time.Second},
 		shared:     map[string]*clusterShared{},
-		names:      map[string]*sync.Mutex{},
 		images:     imageCache{arch: map[string]string{}, images: map[string]imageInfo{}},
 	}
 }
@@ -212,17 +210,7 @@ func (d *Driver) notChecked() string {
 
 // lockName serializes Create calls for one machine name within this process;
 // across processes the tag lookup before RunInstances keeps Create idempotent.
-func (d *Driver) lockName(cluster, name string) func() {
-	d.namesMu.Lock()
-	m, ok := d.names[cluster+"/"+name]
-	if !ok {
-		m = &sync.Mutex{}
-		d.names[cluster+"/"+name] = m
-	}
-	d.namesMu.Unlock()
-	m.Lock()
-	return m.Unlock
-}
+func (d *Driver) lockName(cluster, name string) func() { return d.names.Lock(cluster, name) }
 
 // clusterTags returns the base tag set for a shared resource of the cluster.
 func clusterTags(cluster, name string) map[string]string {

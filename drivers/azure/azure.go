@@ -107,8 +107,7 @@ type Driver struct {
 	sharedMu sync.Mutex
 	shared   map[string]*clusterShared // by cluster ID
 
-	namesMu sync.Mutex
-	names   map[string]*sync.Mutex // "cluster/machine" -> create lock
+	names drivers.NameLocks // serializes Create per cluster/machine
 
 	catalog catalog
 }
@@ -148,7 +147,6 @@ func newDriver(cfg Config, opts drivers.Options) *Driver {
 		retry:      policy.RetryOptions{MaxRetries: 8, RetryDelay: 2 * time.Second, MaxRetryDelay: time.Minute},
 		httpClient: &http.Client{Timeout: 10 * time.Second},
 		shared:     map[string]*clusterShared{},
-		names:      map[string]*sync.Mutex{},
 		catalog:    catalog{skus: map[string]skuInfo{}, images: map[string]string{}},
 	}
 }
@@ -306,17 +304,7 @@ func diskName(machine string) string { return machine + "-osdisk" }
 // lockName serializes Create calls for one machine name within this process;
 // across processes the lookup by name before the create keeps Create
 // idempotent (names are unique in a resource group).
-func (d *Driver) lockName(cluster, name string) func() {
-	d.namesMu.Lock()
-	m, ok := d.names[cluster+"/"+name]
-	if !ok {
-		m = &sync.Mutex{}
-		d.names[cluster+"/"+name] = m
-	}
-	d.namesMu.Unlock()
-	m.Lock()
-	return m.Unlock
-}
+func (d *Driver) lockName(cluster, name string) func() { return d.names.Lock(cluster, name) }
 
 // clusterTags returns the tag set of a shared resource of the cluster.
 func clusterTags(cluster string) map[string]*string {

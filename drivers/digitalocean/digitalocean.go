@@ -99,8 +99,7 @@ type Driver struct {
 	sharedMu sync.Mutex
 	shared   map[string]*clusterShared // by cluster ID
 
-	namesMu sync.Mutex
-	names   map[string]*sync.Mutex // "cluster/machine" -> create lock
+	names drivers.NameLocks // serializes Create per cluster/machine
 
 	catalog catalog
 }
@@ -143,7 +142,6 @@ func newDriver(cfg Config, opts drivers.Options) *Driver {
 		httpClient: &http.Client{Timeout: 10 * time.Second},
 		getenv:     os.Getenv,
 		shared:     map[string]*clusterShared{},
-		names:      map[string]*sync.Mutex{},
 	}
 }
 
@@ -323,17 +321,7 @@ func (l debugLogger) Warn(msg string, kv ...any)  { l.l.Debug("godo: "+msg, kv..
 
 // lockName serializes Create calls for one machine name within this process;
 // across processes the tag lookup before the create keeps Create idempotent.
-func (d *Driver) lockName(cluster, name string) func() {
-	d.namesMu.Lock()
-	m, ok := d.names[cluster+"/"+name]
-	if !ok {
-		m = &sync.Mutex{}
-		d.names[cluster+"/"+name] = m
-	}
-	d.namesMu.Unlock()
-	m.Lock()
-	return m.Unlock
-}
+func (d *Driver) lockName(cluster, name string) func() { return d.names.Lock(cluster, name) }
 
 // baseName is the name of the cluster's VPC and firewall (and the SSH key's).
 func (d *Driver) baseName(cluster string) string {

@@ -39,8 +39,7 @@ type Driver struct {
 	portMu sync.Mutex
 	netMu  sync.Mutex // serializes the cluster network's creation
 
-	namesMu sync.Mutex
-	names   map[string]*sync.Mutex // "cluster/machine" -> create lock
+	names drivers.NameLocks // serializes Create per cluster/machine
 
 	// upload writes a seed image into its volume (a libvirt stream); scan
 	// reads the SSH host key a machine presents. Tests against libvirt's
@@ -84,7 +83,6 @@ func NewDriver(cfg Config, opts drivers.Options) *Driver {
 		name:    name,
 		log:     log,
 		hvs:     hvs,
-		names:   map[string]*sync.Mutex{},
 		upload:  uploadStream,
 		scan:    comm.ScanHostKey,
 		pollMin: time.Second,
@@ -206,17 +204,7 @@ func isCode(err error, code lv.ErrorNumber) bool {
 	return errors.As(err, &le) && le.Code == code
 }
 
-func (d *Driver) lockName(cluster, name string) func() {
-	d.namesMu.Lock()
-	m, ok := d.names[cluster+"/"+name]
-	if !ok {
-		m = &sync.Mutex{}
-		d.names[cluster+"/"+name] = m
-	}
-	d.namesMu.Unlock()
-	m.Lock()
-	return m.Unlock
-}
+func (d *Driver) lockName(cluster, name string) func() { return d.names.Lock(cluster, name) }
 
 // owned is one domain that carries provision metadata.
 type owned struct {
@@ -1100,8 +1088,4 @@ func (d *Driver) removeNetwork(ctx context.Context, conn *lv.Connect, cluster st
 	return nil
 }
 
-// sameKey compares two authorized_keys lines by type and key, ignoring comments.
-func sameKey(a, b string) bool {
-	fa, fb := strings.Fields(a), strings.Fields(b)
-	return len(fa) >= 2 && len(fb) >= 2 && fa[0] == fb[0] && fa[1] == fb[1]
-}
+var sameKey = drivers.SameKey

@@ -126,8 +126,7 @@ type Driver struct {
 
 	netMu sync.Mutex // serializes network creation within the process
 
-	namesMu sync.Mutex
-	names   map[string]*sync.Mutex // "cluster/machine" -> create lock
+	names drivers.NameLocks // serializes Create per cluster/machine
 }
 
 var (
@@ -164,7 +163,6 @@ func NewDriver(cfg Config, opts drivers.Options) *Driver {
 		name:        name,
 		log:         log.With("driver", name),
 		bootTimeout: 3 * time.Minute,
-		names:       map[string]*sync.Mutex{},
 	}
 	if opts.StateDir != "" {
 		d.bindPath = filepath.Join(opts.StateDir, "local", name+".json")
@@ -329,17 +327,7 @@ func (d *Driver) Close() error {
 // lockName serializes Create calls for one machine name within this process;
 // across processes the label lookup and the engine's unique container names
 // keep Create idempotent.
-func (d *Driver) lockName(cluster, name string) func() {
-	d.namesMu.Lock()
-	m, ok := d.names[cluster+"/"+name]
-	if !ok {
-		m = &sync.Mutex{}
-		d.names[cluster+"/"+name] = m
-	}
-	d.namesMu.Unlock()
-	m.Lock()
-	return m.Unlock
-}
+func (d *Driver) lockName(cluster, name string) func() { return d.names.Lock(cluster, name) }
 
 var unsafeName = regexp.MustCompile(`[^a-zA-Z0-9_.-]`)
 
@@ -909,11 +897,7 @@ func (d *Driver) waitSSH(ctx context.Context, cli *client.Client, id, addr, pinn
 	}
 }
 
-// sameKey compares two authorized_keys lines by type and key, ignoring comments.
-func sameKey(a, b string) bool {
-	fa, fb := strings.Fields(a), strings.Fields(b)
-	return len(fa) >= 2 && len(fb) >= 2 && fa[0] == fb[0] && fa[1] == fb[1]
-}
+var sameKey = drivers.SameKey
 
 // Destroy removes the machine's container and its /var/lib/docker volume.
 // Both already gone counts as success.
