@@ -175,6 +175,10 @@ func TestScaleDownInWaves(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Fleet.World.MaxDrained = 0
+	// Engine calls that take a moment, so that a wave's removals are in
+	// flight together (at zero latency each could end before the next
+	// starts, and one at a time would look the same).
+	c.Fleet.Latency.EngineAPI = 20 * time.Millisecond
 	c.Workers = 16
 	stats, _, err := c.Apply(ctx)
 	if err != nil || len(stats.Failed) != 0 {
