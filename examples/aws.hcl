@@ -26,6 +26,7 @@ driver "aws" {
   allowed_cidrs       = var.allowed_cidrs
   detect_operator_ip  = true
   associate_public_ip = true
+  launch_batch        = 10   # new machines of a pool launched together, per subnet (1: one call each)
 }
 
 managers {

@@ -11,7 +11,10 @@
 # On a hypervisor of your own: set uri (qemu+ssh://user@host/system), pool and
 # image (a qcow2 cloud image with cloud-init, e.g. Debian's genericcloud image,
 # uploaded as a volume), and replace user_network by network, bridge or
-# network_cidr to run several machines.
+# network_cidr to run several machines. To spread them over several
+# hypervisors (one failure domain each, managers apart), set
+# uris = ["qemu+ssh://ops@kvm1/system", "qemu+ssh://ops@kvm2/system"] instead
+# of uri, with bridge or network (the hosts' networks must reach each other).
 
 variable "domain_type" {
   default     = "kvm"
