@@ -212,8 +212,11 @@ func (r *run) backupSource(nodes map[string]dswarm.Node, prefer string) (*backup
 	}
 	var retiring []*backupCandidate
 	for _, o := range r.retiring {
+		// A generation whose machine is gone is no source, whatever the
+		// node list says for the seconds before the raft notices; its
+		// address may already be another machine's.
 		n, ok := nodes[o.rec.NodeID]
-		if !ok || n.ManagerStatus == nil || n.ManagerStatus.Reachability != dswarm.ReachabilityReachable || o.rec.Address == "" {
+		if o.gone || !ok || n.ManagerStatus == nil || n.ManagerStatus.Reachability != dswarm.ReachabilityReachable || o.rec.Address == "" {
 			continue
 		}
 		m := o.rec.Machine
@@ -225,7 +228,7 @@ func (r *run) backupSource(nodes map[string]dswarm.Node, prefer string) (*backup
 	if r.plan != nil {
 		for _, a := range r.plan.Actions {
 			rec := a.Recorded
-			if a.Kind != plan.Remove || rec == nil || rec.Role != spec.RoleManager || rec.Address == "" {
+			if a.Kind != plan.Remove || rec == nil || rec.Role != spec.RoleManager || rec.Address == "" || a.Observed == nil {
 				continue
 			}
 			n, ok := nodes[rec.NodeID]

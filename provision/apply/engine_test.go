@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 
+	dswarm "github.com/docker/docker/api/types/swarm"
+
 	"github.com/provision/provision/drivers"
 	_ "github.com/provision/provision/drivers/local" // the spec's driver block needs its factory
 	"github.com/provision/provision/hostos"
@@ -396,5 +398,35 @@ func TestAdoptFinishesInterruptedCreate(t *testing.T) {
 	}
 	if _, ok := e.keptInstallKey("t-worker-2", rec.SSH.HostKey); ok {
 		t.Error("the install key is still kept after the machine was recorded")
+	}
+}
+
+// TestBackupSourceSkipsGoneGeneration: the generation of a manager being
+// replaced because its machine is gone is never the raft backup's source,
+// even while the node list still calls it Reachable (the raft notices a
+// second later) and it is the node about to change: its address may be
+// the new generation's already. A live one is the preferred source.
+func TestBackupSourceSkipsGoneGeneration(t *testing.T) {
+	e, p := newTestEngine(t, 0, &testDriver{})
+	r := newRun(e, p)
+	mk := func(name, node, addr string) *host {
+		h := &host{rec: &state.Machine{Role: spec.RoleManager, NodeID: node}}
+		h.rec.Name, h.rec.Address = name, addr
+		return h
+	}
+	cur, other := mk("t-manager-1", "n2", "10.0.0.3"), mk("t-manager-2", "n3", "10.0.0.4")
+	r.hosts = map[string]*host{"t-manager-1": cur, "t-manager-2": other}
+	old := &retiree{owner: cur, rec: state.Retiring{Machine: drivers.Machine{Address: "10.0.0.3"}, Generation: 1, NodeID: "n1"}, gone: true}
+	r.retiring = []*retiree{old}
+	reach := func(leader bool) *dswarm.ManagerStatus {
+		return &dswarm.ManagerStatus{Reachability: dswarm.ReachabilityReachable, Leader: leader}
+	}
+	nodes := map[string]dswarm.Node{"n1": {ID: "n1", ManagerStatus: reach(false)}, "n2": {ID: "n2", ManagerStatus: reach(false)}, "n3": {ID: "n3", ManagerStatus: reach(true)}}
+	if src, _ := r.backupSource(nodes, "n1"); src == nil || src.nodeID == "n1" {
+		t.Fatalf("source %+v: a gone generation was chosen", src)
+	}
+	old.gone = false
+	if src, _ := r.backupSource(nodes, "n1"); src == nil || src.nodeID != "n1" {
+		t.Fatalf("source %+v: the live generation about to change should be preferred", src)
 	}
 }

@@ -60,6 +60,7 @@ type run struct {
 type retiree struct {
 	owner  *host // the machine's current generation
 	rec    state.Retiring
+	gone   bool        // the plan did not find its machine (or it was destroyed): nothing to reach there
 	member *swarm.Host // its engine, when it still exists
 	closer func() error
 }

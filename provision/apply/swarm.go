@@ -387,6 +387,7 @@ func (r *run) openRetiring(ctx context.Context) {
 					alive = alive && a.RetiringObserved[i] != nil
 				}
 			}
+			o.gone = !alive
 			if alive {
 				m := old.Machine
 				m.Name = h.rec.Name
