@@ -82,6 +82,15 @@ type Resourcer interface {
 	Resources(ctx context.Context, cluster string, want []MachineSpec) ([]Resource, error)
 }
 
+// DataPath is implemented by drivers whose network between machines cannot
+// carry all of the swarm's traffic. NoESP says why IPsec ESP (IP protocol
+// 50, the data path of an encrypted overlay network) between the driver's
+// machines is dropped, "" when it is carried: apply then leaves the overlay
+// network unencrypted and says so, rather than make one that drops traffic.
+type DataPath interface {
+	NoESP() string
+}
+
 // Placer is implemented by drivers that place machines in failure domains
 // (availability zones), so that plan and status can show where each machine
 // is or will be and warn when managers share one while another is free. It
@@ -130,6 +139,10 @@ type MachineSpec struct {
 	// give the machine an identity allowed to write there (AWS: an instance
 	// profile) does so and makes the log group; others ignore it.
 	Logs *CloudLogs
+	// Metrics, when set, says the engines serve Prometheus metrics on a
+	// port: a driver that keeps a cloud firewall (security group, NSG)
+	// opens it to the cluster's machines and the given CIDRs, nothing else.
+	Metrics *MetricsAccess
 	// Generation tells machines of one Name apart (1, 2, ...; 0 means 1):
 	// drivers whose Info says Coexist key their own resources (container,
 	// instance Name tag, domain) by InstanceName(Name, Generation) and
@@ -142,6 +155,13 @@ type CloudLogs struct {
 	Group         string // log group (awslogs-group)
 	Region        string // awslogs-region
 	RetentionDays int    // how long the group keeps events; 0: forever
+}
+
+// MetricsAccess is who reaches the engines' metrics endpoint besides the
+// cluster's own machines.
+type MetricsAccess struct {
+	Port  int      // TCP port (engine.metrics_addr)
+	CIDRs []string // engine.metrics_cidrs
 }
 
 // InstanceName is the driver-level name of generation gen of machine name:

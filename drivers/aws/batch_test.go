@@ -163,7 +163,7 @@ func TestBatchTagsInterrupted(t *testing.T) {
 	calls := countCalls(t, d)
 	a, b := spec(cluster, "worker", 7), spec(cluster, "worker", 8)
 	// The shared resources (VPC, subnets, key pair) as a first Create makes them.
-	shared, err := d.ensureShared(ctx, d.client, cluster, a.SSH.PublicKey)
+	shared, err := d.ensureShared(ctx, d.client, cluster, a.SSH.PublicKey, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -121,6 +121,10 @@ allowed_cidrs = ["198.51.100.7/32", "2001:db8::/64"]
 	wants := []drivers.MachineSpec{spec(cluster, "manager", 1), spec(cluster, "manager", 2)}
 	wants[1].DiskGiB = 30
 	wants[1].Size = "t3.medium"
+	metrics := &drivers.MetricsAccess{Port: 9323, CIDRs: []string{"192.0.2.0/24"}}
+	for i := range wants {
+		wants[i].Metrics = metrics
+	}
 	got := make([]drivers.Machine, len(wants))
 	errs := make([]error, len(wants))
 	var wg sync.WaitGroup
@@ -195,7 +199,13 @@ allowed_cidrs = ["198.51.100.7/32", "2001:db8::/64"]
 	}
 	sg := sgs.SecurityGroups[0]
 	have := haveRules(sg)
-	want := wantRules([]string{"198.51.100.7/32", "2001:db8::/64"})
+	want := wantRules([]string{"198.51.100.7/32", "2001:db8::/64"}, metrics)
+	// The engines' metrics port: from the group and metrics_cidrs.
+	for _, r := range []sgRule{{"tcp", 9323, 9323, ""}, {"tcp", 9323, 9323, "192.0.2.0/24"}} {
+		if !slices.Contains(have, r) {
+			t.Errorf("security group lacks %+v (metrics): %+v", r, have)
+		}
+	}
 	slices.SortFunc(have, cmpRule)
 	slices.SortFunc(want, cmpRule)
 	if !slices.Equal(have, want) {
@@ -434,7 +444,7 @@ bastion {
 	}
 	sgs, _ = cli.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{Filters: []types.Filter{clusterFilter(cluster)}})
 	have := haveRules(sgs.SecurityGroups[0])
-	want := wantRules([]string{"203.0.113.0/24"})
+	want := wantRules([]string{"203.0.113.0/24"}, nil)
 	slices.SortFunc(have, cmpRule)
 	slices.SortFunc(want, cmpRule)
 	if !slices.Equal(have, want) {

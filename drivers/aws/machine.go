@@ -74,7 +74,7 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	if disk < img.minGiB {
 		return drivers.Machine{}, fmt.Errorf("create instance %q: disk of %d GiB is smaller than image %s's %d GiB snapshot", want.Name, disk, img.id, img.minGiB)
 	}
-	shared, err := d.ensureShared(ctx, cli, cluster, want.SSH.PublicKey)
+	shared, err := d.ensureShared(ctx, cli, cluster, want.SSH.PublicKey, want.Metrics)
 	if err != nil {
 		return drivers.Machine{}, fmt.Errorf("create instance %q: %w", want.Name, err)
 	}

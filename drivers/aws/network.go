@@ -61,7 +61,7 @@ func clusterFilter(cluster string) types.Filter { return filter("tag:"+drivers.T
 
 // ensureShared makes (or finds) the cluster's network, security group and key
 // pair. Nothing is created before the allowed CIDRs are known.
-func (d *Driver) ensureShared(ctx context.Context, cli *ec2.Client, cluster, publicKey string) (*clusterShared, error) {
+func (d *Driver) ensureShared(ctx context.Context, cli *ec2.Client, cluster, publicKey string, metrics *drivers.MetricsAccess) (*clusterShared, error) {
 	d.sharedMu.Lock()
 	s, ok := d.shared[cluster]
 	if !ok {
@@ -87,7 +87,7 @@ func (d *Driver) ensureShared(ctx context.Context, cli *ec2.Client, cluster, pub
 	if err != nil {
 		return nil, err
 	}
-	if s.sgID, err = d.ensureSecurityGroup(ctx, cli, cluster, s.vpcID, allowed); err != nil {
+	if s.sgID, err = d.ensureSecurityGroup(ctx, cli, cluster, s.vpcID, allowed, metrics); err != nil {
 		return nil, err
 	}
 	if s.keyName, err = d.ensureKeyPair(ctx, cli, cluster, publicKey); err != nil {
@@ -389,11 +389,19 @@ func (r sgRule) permission(sgID string) types.IpPermission {
 }
 
 // wantRules: SSH and the engine's TLS port from the allowed CIDRs; the swarm
-// ports (2377/tcp, 7946/tcp+udp, 4789/udp, ESP) only from the group itself.
-func wantRules(allowed []string) []sgRule {
+// ports (2377/tcp, 7946/tcp+udp, 4789/udp, ESP) only from the group itself;
+// the engines' metrics port, when on, from the group and metrics_cidrs.
+func wantRules(allowed []string, metrics *drivers.MetricsAccess) []sgRule {
 	var rs []sgRule
 	for _, c := range allowed {
 		rs = append(rs, sgRule{"tcp", portSSH, portSSH, c}, sgRule{"tcp", portEngineTLS, portEngineTLS, c})
+	}
+	if metrics != nil && metrics.Port > 0 {
+		port := int32(metrics.Port)
+		rs = append(rs, sgRule{"tcp", port, port, ""})
+		for _, c := range metrics.CIDRs {
+			rs = append(rs, sgRule{"tcp", port, port, c})
+		}
 	}
 	return append(rs,
 		sgRule{"tcp", 2377, 2377, ""},
@@ -437,7 +445,7 @@ func haveRules(sg types.SecurityGroup) []sgRule {
 // ensureSecurityGroup makes the cluster's group and converges its ingress
 // rules: missing rules are added, SSH/2376 rules for addresses no longer
 // allowed are revoked.
-func (d *Driver) ensureSecurityGroup(ctx context.Context, cli *ec2.Client, cluster, vpcID string, allowed []string) (string, error) {
+func (d *Driver) ensureSecurityGroup(ctx context.Context, cli *ec2.Client, cluster, vpcID string, allowed []string, metrics *drivers.MetricsAccess) (string, error) {
 	name := "provision-" + cluster
 	sgs, err := describeSGs(ctx, cli, clusterFilter(cluster), filter("vpc-id", vpcID))
 	if err != nil {
@@ -467,7 +475,7 @@ func (d *Driver) ensureSecurityGroup(ctx context.Context, cli *ec2.Client, clust
 	}
 	sgID := awssdk.ToString(sg.GroupId)
 	have := haveRules(sg)
-	want := wantRules(allowed)
+	want := wantRules(allowed, metrics)
 	for _, r := range want {
 		if slices.Contains(have, r) {
 			continue

@@ -125,7 +125,7 @@ func TestBalancer(t *testing.T) {
 	if !slices.Equal(now, driverRules) {
 		t.Errorf("driver rules changed:\n%v\n%v", now, driverRules)
 	}
-	if _, err := d.ensureNSG(ctx, mustClients(t, d), cluster, []string{"198.51.100.9/32"}); err != nil {
+	if _, err := d.ensureNSG(ctx, mustClients(t, d), cluster, []string{"198.51.100.9/32"}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := lbNSGRules(b.NSG(rg, nsgName(cluster))); !slices.Equal(got, want) {

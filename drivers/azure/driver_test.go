@@ -116,6 +116,9 @@ vm_size = "Standard_D2s_v5"`)
 	want := []drivers.MachineSpec{spec(t, cluster, "manager", 1), spec(t, cluster, "manager", 2), spec(t, cluster, "worker", 1)}
 	want[0].DiskGiB = 64
 	want[2].Size = "Standard_B2s"
+	for i := range want {
+		want[i].Metrics = &drivers.MetricsAccess{Port: 9323, CIDRs: []string{"192.0.2.0/24", "2001:db8:1::/48"}}
+	}
 	if err := d.Preflight(ctx, want); err != nil {
 		t.Fatalf("Preflight: %v", err)
 	}
@@ -194,18 +197,21 @@ vm_size = "Standard_D2s_v5"`)
 		rules[deref(r.Name)] = ruleKey(r)
 	}
 	for name, want := range map[string]string{
-		"provision-operator":    "provision-operator|100|Inbound|Allow|Tcp|198.51.100.7/32|*|*|22,2376",
-		"provision-operator-v6": "provision-operator-v6|101|Inbound|Allow|Tcp|2001:db8::/64|*|*|22,2376",
-		"provision-swarm-tcp":   "provision-swarm-tcp|200|Inbound|Allow|Tcp|10.42.0.0/24|*|10.42.0.0/24|2377,7946",
-		"provision-swarm-udp":   "provision-swarm-udp|201|Inbound|Allow|Udp|10.42.0.0/24|*|10.42.0.0/24|4789,7946",
-		"provision-swarm-esp":   "provision-swarm-esp|202|Inbound|Allow|Esp|10.42.0.0/24|*|10.42.0.0/24|*",
-		"provision-deny-vnet":   "provision-deny-vnet|4000|Inbound|Deny|*|VirtualNetwork|*|*|*",
+		"provision-operator":         "provision-operator|100|Inbound|Allow|Tcp|198.51.100.7/32|*|*|22,2376",
+		"provision-operator-v6":      "provision-operator-v6|101|Inbound|Allow|Tcp|2001:db8::/64|*|*|22,2376",
+		"provision-swarm-tcp":        "provision-swarm-tcp|200|Inbound|Allow|Tcp|10.42.0.0/24|*|10.42.0.0/24|2377,7946",
+		"provision-swarm-udp":        "provision-swarm-udp|201|Inbound|Allow|Udp|10.42.0.0/24|*|10.42.0.0/24|4789,7946",
+		"provision-swarm-esp":        "provision-swarm-esp|202|Inbound|Allow|Esp|10.42.0.0/24|*|10.42.0.0/24|*",
+		"provision-metrics":          "provision-metrics|210|Inbound|Allow|Tcp|10.42.0.0/24|*|10.42.0.0/24|9323",
+		"provision-metrics-cidrs":    "provision-metrics-cidrs|211|Inbound|Allow|Tcp|192.0.2.0/24|*|*|9323",
+		"provision-metrics-cidrs-v6": "provision-metrics-cidrs-v6|212|Inbound|Allow|Tcp|2001:db8:1::/48|*|*|9323",
+		"provision-deny-vnet":        "provision-deny-vnet|4000|Inbound|Deny|*|VirtualNetwork|*|*|*",
 	} {
 		if rules[name] != want {
 			t.Errorf("nsg rule %s:\n got  %s\n want %s", name, rules[name], want)
 		}
 	}
-	if len(rules) != 6 {
+	if len(rules) != 9 {
 		t.Errorf("nsg rules: %v", rules)
 	}
 

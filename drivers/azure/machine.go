@@ -83,7 +83,7 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 		info, _ := drivers.Lookup("azure")
 		disk = info.DefaultGiB
 	}
-	shared, err := d.ensureShared(ctx, cli, cluster)
+	shared, err := d.ensureShared(ctx, cli, cluster, want.Metrics)
 	if err != nil {
 		return drivers.Machine{}, fmt.Errorf("create vm %q: %w", want.Name, err)
 	}

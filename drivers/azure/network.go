@@ -37,7 +37,7 @@ type clusterShared struct {
 
 // ensureShared makes (or finds and converges) the cluster's resource group,
 // NSG and VNet. Nothing is created before the allowed CIDRs are known.
-func (d *Driver) ensureShared(ctx context.Context, cli *clients, cluster string) (*clusterShared, error) {
+func (d *Driver) ensureShared(ctx context.Context, cli *clients, cluster string, metrics *drivers.MetricsAccess) (*clusterShared, error) {
 	d.sharedMu.Lock()
 	s, ok := d.shared[cluster]
 	if !ok {
@@ -58,7 +58,7 @@ func (d *Driver) ensureShared(ctx context.Context, cli *clients, cluster string)
 	if err := d.ensureGroup(ctx, cli, cluster); err != nil {
 		return nil, err
 	}
-	if s.nsgID, err = d.ensureNSG(ctx, cli, cluster, allowed); err != nil {
+	if s.nsgID, err = d.ensureNSG(ctx, cli, cluster, allowed, metrics); err != nil {
 		return nil, err
 	}
 	if s.subnetID, err = d.ensureVNet(ctx, cli, cluster); err != nil {
@@ -98,6 +98,7 @@ func (d *Driver) ensureGroup(ctx context.Context, cli *clients, cluster string) 
 const (
 	prioOperator = 100 // SSH and 2376 from allowed_cidrs (IPv4), 101 for IPv6
 	prioSwarm    = 200 // 200 tcp, 201 udp, 202 esp
+	prioMetrics  = 210 // 210 from the subnet, 211 from metrics_cidrs (IPv4), 212 (IPv6)
 	prioDenyVNet = 4000
 )
 
@@ -110,7 +111,7 @@ const rulePrefix = "provision-"
 // encrypted overlays) from the subnet only, and everything else from the
 // virtual network denied (Azure's default rules would allow it). Inbound
 // traffic from the internet not allowed here meets Azure's DenyAllInBound.
-func nsgRules(allowed []string, subnet string) []*armnetwork.SecurityRule {
+func nsgRules(allowed []string, subnet string, metrics *drivers.MetricsAccess) []*armnetwork.SecurityRule {
 	var v4, v6 []*string
 	for _, c := range allowed {
 		if strings.Contains(c, ":") {
@@ -150,6 +151,24 @@ func nsgRules(allowed []string, subnet string) []*armnetwork.SecurityRule {
 		rs = append(rs, rule("operator-v6", prioOperator+1, armnetwork.SecurityRuleProtocolTCP, v6, "*", ports, armnetwork.SecurityRuleAccessAllow, "SSH and Docker TLS from allowed_cidrs (IPv6)"))
 	}
 	sub := []*string{ptr(subnet)}
+	if metrics != nil && metrics.Port > 0 {
+		mp := []*string{ptr(fmt.Sprint(metrics.Port))}
+		rs = append(rs, rule("metrics", prioMetrics, armnetwork.SecurityRuleProtocolTCP, sub, subnet, mp, armnetwork.SecurityRuleAccessAllow, "engine metrics within the subnet"))
+		var m4, m6 []*string
+		for _, c := range metrics.CIDRs {
+			if strings.Contains(c, ":") {
+				m6 = append(m6, ptr(c))
+			} else {
+				m4 = append(m4, ptr(c))
+			}
+		}
+		if len(m4) > 0 {
+			rs = append(rs, rule("metrics-cidrs", prioMetrics+1, armnetwork.SecurityRuleProtocolTCP, m4, "*", mp, armnetwork.SecurityRuleAccessAllow, "engine metrics from metrics_cidrs"))
+		}
+		if len(m6) > 0 {
+			rs = append(rs, rule("metrics-cidrs-v6", prioMetrics+2, armnetwork.SecurityRuleProtocolTCP, m6, "*", mp, armnetwork.SecurityRuleAccessAllow, "engine metrics from metrics_cidrs (IPv6)"))
+		}
+	}
 	return append(rs,
 		rule("swarm-tcp", prioSwarm, armnetwork.SecurityRuleProtocolTCP, sub, subnet, []*string{ptr("2377"), ptr("7946")}, armnetwork.SecurityRuleAccessAllow, "swarm management and gossip within the subnet"),
 		rule("swarm-udp", prioSwarm+1, armnetwork.SecurityRuleProtocolUDP, sub, subnet, []*string{ptr("7946"), ptr("4789")}, armnetwork.SecurityRuleAccessAllow, "swarm gossip and VXLAN within the subnet"),
@@ -183,9 +202,9 @@ func ruleKey(r *armnetwork.SecurityRule) string {
 // ensureNSG makes the cluster's network security group and converges the
 // driver's rules (addresses no longer allowed lose access); rules without
 // the driver's prefix are kept.
-func (d *Driver) ensureNSG(ctx context.Context, cli *clients, cluster string, allowed []string) (string, error) {
+func (d *Driver) ensureNSG(ctx context.Context, cli *clients, cluster string, allowed []string, metrics *drivers.MetricsAccess) (string, error) {
 	rg, name := d.resourceGroup(cluster), nsgName(cluster)
-	want := nsgRules(allowed, d.cfg.SubnetCIDR)
+	want := nsgRules(allowed, d.cfg.SubnetCIDR, metrics)
 	got, err := cli.nsgs.Get(ctx, rg, name, nil)
 	if err != nil && !isNotFound(err) {
 		return "", fmt.Errorf("find network security group %q: %w", name, d.explain(err))

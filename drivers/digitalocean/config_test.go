@@ -107,3 +107,19 @@ func TestRegistered(t *testing.T) {
 		t.Fatal("digitalocean is not registered")
 	}
 }
+
+// TestNoESP: with the cloud firewall (the default) the driver says ESP is
+// dropped between droplets, so apply leaves the overlay unencrypted; without
+// it, nothing.
+func TestNoESP(t *testing.T) {
+	var dp drivers.DataPath = &Driver{}
+	c, _ := decode(t, "region = \"ams3\"\nallowed_cidrs = [\"198.51.100.7/32\"]", "")
+	if why := (&Driver{cfg: c}).NoESP(); !strings.Contains(why, "TCP, UDP and ICMP") {
+		t.Errorf("with the cloud firewall: %q", why)
+	}
+	c, _ = decode(t, "region = \"ams3\"\ncloud_firewall = false", "")
+	if why := (&Driver{cfg: c}).NoESP(); why != "" {
+		t.Errorf("without the cloud firewall: %q", why)
+	}
+	_ = dp
+}

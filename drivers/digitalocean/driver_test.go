@@ -158,6 +158,10 @@ func TestCreate(t *testing.T) {
 	_, adminLine := drivertest.AdminKey(t)
 	wants := []drivers.MachineSpec{spec(t, cluster, "manager", 1, adminLine), spec(t, cluster, "worker", 1, adminLine)}
 	wants[1].Size = "s-4vcpu-8gb"
+	metrics := &drivers.MetricsAccess{Port: 9323, CIDRs: []string{"192.0.2.0/24"}}
+	for i := range wants {
+		wants[i].Metrics = metrics
+	}
 	wants[1].DiskGiB = 200
 	if err := d.Preflight(ctx, wants); err != nil {
 		t.Fatalf("Preflight: %v", err)
@@ -185,12 +189,16 @@ func TestCreate(t *testing.T) {
 	if len(fws) != 1 || fws[0].Name != "provision-"+cluster || !slices.Equal(fws[0].Tags, []string{clusterTag(cluster)}) {
 		t.Fatalf("firewalls: %+v", fws)
 	}
-	if want := wantFirewall(cluster, []string{"198.51.100.7/32", "2001:db8::/64"}); !sameRules(haveFirewall(&fws[0]), want) {
+	if !slices.Contains(haveFirewall(&fws[0]), fwRule{in: true, proto: "tcp", ports: "9323", tags: clusterTag(cluster), addrs: "192.0.2.0/24"}) {
+		t.Errorf("firewall does not open the metrics port to the cluster and metrics_cidrs: %v", haveFirewall(&fws[0]))
+	}
+	if want := wantFirewall(cluster, []string{"198.51.100.7/32", "2001:db8::/64"}, metrics); !sameRules(haveFirewall(&fws[0]), want) {
 		t.Errorf("firewall rules:\n have %v\n want %v", haveFirewall(&fws[0]), want)
 	}
 	// No swarm port is open to an address, and SSH/2376 only to the allowed ones.
 	for _, r := range fws[0].InboundRules {
 		switch r.PortRange {
+		case "9323": // metrics: the cluster and metrics_cidrs (checked above)
 		case "22", "2376":
 			if !slices.Equal(r.Sources.Addresses, []string{"198.51.100.7/32", "2001:db8::/64"}) || len(r.Sources.Tags) > 0 {
 				t.Errorf("port %s open to %+v", r.PortRange, r.Sources)
@@ -274,7 +282,7 @@ allowed_cidrs = ["203.0.113.0/24"]`, nil)
 		t.Errorf("keys: %d", n)
 	}
 	fws = s.Firewalls()
-	if len(fws) != 1 || !sameRules(haveFirewall(&fws[0]), wantFirewall(cluster, []string{"203.0.113.0/24"})) {
+	if len(fws) != 1 || !sameRules(haveFirewall(&fws[0]), wantFirewall(cluster, []string{"203.0.113.0/24"}, nil)) {
 		t.Errorf("firewall after the CIDR change: %+v", fws)
 	}
 

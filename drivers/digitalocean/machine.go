@@ -54,7 +54,7 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	if err != nil {
 		return drivers.Machine{}, fmt.Errorf("create droplet %q: %w", want.Name, err)
 	}
-	shared, err := d.ensureShared(ctx, cli, cluster, want.SSH.PublicKey)
+	shared, err := d.ensureShared(ctx, cli, cluster, want.SSH.PublicKey, want.Metrics)
 	if err != nil {
 		return drivers.Machine{}, fmt.Errorf("create droplet %q: %w", want.Name, err)
 	}

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/digitalocean/godo"
+
+	"github.com/provision/provision/drivers"
 )
 
 // Ports the cloud firewall opens.
@@ -41,7 +43,7 @@ func vpcDescription(cluster string) string {
 
 // ensureShared makes (or finds) the cluster's tag, VPC, SSH key and
 // firewall. Nothing is created before the allowed CIDRs are known.
-func (d *Driver) ensureShared(ctx context.Context, cli *godo.Client, cluster, publicKey string) (*clusterShared, error) {
+func (d *Driver) ensureShared(ctx context.Context, cli *godo.Client, cluster, publicKey string, metrics *drivers.MetricsAccess) (*clusterShared, error) {
 	d.sharedMu.Lock()
 	s, ok := d.shared[cluster]
 	if !ok {
@@ -85,7 +87,7 @@ func (d *Driver) ensureShared(ctx context.Context, cli *godo.Client, cluster, pu
 		return nil, err
 	}
 	if d.cfg.CloudFirewall {
-		if s.firewallID, err = d.ensureFirewall(ctx, cli, cluster, allowed); err != nil {
+		if s.firewallID, err = d.ensureFirewall(ctx, cli, cluster, allowed, metrics); err != nil {
 			return nil, err
 		}
 	}
@@ -238,10 +240,16 @@ func splitNonEmpty(s string) []string {
 // The firewall holds these rules only; another concern (a load balancer's
 // listeners) gets its own firewall on the same tag: DigitalOcean applies the
 // union of every firewall a droplet is in.
-func wantFirewall(cluster string, allowed []string) []fwRule {
+func wantFirewall(cluster string, allowed []string, metrics *drivers.MetricsAccess) []fwRule {
 	members := clusterTag(cluster)
 	all := []string{"0.0.0.0/0", "::/0"}
-	return []fwRule{
+	var rs []fwRule
+	if metrics != nil && metrics.Port > 0 {
+		// The engines' metrics port from the cluster's droplets and
+		// metrics_cidrs.
+		rs = append(rs, fwRule{in: true, proto: "tcp", ports: fmt.Sprint(metrics.Port), tags: members, addrs: joinSorted(metrics.CIDRs)})
+	}
+	return append(rs, []fwRule{
 		{in: true, proto: "tcp", ports: fmt.Sprint(portSSH), addrs: joinSorted(allowed)},
 		{in: true, proto: "tcp", ports: fmt.Sprint(portEngineTLS), addrs: joinSorted(allowed)},
 		{in: true, proto: "tcp", ports: "2377", tags: members},
@@ -251,7 +259,7 @@ func wantFirewall(cluster string, allowed []string) []fwRule {
 		{in: false, proto: "tcp", ports: "all", addrs: joinSorted(all)},
 		{in: false, proto: "udp", ports: "all", addrs: joinSorted(all)},
 		{in: false, proto: "icmp", addrs: joinSorted(all)},
-	}
+	}...)
 }
 
 // haveFirewall flattens a firewall's rules into fwRules. "0" and "all" are
@@ -326,9 +334,9 @@ func (d *Driver) findFirewall(ctx context.Context, cli *godo.Client, cluster str
 
 // ensureFirewall makes the cluster's firewall, or converges its rules when
 // the allowed CIDRs changed.
-func (d *Driver) ensureFirewall(ctx context.Context, cli *godo.Client, cluster string, allowed []string) (string, error) {
+func (d *Driver) ensureFirewall(ctx context.Context, cli *godo.Client, cluster string, allowed []string, metrics *drivers.MetricsAccess) (string, error) {
 	name := d.baseName(cluster)
-	want := wantFirewall(cluster, allowed)
+	want := wantFirewall(cluster, allowed, metrics)
 	var fw *godo.Firewall
 	err := d.once(ctx, "firewall",
 		func() (bool, error) {
@@ -399,4 +407,13 @@ func (d *Driver) lookupOperatorIP(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("GET %s: answer is not an IP address: %w", d.cfg.OperatorIPURL, err)
 	}
 	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()).String(), nil
+}
+
+// NoESP implements drivers.DataPath: a cloud firewall drops ESP, so an
+// encrypted overlay network would lose the traffic between droplets.
+func (d *Driver) NoESP() string {
+	if !d.cfg.CloudFirewall {
+		return ""
+	}
+	return "DigitalOcean cloud firewalls carry only TCP, UDP and ICMP, inside the VPC too; cloud_firewall = false lets it through"
 }

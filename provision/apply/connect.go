@@ -60,7 +60,7 @@ func (r *run) release(h *host) {
 }
 
 // Conn is one host's SSH connection as apply uses it: *comm.Client, or
-// what Engine.DialSSH gives.
+// what Runner.DialSSH gives.
 type Conn interface {
 	Run(ctx context.Context, cmd string, stdin io.Reader) ([]byte, error)
 	Stream(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error)
@@ -73,7 +73,7 @@ type Conn interface {
 
 var _ Conn = (*comm.Client)(nil)
 
-// dialSSH opens one SSH connection: through Engine.DialSSH when set.
+// dialSSH opens one SSH connection: through Runner.DialSSH when set.
 // Connections through a bastion are made at most bastionDials at a time
 // per bastion: each is a new login to the bastion, and sshd drops logins
 // beyond MaxStartups (10 by default) that are still unauthenticated.

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/swarm"
 )
@@ -125,10 +126,27 @@ func (r *run) overlayEncryption() bool {
 		return false
 	}
 	var without []string
+	dropped := map[string]string{} // driver block -> why its network drops ESP
 	for _, h := range r.live() {
 		if h.target != nil && h.target.Facts != nil && h.target.Facts.ESP == "no" {
 			without = append(without, h.rec.Name)
 		}
+		if dp, ok := r.Drivers[h.pool.Driver].(drivers.DataPath); ok {
+			if why := dp.NoESP(); why != "" {
+				dropped[h.pool.Driver] = why
+			}
+		}
+	}
+	if len(dropped) > 0 {
+		names := make([]string, 0, len(dropped))
+		for n := range dropped {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			r.note("", fmt.Sprintf("overlay network not encrypted: the network of driver %q drops IPsec ESP between its machines (%s); an encrypted overlay would lose the traffic between nodes", n, dropped[n]))
+		}
+		return false
 	}
 	if len(without) == 0 {
 		return true

@@ -300,5 +300,6 @@ func machineSpec(r *run, h *host, a plan.Action, hk drivers.HostKey) drivers.Mac
 		HostKey:    hk,
 		Generation: gen,
 		Logs:       r.Spec.Logging.Cloud(),
+		Metrics:    r.Spec.Engine.Metrics(),
 	}
 }

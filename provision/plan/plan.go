@@ -597,9 +597,10 @@ func Wanted(c *spec.Cluster, clusterID string) map[string][]drivers.MachineSpec 
 			name := spec.MachineName(c.Name, pool.Name, i)
 			m := drivers.MachineSpec{
 				Name: name, Role: pool.Role, Pool: pool.Name, DiskGiB: pool.DiskGiB, Size: pool.Size, Labels: pool.Labels,
-				Tags: map[string]string{drivers.TagCluster: clusterID, drivers.TagMachine: name, drivers.TagRole: pool.Role, drivers.TagPool: pool.Name},
-				SSH:  drivers.SSHAccess{User: c.SSH.User},
-				Logs: c.Logging.Cloud(),
+				Tags:    map[string]string{drivers.TagCluster: clusterID, drivers.TagMachine: name, drivers.TagRole: pool.Role, drivers.TagPool: pool.Name},
+				SSH:     drivers.SSHAccess{User: c.SSH.User},
+				Logs:    c.Logging.Cloud(),
+				Metrics: c.Engine.Metrics(),
 			}
 			if i <= len(pool.Hosts) {
 				m.Address = pool.Hosts[i-1]

@@ -6,6 +6,8 @@ import (
 	"strconv"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/provision/provision/drivers"
 )
 
 // DefaultMetricsAddr serves the engine's metrics on the host's private
@@ -83,6 +85,16 @@ func (e Engine) MetricsListen(private string) string {
 		return ""
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// Metrics is who the cloud firewalls let reach the metrics endpoint, nil
+// when metrics are off.
+func (e Engine) Metrics() *drivers.MetricsAccess {
+	port := e.MetricsPort()
+	if port == 0 {
+		return nil
+	}
+	return &drivers.MetricsAccess{Port: port, CIDRs: append([]string(nil), e.MetricsCIDRs...)}
 }
 
 // MetricsPort is the metrics address's port, 0 when metrics are off.
