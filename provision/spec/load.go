@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"regexp"
 	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -566,6 +567,7 @@ func checkCluster(dc *dec, c *Cluster) {
 	if m.Count > 7 {
 		dc.warnf(m.Range, "Many managers", "%d managers slow down Raft; Docker recommends at most 7.", m.Count)
 	}
+	checkNetworks(dc, c)
 	total := 0
 	hosts := map[string]string{}
 	for _, p := range c.Pools() {
@@ -833,4 +835,41 @@ func decodeSSH(dc *dec, c *Cluster, b *hcl.Block) {
 			c.SSH.ConnectTimeout = d
 		}
 	}
+}
+
+// cloudTypes are the drivers whose machines sit in a network the driver
+// makes and fences (a VPC or VNet with a security group, NSG or cloud
+// firewall that admits the swarm ports only from inside).
+var cloudTypes = map[string]bool{"aws": true, "azure": true, "digitalocean": true}
+
+// checkNetworks warns when machines of one cluster are spread over driver
+// blocks of which one is a cloud: swarm members reach each other on their
+// private addresses, and a cloud driver admits the swarm ports only from its
+// own network, so such a swarm forms only where the networks are joined.
+// Local, generic and libvirt blocks together are fine on one LAN.
+func checkNetworks(dc *dec, c *Cluster) {
+	var used []string
+	cloud := false
+	var where hcl.Range
+	for _, p := range c.Pools() {
+		if p.Count == 0 || p.Driver == "" || slices.Contains(used, p.Driver) {
+			continue
+		}
+		if db, ok := c.Driver(p.Driver); ok && cloudTypes[db.Type] {
+			cloud = true
+		}
+		if len(used) == 1 {
+			where = p.Range
+		}
+		used = append(used, p.Driver)
+	}
+	if len(used) < 2 || !cloud {
+		return
+	}
+	var names []string
+	for _, n := range used {
+		db, _ := c.Driver(n)
+		names = append(names, fmt.Sprintf("%q (%s)", n, db.Type))
+	}
+	dc.warnf(where, "Machines on several networks", "This cluster's machines are on driver blocks %s. Swarm members reach each other on their private addresses (ports 2377, 7946 and 4789), and a cloud driver admits those ports only from inside its own network: the swarm forms only where these networks are joined (VPN, peering) and route each other's private addresses.", strings.Join(names, ", "))
 }

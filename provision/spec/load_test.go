@@ -380,3 +380,73 @@ workers {
 		t.Errorf("a valid local size is reported:\n%s", s)
 	}
 }
+
+// TestMixedNetworksWarn: machines spread over a cloud driver and another
+// block draw a warning at the second block's pool (the swarm ports are
+// fenced inside each cloud network); local, generic and libvirt together
+// on one LAN, or one cloud alone, do not.
+func TestMixedNetworksWarn(t *testing.T) {
+	const generic = `driver "generic" {
+  user     = "admin"
+  key_file = "/dev/null"
+}
+`
+	for _, c := range []struct {
+		name, src string
+		warn      bool
+	}{
+		{"cloud and metal", generic + `driver "aws" { region = "eu-west-1" }
+managers {
+  driver = "generic"
+  hosts  = ["10.0.0.1"]
+}
+workers {
+  driver = "aws"
+  count  = 2
+}`, true},
+		{"two clouds", `driver "aws" { region = "eu-west-1" }
+driver "digitalocean" { region = "ams3" }
+managers { driver = "aws" }
+workers {
+  driver = "digitalocean"
+  count  = 1
+}`, true},
+		{"an empty cloud pool", generic + `driver "aws" { region = "eu-west-1" }
+managers {
+  driver = "generic"
+  hosts  = ["10.0.0.1"]
+}
+workers {
+  driver = "aws"
+  count  = 0
+}`, false},
+		{"local and metal", generic + `driver "local" {}
+managers { driver = "local" }
+workers {
+  driver = "generic"
+  hosts  = ["10.0.0.1"]
+}`, false},
+		{"one cloud", `driver "aws" { region = "eu-west-1" }
+managers { count = 3 }
+workers { count = 2 }`, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, diags := LoadBytes("m.hcl", []byte("name = \"m\"\n"+c.src), Vars{})
+			if diags.HasErrors() {
+				t.Fatalf("errors: %v", diags)
+			}
+			var got []*hcl.Diagnostic
+			for _, d := range diags {
+				if d.Summary == "Machines on several networks" {
+					got = append(got, d)
+				}
+			}
+			if c.warn != (len(got) == 1) || len(got) > 1 {
+				t.Fatalf("warnings %v, want one: %v", got, c.warn)
+			}
+			if c.warn && (got[0].Subject == nil || got[0].Subject.Start.Line < 2 || !strings.Contains(got[0].Detail, "(aws)")) {
+				t.Errorf("warning not located or not naming the drivers: %+v %s", got[0].Subject, got[0].Detail)
+			}
+		})
+	}
+}
