@@ -7,8 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
-	"sort"
 	"slices"
+	"sort"
 	"strings"
 	"time"
 
