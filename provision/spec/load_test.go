@@ -56,6 +56,12 @@ workers { count = 2 }
 	if !h.SSH || !h.Kernel || !h.Firewall || !h.Daemon || !h.Audit || !h.Updates || h.AutoReboot || h.UserNamespaces || !h.OverlayEncryption {
 		t.Errorf("hardening %+v", h)
 	}
+	if !c.Swarm.Autolock || c.Swarm.NodeCertExpiry != DefaultNodeCertExpiry {
+		t.Errorf("swarm %+v: autolock is on by default", c.Swarm)
+	}
+	if c.Engine.MetricsAddr != DefaultMetricsAddr || c.Engine.Metrics() == nil || c.Engine.Metrics().Port != 9323 {
+		t.Errorf("metrics %q %+v: on by default, port 9323", c.Engine.MetricsAddr, c.Engine.Metrics())
+	}
 	if c.TLS.ValidityHours != 8760 || c.SSH.User != "provision" || c.SSH.ConnectTimeout != 0 || c.Parallelism != c.Managers.Count+c.Workers[0].Count {
 		t.Errorf("tls/ssh/parallelism %+v %+v %d", c.TLS, c.SSH, c.Parallelism)
 	}
