@@ -45,10 +45,14 @@ type Step struct {
 	// rolling batches and wait to be back before the next batch. Several
 	// such steps in a row restart the engine once, at the last of them.
 	RestartsEngine bool
-	// Drain: a change stops the engine's tasks for longer than a restart
-	// (a new engine version): a swarm member is drained before it runs and
-	// made active again once it is back.
-	Drain bool
+	// Drain says whether the step's pending change stops the engine's
+	// tasks for longer than a restart (a new engine version) or restarts it
+	// while live-restore cannot keep them (new engine certificates under
+	// swarm): a swarm member is then drained before it runs and made active
+	// again once it is back. nil: never. DrainReason says why, for apply's
+	// notes.
+	Drain       func(*Target) bool
+	DrainReason string
 	// Certs are the certificates the operator's CA issues for the step
 	// before the host steps run (Config.TLS).
 	Certs []Cert
@@ -156,12 +160,22 @@ func RestartsEngine(id string) bool {
 	return ok && s.RestartsEngine
 }
 
-// NeedsDrain reports whether the step with this ID needs the node drained
-// before it changes something (false for an unknown ID).
-func NeedsDrain(id string) bool {
-	s, ok := byID()[id]
-	return ok && s.Drain
+// DrainReasons says why a host whose pending steps are ids must be drained
+// before they run (the DrainReason of each step whose Drain holds on t),
+// nil when none needs it. Unknown IDs count for nothing.
+func DrainReasons(ids []string, t *Target) []string {
+	var out []string
+	all := byID()
+	for _, id := range ids {
+		if s, ok := all[id]; ok && s.Drain != nil && s.Drain(t) {
+			out = append(out, s.DrainReason)
+		}
+	}
+	return out
 }
+
+// always is a Drain for steps whose every change needs the drain.
+func always(*Target) bool { return true }
 
 // ManagedPaths lists every file a step may write or remove, for GatherFacts
 // to hash. It does not depend on which switches are on: a step whose switch

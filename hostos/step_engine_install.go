@@ -21,7 +21,8 @@ func stepEngineInstall() *Step {
 		Units:          []string{"docker.service", "containerd.service"},
 		Packages:       func(cfg *Config, _ Family) []string { return []string{enginePackage(cfg)} },
 		RestartsEngine: true,
-		Drain:          true,
+		Drain:          EngineChanging, // not when it only adds packages another step needs
+		DrainReason:    "engine upgrade",
 		Undo:           Undo{Stop: "systemctl disable --now docker.service docker.socket containerd.service >/dev/null 2>&1"},
 		check:          engineInstalled,
 		apply:          installEngine,

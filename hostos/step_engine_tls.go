@@ -9,9 +9,13 @@ func stepEngineTLS() *Step {
 		Files:          files(PathTLSCA, PathTLSCert, PathTLSKey),
 		Units:          []string{"docker.service"},
 		RestartsEngine: true,
-		BeforeEngine:   true,
-		Certs:          []Cert{CertServer},
-		Undo:           Undo{After: "rmdir /etc/docker/tls >/dev/null 2>&1"},
+		// dockerd loads certificates only when it starts, and live-restore
+		// is refused under swarm: the restart stops the node's tasks.
+		Drain:        always,
+		DrainReason:  "engine restart for new certificates",
+		BeforeEngine: true,
+		Certs:        []Cert{CertServer},
+		Undo:         Undo{After: "rmdir /etc/docker/tls >/dev/null 2>&1"},
 		render: func(t *Target, _ Family) ([]File, error) {
 			return TLSFilesOf(t.Config)
 		},

@@ -72,7 +72,10 @@ func TestStepRecords(t *testing.T) {
 				}
 			}
 		}
-		if s.Drain && !s.RestartsEngine {
+		if (s.Drain != nil) != (s.DrainReason != "") {
+			t.Errorf("%s: a drain needs its reason and a reason its drain", s.ID)
+		}
+		if s.Drain != nil && !s.RestartsEngine {
 			t.Errorf("%s: a drain is for a step that restarts the engine", s.ID)
 		}
 		if s.BeforeEngine && (!s.RestartsEngine || s.check != nil || s.ID == "engine.install") {
@@ -222,4 +225,28 @@ func (c *recordComm) count(sub string) int {
 		n += strings.Count(cmd, sub)
 	}
 	return n
+}
+
+// TestDrainReasons: the steps' records decide the drain. New certificates
+// always drain; engine.install only when the engine package itself changes
+// (not when it only adds another step's packages); other steps never.
+func TestDrainReasons(t *testing.T) {
+	cfg := &Config{Engine: spec.DefaultEngine()}
+	installed := &Target{Config: cfg, Facts: &Facts{Engine: "20.10.24", Packages: map[string]string{enginePackage(cfg): "20.10.24+dfsg1-1+deb12u1"}}}
+	fresh := &Target{Config: cfg, Facts: &Facts{Packages: map[string]string{}}}
+	for _, c := range []struct {
+		ids  []string
+		t    *Target
+		want []string
+	}{
+		{[]string{"engine.config", "harden.ssh"}, installed, nil},
+		{[]string{"engine.tls"}, installed, []string{"engine restart for new certificates"}},
+		{[]string{"engine.install"}, installed, nil},
+		{[]string{"engine.install"}, fresh, []string{"engine upgrade"}},
+		{[]string{"engine.install", "engine.tls", "no.such"}, fresh, []string{"engine upgrade", "engine restart for new certificates"}},
+	} {
+		if got := DrainReasons(c.ids, c.t); !slices.Equal(got, c.want) {
+			t.Errorf("%v: %q, want %q", c.ids, got, c.want)
+		}
+	}
 }

@@ -110,11 +110,16 @@ func rollBatches(ctx context.Context, r *run, batches []batch, members *swarm.Me
 				names[j] = h.rec.Name
 			}
 			why := "engine restart"
-			switch {
-			case b.drain && slices.ContainsFunc(b.hosts, upgrading):
-				why = "engine upgrade: drained first"
-			case b.drain:
-				why = "engine restart for new certificates: drained first"
+			if b.drain {
+				var reasons []string
+				for _, h := range b.hosts {
+					for _, rs := range hostos.DrainReasons(h.pending, h.target) {
+						if !slices.Contains(reasons, rs) {
+							reasons = append(reasons, rs)
+						}
+					}
+				}
+				why = strings.Join(reasons, ", ") + ": drained first"
 			}
 			r.note("", fmt.Sprintf("rolling batch %d/%d: %s (%s)", i+1, len(batches), strings.Join(names, ", "), why))
 		}
@@ -172,17 +177,9 @@ func rollBatches(ctx context.Context, r *run, batches []batch, members *swarm.Me
 }
 
 // needsDrain reports whether one of the host's pending steps needs its node
-// drained first: engine.install changing the engine itself (an upgrade),
-// not only adding packages another step needs; or new engine certificates
-// (dockerd loads them only when it starts, and live-restore is refused
-// under swarm: the restart stops the node's tasks).
+// drained first, as the steps' records say (hostos.Step.Drain).
 func needsDrain(h *host) bool {
-	return slices.Contains(h.pending, "engine.tls") || upgrading(h)
-}
-
-// upgrading reports whether the host's engine package itself changes.
-func upgrading(h *host) bool {
-	return slices.ContainsFunc(h.pending, hostos.NeedsDrain) && (h.target == nil || hostos.EngineChanging(h.target))
+	return len(hostos.DrainReasons(h.pending, h.target)) > 0
 }
 
 // markDrained records in state that provision drained the node for a
