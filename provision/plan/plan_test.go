@@ -447,3 +447,33 @@ func TestReplacementInProgress(t *testing.T) {
 		}
 	}
 }
+
+// TestHashCoversOnlyHonouredSettings: changing a setting the driver does not
+// use (generic: disk and size; local: disk) leaves the machine's
+// fingerprint alone, so it never plans a rebuild; one it uses changes it.
+func TestHashCoversOnlyHonouredSettings(t *testing.T) {
+	load := func(src string) *spec.Cluster {
+		c, diags := spec.LoadBytes("h.hcl", []byte(src), spec.Vars{})
+		if diags.HasErrors() {
+			t.Fatal(diags.Error())
+		}
+		return c
+	}
+	const generic = "name = \"h\"\ndriver \"generic\" {\n  user = \"admin\"\n  key_file = \"/dev/null\"\n}\nmanagers {\n  hosts = [\"10.0.0.1\"]\n%s}\n"
+	hash := func(c *spec.Cluster) string { return MachineHash(c, c.Managers, 1) }
+	base := hash(load(fmt.Sprintf(generic, "")))
+	if h := hash(load(fmt.Sprintf(generic, "  disk = 100\n  size = \"big\"\n"))); h != base {
+		t.Error("generic: disk and size change the fingerprint")
+	}
+	if h := hash(load(strings.Replace(fmt.Sprintf(generic, ""), "10.0.0.1", "10.0.0.2", 1))); h == base {
+		t.Error("generic: another host address keeps the fingerprint")
+	}
+	const local = "name = \"h\"\nmanagers {\n%s}\n"
+	lbase := hash(load(fmt.Sprintf(local, "")))
+	if h := hash(load(fmt.Sprintf(local, "  disk = 100\n"))); h != lbase {
+		t.Error("local: disk changes the fingerprint")
+	}
+	if h := hash(load(fmt.Sprintf(local, "  size = \"2cpu-2g\"\n"))); h == lbase {
+		t.Error("local: size keeps the fingerprint")
+	}
+}

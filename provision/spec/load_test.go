@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -454,5 +455,33 @@ workers { count = 2 }`, false},
 				t.Errorf("warning not located or not naming the drivers: %+v %s", got[0].Subject, got[0].Detail)
 			}
 		})
+	}
+}
+
+// TestIgnoredSettingsGeneric: the generic driver makes no machine, so disk
+// and size on its pools are warned about at the attribute, not errors.
+func TestIgnoredSettingsGeneric(t *testing.T) {
+	c, diags := load(t, `name = "metal"
+driver "generic" {
+  user     = "admin"
+  key_file = "/dev/null"
+}
+managers {
+  hosts = ["10.0.0.1"]
+  disk  = 100
+  size  = "c5.large"
+}
+`, Vars{})
+	if c == nil || diags.HasErrors() {
+		t.Fatalf("errors: %v", diags)
+	}
+	var lines []int
+	for _, d := range diags {
+		if d.Summary == "Setting ignored by the driver" && strings.Contains(d.Detail, "The generic driver does not use") {
+			lines = append(lines, d.Subject.Start.Line)
+		}
+	}
+	if !slices.Equal(lines, []int{8, 9}) {
+		t.Errorf("warnings at lines %v, want 8 (disk) and 9 (size): %v", lines, diags)
 	}
 }
