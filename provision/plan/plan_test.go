@@ -477,3 +477,51 @@ func TestHashCoversOnlyHonouredSettings(t *testing.T) {
 		t.Error("local: size keeps the fingerprint")
 	}
 }
+
+// TestSwarmNotes: plan reports each recorded machine whose engine is not in
+// the recorded swarm, and says what apply will do: join again, unlock, leave
+// an earlier swarm of this cluster, or stop on another swarm unless told.
+func TestSwarmNotes(t *testing.T) {
+	c := cluster(t, `name = "demo"
+managers { count = 1 }
+workers { count = 5 }
+`)
+	st, obs := converged(c)
+	st.Swarm.ID = "swarm-now-0123456789"
+	st.Swarm.Retired = []string{"swarm-old-0123456789"}
+	for _, m := range st.Machines {
+		m.NodeID = "node-" + m.Name
+	}
+	obs.Nodes = []string{"node-demo-manager-1", "node-demo-worker-1"}
+	obs.Engines = map[string]EngineView{
+		"demo-manager-1": {State: "active", NodeID: "node-demo-manager-1", ClusterID: st.Swarm.ID, Manager: true},
+		"demo-worker-1":  {State: "inactive"},
+		"demo-worker-2":  {State: "locked"},
+		"demo-worker3":   {State: "inactive"}, // not a recorded machine: ignored
+		"demo-worker-3":  {State: "active", NodeID: "m3", ClusterID: "swarm-old-0123456789", Manager: true},
+		"demo-worker-4":  {State: "active", NodeID: "m4", ClusterID: "swarm-else-0123456789", Manager: true},
+		"demo-worker-5":  {State: "active", NodeID: "stranger", Managers: []string{"192.0.2.9:2377"}},
+	}
+	p := Build(c, st, obs)
+	notes := strings.Join(p.Notes, "\n")
+	for _, want := range []string{
+		"demo-worker-1: its engine is in no swarm",
+		"demo-worker-2: its engine restarted and is locked",
+		"demo-worker-3: its engine is in swarm " + shortID("swarm-old-0123456789") + ", an earlier swarm of this cluster: apply makes it leave",
+		"demo-worker-4: its engine is a manager of another swarm",
+		"--leave-other-swarm",
+		"demo-worker-5: its engine is node " + shortID("stranger") + " of a swarm whose managers (192.0.2.9:2377) do not list it",
+	} {
+		if !strings.Contains(notes, want) {
+			t.Errorf("notes lack %q:\n%s", want, notes)
+		}
+	}
+	if strings.Contains(notes, "demo-manager-1:") {
+		t.Errorf("a member in the recorded swarm is reported:\n%s", notes)
+	}
+	// Engines that could not be asked, or a cluster with no swarm yet: no notes.
+	st.Swarm.ID = ""
+	if p := Build(c, st, obs); strings.Contains(strings.Join(p.Notes, "\n"), "its engine") {
+		t.Errorf("notes without a recorded swarm: %q", p.Notes)
+	}
+}
