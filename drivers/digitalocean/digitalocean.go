@@ -31,6 +31,14 @@
 // driver block with an alias) and, for VPCs, by the description it wrote, and
 // removes only that.
 //
+// Two generations of one machine exist at once while a replacement rolls
+// (the new one joins the swarm before the old one leaves). Generation n's
+// droplet is named drivers.InstanceName(name, n) ("<name>-g<n>" past the
+// first), its volume likewise, and both are tagged `provision-generation:<n>`;
+// the first generation keeps the machine name and no generation tag, as
+// before generations existed. The guest's host name, hence its swarm node
+// name, and the provision-machine tag stay the machine name.
+//
 // The token is read on first use (never in New), held as a redact.Secret and
 // sent only to api_url's host: https, or plain http to a loopback address;
 // redirects are refused; a request for any other host is refused before the
@@ -319,7 +327,8 @@ func (l debugLogger) Info(msg string, kv ...any)  { l.l.Debug("godo: "+msg, kv..
 func (l debugLogger) Debug(msg string, kv ...any) { l.l.Debug("godo: "+msg, kv...) }
 func (l debugLogger) Warn(msg string, kv ...any)  { l.l.Debug("godo: "+msg, kv...) }
 
-// lockName serializes Create calls for one machine name within this process;
+// lockName serializes Create calls for one machine name (one generation's
+// instance name, drivers.InstanceName) within this process;
 // across processes the tag lookup before the create keeps Create idempotent.
 func (d *Driver) lockName(cluster, name string) func() { return d.names.Lock(cluster, name) }
 

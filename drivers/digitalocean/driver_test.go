@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -210,7 +211,7 @@ func TestCreate(t *testing.T) {
 		}
 	}
 	vols := s.Volumes()
-	if len(vols) != 1 || vols[0].SizeGigaBytes != 200 || vols[0].FilesystemType != "ext4" || vols[0].Name != volumeName(cluster, wants[1].Name) {
+	if len(vols) != 1 || vols[0].SizeGigaBytes != 200 || vols[0].FilesystemType != "ext4" || vols[0].Name != volumeName(cluster, wants[1].Name, 1) {
 		t.Fatalf("volumes: %+v", vols)
 	}
 
@@ -252,7 +253,7 @@ func TestCreate(t *testing.T) {
 				t.Errorf("%s: user data lacks %q", m.Name, want)
 			}
 		}
-		mount := strings.Contains(dr.UserData, "scsi-0DO_Volume_"+volumeName(cluster, wants[1].Name)+`", "/var/lib/docker"`)
+		mount := strings.Contains(dr.UserData, "scsi-0DO_Volume_"+volumeName(cluster, wants[1].Name, 1)+`", "/var/lib/docker"`)
 		if mount != (i == 1) {
 			t.Errorf("%s: volume mount in user data = %v", m.Name, mount)
 		}
@@ -759,4 +760,136 @@ func mustURL(s string) *url.URL {
 		panic(err)
 	}
 	return u
+}
+
+// TestGenerationsCoexist: a replaced machine's next generation is a second
+// droplet of the same machine name (droplet and volume named "<name>-g2",
+// host name and machine tag the machine name), found, adopted and destroyed
+// by name and generation without touching the first. The first generation
+// is made as before generations existed: no generation tag.
+func TestGenerationsCoexist(t *testing.T) {
+	s := startServer(t)
+	d := driverFor(t, s, block, nil)
+	ctx := testCtx(t)
+	cluster := drivertest.ClusterID(t)
+	_, adminLine := drivertest.AdminKey(t)
+	g1 := spec(t, cluster, "manager", 1, adminLine)
+	g1.DiskGiB = 100 // s-2vcpu-2gb has 60: each generation gets a volume
+	m1, err := d.Create(ctx, cluster, g1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2 := g1
+	g2.Generation = 2
+	g2.Tags = maps.Clone(g1.Tags)
+	g2.Tags[drivers.TagGeneration] = "2"
+	g2.HostKey, _ = drivertest.HostKey(t)
+	vol1, vol2 := volumeName(cluster, g1.Name, 1), volumeName(cluster, g1.Name, 2)
+	if vol2 != g1.Name+"-g2-"+cluster[:7] || vol1 == vol2 {
+		t.Fatalf("volume names %s, %s", vol1, vol2)
+	}
+
+	// Plan and preflight count generation 2 as a droplet and volume more.
+	rs, err := d.Resources(ctx, cluster, []drivers.MachineSpec{g2})
+	if err != nil || !slices.Contains(resourceLines(rs), "create volume "+vol2) || !slices.Contains(resourceLines(rs), "keep volume "+vol1+" id") {
+		t.Fatalf("Resources: %v %v", err, resourceLines(rs))
+	}
+	s.SetDropletLimit(1)
+	if err := d.Preflight(ctx, []drivers.MachineSpec{g2}); err == nil || !strings.Contains(err.Error(), "droplet limit") {
+		t.Fatalf("Preflight of generation 2 at a limit of 1 droplet: %v", err)
+	}
+	s.SetDropletLimit(25)
+
+	m2, err := d.Create(ctx, cluster, g2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m1.ID == m2.ID || m2.Name != g1.Name || drivers.GenerationOf(m2.Tags) != 2 || m2.SSH.HostKey != g2.HostKey.Public {
+		t.Fatalf("generation 2 %+v, generation 1 %s", m2, m1.ID)
+	}
+	if m1.Name != g1.Name || drivers.GenerationOf(m1.Tags) != 1 {
+		t.Fatalf("generation 1 %+v", m1)
+	}
+	vols := map[string]godo.Volume{}
+	for _, v := range s.Volumes() {
+		vols[v.Name] = v
+	}
+	if len(vols) != 2 || !slices.Contains(vols[vol2].Tags, "provision-generation:2") || slices.ContainsFunc(vols[vol1].Tags, func(t string) bool { return strings.HasPrefix(t, drivers.TagGeneration) }) {
+		t.Fatalf("volumes: %+v", vols)
+	}
+	for _, dr := range s.Droplets() {
+		gen1 := strconv.Itoa(dr.ID) == m1.ID
+		name, vol := g1.Name+"-g2", vol2
+		if gen1 {
+			name, vol = g1.Name, vol1
+		}
+		if dr.Name != name {
+			t.Errorf("droplet %d is named %s, want %s", dr.ID, dr.Name, name)
+		}
+		if !slices.Contains(dr.Tags, "provision-machine:"+g1.Name) || slices.Contains(dr.Tags, "provision-generation:2") == gen1 ||
+			slices.Contains(dr.Tags, "provision-generation:1") {
+			t.Errorf("droplet %s: tags %v", dr.Name, dr.Tags)
+		}
+		if !strings.Contains(dr.UserData, `hostname: "`+g1.Name+`"`) {
+			t.Errorf("droplet %s: the host name is not the machine name %s", dr.Name, g1.Name)
+		}
+		if !strings.Contains(dr.UserData, "scsi-0DO_Volume_"+vol+`"`) || !slices.Equal(dr.VolumeIDs, []string{vols[vol].ID}) {
+			t.Errorf("droplet %s: volumes %v, user data mounts %s: %v", dr.Name, dr.VolumeIDs, vol, strings.Contains(dr.UserData, vol))
+		}
+	}
+
+	// Create of generation 2 again, in this process or a new one, adopts it.
+	again, err := d.Create(ctx, cluster, g2)
+	if err != nil || again.ID != m2.ID {
+		t.Fatalf("Create of generation 2 again: %v %s", err, again.ID)
+	}
+	again, err = driverFor(t, s, block, nil).Create(ctx, cluster, g2)
+	if err != nil || again.ID != m2.ID {
+		t.Fatalf("Create of generation 2 through a new driver: %v %s", err, again.ID)
+	}
+	if n := s.Calls("POST", "/v2/droplets"); n != 2 {
+		t.Fatalf("POST /v2/droplets sent %d times, want 2", n)
+	}
+	ms, err := d.Machines(ctx, cluster)
+	if err != nil || len(ms) != 2 || ms[0].Name != g1.Name || ms[1].Name != g1.Name ||
+		drivers.GenerationOf(ms[0].Tags)+drivers.GenerationOf(ms[1].Tags) != 3 {
+		t.Fatalf("Machines: %v %+v", err, ms)
+	}
+
+	// Destroy generation 1 by tags alone (no ID): generation 2 and its
+	// volume stay.
+	if err := d.Destroy(ctx, drivers.Machine{Name: g1.Name, Tags: map[string]string{drivers.TagCluster: cluster, drivers.TagGeneration: "1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if ds := s.Droplets(); len(ds) != 1 || strconv.Itoa(ds[0].ID) != m2.ID {
+		t.Fatalf("droplets after destroying generation 1: %+v (generation 2 is %s)", ds, m2.ID)
+	}
+	if vs := s.Volumes(); len(vs) != 1 || vs[0].Name != vol2 {
+		t.Fatalf("volumes after destroying generation 1: %+v", vs)
+	}
+	ms, err = d.Machines(ctx, cluster)
+	if err != nil || len(ms) != 1 || ms[0].ID != m2.ID || ms[0].Name != g1.Name {
+		t.Fatalf("Machines after destroying generation 1: %v %+v", err, ms)
+	}
+	// Destroying generation 1 again finds nothing and touches nothing.
+	if err := d.Destroy(ctx, drivers.Machine{Name: g1.Name, Tags: map[string]string{drivers.TagCluster: cluster}}); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Droplets()) != 1 || len(s.Volumes()) != 1 {
+		t.Fatalf("a second Destroy of generation 1 removed generation 2: %v", s.Inventory())
+	}
+
+	// Generation 2 by tags alone too, then nothing of the cluster is left.
+	if err := d.Destroy(ctx, drivers.Machine{Name: g1.Name, Tags: map[string]string{drivers.TagCluster: cluster, drivers.TagGeneration: "2"}}); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Droplets()) != 0 || len(s.Volumes()) != 0 {
+		t.Fatalf("after destroying generation 2: %v", s.Inventory())
+	}
+	if err := d.Teardown(ctx, cluster); err != nil {
+		t.Fatalf("Teardown: %v", err)
+	}
+	if left := clusterTraces(s, cluster); len(left) > 0 {
+		t.Errorf("left: %v", left)
+	}
 }

@@ -20,47 +20,56 @@ const (
 )
 
 // Create makes one droplet, or returns the one already tagged with this
-// cluster and machine name (powering it on when off).
+// cluster, machine name and generation (powering it on when off).
+//
+// Generation gen of a machine is the droplet (and volume) named
+// drivers.InstanceName(name, gen): the machine name for the first
+// generation, "<name>-g<gen>" after, tagged provision-generation:<gen>. The
+// first generation carries no generation tag, as droplets made before
+// generations existed. The guest's host name (cloud-init's hostname, hence
+// the swarm node's name) and the provision-machine tag stay the machine name.
 func (d *Driver) Create(ctx context.Context, cluster string, want drivers.MachineSpec) (drivers.Machine, error) {
 	if cluster == "" || want.Name == "" {
 		return drivers.Machine{}, errors.New("create droplet: cluster and machine name are required")
 	}
-	defer d.lockName(cluster, want.Name)()
+	gen := max(1, want.Generation)
+	inst := drivers.InstanceName(want.Name, gen)
+	defer d.lockName(cluster, inst)()
 	cli, err := d.api()
 	if err != nil {
 		return drivers.Machine{}, err
 	}
-	dr, err := d.findDroplet(ctx, cli, cluster, want.Name)
+	dr, err := d.findDroplet(ctx, cli, cluster, want.Name, gen)
 	if err != nil {
-		return drivers.Machine{}, fmt.Errorf("find droplet %q: %w", want.Name, err)
+		return drivers.Machine{}, fmt.Errorf("find droplet %q: %w", inst, err)
 	}
 	if dr != nil {
-		d.log.InfoContext(ctx, "adopting existing droplet", "cluster", cluster, "host", want.Name, "droplet", dr.ID, "status", dr.Status)
+		d.log.InfoContext(ctx, "adopting existing droplet", "cluster", cluster, "host", want.Name, "generation", gen, "droplet", dr.ID, "status", dr.Status)
 		return d.startAndWait(ctx, cli, dr)
 	}
 
 	// Everything that can fail without the API fails here, before anything exists.
 	if err := checkTags(want); err != nil {
-		return drivers.Machine{}, fmt.Errorf("create droplet %q: %w", want.Name, err)
+		return drivers.Machine{}, fmt.Errorf("create droplet %q: %w", inst, err)
 	}
 	if _, err := drivers.UserData(want); err != nil {
-		return drivers.Machine{}, fmt.Errorf("create droplet %q: %w", want.Name, err)
+		return drivers.Machine{}, fmt.Errorf("create droplet %q: %w", inst, err)
 	}
 	hk, err := hostKeyTag(want.HostKey.Public)
 	if err != nil {
-		return drivers.Machine{}, fmt.Errorf("create droplet %q: %w", want.Name, err)
+		return drivers.Machine{}, fmt.Errorf("create droplet %q: %w", inst, err)
 	}
 	p, err := d.planDroplet(ctx, cli, want)
 	if err != nil {
-		return drivers.Machine{}, fmt.Errorf("create droplet %q: %w", want.Name, err)
+		return drivers.Machine{}, fmt.Errorf("create droplet %q: %w", inst, err)
 	}
 	shared, err := d.ensureShared(ctx, cli, cluster, want.SSH.PublicKey, want.Metrics)
 	if err != nil {
-		return drivers.Machine{}, fmt.Errorf("create droplet %q: %w", want.Name, err)
+		return drivers.Machine{}, fmt.Errorf("create droplet %q: %w", inst, err)
 	}
 	tags := dropletTags(cluster, want, hk)
 	req := &godo.DropletCreateRequest{
-		Name:       want.Name,
+		Name:       inst, // the guest's host name is want.Name, set by cloud-init
 		Region:     d.cfg.Region,
 		Size:       p.size.Slug,
 		Image:      godo.DropletCreateImage{Slug: d.cfg.Image},
@@ -75,26 +84,26 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	}
 	spec := want
 	if p.volumeGiB > 0 {
-		vol, err := d.ensureVolume(ctx, cli, cluster, want.Name, p.volumeGiB)
+		vol, err := d.ensureVolume(ctx, cli, cluster, want.Name, gen, p.volumeGiB)
 		if err != nil {
-			return drivers.Machine{}, fmt.Errorf("create droplet %q: %w", want.Name, err)
+			return drivers.Machine{}, fmt.Errorf("create droplet %q: %w", inst, err)
 		}
 		req.Volumes = []godo.DropletCreateVolume{{ID: vol.ID}}
 		if strings.TrimSpace(want.UserData) != "" {
-			return drivers.Machine{}, fmt.Errorf("create droplet %q: user data of its own and a data volume cannot be combined yet", want.Name)
+			return drivers.Machine{}, fmt.Errorf("create droplet %q: user data of its own and a data volume cannot be combined yet", inst)
 		}
 		spec.UserData = volumeMount(vol.Name)
 	}
 	ud, err := drivers.UserData(spec)
 	if err != nil {
-		return drivers.Machine{}, fmt.Errorf("create droplet %q: %w", want.Name, err)
+		return drivers.Machine{}, fmt.Errorf("create droplet %q: %w", inst, err)
 	}
 	req.UserData = string(ud)
 
 	var made *godo.Droplet
-	err = d.once(ctx, "droplet "+want.Name,
+	err = d.once(ctx, "droplet "+inst,
 		func() (bool, error) {
-			f, err := d.findDroplet(ctx, cli, cluster, want.Name)
+			f, err := d.findDroplet(ctx, cli, cluster, want.Name, gen)
 			made = f
 			return f != nil, err
 		},
@@ -104,14 +113,16 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 			return err
 		})
 	if err != nil {
-		return drivers.Machine{}, fmt.Errorf("create droplet %q (%s, %s in %s): %w", want.Name, p.size.Slug, d.cfg.Image, d.cfg.Region, d.explain(err))
+		return drivers.Machine{}, fmt.Errorf("create droplet %q (%s, %s in %s): %w", inst, p.size.Slug, d.cfg.Image, d.cfg.Region, d.explain(err))
 	}
-	d.log.InfoContext(ctx, "created droplet", "cluster", cluster, "host", want.Name, "droplet", made.ID,
+	d.log.InfoContext(ctx, "created droplet", "cluster", cluster, "host", want.Name, "generation", gen, "droplet", made.ID,
 		"size", p.size.Slug, "image", d.cfg.Image, "region", d.cfg.Region, "volume_gib", p.volumeGiB)
 	return d.startAndWait(ctx, cli, made)
 }
 
 // dropletTags are the droplet's ownership tags, all set in the create call.
+// The generation is the spec's Generation, tagged only past the first (so a
+// first generation's droplet is tagged as before generations existed).
 func dropletTags(cluster string, want drivers.MachineSpec, hostKey string) []string {
 	kv := map[string]string{}
 	for k, v := range want.Tags {
@@ -126,6 +137,10 @@ func dropletTags(cluster string, want drivers.MachineSpec, hostKey string) []str
 	}
 	if want.Pool != "" {
 		kv[drivers.TagPool] = want.Pool
+	}
+	delete(kv, drivers.TagGeneration)
+	if gen := max(1, want.Generation); gen > 1 {
+		kv[drivers.TagGeneration] = strconv.Itoa(gen)
 	}
 	kv[TagUser] = want.SSH.User
 	kv[TagHostKey] = hostKey
@@ -207,16 +222,18 @@ func (d *Driver) listDroplets(ctx context.Context, cli *godo.Client, cluster str
 	return ds, nil
 }
 
-// findDroplet returns the cluster's droplet with that machine name, or nil.
-// When several exist (two processes raced), the oldest wins.
-func (d *Driver) findDroplet(ctx context.Context, cli *godo.Client, cluster, name string) (*godo.Droplet, error) {
+// findDroplet returns the cluster's droplet with that machine name and
+// generation (no generation tag: the first), or nil. When several exist (two
+// processes raced), the oldest wins.
+func (d *Driver) findDroplet(ctx context.Context, cli *godo.Client, cluster, name string, gen int) (*godo.Droplet, error) {
 	ds, err := d.listDroplets(ctx, cli, cluster)
 	if err != nil {
 		return nil, err
 	}
 	var found []godo.Droplet
 	for _, dr := range ds {
-		if tagsOf(dr.Tags)[drivers.TagMachine] == name && dr.Status != "archive" {
+		t := tagsOf(dr.Tags)
+		if t[drivers.TagMachine] == name && drivers.GenerationOf(t) == gen && dr.Status != "archive" {
 			found = append(found, dr)
 		}
 	}
@@ -230,12 +247,13 @@ func (d *Driver) findDroplet(ctx context.Context, cli *godo.Client, cluster, nam
 		return found[i].ID < found[j].ID
 	})
 	if len(found) > 1 {
-		d.log.WarnContext(ctx, "several droplets carry the same machine name; adopting the oldest", "cluster", cluster, "host", name, "droplet", found[0].ID)
+		d.log.WarnContext(ctx, "several droplets carry the same machine name and generation; adopting the oldest", "cluster", cluster, "host", name, "generation", gen, "droplet", found[0].ID)
 	}
 	return &found[0], nil
 }
 
-// Machines lists the cluster's droplets.
+// Machines lists the cluster's droplets, every generation of each machine:
+// Name is the machine name, and Tags carry the generation past the first.
 func (d *Driver) Machines(ctx context.Context, cluster string) ([]drivers.Machine, error) {
 	cli, err := d.api()
 	if err != nil {
@@ -298,14 +316,17 @@ func (d *Driver) machine(dr godo.Droplet) drivers.Machine {
 }
 
 // Destroy deletes the droplet, waits until it is gone, then deletes its
-// volumes (found by the cluster and machine tags, also when the droplet was
-// never made) and its host key tag.
+// volumes (found by the cluster, machine and generation tags, also when the
+// droplet was never made) and its host key tag. Without an ID it finds the
+// droplet by the cluster tag, the machine name and the generation in m.Tags
+// (drivers.GenerationOf): another generation of the machine is left alone.
 func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
 	cli, err := d.api()
 	if err != nil {
 		return err
 	}
 	cluster := m.Tags[drivers.TagCluster]
+	name, gen := m.Name, drivers.GenerationOf(m.Tags)
 	var dr *godo.Droplet
 	if m.ID != "" {
 		id, err := strconv.Atoi(m.ID)
@@ -323,31 +344,44 @@ func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
 		if cluster == "" {
 			return fmt.Errorf("destroy %q: no droplet ID and no cluster tag", m.Name)
 		}
-		if dr, err = d.findDroplet(ctx, cli, cluster, m.Name); err != nil {
-			return fmt.Errorf("destroy %q: %w", m.Name, err)
+		if name == "" {
+			return errors.New("destroy: no droplet ID and no machine name")
+		}
+		if dr, err = d.findDroplet(ctx, cli, cluster, name, gen); err != nil {
+			return fmt.Errorf("destroy %q: %w", drivers.InstanceName(name, gen), err)
 		}
 	}
 	if dr != nil {
-		if c := tagsOf(dr.Tags)[drivers.TagCluster]; c != "" {
+		// The droplet's own tags say whose volumes go with it.
+		t := tagsOf(dr.Tags)
+		if c := t[drivers.TagCluster]; c != "" {
 			cluster = c
 		}
-		if _, err := cli.Droplets.Delete(ctx, dr.ID); err != nil && !isNotFound(err) {
-			return fmt.Errorf("delete droplet %q (%d): %w", m.Name, dr.ID, d.explain(err))
+		if n := t[drivers.TagMachine]; n != "" {
+			name = n
 		}
-		d.log.InfoContext(ctx, "deleting droplet", "host", m.Name, "droplet", dr.ID)
-		if err := d.waitDeleted(ctx, cli, m.Name, dr.ID); err != nil {
+		gen = drivers.GenerationOf(t)
+		if _, err := cli.Droplets.Delete(ctx, dr.ID); err != nil && !isNotFound(err) {
+			return fmt.Errorf("delete droplet %q (%d): %w", dr.Name, dr.ID, d.explain(err))
+		}
+		d.log.InfoContext(ctx, "deleting droplet", "host", name, "generation", gen, "droplet", dr.ID)
+		if err := d.waitDeleted(ctx, cli, dr.Name, dr.ID); err != nil {
 			return err
 		}
 	}
-	if cluster != "" {
-		if err := d.deleteVolumes(ctx, cli, cluster, m.Name); err != nil {
-			return fmt.Errorf("destroy %q: %w", m.Name, err)
+	if cluster != "" && name != "" {
+		if err := d.deleteVolumes(ctx, cli, cluster, name, gen); err != nil {
+			return fmt.Errorf("destroy %q: %w", drivers.InstanceName(name, gen), err)
 		}
 	}
 	if dr != nil {
 		if hk, ok := tagsOf(dr.Tags)[TagHostKey]; ok {
 			d.deleteTagIfUnused(ctx, cli, tag(TagHostKey, hk))
 		}
+		// The generation tag (provision-generation:<n>) is shared with
+		// other machines and clusters, like the role and pool tags: it
+		// stays. Deleting a tag untags whatever took it meanwhile, and a
+		// droplet that lost it would pass for its first generation.
 	}
 	return nil
 }
@@ -389,22 +423,27 @@ func (d *Driver) deleteTagIfUnused(ctx context.Context, cli *godo.Client, name s
 	}
 }
 
-// volumeName is the name of a machine's volume: unique per region and
-// account, lowercase, starting with a letter, at most 64 characters.
-func volumeName(cluster, machine string) string {
+// volumeName is the name of the volume of generation gen of a machine:
+// unique per region and account, lowercase, starting with a letter, at most
+// 64 characters. It is the instance name (drivers.InstanceName) with a piece
+// of the cluster ID; a long machine name is shortened before its generation
+// suffix, so two generations never share a name.
+func volumeName(cluster, machine string, gen int) string {
 	suffix := cluster
 	if len(suffix) > 7 {
 		suffix = suffix[:7]
 	}
-	if len(machine) > 64-1-len(suffix) {
-		machine = strings.TrimRight(machine[:64-1-len(suffix)], "-")
+	genSuffix := strings.TrimPrefix(drivers.InstanceName(machine, gen), machine) // "" or "-g<gen>"
+	if room := 64 - 1 - len(suffix) - len(genSuffix); len(machine) > room {
+		machine = strings.TrimRight(machine[:room], "-")
 	}
-	return machine + "-" + suffix
+	return machine + genSuffix + "-" + suffix
 }
 
-// machineVolumes lists the region's volumes carrying the cluster tag (and
-// the machine's, when machine is not empty).
-func (d *Driver) machineVolumes(ctx context.Context, cli *godo.Client, cluster, machine string) ([]godo.Volume, error) {
+// machineVolumes lists the region's volumes carrying the cluster tag (and,
+// when machine is not empty, the machine's and generation gen's: a volume
+// without a generation tag is the first generation's).
+func (d *Driver) machineVolumes(ctx context.Context, cli *godo.Client, cluster, machine string, gen int) ([]godo.Volume, error) {
 	vols, err := listAll(ctx, func(o *godo.ListOptions) ([]godo.Volume, *godo.Response, error) {
 		return cli.Storage.ListVolumes(ctx, &godo.ListVolumeParams{Region: d.cfg.Region, ListOptions: o})
 	})
@@ -414,21 +453,29 @@ func (d *Driver) machineVolumes(ctx context.Context, cli *godo.Client, cluster, 
 	var out []godo.Volume
 	for _, v := range vols {
 		t := tagsOf(v.Tags)
-		if t[drivers.TagCluster] == cluster && (machine == "" || t[drivers.TagMachine] == machine) {
+		if t[drivers.TagCluster] == cluster && (machine == "" || (t[drivers.TagMachine] == machine && drivers.GenerationOf(t) == max(1, gen))) {
 			out = append(out, v)
 		}
 	}
 	return out, nil
 }
 
-// ensureVolume makes (or finds) the machine's data volume, formatted ext4 by
-// DigitalOcean, tagged with the cluster and machine.
-func (d *Driver) ensureVolume(ctx context.Context, cli *godo.Client, cluster, machine string, gib int) (*godo.Volume, error) {
+// ensureVolume makes (or finds) the data volume of generation gen of a
+// machine, formatted ext4 by DigitalOcean, tagged with the cluster and
+// machine (and the generation past the first).
+func (d *Driver) ensureVolume(ctx context.Context, cli *godo.Client, cluster, machine string, gen, gib int) (*godo.Volume, error) {
 	var vol *godo.Volume
-	name := volumeName(cluster, machine)
+	gen = max(1, gen)
+	name := volumeName(cluster, machine, gen)
+	tags := []string{clusterTag(cluster), tag(drivers.TagMachine, machine)}
+	desc := "provision cluster " + cluster + ": /var/lib/docker of " + machine
+	if gen > 1 {
+		tags = append(tags, tag(drivers.TagGeneration, strconv.Itoa(gen)))
+		desc += fmt.Sprintf(" (generation %d)", gen)
+	}
 	err := d.once(ctx, "volume "+name,
 		func() (bool, error) {
-			vs, err := d.machineVolumes(ctx, cli, cluster, machine)
+			vs, err := d.machineVolumes(ctx, cli, cluster, machine, gen)
 			if err != nil || len(vs) == 0 {
 				return false, err
 			}
@@ -438,13 +485,13 @@ func (d *Driver) ensureVolume(ctx context.Context, cli *godo.Client, cluster, ma
 		func() error {
 			v, _, err := cli.Storage.CreateVolume(ctx, &godo.VolumeCreateRequest{
 				Region: d.cfg.Region, Name: name, SizeGigaBytes: int64(gib),
-				Description:    "provision cluster " + cluster + ": /var/lib/docker of " + machine,
+				Description:    desc,
 				FilesystemType: "ext4", FilesystemLabel: "docker",
-				Tags: []string{clusterTag(cluster), tag(drivers.TagMachine, machine)},
+				Tags: tags,
 			})
 			if err == nil {
 				vol = v
-				d.log.InfoContext(ctx, "created volume", "cluster", cluster, "host", machine, "volume", v.ID, "gib", gib)
+				d.log.InfoContext(ctx, "created volume", "cluster", cluster, "host", machine, "generation", gen, "volume", v.ID, "gib", gib)
 			}
 			return err
 		})
@@ -455,15 +502,16 @@ func (d *Driver) ensureVolume(ctx context.Context, cli *godo.Client, cluster, ma
 		return nil, fmt.Errorf("volume %s (%s) exists with %d GiB, the pool asks for %d: remove it, or set the pool's disk back", vol.Name, vol.ID, vol.SizeGigaBytes, gib)
 	}
 	if len(vol.DropletIDs) > 0 {
-		return nil, fmt.Errorf("volume %s (%s) is attached to droplet %v, not to a droplet of machine %s", vol.Name, vol.ID, vol.DropletIDs, machine)
+		return nil, fmt.Errorf("volume %s (%s) is attached to droplet %v, not to a droplet of machine %s", vol.Name, vol.ID, vol.DropletIDs, drivers.InstanceName(machine, gen))
 	}
 	return vol, nil
 }
 
-// deleteVolumes deletes the machine's volumes (every volume of the cluster
-// when machine is ""), waiting while a droplet being deleted still holds one.
-func (d *Driver) deleteVolumes(ctx context.Context, cli *godo.Client, cluster, machine string) error {
-	vols, err := d.machineVolumes(ctx, cli, cluster, machine)
+// deleteVolumes deletes the volumes of generation gen of a machine (every
+// volume of the cluster when machine is ""), waiting while a droplet being
+// deleted still holds one.
+func (d *Driver) deleteVolumes(ctx context.Context, cli *godo.Client, cluster, machine string, gen int) error {
+	vols, err := d.machineVolumes(ctx, cli, cluster, machine, gen)
 	if err != nil {
 		return err
 	}
@@ -476,7 +524,7 @@ func (d *Driver) deleteVolumes(ctx context.Context, cli *godo.Client, cluster, m
 			errs = append(errs, fmt.Errorf("delete volume %s (%s): %w", v.Name, v.ID, d.explain(err)))
 			continue
 		}
-		d.log.InfoContext(ctx, "deleted volume", "cluster", cluster, "host", machine, "volume", v.ID)
+		d.log.InfoContext(ctx, "deleted volume", "cluster", cluster, "host", machine, "volume", v.ID, "name", v.Name)
 	}
 	return errors.Join(errs...)
 }

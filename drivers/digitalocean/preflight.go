@@ -261,7 +261,8 @@ func (d *Driver) Preflight(ctx context.Context, want []drivers.MachineSpec) erro
 
 // checkLimits refuses a cluster that would take the account past its droplet
 // limit: droplets the account has, plus those this apply creates (machines
-// not found by their tags already).
+// and generations not found by their tags already: a replaced machine's next
+// generation is a droplet more while both exist).
 func (d *Driver) checkLimits(ctx context.Context, cli *godo.Client, acct *godo.Account, want []drivers.MachineSpec) error {
 	if acct.DropletLimit <= 0 || len(want) == 0 {
 		return nil
@@ -282,12 +283,13 @@ func (d *Driver) checkLimits(ctx context.Context, cli *godo.Client, acct *godo.A
 			return err
 		}
 		for _, dr := range ds {
-			existing[tagsOf(dr.Tags)[drivers.TagMachine]] = true
+			t := tagsOf(dr.Tags)
+			existing[drivers.InstanceName(t[drivers.TagMachine], drivers.GenerationOf(t))] = true
 		}
 	}
 	add := 0
 	for _, m := range want {
-		if !existing[m.Name] {
+		if !existing[drivers.InstanceName(m.Name, max(1, m.Generation))] {
 			add++
 		}
 	}

@@ -83,19 +83,25 @@ func (d *Driver) Resources(ctx context.Context, cluster string, want []drivers.M
 		}
 	}
 
-	vols, err := d.machineVolumes(ctx, cli, cluster, "")
+	vols, err := d.machineVolumes(ctx, cli, cluster, "", 0)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	hasVolume := map[string]bool{}
+	hasVolume := map[string]bool{} // by instance name: machine and generation
 	for _, v := range vols {
-		m := tagsOf(v.Tags)[drivers.TagMachine]
-		hasVolume[m] = true
+		t := tagsOf(v.Tags)
+		m, gen := t[drivers.TagMachine], drivers.GenerationOf(t)
+		hasVolume[drivers.InstanceName(m, gen)] = true
+		of := m
+		if gen > 1 {
+			of = fmt.Sprintf("%s (generation %d)", m, gen)
+		}
 		out = append(out, drivers.Resource{Kind: "volume", Name: v.Name, ID: v.ID, Action: action,
-			Note: fmt.Sprintf("%d GiB, /var/lib/docker of %s", v.SizeGigaBytes, m)})
+			Note: fmt.Sprintf("%d GiB, /var/lib/docker of %s", v.SizeGigaBytes, of)})
 	}
 	for _, m := range want {
-		if hasVolume[m.Name] {
+		gen := max(1, m.Generation)
+		if hasVolume[drivers.InstanceName(m.Name, gen)] {
 			continue
 		}
 		p, err := d.planDroplet(ctx, cli, m)
@@ -104,7 +110,7 @@ func (d *Driver) Resources(ctx context.Context, cluster string, want []drivers.M
 			break // the same catalog error for every machine
 		}
 		if p.volumeGiB > 0 {
-			out = append(out, drivers.Resource{Kind: "volume", Name: volumeName(cluster, m.Name), Action: drivers.ResourceCreate,
+			out = append(out, drivers.Resource{Kind: "volume", Name: volumeName(cluster, m.Name, gen), Action: drivers.ResourceCreate,
 				Note: fmt.Sprintf("%d GiB, /var/lib/docker of %s (size %s has %d GiB)", p.volumeGiB, m.Name, p.size.Slug, p.size.Disk)})
 		}
 	}

@@ -38,7 +38,7 @@ func TestResources(t *testing.T) {
 		m.SSH.PublicKey, m.HostKey = "", drivers.HostKey{}
 		wanted[i] = m
 	}
-	vol := volumeName(cluster, full[1].Name)
+	vol := volumeName(cluster, full[1].Name, 1)
 	base := "provision-" + cluster
 
 	rs, err := d.Resources(ctx, cluster, wanted)

@@ -42,7 +42,7 @@ func (d *Driver) Teardown(ctx context.Context, cluster string) error {
 	d.sharedMu.Unlock()
 
 	var errs []error
-	if err := d.deleteVolumes(ctx, cli, cluster, ""); err != nil {
+	if err := d.deleteVolumes(ctx, cli, cluster, "", 0); err != nil {
 		errs = append(errs, err)
 	}
 

@@ -78,7 +78,27 @@ func TestTags(t *testing.T) {
 	if checkTags(drivers.MachineSpec{Tags: map[string]string{drivers.TagPool: "a b"}}) == nil {
 		t.Error("a pool with a space was accepted as a tag")
 	}
-	if n := volumeName("0123456789abcdef", strings.Repeat("m", 80)); len(n) != 64 || !strings.HasSuffix(n, "-0123456") {
+	if n := volumeName("0123456789abcdef", strings.Repeat("m", 80), 1); len(n) != 64 || !strings.HasSuffix(n, "-0123456") {
+		t.Errorf("volume name %q", n)
+	}
+
+	// A spec's generation tag counts past the first generation only, and
+	// the spec's Generation is what is tagged.
+	s.Tags[drivers.TagGeneration] = "1"
+	if m := tagsOf(dropletTags("0123456789abcdef", s, "ab")); len(m) != 6 || drivers.GenerationOf(m) != 1 {
+		t.Errorf("first generation's tags: %v", m)
+	}
+	s.Generation = 3
+	if m := tagsOf(dropletTags("0123456789abcdef", s, "ab")); len(m) != 7 || m[drivers.TagGeneration] != "3" || m[drivers.TagMachine] != "demo-manager-1" {
+		t.Errorf("third generation's tags: %v", m)
+	}
+	// A long machine name is shortened before the generation suffix: the
+	// two generations' volumes never share a name.
+	long := strings.Repeat("m", 80)
+	if a, b := volumeName("0123456789abcdef", long, 1), volumeName("0123456789abcdef", long, 2); a == b || len(b) != 64 || !strings.HasSuffix(b, "-g2-0123456") {
+		t.Errorf("volume names %q, %q", a, b)
+	}
+	if n := volumeName("0123456789abcdef", "demo-manager-1", 2); n != "demo-manager-1-g2-0123456" {
 		t.Errorf("volume name %q", n)
 	}
 }
