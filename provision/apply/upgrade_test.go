@@ -63,6 +63,14 @@ func TestEngineUpgradeRollout(t *testing.T) {
 	sw := f.engines["10.0.0.1"].Swarm()
 	var mu sync.Mutex
 	var order []string
+	// A raft backup is taken before the first manager's engine changes,
+	// once per run.
+	r.TakeBackup = func(ctx context.Context, bt BackupTarget) (string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		order = append(order, "backup:"+bt.Host)
+		return "backups/raft-" + bt.Host, nil
+	}
 	steps := func(ctx context.Context, r *run, h *host) error {
 		e := f.engines[h.rec.Address]
 		mu.Lock()
@@ -96,8 +104,8 @@ func TestEngineUpgradeRollout(t *testing.T) {
 	if want := "manager-1 | manager-2 | manager-3 | worker-1 | worker-2 | worker-3 | worker-4"; strings.Join(got, " | ") != want {
 		t.Errorf("batches %s, want %s", strings.Join(got, " | "), want)
 	}
-	if len(order) != 7 || !slices.Equal(order[:3], []string{"t-manager-1", "t-manager-2", "t-manager-3"}) {
-		t.Errorf("order %v: managers first, one at a time", order)
+	if len(order) != 8 || !strings.HasPrefix(order[0], "backup:t-manager-") || !slices.Equal(order[1:4], []string{"t-manager-1", "t-manager-2", "t-manager-3"}) {
+		t.Errorf("order %v: one raft backup, then the managers first, one at a time", order)
 	}
 	nodes, err := members.Refresh(context.Background())
 	if err != nil {
