@@ -304,10 +304,11 @@ var (
 		{Type: "local", Honours: []string{"size"}, CheckSize: checkSize, Coexist: true},
 		// generic: existing hosts; replacing a live one reinstalls it in place.
 		{Type: "generic", NeedsHosts: true},
-		// libvirt, azure, digitalocean: Coexist once their Create, Machines
-		// and Destroy key machines by (name, generation).
-		{Type: "libvirt", MinDiskGiB: 4, DefaultGiB: 20, Honours: []string{"disk", "size"}, CheckSize: checkSize},
+		// libvirt: each generation is a domain with its own volumes.
+		{Type: "libvirt", MinDiskGiB: 4, DefaultGiB: 20, Honours: []string{"disk", "size"}, CheckSize: checkSize, Coexist: true},
 		{Type: "aws", MinDiskGiB: 8, DefaultGiB: 20, Honours: []string{"disk", "size"}, Coexist: true},
+		// azure, digitalocean: Coexist once their Create, Machines and
+		// Destroy key machines by (name, generation).
 		{Type: "azure", MinDiskGiB: 30, DefaultGiB: 30, Honours: []string{"disk", "size"}},
 		{Type: "digitalocean", MinDiskGiB: 25, DefaultGiB: 25, Honours: []string{"disk", "size"}},
 	}
