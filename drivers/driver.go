@@ -304,11 +304,15 @@ var (
 		{Type: "local", Honours: []string{"size"}, CheckSize: checkSize, Coexist: true},
 		// generic: existing hosts; replacing a live one reinstalls it in place.
 		{Type: "generic", NeedsHosts: true},
-		// libvirt, azure: Coexist once their Create, Machines and Destroy
-		// key machines by (name, generation), as aws and digitalocean do.
-		{Type: "libvirt", MinDiskGiB: 4, DefaultGiB: 20, Honours: []string{"disk", "size"}, CheckSize: checkSize},
+		// libvirt: each generation is a domain with its own volumes (in
+		// user-mode networking, where two guests cannot reach each other,
+		// the driver asks for in-place replacement: ReplaceInPlace).
+		{Type: "libvirt", MinDiskGiB: 4, DefaultGiB: 20, Honours: []string{"disk", "size"}, CheckSize: checkSize, Coexist: true},
 		{Type: "aws", MinDiskGiB: 8, DefaultGiB: 20, Honours: []string{"disk", "size"}, Coexist: true},
+		// azure: Coexist once its Create, Machines and Destroy key machines
+		// by (name, generation).
 		{Type: "azure", MinDiskGiB: 30, DefaultGiB: 30, Honours: []string{"disk", "size"}},
+		// digitalocean: each generation a droplet with its own volume.
 		{Type: "digitalocean", MinDiskGiB: 25, DefaultGiB: 25, Honours: []string{"disk", "size"}, Coexist: true},
 	}
 )

@@ -12,6 +12,15 @@
 // Machines lists domains by that metadata; volumes are found by their names
 // (provision-<cluster>-<machine>.qcow2 and -seed.iso).
 //
+// A replaced machine's next generation (MachineSpec.Generation) is a second
+// domain with volumes of its own, named after drivers.InstanceName
+// (provision-<cluster>-<machine>-g2, -g2.qcow2, -g2-seed.iso), on the same
+// hypervisor, so it joins the swarm before the previous one leaves. Its
+// guest's host name and the machine in its metadata stay the machine name;
+// the metadata records the generation (the first generation's records
+// none, and its names are those machines had before generations existed).
+// Create, Machines and Destroy key domains by (machine, generation).
+//
 // The block:
 //
 //	driver "libvirt" {
@@ -66,7 +75,8 @@ func (c Config) wouldCreate(cluster string, want []drivers.MachineSpec) []driver
 		out = append(out, drivers.Resource{Kind: "network", Name: NetworkName(cluster), Action: drivers.ResourceCreate, Note: "NAT, " + c.NetworkCIDR.String()})
 	}
 	for _, s := range want {
-		out = append(out, volumeToCreate(c, DiskName(cluster, s.Name)), volumeToCreate(c, SeedName(cluster, s.Name)))
+		in := instanceOf(cluster, s.Name, s.Generation)
+		out = append(out, volumeToCreate(c, in.disk), volumeToCreate(c, in.seed))
 	}
 	return out
 }

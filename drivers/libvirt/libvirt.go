@@ -265,8 +265,10 @@ func (d *Driver) clusterDomains(conn *lv.Connect, cluster string) ([]owned, erro
 }
 
 // Machines lists every domain whose metadata names the cluster, running or
-// not. Addresses of running machines on a network come from its DHCP
-// leases (or the guest agent, or ARP on a bridge); stopped ones have none.
+// not: every generation of a machine, each under the machine's name with
+// its generation in Tags (past the first). Addresses of running machines
+// on a network come from its DHCP leases (or the guest agent, or ARP on a
+// bridge); stopped ones have none.
 //
 // With several hypervisors (uris) every one is asked, and each machine's
 // Zone names the hypervisor it is on. One that does not answer fails the
@@ -296,7 +298,12 @@ func (d *Driver) Machines(ctx context.Context, cluster string) ([]drivers.Machin
 			out = append(out, m)
 		}
 	}
-	slices.SortFunc(out, func(a, b drivers.Machine) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b drivers.Machine) int {
+		if c := strings.Compare(a.Name, b.Name); c != 0 {
+			return c
+		}
+		return drivers.GenerationOf(a.Tags) - drivers.GenerationOf(b.Tags)
+	})
 	return out, errors.Join(errs...)
 }
 
@@ -400,15 +407,20 @@ func (d *Driver) address(dom *lv.Domain, mode string, x *libvirtxml.Domain) stri
 	return ""
 }
 
-// Create makes one machine, or returns (starting it when stopped) the
-// domain already defined for this cluster and name.
+// Create makes one generation of a machine (want.Generation, 0 meaning
+// 1), or returns (starting it when stopped) the domain already defined for
+// this cluster, name and generation. Each generation is a domain of its
+// own with its own disk and seed, named after drivers.InstanceName, so the
+// next generation boots while the previous one still runs; the guest's
+// host name is the machine name in every generation. A machine's
+// generations go to the same hypervisor (hvFor chooses by machine name).
 func (d *Driver) Create(ctx context.Context, cluster string, want drivers.MachineSpec) (drivers.Machine, error) {
 	m, err := d.create(ctx, cluster, want)
 	if err != nil {
 		if d.spread() {
-			return drivers.Machine{}, fmt.Errorf("machine %q on %s: %w", want.Name, d.hvFor(want.Name).uri, err)
+			return drivers.Machine{}, fmt.Errorf("machine %q%s on %s: %w", want.Name, genNote(want.Generation), d.hvFor(want.Name).uri, err)
 		}
-		return drivers.Machine{}, fmt.Errorf("machine %q: %w", want.Name, err)
+		return drivers.Machine{}, fmt.Errorf("machine %q%s: %w", want.Name, genNote(want.Generation), err)
 	}
 	if d.spread() {
 		m.Zone = d.hvFor(want.Name).zone
@@ -420,13 +432,14 @@ func (d *Driver) create(ctx context.Context, cluster string, want drivers.Machin
 	if cluster == "" || want.Name == "" {
 		return drivers.Machine{}, errors.New("cluster ID and machine name are required")
 	}
-	defer d.lockName(cluster, want.Name)()
+	in := instanceOf(cluster, want.Name, want.Generation)
+	defer d.lockName(cluster, drivers.InstanceName(want.Name, in.gen))()
 	hv := d.hvFor(want.Name)
 	conn, err := hv.connect()
 	if err != nil {
 		return drivers.Machine{}, err
 	}
-	name := DomainName(cluster, want.Name)
+	name := in.domain
 	dom, err := conn.LookupDomainByName(name)
 	switch {
 	case err == nil:
@@ -435,10 +448,10 @@ func (d *Driver) create(ctx context.Context, cluster string, want drivers.Machin
 		if err != nil {
 			return drivers.Machine{}, fmt.Errorf("domain %s: %w", name, err)
 		}
-		if !ok || mt.tags()[drivers.TagCluster] != cluster || mt.tags()[drivers.TagMachine] != want.Name {
-			return drivers.Machine{}, fmt.Errorf("domain %s exists but is not this cluster's machine %s (its provision metadata does not say so): rename or remove it", name, want.Name)
+		if !ok || !mt.owns(cluster, want.Name, in.gen) {
+			return drivers.Machine{}, fmt.Errorf("domain %s exists but is not this cluster's machine %s%s (its provision metadata does not say so): rename or remove it", name, want.Name, genNote(in.gen))
 		}
-		d.log.InfoContext(ctx, "adopting existing domain", "host", want.Name, "domain", name)
+		d.log.InfoContext(ctx, "adopting existing domain", "host", want.Name, "generation", in.gen, "domain", name)
 		return d.run(ctx, conn, dom, mt)
 	case !isCode(err, lv.ERR_NO_DOMAIN):
 		return drivers.Machine{}, lvErr("look up domain "+name, err)
@@ -485,7 +498,7 @@ func (d *Driver) create(ctx context.Context, cluster string, want drivers.Machin
 
 	// Volumes first: a crash before the domain is defined leaves volumes
 	// no domain uses, which the next Create replaces and Teardown removes.
-	diskName, seedName := DiskName(cluster, want.Name), SeedName(cluster, want.Name)
+	diskName, seedName := in.disk, in.seed
 	if err := deleteVolume(pool, diskName); err != nil {
 		return drivers.Machine{}, err
 	}
@@ -496,7 +509,7 @@ func (d *Driver) create(ctx context.Context, cluster string, want drivers.Machin
 	if err != nil {
 		return drivers.Machine{}, err
 	}
-	d.log.InfoContext(ctx, "creating disk", "host", want.Name, "volume", diskName, "gib", diskGiB, "backing", base.path)
+	d.log.InfoContext(ctx, "creating disk", "host", want.Name, "generation", in.gen, "volume", diskName, "gib", diskGiB, "backing", base.path)
 	disk, err := pool.StorageVolCreateXML(vx, 0)
 	if err != nil {
 		return drivers.Machine{}, lvErr("create volume "+diskName, err)
@@ -537,7 +550,9 @@ func (d *Driver) create(ctx context.Context, cluster string, want drivers.Machin
 	// User-mode networking: choose the forwarded ports, record them in
 	// the definition and start, holding portMu until QEMU listens. A port
 	// taken in between (by anything else on the machine) makes QEMU fail
-	// to start: choose again.
+	// to start: choose again. Ports another domain was defined with are
+	// not chosen even when nothing listens on them (a stopped domain, such
+	// as the other generation of this machine, keeps its ports).
 	d.portMu.Lock()
 	locked := true
 	defer func() {
@@ -546,7 +561,7 @@ func (d *Driver) create(ctx context.Context, cluster string, want drivers.Machin
 		}
 	}()
 	for attempt := 1; ; attempt++ {
-		ports, err := freePorts(2)
+		ports, err := freePorts(2, definedPorts(conn))
 		if err != nil {
 			return drivers.Machine{}, err
 		}
@@ -677,8 +692,10 @@ func (d *Driver) serialHint(dom *lv.Domain) string {
 	return fmt.Sprintf("; the boot log is %s/%s-serial.log on the hypervisor", strings.TrimSuffix(d.cfg.SerialLogDir, "/"), name)
 }
 
-// freePorts returns n distinct TCP ports free on 127.0.0.1 now.
-func freePorts(n int) ([]int, error) {
+// freePorts returns n distinct TCP ports free on 127.0.0.1 now and not in
+// avoid. The listeners stay open until it returns, so the kernel does not
+// offer a port twice.
+func freePorts(n int, avoid map[int]bool) ([]int, error) {
 	var ls []net.Listener
 	defer func() {
 		for _, l := range ls {
@@ -686,15 +703,54 @@ func freePorts(n int) ([]int, error) {
 		}
 	}()
 	var ports []int
-	for range n {
+	for len(ports) < n {
+		if len(ls) >= n+256 {
+			return nil, fmt.Errorf("choose a forwarded port on 127.0.0.1: every free port offered is one a domain was defined with")
+		}
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, fmt.Errorf("choose a forwarded port on 127.0.0.1: %w", err)
 		}
 		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		if p := l.Addr().(*net.TCPAddr).Port; !avoid[p] {
+			ports = append(ports, p)
+		}
 	}
 	return ports, nil
+}
+
+// definedPorts are the host ports forwarded by the user-mode domains
+// provision defined on the connection, running or not: those QEMU was told
+// to listen on and those the metadata records. A domain that cannot be
+// read is skipped (its ports, if taken, fail the start, which chooses
+// again).
+func definedPorts(conn *lv.Connect) map[int]bool {
+	out := map[int]bool{}
+	doms, err := conn.ListAllDomains(0)
+	if err != nil {
+		return out
+	}
+	for i := range doms {
+		dom := &doms[i]
+		if mt, ok, err := readMeta(dom); err == nil && ok && mt.Mode == ModeUser {
+			out[mt.SSHPort], out[mt.EnginePort] = true, true
+			if x, err := domainDesc(dom); err == nil {
+				ssh, engine := userPorts(x)
+				out[ssh], out[engine] = true, true
+			}
+		}
+		dom.Free()
+	}
+	delete(out, 0)
+	return out
+}
+
+// genNote names a generation past the first in messages.
+func genNote(gen int) string {
+	if gen > 1 {
+		return fmt.Sprintf(" (generation %d)", gen)
+	}
+	return ""
 }
 
 func (d *Driver) pool(conn *lv.Connect, name string) (*lv.StoragePool, error) {
@@ -867,7 +923,10 @@ func (d *Driver) ensureNetwork(ctx context.Context, conn *lv.Connect, cluster st
 
 // Destroy shuts the machine down (ACPI, then forced off after
 // shutdown_timeout), undefines it and deletes its disk and seed. A machine
-// already gone counts as success.
+// already gone counts as success. Only one generation goes: the domain of
+// m.ID, else the one of generation drivers.GenerationOf(m.Tags) (so a
+// machine known by its tags alone can be destroyed); another generation of
+// the machine and its volumes stay.
 //
 // With several hypervisors, the machine's own (its Zone) is asked first,
 // then the others: the domain is removed where it is, and volumes of its
@@ -900,12 +959,15 @@ func (d *Driver) destroy(ctx context.Context, h *hypervisor, m drivers.Machine) 
 		return err
 	}
 	cluster := m.Tags[drivers.TagCluster]
+	gen := drivers.GenerationOf(m.Tags)
 	var dom *lv.Domain
+	byID := false
 	if m.ID != "" {
 		dom, err = conn.LookupDomainByUUIDString(m.ID)
+		byID = dom != nil
 	}
 	if dom == nil && cluster != "" {
-		dom, err = conn.LookupDomainByName(DomainName(cluster, m.Name))
+		dom, err = conn.LookupDomainByName(instanceOf(cluster, m.Name, gen).domain)
 	}
 	if dom == nil && err != nil && !isCode(err, lv.ERR_NO_DOMAIN) {
 		return lvErr("look up domain", err)
@@ -922,11 +984,14 @@ func (d *Driver) destroy(ctx context.Context, h *hypervisor, m drivers.Machine) 
 		if err != nil {
 			return err
 		}
-		if !ok || (cluster != "" && mt.tags()[drivers.TagCluster] != cluster) || mt.tags()[drivers.TagMachine] != m.Name {
+		// Found by its UUID, the domain says which generation it is;
+		// found by name, it must be the generation asked for.
+		if !ok || (cluster != "" && mt.tags()[drivers.TagCluster] != cluster) || mt.tags()[drivers.TagMachine] != m.Name || (!byID && mt.generation() != gen) {
 			name, _ := dom.GetName()
-			return fmt.Errorf("domain %s is not this cluster's machine %s (its provision metadata does not say so): not removing it", name, m.Name)
+			return fmt.Errorf("domain %s is not this cluster's machine %s%s (its provision metadata does not say so): not removing it", name, m.Name, genNote(gen))
 		}
 		cluster = mt.tags()[drivers.TagCluster]
+		gen = mt.generation()
 		if err := d.stop(ctx, dom, m.Name); err != nil {
 			return err
 		}
@@ -938,14 +1003,15 @@ func (d *Driver) destroy(ctx context.Context, h *hypervisor, m drivers.Machine) 
 				return lvErr("undefine domain", err)
 			}
 		}
-		d.log.InfoContext(ctx, "domain removed", "host", m.Name)
+		d.log.InfoContext(ctx, "domain removed", "host", m.Name, "generation", gen)
 	}
 	pool, err := d.pool(conn, d.cfg.Pool)
 	if err != nil {
 		return err
 	}
 	defer pool.Free()
-	return errors.Join(deleteVolume(pool, DiskName(cluster, m.Name)), deleteVolume(pool, SeedName(cluster, m.Name)))
+	in := instanceOf(cluster, m.Name, gen)
+	return errors.Join(deleteVolume(pool, in.disk), deleteVolume(pool, in.seed))
 }
 
 // stop powers a running domain off: the ACPI power button first, so the

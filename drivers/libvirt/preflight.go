@@ -272,10 +272,26 @@ func (d *Driver) Resources(ctx context.Context, cluster string, want []drivers.M
 }
 
 func (d *Driver) resources(h *hypervisor, cluster string, want []drivers.MachineSpec) ([]drivers.Resource, error) {
+	// The volumes of the wanted generation of each machine; those of its
+	// other generations are kept as well (one is being replaced, or its
+	// replacement runs while the spec asks the first).
 	wanted := map[string]bool{}
 	for _, s := range want {
-		wanted[DiskName(cluster, s.Name)] = true
-		wanted[SeedName(cluster, s.Name)] = true
+		in := instanceOf(cluster, s.Name, s.Generation)
+		wanted[in.disk] = true
+		wanted[in.seed] = true
+	}
+	// made: machines with volumes of some generation. A spec that names no
+	// generation (plan's) wants whichever the machine has.
+	made := map[string]bool{}
+	keep := func(v string) bool {
+		k := wanted[v]
+		for _, s := range want {
+			if volumeOf(cluster, s.Name, v) {
+				made[s.Name], k = true, true
+			}
+		}
+		return k
 	}
 	conn, err := h.connect()
 	if err != nil {
@@ -300,11 +316,15 @@ func (d *Driver) resources(h *hypervisor, cluster string, want []drivers.Machine
 		return append(out, d.cfg.wouldCreate(cluster, want)...), err
 	}
 	for _, v := range have {
-		out = append(out, drivers.Resource{Kind: "volume", Name: v, Action: keepOrRemove(wanted[v])})
+		out = append(out, drivers.Resource{Kind: "volume", Name: v, Action: keepOrRemove(keep(v))})
 		delete(wanted, v)
 	}
 	for _, s := range want {
-		for _, v := range []string{DiskName(cluster, s.Name), SeedName(cluster, s.Name)} {
+		if s.Generation == 0 && made[s.Name] {
+			continue
+		}
+		in := instanceOf(cluster, s.Name, s.Generation)
+		for _, v := range []string{in.disk, in.seed} {
 			if wanted[v] {
 				out = append(out, volumeToCreate(d.cfg, v))
 			}

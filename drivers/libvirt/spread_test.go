@@ -81,23 +81,26 @@ func TestSpreadOverHypervisors(t *testing.T) {
 	}
 	want := map[string]string{"spread-manager-1": uA, "spread-manager-2": uB, "spread-manager-3": uA, "spread-worker-1": uA, "spread-worker-2": uB}
 	// The scan answers at each domain's lease address with its pinned key,
-	// whichever hypervisor it is on.
+	// whichever hypervisor it is on (the second generation of a machine
+	// has the first's key here).
 	d.scan = func(ctx context.Context, addr string, port int) (string, error) {
 		for _, h := range d.hvs {
 			conn, _ := h.connect()
 			for _, s := range ms {
-				dom, err := conn.LookupDomainByName(DomainName(cluster, s.Name))
-				if err != nil {
-					continue
-				}
-				x, err := domainDesc(dom)
-				a := ""
-				if err == nil {
-					a = d.address(dom, ModeNetwork, x)
-				}
-				dom.Free()
-				if a == addr && port == 22 {
-					return s.HostKey.Public, nil
+				for _, name := range []string{DomainName(cluster, s.Name), DomainName(cluster, s.Name+"-g2")} {
+					dom, err := conn.LookupDomainByName(name)
+					if err != nil {
+						continue
+					}
+					x, err := domainDesc(dom)
+					a := ""
+					if err == nil {
+						a = d.address(dom, ModeNetwork, x)
+					}
+					dom.Free()
+					if a == addr && port == 22 {
+						return s.HostKey.Public, nil
+					}
 				}
 			}
 		}
@@ -165,6 +168,30 @@ func TestSpreadOverHypervisors(t *testing.T) {
 		if r.Name == DiskName(cluster, "spread-manager-2") && (r.Action != drivers.ResourceKeep || !strings.HasSuffix(r.Note, "on "+ZoneOf(uB))) {
 			t.Errorf("resource %+v", r)
 		}
+	}
+
+	// A machine's second generation goes to the hypervisor of its first,
+	// and is destroyed there by its tags alone, the first staying.
+	g2 := ms[1]
+	g2.Generation = 2
+	m2, err := d.Create(ctx, cluster, g2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m2.Zone != ZoneOf(uB) || drivers.GenerationOf(m2.Tags) != 2 {
+		t.Errorf("spread-manager-2's generation 2 in zone %q (tags %v), want %q", m2.Zone, m2.Tags, ZoneOf(uB))
+	}
+	if all, err := d.Machines(ctx, cluster); err != nil || len(all) != len(ms)+1 {
+		t.Errorf("Machines with a second generation: %d, %v", len(all), err)
+	}
+	if p, err = d.Placement(ctx, cluster, ms); err != nil || p.Machines["spread-manager-2"] != ZoneOf(uB) {
+		t.Errorf("placement with a second generation: %v %v", p.Machines, err)
+	}
+	if err := d.Destroy(ctx, drivers.Machine{Name: g2.Name, Tags: map[string]string{drivers.TagCluster: cluster, drivers.TagGeneration: "2"}}); err != nil {
+		t.Fatal(err)
+	}
+	if all, err := d.Machines(ctx, cluster); err != nil || len(all) != len(ms) {
+		t.Errorf("Machines after destroying the second generation: %d, %v", len(all), err)
 	}
 
 	// Hypervisor B stops answering: the listing fails rather than leave

@@ -57,6 +57,46 @@ func DiskName(cluster, machine string) string { return DomainName(cluster, machi
 // SeedName is the machine's NoCloud seed volume.
 func SeedName(cluster, machine string) string { return DomainName(cluster, machine) + "-seed.iso" }
 
+// instance names what generation gen of a machine is made of: the domain
+// and its two volumes are named after drivers.InstanceName, so the first
+// generation keeps the names machines had before generations existed
+// (provision-<cluster>-<machine>) and the next ones add "-g<gen>".
+type instance struct {
+	machine    string // the machine name (the guest's host name)
+	gen        int    // 1, 2, ...
+	domain     string
+	disk, seed string
+}
+
+func instanceOf(cluster, machine string, gen int) instance {
+	gen = max(1, gen)
+	n := drivers.InstanceName(machine, gen)
+	return instance{machine: machine, gen: gen, domain: DomainName(cluster, n), disk: DiskName(cluster, n), seed: SeedName(cluster, n)}
+}
+
+// volumeOf reports whether vol is the disk or seed volume of some
+// generation of machine.
+func volumeOf(cluster, machine, vol string) bool {
+	base := DomainName(cluster, machine)
+	rest, ok := strings.CutPrefix(vol, base)
+	if !ok {
+		return false
+	}
+	if r, ok := strings.CutSuffix(rest, ".qcow2"); ok {
+		rest = r
+	} else if r, ok := strings.CutSuffix(rest, "-seed.iso"); ok {
+		rest = r
+	} else {
+		return false
+	}
+	if rest == "" {
+		return true
+	}
+	g, ok := strings.CutPrefix(rest, "-g")
+	n, err := strconv.Atoi(g)
+	return ok && err == nil && n > 1 && strconv.Itoa(n) == g
+}
+
 // NetworkName is the network the driver creates for a cluster (network_cidr).
 func NetworkName(cluster string) string { return "provision-" + ClusterShort(cluster) }
 
@@ -87,6 +127,18 @@ func (m meta) tags() map[string]string {
 	return out
 }
 
+// generation is the generation of the machine the domain holds (1 when the
+// metadata records none: the first generation, and every domain defined
+// before generations existed).
+func (m meta) generation() int { return drivers.GenerationOf(m.tags()) }
+
+// owns reports whether the metadata is that of generation gen of the
+// cluster's machine name.
+func (m meta) owns(cluster, name string, gen int) bool {
+	t := m.tags()
+	return t[drivers.TagCluster] == cluster && t[drivers.TagMachine] == name && m.generation() == max(1, gen)
+}
+
 // marshal renders the element with the provision namespace, as libvirt
 // stores it inside <metadata>.
 func (m meta) marshal() (string, error) {
@@ -111,7 +163,10 @@ func parseMeta(s string) (meta, error) {
 	return m, nil
 }
 
-// newMeta is the metadata of a machine about to be defined.
+// newMeta is the metadata of a machine about to be defined. It names the
+// machine (not its generation's domain) and records the generation past
+// the first; a first generation's metadata has no generation tag, as
+// before generations existed.
 func newMeta(cluster string, want drivers.MachineSpec, mode string, sshPort, enginePort int) meta {
 	tags := maps.Clone(want.Tags)
 	if tags == nil {
@@ -119,6 +174,11 @@ func newMeta(cluster string, want drivers.MachineSpec, mode string, sshPort, eng
 	}
 	tags[drivers.TagCluster] = cluster
 	tags[drivers.TagMachine] = want.Name
+	if gen := max(1, want.Generation); gen > 1 {
+		tags[drivers.TagGeneration] = strconv.Itoa(gen)
+	} else {
+		delete(tags, drivers.TagGeneration)
+	}
 	if want.Role != "" {
 		tags[drivers.TagRole] = want.Role
 	}
