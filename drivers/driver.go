@@ -82,6 +82,29 @@ type Resourcer interface {
 	Resources(ctx context.Context, cluster string, want []MachineSpec) ([]Resource, error)
 }
 
+// InPlacer is implemented by drivers whose Info says Coexist but whose
+// configuration cannot let two generations of a machine reach each other
+// (libvirt's user-mode networking: every guest alone behind its own NAT at
+// the same address). ReplaceInPlace says why, "" when generations coexist:
+// plan and apply then replace that driver's machines in place, as for
+// drivers that reuse the host.
+type InPlacer interface {
+	ReplaceInPlace() string
+}
+
+// Coexists reports whether two generations of one of d's machines can be
+// members at once: its type says Coexist and, when d is known, it does not
+// ask for in-place replacement.
+func Coexists(info Info, d Driver) bool {
+	if !info.Coexist {
+		return false
+	}
+	if ip, ok := d.(InPlacer); ok && ip.ReplaceInPlace() != "" {
+		return false
+	}
+	return true
+}
+
 // DataPath is implemented by drivers whose network between machines cannot
 // carry all of the swarm's traffic. NoESP says why IPsec ESP (IP protocol
 // 50, the data path of an encrypted overlay network) between the driver's

@@ -361,6 +361,14 @@ func (l *loaded) observe(ctx context.Context, log *slog.Logger) plan.Observed {
 			}
 			obs.DriverSettings[name] = ms.MachineSettings()
 		}
+		if ip, ok := d.(drivers.InPlacer); ok {
+			if why := ip.ReplaceInPlace(); why != "" {
+				if obs.InPlace == nil {
+					obs.InPlace = map[string]string{}
+				}
+				obs.InPlace[name] = why
+			}
+		}
 		if pl, ok := d.(drivers.Placer); ok && len(wanted[name]) > 0 {
 			wg.Add(1)
 			go func() {

@@ -88,3 +88,14 @@ func volumeToCreate(c Config, name string) drivers.Resource {
 	}
 	return drivers.Resource{Kind: "volume", Name: name, Action: drivers.ResourceCreate, Note: note}
 }
+
+// ReplaceInPlace implements drivers.InPlacer: in user-mode networking every
+// guest sits alone behind its own NAT at the same address, so a machine's
+// next generation could not reach the swarm it is to join; it is replaced in
+// place instead.
+func (d *Driver) ReplaceInPlace() string {
+	if d.cfg.Mode == ModeUser {
+		return "libvirt user-mode networking: each guest is alone behind its own NAT"
+	}
+	return ""
+}

@@ -177,7 +177,7 @@ func retireLater(ctx context.Context, r *run, h *host, a plan.Action) error {
 	if db, ok := r.Spec.Driver(old.Driver); ok {
 		info, _ = drivers.Lookup(db.Type)
 	}
-	if a.Observed == nil && !info.Coexist {
+	if a.Observed == nil && !drivers.Coexists(info, r.Drivers[old.Driver]) {
 		r.note(h.rec.Name, "replacing: destroying the old machine (gone already)")
 		if err := r.destroyMachine(ctx, old.Machine, old.Gen()); err != nil {
 			return fmt.Errorf("destroy old machine: %w", err)
@@ -283,7 +283,7 @@ func machineSpec(r *run, h *host, a plan.Action, hk drivers.HostKey) drivers.Mac
 	// tag; the others have no use for it (and some turn every tag into a
 	// resource of its own).
 	if db, ok := r.Spec.Driver(a.Driver); ok {
-		if info, _ := drivers.Lookup(db.Type); info.Coexist {
+		if info, _ := drivers.Lookup(db.Type); drivers.Coexists(info, r.Drivers[a.Driver]) {
 			tags[drivers.TagGeneration] = strconv.Itoa(gen)
 		}
 	}

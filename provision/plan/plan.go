@@ -87,6 +87,10 @@ type Observed struct {
 	// Placement is, per driver name, where drivers that implement
 	// drivers.Placer put the spec's machines (zones.go).
 	Placement map[string]drivers.Placement
+	// InPlace is, per driver name, why a driver whose type holds two
+	// generations replaces its machines in place in this configuration
+	// (drivers.InPlacer).
+	InPlace map[string]string
 }
 
 // EngineView is one engine's word on its swarm membership.
@@ -333,8 +337,11 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 				a.Generation = rec.Gen() + 1
 				switch {
 				case observed == nil:
-				case info.Coexist || rec.Driver != pool.Driver:
+				case (info.Coexist && obs.InPlace[pool.Driver] == "") || rec.Driver != pool.Driver:
 					a.Reasons = append(a.Reasons, fmt.Sprintf("generation %d joins the swarm before generation %d leaves", a.Generation, rec.Gen()))
+				case info.Coexist:
+					a.InPlace = true
+					a.Reasons = append(a.Reasons, fmt.Sprintf("replaced in place (%s): it leaves the swarm first, then is made again and joins", obs.InPlace[pool.Driver]))
 				default:
 					a.InPlace = true
 					a.Reasons = append(a.Reasons, fmt.Sprintf("the %s driver reuses the host: it leaves the swarm first, then is made again and joins", info.Type))
