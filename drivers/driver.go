@@ -304,11 +304,11 @@ var (
 		{Type: "local", Honours: []string{"size"}, CheckSize: checkSize, Coexist: true},
 		// generic: existing hosts; replacing a live one reinstalls it in place.
 		{Type: "generic", NeedsHosts: true},
-		// libvirt, azure, digitalocean: Coexist once their Create, Machines
-		// and Destroy key machines by (name, generation).
+		// libvirt, digitalocean: Coexist once their Create, Machines and
+		// Destroy key machines by (name, generation), as aws and azure do.
 		{Type: "libvirt", MinDiskGiB: 4, DefaultGiB: 20, Honours: []string{"disk", "size"}, CheckSize: checkSize},
 		{Type: "aws", MinDiskGiB: 8, DefaultGiB: 20, Honours: []string{"disk", "size"}, Coexist: true},
-		{Type: "azure", MinDiskGiB: 30, DefaultGiB: 30, Honours: []string{"disk", "size"}},
+		{Type: "azure", MinDiskGiB: 30, DefaultGiB: 30, Honours: []string{"disk", "size"}, Coexist: true},
 		{Type: "digitalocean", MinDiskGiB: 25, DefaultGiB: 25, Honours: []string{"disk", "size"}},
 	}
 )
