@@ -332,9 +332,8 @@ var (
 		// the driver asks for in-place replacement: ReplaceInPlace).
 		{Type: "libvirt", MinDiskGiB: 4, DefaultGiB: 20, Honours: []string{"disk", "size"}, CheckSize: checkSize, Coexist: true},
 		{Type: "aws", MinDiskGiB: 8, DefaultGiB: 20, Honours: []string{"disk", "size"}, Coexist: true},
-		// azure: Coexist once its Create, Machines and Destroy key machines
-		// by (name, generation).
-		{Type: "azure", MinDiskGiB: 30, DefaultGiB: 30, Honours: []string{"disk", "size"}},
+		// azure: each generation a VM with its own NIC, public IP and disk.
+		{Type: "azure", MinDiskGiB: 30, DefaultGiB: 30, Honours: []string{"disk", "size"}, Coexist: true},
 		// digitalocean: each generation a droplet with its own volume.
 		{Type: "digitalocean", MinDiskGiB: 25, DefaultGiB: 25, Honours: []string{"disk", "size"}, Coexist: true},
 	}

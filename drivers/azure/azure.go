@@ -38,6 +38,11 @@
 // per VM a NIC, a Standard static public IP (unless public_ip = false) and the
 // OS disk. Destroy removes a VM with its NIC, IP and disk; Teardown removes
 // the VNet and NSG, or the whole resource group when the driver made it.
+//
+// A replaced machine's next generation is a VM of its own beside the old
+// one: generation g > 1 of machine m is the VM "m-g<g>" with "m-g<g>-nic",
+// "m-g<g>-ip" and "m-g<g>-osdisk", tagged provision-generation=<g>; its host
+// name and machine tag stay m. The first generation keeps the plain names.
 package azure
 
 import (
@@ -297,13 +302,31 @@ func nsgName(cluster string) string  { return "provision-" + cluster + "-nsg" }
 
 const subnetName = "swarm"
 
-func nicName(machine string) string  { return machine + "-nic" }
-func pipName(machine string) string  { return machine + "-ip" }
-func diskName(machine string) string { return machine + "-osdisk" }
+// A VM's own resources, named after the VM: drivers.InstanceName(machine,
+// generation), which is the machine name for the first generation.
+func nicName(vm string) string  { return vm + "-nic" }
+func pipName(vm string) string  { return vm + "-ip" }
+func diskName(vm string) string { return vm + "-osdisk" }
 
-// lockName serializes Create calls for one machine name within this process;
-// across processes the lookup by name before the create keeps Create
-// idempotent (names are unique in a resource group).
+// maxVMName is the longest name Azure accepts for a Linux VM. Machine
+// names have at most 63 characters, so only a later generation's suffix
+// can pass it.
+const maxVMName = 64
+
+// checkVMName refuses a machine whose generation's VM name Azure would
+// refuse, before anything is made for it.
+func checkVMName(want drivers.MachineSpec) error {
+	gen := max(1, want.Generation)
+	if n := drivers.InstanceName(want.Name, gen); len(n) > maxVMName {
+		return fmt.Errorf("vm name %q (generation %d of machine %q) has %d characters, Azure accepts at most %d for a Linux VM: shorten the cluster or pool name", n, gen, want.Name, len(n), maxVMName)
+	}
+	return nil
+}
+
+// lockName serializes Create calls for one VM (machine name and generation,
+// as drivers.InstanceName) within this process; across processes the lookup
+// by name before the create keeps Create idempotent (names are unique in a
+// resource group).
 func (d *Driver) lockName(cluster, name string) func() { return d.names.Lock(cluster, name) }
 
 // clusterTags returns the tag set of a shared resource of the cluster.

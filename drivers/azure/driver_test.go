@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -743,5 +744,149 @@ func TestAdoptWaitsForProvisioning(t *testing.T) {
 	}
 	if n := b.Calls("VirtualMachinesClient.BeginCreateOrUpdate"); n != 1 {
 		t.Errorf("VM creates: %d", n)
+	}
+}
+
+// TestGenerationsCoexist: a replaced machine's next generation is a second
+// VM of the same machine name ("<name>-g2" with its own NIC, public IP and
+// OS disk, host name and machine tag unchanged, same zone), found, adopted
+// and destroyed by name and generation without touching the first; both
+// sit in the load balancer's pool while they coexist; the first
+// generation's names and tags are as before generations.
+func TestGenerationsCoexist(t *testing.T) {
+	b := azuretest.New()
+	d := testDriver(t, b, allowed)
+	ctx := testCtx(t)
+	cluster := drivertest.ClusterID(t)
+	rg := d.resourceGroup(cluster)
+
+	g1 := spec(t, cluster, "manager", 2)
+	g1.Generation = 1
+	g1.Tags[drivers.TagGeneration] = "1" // what apply sends a Coexist driver
+	name := g1.Name
+	m1, err := d.Create(ctx, cluster, g1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm1, _ := b.VM(rg, name)
+	if vm1 == nil || vm1.Tags[drivers.TagGeneration] != nil || drivers.GenerationOf(m1.Tags) != 1 || m1.Name != name ||
+		deref(vm1.Properties.StorageProfile.OSDisk.Name) != name+"-osdisk" {
+		t.Fatalf("generation 1: %+v (vm %+v)", m1, vm1)
+	}
+
+	g2 := g1
+	g2.Generation = 2
+	g2.Tags = maps.Clone(g1.Tags)
+	g2.Tags[drivers.TagGeneration] = "2"
+	m2, err := d.Create(ctx, cluster, g2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m1.ID == m2.ID || m2.Name != name || drivers.GenerationOf(m2.Tags) != 2 || m2.Tags[drivers.TagMachine] != name ||
+		m2.Zone != m1.Zone || m2.Zone != "2" || m2.Address == m1.Address || m2.PrivateAddress == m1.PrivateAddress {
+		t.Fatalf("generation 2 %+v, generation 1 %+v", m2, m1)
+	}
+	vm2, _ := b.VM(rg, name+"-g2")
+	if vm2 == nil {
+		t.Fatalf("no vm %s-g2 in the backend: %v", name, b.Owned(cluster))
+	}
+	if p := vm2.Properties; deref(p.OSProfile.ComputerName) != name || deref(p.StorageProfile.OSDisk.Name) != name+"-g2-osdisk" ||
+		deref(vm2.Tags[drivers.TagGeneration]) != "2" || deref(vm2.Tags[drivers.TagMachine]) != name {
+		t.Errorf("generation 2 vm: host name %q, disk %q, tags %v", deref(p.OSProfile.ComputerName), deref(p.StorageProfile.OSDisk.Name), tagMap(vm2.Tags))
+	}
+	gen1 := []string{"disk " + name + "-osdisk", "nic " + name + "-nic", "public-ip " + name + "-ip", "vm " + name}
+	gen2 := []string{"disk " + name + "-g2-osdisk", "nic " + name + "-g2-nic", "public-ip " + name + "-g2-ip", "vm " + name + "-g2"}
+	owned := b.Owned(cluster)
+	for _, r := range append(slices.Clone(gen1), gen2...) {
+		if !slices.Contains(owned, r) {
+			t.Errorf("%s missing: %v", r, owned)
+		}
+	}
+
+	// Create is idempotent per generation.
+	if again, err := d.Create(ctx, cluster, g2); err != nil || again.ID != m2.ID {
+		t.Fatalf("Create of generation 2 again: %v %s (want %s)", err, again.ID, m2.ID)
+	}
+	if again, err := d.Create(ctx, cluster, g1); err != nil || again.ID != m1.ID {
+		t.Fatalf("Create of generation 1 again: %v %s (want %s)", err, again.ID, m1.ID)
+	}
+	ms, err := d.Machines(ctx, cluster)
+	if err != nil || len(ms) != 2 || ms[0].ID != m1.ID || ms[1].ID != m2.ID || ms[0].Name != name || ms[1].Name != name ||
+		drivers.GenerationOf(ms[1].Tags) != 2 || ms[1].Tags[drivers.TagGeneration] != "2" {
+		t.Fatalf("Machines: %v %+v", err, ms)
+	}
+	if p, err := d.Placement(ctx, cluster, []drivers.MachineSpec{g1}); err != nil || p.Machines[name] != "2" {
+		t.Errorf("Placement: %+v %v", p, err)
+	}
+	// Both generations' NICs serve behind the balancer while they coexist.
+	if st, err := d.SyncPorts(ctx, cluster, published(nil, 80)); err != nil || st.Targets != 2 {
+		t.Fatalf("SyncPorts with two generations: %+v %v", st, err)
+	}
+
+	// Destroy generation 1 by tags alone (no ID): generation 2 stays whole.
+	if err := d.Destroy(ctx, drivers.Machine{Name: name, Tags: map[string]string{drivers.TagCluster: cluster, drivers.TagGeneration: "1"}}); err != nil {
+		t.Fatal(err)
+	}
+	owned = b.Owned(cluster)
+	for _, r := range gen1 {
+		if slices.Contains(owned, r) {
+			t.Errorf("%s left after destroying generation 1: %v", r, owned)
+		}
+	}
+	for _, r := range gen2 {
+		if !slices.Contains(owned, r) {
+			t.Errorf("%s gone with generation 1: %v", r, owned)
+		}
+	}
+	ms, err = d.Machines(ctx, cluster)
+	if err != nil || len(ms) != 1 || ms[0].ID != m2.ID || ms[0].Name != name || ms[0].State != "running" {
+		t.Fatalf("after destroying generation 1: %v %+v (generation 2 is %s)", err, ms, m2.ID)
+	}
+	if st, err := d.SyncPorts(ctx, cluster, published(nil, 80)); err != nil || st.Targets != 1 {
+		t.Fatalf("SyncPorts after generation 1 left: %+v %v", st, err)
+	}
+	// Plan sees the machine's address in generation 2's.
+	rs, err := d.Resources(ctx, cluster, []drivers.MachineSpec{g1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rs {
+		if r.Kind == "public-ip" && r.Action == drivers.ResourceCreate {
+			t.Errorf("plan would create %s though %s-g2-ip serves the machine", r.Name, name)
+		}
+	}
+
+	// A generation whose VM name Azure would refuse (Linux: 64 characters)
+	// is refused by Preflight and Create before anything is made.
+	long := g2
+	long.Name = strings.Repeat("c", 63-len("-manager-2")) + "-manager-2"
+	long.Tags = maps.Clone(g2.Tags)
+	long.Tags[drivers.TagMachine] = long.Name
+	before := b.Owned(cluster)
+	if err := d.Preflight(ctx, []drivers.MachineSpec{long}); err == nil || !strings.Contains(err.Error(), "at most 64") {
+		t.Errorf("Preflight of a 66-character vm name: %v", err)
+	}
+	if _, err := d.Create(ctx, cluster, long); err == nil || !strings.Contains(err.Error(), "at most 64") {
+		t.Errorf("Create of a 66-character vm name: %v", err)
+	}
+	if now := b.Owned(cluster); !slices.Equal(now, before) {
+		t.Errorf("a refused create made %v", now)
+	}
+
+	// Generation 2 by tags alone too; then nothing of the cluster is left.
+	if err := d.RemoveBalancer(ctx, cluster); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Destroy(ctx, drivers.Machine{Name: name, Tags: map[string]string{drivers.TagCluster: cluster, drivers.TagGeneration: "2"}}); err != nil {
+		t.Fatal(err)
+	}
+	if ms, err := d.Machines(ctx, cluster); err != nil || len(ms) != 0 {
+		t.Fatalf("after destroying generation 2: %v %+v", err, ms)
+	}
+	if err := d.Teardown(ctx, cluster); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.Count(); n != 0 {
+		t.Errorf("%d resources left in the backend: %v", n, b.Owned(cluster))
 	}
 }

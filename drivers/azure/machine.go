@@ -1,6 +1,7 @@
 package azure
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -24,38 +25,53 @@ import (
 const maxCustomData = 87380
 
 // Create makes one VM with its public IP and NIC, or returns the one
-// already in the cluster's resource group under this name (started when
-// stopped). A VM whose creation failed in Azure (provisioning state Failed)
-// is deleted and made again.
+// already in the cluster's resource group for this machine name and
+// generation (started when stopped). A VM whose creation failed in Azure
+// (provisioning state Failed) is deleted and made again.
+//
+// Generation gen of machine name is the VM drivers.InstanceName(name, gen)
+// with its NIC, public IP and OS disk named after it ("<name>-g2-nic", ...):
+// the first generation keeps the plain names, and a replaced machine's
+// successor exists beside it. The guest's host name and the machine tag
+// stay the machine name; the VM (and its NIC, IP and disk) carry the
+// generation tag past the first.
 func (d *Driver) Create(ctx context.Context, cluster string, want drivers.MachineSpec) (drivers.Machine, error) {
 	if cluster == "" || want.Name == "" {
 		return drivers.Machine{}, errors.New("create vm: cluster and machine name are required")
 	}
-	defer d.lockName(cluster, want.Name)()
+	if err := checkVMName(want); err != nil {
+		return drivers.Machine{}, fmt.Errorf("create vm: %w", err)
+	}
+	gen := max(1, want.Generation)
+	vmName := drivers.InstanceName(want.Name, gen)
+	defer d.lockName(cluster, vmName)()
 	cli, err := d.clients(ctx)
 	if err != nil {
 		return drivers.Machine{}, err
 	}
 	rg := d.resourceGroup(cluster)
 
-	vm, err := d.getVM(ctx, cli, rg, want.Name)
+	vm, err := d.getVM(ctx, cli, rg, vmName)
 	if err != nil {
-		return drivers.Machine{}, fmt.Errorf("find vm %q: %w", want.Name, err)
+		return drivers.Machine{}, fmt.Errorf("find vm %q: %w", vmName, err)
 	}
 	if vm != nil {
 		if !ownedBy(vm.Tags, cluster) {
-			return drivers.Machine{}, fmt.Errorf("vm %q exists in resource group %q without the tag %s=%s; remove or rename it", want.Name, rg, drivers.TagCluster, cluster)
+			return drivers.Machine{}, fmt.Errorf("vm %q exists in resource group %q without the tag %s=%s; remove or rename it", vmName, rg, drivers.TagCluster, cluster)
+		}
+		if have := drivers.GenerationOf(tagMap(vm.Tags)); have != gen {
+			return drivers.Machine{}, fmt.Errorf("vm %q exists in resource group %q as generation %d of machine %q, not generation %d; remove or rename it", vmName, rg, have, deref(vm.Tags[drivers.TagMachine]), gen)
 		}
 		if vm, err = d.settled(ctx, cli, rg, vm); err != nil {
 			return drivers.Machine{}, err
 		}
 		if provisioningState(vm) == "failed" {
-			d.log.WarnContext(ctx, "vm failed to provision earlier; deleting it to create it again", "cluster", cluster, "host", want.Name)
-			if err := d.destroyVM(ctx, cli, rg, want.Name, cluster); err != nil {
-				return drivers.Machine{}, fmt.Errorf("replace failed vm %q: %w", want.Name, err)
+			d.log.WarnContext(ctx, "vm failed to provision earlier; deleting it to create it again", "cluster", cluster, "host", want.Name, "generation", gen)
+			if err := d.destroyVM(ctx, cli, rg, vmName, cluster); err != nil {
+				return drivers.Machine{}, fmt.Errorf("replace failed vm %q: %w", vmName, err)
 			}
 		} else {
-			d.log.InfoContext(ctx, "adopting existing vm", "cluster", cluster, "host", want.Name, "vm", deref(vm.ID), "state", powerState(vm))
+			d.log.InfoContext(ctx, "adopting existing vm", "cluster", cluster, "host", want.Name, "generation", gen, "vm", deref(vm.ID), "state", powerState(vm))
 			return d.startAndDescribe(ctx, cli, rg, vm)
 		}
 	}
@@ -77,6 +93,7 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	if err != nil {
 		return drivers.Machine{}, fmt.Errorf("create vm %q: %w", want.Name, err)
 	}
+	// By the machine name: every generation of a machine goes to the same zone.
 	zone := pickZone(zones, want.Name)
 	disk := want.DiskGiB
 	if disk == 0 {
@@ -89,6 +106,9 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	}
 
 	small := map[string]*string{drivers.TagCluster: ptr(cluster), drivers.TagMachine: ptr(want.Name)}
+	if gen > 1 {
+		small[drivers.TagGeneration] = ptr(strconv.Itoa(gen))
+	}
 	var zoneList []*string
 	if zone != "" {
 		zoneList = []*string{ptr(zone)}
@@ -98,8 +118,8 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	// them and the VM is resumed by the next Create.
 	var pip *armnetwork.PublicIPAddress
 	if d.cfg.PublicIP {
-		out, err := wait(ctx, d, waitResource, "public ip "+pipName(want.Name), func(ctx context.Context) (*runtime.Poller[armnetwork.PublicIPAddressesClientCreateOrUpdateResponse], error) {
-			return cli.pips.BeginCreateOrUpdate(ctx, rg, pipName(want.Name), armnetwork.PublicIPAddress{
+		out, err := wait(ctx, d, waitResource, "public ip "+pipName(vmName), func(ctx context.Context) (*runtime.Poller[armnetwork.PublicIPAddressesClientCreateOrUpdateResponse], error) {
+			return cli.pips.BeginCreateOrUpdate(ctx, rg, pipName(vmName), armnetwork.PublicIPAddress{
 				Location: ptr(d.cfg.Location),
 				Tags:     small,
 				Zones:    zoneList,
@@ -123,8 +143,8 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	if pip != nil {
 		ipcfg.PublicIPAddress = &armnetwork.PublicIPAddress{ID: pip.ID}
 	}
-	nicOut, err := wait(ctx, d, waitResource, "network interface "+nicName(want.Name), func(ctx context.Context) (*runtime.Poller[armnetwork.InterfacesClientCreateOrUpdateResponse], error) {
-		return cli.nics.BeginCreateOrUpdate(ctx, rg, nicName(want.Name), armnetwork.Interface{
+	nicOut, err := wait(ctx, d, waitResource, "network interface "+nicName(vmName), func(ctx context.Context) (*runtime.Poller[armnetwork.InterfacesClientCreateOrUpdateResponse], error) {
+		return cli.nics.BeginCreateOrUpdate(ctx, rg, nicName(vmName), armnetwork.Interface{
 			Location: ptr(d.cfg.Location),
 			Tags:     small,
 			Properties: &armnetwork.InterfacePropertiesFormat{
@@ -150,6 +170,12 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	if want.Pool != "" {
 		tags[drivers.TagPool] = ptr(want.Pool)
 	}
+	// The first generation's tags stay as they were before generations
+	// (no generation tag: GenerationOf reads its absence as 1).
+	delete(tags, drivers.TagGeneration)
+	if gen > 1 {
+		tags[drivers.TagGeneration] = ptr(strconv.Itoa(gen))
+	}
 	tags[TagHostKey] = ptr(strings.TrimSpace(want.HostKey.Public))
 	tags[TagUser] = ptr(want.SSH.User)
 	tags[TagZone] = ptr(zone)
@@ -164,7 +190,7 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 			StorageProfile: &armcompute.StorageProfile{
 				ImageReference: &armcompute.ImageReference{Publisher: ptr(img.Publisher), Offer: ptr(img.Offer), SKU: ptr(img.SKU), Version: ptr(img.Version)},
 				OSDisk: &armcompute.OSDisk{
-					Name:         ptr(diskName(want.Name)),
+					Name:         ptr(diskName(vmName)),
 					CreateOption: ptr(armcompute.DiskCreateOptionTypesFromImage),
 					DiskSizeGB:   ptr(int32(disk)),
 					Caching:      ptr(armcompute.CachingTypesReadWrite),
@@ -192,21 +218,21 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 			DiagnosticsProfile: &armcompute.DiagnosticsProfile{BootDiagnostics: &armcompute.BootDiagnostics{Enabled: ptr(true)}},
 		},
 	}
-	out, err := wait(ctx, d, waitVM, "vm "+want.Name, func(ctx context.Context) (*runtime.Poller[armcompute.VirtualMachinesClientCreateOrUpdateResponse], error) {
-		return cli.vms.BeginCreateOrUpdate(ctx, rg, want.Name, params, nil)
+	out, err := wait(ctx, d, waitVM, "vm "+vmName, func(ctx context.Context) (*runtime.Poller[armcompute.VirtualMachinesClientCreateOrUpdateResponse], error) {
+		return cli.vms.BeginCreateOrUpdate(ctx, rg, vmName, params, nil)
 	})
 	if err != nil {
-		return drivers.Machine{}, fmt.Errorf("create vm %q (%s, %s, zone %q): %w", want.Name, size, img, zone, d.explain(err))
+		return drivers.Machine{}, fmt.Errorf("create vm %q (%s, %s, zone %q): %w", vmName, size, img, zone, d.explain(err))
 	}
-	d.log.InfoContext(ctx, "created vm", "cluster", cluster, "host", want.Name, "vm", deref(out.ID), "size", size, "image", img.String(), "zone", zone)
+	d.log.InfoContext(ctx, "created vm", "cluster", cluster, "host", want.Name, "generation", gen, "vm", deref(out.ID), "size", size, "image", img.String(), "zone", zone)
 
 	// The OS disk is made by the VM create, which cannot tag it: tag it now
 	// so that everything of the cluster carries its tag. It goes with the
 	// VM (delete option), so a failure here is only logged.
-	if _, err := wait(ctx, d, waitResource, "disk "+diskName(want.Name), func(ctx context.Context) (*runtime.Poller[armcompute.DisksClientUpdateResponse], error) {
-		return cli.disks.BeginUpdate(ctx, rg, diskName(want.Name), armcompute.DiskUpdate{Tags: maps.Clone(small)}, nil)
+	if _, err := wait(ctx, d, waitResource, "disk "+diskName(vmName), func(ctx context.Context) (*runtime.Poller[armcompute.DisksClientUpdateResponse], error) {
+		return cli.disks.BeginUpdate(ctx, rg, diskName(vmName), armcompute.DiskUpdate{Tags: maps.Clone(small)}, nil)
 	}); err != nil {
-		d.log.WarnContext(ctx, "could not tag the vm's os disk", "host", want.Name, "disk", diskName(want.Name), "err", d.explain(err))
+		d.log.WarnContext(ctx, "could not tag the vm's os disk", "host", want.Name, "disk", diskName(vmName), "err", d.explain(err))
 	}
 	return d.describe(ctx, cli, &out.VirtualMachine, nic, pip, "running")
 }
@@ -374,7 +400,8 @@ func (d *Driver) machine(vm *armcompute.VirtualMachine, nic *armnetwork.Interfac
 		m.Zone = deref(vm.Zones[0])
 	}
 	if m.Name == "" {
-		m.Name = deref(vm.Name)
+		// No machine tag: the VM's name less its generation suffix.
+		m.Name = strings.TrimSuffix(deref(vm.Name), drivers.InstanceName("", drivers.GenerationOf(tags)))
 	}
 	if d.cfg.PublicIP && public != "" {
 		m.Address = public
@@ -413,7 +440,8 @@ func statusPower(ss []*armcompute.InstanceViewStatus) string {
 }
 
 // Machines lists the cluster's VMs in its resource group, with addresses
-// and power state.
+// and power state: every generation of a machine, each under the machine
+// name with its generation tag, ordered by name and then generation.
 func (d *Driver) Machines(ctx context.Context, cluster string) ([]drivers.Machine, error) {
 	cli, err := d.clients(ctx)
 	if err != nil {
@@ -460,7 +488,12 @@ func (d *Driver) Machines(ctx context.Context, cluster string) ([]drivers.Machin
 		}
 		ms = append(ms, d.machine(vm, nic, pip, state))
 	}
-	sort.Slice(ms, func(i, j int) bool { return ms[i].Name < ms[j].Name })
+	sort.SliceStable(ms, func(i, j int) bool {
+		if ms[i].Name != ms[j].Name {
+			return ms[i].Name < ms[j].Name
+		}
+		return drivers.GenerationOf(ms[i].Tags) < drivers.GenerationOf(ms[j].Tags)
+	})
 	return ms, nil
 }
 
@@ -505,13 +538,18 @@ func (d *Driver) powerStates(ctx context.Context, cli *clients) map[string]strin
 // Destroy deletes the VM and then its NIC, public IP and OS disk (which
 // normally go with it: their delete option is Delete; they are removed
 // here too when a create stopped half way). Already gone counts as success.
+// Without an ID the VM is generation GenerationOf(m.Tags) of the machine
+// (m.Name, else its machine tag): the other generations stay.
 func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
 	cli, err := d.clients(ctx)
 	if err != nil {
 		return err
 	}
 	cluster := m.Tags[drivers.TagCluster]
-	rg, name := "", m.Name
+	rg, name := "", ""
+	if machine := cmp.Or(m.Name, m.Tags[drivers.TagMachine]); machine != "" {
+		name = drivers.InstanceName(machine, drivers.GenerationOf(m.Tags))
+	}
 	if m.ID != "" {
 		id, err := arm.ParseResourceID(m.ID)
 		if err != nil {

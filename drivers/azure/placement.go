@@ -13,7 +13,9 @@ var _ drivers.Placer = (*Driver)(nil)
 // Placement says which availability zone each VM is in (its zone tag) or
 // will get: pickZone over the zones the location offers for its size (or
 // the block's zones). A location or size without zones gives none. It
-// changes nothing.
+// changes nothing. While two generations of a machine exist, the newest
+// one's zone is shown (pickZone gives both the same one unless the zones
+// changed between them).
 func (d *Driver) Placement(ctx context.Context, cluster string, want []drivers.MachineSpec) (drivers.Placement, error) {
 	cli, err := d.clients(ctx)
 	if err != nil {
@@ -24,6 +26,7 @@ func (d *Driver) Placement(ctx context.Context, cluster string, want []drivers.M
 	if err != nil {
 		return drivers.Placement{}, err
 	}
+	// Machines lists generations oldest first: the newest one's zone stays.
 	for _, m := range have {
 		if m.Zone != "" {
 			p.Machines[m.Name] = m.Zone

@@ -164,7 +164,8 @@ func (d *Driver) checkImage(ctx context.Context, cli *clients) error {
 // credentials and subscription, the location, each VM size (offered to the
 // subscription, its zones, Premium disks, the image's generation and
 // architecture), the image, the named resource group, the allowed CIDRs,
-// each machine's user-data, and the regional and family vCPU quotas. All
+// each machine's VM name (a later generation's suffix can make it too long)
+// and user-data, and the regional and family vCPU quotas. All
 // problems are reported together.
 func (d *Driver) Preflight(ctx context.Context, want []drivers.MachineSpec) error {
 	cli, err := d.clients(ctx)
@@ -199,6 +200,9 @@ func (d *Driver) Preflight(ctx context.Context, want []drivers.MachineSpec) erro
 	total := 0
 	seen := map[string]bool{}
 	for _, m := range want {
+		if err := checkVMName(m); err != nil {
+			errs = append(errs, err)
+		}
 		if ud, err := drivers.UserData(m); err != nil {
 			errs = append(errs, fmt.Errorf("machine %q: %w", m.Name, err))
 		} else if n := base64.StdEncoding.EncodedLen(len(ud)); n > maxCustomData {

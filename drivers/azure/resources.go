@@ -74,6 +74,11 @@ func (d *Driver) Resources(ctx context.Context, cluster string, want []drivers.M
 				continue
 			}
 			have[deref(p.Name)] = true
+			// Any generation's address counts for the machine's: a
+			// replaced machine's successor has "<name>-g<gen>-ip".
+			if m := deref(p.Tags[drivers.TagMachine]); m != "" {
+				have[pipName(m)] = true
+			}
 			r := drivers.Resource{Kind: "public-ip", Name: deref(p.Name), ID: deref(p.ID), Action: drivers.ResourceKeep}
 			if p.Properties != nil && p.Properties.IPAddress != nil {
 				r.Note = *p.Properties.IPAddress
