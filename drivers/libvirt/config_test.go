@@ -165,3 +165,23 @@ func TestSpecRefusesBadSize(t *testing.T) {
 		t.Fatalf("1cpu-512m: %v", diags)
 	}
 }
+
+// TestReplaceInPlace: in user-mode networking two generations of a machine
+// could not reach each other, so the driver asks for in-place replacement;
+// on a network they can, it does not.
+func TestReplaceInPlace(t *testing.T) {
+	c, diags := decode(t, "image = \"debian.qcow2\"\nuser_network = true\n")
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	if why := (&Driver{cfg: c}).ReplaceInPlace(); !strings.Contains(why, "user-mode") {
+		t.Errorf("user-mode networking: %q", why)
+	}
+	c, diags = decode(t, "image = \"debian.qcow2\"\nnetwork = \"lab\"\n")
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	if why := (&Driver{cfg: c}).ReplaceInPlace(); why != "" {
+		t.Errorf("an existing network: %q", why)
+	}
+}

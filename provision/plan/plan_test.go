@@ -525,3 +525,36 @@ workers { count = 5 }
 		t.Errorf("notes without a recorded swarm: %q", p.Notes)
 	}
 }
+
+// TestReplaceInPlaceWhenDriverSaysSo: a driver type that holds two
+// generations (libvirt) replaces in place when its configuration says the
+// generations could not reach each other (drivers.InPlacer via Observed).
+func TestReplaceInPlaceWhenDriverSaysSo(t *testing.T) {
+	src := func(size string) string {
+		return fmt.Sprintf("name = \"v\"\ndriver \"libvirt\" {\n  image = \"debian.qcow2\"\n  user_network = true\n}\nmanagers {\n  count = 1\n  size = %q\n}\n", size)
+	}
+	c := cluster(t, src("2cpu-2g"))
+	st, obs := converged(c)
+	c2 := cluster(t, src("2cpu-4g"))
+	for _, c := range []struct {
+		inPlace string
+		want    bool
+		reason  string
+	}{
+		{"", false, "generation 2 joins the swarm before generation 1 leaves"},
+		{"user-mode networking", true, "replaced in place (user-mode networking)"},
+	} {
+		obs.InPlace = map[string]string{}
+		if c.inPlace != "" {
+			obs.InPlace["libvirt"] = c.inPlace
+		}
+		p := Build(c2, st, obs)
+		if len(p.Actions) != 1 || p.Actions[0].Kind != Replace {
+			t.Fatalf("actions %s", kinds(p))
+		}
+		a := p.Actions[0]
+		if a.InPlace != c.want || !strings.Contains(strings.Join(a.Reasons, "; "), c.reason) {
+			t.Errorf("in place %v (reasons %q), want %v with %q", a.InPlace, a.Reasons, c.want, c.reason)
+		}
+	}
+}
