@@ -212,6 +212,26 @@ type watch struct {
 	lowManagersAt, lowTaskAt string
 	lowTasks                 string // the service's tasks at the lowest sample
 	fed                      map[string]bool
+	// A round in which no manager answered at all (every call timed out
+	// or was refused: a loaded machine, or every manager down) is not a
+	// sample; the longest run of such rounds is kept and judged apart.
+	// A manager that answers that the swarm has no leader is a sample
+	// with no reachable manager.
+	silentSince time.Time
+	maxSilence  time.Duration
+}
+
+// checkManagers fails the test when the raft lost its majority during the
+// watch: fewer than want reachable managers in a sample, or no manager
+// answering at all for longer than a loaded machine explains.
+func (w *watch) checkManagers(t *testing.T, want int) {
+	t.Helper()
+	if w.minManagers < want {
+		t.Errorf("only %d reachable managers at %s", w.minManagers, w.lowManagersAt)
+	}
+	if w.maxSilence > time.Minute {
+		t.Errorf("no manager answered for %s", w.maxSilence.Round(time.Second))
+	}
 }
 
 func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
@@ -267,6 +287,7 @@ func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
 			}
 			// Sample through the first manager that answers.
 			reach, running, asked, tasks := 0, 0, false, ""
+			noLeader := false
 			for addr, name := range addrs {
 				e := conn(addr, name)
 				if e == nil {
@@ -274,6 +295,9 @@ func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
 				}
 				c, cancel := context.WithTimeout(wctx, 2*time.Second)
 				nodes, err := e.Nodes(c)
+				if err != nil && strings.Contains(err.Error(), "does not have a leader") {
+					noLeader = true
+				}
 				if err == nil {
 					for _, n := range nodes {
 						if n.ManagerStatus != nil && n.ManagerStatus.Reachability == dswarm.ReachabilityReachable {
@@ -297,6 +321,19 @@ func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
 				return
 			}
 			w.mu.Lock()
+			if !asked && !noLeader {
+				if w.silentSince.IsZero() {
+					w.silentSince = time.Now()
+				}
+				w.maxSilence = max(w.maxSilence, time.Since(w.silentSince))
+				w.mu.Unlock()
+				select {
+				case <-wctx.Done():
+				case <-time.After(250 * time.Millisecond):
+				}
+				continue
+			}
+			w.silentSince = time.Time{}
 			w.samples++
 			now := time.Now().Format(time.TimeOnly)
 			if reach < w.minManagers {
@@ -633,11 +670,9 @@ func (d *day2) roll(t *testing.T, ctx context.Context, variable, value, role str
 	w := d.watch(t, ctx)
 	r := mustProvision(t, ctx, nil, d.args("apply", "--auto-approve", "--json")...)
 	w.end()
-	t.Logf("%s roll: %d samples, fewest reachable managers %d (at %s), fewest running tasks %d (at %s), apply %s",
-		role, w.samples, w.minManagers, w.lowManagersAt, w.minRunning, w.lowTaskAt, r.took.Round(time.Second))
-	if w.minManagers < 2 {
-		t.Errorf("only %d reachable managers at %s", w.minManagers, w.lowManagersAt)
-	}
+	t.Logf("%s roll: %d samples, fewest reachable managers %d (at %s), fewest running tasks %d (at %s), longest time no manager answered %s, apply %s",
+		role, w.samples, w.minManagers, w.lowManagersAt, w.minRunning, w.lowTaskAt, w.maxSilence.Round(time.Millisecond), r.took.Round(time.Second))
+	w.checkManagers(t, 2)
 	// Workers: no task lost, only the one a drained node moves is away at
 	// any time. Managers: their tasks move too, and the leader's demotion
 	// (last) leaves nodes Unknown for a moment; the service never stops.
