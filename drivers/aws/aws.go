@@ -43,6 +43,8 @@ import (
 	"time"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
+	awsretry "github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
@@ -146,9 +148,10 @@ func (d *Driver) ec2Client(ctx context.Context) (*ec2.Client, error) {
 	if d.cfg.Profile != "" {
 		loadOpts = append(loadOpts, config.WithSharedConfigProfile(d.cfg.Profile))
 	}
-	// The SDK's standard retryer backs off on throttling and transient errors;
-	// give it a few more attempts than its default three for large clusters.
-	loadOpts = append(loadOpts, config.WithRetryMaxAttempts(8))
+	// The SDK's standard retryer backs off on throttling and transient
+	// errors, for every client made from this configuration (EC2, ELBv2,
+	// IAM, CloudWatch Logs); see newRetryer.
+	loadOpts = append(loadOpts, config.WithRetryer(func() awssdk.Retryer { return newRetryer(awsretry.DefaultMaxBackoff) }))
 	// The SDK's own warnings go to our log, not straight to stderr.
 	loadOpts = append(loadOpts, config.WithLogger(logging.LoggerFunc(func(c logging.Classification, format string, v ...any) {
 		d.log.Debug("aws sdk: "+fmt.Sprintf(format, v...), "class", string(c))
@@ -215,4 +218,22 @@ func (d *Driver) lockName(cluster, name string) func() { return d.names.Lock(clu
 // clusterTags returns the base tag set for a shared resource of the cluster.
 func clusterTags(cluster, name string) map[string]string {
 	return map[string]string{drivers.TagCluster: cluster, tagName: name}
+}
+
+// retryAttempts is how many times one AWS call is tried under throttling or
+// transient errors (the SDK's default is 3).
+const retryAttempts = 12
+
+// newRetryer is the SDK's standard retryer (exponential backoff with jitter,
+// up to maxBackoff between attempts) with more attempts and without its
+// client-side retry quota: the quota (a 500-token bucket, 5 a retry, shared
+// by every call of a client) runs dry after about a hundred throttled calls,
+// and then fails calls without trying them, which a fleet's creates under
+// sustained throttling would meet. The backoff alone paces the retries.
+func newRetryer(maxBackoff time.Duration) awssdk.Retryer {
+	return awsretry.NewStandard(func(o *awsretry.StandardOptions) {
+		o.MaxAttempts = retryAttempts
+		o.MaxBackoff = maxBackoff
+		o.RateLimiter = ratelimit.None
+	})
 }

@@ -7,8 +7,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	awsretry "github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/smithy-go"
@@ -247,4 +249,65 @@ func TestThrottledCallsRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertNothingLeft(t, cli, cluster)
+}
+
+// TestSustainedThrottlingHasNoQuota: under throttling longer than the SDK's
+// client-side retry quota allows (about a hundred retries per client), the
+// driver's retryer keeps backing off and every call succeeds; the SDK's
+// default retryer, as a control, gives up on some with its quota exhausted.
+func TestSustainedThrottlingHasNoQuota(t *testing.T) {
+	_ = sdk(t)
+	ctx := testCtx(t)
+	cluster := newCluster(t)
+	d := driverFromHCL(t, fmt.Sprintf("ami = %q\nallowed_cidrs = [\"198.51.100.7/32\"]\n", testAMI(t)))
+	c, err := d.ec2Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const calls, throttles = 40, 160 // 4 throttled answers a call on average
+	run := func(retryer func() awssdk.Retryer) (failed int, firstErr error) {
+		var mu sync.Mutex
+		left := throttles
+		cli := ec2.New(c.Options(), func(o *ec2.Options) {
+			o.Retryer = retryer()
+			o.APIOptions = append(o.APIOptions, func(s *middleware.Stack) error {
+				return s.Deserialize.Add(middleware.DeserializeMiddlewareFunc("throttle",
+					func(ctx context.Context, in middleware.DeserializeInput, next middleware.DeserializeHandler) (middleware.DeserializeOutput, middleware.Metadata, error) {
+						mu.Lock()
+						hit := left > 0
+						left--
+						mu.Unlock()
+						if hit {
+							return middleware.DeserializeOutput{}, middleware.Metadata{}, &smithy.GenericAPIError{Code: "RequestLimitExceeded", Message: "Request limit exceeded."}
+						}
+						return next.HandleDeserialize(ctx, in)
+					}), middleware.After)
+			})
+		})
+		var wg sync.WaitGroup
+		for range calls {
+			wg.Go(func() {
+				_, err := cli.DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: []types.Filter{clusterFilter(cluster)}})
+				if err != nil {
+					mu.Lock()
+					failed++
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		return failed, firstErr
+	}
+	fast := 20 * time.Millisecond
+	if failed, err := run(func() awssdk.Retryer {
+		return awsretry.NewStandard(func(o *awsretry.StandardOptions) { o.MaxAttempts = retryAttempts; o.MaxBackoff = fast })
+	}); failed == 0 || !strings.Contains(err.Error(), "quota") {
+		t.Fatalf("control: the SDK's quota never ran dry (%d failed, %v): the test proves nothing", failed, err)
+	}
+	if failed, err := run(func() awssdk.Retryer { return newRetryer(fast) }); failed > 0 {
+		t.Errorf("%d of %d calls failed under sustained throttling: %v", failed, calls, err)
+	}
 }
