@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/provision/spec"
@@ -556,5 +557,45 @@ func TestReplaceInPlaceWhenDriverSaysSo(t *testing.T) {
 		if a.InPlace != c.want || !strings.Contains(strings.Join(a.Reasons, "; "), c.reason) {
 			t.Errorf("in place %v (reasons %q), want %v with %q", a.InPlace, a.Reasons, c.want, c.reason)
 		}
+	}
+}
+
+// TestCertRenewalPlanned: a converged machine whose engine certificate is
+// inside the renewal window becomes a reconfigure (reissued, engine
+// restarted drained); one outside it stays as it is; every expiry is listed;
+// the operator's client certificate in the window is noted; a rotation under
+// way renews every node.
+func TestCertRenewalPlanned(t *testing.T) {
+	c := cluster(t, base)
+	st, obs := converged(c)
+	now := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
+	obs.Now = now
+	window := time.Duration(c.TLS.RenewBeforeHours) * time.Hour
+	if window <= 0 {
+		t.Fatalf("renewal window %s", window)
+	}
+	for _, m := range st.Machines {
+		m.CertNotAfter = now.Add(window + 24*time.Hour)
+	}
+	st.Machines[1].CertNotAfter = now.Add(window / 2)
+	st.PKI.ClientNotAfter = now.Add(window / 3)
+	p := Build(c, st, obs)
+	if got := kinds(p); got != "demo-manager-1=none demo-worker-1=reconfigure demo-worker-2=none" {
+		t.Fatalf("actions %s", got)
+	}
+	if r := strings.Join(p.Actions[1].Reasons, "; "); !strings.Contains(r, "inside the renewal window") || !strings.Contains(r, "drained first") {
+		t.Errorf("reasons %q", r)
+	}
+	if len(p.Certs) != 3 || p.Certs[1].Machine != "demo-worker-1" || !p.Certs[1].Renews || p.Certs[0].Renews || p.Certs[2].Renews {
+		t.Errorf("certificates %+v", p.Certs)
+	}
+	if !strings.Contains(strings.Join(p.Notes, "\n"), "client certificate expires") {
+		t.Errorf("notes %q", p.Notes)
+	}
+	st.Machines[1].CertNotAfter = now.Add(window + time.Hour)
+	st.PKI.Rotation = "trust"
+	p = Build(c, st, obs)
+	if got := kinds(p); got != "demo-manager-1=reconfigure demo-worker-1=reconfigure demo-worker-2=reconfigure" {
+		t.Errorf("during a CA rotation: %s", got)
 	}
 }
