@@ -73,6 +73,16 @@ bastion {
 		t.Errorf("government cloud / named group: %+v", d.cloudConfig())
 	}
 
+	// Azure China: its authority host and Resource Manager endpoint.
+	c, diags = decode(t, "location = \"chinanorth3\"\ncloud = \"china\"\nallowed_cidrs = [\"198.51.100.7/32\"]")
+	if diags.HasErrors() || c.Cloud != CloudChina {
+		t.Fatalf("china: %v %+v", diags, c)
+	}
+	if cc := newDriver(c, drivers.Options{}).cloudConfig(); cc.ActiveDirectoryAuthorityHost != cloud.AzureChina.ActiveDirectoryAuthorityHost ||
+		cc.Services[cloud.ResourceManager].Endpoint != cloud.AzureChina.Services[cloud.ResourceManager].Endpoint {
+		t.Errorf("china cloud: %+v", cc)
+	}
+
 	// A custom cloud (Azure Stack Hub): endpoint, authority, audience.
 	c, diags = decode(t, `
 location = "local"

@@ -890,3 +890,33 @@ func TestGenerationsCoexist(t *testing.T) {
 		t.Errorf("%d resources left in the backend: %v", n, b.Owned(cluster))
 	}
 }
+
+// TestPrivateOnly: public_ip = false makes no public IP; the machine is
+// reached at its private address (through the bastion when there is one).
+func TestPrivateOnly(t *testing.T) {
+	b := azuretest.New()
+	ctx := testCtx(t)
+	cluster := drivertest.ClusterID(t)
+	d := testDriver(t, b, `allowed_cidrs = ["198.51.100.7/32"]
+public_ip = false
+bastion {
+  address  = "203.0.113.1"
+  user     = "jump"
+  host_key = "`+adminLine+`"
+}`)
+	m, err := d.Create(ctx, cluster, spec(t, cluster, "manager", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := b.Calls("PublicIPAddressesClient.BeginCreateOrUpdate"); n != 0 {
+		t.Errorf("%d public IPs made with public_ip = false", n)
+	}
+	if !strings.HasPrefix(m.Address, "10.42.0.") || m.Address != m.PrivateAddress || m.SSH.Bastion == nil || m.SSH.Bastion.Address != "203.0.113.1" {
+		t.Errorf("machine %+v (bastion %+v): want its private address, through the bastion", m, m.SSH.Bastion)
+	}
+	for _, r := range b.Owned(cluster) {
+		if strings.HasPrefix(r, "public-ip") || strings.Contains(r, "-ip") {
+			t.Errorf("owned resource %s", r)
+		}
+	}
+}
