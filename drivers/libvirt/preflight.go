@@ -117,6 +117,20 @@ func (d *Driver) checkKVM(conn *lv.Connect, uri string) error {
 	if err := caps.Unmarshal(s); err != nil {
 		return fmt.Errorf("hypervisor capabilities: %w", err)
 	}
+	cpuinfo := ""
+	if u, err := url.Parse(uri); err == nil && u.Host == "" {
+		// A local hypervisor: the kernel's own view of the CPU.
+		if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+			cpuinfo = string(b)
+		}
+	}
+	return kvmVerdict(caps, cpuinfo, uri)
+}
+
+// kvmVerdict decides from the hypervisor's capabilities and, for a local
+// one, /proc/cpuinfo whether KVM can run guests: KVM domains offered and the
+// CPU showing vmx or svm.
+func kvmVerdict(caps libvirtxml.Caps, cpuinfo, uri string) error {
 	offered := false
 	for _, g := range caps.Guests {
 		for _, dom := range g.Arch.Domains {
@@ -134,14 +148,9 @@ func (d *Driver) checkKVM(conn *lv.Connect, uri string) error {
 			flags = append(flags, f.Name)
 		}
 	}
-	if u, err := url.Parse(uri); err == nil && u.Host == "" {
-		// A local hypervisor: the kernel's own view of the CPU.
-		if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-			for _, l := range strings.Split(string(b), "\n") {
-				if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "flags" {
-					flags = append(flags, strings.Fields(v)...)
-				}
-			}
+	for _, l := range strings.Split(cpuinfo, "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "flags" {
+			flags = append(flags, strings.Fields(v)...)
 		}
 	}
 	if !slices.Contains(flags, "vmx") && !slices.Contains(flags, "svm") {
