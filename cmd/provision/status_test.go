@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"testing"
 	"time"
 )
@@ -34,6 +35,24 @@ func TestPruneColumn(t *testing.T) {
 	} {
 		if got := pruneColumn(c.r, now); got != c.want {
 			t.Errorf("%+v: %q, want %q", c.r, got, c.want)
+		}
+	}
+}
+
+// TestNoColorEnv: NO_COLOR (no-color.org) with any non-empty value turns
+// colors off as --no-color does; empty or unset leaves them to the terminal.
+func TestNoColorEnv(t *testing.T) {
+	for _, c := range []struct {
+		env  string
+		want bool
+	}{{"1", true}, {"no", true}, {"", false}} {
+		t.Setenv("NO_COLOR", c.env)
+		g := &globals{logLevel: "info"}
+		if err := g.setupLog(io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		if g.noColor != c.want {
+			t.Errorf("NO_COLOR=%q: no color %v, want %v", c.env, g.noColor, c.want)
 		}
 	}
 }
