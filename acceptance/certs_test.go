@@ -278,8 +278,9 @@ hardening {
 
 	// rotate ca: a new CA; the engines trust it alone at the end.
 	rt = time.Now()
-	r = mustProvision(t, ctx, nil, "rotate", "ca", spec, sd)
+	r = mustProvision(t, ctx, nil, "rotate", "ca", spec, sd, "--json")
 	t.Logf("rotate ca took %s", time.Since(rt).Round(time.Second))
+	checkRotateEvents(t, r.stdout, st1)
 	st2 := readCertsState(t, stateDir)
 	if st2.PKI.CASerial == st1.PKI.CASerial || st2.PKI.Rotation != "" || st2.PKI.Rotated["ca"].IsZero() {
 		t.Errorf("CA rotation: serial %s (was %s), phase %q", st2.PKI.CASerial, st1.PKI.CASerial, st2.PKI.Rotation)
@@ -432,5 +433,43 @@ func dockerBenchLocal(t *testing.T, ctx context.Context, dc *client.Client, id s
 	t.Logf("docker-bench-security sections 2, 3, 7 on the manager: warnings %v, score %v", warns, score)
 	if score == nil {
 		t.Fatalf("docker-bench-security printed no summary:\n%s", out)
+	}
+}
+
+// checkRotateEvents reads `rotate ca --json`'s stdout: one JSON event a
+// line, every node's engine certificate step changed (each node got the new
+// CA's certificate), and a last summary event naming no failure.
+func checkRotateEvents(t *testing.T, stdout string, st certsState) {
+	t.Helper()
+	type ev struct {
+		Kind    string `json:"kind"`
+		Host    string `json:"host"`
+		Step    string `json:"step"`
+		Summary *struct {
+			Command string   `json:"command"`
+			Failed  []string `json:"failed"`
+		} `json:"summary"`
+	}
+	var evs []ev
+	for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
+		var e ev
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("rotate ca --json: not one event a line: %q: %v", line, err)
+		}
+		evs = append(evs, e)
+	}
+	changed := map[string]bool{}
+	for _, e := range evs {
+		if e.Kind == "step_changed" && e.Step == "engine.tls" {
+			changed[e.Host] = true
+		}
+	}
+	for _, m := range st.Machines {
+		if !changed[m.Name] {
+			t.Errorf("rotate ca --json: no engine.tls change event for %s", m.Name)
+		}
+	}
+	if len(evs) == 0 || evs[len(evs)-1].Kind != "summary" || evs[len(evs)-1].Summary == nil || len(evs[len(evs)-1].Summary.Failed) > 0 {
+		t.Errorf("rotate ca --json: the last event is not a clean summary: %+v", evs[len(evs)-1:])
 	}
 }
