@@ -85,7 +85,7 @@ func TestHardening(t *testing.T) {
 		}
 		t.Skipf("host image %s missing: run drivers/local/image/build.sh", local.DefaultImage)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 
 	// The plain host (same image, docker.io from apt, no hardening) is

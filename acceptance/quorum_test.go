@@ -51,7 +51,7 @@ func TestQuorumLoss(t *testing.T) {
 	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
 	requireAcc(t)
 	dc := dockerClient(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
 	q := &quorum{dc: dc, spec: filepath.Join(dir, "quorum.hcl"), stateDir: filepath.Join(dir, "state")}
