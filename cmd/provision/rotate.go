@@ -32,7 +32,7 @@ the same command again (or apply).`,
 
 // rotateApply runs one apply for a rotation: the plan must not replace or
 // remove machines (that is apply's to do, with its confirmation).
-func rotateApply(ctx context.Context, g *globals, l *loaded, file string, cmd *cobra.Command, jsonOut bool) error {
+func rotateApply(ctx context.Context, g *globals, l *loaded, file string, cmd *cobra.Command, jsonOut bool, command string) error {
 	out := cmd.ErrOrStderr() // human text; --json events go to stdout
 	p := plan.Build(l.spec, l.state, l.observe(ctx, g.log))
 	if p.Missing != nil {
@@ -41,8 +41,13 @@ func rotateApply(ctx context.Context, g *globals, l *loaded, file string, cmd *c
 	if p.Destructive() {
 		return withCode(exitRefused, fmt.Errorf("the plan replaces or removes machines: run `provision apply %s` first, then rotate", file))
 	}
-	stats, err := l.runner(g, g.reporter(cmd, jsonOut)).Apply(ctx, p)
-	summary(out, stats, file, err)
+	rep := g.reporter(cmd, jsonOut)
+	stats, err := l.runner(g, rep).Apply(ctx, p)
+	next := summary(out, stats, file, err)
+	if jsonOut {
+		// Each rollout ends with its summary event, as apply's does.
+		summaryEvent(rep, command, stats, next, err)
+	}
 	return err
 }
 
@@ -73,7 +78,7 @@ reissues only what is still older than the rotation.`,
 					return err
 				}
 			}
-			return rotateApply(cmd.Context(), g, l, args[0], cmd, jsonOut)
+			return rotateApply(cmd.Context(), g, l, args[0], cmd, jsonOut, "rotate certs")
 		},
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stdout (human text stays on stderr)")
@@ -120,7 +125,7 @@ run the command again after an interruption and it goes on from there.`,
 			for i := 0; i < 3 && l.state.PKI.Rotation != ""; i++ {
 				phase := l.state.PKI.Rotation
 				fmt.Fprintf(out, "\nCA rotation, phase %s:\n", phase)
-				if err := rotateApply(cmd.Context(), g, l, args[0], cmd, jsonOut); err != nil {
+				if err := rotateApply(cmd.Context(), g, l, args[0], cmd, jsonOut, "rotate ca"); err != nil {
 					return fmt.Errorf("CA rotation stopped in phase %s (run `provision rotate ca %s` again to go on): %w", phase, args[0], err)
 				}
 				if l.state.PKI.Rotation == phase {
