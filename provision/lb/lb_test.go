@@ -14,6 +14,7 @@ import (
 
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/swarm"
+	"github.com/hashicorp/hcl/v2"
 
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/provision/spec"
@@ -388,7 +389,7 @@ workers {
 	} {
 		if _, diags := spec.LoadBytes("c.hcl", []byte(two+bad), spec.Vars{}); !diags.HasErrors() {
 			t.Errorf("accepted:\n%s", bad)
-		} else if d := diags[0]; d.Subject == nil || d.Subject.Start.Line < 10 {
+		} else if d := diags.Errs()[0].(*hcl.Diagnostic); d.Subject == nil || d.Subject.Start.Line < 10 {
 			t.Errorf("diagnostic without the attribute's position: %v", diags)
 		}
 	}
