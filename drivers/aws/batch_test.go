@@ -215,26 +215,14 @@ func TestThrottledCallsRetried(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	throttled := map[string]int{}
-	d.client = ec2.New(c.Options(), func(o *ec2.Options) {
-		o.APIOptions = append(o.APIOptions, func(s *middleware.Stack) error {
-			return s.Deserialize.Add(middleware.DeserializeMiddlewareFunc("throttle",
-				func(ctx context.Context, in middleware.DeserializeInput, next middleware.DeserializeHandler) (middleware.DeserializeOutput, middleware.Metadata, error) {
-					op := middleware.GetOperationName(ctx)
-					mu.Lock()
-					hit := (op == "RunInstances" || op == "DescribeInstances" || op == "CreateTags") && throttled[op] < 2
-					if hit {
-						throttled[op]++
-					}
-					mu.Unlock()
-					if hit {
-						return middleware.DeserializeOutput{}, middleware.Metadata{}, &smithy.GenericAPIError{Code: "RequestLimitExceeded", Message: "Request limit exceeded."}
-					}
-					return next.HandleDeserialize(ctx, in)
-				}), middleware.After)
-		})
-	})
+	throttled := map[string]int{} // under throttling's lock
+	d.client = ec2.New(c.Options(), throttling(func(op string) bool {
+		hit := (op == "RunInstances" || op == "DescribeInstances" || op == "CreateTags") && throttled[op] < 2
+		if hit {
+			throttled[op]++
+		}
+		return hit
+	}))
 	m, err := d.Create(ctx, cluster, spec(cluster, "worker", 1))
 	if err != nil {
 		t.Fatalf("Create under throttling: %v", err)
@@ -268,22 +256,10 @@ func TestSustainedThrottlingHasNoQuota(t *testing.T) {
 	run := func(retryer func() awssdk.Retryer) (failed int, firstErr error) {
 		var mu sync.Mutex
 		left := throttles
-		cli := ec2.New(c.Options(), func(o *ec2.Options) {
-			o.Retryer = retryer()
-			o.APIOptions = append(o.APIOptions, func(s *middleware.Stack) error {
-				return s.Deserialize.Add(middleware.DeserializeMiddlewareFunc("throttle",
-					func(ctx context.Context, in middleware.DeserializeInput, next middleware.DeserializeHandler) (middleware.DeserializeOutput, middleware.Metadata, error) {
-						mu.Lock()
-						hit := left > 0
-						left--
-						mu.Unlock()
-						if hit {
-							return middleware.DeserializeOutput{}, middleware.Metadata{}, &smithy.GenericAPIError{Code: "RequestLimitExceeded", Message: "Request limit exceeded."}
-						}
-						return next.HandleDeserialize(ctx, in)
-					}), middleware.After)
-			})
-		})
+		cli := ec2.New(c.Options(), func(o *ec2.Options) { o.Retryer = retryer() }, throttling(func(string) bool {
+			left--
+			return left >= 0
+		}))
 		var wg sync.WaitGroup
 		for range calls {
 			wg.Go(func() {
@@ -309,5 +285,26 @@ func TestSustainedThrottlingHasNoQuota(t *testing.T) {
 	}
 	if failed, err := run(func() awssdk.Retryer { return newRetryer(fast) }); failed > 0 {
 		t.Errorf("%d of %d calls failed under sustained throttling: %v", failed, calls, err)
+	}
+}
+
+// throttling makes an EC2 client answer RequestLimitExceeded (EC2's
+// throttling) to every attempt hit says so of, by operation name; hit runs
+// under a lock, one attempt at a time.
+func throttling(hit func(op string) bool) func(*ec2.Options) {
+	var mu sync.Mutex
+	return func(o *ec2.Options) {
+		o.APIOptions = append(o.APIOptions, func(s *middleware.Stack) error {
+			return s.Deserialize.Add(middleware.DeserializeMiddlewareFunc("throttle",
+				func(ctx context.Context, in middleware.DeserializeInput, next middleware.DeserializeHandler) (middleware.DeserializeOutput, middleware.Metadata, error) {
+					mu.Lock()
+					throttled := hit(middleware.GetOperationName(ctx))
+					mu.Unlock()
+					if throttled {
+						return middleware.DeserializeOutput{}, middleware.Metadata{}, &smithy.GenericAPIError{Code: "RequestLimitExceeded", Message: "Request limit exceeded."}
+					}
+					return next.HandleDeserialize(ctx, in)
+				}), middleware.After)
+		})
 	}
 }
