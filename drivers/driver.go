@@ -310,6 +310,11 @@ type Info struct {
 	// swarm first (one manager at a time, quorum checked), then is made
 	// again and joins.
 	Coexist bool
+	// Fenced says the driver's machines sit in a network it makes and
+	// fences (a VPC or VNet with a security group, NSG or cloud firewall
+	// that admits the swarm ports only from inside it): machines on
+	// another driver block cannot join them without a joined network.
+	Fenced bool
 }
 
 // Uses reports whether the driver honours a pool setting.
@@ -331,11 +336,11 @@ var (
 		// user-mode networking, where two guests cannot reach each other,
 		// the driver asks for in-place replacement: ReplaceInPlace).
 		{Type: "libvirt", MinDiskGiB: 4, DefaultGiB: 20, Honours: []string{"disk", "size"}, CheckSize: checkSize, Coexist: true},
-		{Type: "aws", MinDiskGiB: 8, DefaultGiB: 20, Honours: []string{"disk", "size"}, Coexist: true},
+		{Type: "aws", MinDiskGiB: 8, DefaultGiB: 20, Honours: []string{"disk", "size"}, Coexist: true, Fenced: true},
 		// azure: each generation a VM with its own NIC, public IP and disk.
-		{Type: "azure", MinDiskGiB: 30, DefaultGiB: 30, Honours: []string{"disk", "size"}, Coexist: true},
+		{Type: "azure", MinDiskGiB: 30, DefaultGiB: 30, Honours: []string{"disk", "size"}, Coexist: true, Fenced: true},
 		// digitalocean: each generation a droplet with its own volume.
-		{Type: "digitalocean", MinDiskGiB: 25, DefaultGiB: 25, Honours: []string{"disk", "size"}, Coexist: true},
+		{Type: "digitalocean", MinDiskGiB: 25, DefaultGiB: 25, Honours: []string{"disk", "size"}, Coexist: true, Fenced: true},
 	}
 )
 

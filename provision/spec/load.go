@@ -837,15 +837,11 @@ func decodeSSH(dc *dec, c *Cluster, b *hcl.Block) {
 	}
 }
 
-// cloudTypes are the drivers whose machines sit in a network the driver
-// makes and fences (a VPC or VNet with a security group, NSG or cloud
-// firewall that admits the swarm ports only from inside).
-var cloudTypes = map[string]bool{"aws": true, "azure": true, "digitalocean": true}
-
 // checkNetworks warns when machines of one cluster are spread over driver
-// blocks of which one is a cloud: swarm members reach each other on their
-// private addresses, and a cloud driver admits the swarm ports only from its
-// own network, so such a swarm forms only where the networks are joined.
+// blocks of which one fences its network (drivers.Info.Fenced: the clouds):
+// swarm members reach each other on their private addresses, and such a
+// driver admits the swarm ports only from its own network, so the swarm
+// forms only where the networks are joined.
 // Local, generic and libvirt blocks together are fine on one LAN.
 func checkNetworks(dc *dec, c *Cluster) {
 	var used []string
@@ -855,8 +851,10 @@ func checkNetworks(dc *dec, c *Cluster) {
 		if p.Count == 0 || p.Driver == "" || slices.Contains(used, p.Driver) {
 			continue
 		}
-		if db, ok := c.Driver(p.Driver); ok && cloudTypes[db.Type] {
-			cloud = true
+		if db, ok := c.Driver(p.Driver); ok {
+			if info, _ := drivers.Lookup(db.Type); info.Fenced {
+				cloud = true
+			}
 		}
 		if len(used) == 1 {
 			where = p.Range
