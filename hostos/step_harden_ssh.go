@@ -42,7 +42,13 @@ func stepHardenSSH() *Step {
 				return nil
 			}
 			if err := reloadSSH(ctx, t); err != nil {
-				return err
+				// sshd may be down now, with our session the only way in:
+				// put the old file back and start it with that.
+				if _, rerr := t.sudoSh(ctx, restoreScript+" && "+sshdLiveScript(t)); rerr != nil {
+					return fmt.Errorf("%w; rolling back failed too: %v", err, rerr)
+				}
+				delete(t.Facts.Files, PathSSHD)
+				return fmt.Errorf("%w (the old %s is back)", err, PathSSHD)
 			}
 			if t.Relogin != nil {
 				// Our own connection is still open; a new one must work with
@@ -51,8 +57,7 @@ func stepHardenSSH() *Step {
 					t.Log.Error("a fresh SSH login failed after the sshd change: rolling back", "err", err)
 					// Restore and reload in one command: our connection is the
 					// only way in, so nothing may come between the two.
-					fam, _ := t.family()
-					if _, rerr := t.sudoSh(ctx, restoreScript+" && mkdir -p /run/sshd && sshd -t && systemctl try-reload-or-restart "+fam.SSHUnit+".service"); rerr != nil {
+					if _, rerr := t.sudoSh(ctx, restoreScript+" && "+sshdLiveScript(t)); rerr != nil {
 						return fmt.Errorf("a fresh login failed with the new %s (%v); rolling back failed too: %w", PathSSHD, err, rerr)
 					}
 					delete(t.Facts.Files, PathSSHD)
@@ -81,12 +86,53 @@ func restoreSSHD(ctx context.Context, t *Target) error {
 	return nil
 }
 
-// reloadSSH makes a running sshd re-read its config; existing sessions (ours)
-// stay. A socket-activated sshd that is not running reads it at next start.
+// reloadSSH makes sshd serve new connections with the configuration on
+// disk, and returns only once it does; existing sessions (ours) stay.
 func reloadSSH(ctx context.Context, t *Target) error {
-	fam, _ := t.family()
-	if _, err := t.sudoSh(ctx, "mkdir -p /run/sshd && sshd -t && systemctl try-reload-or-restart "+fam.SSHUnit+".service"); err != nil {
+	if _, err := t.sudoSh(ctx, sshdLiveScript(t)); err != nil {
 		return fmt.Errorf("reload sshd: %w", err)
 	}
 	return nil
 }
+
+// sshdLiveScript validates the configuration and makes it the one that
+// answers the next connection (SSHDLiveFunc).
+func sshdLiveScript(t *Target) string {
+	fam, _ := t.family()
+	return SSHDLiveFunc + "sshd_live " + comm.Quote(fam.SSHUnit+".service")
+}
+
+// SSHDLiveFunc defines the shell function sshd_live UNIT: validate sshd's
+// configuration and return only once it is the one that answers the next
+// connection; sessions already open stay. A reload (SIGHUP) is not enough:
+// systemd returns as soon as the signal is sent, and a listener that gets
+// the CPU only after a new connection has queued accepts that connection
+// with the configuration (and host key) it had, so a fresh login could pass
+// on the old file. A restart is a job systemd finishes only when the old
+// listener has exited and the new one is ready; with KillMode=process
+// (Debian's and Ubuntu's ssh.service) it leaves the sessions alone. Where a
+// unit would kill the sessions, sshd_live reloads and waits until the
+// listener's sockets are new ones (sshd re-executes and binds again only
+// after reading its configuration). An sshd that is not running (socket
+// activation per connection) reads the files at the next login.
+const SSHDLiveFunc = `sshd_live() {
+  u=$1
+  mkdir -p /run/sshd && sshd -t || return
+  systemctl is-active -q "$u" || return 0
+  if [ "$(systemctl show -p KillMode --value "$u")" = process ]; then systemctl restart "$u"; return; fi
+  p=$(systemctl show -p MainPID --value "$u")
+  old=" $(ls -l /proc/"$p"/fd 2>/dev/null | grep -o 'socket:\[[0-9]*\]' | tr '\n' ' ')"
+  systemctl reload "$u" || return
+  i=0
+  while [ $i -lt 600 ]; do
+    new=$(ls -l /proc/"$p"/fd 2>/dev/null | grep -o 'socket:\[[0-9]*\]' || true)
+    fresh=1
+    [ -n "$new" ] || fresh=0
+    for s in $new; do case "$old" in *" $s "*) fresh=0 ;; esac; done
+    [ $fresh = 1 ] && return 0
+    sleep 0.2; i=$((i+1))
+  done
+  echo "$u: sshd did not take the new configuration within 120 s (its listener kept the old sockets)" >&2
+  return 1
+}
+`

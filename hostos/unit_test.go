@@ -424,7 +424,7 @@ func TestSSHRollbackWhenSshdRejects(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "rolled back") {
 		t.Fatalf("apply: %v", err)
 	}
-	if !fc.ran(".provision-bak") || fc.ran("try-reload-or-restart") {
+	if !fc.ran(".provision-bak") || fc.ran(sshdLive) {
 		t.Errorf("want backup and restore, no reload; ran:\n%s", strings.Join(fc.cmds, "\n"))
 	}
 	if done, _ := st.Check(context.Background(), tgt); done {
@@ -593,7 +593,7 @@ func TestSSHRollbackWhenFreshLoginFails(t *testing.T) {
 	tgt := &hostos.Target{Comm: fc, Facts: debianFacts(), Config: baseConfig(), Log: slog.New(slog.DiscardHandler)}
 	reloadsBefore := -1
 	tgt.Relogin = func(ctx context.Context) error {
-		reloadsBefore = countRuns(fc, "try-reload-or-restart")
+		reloadsBefore = countRuns(fc, sshdLive)
 		return fmt.Errorf("ssh: handshake failed: ssh: unable to authenticate")
 	}
 	st := stepByID(t, tgt.Config, "harden.ssh")
@@ -604,11 +604,11 @@ func TestSSHRollbackWhenFreshLoginFails(t *testing.T) {
 	if reloadsBefore != 1 {
 		t.Errorf("relogin ran after %d sshd reloads, want 1 (the new config must be live)", reloadsBefore)
 	}
-	if n := countRuns(fc, "try-reload-or-restart"); n != 2 {
+	if n := countRuns(fc, sshdLive); n != 2 {
 		t.Errorf("sshd reloaded %d times, want 2 (new config, then the restored one); ran:\n%s", n, strings.Join(fc.cmds, "\n"))
 	}
 	// Restore and reload are one command: nothing may come between them.
-	last := fc.cmds[lastIndexOf(fc, "try-reload-or-restart")]
+	last := fc.cmds[lastIndexOf(fc, sshdLive)]
 	if !strings.Contains(last, "mv -f "+hostos.PathSSHD+".provision-bak") {
 		t.Errorf("backup not restored with the second reload; ran:\n%s", strings.Join(fc.cmds, "\n"))
 	}
@@ -626,10 +626,10 @@ func TestSSHFreshLoginKeepsChange(t *testing.T) {
 	if err := st.Apply(context.Background(), tgt); err != nil {
 		t.Fatal(err)
 	}
-	if calls != 1 || countRuns(fc, "try-reload-or-restart") != 1 || fc.ran("mv -f") {
+	if calls != 1 || countRuns(fc, sshdLive) != 1 || fc.ran("mv -f") {
 		t.Errorf("relogin calls %d; ran:\n%s", calls, strings.Join(fc.cmds, "\n"))
 	}
-	if lastIndexOf(fc, "rm -f "+hostos.PathSSHD+".provision-bak") < lastIndexOf(fc, "try-reload-or-restart") {
+	if lastIndexOf(fc, "rm -f "+hostos.PathSSHD+".provision-bak") < lastIndexOf(fc, sshdLive) {
 		t.Errorf("backup must be dropped only after the fresh login; ran:\n%s", strings.Join(fc.cmds, "\n"))
 	}
 	if done, _ := st.Check(context.Background(), tgt); !done {
@@ -940,3 +940,7 @@ func TestEngineDowngradeRefused(t *testing.T) {
 		t.Errorf("ran:\n%s", strings.Join(fc.cmds, "\n"))
 	}
 }
+
+// sshdLive marks a command that makes sshd's configuration live
+// (hostos.SSHDLiveFunc called).
+const sshdLive = "}\nsshd_live "

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/hostos"
 	"github.com/provision/provision/provision/atomicfile"
 	"github.com/provision/provision/provision/comm"
 	"github.com/provision/provision/provision/redact"
@@ -74,7 +75,7 @@ ssh-keygen -y -f "$n"
 // key and has sshd serve it to new connections. It is idempotent: a key
 // already switched is only reloaded.
 const switchKeyScript = `set -eu
-k=` + hostKeyFile + `
+` + hostos.SSHDLiveFunc + `k=` + hostKeyFile + `
 n=$k.provision-next
 want="$1"
 cur=$(ssh-keygen -y -f "$k" 2>/dev/null | cut -d' ' -f1,2 || true)
@@ -86,11 +87,9 @@ if [ "$cur" != "$want" ]; then
   ssh-keygen -y -f "$k" > "$k.pub.tmp" && chmod 644 "$k.pub.tmp" && mv -f "$k.pub.tmp" "$k.pub"
 fi
 rm -f "$n" "$n.pub"
-mkdir -p /run/sshd
-sshd -t
 for u in ssh sshd; do
   if systemctl cat "$u.service" >/dev/null 2>&1; then
-    systemctl try-reload-or-restart "$u.service"
+    sshd_live "$u.service"
     exit 0
   fi
 done
