@@ -140,7 +140,7 @@ func (p *pinger) close() { close(p.stop); <-p.done }
 // a manager restarted under autolock unlocked by apply, then by `provision
 // unlock`.
 func TestCertsLocal(t *testing.T) {
-	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
+	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)

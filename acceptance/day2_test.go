@@ -385,7 +385,7 @@ func (w *watch) end() {
 // task lost; Ctrl-C during a join that cannot complete exits within 5 s
 // with state saved, and the next apply converges.
 func TestDay2(t *testing.T) {
-	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
+	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)

@@ -67,7 +67,7 @@ const extrasImage = "mxacc/scratch:1"
 //   - the registry mirror lands in daemon.json and the private registry's
 //     CA in /etc/docker/certs.d/<host>/ca.crt.
 func TestEngineExtrasLocal(t *testing.T) {
-	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
+	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
 	t0 := time.Now()

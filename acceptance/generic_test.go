@@ -151,7 +151,7 @@ func mustExec(t *testing.T, ctx context.Context, dc *client.Client, id, cmd stri
 // plain sshd hosts with a non-root sudo user, with pinned host keys, forming a
 // TLS swarm; a changed host key stops the next apply.
 func TestGenericEndToEnd(t *testing.T) {
-	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
+	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)

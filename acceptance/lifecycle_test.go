@@ -72,7 +72,7 @@ type life struct {
 // with SIGINT; every step ends with status matching the spec, and destroy
 // leaves no container, volume or network.
 func TestLifecycle(t *testing.T) {
-	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
+	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)

@@ -32,7 +32,7 @@ func containerListAll(f filters.Args) container.ListOptions {
 // refused on 2376, an overlay service spread over the nodes whose tasks reach
 // each other across hosts, a no-op re-apply, and a destroy that leaves nothing.
 func TestLocalEndToEnd(t *testing.T) {
-	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
+	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)

@@ -23,7 +23,7 @@ import (
 // driver. Both join one swarm whose overlay carries traffic between them,
 // and destroy removes the local machine and releases the generic one.
 func TestMixedDrivers(t *testing.T) {
-	t.Parallel()
+	hostTest(t) // schedule_test.go
 	requireAcc(t)
 	dc := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)

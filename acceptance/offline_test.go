@@ -16,7 +16,7 @@ import (
 // cluster network with --internal) gets its engine through the offline bundle
 // the operator's machine prepares and uploads, and joins a TLS swarm.
 func TestOfflineBundle(t *testing.T) {
-	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
+	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)

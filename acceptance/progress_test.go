@@ -28,7 +28,7 @@ hardening { profile = "off" }
 // human summary stays on stderr. The fresh apply reports the host's steps
 // with their durations.
 func TestJSONEvents(t *testing.T) {
-	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
+	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()

@@ -48,7 +48,7 @@ func (q *quorum) sd() string { return "--state-dir=" + q.stateDir }
 // it is; apply --force-new-cluster re-forms the swarm on the survivor (its
 // services kept) and converges back to three managers.
 func TestQuorumLoss(t *testing.T) {
-	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
+	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)

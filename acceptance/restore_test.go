@@ -40,7 +40,7 @@ workers {
 // Last, every container goes: the same refusal, and --replace-missing
 // rebuilds the cluster.
 func TestRaftRestoreAndMissing(t *testing.T) {
-	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
+	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)

@@ -96,7 +96,7 @@ func sameKeyLine(a, b string) bool {
 // groups, firewall openings, staggered reboots) are in force; `provision
 // ssh` passes the remote exit status through.
 func TestSecurityLocal(t *testing.T) {
-	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
+	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
@@ -327,7 +327,7 @@ func x509Pool(caPEM []byte) (*x509.CertPool, error) {
 // swarm and reports status through the bastion alone: SSH and the engine
 // API (2376) both go through it.
 func TestBastionEngineTunnel(t *testing.T) {
-	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
+	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)

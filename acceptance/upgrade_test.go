@@ -59,7 +59,7 @@ const (
 // changes nothing; the old pin is a downgrade that plan names and apply
 // refuses without --allow-engine-downgrade, changing nothing.
 func TestEngineUpgrade(t *testing.T) {
-	t.Parallel() // the local-host tests run two at a time (make test -parallel): each has its own cluster, network and state
+	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
 	t0 := time.Now()

@@ -61,7 +61,7 @@ func stepHardenSSH() *Step {
 						return fmt.Errorf("a fresh login failed with the new %s (%v); rolling back failed too: %w", PathSSHD, err, rerr)
 					}
 					delete(t.Facts.Files, PathSSHD)
-					return fmt.Errorf("a fresh login failed with the new %s, so the change was rolled back and sshd reloaded with the old configuration: %w", PathSSHD, err)
+					return fmt.Errorf("a fresh login failed with the new %s, so the change was rolled back and sshd serves the old configuration again: %w", PathSSHD, err)
 				}
 			}
 			_, err := t.sudo(ctx, comm.Quote("rm", "-f", sshdBackup))
