@@ -50,6 +50,14 @@ func (labels) Run(ctx context.Context, r *run) error {
 		}
 		r.fail(leader, "swarm.security", err)
 	}
+	// Services a drain scaled up before an interrupted run could scale them
+	// back get their own replica count again.
+	if err := r.members.RestoreSurges(ctx); err != nil {
+		if leader == nil {
+			return err
+		}
+		r.fail(leader, "swarm.surge", err)
+	}
 	nodes := r.members.Nodes()
 	// Label changes go to the manager at the joins' pace: one at a time
 	// makes a thousand nodes a thousand round trips in a row.

@@ -52,6 +52,10 @@ type API interface {
 	NodeUpdate(ctx context.Context, nodeID string, version dswarm.Version, node dswarm.NodeSpec) error
 	NodeRemove(ctx context.Context, nodeID string, options dswarm.NodeRemoveOptions) error
 	TaskList(ctx context.Context, options dswarm.TaskListOptions) ([]dswarm.Task, error)
+	// Replicated services are scaled up around a drain (surge.go).
+	ServiceList(ctx context.Context, options dswarm.ServiceListOptions) ([]dswarm.Service, error)
+	ServiceInspectWithRaw(ctx context.Context, serviceID string, options dswarm.ServiceInspectOptions) (dswarm.Service, []byte, error)
+	ServiceUpdate(ctx context.Context, serviceID string, version dswarm.Version, service dswarm.ServiceSpec, options dswarm.ServiceUpdateOptions) (dswarm.ServiceUpdateResponse, error)
 	NetworkInspect(ctx context.Context, networkID string, options network.InspectOptions) (network.Inspect, error)
 	NetworkCreate(ctx context.Context, name string, options network.CreateOptions) (network.CreateResponse, error)
 	NetworkRemove(ctx context.Context, networkID string) error

@@ -762,6 +762,8 @@ func (m *Membership) demote(ctx context.Context, name, nodeID string) error {
 // note and the removal goes on.
 func (m *Membership) drain(ctx context.Context, name, nodeID string) error {
 	to := m.timeouts()
+	surged := m.surge(ctx, name, nodeID)
+	defer m.unsurge(context.WithoutCancel(ctx), name, surged)
 	via := m.Via()
 	m.note(name, "draining")
 	if _, err := via.update(ctx, nodeID, func(s *dswarm.NodeSpec) bool {

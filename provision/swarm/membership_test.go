@@ -187,6 +187,9 @@ func TestReplaceManagersNeverLosesQuorum(t *testing.T) {
 	if len(w.Violations) > 0 {
 		t.Fatalf("quorum lost: %v", w.Violations)
 	}
+	if got := w.MinRunning["web"]; got < 4 {
+		t.Errorf("web ran %d of its 4 replicas during the roll", got)
+	}
 	if got := w.MinReachable[id]; got < 2 {
 		t.Errorf("fewest reachable managers %d of %d", got, w.MinOf[id])
 	}

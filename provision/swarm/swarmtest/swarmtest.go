@@ -45,11 +45,14 @@ type World struct {
 	MinReachable, MinOf map[string]int
 	// MaxDrained is the most nodes of one swarm seen drained at once.
 	MaxDrained int
+	// MinRunning is, per service, the fewest of its tasks seen running
+	// after a call.
+	MinRunning map[string]int
 }
 
 // New returns an empty world.
 func New() *World {
-	return &World{MinReachable: map[string]int{}, MinOf: map[string]int{}}
+	return &World{MinReachable: map[string]int{}, MinOf: map[string]int{}, MinRunning: map[string]int{}}
 }
 
 // Swarm is one swarm's store.
@@ -59,7 +62,9 @@ type Swarm struct {
 	nodes  map[string]*node
 	tokens dswarm.JoinTokens
 	tasks  []*task
-	nets   map[string]network.Inspect
+	// services are the replicated services by ID (their name).
+	services map[string]*service
+	nets     map[string]network.Inspect
 	// spec is the swarm's settings (autolock, CA config) at version.
 	spec    dswarm.Spec
 	version uint64
@@ -82,6 +87,12 @@ type node struct {
 
 type task struct {
 	id, service, node string
+}
+
+// service is a replicated service: its spec and version.
+type service struct {
+	spec    dswarm.ServiceSpec
+	version uint64
 }
 
 // Engine is one host's engine. Its exported fields are the test's levers.
@@ -182,6 +193,11 @@ func (w *World) after(call string) {
 			}
 		}
 		w.MaxDrained = max(w.MaxDrained, drained)
+		for name := range s.services {
+			if cur, ok := w.MinRunning[name]; !ok || s.Running(name) < cur {
+				w.MinRunning[name] = s.Running(name)
+			}
+		}
 		s.electLeader()
 		total, up := s.raft()
 		if total == 0 {
@@ -276,14 +292,69 @@ func (s *Swarm) Managers() []string {
 // NodeCount is the number of nodes in the list.
 func (s *Swarm) NodeCount() int { return len(s.nodes) }
 
-// AddService starts a service of replicas tasks spread over active nodes.
+// AddService starts a replicated service (ID and name: name) of replicas
+// tasks spread over active nodes.
 func (w *World) AddService(s *Swarm, name string, replicas int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if s.services == nil {
+		s.services = map[string]*service{}
+	}
+	n := uint64(replicas)
+	s.services[name] = &service{version: 1, spec: dswarm.ServiceSpec{
+		Annotations: dswarm.Annotations{Name: name},
+		Mode:        dswarm.ServiceMode{Replicated: &dswarm.ReplicatedService{Replicas: &n}},
+	}}
 	for i := 0; i < replicas; i++ {
 		t := &task{id: w.id("t"), service: name}
 		s.place(t, i)
 		s.tasks = append(s.tasks, t)
+	}
+}
+
+// Replicas is a service's replica count in its spec, and whether its spec
+// carries labels (the surge label while provision has scaled it up).
+func (s *Swarm) Replicas(name string) (uint64, map[string]string) {
+	svc := s.services[name]
+	if svc == nil {
+		return 0, nil
+	}
+	return *svc.spec.Mode.Replicated.Replicas, svc.spec.Labels
+}
+
+// scale adds or removes tasks until the service has want of them: new ones
+// go to active nodes; removals take unplaced tasks first, then those on the
+// node with the most of the service's tasks.
+func (s *Swarm) scale(w *World, name string, want int) {
+	var mine []*task
+	for _, t := range s.tasks {
+		if t.service == name {
+			mine = append(mine, t)
+		}
+	}
+	for i := len(mine); i < want; i++ {
+		t := &task{id: w.id("t"), service: name}
+		s.place(t, len(s.tasks))
+		s.tasks = append(s.tasks, t)
+	}
+	for n := len(mine); n > want; n-- {
+		per := map[string]int{}
+		for _, t := range s.tasks {
+			if t.service == name {
+				per[t.node]++
+			}
+		}
+		victim := -1
+		for i, t := range s.tasks {
+			if t.service != name {
+				continue
+			}
+			if victim < 0 || t.node == "" && s.tasks[victim].node != "" ||
+				(t.node == "") == (s.tasks[victim].node == "") && per[t.node] > per[s.tasks[victim].node] {
+				victim = i
+			}
+		}
+		s.tasks = slices.Delete(s.tasks, victim, victim+1)
 	}
 }
 
@@ -313,9 +384,29 @@ func (s *Swarm) place(t *task, i int) {
 	}
 }
 
+// reschedule moves a node's tasks elsewhere at once (the node is gone).
 func (s *Swarm) reschedule(nodeID string) {
 	for i, t := range s.tasks {
 		if t.node == nodeID {
+			s.place(t, i)
+		}
+	}
+}
+
+// stop stops a drained node's tasks: as in Docker, their replacements start
+// only afterwards (the next task list finds them placed, settle).
+func (s *Swarm) stop(nodeID string) {
+	for _, t := range s.tasks {
+		if t.node == nodeID {
+			t.node = ""
+		}
+	}
+}
+
+// settle places the tasks a drain stopped.
+func (s *Swarm) settle() {
+	for i, t := range s.tasks {
+		if t.node == "" {
 			s.place(t, i)
 		}
 	}
@@ -720,7 +811,7 @@ func (e *Engine) NodeUpdate(ctx context.Context, id string, version dswarm.Versi
 		n.avail = spec.Availability
 		what = append(what, "availability="+string(spec.Availability))
 		if n.avail == dswarm.NodeAvailabilityDrain {
-			s.reschedule(n.id)
+			s.stop(n.id)
 		}
 	}
 	if !maps(n.labels, spec.Labels) {
@@ -785,6 +876,7 @@ func (e *Engine) TaskList(ctx context.Context, opts dswarm.TaskListOptions) ([]d
 	if err != nil {
 		return nil, err
 	}
+	s.settle()
 	var out []dswarm.Task
 	for _, t := range s.tasks {
 		if v := opts.Filters.Get("node"); len(v) > 0 && !slices.Contains(v, t.node) {
@@ -800,6 +892,72 @@ func (e *Engine) TaskList(ctx context.Context, opts dswarm.TaskListOptions) ([]d
 		out = append(out, dswarm.Task{ID: t.id, ServiceID: t.service, NodeID: t.node, DesiredState: dswarm.TaskStateRunning, Status: dswarm.TaskStatus{State: st, Timestamp: time.Now()}})
 	}
 	return out, nil
+}
+
+// ServiceList lists the services, filtered by label key.
+func (e *Engine) ServiceList(ctx context.Context, opts dswarm.ServiceListOptions) ([]dswarm.Service, error) {
+	e.w.mu.Lock()
+	defer e.w.mu.Unlock()
+	s, err := e.manager()
+	if err != nil {
+		return nil, err
+	}
+	var out []dswarm.Service
+	for id, svc := range s.services {
+		keep := true
+		for _, l := range opts.Filters.Get("label") {
+			k, v, withValue := strings.Cut(l, "=")
+			got, ok := svc.spec.Labels[k]
+			keep = keep && ok && (!withValue || got == v)
+		}
+		if keep {
+			out = append(out, dswarm.Service{ID: id, Spec: svc.spec, Meta: dswarm.Meta{Version: dswarm.Version{Index: svc.version}}})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// ServiceInspectWithRaw returns a service by ID (its name).
+func (e *Engine) ServiceInspectWithRaw(ctx context.Context, id string, _ dswarm.ServiceInspectOptions) (dswarm.Service, []byte, error) {
+	e.w.mu.Lock()
+	defer e.w.mu.Unlock()
+	s, err := e.manager()
+	if err != nil {
+		return dswarm.Service{}, nil, err
+	}
+	svc := s.services[id]
+	if svc == nil {
+		return dswarm.Service{}, nil, errdefs.NotFound(fmt.Errorf("service %s not found", id))
+	}
+	return dswarm.Service{ID: id, Spec: svc.spec, Meta: dswarm.Meta{Version: dswarm.Version{Index: svc.version}}}, nil, nil
+}
+
+// ServiceUpdate replaces a service's spec at its version and scales its
+// tasks to the new replica count.
+func (e *Engine) ServiceUpdate(ctx context.Context, id string, version dswarm.Version, spec dswarm.ServiceSpec, _ dswarm.ServiceUpdateOptions) (dswarm.ServiceUpdateResponse, error) {
+	w := e.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s, err := e.manager()
+	if err != nil {
+		return dswarm.ServiceUpdateResponse{}, err
+	}
+	svc := s.services[id]
+	if svc == nil {
+		return dswarm.ServiceUpdateResponse{}, errdefs.NotFound(fmt.Errorf("service %s not found", id))
+	}
+	if version.Index != svc.version {
+		return dswarm.ServiceUpdateResponse{}, errors.New("rpc error: update out of sequence")
+	}
+	if spec.Mode.Replicated == nil || spec.Mode.Replicated.Replicas == nil {
+		return dswarm.ServiceUpdateResponse{}, errors.New("rpc error: service mode change not supported")
+	}
+	svc.spec = spec
+	svc.version++
+	s.scale(w, id, int(*spec.Mode.Replicated.Replicas))
+	w.after(fmt.Sprintf("ServiceUpdate %s replicas=%d", id, *spec.Mode.Replicated.Replicas))
+	return dswarm.ServiceUpdateResponse{}, nil
 }
 
 // NetworkInspect returns a swarm network by name.

@@ -1,0 +1,91 @@
+package swarm_test
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+
+	dswarm "github.com/docker/docker/api/types/swarm"
+
+	"github.com/provision/provision/provision/swarm"
+	"github.com/provision/provision/provision/swarm/swarmtest"
+)
+
+// TestDrainKeepsReplicas: Docker's drain stops a node's tasks before their
+// replacements run (swarmtest does the same), so a drain alone takes a
+// service below its replicas. Drains pause the node, scale the node's
+// replicated services up by what it runs, wait for the extra tasks, drain,
+// and scale back: the service never runs fewer than its replicas.
+func TestDrainKeepsReplicas(t *testing.T) {
+	w := swarmtest.New()
+	m, ms, ws := cluster(t, w, 1, 2)
+	ctx := context.Background()
+	sw := ms[0].API.(*swarmtest.Engine).Swarm()
+	w.AddService(sw, "web", 3)
+	var notes []string
+	m.Notify = func(host, msg string) { notes = append(notes, host+": "+msg) }
+	if drained, err := m.Drain(ctx, "w1", ws[0].NodeID); err != nil || !drained {
+		t.Fatalf("drain: %v %v", drained, err)
+	}
+	if got := w.MinRunning["web"]; got < 3 {
+		t.Errorf("web ran %d of its 3 replicas during the drain; calls:\n%s", got, strings.Join(w.Calls, "\n"))
+	}
+	if n, labels := sw.Replicas("web"); n != 3 || labels[swarm.LabelSurge] != "" {
+		t.Errorf("after the drain: %d replicas, labels %v; want 3 and no surge label", n, labels)
+	}
+	if sw.Running("web") != 3 || sw.TasksOn(ws[0].API.(*swarmtest.Engine)) != 0 {
+		t.Errorf("%d running, %d on the drained node", sw.Running("web"), sw.TasksOn(ws[0].API.(*swarmtest.Engine)))
+	}
+	up := slices.Index(w.Calls, "ServiceUpdate web replicas=4")
+	drain := slices.IndexFunc(w.Calls, func(c string) bool { return strings.Contains(c, "w1 availability=drain") })
+	down := slices.Index(w.Calls, "ServiceUpdate web replicas=3")
+	if up < 0 || drain < up || down < drain || !slices.Contains(w.Calls, "NodeUpdate w1 availability=pause") {
+		t.Errorf("want pause, scale up, drain, scale back; calls:\n%s", strings.Join(w.Calls, "\n"))
+	}
+	if !slices.ContainsFunc(notes, func(n string) bool { return strings.Contains(n, "web 3→4") }) {
+		t.Errorf("notes do not say what was scaled: %v", notes)
+	}
+}
+
+// TestRestoreSurges: an apply interrupted between the scale-up and the
+// scale-back leaves the label; the next apply puts the service's own count
+// back, unless someone scaled it meanwhile (then their count stays).
+func TestRestoreSurges(t *testing.T) {
+	w := swarmtest.New()
+	m, ms, _ := cluster(t, w, 1, 1)
+	ctx := context.Background()
+	e := ms[0].API.(*swarmtest.Engine)
+	sw := e.Swarm()
+	w.AddService(sw, "web", 2)
+	w.AddService(sw, "api", 2)
+	w.AddService(sw, "db", 1)
+	set := func(name string, replicas uint64, label string) {
+		t.Helper()
+		svc, _, err := e.ServiceInspectWithRaw(ctx, name, dswarm.ServiceInspectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec := svc.Spec
+		spec.Labels = map[string]string{"team": "a", swarm.LabelSurge: label}
+		spec.Mode.Replicated = &dswarm.ReplicatedService{Replicas: &replicas}
+		if _, err := e.ServiceUpdate(ctx, name, svc.Version, spec, dswarm.ServiceUpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set("web", 3, "2:3") // interrupted surge
+	set("api", 5, "2:3") // scaled by someone after the surge
+	if err := m.RestoreSurges(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]uint64{"web": 2, "api": 5, "db": 1} {
+		n, labels := sw.Replicas(name)
+		if n != want || labels[swarm.LabelSurge] != "" || (name != "db" && labels["team"] != "a") {
+			t.Errorf("%s: %d replicas, labels %v; want %d, the surge label gone, others kept", name, n, labels, want)
+		}
+	}
+	calls := len(w.Calls)
+	if err := m.RestoreSurges(ctx); err != nil || len(w.Calls) != calls {
+		t.Errorf("a second restore changed something: %v %v", err, w.Calls[calls:])
+	}
+}
