@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	dswarm "github.com/docker/docker/api/types/swarm"
 
@@ -87,5 +88,35 @@ func TestRestoreSurges(t *testing.T) {
 	calls := len(w.Calls)
 	if err := m.RestoreSurges(ctx); err != nil || len(w.Calls) != calls {
 		t.Errorf("a second restore changed something: %v %v", err, w.Calls[calls:])
+	}
+}
+
+// TestSurgeWithoutRoom: when the swarm cannot place the extra tasks (every
+// other node full), the service is scaled back at once and the node drains
+// as Docker does, without waiting for the reschedule timeout first.
+func TestSurgeWithoutRoom(t *testing.T) {
+	w := swarmtest.New()
+	m, ms, ws := cluster(t, w, 1, 1)
+	ctx := context.Background()
+	sw := ms[0].API.(*swarmtest.Engine).Swarm()
+	w.AddService(sw, "web", 2)
+	ms[0].API.(*swarmtest.Engine).Full = true
+	m.Timeouts.Reschedule = 3 * time.Second
+	var notes []string
+	m.Notify = func(host, msg string) { notes = append(notes, host+": "+msg) }
+	t0 := time.Now()
+	if _, err := m.Drain(ctx, "w1", ws[0].NodeID); err != nil {
+		t.Fatal(err)
+	}
+	if n, labels := sw.Replicas("web"); n != 2 || labels[swarm.LabelSurge] != "" {
+		t.Errorf("after the drain: %d replicas, labels %v", n, labels)
+	}
+	if !slices.ContainsFunc(notes, func(n string) bool { return strings.Contains(n, "no room for its extra replicas") }) {
+		t.Errorf("notes: %v", notes)
+	}
+	// The surge gave up at once; only the plain drain's own wait (its
+	// stopped task has nowhere to go either) took the reschedule timeout.
+	if took := time.Since(t0); took > 5*time.Second {
+		t.Errorf("drain took %s: the surge waited for tasks that could not be placed", took)
 	}
 }

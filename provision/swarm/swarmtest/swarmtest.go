@@ -104,6 +104,9 @@ type Engine struct {
 	Down bool
 	// BlockJoin leaves a join pending: the engine cannot reach a manager.
 	BlockJoin bool
+	// Full: the swarm places no new task on this engine's node (no room:
+	// a host-mode port taken, not enough memory).
+	Full bool
 	// Version is the engine version Info reports ("20.10.24" when empty).
 	Version string
 	// Leaderless is how many node list calls after this engine forms or
@@ -373,7 +376,7 @@ func (s *Swarm) Running(service string) int {
 func (s *Swarm) place(t *task, i int) {
 	var ids []string
 	for id, n := range s.nodes {
-		if n.avail == dswarm.NodeAvailabilityActive && n.reachable() {
+		if n.avail == dswarm.NodeAvailabilityActive && n.reachable() && (n.engine == nil || !n.engine.Full) {
 			ids = append(ids, id)
 		}
 	}
@@ -885,11 +888,13 @@ func (e *Engine) TaskList(ctx context.Context, opts dswarm.TaskListOptions) ([]d
 		if v := opts.Filters.Get("service"); len(v) > 0 && !slices.Contains(v, t.service) {
 			continue
 		}
-		st := dswarm.TaskStatePending
+		st, why := dswarm.TaskStatePending, ""
 		if n := s.nodes[t.node]; n != nil && n.reachable() {
 			st = dswarm.TaskStateRunning
+		} else if t.node == "" {
+			why = "no suitable node (no room on any active node)"
 		}
-		out = append(out, dswarm.Task{ID: t.id, ServiceID: t.service, NodeID: t.node, DesiredState: dswarm.TaskStateRunning, Status: dswarm.TaskStatus{State: st, Timestamp: time.Now()}})
+		out = append(out, dswarm.Task{ID: t.id, ServiceID: t.service, NodeID: t.node, DesiredState: dswarm.TaskStateRunning, Status: dswarm.TaskStatus{State: st, Err: why, Timestamp: time.Now()}})
 	}
 	return out, nil
 }
