@@ -127,9 +127,9 @@ func TestEngineUpgrade(t *testing.T) {
 		w.samples, w.minManagers, w.lowManagersAt, w.minRunning, upgradeReplicas, w.lowTaskAt, w.lowTasks, w.maxSilence.Round(time.Millisecond), r.took.Round(time.Second))
 	w.checkManagers(t, 2)
 	// Docker's drain stops a node's tasks before their replacements run;
-	// provision runs the replacements first (the node paused, the service
-	// scaled up by what it ran there, then drained and scaled back), so the
-	// service keeps its replicas the whole time.
+	// for a start-first service provision runs the replacements first (the
+	// node paused, the service scaled up by what it ran there, then drained
+	// and scaled back), so the service keeps its replicas the whole time.
 	if w.minRunning < upgradeReplicas {
 		t.Errorf("only %d of %d tasks running at %s: %s", w.minRunning, upgradeReplicas, w.lowTaskAt, w.lowTasks)
 		t.Logf("apply events:\n%s", timeline(r.stdout))
@@ -282,6 +282,9 @@ func startUpgradeService(t *testing.T, ctx context.Context, d *day2) {
 			Image: testImage, Command: []string{"/bin/httpd", "-f", "-p", "8080", "-h", "/"}, StopGracePeriod: &grace,
 		}},
 		Mode: swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &replicas}},
+		// Start-first: the service may run an old and a new task at once,
+		// so drains start its tasks elsewhere before they stop here.
+		UpdateConfig: &swarm.UpdateConfig{Order: swarm.UpdateOrderStartFirst},
 	}, swarm.ServiceCreateOptions{}); err != nil {
 		t.Fatalf("create service: %v", err)
 	}

@@ -170,6 +170,7 @@ func TestReplaceManagersNeverLosesQuorum(t *testing.T) {
 	ctx := context.Background()
 	sw := ms[0].API.(*swarmtest.Engine).Swarm()
 	w.AddService(sw, "web", 4)
+	sw.StartFirst("web")
 	id := m.ClusterID
 	w.ResetMin()
 	for i, old := range ms {

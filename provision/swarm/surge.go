@@ -26,13 +26,14 @@ type surged struct {
 
 // surge keeps the replicas of the services a node runs while the node is
 // drained. Swarm's drain stops the node's tasks before their replacements
-// start, so a service would run fewer than its replicas until they do. The
-// node is paused first (the swarm places nothing new on it; its tasks keep
+// start, so a service would run fewer than its replicas until they do. For
+// the services that declare they may run an old and a new task at once
+// (update order start-first, as for their own updates), the node is paused first (the swarm places nothing new on it; its tasks keep
 // running), every replicated service with tasks on it is scaled up by that
 // many, and the extra tasks are waited for Running elsewhere, up to the
 // reschedule timeout (no room elsewhere: a note, and the drain goes on as a
-// plain one). Global services and jobs are left alone: their tasks belong
-// to the node. Only replicas and the LabelSurge label change in the
+// plain one). Stop-first services (Docker's default: a singleton database
+// must not run twice), global services and jobs drain as Docker does. Only replicas and the LabelSurge label change in the
 // service's spec, so no task restarts. unsurge scales back after the drain.
 func (m *Membership) surge(ctx context.Context, name, nodeID string) []surged {
 	via := m.Via()
@@ -67,6 +68,7 @@ func (m *Membership) surge(ctx context.Context, name, nodeID string) []surged {
 	}
 	sort.Strings(ids)
 	var out []surged
+	var stopFirst []string
 	for _, id := range ids {
 		svc, _, err := via.API.ServiceInspectWithRaw(ctx, id, dswarm.ServiceInspectOptions{})
 		if err != nil {
@@ -75,6 +77,12 @@ func (m *Membership) surge(ctx context.Context, name, nodeID string) []surged {
 		}
 		r := svc.Spec.Mode.Replicated
 		if r == nil || r.Replicas == nil {
+			continue
+		}
+		if u := svc.Spec.UpdateConfig; u == nil || u.Order != dswarm.UpdateOrderStartFirst {
+			// Stop-first (Docker's default) says two of its tasks must not
+			// run at once (one volume, one lock): it drains as Docker does.
+			stopFirst = append(stopFirst, svc.Spec.Name)
 			continue
 		}
 		s := surged{id: svc.ID, name: svc.Spec.Name, replicas: *r.Replicas, extra: on[id]}
@@ -95,6 +103,9 @@ func (m *Membership) surge(ctx context.Context, name, nodeID string) []surged {
 			continue
 		}
 		out = append(out, s)
+	}
+	if len(stopFirst) > 0 {
+		m.note(name, fmt.Sprintf("service %s: update order stop-first, so its tasks here stop before they run elsewhere (start-first services keep their replicas through a drain)", strings.Join(stopFirst, ", ")))
 	}
 	if len(out) == 0 {
 		return nil

@@ -15,15 +15,18 @@ import (
 
 // TestDrainKeepsReplicas: Docker's drain stops a node's tasks before their
 // replacements run (swarmtest does the same), so a drain alone takes a
-// service below its replicas. Drains pause the node, scale the node's
-// replicated services up by what it runs, wait for the extra tasks, drain,
-// and scale back: the service never runs fewer than its replicas.
+// service below its replicas. For start-first services, drains pause the
+// node, scale the service up by what the node runs, wait for the extra
+// tasks, drain, and scale back: the service never runs fewer than its
+// replicas. A stop-first one (a singleton database) is never scaled.
 func TestDrainKeepsReplicas(t *testing.T) {
 	w := swarmtest.New()
 	m, ms, ws := cluster(t, w, 1, 2)
 	ctx := context.Background()
 	sw := ms[0].API.(*swarmtest.Engine).Swarm()
 	w.AddService(sw, "web", 3)
+	sw.StartFirst("web")
+	w.AddService(sw, "db", 1) // stop-first: drains as Docker does
 	var notes []string
 	m.Notify = func(host, msg string) { notes = append(notes, host+": "+msg) }
 	if drained, err := m.Drain(ctx, "w1", ws[0].NodeID); err != nil || !drained {
@@ -43,6 +46,9 @@ func TestDrainKeepsReplicas(t *testing.T) {
 	down := slices.Index(w.Calls, "ServiceUpdate web replicas=3")
 	if up < 0 || drain < up || down < drain || !slices.Contains(w.Calls, "NodeUpdate w1 availability=pause") {
 		t.Errorf("want pause, scale up, drain, scale back; calls:\n%s", strings.Join(w.Calls, "\n"))
+	}
+	if slices.ContainsFunc(w.Calls, func(c string) bool { return strings.HasPrefix(c, "ServiceUpdate db") }) {
+		t.Errorf("a stop-first service was scaled: %v", w.Calls)
 	}
 	if !slices.ContainsFunc(notes, func(n string) bool { return strings.Contains(n, "web 3→4") }) {
 		t.Errorf("notes do not say what was scaled: %v", notes)
@@ -100,6 +106,7 @@ func TestSurgeWithoutRoom(t *testing.T) {
 	ctx := context.Background()
 	sw := ms[0].API.(*swarmtest.Engine).Swarm()
 	w.AddService(sw, "web", 2)
+	sw.StartFirst("web")
 	ms[0].API.(*swarmtest.Engine).Full = true
 	m.Timeouts.Reschedule = 3 * time.Second
 	var notes []string

@@ -315,6 +315,13 @@ func (w *World) AddService(s *Swarm, name string, replicas int) {
 	}
 }
 
+// StartFirst sets a service's update order to start-first: it may run an
+// old and a new task at once (AddService makes it stop-first, Docker's
+// default).
+func (s *Swarm) StartFirst(name string) {
+	s.services[name].spec.UpdateConfig = &dswarm.UpdateConfig{Order: dswarm.UpdateOrderStartFirst}
+}
+
 // Replicas is a service's replica count in its spec, and whether its spec
 // carries labels (the surge label while provision has scaled it up).
 func (s *Swarm) Replicas(name string) (uint64, map[string]string) {
