@@ -48,16 +48,6 @@ func (m *Membership) surge(ctx context.Context, name, nodeID string) []surged {
 	if err != nil || len(ts) == 0 {
 		return nil
 	}
-	if _, err := via.update(ctx, nodeID, func(s *dswarm.NodeSpec) bool {
-		if s.Availability != dswarm.NodeAvailabilityActive {
-			return false
-		}
-		s.Availability = dswarm.NodeAvailabilityPause
-		return true
-	}); err != nil {
-		m.note(name, "not paused before the drain ("+err.Error()+"): its tasks stop before they run elsewhere")
-		return nil
-	}
 	on := map[string]uint64{}
 	for _, t := range ts {
 		on[t.ServiceID]++
@@ -69,6 +59,7 @@ func (m *Membership) surge(ctx context.Context, name, nodeID string) []surged {
 	sort.Strings(ids)
 	var out []surged
 	var stopFirst []string
+	var cands []dswarm.Service
 	for _, id := range ids {
 		svc, _, err := via.API.ServiceInspectWithRaw(ctx, id, dswarm.ServiceInspectOptions{})
 		if err != nil {
@@ -85,7 +76,27 @@ func (m *Membership) surge(ctx context.Context, name, nodeID string) []surged {
 			stopFirst = append(stopFirst, svc.Spec.Name)
 			continue
 		}
-		s := surged{id: svc.ID, name: svc.Spec.Name, replicas: *r.Replicas, extra: on[id]}
+		cands = append(cands, svc)
+	}
+	if len(stopFirst) > 0 {
+		m.note(name, fmt.Sprintf("service %s: update order stop-first, so its tasks here stop before they run elsewhere (start-first services keep their replicas through a drain)", strings.Join(stopFirst, ", ")))
+	}
+	if len(cands) == 0 {
+		return nil
+	}
+	// Paused before any scale-up, so that no extra task lands here.
+	if _, err := via.update(ctx, nodeID, func(s *dswarm.NodeSpec) bool {
+		if s.Availability != dswarm.NodeAvailabilityActive {
+			return false
+		}
+		s.Availability = dswarm.NodeAvailabilityPause
+		return true
+	}); err != nil {
+		m.note(name, "not paused before the drain ("+err.Error()+"): its tasks stop before they run elsewhere")
+		return nil
+	}
+	for _, svc := range cands {
+		s := surged{id: svc.ID, name: svc.Spec.Name, replicas: *svc.Spec.Mode.Replicated.Replicas, extra: on[svc.ID]}
 		if v, ok := svc.Spec.Labels[LabelSurge]; ok {
 			// Left by an interrupted run that RestoreSurges could not fix:
 			// its count is the service's own.
@@ -103,9 +114,6 @@ func (m *Membership) surge(ctx context.Context, name, nodeID string) []surged {
 			continue
 		}
 		out = append(out, s)
-	}
-	if len(stopFirst) > 0 {
-		m.note(name, fmt.Sprintf("service %s: update order stop-first, so its tasks here stop before they run elsewhere (start-first services keep their replicas through a drain)", strings.Join(stopFirst, ", ")))
 	}
 	if len(out) == 0 {
 		return nil
