@@ -3,6 +3,8 @@
 package acceptance
 
 import (
+	"github.com/docker/docker/api/types/network"
+
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -282,6 +284,22 @@ ip netns exec fwtest ip link set lo up`
 		ruleset := run("sudo -n nft list table inet provision")
 		if !strings.Contains(ruleset, "policy drop") {
 			t.Errorf("table inet provision without a drop policy:\n%s", ruleset)
+		}
+	})
+
+	// The VM's own kernel has the IPsec ESP data path that system containers
+	// lack here: the cluster's overlay network is encrypted, as the
+	// hardening default asks, and apply does not say otherwise.
+	t.Run("overlay_encryption", func(t *testing.T) {
+		n, err := en.NetworkInspect(ctx, "vmacc-overlay", network.InspectOptions{})
+		if err != nil {
+			t.Fatalf("the cluster's overlay network: %v", err)
+		}
+		_, enc := n.Options["encrypted"]
+		said := strings.Contains(r.stdout+r.stderr, "overlay network not encrypted")
+		t.Logf("vmacc-overlay: driver %s, options %v; esp facts: %s", n.Driver, n.Options, strings.TrimSpace(run("lsmod | grep -E '^(esp4|xfrm_user) ' || true; grep -c 'rfc4106(gcm(aes))' /proc/crypto || true")))
+		if !enc || said {
+			t.Errorf("overlay encrypted %v (apply said it was not: %v); want encrypted on a kernel with ESP", enc, said)
 		}
 	})
 
