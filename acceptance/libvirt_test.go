@@ -429,9 +429,18 @@ func dockerBench(t *testing.T, ctx context.Context, c *comm.Client) {
 	}
 	t.Logf("docker-bench-security on the VM: %s checks, score %s (PASS %d, WARN %d, INFO %d, NOTE %d) in %s",
 		checks[1], score[1], counts["PASS"], counts["WARN"], counts["INFO"], counts["NOTE"], time.Since(t0).Round(time.Second))
+	// Section 1.1 (the host's audit rules and partitions) is clean but for
+	// 1.1.1, one disk for the VM (README, Measured, says why); every other
+	// warning is one the README justifies.
+	justified := map[string]bool{"1.1.1": true, "2.9": true, "2.12": true, "2.13": true, "4.5": true, "5.1": true, "7.3": true}
 	for _, l := range strings.Split(text, "\n") {
-		if strings.HasPrefix(l, "[WARN]") && regexp.MustCompile(`^\[WARN\] \d`).MatchString(l) {
-			t.Logf("  %s", l)
+		m := regexp.MustCompile(`^\[WARN\] (\d+(?:\.\d+)*) `).FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		t.Logf("  %s", l)
+		if !justified[m[1]] {
+			t.Errorf("docker-bench warns where the README does not say why: %s", l)
 		}
 	}
 }
