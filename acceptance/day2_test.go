@@ -215,8 +215,11 @@ type watch struct {
 	// A round in which no manager answered at all (every call timed out
 	// or was refused: a loaded machine, or every manager down) is not a
 	// sample; the longest run of such rounds is kept and judged apart.
-	// A manager that answers that the swarm has no leader is a sample
-	// with no reachable manager.
+	// A manager that answers that the swarm has no leader (an election
+	// after the leader's engine restarted, or a lost majority) makes a
+	// sample in which the managers whose engines answer as active swarm
+	// managers are counted: two of three while an election runs, one
+	// when the majority is gone.
 	silentSince time.Time
 	maxSilence  time.Duration
 }
@@ -315,6 +318,21 @@ func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
 				cancel()
 				if asked {
 					break
+				}
+			}
+			if !asked && noLeader {
+				// Raft members up, asked one by one.
+				for addr, name := range addrs {
+					e := conn(addr, name)
+					if e == nil {
+						continue
+					}
+					c, cancel := context.WithTimeout(wctx, 2*time.Second)
+					info, err := e.Info(c)
+					cancel()
+					if err == nil && info.Swarm.ControlAvailable && info.Swarm.LocalNodeState == dswarm.LocalNodeStateActive {
+						reach++
+					}
 				}
 			}
 			if wctx.Err() != nil {

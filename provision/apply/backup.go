@@ -100,6 +100,23 @@ func (r *run) backupFrom(ctx context.Context, src *backupCandidate, stop bool, w
 	if !stop {
 		how = "hot: the swarm cannot spare it, or has no quorum to lose"
 	}
+	// Its tasks would stop with its engine: it is drained first, so that
+	// start-first services run theirs elsewhere before (Membership.Drain),
+	// and made active again after; the drain is recorded in state like an
+	// engine restart's, so an interrupted run's next apply reactivates it.
+	reactivate := false
+	if stop && src.member != nil && src.nodeID != "" && r.members != nil && r.members.Via() != nil {
+		if n, ok := r.members.Nodes()[src.nodeID]; ok && n.Spec.Availability == dswarm.NodeAvailabilityActive {
+			if err := r.recordDrained(src.name, true); err != nil {
+				return err
+			}
+			drained, err := r.members.Drain(ctx, src.name, src.nodeID)
+			if err != nil {
+				return fmt.Errorf("raft backup from %s: drain first: %w", src.name, err)
+			}
+			reactivate = drained
+		}
+	}
 	r.note(src.name, "raft backup before "+why+" ("+how+")")
 	t0 := time.Now()
 	path, err := do(ctx, BackupTarget{Host: src.file, Comm: src.comm, Stop: stop, Dir: BackupDir(r.Store.Dir())})
@@ -114,6 +131,14 @@ func (r *run) backupFrom(ctx context.Context, src *backupCandidate, stop bool, w
 		// change the backup was for takes another node's.
 		if err := r.members.WaitTasks(ctx, src.name, "its tasks running again after the backup"); err != nil {
 			return fmt.Errorf("raft backup from %s: %w", src.name, err)
+		}
+		if reactivate {
+			if err := r.members.Activate(ctx, src.name, src.nodeID); err != nil {
+				return fmt.Errorf("raft backup from %s: make it active again: %w", src.name, err)
+			}
+		}
+		if err := r.recordDrained(src.name, false); err != nil {
+			return err
 		}
 	} else if stop && src.member != nil {
 		err := swarm.Wait{Host: src.name, What: "its engine back after the backup", Timeout: 2 * time.Minute, Progress: r.note}.Until(ctx, func(ctx context.Context) (bool, string, error) {
@@ -133,6 +158,20 @@ func (r *run) backupFrom(ctx context.Context, src *backupCandidate, stop bool, w
 		r.log.Warn("prune raft backups", "err", err)
 	}
 	return nil
+}
+
+// recordDrained records in state that provision drained a machine (or that
+// it is active again), by name; a machine state does not hold is skipped.
+func (r *run) recordDrained(name string, drained bool) error {
+	r.mu.Lock()
+	rec := r.State.Machine(name)
+	if rec == nil || rec.Drained == drained {
+		r.mu.Unlock()
+		return nil
+	}
+	rec.Drained = drained
+	r.mu.Unlock()
+	return r.save()
 }
 
 func (r *run) backupsToKeep() int {
