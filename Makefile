@@ -50,7 +50,7 @@ vet:
 test: env vet
 	PROVISION_REQUIRE_DOCKER=1 PROVISION_REQUIRE_LIBVIRT=1 $(GO) test -tags $(TAGS) -count=1 -timeout 25m $(PKGS)
 	CGO_ENABLED=0 $(GO) test -count=1 -run '^TestNotBuilt$$' ./drivers/libvirt/
-	PROVISION_ACC=1 PROVISION_REQUIRE_DOCKER=1 $(GO) test -count=1 -tags acceptance,$(TAGS) -timeout 60m -parallel 32 -skip '^TestLibvirt' -v ./acceptance/ 2>&1 | tee /tmp/provision-acceptance.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:' ; rc=$${PIPESTATUS[0]}; \
+	PROVISION_ACC=1 PROVISION_REQUIRE_DOCKER=1 $(GO) test -count=1 -tags acceptance,$(TAGS) -timeout 75m -parallel 32 -skip '^TestLibvirt' -v ./acceptance/ 2>&1 | tee /tmp/provision-acceptance.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:' ; rc=$${PIPESTATUS[0]}; \
 	  if [ $$rc -ne 0 ]; then ./acceptance/env/failures.sh /tmp/provision-acceptance.log; grep -A40 -E '^panic:' /tmp/provision-acceptance.log || true; fi; exit $$rc
 
 # One real VM under QEMU (TCG where KVM does not work): libvirtd installed and started by the
