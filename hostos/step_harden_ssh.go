@@ -44,10 +44,9 @@ func stepHardenSSH() *Step {
 			if err := reloadSSH(ctx, t); err != nil {
 				// sshd may be down now, with our session the only way in:
 				// put the old file back and start it with that.
-				if _, rerr := t.sudoSh(ctx, restoreScript+" && "+sshdLiveScript(t)); rerr != nil {
+				if rerr := rollBackSSHD(ctx, t); rerr != nil {
 					return fmt.Errorf("%w; rolling back failed too: %v", err, rerr)
 				}
-				delete(t.Facts.Files, PathSSHD)
 				return fmt.Errorf("%w (the old %s is back)", err, PathSSHD)
 			}
 			if t.Relogin != nil {
@@ -55,12 +54,9 @@ func stepHardenSSH() *Step {
 				// the new configuration before we go on.
 				if err := t.Relogin(ctx); err != nil {
 					t.Log.Error("a fresh SSH login failed after the sshd change: rolling back", "err", err)
-					// Restore and reload in one command: our connection is the
-					// only way in, so nothing may come between the two.
-					if _, rerr := t.sudoSh(ctx, restoreScript+" && "+sshdLiveScript(t)); rerr != nil {
+					if rerr := rollBackSSHD(ctx, t); rerr != nil {
 						return fmt.Errorf("a fresh login failed with the new %s (%v); rolling back failed too: %w", PathSSHD, err, rerr)
 					}
-					delete(t.Facts.Files, PathSSHD)
 					return fmt.Errorf("a fresh login failed with the new %s, so the change was rolled back and sshd serves the old configuration again: %w", PathSSHD, err)
 				}
 			}
@@ -80,6 +76,17 @@ const (
 // when there was none) and forgets its hash: the next facts tell.
 func restoreSSHD(ctx context.Context, t *Target) error {
 	if _, err := t.sudoSh(ctx, restoreScript); err != nil {
+		return err
+	}
+	delete(t.Facts.Files, PathSSHD)
+	return nil
+}
+
+// rollBackSSHD puts the file saved before the change back and makes it the
+// one sshd serves, in one command: our connection may be the only way in,
+// so nothing may come between the two.
+func rollBackSSHD(ctx context.Context, t *Target) error {
+	if _, err := t.sudoSh(ctx, restoreScript+" && "+sshdLiveScript(t)); err != nil {
 		return err
 	}
 	delete(t.Facts.Files, PathSSHD)

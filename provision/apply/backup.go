@@ -20,6 +20,7 @@ import (
 	"github.com/provision/provision/provision/atomicfile"
 	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/spec"
+	"github.com/provision/provision/provision/state"
 	"github.com/provision/provision/provision/swarm"
 )
 
@@ -107,7 +108,7 @@ func (r *run) backupFrom(ctx context.Context, src *backupCandidate, stop bool, w
 	reactivate := false
 	if stop && src.member != nil && src.nodeID != "" && r.members != nil && r.members.Via() != nil {
 		if n, ok := r.members.Nodes()[src.nodeID]; ok && n.Spec.Availability == dswarm.NodeAvailabilityActive {
-			if err := r.recordDrained(src.name, true); err != nil {
+			if err := r.setDrained(src.rec, true); err != nil {
 				return err
 			}
 			drained, err := r.members.Drain(ctx, src.name, src.nodeID)
@@ -137,7 +138,7 @@ func (r *run) backupFrom(ctx context.Context, src *backupCandidate, stop bool, w
 				return fmt.Errorf("raft backup from %s: make it active again: %w", src.name, err)
 			}
 		}
-		if err := r.recordDrained(src.name, false); err != nil {
+		if err := r.setDrained(src.rec, false); err != nil {
 			return err
 		}
 	} else if stop && src.member != nil {
@@ -160,20 +161,6 @@ func (r *run) backupFrom(ctx context.Context, src *backupCandidate, stop bool, w
 	return nil
 }
 
-// recordDrained records in state that provision drained a machine (or that
-// it is active again), by name; a machine state does not hold is skipped.
-func (r *run) recordDrained(name string, drained bool) error {
-	r.mu.Lock()
-	rec := r.State.Machine(name)
-	if rec == nil || rec.Drained == drained {
-		r.mu.Unlock()
-		return nil
-	}
-	rec.Drained = drained
-	r.mu.Unlock()
-	return r.save()
-}
-
 func (r *run) backupsToKeep() int {
 	if r.KeepBackups > 0 {
 		return r.KeepBackups
@@ -191,6 +178,9 @@ type backupCandidate struct {
 	comm    Conn
 	member  *swarm.Host
 	fresh   bool // joined in this run: prefer a manager that was there before
+	// rec is its state record, where a drain for the copy is recorded
+	// (nil for an earlier generation: its drain is not the machine's).
+	rec *state.Machine
 }
 
 // recordedManager is a manager of this run that state records as a swarm
@@ -204,7 +194,7 @@ func (r *run) recordedManager(prefer string) *backupCandidate {
 		if h.rec.Role != spec.RoleManager || h.rec.NodeID == "" || h.err != nil {
 			continue
 		}
-		c := &backupCandidate{name: h.rec.Name, file: h.rec.Name, nodeID: h.rec.NodeID, machine: h.rec.Machine, comm: h.comm, member: h.member}
+		c := &backupCandidate{name: h.rec.Name, file: h.rec.Name, nodeID: h.rec.NodeID, machine: h.rec.Machine, comm: h.comm, member: h.member, rec: h.rec}
 		if best == nil || h.rec.NodeID == prefer {
 			best = c
 		}
@@ -222,7 +212,7 @@ func (r *run) backupSurvivor(ctx context.Context, h *host, why string) error {
 	if r.backedUp != "" {
 		return nil
 	}
-	return r.backupFrom(ctx, &backupCandidate{name: h.rec.Name, file: h.rec.Name, nodeID: h.rec.NodeID, machine: h.rec.Machine, comm: h.comm, member: h.member}, false, why)
+	return r.backupFrom(ctx, &backupCandidate{name: h.rec.Name, file: h.rec.Name, nodeID: h.rec.NodeID, machine: h.rec.Machine, comm: h.comm, member: h.member, rec: h.rec}, false, why)
 }
 
 // backupSource picks the manager to copy the raft from: a Reachable one
@@ -247,7 +237,7 @@ func (r *run) backupSource(nodes map[string]dswarm.Node, prefer string) (*backup
 		if h.rec.Role != spec.RoleManager || h.rec.NodeID == "" || !ok || n.ManagerStatus == nil || n.ManagerStatus.Reachability != dswarm.ReachabilityReachable {
 			continue
 		}
-		cands = append(cands, &backupCandidate{name: h.rec.Name, file: h.rec.Name, nodeID: h.rec.NodeID, leader: n.ManagerStatus.Leader, machine: h.rec.Machine, comm: h.comm, member: h.member, fresh: h.joinedNow})
+		cands = append(cands, &backupCandidate{name: h.rec.Name, file: h.rec.Name, nodeID: h.rec.NodeID, leader: n.ManagerStatus.Leader, machine: h.rec.Machine, comm: h.comm, member: h.member, fresh: h.joinedNow, rec: h.rec})
 	}
 	var retiring []*backupCandidate
 	for _, o := range r.retiring {
@@ -274,7 +264,7 @@ func (r *run) backupSource(nodes map[string]dswarm.Node, prefer string) (*backup
 			if !ok || n.ManagerStatus == nil || n.ManagerStatus.Reachability != dswarm.ReachabilityReachable {
 				continue
 			}
-			retiring = append(retiring, &backupCandidate{name: rec.Name, file: rec.Name, nodeID: rec.NodeID, leader: n.ManagerStatus.Leader, machine: rec.Machine})
+			retiring = append(retiring, &backupCandidate{name: rec.Name, file: rec.Name, nodeID: rec.NodeID, leader: n.ManagerStatus.Leader, machine: rec.Machine, rec: rec})
 		}
 	}
 	r.mu.Unlock()

@@ -18,6 +18,7 @@ import (
 	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/redact"
 	"github.com/provision/provision/provision/spec"
+	"github.com/provision/provision/provision/state"
 	"github.com/provision/provision/provision/swarm"
 )
 
@@ -134,7 +135,7 @@ func rollBatches(ctx context.Context, r *run, batches []batch, members *swarm.Me
 			if turn.Drain {
 				// Recorded first: a drain an interrupted run leaves behind
 				// is undone by the next apply (labels phase).
-				if err := markDrained(r, h, true); err != nil {
+				if err := r.setDrained(h.rec, true); err != nil {
 					return err
 				}
 			}
@@ -154,7 +155,7 @@ func rollBatches(ctx context.Context, r *run, batches []batch, members *swarm.Me
 				return err
 			}
 			if turn.Drain {
-				if err := markDrained(r, h, false); err != nil {
+				if err := r.setDrained(h.rec, false); err != nil {
 					return err
 				}
 			}
@@ -182,12 +183,20 @@ func needsDrain(h *host) bool {
 	return len(hostos.DrainReasons(h.pending, h.target)) > 0
 }
 
-// markDrained records in state that provision drained the node for a
-// rolling change (or that it is active again).
-func markDrained(r *run, h *host, drained bool) error {
+// setDrained records in state that provision drained a machine for a
+// rolling change or a raft backup (or that it is active again); an
+// unchanged flag or a nil record writes nothing.
+func (r *run) setDrained(rec *state.Machine, drained bool) error {
+	if rec == nil {
+		return nil
+	}
 	r.mu.Lock()
-	h.rec.Drained = drained
+	changed := rec.Drained != drained
+	rec.Drained = drained
 	r.mu.Unlock()
+	if !changed {
+		return nil
+	}
 	return r.save()
 }
 
@@ -203,7 +212,7 @@ func reactivate(ctx context.Context, r *run, m *swarm.Membership, h *host) error
 	if err := m.Activate(ctx, h.rec.Name, id); err != nil {
 		return fmt.Errorf("make the node active again after its engine restart: %w", err)
 	}
-	return markDrained(r, h, false)
+	return r.setDrained(h.rec, false)
 }
 
 // oldFirewalls lets the new machines through the firewalls of the earlier

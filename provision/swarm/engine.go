@@ -312,40 +312,71 @@ func (h *Host) Nodes(ctx context.Context) ([]dswarm.Node, error) {
 	return ns, nil
 }
 
-// update applies fn to the node's spec and writes it back when it changed.
-// The swarm changes node objects itself (a demotion going through, a
-// status update), so a write can find the version it read outdated
-// ("update out of sequence"): it reads the node again and retries, for a
-// few seconds.
+// update applies fn to the node's spec and writes it back when it changed
+// (rewrite).
 func (h *Host) update(ctx context.Context, nodeID string, fn func(*dswarm.NodeSpec) bool) (bool, error) {
+	return rewrite(ctx, h.Name, "node", nodeID,
+		func(ctx context.Context) (dswarm.NodeSpec, dswarm.Version, error) {
+			n, _, err := h.API.NodeInspectWithRaw(ctx, nodeID)
+			if n.Spec.Labels != nil {
+				n.Spec.Labels = cloneMap(n.Spec.Labels)
+			}
+			return n.Spec, n.Version, err
+		},
+		func(ctx context.Context, v dswarm.Version, spec dswarm.NodeSpec) error {
+			return h.API.NodeUpdate(ctx, nodeID, v, spec)
+		}, fn)
+}
+
+// updateService applies fn to the service's spec and writes it back when
+// it changed (rewrite); only what fn changes changes, so no task restarts
+// unless fn touches the task template.
+func (h *Host) updateService(ctx context.Context, serviceID string, fn func(*dswarm.ServiceSpec) bool) (bool, error) {
+	return rewrite(ctx, h.Name, "service", serviceID,
+		func(ctx context.Context) (dswarm.ServiceSpec, dswarm.Version, error) {
+			s, _, err := h.API.ServiceInspectWithRaw(ctx, serviceID, dswarm.ServiceInspectOptions{})
+			s.Spec.Labels = cloneMap(s.Spec.Labels)
+			return s.Spec, s.Version, err
+		},
+		func(ctx context.Context, v dswarm.Version, spec dswarm.ServiceSpec) error {
+			_, err := h.API.ServiceUpdate(ctx, serviceID, v, spec, dswarm.ServiceUpdateOptions{})
+			return err
+		}, fn)
+}
+
+// rewrite reads a swarm object's spec (read copies its labels), applies fn
+// and writes it back at the version read when fn changed it.
+// The swarm changes objects itself (a demotion going through, a status
+// update, a scaling), so a write can find that version outdated ("update
+// out of sequence"): it reads again and retries, for a few seconds.
+func rewrite[S dswarm.NodeSpec | dswarm.ServiceSpec](ctx context.Context, host, kind, id string,
+	read func(context.Context) (S, dswarm.Version, error),
+	write func(context.Context, dswarm.Version, S) error,
+	fn func(*S) bool) (bool, error) {
 	var changed bool
 	var lastErr error
 	uctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	err := Poll(uctx, 100*time.Millisecond, time.Second, func() (bool, error) {
-		n, _, err := h.API.NodeInspectWithRaw(ctx, nodeID)
+		spec, version, err := read(ctx)
 		if err != nil {
-			return false, fmt.Errorf("%s: node inspect %s: %w", h.Name, nodeID, err)
-		}
-		spec := n.Spec
-		if spec.Labels != nil {
-			spec.Labels = cloneMap(spec.Labels)
+			return false, fmt.Errorf("%s: %s inspect %s: %w", host, kind, id, err)
 		}
 		if changed = fn(&spec); !changed {
 			return true, nil
 		}
-		err = h.API.NodeUpdate(ctx, nodeID, n.Version, spec)
+		err = write(ctx, version, spec)
 		if err != nil && strings.Contains(err.Error(), "out of sequence") {
 			lastErr = err
 			return false, nil // someone else wrote first: read again
 		}
 		if err != nil {
-			return false, fmt.Errorf("%s: node update %s: %w", h.Name, nodeID, err)
+			return false, fmt.Errorf("%s: %s update %s: %w", host, kind, id, err)
 		}
 		return true, nil
 	})
 	if err != nil && lastErr != nil && uctx.Err() != nil && ctx.Err() == nil {
-		return false, fmt.Errorf("%s: node update %s: %w", h.Name, nodeID, lastErr)
+		return false, fmt.Errorf("%s: %s update %s: %w", host, kind, id, lastErr)
 	}
 	return changed, err
 }

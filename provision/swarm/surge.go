@@ -13,8 +13,9 @@ import (
 
 // LabelSurge on a service holds "OWN:SURGED", its replica count and the one
 // provision scaled it to, while provision runs extra replicas of it
-// elsewhere before a drain; the label goes when the count is back. A run interrupted in between leaves it, and the next apply puts the
-// count back (RestoreSurges).
+// elsewhere before a drain; the label goes when the count is back. A run
+// interrupted in between leaves it, and the next apply puts the count back
+// (RestoreSurges).
 const LabelSurge = "provision.surge-replicas"
 
 // surged is one service scaled up for a drain.
@@ -28,13 +29,15 @@ type surged struct {
 // drained. Swarm's drain stops the node's tasks before their replacements
 // start, so a service would run fewer than its replicas until they do. For
 // the services that declare they may run an old and a new task at once
-// (update order start-first, as for their own updates), the node is paused first (the swarm places nothing new on it; its tasks keep
-// running), every replicated service with tasks on it is scaled up by that
-// many, and the extra tasks are waited for Running elsewhere, up to the
-// reschedule timeout (no room elsewhere: a note, and the drain goes on as a
-// plain one). Stop-first services (Docker's default: a singleton database
-// must not run twice), global services and jobs drain as Docker does. Only replicas and the LabelSurge label change in the
-// service's spec, so no task restarts. unsurge scales back after the drain.
+// (update order start-first, as for their own updates), the node is paused
+// first (the swarm places nothing new on it; its tasks keep running), each
+// such service with tasks on it is scaled up by that many, and the extra
+// tasks are waited for Running elsewhere, up to the reschedule timeout (no
+// room elsewhere: scaled back at once, a note, and a plain drain).
+// Stop-first services (Docker's default: a singleton database must not run
+// twice), global services and jobs drain as Docker does. Only replicas and
+// the LabelSurge label change in the service's spec, so no task restarts.
+// unsurge scales back after the drain.
 func (m *Membership) surge(ctx context.Context, name, nodeID string) []surged {
 	via := m.Via()
 	if via == nil {
@@ -96,24 +99,29 @@ func (m *Membership) surge(ctx context.Context, name, nodeID string) []surged {
 		return nil
 	}
 	for _, svc := range cands {
-		s := surged{id: svc.ID, name: svc.Spec.Name, replicas: *svc.Spec.Mode.Replicated.Replicas, extra: on[svc.ID]}
-		if v, ok := svc.Spec.Labels[LabelSurge]; ok {
-			// Left by an interrupted run that RestoreSurges could not fix:
-			// its count is the service's own.
-			if own, _, ok := parseSurge(v); ok {
+		s := surged{id: svc.ID, name: svc.Spec.Name, extra: on[svc.ID]}
+		scaled, err := via.updateService(ctx, svc.ID, func(spec *dswarm.ServiceSpec) bool {
+			if r := spec.Mode.Replicated; r == nil || r.Replicas == nil {
+				return false // no longer replicated since the look above
+			}
+			s.replicas = *spec.Mode.Replicated.Replicas
+			if own, _, ok := parseSurge(spec.Labels[LabelSurge]); ok {
+				// Left by an interrupted run that RestoreSurges could not
+				// fix: its count is the service's own.
 				s.replicas = own
 			}
-		}
-		spec := svc.Spec
-		spec.Labels = cloneLabels(spec.Labels)
-		want := s.replicas + s.extra
-		spec.Labels[LabelSurge] = strconv.FormatUint(s.replicas, 10) + ":" + strconv.FormatUint(want, 10)
-		spec.Mode.Replicated = &dswarm.ReplicatedService{Replicas: &want}
-		if _, err := via.API.ServiceUpdate(ctx, svc.ID, svc.Version, spec, dswarm.ServiceUpdateOptions{}); err != nil {
+			want := s.replicas + s.extra
+			spec.Labels[LabelSurge] = strconv.FormatUint(s.replicas, 10) + ":" + strconv.FormatUint(want, 10)
+			spec.Mode.Replicated = &dswarm.ReplicatedService{Replicas: &want}
+			return true
+		})
+		if err != nil {
 			m.note(name, fmt.Sprintf("service %s not scaled up before the drain: %v", s.name, err))
 			continue
 		}
-		out = append(out, s)
+		if scaled {
+			out = append(out, s)
+		}
 	}
 	if len(out) == 0 {
 		return nil
@@ -158,7 +166,7 @@ func (m *Membership) surge(ctx context.Context, name, nodeID string) []surged {
 	if err != nil && ctx.Err() != nil {
 		return out
 	}
-	var kept []surged
+	var kept, back []surged
 	for _, s := range out {
 		switch {
 		case ready[s.id]:
@@ -169,10 +177,9 @@ func (m *Membership) surge(ctx context.Context, name, nodeID string) []surged {
 		default:
 			m.note(name, fmt.Sprintf("service %s: its extra replicas did not all run elsewhere in time (%v); draining anyway", s.name, err))
 		}
-		if err := m.scaleBack(context.WithoutCancel(ctx), s.id); err != nil {
-			m.note(name, fmt.Sprintf("service %s not scaled back to %d replicas: %v (the next apply does it)", s.name, s.replicas, err))
-		}
+		back = append(back, s)
 	}
+	m.unsurge(context.WithoutCancel(ctx), name, back)
 	return kept
 }
 
@@ -189,31 +196,22 @@ func (m *Membership) unsurge(ctx context.Context, name string, ss []surged) {
 // label and removes the label. When the count is no longer the surged one
 // (someone scaled it meanwhile), that count is kept.
 func (m *Membership) scaleBack(ctx context.Context, id string) error {
-	for attempt := 0; ; attempt++ {
-		via := m.Via()
-		if via == nil {
-			return fmt.Errorf("no manager to ask")
-		}
-		svc, _, err := via.API.ServiceInspectWithRaw(ctx, id, dswarm.ServiceInspectOptions{})
-		if err != nil {
-			return err
-		}
-		v, ok := svc.Spec.Labels[LabelSurge]
+	via := m.Via()
+	if via == nil {
+		return fmt.Errorf("no manager to ask")
+	}
+	_, err := via.updateService(ctx, id, func(spec *dswarm.ServiceSpec) bool {
+		v, ok := spec.Labels[LabelSurge]
 		if !ok {
-			return nil
+			return false
 		}
-		spec := svc.Spec
-		spec.Labels = cloneLabels(spec.Labels)
 		delete(spec.Labels, LabelSurge)
 		if own, to, ok := parseSurge(v); ok && spec.Mode.Replicated != nil && spec.Mode.Replicated.Replicas != nil && *spec.Mode.Replicated.Replicas == to {
 			spec.Mode.Replicated = &dswarm.ReplicatedService{Replicas: &own}
 		}
-		_, err = via.API.ServiceUpdate(ctx, svc.ID, svc.Version, spec, dswarm.ServiceUpdateOptions{})
-		if err == nil || attempt == 2 || ctx.Err() != nil {
-			return err
-		}
-		// "update out of sequence": another writer came between; read again.
-	}
+		return true
+	})
+	return err
 }
 
 // RestoreSurges puts back the replica counts a drain interrupted before it
@@ -236,7 +234,7 @@ func (m *Membership) RestoreSurges(ctx context.Context) error {
 			return fmt.Errorf("service %s: scale back to its own replicas after an interrupted drain: %w", s.Spec.Name, err)
 		}
 		own, _, _ := parseSurge(s.Spec.Labels[LabelSurge])
-		m.note(s.Spec.Name, fmt.Sprintf("service scaled back to its %d replicas (an interrupted drain had scaled it up)", own))
+		m.note("", fmt.Sprintf("service %s scaled back to its %d replicas (an interrupted drain had scaled it up)", s.Spec.Name, own))
 	}
 	return nil
 }
@@ -247,12 +245,4 @@ func parseSurge(v string) (own, to uint64, ok bool) {
 	own, err1 := strconv.ParseUint(a, 10, 64)
 	to, err2 := strconv.ParseUint(b, 10, 64)
 	return own, to, found && err1 == nil && err2 == nil
-}
-
-func cloneLabels(l map[string]string) map[string]string {
-	out := make(map[string]string, len(l)+1)
-	for k, v := range l {
-		out[k] = v
-	}
-	return out
 }
