@@ -146,17 +146,23 @@ type Resource struct {
 
 // MachineSpec is what the engine asks a driver to create.
 type MachineSpec struct {
-	Name     string            // unique in the cluster, a valid hostname
-	Role     string            // "manager" or "worker"
-	Pool     string            // pool name within the role
-	DiskGiB  int               // root or data disk size; 0 means the driver's default
-	Size     string            // machine type (instance type, droplet size, "2cpu-2g"); "" means default
-	Address  string            // generic only: the existing host's address ("host" or "host:port")
-	Labels   map[string]string // node labels from the spec (drivers may copy them into tags)
-	Tags     map[string]string // ownership tags (TagCluster, TagMachine, TagRole, TagPool); set them all
-	SSH      SSHAccess         // the admin user and key the machine must accept
-	HostKey  HostKey           // the SSH host key the machine must present (drivers that can inject one)
-	UserData string            // optional cloud-init user-data the driver may pass through
+	Name    string // unique in the cluster, a valid hostname
+	Role    string // "manager" or "worker"
+	Pool    string // pool name within the role
+	DiskGiB int    // root or data disk size; 0 means the driver's default
+	// DockerDiskGiB, when > 0, asks for a second, blank disk of that size
+	// for the engine's data (/var/lib/docker: CIS Docker Benchmark 1.1.1)
+	// from drivers whose Info honours "docker_disk"; the driver reports
+	// where the guest sees it in Machine.DockerDisk, and the host steps
+	// format and mount it before the engine is installed.
+	DockerDiskGiB int
+	Size          string            // machine type (instance type, droplet size, "2cpu-2g"); "" means default
+	Address       string            // generic only: the existing host's address ("host" or "host:port")
+	Labels        map[string]string // node labels from the spec (drivers may copy them into tags)
+	Tags          map[string]string // ownership tags (TagCluster, TagMachine, TagRole, TagPool); set them all
+	SSH           SSHAccess         // the admin user and key the machine must accept
+	HostKey       HostKey           // the SSH host key the machine must present (drivers that can inject one)
+	UserData      string            // optional cloud-init user-data the driver may pass through
 	// Logs, when set, says the engine ships container logs to the
 	// platform's log service (logging driver awslogs): a driver that can
 	// give the machine an identity allowed to write there (AWS: an instance
@@ -241,6 +247,10 @@ type Machine struct {
 	EnginePort     int               `json:"engine_port,omitempty"` // the engine's TLS port at Address when the driver forwards it elsewhere (libvirt user-mode networking); 0 means the standard 2376
 	Tags           map[string]string `json:"tags,omitempty"`
 	State          string            `json:"state,omitempty"` // driver's word for it: "running", "stopped", ...
+	// DockerDisk is where the guest sees the blank disk the driver attached
+	// for /var/lib/docker (MachineSpec.DockerDiskGiB): a stable path such as
+	// /dev/disk/by-id/virtio-provision-docker, "" when it has none.
+	DockerDisk string `json:"docker_disk,omitempty"`
 	// Zone is the failure domain the machine is in (AWS availability zone,
 	// Azure zone, DigitalOcean region); "" when the driver has none.
 	Zone string `json:"zone,omitempty"`
@@ -295,7 +305,7 @@ type Info struct {
 	MinDiskGiB int     // smallest disk the platform accepts (0: the driver manages no disk)
 	DefaultGiB int     // disk size when the spec gives none
 	NeedsHosts bool    // pools on this driver list existing host addresses (generic)
-	// Honours lists the pool settings ("disk", "size") the driver uses to
+	// Honours lists the pool settings ("disk", "size", "docker_disk") the driver uses to
 	// make a machine. Only these (and the driver's MachineSettings) count in
 	// the machine's fingerprint: changing another never rebuilds a machine,
 	// and validate warns that it is ignored.
@@ -335,7 +345,7 @@ var (
 		// libvirt: each generation is a domain with its own volumes (in
 		// user-mode networking, where two guests cannot reach each other,
 		// the driver asks for in-place replacement: ReplaceInPlace).
-		{Type: "libvirt", MinDiskGiB: 4, DefaultGiB: 20, Honours: []string{"disk", "size"}, CheckSize: checkSize, Coexist: true},
+		{Type: "libvirt", MinDiskGiB: 4, DefaultGiB: 20, Honours: []string{"disk", "size", "docker_disk"}, CheckSize: checkSize, Coexist: true},
 		{Type: "aws", MinDiskGiB: 8, DefaultGiB: 20, Honours: []string{"disk", "size"}, Coexist: true, Fenced: true},
 		// azure: each generation a VM with its own NIC, public IP and disk.
 		{Type: "azure", MinDiskGiB: 30, DefaultGiB: 30, Honours: []string{"disk", "size"}, Coexist: true, Fenced: true},

@@ -44,6 +44,8 @@ managers {
   count = 1
   size  = "2cpu-2g"
   disk  = "20GiB"
+  # /var/lib/docker on its own disk (CIS 1.1.1)
+  docker_disk = 20
 }
 
 # The VM reaches no package mirror for the engine: this machine prepares the

@@ -74,6 +74,13 @@ type testHost struct {
 // With internal, the network has no route out (an air-gapped host).
 func startHost(t *testing.T, dc *client.Client, hostname string, internal bool) *testHost {
 	t.Helper()
+	return startHostWith(t, dc, hostname, internal, nil)
+}
+
+// startHostWith is startHost with the container's host config changed by
+// tweak before it is created (devices, mounts).
+func startHostWith(t *testing.T, dc *client.Client, hostname string, internal bool, tweak func(*container.HostConfig)) *testHost {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	suffix := randHex(4)
@@ -97,6 +104,9 @@ func startHost(t *testing.T, dc *client.Client, hostname string, internal bool) 
 	// the nested engine a real overlay2 backing.
 	cfg, hc, nc := local.SystemContainer(hostImage, hostname, netName, "", info.CgroupVersion == "2")
 	cfg.Labels = map[string]string{"provision-test": "hostos"}
+	if tweak != nil {
+		tweak(hc)
+	}
 	cr, err := dc.ContainerCreate(ctx, cfg, hc, nc, nil, "provision-hostos-test-"+suffix)
 	if err != nil {
 		t.Fatalf("create container: %v", err)

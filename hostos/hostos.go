@@ -56,6 +56,10 @@ type Config struct {
 	Peers []string
 	// OperatorCIDRs may reach 2376 (spec tls.allowed_cidrs, or the operator's address as seen by the host).
 	OperatorCIDRs []string
+	// DockerDisk is the blank disk the machine's driver attached for
+	// /var/lib/docker (drivers.Machine.DockerDisk), "" when none: engine.disk
+	// formats and mounts it before the engine is installed.
+	DockerDisk string
 	// BundleDir is the operator-side cache of offline engine bundles.
 	BundleDir string
 	// AllowDowngrade lets engine.install install an engine package older

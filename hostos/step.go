@@ -117,6 +117,7 @@ func Steps() []*Step {
 		stepOSSupported(),
 		stepOSReady(),
 		stepHostname(),
+		stepEngineDisk(),
 		stepEngineInstall(),
 		stepEngineTLS(),
 		stepEngineConfig(),

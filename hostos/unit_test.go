@@ -82,7 +82,7 @@ func TestStepIDsStable(t *testing.T) {
 	for _, s := range hostos.Steps() {
 		ids = append(ids, s.ID)
 	}
-	want := "os.supported os.ready host.hostname engine.install engine.tls engine.config logging.journald prune.timer harden.ssh harden.login harden.kernel harden.firewall harden.audit harden.updates"
+	want := "os.supported os.ready host.hostname engine.disk engine.install engine.tls engine.config logging.journald prune.timer harden.ssh harden.login harden.kernel harden.firewall harden.audit harden.updates"
 	if got := strings.Join(ids, " "); got != want {
 		t.Errorf("step IDs:\n got %s\nwant %s", got, want)
 	}

@@ -9,8 +9,12 @@
 // user and key, and the SSH host key provision generated, so the first
 // connection is already strictly checked; and the domain, sized by the
 // pool's size ("2cpu-2g"), whose <metadata> names the cluster and machine.
+// When the pool sets docker_disk, a blank qcow2 volume of that size
+// (-docker.qcow2) is the domain's second virtio disk, whose serial makes it
+// /dev/disk/by-id/virtio-provision-docker in the guest: the host steps put
+// /var/lib/docker there (CIS Docker Benchmark 1.1.1).
 // Machines lists domains by that metadata; volumes are found by their names
-// (provision-<cluster>-<machine>.qcow2 and -seed.iso).
+// (provision-<cluster>-<machine>.qcow2, -docker.qcow2 and -seed.iso).
 //
 // A replaced machine's next generation (MachineSpec.Generation) is a second
 // domain with volumes of its own, named after drivers.InstanceName
@@ -50,6 +54,8 @@
 package libvirt
 
 import (
+	"strings"
+
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/provision/provision/drivers"
@@ -75,15 +81,28 @@ func (c Config) wouldCreate(cluster string, want []drivers.MachineSpec) []driver
 		out = append(out, drivers.Resource{Kind: "network", Name: NetworkName(cluster), Action: drivers.ResourceCreate, Note: "NAT, " + c.NetworkCIDR.String()})
 	}
 	for _, s := range want {
-		in := instanceOf(cluster, s.Name, s.Generation)
-		out = append(out, volumeToCreate(c, in.disk), volumeToCreate(c, in.seed))
+		for _, v := range instanceOf(cluster, s.Name, s.Generation).volumes(s) {
+			out = append(out, volumeToCreate(c, v))
+		}
 	}
 	return out
 }
 
+// volumes are the names of the volumes Create makes for want: the disk,
+// the seed, and the docker disk when want asks for one.
+func (in instance) volumes(want drivers.MachineSpec) []string {
+	if want.DockerDiskGiB > 0 {
+		return []string{in.disk, in.seed, in.docker}
+	}
+	return []string{in.disk, in.seed}
+}
+
 func volumeToCreate(c Config, name string) drivers.Resource {
 	note := "NoCloud seed, pool " + c.Pool
-	if len(name) > 6 && name[len(name)-6:] == ".qcow2" {
+	switch {
+	case strings.HasSuffix(name, dockerSuffix): // before ".qcow2", which it ends in too
+		note = "blank, for /var/lib/docker, pool " + c.Pool
+	case strings.HasSuffix(name, ".qcow2"):
 		note = "backed by " + c.Image + ", pool " + c.Pool
 	}
 	return drivers.Resource{Kind: "volume", Name: name, Action: drivers.ResourceCreate, Note: note}

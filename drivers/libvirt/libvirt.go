@@ -332,6 +332,9 @@ func (d *Driver) machine(dom *lv.Domain, mt meta) (drivers.Machine, error) {
 	if err != nil {
 		return drivers.Machine{}, err
 	}
+	// From the definition, not the spec: a machine adopted after a crash
+	// has the disk it was defined with.
+	m.DockerDisk = dockerDiskOf(x)
 	if mt.Mode == ModeUser {
 		// The forwards QEMU was started with are the truth; the
 		// metadata records the same ports.
@@ -410,7 +413,8 @@ func (d *Driver) address(dom *lv.Domain, mode string, x *libvirtxml.Domain) stri
 // Create makes one generation of a machine (want.Generation, 0 meaning
 // 1), or returns (starting it when stopped) the domain already defined for
 // this cluster, name and generation. Each generation is a domain of its
-// own with its own disk and seed, named after drivers.InstanceName, so the
+// own with its own disk and seed (and docker disk when want.DockerDiskGiB
+// asks for one), named after drivers.InstanceName, so the
 // next generation boots while the previous one still runs; the guest's
 // host name is the machine name in every generation. A machine's
 // generations go to the same hypervisor (hvFor chooses by machine name).
@@ -498,12 +502,13 @@ func (d *Driver) create(ctx context.Context, cluster string, want drivers.Machin
 
 	// Volumes first: a crash before the domain is defined leaves volumes
 	// no domain uses, which the next Create replaces and Teardown removes.
+	// A docker volume left so goes even when the spec no longer asks for
+	// one: no domain uses it.
 	diskName, seedName := in.disk, in.seed
-	if err := deleteVolume(pool, diskName); err != nil {
-		return drivers.Machine{}, err
-	}
-	if err := deleteVolume(pool, seedName); err != nil {
-		return drivers.Machine{}, err
+	for _, v := range []string{diskName, seedName, in.docker} {
+		if err := deleteVolume(pool, v); err != nil {
+			return drivers.Machine{}, err
+		}
 	}
 	vx, err := overlayXML(diskName, uint64(diskGiB)<<30, base.path, base.format)
 	if err != nil {
@@ -515,6 +520,10 @@ func (d *Driver) create(ctx context.Context, cluster string, want drivers.Machin
 		return drivers.Machine{}, lvErr("create volume "+diskName, err)
 	}
 	disk.Free()
+	dockerName, err := d.createDockerDisk(ctx, pool, in, want.DockerDiskGiB)
+	if err != nil {
+		return drivers.Machine{}, err
+	}
 	sx, err := rawVolumeXML(seedName, uint64(len(seed)))
 	if err != nil {
 		return drivers.Machine{}, err
@@ -531,7 +540,7 @@ func (d *Driver) create(ctx context.Context, cluster string, want drivers.Machin
 
 	ds := domainSpec{
 		Name: name, Type: d.cfg.DomainType, Machine: d.cfg.MachineType, Res: res,
-		Pool: d.cfg.Pool, Disk: diskName, Seed: seedName,
+		Pool: d.cfg.Pool, Disk: diskName, Seed: seedName, Docker: dockerName,
 		Mode: d.cfg.Mode, Network: netName, Bridge: d.cfg.Bridge,
 	}
 	if d.cfg.SerialLogDir != "" {
@@ -586,6 +595,26 @@ func (d *Driver) create(ctx context.Context, cluster string, want drivers.Machin
 		defer dom.Free()
 		return d.run(ctx, conn, dom, mt)
 	}
+}
+
+// createDockerDisk makes the instance's blank docker volume of gib GiB and
+// returns its name; with gib 0 it makes none and returns "". Like the
+// other volumes it is made before the domain is defined.
+func (d *Driver) createDockerDisk(ctx context.Context, pool *lv.StoragePool, in instance, gib int) (string, error) {
+	if gib <= 0 {
+		return "", nil
+	}
+	x, err := blankVolumeXML(in.docker, uint64(gib)<<30)
+	if err != nil {
+		return "", err
+	}
+	d.log.InfoContext(ctx, "creating docker disk", "host", in.machine, "generation", in.gen, "volume", in.docker, "gib", gib)
+	v, err := pool.StorageVolCreateXML(x, 0)
+	if err != nil {
+		return "", lvErr("create volume "+in.docker, err)
+	}
+	v.Free()
+	return in.docker, nil
 }
 
 // define defines (or redefines) the domain with its metadata.
@@ -922,11 +951,11 @@ func (d *Driver) ensureNetwork(ctx context.Context, conn *lv.Connect, cluster st
 }
 
 // Destroy shuts the machine down (ACPI, then forced off after
-// shutdown_timeout), undefines it and deletes its disk and seed. A machine
-// already gone counts as success. Only one generation goes: the domain of
-// m.ID, else the one of generation drivers.GenerationOf(m.Tags) (so a
-// machine known by its tags alone can be destroyed); another generation of
-// the machine and its volumes stay.
+// shutdown_timeout), undefines it and deletes its disk, seed and docker
+// disk. A machine already gone counts as success. Only one generation
+// goes: the domain of m.ID, else the one of generation
+// drivers.GenerationOf(m.Tags) (so a machine known by its tags alone can
+// be destroyed); another generation of the machine and its volumes stay.
 //
 // With several hypervisors, the machine's own (its Zone) is asked first,
 // then the others: the domain is removed where it is, and volumes of its
@@ -1011,7 +1040,7 @@ func (d *Driver) destroy(ctx context.Context, h *hypervisor, m drivers.Machine) 
 	}
 	defer pool.Free()
 	in := instanceOf(cluster, m.Name, gen)
-	return errors.Join(deleteVolume(pool, in.disk), deleteVolume(pool, in.seed))
+	return errors.Join(deleteVolume(pool, in.disk), deleteVolume(pool, in.seed), deleteVolume(pool, in.docker))
 }
 
 // stop powers a running domain off: the ACPI power button first, so the
@@ -1104,7 +1133,8 @@ func (d *Driver) teardown(ctx context.Context, h *hypervisor, cluster string) er
 	return nil
 }
 
-// strayVolumes lists the pool's volumes named for the cluster's machines.
+// strayVolumes lists the pool's volumes named for the cluster's machines:
+// disks, docker disks (their names end in ".qcow2" too) and seeds.
 func (d *Driver) strayVolumes(conn *lv.Connect, cluster string) ([]string, error) {
 	pool, err := d.pool(conn, d.cfg.Pool)
 	if err != nil {

@@ -252,8 +252,8 @@ func (d *Driver) checkUserMode(conn *lv.Connect, want []drivers.MachineSpec) err
 }
 
 // Resources lists what the cluster has on the hypervisor besides domains:
-// the network the driver creates (network_cidr) and every machine's disk
-// and seed volume. It changes nothing.
+// the network the driver creates (network_cidr) and every machine's disk,
+// seed and docker volume. It changes nothing.
 //
 // With several hypervisors each lists its own, the note naming it.
 func (d *Driver) Resources(ctx context.Context, cluster string, want []drivers.MachineSpec) ([]drivers.Resource, error) {
@@ -286,9 +286,9 @@ func (d *Driver) resources(h *hypervisor, cluster string, want []drivers.Machine
 	// replacement runs while the spec asks the first).
 	wanted := map[string]bool{}
 	for _, s := range want {
-		in := instanceOf(cluster, s.Name, s.Generation)
-		wanted[in.disk] = true
-		wanted[in.seed] = true
+		for _, v := range instanceOf(cluster, s.Name, s.Generation).volumes(s) {
+			wanted[v] = true
+		}
 	}
 	// made: machines with volumes of some generation. A spec that names no
 	// generation (plan's) wants whichever the machine has.
@@ -332,8 +332,7 @@ func (d *Driver) resources(h *hypervisor, cluster string, want []drivers.Machine
 		if s.Generation == 0 && made[s.Name] {
 			continue
 		}
-		in := instanceOf(cluster, s.Name, s.Generation)
-		for _, v := range []string{in.disk, in.seed} {
+		for _, v := range instanceOf(cluster, s.Name, s.Generation).volumes(s) {
 			if wanted[v] {
 				out = append(out, volumeToCreate(d.cfg, v))
 			}

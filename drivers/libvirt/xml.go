@@ -57,8 +57,27 @@ func DiskName(cluster, machine string) string { return DomainName(cluster, machi
 // SeedName is the machine's NoCloud seed volume.
 func SeedName(cluster, machine string) string { return DomainName(cluster, machine) + "-seed.iso" }
 
+// dockerSuffix ends the name of a machine's docker disk. It ends in
+// ".qcow2" too, so whatever tells volumes apart by suffix checks it first.
+const dockerSuffix = "-docker.qcow2"
+
+// DockerDiskName is the machine's blank volume for /var/lib/docker
+// (MachineSpec.DockerDiskGiB): CIS Docker Benchmark 1.1.1 wants the
+// engine's data on a partition of its own.
+func DockerDiskName(cluster, machine string) string {
+	return DomainName(cluster, machine) + dockerSuffix
+}
+
+// The docker disk's serial number, and the path the guest's udev gives it
+// from that serial (virtio-blk serials are cut at 20 characters: this one
+// is 16). The path is stable whatever order the kernel names the disks in.
+const (
+	dockerSerial   = "provision-docker"
+	dockerDiskPath = "/dev/disk/by-id/virtio-" + dockerSerial
+)
+
 // instance names what generation gen of a machine is made of: the domain
-// and its two volumes are named after drivers.InstanceName, so the first
+// and its volumes are named after drivers.InstanceName, so the first
 // generation keeps the names machines had before generations existed
 // (provision-<cluster>-<machine>) and the next ones add "-g<gen>".
 type instance struct {
@@ -66,15 +85,17 @@ type instance struct {
 	gen        int    // 1, 2, ...
 	domain     string
 	disk, seed string
+	docker     string // made only when the spec asks for a docker disk
 }
 
 func instanceOf(cluster, machine string, gen int) instance {
 	gen = max(1, gen)
 	n := drivers.InstanceName(machine, gen)
-	return instance{machine: machine, gen: gen, domain: DomainName(cluster, n), disk: DiskName(cluster, n), seed: SeedName(cluster, n)}
+	return instance{machine: machine, gen: gen, domain: DomainName(cluster, n), disk: DiskName(cluster, n), seed: SeedName(cluster, n),
+		docker: DockerDiskName(cluster, n)}
 }
 
-// volumeOf reports whether vol is the disk or seed volume of some
+// volumeOf reports whether vol is the disk, seed or docker volume of some
 // generation of machine.
 func volumeOf(cluster, machine, vol string) bool {
 	base := DomainName(cluster, machine)
@@ -82,7 +103,9 @@ func volumeOf(cluster, machine, vol string) bool {
 	if !ok {
 		return false
 	}
-	if r, ok := strings.CutSuffix(rest, ".qcow2"); ok {
+	if r, ok := strings.CutSuffix(rest, dockerSuffix); ok {
+		rest = r
+	} else if r, ok := strings.CutSuffix(rest, ".qcow2"); ok {
 		rest = r
 	} else if r, ok := strings.CutSuffix(rest, "-seed.iso"); ok {
 		rest = r
@@ -200,6 +223,7 @@ type domainSpec struct {
 	Res        drivers.Resources
 	Pool       string // disk and seed volumes live here
 	Disk, Seed string // volume names
+	Docker     string // the docker disk's volume name; "" for none
 	Meta       string // the marshalled metadata element
 	Mode       string
 	Network    string // ModeNetwork, ModeCreate: the libvirt network
@@ -210,7 +234,8 @@ type domainSpec struct {
 }
 
 // domainXML renders the domain: the disk and seed as pool volumes (so remote
-// hypervisors resolve their paths), ACPI so a shutdown is clean, a virtio RNG
+// hypervisors resolve their paths), the docker disk when there is one (see
+// dockerDisk), ACPI so a shutdown is clean, a virtio RNG
 // and the guest agent's channel, and the network as the mode says. User-mode
 // networking is a QEMU -netdev through the qemu:commandline namespace (this
 // libvirt refuses its own port forwarding), with an explicit PCI address:
@@ -258,6 +283,9 @@ func domainXML(s domainSpec) (string, error) {
 			MemBalloon: &libvirtxml.DomainMemBalloon{Model: "none"},
 		},
 	}
+	if s.Docker != "" {
+		d.Devices.Disks = append(d.Devices.Disks, dockerDisk(s.Pool, s.Docker))
+	}
 	serial := libvirtxml.DomainSerial{Target: &libvirtxml.DomainSerialTarget{Port: ptr(uint(0))}}
 	if s.SerialLog != "" {
 		serial.Source = &libvirtxml.DomainChardevSource{File: &libvirtxml.DomainChardevSourceFile{Path: s.SerialLog}}
@@ -302,6 +330,35 @@ func domainXML(s domainSpec) (string, error) {
 	return out, nil
 }
 
+// dockerDisk is the blank docker volume as the guest's second virtio disk.
+// Its serial, not its target, is what the guest finds it by
+// (dockerDiskPath): vdb is only libvirt's hint, and the kernel names disks
+// in the order it probes them. The serial is also how Machines knows a
+// domain has one, whatever the spec says now.
+func dockerDisk(pool, volume string) libvirtxml.DomainDisk {
+	return libvirtxml.DomainDisk{
+		Device: "disk",
+		Driver: &libvirtxml.DomainDiskDriver{Name: "qemu", Type: "qcow2", Discard: "unmap"},
+		Source: &libvirtxml.DomainDiskSource{Volume: &libvirtxml.DomainDiskSourceVolume{Pool: pool, Volume: volume}},
+		Target: &libvirtxml.DomainDiskTarget{Dev: "vdb", Bus: "virtio"},
+		Serial: dockerSerial,
+	}
+}
+
+// dockerDiskOf is where the domain's guest sees its docker disk: the path
+// of the disk with the docker serial, "" when the domain has none.
+func dockerDiskOf(x *libvirtxml.Domain) string {
+	if x.Devices == nil {
+		return ""
+	}
+	for _, disk := range x.Devices.Disks {
+		if disk.Serial == dockerSerial {
+			return dockerDiskPath
+		}
+	}
+	return ""
+}
+
 // userPorts reads the forwarded ports back from a domain's qemu:commandline
 // (what QEMU really listens on, whatever the metadata says).
 func userPorts(d *libvirtxml.Domain) (ssh, engine int) {
@@ -340,6 +397,18 @@ func overlayXML(name string, capacity uint64, basePath, baseFormat string) (stri
 			Path:   basePath,
 			Format: &libvirtxml.StorageVolumeTargetFormat{Type: baseFormat},
 		},
+	}
+	return v.Marshal()
+}
+
+// blankVolumeXML is an empty qcow2 volume of capacity bytes (the docker
+// disk: the host steps make its file system). qcow2 allocates as the guest
+// writes, so the pool pays for what the engine stores, not the capacity.
+func blankVolumeXML(name string, capacity uint64) (string, error) {
+	v := &libvirtxml.StorageVolume{
+		Name:     name,
+		Capacity: &libvirtxml.StorageVolumeSize{Unit: "bytes", Value: capacity},
+		Target:   &libvirtxml.StorageVolumeTarget{Format: &libvirtxml.StorageVolumeTargetFormat{Type: "qcow2"}},
 	}
 	return v.Marshal()
 }

@@ -262,6 +262,7 @@ func firewallOnly(ctx context.Context, r *run, o *retiree, peers []string) error
 		OperatorCIDRs: r.Spec.TLS.AllowedCIDRs,
 		BundleDir:     r.bundleDir(),
 		MetricsAddr:   r.Spec.Engine.MetricsListen(o.rec.Advertise()),
+		DockerDisk:    o.rec.DockerDisk,
 	}
 	facts, err := hostos.GatherFacts(ctx, c, hostos.ManagedPaths(cfg))
 	if err != nil {
@@ -366,6 +367,7 @@ func prepareHost(ctx context.Context, r *run, h *host, peers []string) error {
 		BundleDir:      r.bundleDir(),
 		AllowDowngrade: r.AllowEngineDowngrade,
 		MetricsAddr:    r.Spec.Engine.MetricsListen(h.rec.Advertise()),
+		DockerDisk:     h.rec.DockerDisk,
 	}
 	t0 := time.Now()
 	r.rep.Event(Event{Time: t0, Kind: StepStart, Host: h.rec.Name, Step: "host.facts"})

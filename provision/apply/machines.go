@@ -288,18 +288,19 @@ func machineSpec(r *run, h *host, a plan.Action, hk drivers.HostKey) drivers.Mac
 		}
 	}
 	return drivers.MachineSpec{
-		Name:       h.rec.Name,
-		Role:       p.Role,
-		Pool:       p.Name,
-		DiskGiB:    p.DiskGiB,
-		Size:       p.Size,
-		Address:    a.Address,
-		Labels:     p.Labels,
-		Tags:       tags,
-		SSH:        drivers.SSHAccess{User: r.Spec.SSH.User, PublicKey: r.adminPub},
-		HostKey:    hk,
-		Generation: gen,
-		Logs:       r.Spec.Logging.Cloud(),
-		Metrics:    r.Spec.Engine.Metrics(),
+		Name:          h.rec.Name,
+		Role:          p.Role,
+		Pool:          p.Name,
+		DiskGiB:       p.DiskGiB,
+		DockerDiskGiB: plan.DockerDisk(r.Spec, p),
+		Size:          p.Size,
+		Address:       a.Address,
+		Labels:        p.Labels,
+		Tags:          tags,
+		SSH:           drivers.SSHAccess{User: r.Spec.SSH.User, PublicKey: r.adminPub},
+		HostKey:       hk,
+		Generation:    gen,
+		Logs:          r.Spec.Logging.Cloud(),
+		Metrics:       r.Spec.Engine.Metrics(),
 	}
 }

@@ -33,6 +33,11 @@ func MachineSettings(c *spec.Cluster, p spec.Pool, index int, driverSettings map
 	if info.Uses("size") {
 		out["size"] = p.Size
 	}
+	if info.Uses("docker_disk") && p.DockerDiskGiB > 0 {
+		// Only when set: machines made before the setting existed keep
+		// their fingerprint.
+		out["docker_disk"] = strconv.Itoa(p.DockerDiskGiB) + "GiB"
+	}
 	if info.NeedsHosts && index >= 1 && index <= len(p.Hosts) {
 		out["address"] = p.Hosts[index-1]
 	}

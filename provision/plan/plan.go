@@ -603,7 +603,7 @@ func Wanted(c *spec.Cluster, clusterID string) map[string][]drivers.MachineSpec 
 		for i := 1; i <= pool.Count; i++ {
 			name := spec.MachineName(c.Name, pool.Name, i)
 			m := drivers.MachineSpec{
-				Name: name, Role: pool.Role, Pool: pool.Name, DiskGiB: pool.DiskGiB, Size: pool.Size, Labels: pool.Labels,
+				Name: name, Role: pool.Role, Pool: pool.Name, DiskGiB: pool.DiskGiB, DockerDiskGiB: DockerDisk(c, pool), Size: pool.Size, Labels: pool.Labels,
 				Tags:    map[string]string{drivers.TagCluster: clusterID, drivers.TagMachine: name, drivers.TagRole: pool.Role, drivers.TagPool: pool.Name},
 				SSH:     drivers.SSHAccess{User: c.SSH.User},
 				Logs:    c.Logging.Cloud(),
@@ -771,4 +771,15 @@ func WorkerBatch(workers, parallelism int) int {
 		size = min(size, parallelism)
 	}
 	return size
+}
+
+// DockerDisk is the docker_disk a pool's machines are made with: 0 when
+// its driver attaches no such disk (validate warned that it is ignored).
+func DockerDisk(c *spec.Cluster, p spec.Pool) int {
+	if d, ok := c.Driver(p.Driver); ok {
+		if info, _ := drivers.Lookup(d.Type); info.Uses("docker_disk") {
+			return p.DockerDiskGiB
+		}
+	}
+	return 0
 }

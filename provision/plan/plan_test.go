@@ -165,6 +165,57 @@ workers {
 	if got := kinds(Build(c3, st, obs)); got != "demo-manager-1=none demo-worker-1=none demo-worker-2=none" {
 		t.Fatalf("ignored disk: %s", got)
 	}
+	// Nor does docker_disk on local (each container has its own volume).
+	c4 := cluster(t, `name = "demo"
+managers { count = 1 }
+workers {
+  count       = 2
+  docker_disk = 20
+}`)
+	if got := kinds(Build(c4, st, obs)); got != "demo-manager-1=none demo-worker-1=none demo-worker-2=none" {
+		t.Fatalf("ignored docker_disk: %s", got)
+	}
+}
+
+// TestDockerDiskSettings: docker_disk counts in the fingerprint of a
+// driver that attaches the disk, only when set (machines made before the
+// setting keep theirs), and reaches the machine spec only there.
+func TestDockerDiskSettings(t *testing.T) {
+	src := func(disk string) string {
+		return `name = "demo"
+driver "libvirt" { image = "debian-12.qcow2" }
+driver "local" {}
+managers {
+  driver = "libvirt"
+  count  = 1
+` + disk + `
+}
+workers {
+  driver = "local"
+  count  = 1
+` + disk + `
+}`
+	}
+	plain, with := cluster(t, src("")), cluster(t, src("docker_disk = 20"))
+	for i, c := range []*spec.Cluster{plain, with} {
+		m, w := c.Pools()[0], c.Pools()[1]
+		got := MachineSettings(c, m, 1, nil)["docker_disk"]
+		if want := []string{"", "20GiB"}[i]; got != want {
+			t.Errorf("libvirt docker_disk setting %q, want %q", got, want)
+		}
+		if _, ok := MachineSettings(c, w, 1, nil)["docker_disk"]; ok {
+			t.Error("local machines fingerprint docker_disk")
+		}
+		if got, want := DockerDisk(c, m), []int{0, 20}[i]; got != want {
+			t.Errorf("libvirt machine spec docker disk %d, want %d", got, want)
+		}
+		if got := DockerDisk(c, w); got != 0 {
+			t.Errorf("local machine spec docker disk %d", got)
+		}
+	}
+	if HashSettings(MachineSettings(plain, plain.Pools()[0], 1, nil)) == HashSettings(MachineSettings(with, with.Pools()[0], 1, nil)) {
+		t.Error("adding docker_disk does not change the libvirt machine's fingerprint")
+	}
 }
 
 func TestUnfinishedApplyResumes(t *testing.T) {

@@ -81,7 +81,7 @@ var rootSchema = &hcl.BodySchema{
 }
 
 var poolSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
-	{Name: "pool"}, {Name: "driver"}, {Name: "count"}, {Name: "disk"}, {Name: "size"}, {Name: "labels"}, {Name: "hosts"},
+	{Name: "pool"}, {Name: "driver"}, {Name: "count"}, {Name: "disk"}, {Name: "docker_disk"}, {Name: "size"}, {Name: "labels"}, {Name: "hosts"},
 }}
 
 var driverCoreSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "alias"}}}
@@ -499,6 +499,19 @@ func decodePool(dc *dec, c *Cluster, b *hcl.Block, role string) Pool {
 	} else {
 		p.DiskGiB = info.DefaultGiB
 	}
+	// docker_disk: a second disk for /var/lib/docker (CIS Docker Benchmark
+	// 1.1.1), from drivers that can attach one; 0 is none.
+	if r, ok := dc.size(content.Attributes, "docker_disk", path+".docker_disk", &p.DockerDiskGiB); ok {
+		switch {
+		case p.DockerDiskGiB < 0:
+			dc.errf(r, "Invalid disk size", "%s.docker_disk cannot be negative (0 is no separate disk).", path)
+		case p.DockerDiskGiB == 0:
+		case info.Type != "" && !info.Uses("docker_disk"):
+			dc.warnf(r, "Setting ignored by the driver", "The %s driver does not use docker_disk (%s): %s.docker_disk is ignored, and changing it never rebuilds a machine.", info.Type, ignoredWhy(info.Type, "docker_disk"), path)
+		case p.DockerDiskGiB < MinDockerDiskGiB:
+			dc.errf(r, "Disk too small", "%s.docker_disk is %d GiB; the engine's data disk must have at least %d GiB (images, containers and volumes live there).", path, p.DockerDiskGiB, MinDockerDiskGiB)
+		}
+	}
 	if r, ok := dc.str(content.Attributes, "size", path+".size", &p.Size); ok && info.Type != "" {
 		switch {
 		case !info.Uses("size"):
@@ -524,6 +537,8 @@ func ignoredWhy(typ, setting string) string {
 	switch {
 	case typ == "local" && setting == "disk":
 		return "containers share the engine's disk"
+	case typ == "local" && setting == "docker_disk":
+		return "each container keeps /var/lib/docker on a volume of its own already"
 	case typ == "generic":
 		return "it uses existing machines as they are"
 	}

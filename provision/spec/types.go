@@ -68,16 +68,24 @@ type DriverBlock struct {
 
 // Pool is the `managers { }` block or one `workers { }` block.
 type Pool struct {
-	Role    string            // RoleManager or RoleWorker
-	Name    string            // "manager" for managers; the workers block's `pool` attribute, default "worker"
-	Driver  string            // DriverBlock.Name; defaults to the only driver when there is one
-	Count   int               // number of machines; for drivers with NeedsHosts defaults to len(Hosts)
-	DiskGiB int               // disk size in GiB (accepts 20 or "20GiB"/"20G"/"512MiB" rounded up); default from the driver
-	Size    string            // machine type/size, driver-specific; "" is the driver's default
-	Labels  map[string]string // swarm node labels (in addition to provision.role and provision.pool)
-	Hosts   []string          // existing host addresses ("addr" or "addr:port") for drivers with NeedsHosts
-	Range   hcl.Range
+	Role    string // RoleManager or RoleWorker
+	Name    string // "manager" for managers; the workers block's `pool` attribute, default "worker"
+	Driver  string // DriverBlock.Name; defaults to the only driver when there is one
+	Count   int    // number of machines; for drivers with NeedsHosts defaults to len(Hosts)
+	DiskGiB int    // disk size in GiB (accepts 20 or "20GiB"/"20G"/"512MiB" rounded up); default from the driver
+	// DockerDiskGiB is the size of a second disk the driver attaches for
+	// the engine's data, formatted and mounted at /var/lib/docker before
+	// the engine is installed (CIS Docker Benchmark 1.1.1); 0: none, the
+	// engine's data stays on the root disk.
+	DockerDiskGiB int
+	Size          string            // machine type/size, driver-specific; "" is the driver's default
+	Labels        map[string]string // swarm node labels (in addition to provision.role and provision.pool)
+	Hosts         []string          // existing host addresses ("addr" or "addr:port") for drivers with NeedsHosts
+	Range         hcl.Range
 }
+
+// MinDockerDiskGiB is the smallest docker_disk accepted.
+const MinDockerDiskGiB = 4
 
 // MachineNames returns the pool's machine names in index order:
 // "<cluster>-<pool>-<n>" starting at 1.
