@@ -119,9 +119,50 @@ func TestEngineUpgrade(t *testing.T) {
 		t.Errorf("plan order %v, want %s", planned, want)
 	}
 
-	// apply: watched from outside.
+	// A node that fails its upgrade stops the rollout: manager-2's copy of
+	// the new package is taken away, so its install fails after manager-1
+	// is done. apply fails naming it, leaves it drained (its tasks already
+	// run elsewhere), and touches no later node. Watched from outside, with
+	// the full upgrade after it.
 	w = d.watch(t, ctx)
-	r := mustProvision(t, ctx, nil, d.args("apply", "--auto-approve", "--json")...)
+	broken := d.containerOf(t, ctx, "upgrade-manager-2")
+	if out, err := runIn(ctx, dc, broken, []string{"sh", "-c", "mkdir -p /root/held && mv " + repoDir + "/*.deb /root/held/"}); err != nil {
+		t.Fatalf("hide the package on upgrade-manager-2: %v %s", err, out)
+	}
+	r := provision(t, ctx, nil, d.args("apply", "--auto-approve", "--json")...)
+	if r.code == 0 || !strings.Contains(r.stderr, "Failed: upgrade-manager-2.") ||
+		!strings.Contains(r.stderr, "Held back, untouched, because a rolling batch before them failed: upgrade-manager-3, upgrade-worker-1, upgrade-worker-2.") {
+		t.Fatalf("apply with upgrade-manager-2's package missing: exit %d\n%s", r.code, r.stderr)
+	}
+	t.Logf("failed rollout (%s): %s", r.took.Round(time.Second), linesWith(r.stderr, "Failed:"))
+	mgr0 := d.manager(t, ctx)
+	nodes0, err := mgr0.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	avail := map[string]swarm.NodeAvailability{}
+	for _, n := range nodes0 {
+		avail[n.Description.Hostname] = n.Spec.Availability
+	}
+	for name, want := range map[string]string{"upgrade-manager-1": to, "upgrade-manager-2": from, "upgrade-manager-3": from, "upgrade-worker-1": from, "upgrade-worker-2": from} {
+		out, err := runIn(ctx, dc, d.containerOf(t, ctx, name), []string{"dpkg-query", "-W", "-f=${Version}", "docker.io"})
+		if err != nil || strings.TrimSpace(out) != want {
+			t.Errorf("after the failed rollout %s has docker.io %q (%v), want %s", name, out, err, want)
+		}
+		wantAvail := swarm.NodeAvailabilityActive
+		if name == "upgrade-manager-2" {
+			wantAvail = swarm.NodeAvailabilityDrain
+		}
+		if avail[name] != wantAvail {
+			t.Errorf("after the failed rollout %s is %q, want %s", name, avail[name], wantAvail)
+		}
+	}
+	if out, err := runIn(ctx, dc, broken, []string{"sh", "-c", "mv /root/held/*.deb " + repoDir + "/"}); err != nil {
+		t.Fatalf("give the package back to upgrade-manager-2: %v %s", err, out)
+	}
+
+	// apply: the rest of the rollout, from the failed node on.
+	r = mustProvision(t, ctx, nil, d.args("apply", "--auto-approve", "--json")...)
 	w.end()
 	t.Logf("upgrade: %d samples, fewest reachable managers %d (at %s), fewest running tasks %d of %d (at %s: %s), longest time no manager answered %s, apply %s",
 		w.samples, w.minManagers, w.lowManagersAt, w.minRunning, upgradeReplicas, w.lowTaskAt, w.lowTasks, w.maxSilence.Round(time.Millisecond), r.took.Round(time.Second))
@@ -143,7 +184,7 @@ func TestEngineUpgrade(t *testing.T) {
 		}
 	}
 	t.Logf("batches:\n%s", strings.Join(batches, "\n"))
-	if len(batches) != 5 || !strings.Contains(batches[0], "upgrade-manager-1 (engine upgrade: drained first)") || !strings.Contains(batches[4], "upgrade-worker-2 (engine upgrade: drained first)") {
+	if len(batches) != 4 || !strings.Contains(batches[0], "upgrade-manager-2 (engine upgrade") || !strings.Contains(batches[3], "upgrade-worker-2 (engine upgrade: drained first)") {
 		t.Errorf("rolling batches: %v", batches)
 	}
 
@@ -300,4 +341,15 @@ func upgradeFull(t *testing.T, ctx context.Context, d *day2) {
 		}
 		return err
 	})
+}
+
+// linesWith is the lines of s that contain sub, for a log.
+func linesWith(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, strings.TrimSpace(l))
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -7,7 +7,7 @@ import (
 )
 
 func TestEveryTemplateIsListed(t *testing.T) {
-	want := []string{"audit.rules.tmpl", "auto-upgrades.conf.tmpl", "cloud-init-batch.yaml.tmpl", "cloud-init.yaml.tmpl", "coredump.conf.tmpl", "daemon.json.tmpl", "docker-dropin.conf.tmpl",
+	want := []string{"audit.rules.tmpl", "auto-upgrades.conf.tmpl", "cloud-init-batch.yaml.tmpl", "cloud-init.yaml.tmpl", "coredump.conf.tmpl", "daemon.json.tmpl", "docker-disk.mount.tmpl", "docker-dropin.conf.tmpl",
 		"firewall.nft.tmpl", "firewall.service.tmpl", "issue.tmpl", "journald.conf.tmpl", "limits.conf.tmpl", "login-policy.sh.tmpl",
 		"modprobe.conf.tmpl", "profile.sh.tmpl", "prune.service.tmpl", "prune.timer.tmpl",
 		"security-source.sh.tmpl", "sshd.conf.tmpl", "sysctl.conf.tmpl", "unattended-upgrades.conf.tmpl"}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/provision/provision/provision/apply"
 	"github.com/provision/provision/provision/apply/eventtest"
 	"github.com/provision/provision/provision/state"
 )
@@ -164,4 +165,21 @@ func checkEvents(t *testing.T, out, command string) []json.RawMessage {
 		t.Fatalf("%s --json: %v\n%s", command, err, out)
 	}
 	return raws
+}
+
+// TestSummaryHeldBack: hosts a rolling change did not reach because an
+// earlier batch failed are named apart from the host that failed, and the
+// next command is the apply that finishes them.
+func TestSummaryHeldBack(t *testing.T) {
+	var buf bytes.Buffer
+	next := summary(&buf, apply.Stats{Changed: []string{"c-manager-1"}, Failed: []string{"c-manager-2"}, HeldBack: []string{"c-manager-3", "c-worker-1"}}, "c.hcl", errors.New("x"))
+	out := buf.String()
+	for _, want := range []string{"1 changed, 0 unchanged, 1 failed, 2 held back hosts", "Failed: c-manager-2.", "Held back, untouched, because a rolling batch before them failed: c-manager-3, c-worker-1.", "provision apply c.hcl"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("summary lacks %q:\n%s", want, out)
+		}
+	}
+	if next != "provision apply c.hcl" {
+		t.Errorf("next %q", next)
+	}
 }

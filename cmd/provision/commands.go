@@ -171,11 +171,19 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 // summary prints the apply's last lines and returns the command it
 // suggests running next ("" when none).
 func summary(w io.Writer, s apply.Stats, file string, err error) string {
-	fmt.Fprintf(w, "\n%d changed, %d unchanged, %d failed hosts (%d created, %d removed) in %s.\n",
-		len(s.Changed), len(s.Unchanged), len(s.Failed), s.Created, s.Removed, s.Took.Round(100*time.Millisecond))
+	held := ""
+	if len(s.HeldBack) > 0 {
+		held = fmt.Sprintf(", %d held back", len(s.HeldBack))
+	}
+	fmt.Fprintf(w, "\n%d changed, %d unchanged, %d failed%s hosts (%d created, %d removed) in %s.\n",
+		len(s.Changed), len(s.Unchanged), len(s.Failed), held, s.Created, s.Removed, s.Took.Round(100*time.Millisecond))
 	switch {
 	case len(s.Failed) > 0:
-		fmt.Fprintf(w, "Failed: %s. Fix the cause and run `provision apply %s` again: finished hosts are kept.\n", strings.Join(s.Failed, ", "), file)
+		fmt.Fprintf(w, "Failed: %s.", strings.Join(s.Failed, ", "))
+		if len(s.HeldBack) > 0 {
+			fmt.Fprintf(w, " Held back, untouched, because a rolling batch before them failed: %s.", strings.Join(s.HeldBack, ", "))
+		}
+		fmt.Fprintf(w, " Fix the cause and run `provision apply %s` again: finished hosts are kept.\n", file)
 		return "provision apply " + file
 	case err != nil:
 		fmt.Fprintf(w, "Stopped before the cluster converged (the error follows). Fix the cause and run `provision apply %s` again.\n", file)

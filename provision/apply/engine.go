@@ -108,9 +108,12 @@ type Stats struct {
 	Changed   []string // hosts where something changed
 	Unchanged []string
 	Failed    []string
-	Created   int
-	Removed   int
-	Took      time.Duration
+	// HeldBack are hosts a rolling change did not reach because an earlier
+	// batch failed (ErrHeldBack): untouched, still to do.
+	HeldBack []string
+	Created  int
+	Removed  int
+	Took     time.Duration
 }
 
 // StepError names the host and step an error happened in.
@@ -121,6 +124,11 @@ type StepError struct {
 
 func (e *StepError) Error() string { return e.Host + ": " + e.Step + ": " + e.Err.Error() }
 func (e *StepError) Unwrap() error { return e.Err }
+
+// ErrHeldBack is the error of a host a rolling change did not reach: an
+// earlier batch failed, so this one was left as it was (the next manager
+// could take quorum with it). It is reported apart from the failures.
+var ErrHeldBack = errors.New("not reconfigured: an earlier rolling batch failed")
 
 // errStopped ends a host's work early because the apply was interrupted; the
 // host is not counted as failed.
@@ -214,6 +222,8 @@ func (e *Runner) Apply(ctx context.Context, p *plan.Plan) (Stats, error) {
 	for _, name := range r.hostNames() {
 		h := r.hosts[name]
 		switch {
+		case errors.Is(h.err, ErrHeldBack):
+			r.stats.HeldBack = append(r.stats.HeldBack, name)
 		case h.err != nil:
 			r.stats.Failed = append(r.stats.Failed, name)
 			hostErrs = append(hostErrs, h.err)

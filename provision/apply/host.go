@@ -131,7 +131,10 @@ func rollBatches(ctx context.Context, r *run, batches []batch, members *swarm.Me
 				}
 				return hostDone(r, h)
 			}
-			turn := swarm.Turn{Host: h.member, NodeID: h.rec.NodeID, Manager: h.rec.Role == spec.RoleManager, Drain: needsDrain(h)}
+			r.mu.Lock()
+			drainedByUs := h.rec.Drained // an earlier run's drain it did not undo (a failed turn)
+			r.mu.Unlock()
+			turn := swarm.Turn{Host: h.member, NodeID: h.rec.NodeID, Manager: h.rec.Role == spec.RoleManager, Drain: needsDrain(h), DrainedByUs: drainedByUs}
 			if turn.Drain {
 				// Recorded first: a drain an interrupted run leaves behind
 				// is undone by the next apply (labels phase).
@@ -168,7 +171,7 @@ func rollBatches(ctx context.Context, r *run, batches []batch, members *swarm.Me
 			// manager could take quorum with it.
 			for _, later := range batches[i+1:] {
 				for _, h := range later.hosts {
-					r.fail(h, "host", errors.New("not reconfigured: an earlier rolling batch failed"))
+					r.fail(h, "host", ErrHeldBack)
 				}
 			}
 			return nil

@@ -49,6 +49,7 @@ type Summary struct {
 	Changed   []string `json:"changed"`
 	Unchanged []string `json:"unchanged"`
 	Failed    []string `json:"failed"`
+	HeldBack  []string `json:"held_back,omitempty"` // untouched: an earlier rolling batch failed
 	Created   int      `json:"created"`
 	Removed   int      `json:"removed"`
 	TookNS    int64    `json:"took_ns"`

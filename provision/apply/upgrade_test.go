@@ -61,6 +61,11 @@ func upgradeRun(t *testing.T) (*fakeSwarm, *run, *swarm.Membership, []batch) {
 func TestEngineUpgradeRollout(t *testing.T) {
 	f, r, members, batches := upgradeRun(t)
 	sw := f.engines["10.0.0.1"].Swarm()
+	// The leader's restart hands the raft to another manager, which knows
+	// no node's state for a while: no node is paused or drained until it
+	// does (the acceptance run lost a replica draining then).
+	sw.StartFirst("web")
+	f.w.UnknownAfterElection = 6
 	var mu sync.Mutex
 	var order []string
 	// A raft backup is taken before the first manager's engine changes,
@@ -125,6 +130,12 @@ func TestEngineUpgradeRollout(t *testing.T) {
 	if len(f.w.Violations) > 0 {
 		t.Errorf("quorum lost: %v", f.w.Violations)
 	}
+	if len(f.w.Unsettled) > 0 {
+		t.Errorf("paused or drained while the new leader did not know the nodes' states: %v", f.w.Unsettled)
+	}
+	if !slices.ContainsFunc(f.w.Calls, func(c string) bool { return strings.HasPrefix(c, "ServiceUpdate web replicas=") }) {
+		t.Errorf("the start-first service was never scaled up for a drain: %v", f.w.Calls)
+	}
 }
 
 // TestEngineUpgradeStopsOnFailure: a node that fails its upgrade (its
@@ -185,6 +196,46 @@ func TestEngineUpgradeStopsOnFailure(t *testing.T) {
 				if e := f.engines[h.rec.Address]; e.Version != "" || nodes[h.rec.NodeID].Spec.Availability != dswarm.NodeAvailabilityActive {
 					t.Errorf("%s was touched: version %q availability %s", name, e.Version, nodes[h.rec.NodeID].Spec.Availability)
 				}
+			}
+
+			// The cause fixed, the next apply finishes the rollout from the
+			// failed node on, and makes the node it left drained active
+			// again: the drain was provision's (state says so), not the
+			// operator's.
+			if !failed.rec.Drained {
+				t.Fatalf("%s: state does not record the drain the failed turn left", tc.fail)
+			}
+			var rest []*host
+			for _, h := range r.hosts {
+				if h.err != nil {
+					h.err = nil
+					rest = append(rest, h)
+				}
+			}
+			touched = nil
+			fix := func(ctx context.Context, r *run, h *host) error {
+				touched = append(touched, h.rec.Name)
+				f.w.Restart(f.engines[h.rec.Address], "24.0.7")
+				h.restarted = true
+				h.target = &hostos.Target{Facts: &hostos.Facts{Engine: "24.0.7"}, Config: &hostos.Config{}}
+				return nil
+			}
+			if err := rollBatches(context.Background(), r, rollout(rest, 16), members, fix); err != nil {
+				t.Fatal(err)
+			}
+			if nodes, err = members.Refresh(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			for name, h := range r.hosts {
+				if h.err != nil {
+					t.Errorf("%s after the fix: %v", name, h.err)
+				}
+				if a := nodes[h.rec.NodeID].Spec.Availability; a != dswarm.NodeAvailabilityActive || h.rec.Drained {
+					t.Errorf("%s after the finished rollout: %s (drained in state: %v), want active", name, a, h.rec.Drained)
+				}
+			}
+			if len(touched) != len(rest) || !slices.Contains(touched, tc.fail) {
+				t.Errorf("the second run touched %v, want the failed node and the rest (%d)", touched, len(rest))
 			}
 		})
 	}

@@ -20,6 +20,11 @@ type Turn struct {
 	// Drain: the node is drained before the change (its tasks Running
 	// elsewhere) and made active again after it, when it was active.
 	Drain bool
+	// DrainedByUs: the node is drained because provision drained it in an
+	// earlier run that failed or was cut short (its state record says so),
+	// not because its operator did: it is made active again after the
+	// change as if it had been active.
+	DrainedByUs bool
 }
 
 // ErrLeftDrained marks a turn that failed after its node was drained: the
@@ -64,7 +69,8 @@ func (m *Membership) Cycle(ctx context.Context, t Turn, change func(ctx context.
 		case err != nil:
 			return fmt.Errorf("%s: node inspect before the drain: %w", name, err)
 		default:
-			reactivate = n.Spec.Availability == dswarm.NodeAvailabilityActive
+			reactivate = n.Spec.Availability == dswarm.NodeAvailabilityActive ||
+				(t.DrainedByUs && n.Spec.Availability == dswarm.NodeAvailabilityDrain)
 			if err := m.drain(ctx, name, t.NodeID); err != nil {
 				return fmt.Errorf("drain: %w", err)
 			}

@@ -762,6 +762,7 @@ func (m *Membership) demote(ctx context.Context, name, nodeID string) error {
 // note and the removal goes on.
 func (m *Membership) drain(ctx context.Context, name, nodeID string) error {
 	to := m.timeouts()
+	m.nodesKnown(ctx, name)
 	surged := m.surge(ctx, name, nodeID)
 	defer m.unsurge(context.WithoutCancel(ctx), name, surged)
 	via := m.Via()
@@ -786,6 +787,38 @@ func (m *Membership) drain(ctx context.Context, name, nodeID string) error {
 		return err
 	}
 	return m.WaitTasks(ctx, name, "its tasks Running elsewhere")
+}
+
+// nodesKnown waits, before a node is paused or drained, until the swarm's
+// leader knows the state of every node. A manager's engine restart can hand
+// the raft to another manager, which reports every node it has not yet
+// heard from as "unknown" for a while: its scheduler places nothing there
+// and the tasks there are not to be counted on, so a drain then can leave a
+// service below its replicas (seen on real hosts right after a leader's
+// upgrade). A node that stays unknown past the Ready timeout is noted and
+// the drain goes on: a node really gone turns "down", not unknown, soon.
+func (m *Membership) nodesKnown(ctx context.Context, name string) {
+	err := m.wait(name, "every node's state known to the swarm's leader", m.timeouts().Ready).Until(ctx, func(ctx context.Context) (bool, string, error) {
+		via := m.Via()
+		if via == nil {
+			return false, "no manager to ask", nil
+		}
+		nodes, err := via.API.NodeList(ctx, dswarm.NodeListOptions{})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		var unknown []string
+		for _, n := range nodes {
+			if n.Status.State == dswarm.NodeStateUnknown {
+				unknown = append(unknown, n.Description.Hostname)
+			}
+		}
+		sort.Strings(unknown)
+		return len(unknown) == 0, "state unknown: " + strings.Join(unknown, ", "), nil
+	})
+	if err != nil && ctx.Err() == nil {
+		m.note(name, fmt.Sprintf("draining although the swarm's leader does not know every node's state yet (%v)", err))
+	}
 }
 
 // WaitTasks waits until every task the swarm wants running is Running (a

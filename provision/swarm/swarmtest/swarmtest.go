@@ -48,6 +48,14 @@ type World struct {
 	// MinRunning is, per service, the fewest of its tasks seen running
 	// after a call.
 	MinRunning map[string]int
+	// UnknownAfterElection is how many node list or inspect answers,
+	// after a restart moved the raft's leadership, give every other node's
+	// state as "unknown": a new leader knows none until each reports in,
+	// and neither places tasks there nor counts what runs there meanwhile.
+	UnknownAfterElection int
+	// Unsettled lists the nodes paused or drained while the swarm's
+	// leader still had nodes in that unknown state.
+	Unsettled []string
 }
 
 // New returns an empty world.
@@ -72,6 +80,11 @@ type Swarm struct {
 	unlockKey string
 	// RootCA counts the root CA rotations.
 	RootCA int
+	// unknown is how many answers still give the nodes' states as unknown
+	// (World.UnknownAfterElection), but the leader's and restarted's (the
+	// engine that just came back reports in at once).
+	unknown   int
+	restarted string
 }
 
 type node struct {
@@ -185,6 +198,24 @@ func (s *Swarm) electLeader() {
 	s.nodes[ids[0]].leader = true
 }
 
+// handOver moves leadership from node id to another reachable raft member,
+// if there is one.
+func (s *Swarm) handOver(id string) bool {
+	var ids []string
+	for nid, n := range s.nodes {
+		if nid != id && n.raft && n.reachable() {
+			ids = append(ids, nid)
+		}
+	}
+	if len(ids) == 0 {
+		return false
+	}
+	sort.Strings(ids)
+	s.nodes[id].leader = false
+	s.nodes[ids[0]].leader = true
+	return true
+}
+
 // after records a changing call and checks quorum in every swarm.
 func (w *World) after(call string) {
 	w.Calls = append(w.Calls, call)
@@ -250,6 +281,11 @@ func (w *World) Restart(e *Engine, version string) {
 	}
 	if e.sw != nil {
 		e.sw.reschedule(e.nodeID)
+		if n := e.sw.nodes[e.nodeID]; n != nil && n.leader && e.sw.handOver(n.id) {
+			// The leader's engine went away for a moment: another
+			// member took over and has yet to hear from the nodes.
+			e.sw.unknown, e.sw.restarted = w.UnknownAfterElection, n.id
+		}
 		e.sw.electLeader()
 	}
 	w.Calls = append(w.Calls, "restart "+e.Name)
@@ -734,6 +770,9 @@ func (s *Swarm) view(n *node) dswarm.Node {
 	out.Status.State = dswarm.NodeStateDown
 	if n.reachable() {
 		out.Status.State = dswarm.NodeStateReady
+		if s.unknown > 0 && !n.leader && n.id != s.restarted {
+			out.Status.State = dswarm.NodeStateUnknown
+		}
 	}
 	if n.raft {
 		r := dswarm.ReachabilityUnreachable
@@ -761,6 +800,9 @@ func (e *Engine) NodeList(ctx context.Context, _ dswarm.NodeListOptions) ([]dswa
 	for _, n := range s.nodes {
 		out = append(out, s.view(n))
 	}
+	if s.unknown > 0 {
+		s.unknown--
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
 }
@@ -777,7 +819,11 @@ func (e *Engine) NodeInspectWithRaw(ctx context.Context, id string) (dswarm.Node
 	if n == nil {
 		return dswarm.Node{}, nil, errdefs.NotFound(fmt.Errorf("node %s not found", id))
 	}
-	return s.view(n), nil, nil
+	v := s.view(n)
+	if s.unknown > 0 {
+		s.unknown--
+	}
+	return v, nil, nil
 }
 
 // NodeUpdate changes a node's role, availability or labels; a demotion
@@ -818,6 +864,9 @@ func (e *Engine) NodeUpdate(ctx context.Context, id string, version dswarm.Versi
 	}
 	n.role = spec.Role
 	if spec.Availability != "" && spec.Availability != n.avail {
+		if s.unknown > 0 && spec.Availability != dswarm.NodeAvailabilityActive {
+			w.Unsettled = append(w.Unsettled, n.hostname+" "+string(spec.Availability))
+		}
 		n.avail = spec.Availability
 		what = append(what, "availability="+string(spec.Availability))
 		if n.avail == dswarm.NodeAvailabilityDrain {
