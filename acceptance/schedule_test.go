@@ -22,7 +22,7 @@ import (
 // expected is each test's duration in a CI run at load 9-13, in seconds.
 var expected = map[string]int{
 	"TestHardening": 840, "TestLifecycle": 820, "TestDay2": 450, "TestRaftRestoreAndMissing": 420,
-	"TestQuorumLoss": 410, "TestCertsLocal": 280, "TestEngineUpgrade": 270, "TestLocalEndToEnd": 210,
+	"TestQuorumLoss": 410, "TestCertsLocal": 280, "TestEngineUpgrade": 330, "TestLocalEndToEnd": 210,
 	"TestSecurityLocal": 190, "TestOfflineBundle": 180, "TestBastionEngineTunnel": 180,
 	"TestLoadBalancerLocal": 140, "TestGenericEndToEnd": 125, "TestMixedDrivers": 85,
 	"TestEngineExtrasLocal": 65, "TestJSONEvents": 40,

@@ -298,17 +298,43 @@ func (r *run) backupSource(nodes map[string]dswarm.Node, prefer string) (*backup
 	return best, stop
 }
 
-// backupScript copies the swarm directory to stdout as a gzipped tar. With
-// "stop", the engine is stopped first and started again however the script
-// ends (also when the connection drops).
+// backupScript copies the swarm directory under the engine's root ($2) to
+// stdout as a gzipped tar. With "stop", the engine is stopped first and
+// started again however the script ends (also when the connection drops).
+// A hot copy ("hot") is of a raft that may be writing: a manager without
+// quorum holds an election every few seconds and appends each vote to its
+// log, and tar fails on a file that changes while it reads it. So the
+// directory is first copied aside (root-only, on the same file system)
+// until a copy matches the directory it was taken from, up to ten times;
+// when the raft never held still, the last copy is kept and said so (raft
+// drops a torn last log record when it is restored).
 const backupScript = `set -eu
+root=${2:-/var/lib/docker}
+test -d "$root/swarm"
 if [ "${1:-}" = stop ]; then
 	trap 'systemctl start docker.service' EXIT HUP INT TERM
 	systemctl stop docker.socket 2>/dev/null || true
 	systemctl stop docker.service
+	tar -C "$root" -czf - swarm
+	exit 0
 fi
-test -d /var/lib/docker/swarm
-tar -C /var/lib/docker -czf - swarm
+tmp=$(mktemp -d "$root/.provision-backup.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT HUP INT TERM
+i=0
+while :; do
+	rm -rf "$tmp/swarm"
+	cp -a "$root/swarm" "$tmp/swarm"
+	if diff -rq "$root/swarm" "$tmp/swarm" >/dev/null 2>&1; then
+		break
+	fi
+	i=$((i+1))
+	if [ "$i" -ge 10 ]; then
+		echo "the raft changed during each of 10 copies: the last one is kept" >&2
+		break
+	fi
+	sleep 0.3
+done
+tar -C "$tmp" -czf - swarm
 `
 
 // backupRaft streams the manager's /var/lib/docker/swarm over its SSH
@@ -332,7 +358,7 @@ func backupRaft(ctx context.Context, t BackupTarget) (string, error) {
 	// a broken stream never leaves a partial archive under a backup's name.
 	err := atomicfile.Stream(path, 0o600, func(w io.Writer) error {
 		var stderr bytes.Buffer
-		code, err := t.Comm.Stream(ctx, t.Comm.Sudo("sh -s -- "+arg), strings.NewReader(backupScript), w, &stderr)
+		code, err := t.Comm.Stream(ctx, t.Comm.Sudo("sh -s -- "+arg+" /var/lib/docker"), strings.NewReader(backupScript), w, &stderr)
 		if err == nil && code != 0 {
 			err = fmt.Errorf("exit %d: %s", code, strings.TrimSpace(stderr.String()))
 		}
