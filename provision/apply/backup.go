@@ -105,12 +105,15 @@ func (r *run) backupFrom(ctx context.Context, src *backupCandidate, stop bool, w
 	// start-first services run theirs elsewhere before (Membership.Drain),
 	// and made active again after; the drain is recorded in state like an
 	// engine restart's, so an interrupted run's next apply reactivates it.
-	reactivate := false
+	// A node an earlier, failed run left drained (state says so) stays
+	// drained and recorded: the change that finishes it makes it active.
+	reactivate, drainedHere := false, false
 	if stop && src.member != nil && src.nodeID != "" && r.members != nil && r.members.Via() != nil {
 		if n, ok := r.members.Nodes()[src.nodeID]; ok && n.Spec.Availability == dswarm.NodeAvailabilityActive {
 			if err := r.setDrained(src.rec, true); err != nil {
 				return err
 			}
+			drainedHere = true
 			drained, err := r.members.Drain(ctx, src.name, src.nodeID)
 			if err != nil {
 				return fmt.Errorf("raft backup from %s: drain first: %w", src.name, err)
@@ -138,8 +141,10 @@ func (r *run) backupFrom(ctx context.Context, src *backupCandidate, stop bool, w
 				return fmt.Errorf("raft backup from %s: make it active again: %w", src.name, err)
 			}
 		}
-		if err := r.setDrained(src.rec, false); err != nil {
-			return err
+		if drainedHere {
+			if err := r.setDrained(src.rec, false); err != nil {
+				return err
+			}
 		}
 	} else if stop && src.member != nil {
 		err := swarm.Wait{Host: src.name, What: "its engine back after the backup", Timeout: 2 * time.Minute, Progress: r.note}.Until(ctx, func(ctx context.Context) (bool, string, error) {

@@ -213,6 +213,12 @@ func TestEngineUpgradeStopsOnFailure(t *testing.T) {
 				}
 			}
 			touched = nil
+			// A new run takes its raft backup again, from the manager about
+			// to change: the one left drained, which must stay recorded.
+			r.backedUp = ""
+			if failed.rec.Role == spec.RoleManager {
+				f.w.Restart(f.engines[failed.rec.Address], "") // a follower now, so the backup's source
+			}
 			fix := func(ctx context.Context, r *run, h *host) error {
 				touched = append(touched, h.rec.Name)
 				f.w.Restart(f.engines[h.rec.Address], "24.0.7")

@@ -834,9 +834,33 @@ func (m *Membership) WaitTasks(ctx context.Context, name, what string) error {
 			return false, err.Error(), nil
 		}
 		waiting = waiting[:0]
+		running := map[string]uint64{}
 		for _, t := range ts {
 			if t.Status.State != dswarm.TaskStateRunning {
 				waiting = append(waiting, short(t.ID)+" ("+string(t.Status.State)+")")
+			} else {
+				running[t.ServiceID]++
+			}
+		}
+		// A drained task's replacement does not exist for a moment after
+		// the old one stopped: every task listed may be Running while a
+		// service is a task short. So each replicated service must also
+		// run its count (its own one while a surge has it scaled up).
+		svcs, err := m.Via().API.ServiceList(ctx, dswarm.ServiceListOptions{})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		for _, svc := range svcs {
+			r := svc.Spec.Mode.Replicated
+			if r == nil || r.Replicas == nil {
+				continue
+			}
+			want := *r.Replicas
+			if own, _, ok := parseSurge(svc.Spec.Labels[LabelSurge]); ok {
+				want = min(want, own)
+			}
+			if running[svc.ID] < want {
+				waiting = append(waiting, fmt.Sprintf("service %s: %d of %d running", svc.Spec.Name, running[svc.ID], want))
 			}
 		}
 		return len(waiting) == 0, fmt.Sprintf("%d tasks not running yet", len(waiting)), nil

@@ -53,6 +53,10 @@ type World struct {
 	// state as "unknown": a new leader knows none until each reports in,
 	// and neither places tasks there nor counts what runs there meanwhile.
 	UnknownAfterElection int
+	// ReplaceLag is how many task list answers, after a drain stops a
+	// node's tasks, have no replacements for them yet (the orchestrator
+	// makes them a moment later): the stopped tasks are simply absent.
+	ReplaceLag int
 	// Unsettled lists the nodes paused or drained while the swarm's
 	// leader still had nodes in that unknown state.
 	Unsettled []string
@@ -85,6 +89,9 @@ type Swarm struct {
 	// engine that just came back reports in at once).
 	unknown   int
 	restarted string
+	// lag is how many task lists still go without the drained tasks'
+	// replacements (World.ReplaceLag).
+	lag int
 }
 
 type node struct {
@@ -871,6 +878,7 @@ func (e *Engine) NodeUpdate(ctx context.Context, id string, version dswarm.Versi
 		what = append(what, "availability="+string(spec.Availability))
 		if n.avail == dswarm.NodeAvailabilityDrain {
 			s.stop(n.id)
+			s.lag = w.ReplaceLag
 		}
 	}
 	if !maps(n.labels, spec.Labels) {
@@ -935,9 +943,17 @@ func (e *Engine) TaskList(ctx context.Context, opts dswarm.TaskListOptions) ([]d
 	if err != nil {
 		return nil, err
 	}
-	s.settle()
+	lagging := s.lag > 0
+	if lagging {
+		s.lag--
+	} else {
+		s.settle()
+	}
 	var out []dswarm.Task
 	for _, t := range s.tasks {
+		if lagging && t.node == "" {
+			continue // its replacement is not made yet
+		}
 		if v := opts.Filters.Get("node"); len(v) > 0 && !slices.Contains(v, t.node) {
 			continue
 		}
