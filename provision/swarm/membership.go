@@ -821,6 +821,10 @@ func (m *Membership) nodesKnown(ctx context.Context, name string) {
 	}
 }
 
+// replacementGrace is how long WaitTasks also counts each service's
+// running tasks against its replicas (see there).
+const replacementGrace = 15 * time.Second
+
 // WaitTasks waits until every task the swarm wants running is Running (a
 // drained node's tasks restarted elsewhere, a restarted engine's tasks back),
 // so that the next change does not take a service further below its
@@ -828,6 +832,7 @@ func (m *Membership) nodesKnown(ctx context.Context, name string) {
 // after the reschedule timeout it is named in a note and the change goes on.
 func (m *Membership) WaitTasks(ctx context.Context, name, what string) error {
 	var waiting []string
+	start := time.Now()
 	err := m.wait(name, what, m.timeouts().Reschedule).Until(ctx, func(ctx context.Context) (bool, string, error) {
 		ts, err := m.Via().API.TaskList(ctx, dswarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("desired-state", "running"))})
 		if err != nil {
@@ -845,7 +850,13 @@ func (m *Membership) WaitTasks(ctx context.Context, name, what string) error {
 		// A drained task's replacement does not exist for a moment after
 		// the old one stopped: every task listed may be Running while a
 		// service is a task short. So each replicated service must also
-		// run its count (its own one while a surge has it scaled up).
+		// run its count (its own one while a surge has it scaled up), for
+		// the first seconds: by then a missing replacement exists and is
+		// listed, and a service that is short for another reason (more
+		// replicas than nodes that may take them) holds nothing up.
+		if time.Since(start) > replacementGrace {
+			return len(waiting) == 0, fmt.Sprintf("%d tasks not running yet", len(waiting)), nil
+		}
 		svcs, err := m.Via().API.ServiceList(ctx, dswarm.ServiceListOptions{})
 		if err != nil {
 			return false, err.Error(), nil
