@@ -823,7 +823,7 @@ func (m *Membership) nodesKnown(ctx context.Context, name string) {
 
 // replacementGrace is how long WaitTasks also counts each service's
 // running tasks against its replicas (see there).
-const replacementGrace = 15 * time.Second
+const replacementGrace = 5 * time.Second
 
 // WaitTasks waits until every task the swarm wants running is Running (a
 // drained node's tasks restarted elsewhere, a restarted engine's tasks back),
