@@ -211,6 +211,7 @@ type watch struct {
 	minRunning               int
 	lowManagersAt, lowTaskAt string
 	lowTasks                 string // the service's tasks at the lowest sample
+	lowManagers              string // how the lowest manager count was measured
 	fed                      map[string]bool
 	// A round in which no manager answered at all (every call timed out
 	// or was refused: a loaded machine, or every manager down) is not a
@@ -227,14 +228,16 @@ type watch struct {
 // checkManagers fails the test when the raft lost its majority during the
 // watch: fewer than want reachable managers in a sample, or no manager
 // answering at all for longer than a loaded machine explains.
-func (w *watch) checkManagers(t *testing.T, want int) {
+func (w *watch) checkManagers(t *testing.T, want int) bool {
 	t.Helper()
+	ok := w.minManagers >= want && w.maxSilence <= time.Minute
 	if w.minManagers < want {
-		t.Errorf("only %d reachable managers at %s", w.minManagers, w.lowManagersAt)
+		t.Errorf("only %d reachable managers at %s: %s", w.minManagers, w.lowManagersAt, w.lowManagers)
 	}
 	if w.maxSilence > time.Minute {
 		t.Errorf("no manager answered for %s", w.maxSilence.Round(time.Second))
 	}
+	return ok
 }
 
 func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
@@ -291,6 +294,7 @@ func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
 			// Sample through the first manager that answers.
 			reach, running, asked, tasks := 0, 0, false, ""
 			noLeader := false
+			var how []string
 			for addr, name := range addrs {
 				e := conn(addr, name)
 				if e == nil {
@@ -300,11 +304,15 @@ func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
 				nodes, err := e.Nodes(c)
 				if err != nil && strings.Contains(err.Error(), "does not have a leader") {
 					noLeader = true
+					how = append(how, name+" says the swarm has no leader")
 				}
 				if err == nil {
 					for _, n := range nodes {
 						if n.ManagerStatus != nil && n.ManagerStatus.Reachability == dswarm.ReachabilityReachable {
 							reach++
+						}
+						if n.ManagerStatus != nil {
+							how = append(how, fmt.Sprintf("%s %s (asked %s)", n.Description.Hostname, n.ManagerStatus.Reachability, name))
 						}
 					}
 					asked = true
@@ -321,19 +329,31 @@ func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
 				}
 			}
 			if !asked && noLeader {
-				// Raft members up, asked one by one.
+				// Raft members up, asked one by one. A round in which
+				// none of them answers is a silent one, not a count of
+				// zero (each answers within 2 s on a quiet machine,
+				// election or not).
+				answered := false
 				for addr, name := range addrs {
 					e := conn(addr, name)
 					if e == nil {
 						continue
 					}
 					c, cancel := context.WithTimeout(wctx, 2*time.Second)
+					t0 := time.Now()
 					info, err := e.Info(c)
 					cancel()
 					if err == nil && info.Swarm.ControlAvailable && info.Swarm.LocalNodeState == dswarm.LocalNodeStateActive {
 						reach++
 					}
+					if err != nil {
+						how = append(how, fmt.Sprintf("%s info after %s: %v", name, time.Since(t0).Round(time.Millisecond), err))
+					} else {
+						answered = true
+						how = append(how, fmt.Sprintf("%s info after %s: manager %v, %s", name, time.Since(t0).Round(time.Millisecond), info.Swarm.ControlAvailable, info.Swarm.LocalNodeState))
+					}
 				}
+				noLeader = answered
 			}
 			if wctx.Err() != nil {
 				return
@@ -355,7 +375,7 @@ func (d *day2) watch(t *testing.T, ctx context.Context) *watch {
 			w.samples++
 			now := time.Now().Format(time.TimeOnly)
 			if reach < w.minManagers {
-				w.minManagers, w.lowManagersAt = reach, now
+				w.minManagers, w.lowManagersAt, w.lowManagers = reach, now, strings.Join(how, "; ")
 			}
 			if asked && running >= 0 && running < w.minRunning {
 				w.minRunning, w.lowTaskAt, w.lowTasks = running, now, tasks

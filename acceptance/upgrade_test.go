@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -119,22 +120,46 @@ func TestEngineUpgrade(t *testing.T) {
 		t.Errorf("plan order %v, want %s", planned, want)
 	}
 
-	// A node that fails its upgrade stops the rollout: manager-2's copy of
-	// the new package is taken away, so its install fails after manager-1
-	// is done. apply fails naming it, leaves it drained (its tasks already
-	// run elsewhere), and touches no later node. Watched from outside, with
-	// the full upgrade after it.
+	// A node that fails its upgrade stops the rollout. Managers go
+	// followers first, the leader last: the second follower's copy of the
+	// new package is taken away, so its install fails after the first
+	// follower is done. apply fails naming it, leaves it drained (its tasks
+	// already run elsewhere), and touches no later node (the leader, the
+	// workers). Watched from outside, with the full upgrade after it.
+	var leader string
+	var followers []string
+	lnodes, err := d.manager(t, ctx).Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range lnodes {
+		switch {
+		case n.ManagerStatus == nil:
+		case n.ManagerStatus.Leader:
+			leader = n.Description.Hostname
+		default:
+			followers = append(followers, n.Description.Hostname)
+		}
+	}
+	sort.Strings(followers)
+	if leader == "" || len(followers) != 2 {
+		t.Fatalf("leader %q, followers %v", leader, followers)
+	}
+	first, failing := followers[0], followers[1]
 	w = d.watch(t, ctx)
-	broken := d.containerOf(t, ctx, "upgrade-manager-2")
+	broken := d.containerOf(t, ctx, failing)
 	if out, err := runIn(ctx, dc, broken, []string{"sh", "-c", "mkdir -p /root/held && mv " + repoDir + "/*.deb /root/held/"}); err != nil {
-		t.Fatalf("hide the package on upgrade-manager-2: %v %s", err, out)
+		t.Fatalf("hide the package on %s: %v %s", failing, err, out)
 	}
+	heldBack := []string{leader, "upgrade-worker-1", "upgrade-worker-2"}
+	sort.Strings(heldBack)
 	r := provision(t, ctx, nil, d.args("apply", "--auto-approve", "--json")...)
-	if r.code == 0 || !strings.Contains(r.stderr, "Failed: upgrade-manager-2.") ||
-		!strings.Contains(r.stderr, "Held back, untouched, because a rolling batch before them failed: upgrade-manager-3, upgrade-worker-1, upgrade-worker-2.") {
-		t.Fatalf("apply with upgrade-manager-2's package missing: exit %d\n%s", r.code, r.stderr)
+	if r.code == 0 || !strings.Contains(r.stderr, "Failed: "+failing+".") ||
+		!strings.Contains(r.stderr, "Held back, untouched, because a rolling batch before them failed: "+strings.Join(heldBack, ", ")+".") {
+		t.Fatalf("apply with %s's package missing (leader %s): exit %d\n%s", failing, leader, r.code, r.stderr)
 	}
-	t.Logf("failed rollout (%s): %s", r.took.Round(time.Second), linesWith(r.stderr, "Failed:"))
+	t.Logf("failed rollout (%s, leader %s): %s", r.took.Round(time.Second), leader, linesWith(r.stderr, "Failed:"))
+	failedRollout := r
 	mgr0 := d.manager(t, ctx)
 	nodes0, err := mgr0.Nodes(ctx)
 	if err != nil {
@@ -144,13 +169,17 @@ func TestEngineUpgrade(t *testing.T) {
 	for _, n := range nodes0 {
 		avail[n.Description.Hostname] = n.Spec.Availability
 	}
-	for name, want := range map[string]string{"upgrade-manager-1": to, "upgrade-manager-2": from, "upgrade-manager-3": from, "upgrade-worker-1": from, "upgrade-worker-2": from} {
+	for _, name := range []string{"upgrade-manager-1", "upgrade-manager-2", "upgrade-manager-3", "upgrade-worker-1", "upgrade-worker-2"} {
+		want := from
+		if name == first {
+			want = to
+		}
 		out, err := runIn(ctx, dc, d.containerOf(t, ctx, name), []string{"dpkg-query", "-W", "-f=${Version}", "docker.io"})
 		if err != nil || strings.TrimSpace(out) != want {
 			t.Errorf("after the failed rollout %s has docker.io %q (%v), want %s", name, out, err, want)
 		}
 		wantAvail := swarm.NodeAvailabilityActive
-		if name == "upgrade-manager-2" {
+		if name == failing {
 			wantAvail = swarm.NodeAvailabilityDrain
 		}
 		if avail[name] != wantAvail {
@@ -158,7 +187,7 @@ func TestEngineUpgrade(t *testing.T) {
 		}
 	}
 	if out, err := runIn(ctx, dc, broken, []string{"sh", "-c", "mv /root/held/*.deb " + repoDir + "/"}); err != nil {
-		t.Fatalf("give the package back to upgrade-manager-2: %v %s", err, out)
+		t.Fatalf("give the package back to %s: %v %s", failing, err, out)
 	}
 
 	// apply: the rest of the rollout, from the failed node on.
@@ -166,7 +195,9 @@ func TestEngineUpgrade(t *testing.T) {
 	w.end()
 	t.Logf("upgrade: %d samples, fewest reachable managers %d (at %s), fewest running tasks %d of %d (at %s: %s), longest time no manager answered %s, apply %s",
 		w.samples, w.minManagers, w.lowManagersAt, w.minRunning, upgradeReplicas, w.lowTaskAt, w.lowTasks, w.maxSilence.Round(time.Millisecond), r.took.Round(time.Second))
-	w.checkManagers(t, 2)
+	if !w.checkManagers(t, 2) {
+		t.Logf("failed rollout's events:\n%s\nfinishing apply's events:\n%s", timeline(failedRollout.stdout), timeline(r.stdout))
+	}
 	// Docker's drain stops a node's tasks before their replacements run;
 	// for a start-first service provision runs the replacements first (the
 	// node paused, the service scaled up by what it ran there, then drained
@@ -184,7 +215,7 @@ func TestEngineUpgrade(t *testing.T) {
 		}
 	}
 	t.Logf("batches:\n%s", strings.Join(batches, "\n"))
-	if len(batches) != 4 || !strings.Contains(batches[0], "upgrade-manager-2 (engine upgrade") || !strings.Contains(batches[3], "upgrade-worker-2 (engine upgrade: drained first)") {
+	if len(batches) != 4 || !strings.Contains(batches[0], failing+" (engine upgrade") || !strings.Contains(batches[1], leader+" (engine upgrade") || !strings.Contains(batches[3], "upgrade-worker-2 (engine upgrade: drained first)") {
 		t.Errorf("rolling batches: %v", batches)
 	}
 

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	dswarm "github.com/docker/docker/api/types/swarm"
+
 	"github.com/provision/provision/drivers"
 	"github.com/provision/provision/hostos"
 	"github.com/provision/provision/provision/atomicfile"
@@ -96,6 +98,15 @@ func connectedSteps(ctx context.Context, r *run, h *host) error {
 // stops the rollout after its batch (the next manager could take quorum
 // with it); the later batches are left untouched.
 func rollBatches(ctx context.Context, r *run, batches []batch, members *swarm.Membership, steps func(context.Context, *run, *host) error) error {
+	if members != nil && slices.ContainsFunc(batches, func(b batch) bool { return b.rolling && b.hosts[0].rec.Role == spec.RoleManager }) {
+		// Managers restart followers first and the leader last: the raft
+		// holds an election (seconds without a leader, no swarm writes)
+		// once, when the leader goes, not each time leadership moves to a
+		// manager yet to restart.
+		if nodes, err := members.Refresh(ctx); err == nil {
+			leaderLast(batches, nodes)
+		}
+	}
 	for i, b := range batches {
 		if r.stopped() {
 			return nil
@@ -329,6 +340,25 @@ func rollout(hosts []*host, parallelism int) []batch {
 		workers = workers[n:]
 	}
 	return out
+}
+
+// leaderLast orders the managers' rolling batches (one manager each) by
+// swarm.LeaderLastRank: managers out of the raft first, then followers,
+// the leader last.
+func leaderLast(batches []batch, nodes map[string]dswarm.Node) {
+	var idx []int
+	var ms []*host
+	for i, b := range batches {
+		if b.rolling && len(b.hosts) == 1 && b.hosts[0].rec.Role == spec.RoleManager {
+			idx = append(idx, i)
+			ms = append(ms, b.hosts[0])
+		}
+	}
+	swarm.SortLeaderLast(ms, nodes, func(h *host) (string, string) { return h.rec.Name, h.rec.NodeID })
+	for j, i := range idx {
+		batches[i].hosts = []*host{ms[j]}
+		batches[i].drain = needsDrain(ms[j])
+	}
 }
 
 func (r *run) batchFailed(hs []*host) bool {

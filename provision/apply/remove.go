@@ -93,7 +93,7 @@ func (remove) Run(ctx context.Context, r *run) error {
 		wg.Wait()
 	}
 	if r.members != nil {
-		swarm.SortRemovals(managers, r.members.Nodes(), func(a plan.Action) (string, string) {
+		swarm.SortLeaderLast(managers, r.members.Nodes(), func(a plan.Action) (string, string) {
 			if a.Recorded == nil {
 				return a.Machine, ""
 			}

@@ -353,12 +353,12 @@ func retireOld(ctx context.Context, r *run, h *host) error {
 
 // replaceRank orders manager changes: machines with no old generation in
 // the swarm first (new or finished), then replacements by the old node's
-// swarm.RemovalRank (dead, followers, the leader last).
+// swarm.LeaderLastRank (dead, followers, the leader last).
 func replaceRank(h *host, nodes map[string]dswarm.Node) int {
 	rank := -1
 	for _, old := range h.rec.Retiring {
 		if _, ok := nodes[old.NodeID]; ok {
-			rank = max(rank, swarm.RemovalRank(nodes, old.NodeID))
+			rank = max(rank, swarm.LeaderLastRank(nodes, old.NodeID))
 		}
 	}
 	return rank

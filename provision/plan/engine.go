@@ -12,8 +12,9 @@ import (
 // (the spec's engine.version, method or bundle): apply takes the members
 // through it node by node, each drained first (its tasks Running
 // elsewhere), upgraded, checked (engine version, Ready, Reachable for a
-// manager) and made active again; managers one at a time, then workers in
-// batches. A failed node stops the rollout there.
+// manager) and made active again; managers one at a time (the swarm's
+// leader last), then workers in batches. A failed node stops the rollout
+// there.
 type EngineChange struct {
 	Package string `json:"package"`
 	To      string `json:"to"` // the spec's pin ("" = the distro's candidate)
@@ -24,7 +25,9 @@ type EngineChange struct {
 	// Downgrade lists machines the pin takes to a lower version: apply
 	// refuses them unless run with --allow-engine-downgrade.
 	Downgrade []string `json:"downgrade,omitempty"`
-	// Order is the batches in the order apply takes them.
+	// Order is the batches: managers one at a time (by name here; apply
+	// takes the one leading the swarm last, as only it knows which), then
+	// the workers in batches.
 	Order [][]string `json:"order"`
 }
 
@@ -90,7 +93,7 @@ func (p *Plan) engineChange(c *spec.Cluster, engineSettingChanged bool) {
 	for _, b := range ch.Order {
 		order = append(order, strings.Join(b, "+"))
 	}
-	note := fmt.Sprintf("engine %s rolls to %s node by node: %s; each node is drained first (its tasks Running elsewhere), upgraded, checked (engine version, Ready, Reachable for managers) and made active again; a failed node stops the rollout and the nodes after it keep their engine", c.Engine.Package, pin, strings.Join(order, " -> "))
+	note := fmt.Sprintf("engine %s rolls to %s node by node: %s; managers one at a time, the swarm's leader last (one election); each node is drained first (its tasks Running elsewhere), upgraded, checked (engine version, Ready, Reachable for managers) and made active again; a failed node stops the rollout and the nodes after it keep their engine", c.Engine.Package, pin, strings.Join(order, " -> "))
 	if len(ch.Downgrade) > 0 {
 		note += fmt.Sprintf("; %s would be DOWNGRADED: apply refuses that unless run with --allow-engine-downgrade", strings.Join(ch.Downgrade, ", "))
 	}

@@ -75,7 +75,7 @@ func (p *Plan) WriteText(w io.Writer, color bool) error {
 		}
 	}
 	if e := p.Engine; e != nil {
-		fmt.Fprintf(bw, "\nEngine upgrade (%s to %s, one batch after the other, each node drained first):\n", e.Package, e.To)
+		fmt.Fprintf(bw, "\nEngine upgrade (%s to %s, one batch after the other, each node drained first; the swarm's leader goes last of the managers):\n", e.Package, e.To)
 		for i, b := range e.Order {
 			var parts []string
 			for _, m := range b {

@@ -621,11 +621,12 @@ func CanDemote(nodes []dswarm.Node, id string) error {
 	return nil
 }
 
-// RemovalRank orders manager removals so that quorum is never at risk and
-// leadership moves at most once: nodes already out of the raft (down,
-// unreachable, or not in the swarm) rank 0, reachable followers 1, the
-// leader 2.
-func RemovalRank(nodes map[string]dswarm.Node, nodeID string) int {
+// LeaderLastRank orders changes that take managers out one at a time
+// (removals, replacements, engine restarts) so that quorum is never at
+// risk and leadership moves at most once: nodes already out of the raft
+// (down, unreachable, or not in the swarm) rank 0, reachable followers 1,
+// the leader 2.
+func LeaderLastRank(nodes map[string]dswarm.Node, nodeID string) int {
 	n, ok := nodes[nodeID]
 	switch {
 	case nodeID == "" || !ok || n.ManagerStatus == nil || n.ManagerStatus.Reachability != dswarm.ReachabilityReachable:
@@ -637,13 +638,12 @@ func RemovalRank(nodes map[string]dswarm.Node, nodeID string) int {
 	}
 }
 
-// SortRemovals sorts items to remove by RemovalRank of their node, then by
-// name.
-func SortRemovals[T any](items []T, nodes map[string]dswarm.Node, key func(T) (name, nodeID string)) {
+// SortLeaderLast sorts items by LeaderLastRank of their node, then by name.
+func SortLeaderLast[T any](items []T, nodes map[string]dswarm.Node, key func(T) (name, nodeID string)) {
 	slices.SortStableFunc(items, func(a, b T) int {
 		an, aid := key(a)
 		bn, bid := key(b)
-		if r := RemovalRank(nodes, aid) - RemovalRank(nodes, bid); r != 0 {
+		if r := LeaderLastRank(nodes, aid) - LeaderLastRank(nodes, bid); r != 0 {
 			return r
 		}
 		return cmp.Compare(an, bn)
@@ -755,16 +755,19 @@ func (m *Membership) demote(ctx context.Context, name, nodeID string) error {
 }
 
 // drain sets the node's availability to drain, waits until no task runs on
-// it any more, then until every task the swarm wants running is Running
-// (the drained tasks restarted elsewhere), so that the next node to go does
-// not take a service below its replicas. A task that cannot start anywhere
-// does not block the removal: after the reschedule timeout it is named in a
-// note and the removal goes on.
+// it any more, then until each replicated service that ran there runs as
+// many tasks as it did before (the drained tasks' replacements Running
+// elsewhere, waitReplaced) and every task the swarm wants running is
+// Running, so that the next node to go does not take a service below its
+// replicas. Only then does a surged service go back to its own count. A task
+// that cannot start anywhere does not block the removal: after the
+// reschedule timeout it is named in a note and the removal goes on.
 func (m *Membership) drain(ctx context.Context, name, nodeID string) error {
 	to := m.timeouts()
 	m.nodesKnown(ctx, name)
 	surged := m.surge(ctx, name, nodeID)
 	defer m.unsurge(context.WithoutCancel(ctx), name, surged)
+	before := m.runningHere(ctx, nodeID)
 	via := m.Via()
 	m.note(name, "draining")
 	if _, err := via.update(ctx, nodeID, func(s *dswarm.NodeSpec) bool {
@@ -786,7 +789,108 @@ func (m *Membership) drain(ctx context.Context, name, nodeID string) error {
 	if err != nil {
 		return err
 	}
+	if err := m.waitReplaced(ctx, name, before); err != nil {
+		return err
+	}
 	return m.WaitTasks(ctx, name, "its tasks Running elsewhere")
+}
+
+// serviceCount is a replicated service's running tasks at one moment.
+type serviceCount struct {
+	name    string
+	running uint64
+}
+
+// runningHere counts, for each replicated service with a task on the node,
+// its tasks Running in the whole swarm: what it must run again after the
+// node is drained. Global services and jobs are left out (a drained node's
+// global task is not replaced). Best effort: on an error nothing is
+// counted, and WaitTasks alone judges the drain.
+func (m *Membership) runningHere(ctx context.Context, nodeID string) map[string]serviceCount {
+	via := m.Via()
+	ts, err := via.API.TaskList(ctx, dswarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("desired-state", "running"))})
+	if err != nil {
+		return nil
+	}
+	here := map[string]bool{}
+	running := map[string]uint64{}
+	for _, t := range ts {
+		if t.NodeID == nodeID {
+			here[t.ServiceID] = true
+		}
+		if t.Status.State == dswarm.TaskStateRunning {
+			running[t.ServiceID]++
+		}
+	}
+	if len(here) == 0 {
+		return nil
+	}
+	svcs, err := via.API.ServiceList(ctx, dswarm.ServiceListOptions{})
+	if err != nil {
+		return nil
+	}
+	out := map[string]serviceCount{}
+	for _, svc := range svcs {
+		if here[svc.ID] && svc.Spec.Mode.Replicated != nil {
+			out[svc.ID] = serviceCount{name: svc.Spec.Name, running: running[svc.ID]}
+		}
+	}
+	return out
+}
+
+// waitReplaced waits until each service runs as many tasks as before the
+// drain. The replacement of a drained task is not listed among the tasks
+// that should run for a moment (Docker's restart delay), so "every listed
+// task Running" alone is true too early; and a surged service must not be
+// scaled back before then: swarm's scale-down removes the highest copy on
+// a node first, a running one before a replacement still waiting on a node
+// of its own. A service whose replacement the swarm cannot place (a task
+// pending with an error: no node may take it) is not waited for; one still
+// short at the reschedule timeout is named in a note.
+func (m *Membership) waitReplaced(ctx context.Context, name string, before map[string]serviceCount) error {
+	if len(before) == 0 {
+		return nil
+	}
+	ids := make([]string, 0, len(before))
+	for id := range before {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	var behind []string
+	noRoom := map[string]string{}
+	err := m.wait(name, "each service's drained tasks Running elsewhere", m.timeouts().Reschedule).Until(ctx, func(ctx context.Context) (bool, string, error) {
+		ts, err := m.Via().API.TaskList(ctx, dswarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("desired-state", "running"))})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		running := map[string]uint64{}
+		for _, t := range ts {
+			switch {
+			case t.Status.State == dswarm.TaskStateRunning:
+				running[t.ServiceID]++
+			case t.Status.State == dswarm.TaskStatePending && t.Status.Err != "":
+				noRoom[t.ServiceID] = t.Status.Err
+			}
+		}
+		behind = behind[:0]
+		for _, id := range ids {
+			if b := before[id]; running[id] < b.running && noRoom[id] == "" {
+				behind = append(behind, fmt.Sprintf("%s: %d of %d running", b.name, running[id], b.running))
+			}
+		}
+		return len(behind) == 0, strings.Join(behind, "; "), nil
+	})
+	for _, id := range ids {
+		if noRoom[id] != "" {
+			m.note(name, fmt.Sprintf("service %s: a drained task cannot run elsewhere (%s)", before[id].name, noRoom[id]))
+		}
+	}
+	var we *WaitError
+	if errors.As(err, &we) && errors.Is(err, context.DeadlineExceeded) {
+		m.note(name, fmt.Sprintf("not every drained task runs elsewhere yet (%s); going on", strings.Join(behind, "; ")))
+		return nil
+	}
+	return err
 }
 
 // nodesKnown waits, before a node is paused or drained, until the swarm's
@@ -821,64 +925,38 @@ func (m *Membership) nodesKnown(ctx context.Context, name string) {
 	}
 }
 
-// replacementGrace is how long WaitTasks also counts each service's
-// running tasks against its replicas (see there).
-const replacementGrace = 5 * time.Second
-
 // WaitTasks waits until every task the swarm wants running is Running (a
 // drained node's tasks restarted elsewhere, a restarted engine's tasks back),
 // so that the next change does not take a service further below its
-// replicas. A task that cannot start anywhere does not block for long:
-// after the reschedule timeout it is named in a note and the change goes on.
+// replicas. A task the swarm says it cannot place (pending with an error:
+// no node may take it) is not waited for, and one that does not run by the
+// reschedule timeout holds nothing up either: both are named in a note and
+// the change goes on.
 func (m *Membership) WaitTasks(ctx context.Context, name, what string) error {
-	var waiting []string
-	start := time.Now()
+	var waiting, unplaced []string
 	err := m.wait(name, what, m.timeouts().Reschedule).Until(ctx, func(ctx context.Context) (bool, string, error) {
 		ts, err := m.Via().API.TaskList(ctx, dswarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("desired-state", "running"))})
 		if err != nil {
 			return false, err.Error(), nil
 		}
-		waiting = waiting[:0]
-		running := map[string]uint64{}
+		waiting, unplaced = waiting[:0], unplaced[:0]
 		for _, t := range ts {
-			if t.Status.State != dswarm.TaskStateRunning {
+			switch {
+			case t.Status.State == dswarm.TaskStateRunning:
+			case t.Status.State == dswarm.TaskStatePending && t.Status.Err != "":
+				unplaced = append(unplaced, short(t.ID)+" ("+t.Status.Err+")")
+			default:
 				waiting = append(waiting, short(t.ID)+" ("+string(t.Status.State)+")")
-			} else {
-				running[t.ServiceID]++
-			}
-		}
-		// A drained task's replacement does not exist for a moment after
-		// the old one stopped: every task listed may be Running while a
-		// service is a task short. So each replicated service must also
-		// run its count (its own one while a surge has it scaled up), for
-		// the first seconds: by then a missing replacement exists and is
-		// listed, and a service that is short for another reason (more
-		// replicas than nodes that may take them) holds nothing up.
-		if time.Since(start) > replacementGrace {
-			return len(waiting) == 0, fmt.Sprintf("%d tasks not running yet", len(waiting)), nil
-		}
-		svcs, err := m.Via().API.ServiceList(ctx, dswarm.ServiceListOptions{})
-		if err != nil {
-			return false, err.Error(), nil
-		}
-		for _, svc := range svcs {
-			r := svc.Spec.Mode.Replicated
-			if r == nil || r.Replicas == nil {
-				continue
-			}
-			want := *r.Replicas
-			if own, _, ok := parseSurge(svc.Spec.Labels[LabelSurge]); ok {
-				want = min(want, own)
-			}
-			if running[svc.ID] < want {
-				waiting = append(waiting, fmt.Sprintf("service %s: %d of %d running", svc.Spec.Name, running[svc.ID], want))
 			}
 		}
 		return len(waiting) == 0, fmt.Sprintf("%d tasks not running yet", len(waiting)), nil
 	})
+	if len(unplaced) > 0 && err == nil {
+		m.note(name, fmt.Sprintf("%d tasks the swarm cannot place anywhere: %s", len(unplaced), strings.Join(unplaced, ", ")))
+	}
 	var we *WaitError
 	if errors.As(err, &we) && errors.Is(err, context.DeadlineExceeded) {
-		m.note(name, fmt.Sprintf("%d tasks are not running yet: %s; going on", len(waiting), strings.Join(waiting, ", ")))
+		m.note(name, fmt.Sprintf("%d tasks are not running yet: %s; going on", len(waiting)+len(unplaced), strings.Join(append(waiting, unplaced...), ", ")))
 		return nil
 	}
 	return err

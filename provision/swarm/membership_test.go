@@ -364,11 +364,11 @@ func mgrNode(id string, reachable, leader bool) dswarm.Node {
 	return dswarm.Node{ID: id, Spec: dswarm.NodeSpec{Role: dswarm.NodeRoleManager}, ManagerStatus: &dswarm.ManagerStatus{Reachability: r, Leader: leader}}
 }
 
-// TestSortRemovals: dead managers leave first, the leader last.
-func TestSortRemovals(t *testing.T) {
+// TestSortLeaderLast: dead managers leave first, the leader last.
+func TestSortLeaderLast(t *testing.T) {
 	nodes := map[string]dswarm.Node{"a": mgrNode("a", true, true), "b": mgrNode("b", true, false), "c": mgrNode("c", false, false)}
 	items := [][2]string{{"x-1", "a"}, {"x-2", "b"}, {"x-3", "c"}, {"x-4", ""}, {"x-5", "gone"}}
-	swarm.SortRemovals(items, nodes, func(i [2]string) (string, string) { return i[0], i[1] })
+	swarm.SortLeaderLast(items, nodes, func(i [2]string) (string, string) { return i[0], i[1] })
 	var got []string
 	for _, i := range items {
 		got = append(got, i[0])

@@ -54,9 +54,13 @@ type World struct {
 	// and neither places tasks there nor counts what runs there meanwhile.
 	UnknownAfterElection int
 	// ReplaceLag is how many task list answers, after a drain stops a
-	// node's tasks, have no replacements for them yet (the orchestrator
-	// makes them a moment later): the stopped tasks are simply absent.
+	// node's tasks, still find their replacements in the restart delay:
+	// placed on a node (a scale-down ranks them there) but absent from
+	// the tasks that should run, and not running.
 	ReplaceLag int
+	// Elections counts the restarts of a leader's engine that handed the
+	// raft to another manager (each a moment without a leader).
+	Elections int
 	// Unsettled lists the nodes paused or drained while the swarm's
 	// leader still had nodes in that unknown state.
 	Unsettled []string
@@ -107,6 +111,9 @@ type node struct {
 
 type task struct {
 	id, service, node string
+	// delayed: a drained task's replacement, placed but not started yet
+	// (Swarm.stop).
+	delayed bool
 }
 
 // service is a replicated service: its spec and version.
@@ -292,6 +299,7 @@ func (w *World) Restart(e *Engine, version string) {
 			// The leader's engine went away for a moment: another
 			// member took over and has yet to hear from the nodes.
 			e.sw.unknown, e.sw.restarted = w.UnknownAfterElection, n.id
+			w.Elections++
 		}
 		e.sw.electLeader()
 	}
@@ -353,7 +361,7 @@ func (w *World) AddService(s *Swarm, name string, replicas int) {
 	}}
 	for i := 0; i < replicas; i++ {
 		t := &task{id: w.id("t"), service: name}
-		s.place(t, i)
+		s.place(t)
 		s.tasks = append(s.tasks, t)
 	}
 }
@@ -387,43 +395,60 @@ func (s *Swarm) scale(w *World, name string, want int) {
 	}
 	for i := len(mine); i < want; i++ {
 		t := &task{id: w.id("t"), service: name}
-		s.place(t, len(s.tasks))
+		s.place(t)
 		s.tasks = append(s.tasks, t)
 	}
 	for n := len(mine); n > want; n-- {
-		per := map[string]int{}
-		for _, t := range s.tasks {
-			if t.service == name {
-				per[t.node]++
-			}
-		}
-		victim := -1
+		s.tasks = slices.Delete(s.tasks, s.victim(name), s.victim(name)+1)
+	}
+}
+
+// victim picks the task a scale-down removes, as swarmkit does: a task on
+// no node first; else the one that is the highest copy of the service on
+// its node (balance first, even over a running task), a task not running
+// before a running one of the same rank.
+func (s *Swarm) victim(service string) int {
+	copies := map[string]int{}
+	rank := map[int]int{}
+	for pass := 0; pass < 2; pass++ { // running tasks count first on their node
 		for i, t := range s.tasks {
-			if t.service != name {
+			if t.service != service || t.node == "" || t.delayed == (pass == 0) {
 				continue
 			}
-			if victim < 0 || t.node == "" && s.tasks[victim].node != "" ||
-				(t.node == "") == (s.tasks[victim].node == "") && per[t.node] > per[s.tasks[victim].node] {
-				victim = i
-			}
+			copies[t.node]++
+			rank[i] = copies[t.node]
 		}
-		s.tasks = slices.Delete(s.tasks, victim, victim+1)
 	}
+	victim := -1
+	for i, t := range s.tasks {
+		if t.service != service {
+			continue
+		}
+		if t.node == "" {
+			return i
+		}
+		if victim < 0 || rank[i] > rank[victim] || rank[i] == rank[victim] && t.delayed && !s.tasks[victim].delayed {
+			victim = i
+		}
+	}
+	return victim
 }
 
 // Running is the number of tasks of the service running on a Ready node.
 func (s *Swarm) Running(service string) int {
 	n := 0
 	for _, t := range s.tasks {
-		if t.service == service && t.node != "" && s.nodes[t.node] != nil && s.nodes[t.node].reachable() {
+		if t.service == service && t.node != "" && !t.delayed && s.nodes[t.node] != nil && s.nodes[t.node].reachable() {
 			n++
 		}
 	}
 	return n
 }
 
-// place puts a task on an active, reachable node (the i-th, round robin).
-func (s *Swarm) place(t *task, i int) {
+// place puts a task on an active, reachable node that has room, as
+// swarm's spread does: the one with the fewest tasks of its service (the
+// first by ID of those).
+func (s *Swarm) place(t *task) {
 	var ids []string
 	for id, n := range s.nodes {
 		if n.avail == dswarm.NodeAvailabilityActive && n.reachable() && (n.engine == nil || !n.engine.Full) {
@@ -431,36 +456,50 @@ func (s *Swarm) place(t *task, i int) {
 		}
 	}
 	sort.Strings(ids)
+	count := map[string]int{}
+	for _, o := range s.tasks {
+		if o != t && o.service == t.service {
+			count[o.node]++
+		}
+	}
 	t.node = ""
-	if len(ids) > 0 {
-		t.node = ids[i%len(ids)]
+	for _, id := range ids {
+		if t.node == "" || count[id] < count[t.node] {
+			t.node = id
+		}
 	}
 }
 
 // reschedule moves a node's tasks elsewhere at once (the node is gone).
 func (s *Swarm) reschedule(nodeID string) {
-	for i, t := range s.tasks {
+	for _, t := range s.tasks {
 		if t.node == nodeID {
-			s.place(t, i)
+			s.place(t)
 		}
 	}
 }
 
-// stop stops a drained node's tasks: as in Docker, their replacements start
-// only afterwards (the next task list finds them placed, settle).
+// stop stops a drained node's tasks. As in Docker, each replacement is
+// placed at once but held back by the restart delay (desired state Ready:
+// absent from lists of the tasks that should run) until the next task list
+// after World.ReplaceLag answers (settle); a task with no room stays on no
+// node.
 func (s *Swarm) stop(nodeID string) {
 	for _, t := range s.tasks {
 		if t.node == nodeID {
-			t.node = ""
+			s.place(t)
+			t.delayed = t.node != ""
 		}
 	}
 }
 
-// settle places the tasks a drain stopped.
+// settle starts the replacements a drain held back and places the tasks
+// that had no room.
 func (s *Swarm) settle() {
-	for i, t := range s.tasks {
+	for _, t := range s.tasks {
+		t.delayed = false
 		if t.node == "" {
-			s.place(t, i)
+			s.place(t)
 		}
 	}
 }
@@ -951,8 +990,8 @@ func (e *Engine) TaskList(ctx context.Context, opts dswarm.TaskListOptions) ([]d
 	}
 	var out []dswarm.Task
 	for _, t := range s.tasks {
-		if lagging && t.node == "" {
-			continue // its replacement is not made yet
+		if t.delayed {
+			continue // a replacement in its restart delay: desired state Ready
 		}
 		if v := opts.Filters.Get("node"); len(v) > 0 && !slices.Contains(v, t.node) {
 			continue
