@@ -808,6 +808,9 @@ type serviceCount struct {
 // counted, and WaitTasks alone judges the drain.
 func (m *Membership) runningHere(ctx context.Context, nodeID string) map[string]serviceCount {
 	via := m.Via()
+	if via == nil {
+		return nil
+	}
 	ts, err := via.API.TaskList(ctx, dswarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("desired-state", "running"))})
 	if err != nil {
 		return nil
