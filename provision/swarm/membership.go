@@ -757,8 +757,7 @@ func (m *Membership) demote(ctx context.Context, name, nodeID string) error {
 // drain sets the node's availability to drain, waits until no task runs on
 // it any more, then until each replicated service that ran there runs as
 // many tasks as it did before (the drained tasks' replacements Running
-// elsewhere, waitReplaced) and every task the swarm wants running is
-// Running, so that the next node to go does not take a service below its
+// elsewhere) and every task the swarm wants running is Running (waitTasks), so that the next node to go does not take a service below its
 // replicas. Only then does a surged service go back to its own count. A task
 // that cannot start anywhere does not block the removal: after the
 // reschedule timeout it is named in a note and the removal goes on.
@@ -789,10 +788,7 @@ func (m *Membership) drain(ctx context.Context, name, nodeID string) error {
 	if err != nil {
 		return err
 	}
-	if err := m.waitReplaced(ctx, name, before); err != nil {
-		return err
-	}
-	return m.WaitTasks(ctx, name, "its tasks Running elsewhere")
+	return m.waitTasks(ctx, name, "its tasks Running elsewhere", before)
 }
 
 // serviceCount is a replicated service's running tasks at one moment.
@@ -841,61 +837,6 @@ func (m *Membership) runningHere(ctx context.Context, nodeID string) map[string]
 	return out
 }
 
-// waitReplaced waits until each service runs as many tasks as before the
-// drain. The replacement of a drained task is not listed among the tasks
-// that should run for a moment (Docker's restart delay), so "every listed
-// task Running" alone is true too early; and a surged service must not be
-// scaled back before then: swarm's scale-down removes the highest copy on
-// a node first, a running one before a replacement still waiting on a node
-// of its own. A service whose replacement the swarm cannot place (a task
-// pending with an error: no node may take it) is not waited for; one still
-// short at the reschedule timeout is named in a note.
-func (m *Membership) waitReplaced(ctx context.Context, name string, before map[string]serviceCount) error {
-	if len(before) == 0 {
-		return nil
-	}
-	ids := make([]string, 0, len(before))
-	for id := range before {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	var behind []string
-	noRoom := map[string]string{}
-	err := m.wait(name, "each service's drained tasks Running elsewhere", m.timeouts().Reschedule).Until(ctx, func(ctx context.Context) (bool, string, error) {
-		ts, err := m.Via().API.TaskList(ctx, dswarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("desired-state", "running"))})
-		if err != nil {
-			return false, err.Error(), nil
-		}
-		running := map[string]uint64{}
-		for _, t := range ts {
-			switch {
-			case t.Status.State == dswarm.TaskStateRunning:
-				running[t.ServiceID]++
-			case t.Status.State == dswarm.TaskStatePending && t.Status.Err != "":
-				noRoom[t.ServiceID] = t.Status.Err
-			}
-		}
-		behind = behind[:0]
-		for _, id := range ids {
-			if b := before[id]; running[id] < b.running && noRoom[id] == "" {
-				behind = append(behind, fmt.Sprintf("%s: %d of %d running", b.name, running[id], b.running))
-			}
-		}
-		return len(behind) == 0, strings.Join(behind, "; "), nil
-	})
-	for _, id := range ids {
-		if noRoom[id] != "" {
-			m.note(name, fmt.Sprintf("service %s: a drained task cannot run elsewhere (%s)", before[id].name, noRoom[id]))
-		}
-	}
-	var we *WaitError
-	if errors.As(err, &we) && errors.Is(err, context.DeadlineExceeded) {
-		m.note(name, fmt.Sprintf("not every drained task runs elsewhere yet (%s); going on", strings.Join(behind, "; ")))
-		return nil
-	}
-	return err
-}
-
 // nodesKnown waits, before a node is paused or drained, until the swarm's
 // leader knows the state of every node. A manager's engine restart can hand
 // the raft to another manager, which reports every node it has not yet
@@ -936,24 +877,55 @@ func (m *Membership) nodesKnown(ctx context.Context, name string) {
 // reschedule timeout holds nothing up either: both are named in a note and
 // the change goes on.
 func (m *Membership) WaitTasks(ctx context.Context, name, what string) error {
+	return m.waitTasks(ctx, name, what, nil)
+}
+
+// waitTasks is WaitTasks that also waits until each service in before runs
+// as many tasks as it did before a drain. The replacement of a drained task
+// is not listed among the tasks that should run for a moment (Docker's
+// restart delay), so "every listed task Running" alone is true too early;
+// and a surged service must not be scaled back before then: swarm's
+// scale-down removes the highest copy on a node first, a running one before
+// a replacement still waiting on a node of its own. A service with a task
+// the swarm cannot place is not waited for.
+func (m *Membership) waitTasks(ctx context.Context, name, what string, before map[string]serviceCount) error {
+	ids := make([]string, 0, len(before))
+	for id := range before {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
 	var waiting, unplaced []string
+	noRoom := map[string]string{}
 	err := m.wait(name, what, m.timeouts().Reschedule).Until(ctx, func(ctx context.Context) (bool, string, error) {
 		ts, err := m.Via().API.TaskList(ctx, dswarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("desired-state", "running"))})
 		if err != nil {
 			return false, err.Error(), nil
 		}
 		waiting, unplaced = waiting[:0], unplaced[:0]
+		running := map[string]uint64{}
 		for _, t := range ts {
 			switch {
 			case t.Status.State == dswarm.TaskStateRunning:
+				running[t.ServiceID]++
 			case t.Status.State == dswarm.TaskStatePending && t.Status.Err != "":
 				unplaced = append(unplaced, short(t.ID)+" ("+t.Status.Err+")")
+				noRoom[t.ServiceID] = t.Status.Err
 			default:
 				waiting = append(waiting, short(t.ID)+" ("+string(t.Status.State)+")")
 			}
 		}
+		for _, id := range ids {
+			if b := before[id]; running[id] < b.running && noRoom[id] == "" {
+				waiting = append(waiting, fmt.Sprintf("service %s: %d of %d running", b.name, running[id], b.running))
+			}
+		}
 		return len(waiting) == 0, fmt.Sprintf("%d tasks not running yet", len(waiting)), nil
 	})
+	for _, id := range ids {
+		if noRoom[id] != "" {
+			m.note(name, fmt.Sprintf("service %s: a drained task cannot run elsewhere (%s)", before[id].name, noRoom[id]))
+		}
+	}
 	if len(unplaced) > 0 && err == nil {
 		m.note(name, fmt.Sprintf("%d tasks the swarm cannot place anywhere: %s", len(unplaced), strings.Join(unplaced, ", ")))
 	}

@@ -399,7 +399,8 @@ func (s *Swarm) scale(w *World, name string, want int) {
 		s.tasks = append(s.tasks, t)
 	}
 	for n := len(mine); n > want; n-- {
-		s.tasks = slices.Delete(s.tasks, s.victim(name), s.victim(name)+1)
+		v := s.victim(name)
+		s.tasks = slices.Delete(s.tasks, v, v+1)
 	}
 }
 
