@@ -26,6 +26,7 @@ env:
 	./acceptance/env/dockerd.sh
 	./acceptance/env/libvirt.sh lib
 	./drivers/local/image/build.sh $(HOST_IMAGE)
+	PROVISION_HOST_IMAGE=$(HOST_IMAGE) ./drivers/local/image/engine.sh
 
 host-image:
 	./drivers/local/image/build.sh $(HOST_IMAGE)

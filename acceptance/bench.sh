@@ -8,7 +8,8 @@
 #
 # BENCH_ONLY="fresh ten" runs only the named groups (the floor always runs): pkgs (the floor
 # with the hardening profile's packages), fresh-off, fresh (hardened 3 nodes, no-op, destroy),
-# audit and scale (3 -> 5 -> 3) inside fresh, ten (hardened 3+7 nodes, no-op, destroy).
+# audit and scale (3 -> 5 -> 3) inside fresh, golden (hardened 3 nodes from the golden image:
+# the engine and packages preinstalled), ten (hardened 3+7 nodes, no-op, destroy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin/provision}
@@ -40,6 +41,11 @@ HCL
 spec bench 1 2 default
 spec benchoff 1 2 off
 spec bench10 3 7 default
+# The same 3 hardened nodes from the golden image (drivers/local/image/engine.sh:
+# the engine and the profile's packages already installed, as hosts from a
+# Packer image or a provider snapshot come).
+spec benchgold 1 2 default
+sed -i 's|^driver "local" {}|driver "local" { image = "'"${PROVISION_ENGINE_IMAGE:-provision/host:bookworm-engine}"'" }|' "$work/benchgold.hcl"
 
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
@@ -123,6 +129,10 @@ if want fresh; then
   fi
   run "destroy (3 nodes)" bench destroy
 fi
+if want golden; then
+  run "fresh, hardened, golden image (3 nodes)" benchgold apply
+  run "destroy, golden image" benchgold destroy
+fi
 if want ten; then
   run "fresh, hardened (10 nodes: 3+7)" bench10 apply
   ready=$("$BIN" status "$work/bench10.hcl" --state-dir "$work/state-bench10" --json | grep -c '"swarm": *"ready"' || true)
@@ -145,7 +155,7 @@ for row in "${rows[@]}"; do
 done
 echo "load average (1, 5, 15 min) at the end: $(load); $(nproc) cores"
 echo
-for label in "fresh, hardened (3 nodes)" "fresh, hardening off (3 nodes)" "no-op (3 nodes)" "fresh, hardened (10 nodes: 3+7)"; do
+for label in "fresh, hardened (3 nodes)" "fresh, hardening off (3 nodes)" "fresh, hardened, golden image (3 nodes)" "no-op (3 nodes)" "fresh, hardened (10 nodes: 3+7)"; do
   [ -e "$work/$label.events" ] && steps "$label"
 done
 exit 0

@@ -143,6 +143,7 @@ func TestCertsLocal(t *testing.T) {
 	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
+	requireImage(t, dc, engineImage, "drivers/local/image/engine.sh")
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	t0 := time.Now()
@@ -150,7 +151,7 @@ func TestCertsLocal(t *testing.T) {
 	spec := filepath.Join(dir, "certs.hcl")
 	if err := os.WriteFile(spec, []byte(`
 name = "certs"
-driver "local" {}
+driver "local" { image = "provision/host:bookworm-engine" }
 managers { count = 1 }
 workers { count = 1 }
 swarm {

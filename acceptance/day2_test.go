@@ -50,7 +50,7 @@ variable "labels" {
   default = { zone = "a" }
 }
 name = "day2"
-driver "local" {}
+driver "local" { image = "provision/host:bookworm-engine" }
 managers {
   count = 3
   size  = var.msize
@@ -426,6 +426,7 @@ func TestDay2(t *testing.T) {
 	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
+	requireImage(t, dc, engineImage, "drivers/local/image/engine.sh")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	dir := t.TempDir()

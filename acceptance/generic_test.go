@@ -65,13 +65,21 @@ type file = struct {
 	data []byte
 }
 
-// startPlainHosts starts n sshd hosts on a network the test creates.
+// startPlainHosts starts n sshd hosts of the bare host image on a network
+// the test creates.
 func startPlainHosts(t *testing.T, ctx context.Context, dc *client.Client, prefix string, n int, userKey string) []plainHost {
 	t.Helper()
 	img := os.Getenv("PROVISION_HOST_IMAGE")
 	if img == "" {
 		img = "provision/host:bookworm"
 	}
+	return startHostsFrom(t, ctx, dc, img, prefix, n, userKey)
+}
+
+// startHostsFrom starts n sshd hosts of image img on a network the test
+// creates.
+func startHostsFrom(t *testing.T, ctx context.Context, dc *client.Client, img, prefix string, n int, userKey string) []plainHost {
+	t.Helper()
 	netName := prefix + "-net"
 	if _, err := dc.NetworkCreate(ctx, netName, network.CreateOptions{Driver: "bridge"}); err != nil {
 		t.Fatalf("create network: %v", err)

@@ -64,6 +64,29 @@ func requireAcc(t *testing.T) {
 	}
 }
 
+// engineImage is the golden host image (drivers/local/image/engine.sh, built
+// by make env): the local driver's image with the engine and the default
+// hardening profile's packages installed, as hosts made from a Packer image
+// or a provider snapshot come. The tests about changing a cluster (scaling,
+// replacing, restoring, rotating) boot their hosts from it, so apply has no
+// package transaction to run and their time goes to what they test; the
+// tests of the install itself (TestLocalEndToEnd, TestHardening,
+// TestEngineUpgrade, TestOfflineBundle, the generic driver's) use the bare
+// image.
+const engineImage = "provision/host:bookworm-engine"
+
+// requireImage fails (PROVISION_REQUIRE_DOCKER=1) or skips a test whose
+// host image is missing.
+func requireImage(t *testing.T, dc *client.Client, img, builtBy string) {
+	t.Helper()
+	if _, err := dc.ImageInspect(context.Background(), img); err != nil {
+		if os.Getenv("PROVISION_REQUIRE_DOCKER") == "1" {
+			t.Fatalf("host image %s: %v (%s builds it; make env runs it)", img, err, builtBy)
+		}
+		t.Skipf("host image %s missing: run %s", img, builtBy)
+	}
+}
+
 // repoRoot is the repository's top directory.
 func repoRoot(t *testing.T) string {
 	_, file, _, _ := runtime.Caller(0)

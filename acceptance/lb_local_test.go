@@ -181,6 +181,7 @@ func TestLoadBalancerLocal(t *testing.T) {
 	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
+	requireImage(t, dc, engineImage, "drivers/local/image/engine.sh")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
@@ -192,7 +193,7 @@ func TestLoadBalancerLocal(t *testing.T) {
   sensitive = true
 }
 name = "lbacc"
-driver "local" {}
+driver "local" { image = "provision/host:bookworm-engine" }
 managers { count = 1 }
 `
 	if err := os.WriteFile(file, []byte(base), 0o600); err != nil {

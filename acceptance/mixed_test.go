@@ -26,6 +26,7 @@ func TestMixedDrivers(t *testing.T) {
 	hostTest(t) // schedule_test.go
 	requireAcc(t)
 	dc := dockerClient(t)
+	requireImage(t, dc, engineImage, "drivers/local/image/engine.sh")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
@@ -41,6 +42,7 @@ func TestMixedDrivers(t *testing.T) {
 	if err := os.WriteFile(specFile, []byte(fmt.Sprintf(`
 name = "mixed"
 driver "local" {
+  image   = "provision/host:bookworm-engine"
   network = %q
 }
 driver "generic" {

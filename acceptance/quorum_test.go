@@ -22,7 +22,7 @@ import (
 
 const quorumSpec = `
 name = "quorum"
-driver "local" {}
+driver "local" { image = "provision/host:bookworm-engine" }
 managers {
   count = 3
 }
@@ -51,6 +51,7 @@ func TestQuorumLoss(t *testing.T) {
 	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
+	requireImage(t, dc, engineImage, "drivers/local/image/engine.sh")
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	dir := t.TempDir()

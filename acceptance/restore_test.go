@@ -21,7 +21,7 @@ import (
 
 const restoreSpec = `
 name = "rst"
-driver "local" {}
+driver "local" { image = "provision/host:bookworm-engine" }
 managers {
   count = 1
 }
@@ -43,6 +43,7 @@ func TestRaftRestoreAndMissing(t *testing.T) {
 	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
+	requireImage(t, dc, engineImage, "drivers/local/image/engine.sh")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	dir := t.TempDir()

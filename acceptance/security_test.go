@@ -99,13 +99,14 @@ func TestSecurityLocal(t *testing.T) {
 	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
+	requireImage(t, dc, engineImage, "drivers/local/image/engine.sh")
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
 	spec := filepath.Join(dir, "sec.hcl")
 	if err := os.WriteFile(spec, []byte(`
 name = "sec"
-driver "local" {}
+driver "local" { image = "provision/host:bookworm-engine" }
 managers { count = 1 }
 workers { count = 1 }
 hardening {
@@ -330,6 +331,7 @@ func TestBastionEngineTunnel(t *testing.T) {
 	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
+	requireImage(t, dc, engineImage, "drivers/local/image/engine.sh")
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
@@ -340,7 +342,7 @@ func TestBastionEngineTunnel(t *testing.T) {
 	}
 	prefix := fmt.Sprintf("acc-bastion-%d", time.Now().UnixNano()%100000)
 	jump := startPlainHosts(t, ctx, dc, prefix+"-jump", 1, userPub)[0]
-	inner := startPlainHosts(t, ctx, dc, prefix+"-in", 2, userPub)
+	inner := startHostsFrom(t, ctx, dc, engineImage, prefix+"-in", 2, userPub)
 	innerNet := prefix + "-in-net"
 	// The bastion joins the inner network.
 	if err := dc.NetworkConnect(ctx, innerNet, jump.ID, nil); err != nil {

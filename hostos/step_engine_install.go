@@ -150,8 +150,16 @@ func checkDowngrade(cfg *Config, have, want string) error {
 const aptEnv = "env DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l "
 const aptOpts = " -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef -o DPkg::Lock::Timeout=600 "
 
+// aptUpdateOpts: the package lists the install needs and no more. Without
+// Acquire::Languages=none apt also fetches and unpacks the description
+// translations (Translation-en, 33 MB unpacked on Debian 12), which no
+// install reads: 1.6 s of a 4.3 s update on one host here, and CPU the
+// hosts of a fresh cluster share. apt's own timers fetch them again with
+// the distro's settings.
+const aptUpdateOpts = " -o Acquire::Languages=none "
+
 func installPackage(ctx context.Context, t *Target, fam Family) error {
-	if _, err := t.sudo(ctx, aptEnv+"apt-get -q update"+aptOpts); err != nil {
+	if _, err := t.sudo(ctx, aptEnv+"apt-get -q update"+aptUpdateOpts+aptOpts); err != nil {
 		return fmt.Errorf("apt-get update: %w", err)
 	}
 	pkg := enginePackage(t.Config)

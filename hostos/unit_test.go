@@ -481,6 +481,9 @@ func TestEngineInstallPinned(t *testing.T) {
 	for _, c := range fc.cmds {
 		if strings.Contains(c, "apt-get -q update") {
 			updates++
+			if !strings.Contains(c, "Acquire::Languages=none") {
+				t.Errorf("apt-get update fetches the description translations too: %s", c)
+			}
 		}
 		if strings.Contains(c, "apt-get install") {
 			installs++
