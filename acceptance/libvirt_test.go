@@ -118,7 +118,12 @@ func requireLibvirt(t *testing.T, ctx context.Context) (pool, cache string) {
 // and the firewall dropping what it must; it records the Lynis index and
 // the docker-bench-security result. A second apply changes nothing;
 // `provision destroy` leaves no domain and no volume.
+//
+// make test runs it beside the local-host tests (in one of their slots, the
+// longest first) without its measure subtest; make acceptance-libvirt runs
+// it whole.
 func TestLibvirtVM(t *testing.T) {
+	hostTest(t)
 	requireAcc(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 115*time.Minute)
 	defer cancel()
