@@ -120,8 +120,8 @@ func requireLibvirt(t *testing.T, ctx context.Context) (pool, cache string) {
 // `provision destroy` leaves no domain and no volume.
 //
 // make test runs it beside the local-host tests (in one of their slots, the
-// longest first) without its measure subtest; make acceptance-libvirt runs
-// it whole.
+// longest first) without its Lynis audit (measure/lynis); make
+// acceptance-libvirt runs it whole.
 func TestLibvirtVM(t *testing.T) {
 	hostTest(t)
 	requireAcc(t)
