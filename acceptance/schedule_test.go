@@ -26,7 +26,7 @@ var expected = map[string]int{
 	// One VM under QEMU's software emulation, libvirtd's install and the
 	// base image's build included (4.5 min on a clean machine), without its
 	// Lynis audit (make test skips TestLibvirtVM/measure/lynis).
-	"TestLibvirtVM": 1100,
+	"TestLibvirtVM": 1410,
 	"TestHardening": 236, "TestEngineUpgrade": 212, "TestLifecycle": 136, "TestOfflineBundle": 136,
 	"TestQuorumLoss": 115, "TestCertsLocal": 106, "TestDay2": 101, "TestRaftRestoreAndMissing": 71,
 	"TestLocalEndToEnd": 65, "TestGenericEndToEnd": 52, "TestMixedDrivers": 37,
