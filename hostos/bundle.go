@@ -373,7 +373,7 @@ func uploadAndInstall(ctx context.Context, t *Target, debs []BundleFile) error {
 	if t.Config.AllowDowngrade {
 		downgrades = " --allow-downgrades"
 	}
-	if _, err := t.sudoSh(ctx, aptEnv+"apt-get install -y -q --no-install-recommends"+downgrades+aptOpts+comm.Quote(paths...)); err != nil {
+	if err := aptInstall(ctx, t, aptEnv+"apt-get install -y -q --no-install-recommends"+downgrades+aptOpts+comm.Quote(paths...)); err != nil {
 		return fmt.Errorf("install offline bundle: %w", err)
 	}
 	return nil

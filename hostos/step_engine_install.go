@@ -191,16 +191,34 @@ func installPackage(ctx context.Context, t *Target, fam Family) error {
 	extras := extraPackages(t.Config, fam, want)
 	t.Log.Info("installing packages", "packages", append(slices.Clone(want), extras...))
 	if len(extras) > 0 {
-		_, err := t.sudo(ctx, aptEnv+comm.Quote(append(slices.Clone(args), extras...)...)+aptOpts)
+		err := aptInstall(ctx, t, aptEnv+comm.Quote(append(slices.Clone(args), extras...)...)+aptOpts)
 		if err == nil {
 			return nil
 		}
 		t.Log.Info("installing without the optional packages: the transaction with them failed", "packages", extras, "err", err)
 	}
-	if _, err := t.sudo(ctx, aptEnv+comm.Quote(args...)+aptOpts); err != nil {
+	if err := aptInstall(ctx, t, aptEnv+comm.Quote(args...)+aptOpts); err != nil {
 		return fmt.Errorf("apt-get install: %w", err)
 	}
 	return nil
+}
+
+// aptInstall runs an apt-get install command as root. A transaction that
+// stopped half way (apply killed, the connection lost, the host rebooted
+// during an earlier install) leaves dpkg interrupted, and apt then refuses
+// every install until `dpkg --configure -a` has finished the packages it
+// left: that is run once, saying so, and the install again.
+func aptInstall(ctx context.Context, t *Target, cmd string) error {
+	_, err := t.sudoSh(ctx, cmd)
+	if err == nil || !strings.Contains(err.Error(), "dpkg --configure -a") {
+		return err
+	}
+	t.Log.Warn("dpkg was interrupted by an earlier run: finishing its packages with dpkg --configure -a", "err", err)
+	if _, cerr := t.sudoSh(ctx, aptEnv+"dpkg --configure -a --force-confold --force-confdef"); cerr != nil {
+		return fmt.Errorf("%w; then dpkg --configure -a: %v", err, cerr)
+	}
+	_, err = t.sudoSh(ctx, cmd)
+	return err
 }
 
 // ParseMadison reads `apt-cache madison PKG` ("pkg | version | source")

@@ -947,3 +947,62 @@ func TestEngineDowngradeRefused(t *testing.T) {
 // sshdLive marks a command that makes sshd's configuration live
 // (hostos.SSHDLiveFunc called).
 const sshdLive = "}\nsshd_live "
+
+// interruptedDpkg is a host whose last package transaction stopped half
+// way: apt refuses to install until `dpkg --configure -a` has run.
+type interruptedDpkg struct {
+	*fakeComm
+	configured bool
+}
+
+func (f *interruptedDpkg) Run(ctx context.Context, cmd string, stdin io.Reader) ([]byte, error) {
+	switch {
+	case strings.Contains(cmd, "dpkg --configure -a"):
+		f.cmds = append(f.cmds, cmd)
+		f.configured = true
+		return nil, nil
+	case strings.Contains(cmd, "apt-get install") && !f.configured:
+		f.cmds = append(f.cmds, cmd)
+		msg := "E: dpkg was interrupted, you must manually run 'dpkg --configure -a' to correct the problem."
+		return []byte(msg), &comm.ExitError{Host: "fake", Cmd: cmd, Code: 100, Stderr: msg}
+	}
+	return f.fakeComm.Run(ctx, cmd, stdin)
+}
+
+// An install that an earlier run left half done is finished, then the
+// install runs again; any other failure is not retried.
+func TestEngineInstallAfterInterruptedDpkg(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Hardening.Audit = false
+	answers := []answer{
+		{match: "dpkg-query", out: "pkg\tii \tdocker.io\t20.10.24+dfsg1-1+deb12u1+b6\npkg\tii \tnftables\t1.0.6\npkg\tii \tunattended-upgrades\t2.9\nengine\tDocker version 20.10.24+dfsg1, build 297e128\nend\n"},
+		{match: "ActiveState", out: "active\n"},
+	}
+	fc := &interruptedDpkg{fakeComm: &fakeComm{answers: answers}}
+	tgt := &hostos.Target{Comm: fc, Facts: debianFacts(), Config: cfg, Log: slog.New(slog.DiscardHandler)}
+	if err := stepByID(t, cfg, "engine.install").Apply(context.Background(), tgt); err != nil {
+		t.Fatalf("install after an interrupted dpkg: %v\n%s", err, strings.Join(fc.cmds, "\n"))
+	}
+	var seq []string
+	for _, c := range fc.cmds {
+		switch {
+		case strings.Contains(c, "dpkg --configure -a"):
+			seq = append(seq, "configure")
+		case strings.Contains(c, "apt-get install"):
+			seq = append(seq, "install")
+		}
+	}
+	if got := strings.Join(seq, ","); got != "install,configure,install" {
+		t.Errorf("commands %s, want install,configure,install:\n%s", got, strings.Join(fc.cmds, "\n"))
+	}
+
+	// Another failure (a package that does not exist) is not met with dpkg --configure -a.
+	fc2 := &fakeComm{answers: append([]answer{{match: "apt-get install", code: 100, out: "E: Unable to locate package docker.io"}}, answers...)}
+	tgt2 := &hostos.Target{Comm: fc2, Facts: debianFacts(), Config: cfg, Log: slog.New(slog.DiscardHandler)}
+	if err := stepByID(t, cfg, "engine.install").Apply(context.Background(), tgt2); err == nil {
+		t.Fatal("install of a missing package succeeded")
+	}
+	if fc2.ran("dpkg --configure -a") {
+		t.Errorf("dpkg --configure -a after an unrelated failure:\n%s", strings.Join(fc2.cmds, "\n"))
+	}
+}
