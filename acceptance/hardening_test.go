@@ -79,12 +79,7 @@ func TestHardening(t *testing.T) {
 	hostTest(t) // each local-host test has its own cluster, network and state; longest first, a few at a time (schedule_test.go)
 	requireAcc(t)
 	dc := dockerClient(t)
-	if _, err := dc.ImageInspect(context.Background(), local.DefaultImage); err != nil {
-		if os.Getenv("PROVISION_REQUIRE_DOCKER") == "1" {
-			t.Fatalf("host image %s: %v (drivers/local/image/build.sh builds it)", local.DefaultImage, err)
-		}
-		t.Skipf("host image %s missing: run drivers/local/image/build.sh", local.DefaultImage)
-	}
+	requireImage(t, dc, local.DefaultImage, "drivers/local/image/build.sh")
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 
