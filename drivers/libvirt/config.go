@@ -2,8 +2,10 @@ package libvirt
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -117,6 +119,10 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 			bad(uriAttr, "Invalid libvirt URI", fmt.Sprintf("%s %q is not a libvirt connection URI such as %q or \"qemu+ssh://user@host/system\".", uriAttr, one, DefaultURI))
 			continue
 		}
+		if why := checkURI(u); why != "" {
+			bad(uriAttr, "Libvirt URI refused", fmt.Sprintf("%s %q: %s", uriAttr, one, why))
+			continue
+		}
 		z := ZoneOf(one)
 		if prev, dup := zones[z]; dup {
 			bad(uriAttr, "One hypervisor named twice", fmt.Sprintf("uris %q and %q reach the same hypervisor (%s): each entry must be a different host, a failure domain of its own.", prev, one, z))
@@ -224,6 +230,48 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 }
 
 func rangePtr(r hcl.Range) *hcl.Range { return &r }
+
+// uriTransports are the libvirt transports a connection URI may name
+// (qemu+TRANSPORT://): the local socket, libvirt's SSH transports (the
+// hypervisor's host key checked as ssh(1) does) and TLS. "ext" runs a
+// program on this machine that the URI names, and "tcp" is unencrypted.
+var uriTransports = map[string]bool{"": true, "unix": true, "ssh": true, "libssh": true, "libssh2": true, "tls": true}
+
+// uriParams are the URI parameters a spec may set; the rest are refused:
+// "command" names a program libvirt runs on this machine (so would plan,
+// which must only read), and "no_verify" and "known_hosts_verify=ignore"
+// turn off the check of the hypervisor's certificate or host key.
+var uriParams = map[string]bool{"socket": true, "keyfile": true, "known_hosts": true, "known_hosts_verify": true, "pkipath": true, "sshauth": true, "mode": true, "proxy": true, "netcat": true, "name": true, "no_tty": true}
+
+// checkURI says why a libvirt connection URI is refused, "" when it is not.
+func checkURI(u *url.URL) string {
+	drv, transport, _ := strings.Cut(u.Scheme, "+")
+	if drv != "qemu" {
+		return fmt.Sprintf("the driver makes QEMU/KVM domains: the URI must start with qemu:// or qemu+ssh:// (not %s://)", u.Scheme)
+	}
+	if !uriTransports[transport] {
+		return fmt.Sprintf("transport %q is not allowed: use qemu:///system, qemu+ssh://user@host/system or qemu+tls://host/system (\"ext\" runs a program named in the URI on this machine, \"tcp\" is unencrypted)", transport)
+	}
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return fmt.Sprintf("its parameters do not parse: %v", err)
+	}
+	keys := make([]string, 0, len(q))
+	for k := range q {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		v := q.Get(k)
+		switch {
+		case k == "known_hosts_verify" && v != "normal":
+			return "known_hosts_verify must be \"normal\" when set: the hypervisor's host key is always checked"
+		case !uriParams[k]:
+			return fmt.Sprintf("parameter %q is not allowed (allowed: %s); \"command\" would run a program on this machine and \"no_verify\" skips the hypervisor's key or certificate check", k, strings.Join(slices.Sorted(maps.Keys(uriParams)), ", "))
+		}
+	}
+	return ""
+}
 
 // ZoneOf names the failure domain of a hypervisor URI: its host
 // ("kvm1.lab" for "qemu+ssh://ops@kvm1.lab/system"), or the whole URI for a

@@ -82,6 +82,15 @@ func TestConfigErrors(t *testing.T) {
 		{"image = \"b\"\nnetwork = \"lab\"\nuris = [\"qemu+ssh://ops@kvm1/system\", \"qemu+ssh://kvm1/system\"]", "One hypervisor named twice", "lv.hcl:3,8"},
 		{"image = \"b\"\nnetwork = \"lab\"\nuris = [\"qemu+ssh://a/system\", \"nothing\"]", "Invalid libvirt URI", "lv.hcl:3,8"},
 		{"image = \"b\"\nnetwork_cidr = \"10.213.0.0/24\"\nuris = [\"qemu+ssh://a/system\", \"qemu+ssh://b/system\"]", "A private network cannot span hypervisors", "lv.hcl:2,16"},
+		// URIs that would run a program here (plan connects too), skip the
+		// hypervisor's key check, or are not QEMU over an allowed transport.
+		{"image = \"b\"\nnetwork = \"lab\"\nuri = \"qemu+ext:///system?command=/tmp/x.sh\"", "transport \"ext\" is not allowed", "lv.hcl:3,7"},
+		{"image = \"b\"\nnetwork = \"lab\"\nuri = \"qemu+ssh://ops@hv/system?command=/tmp/x.sh\"", "parameter \"command\" is not allowed", "lv.hcl:3,7"},
+		{"image = \"b\"\nnetwork = \"lab\"\nuri = \"qemu+ssh://ops@hv/system?no_verify=1\"", "parameter \"no_verify\" is not allowed", "lv.hcl:3,7"},
+		{"image = \"b\"\nnetwork = \"lab\"\nuri = \"qemu+libssh://ops@hv/system?known_hosts_verify=ignore\"", "known_hosts_verify must be", "lv.hcl:3,7"},
+		{"image = \"b\"\nnetwork = \"lab\"\nuri = \"qemu+tcp://hv/system\"", "transport \"tcp\" is not allowed", "lv.hcl:3,7"},
+		{"image = \"b\"\nnetwork = \"lab\"\nuri = \"xen:///system\"", "must start with qemu://", "lv.hcl:3,7"},
+		{"image = \"b\"\nnetwork = \"lab\"\nuris = [\"qemu+ssh://a/system\", \"qemu+ssh://b/system?COMMAND=x\"]", "parameter \"COMMAND\" is not allowed", "lv.hcl:3,8"},
 	} {
 		_, diags := decode(t, tc.src)
 		if !diags.HasErrors() {
@@ -183,5 +192,19 @@ func TestReplaceInPlace(t *testing.T) {
 	}
 	if why := (&Driver{cfg: c}).ReplaceInPlace(); why != "" {
 		t.Errorf("an existing network: %q", why)
+	}
+}
+
+// TestConfigURIsAccepted: the transports and parameters an operator needs
+// stay open.
+func TestConfigURIsAccepted(t *testing.T) {
+	for _, uri := range []string{
+		"qemu:///system", "qemu:///session", "qemu+unix:///system?socket=/run/libvirt/libvirt-sock",
+		"qemu+ssh://ops@hv1/system?keyfile=/home/ops/.ssh/id_ed25519&known_hosts=/home/ops/.ssh/known_hosts",
+		"qemu+libssh2://ops@hv1/system?known_hosts_verify=normal&sshauth=privkey", "qemu+tls://hv1.lab/system?pkipath=/etc/pki/ops",
+	} {
+		if _, diags := decode(t, "image = \"b\"\nnetwork = \"lab\"\nuri = \""+uri+"\""); diags.HasErrors() {
+			t.Errorf("%s: %s", uri, diags.Error())
+		}
 	}
 }

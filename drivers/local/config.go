@@ -76,8 +76,17 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 		}
 	}
 	if c.DockerHost != "" {
-		if u, err := url.Parse(c.DockerHost); err != nil || u.Scheme == "" {
+		switch u, err := url.Parse(c.DockerHost); {
+		case err != nil || u.Scheme == "":
 			bad("docker_host", "Invalid docker_host", fmt.Sprintf("docker_host %q must be a URL such as \"unix:///var/run/docker.sock\" or \"tcp://127.0.0.1:2376\".", c.DockerHost))
+		case u.Scheme != "unix" && u.Scheme != "tcp":
+			// The Engine SDK speaks to a socket or TCP (TLS from DOCKER_CERT_PATH);
+			// ssh:// needs the docker CLI's helper, which the tool does not run.
+			bad("docker_host", "Unsupported docker_host", fmt.Sprintf("docker_host %q: use a unix:// socket or a tcp:// address (for an engine reached over SSH, forward its socket with `ssh -L` and name the local end).", c.DockerHost))
+		case u.Scheme == "unix" && u.Path == "":
+			bad("docker_host", "Invalid docker_host", fmt.Sprintf("docker_host %q names no socket path (\"unix:///var/run/docker.sock\").", c.DockerHost))
+		case u.Scheme == "tcp" && u.Host == "":
+			bad("docker_host", "Invalid docker_host", fmt.Sprintf("docker_host %q names no host (\"tcp://127.0.0.1:2376\").", c.DockerHost))
 		}
 	}
 	if raw.Memory != nil {

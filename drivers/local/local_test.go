@@ -117,6 +117,8 @@ func TestConfigDiagnostics(t *testing.T) {
 		{"bad cpus", "cpus = -1\n", "Invalid CPU limit", 1},
 		{"network and internal", "network = \"n\"\ninternal = true\n", "Conflicting network settings", 2},
 		{"bad docker_host", "docker_host = \"nowhere\"\n", "Invalid docker_host", 1},
+		{"ssh docker_host", "docker_host = \"ssh://ops@127.0.0.1\"\n", "Unsupported docker_host", 1},
+		{"unix docker_host without path", "docker_host = \"unix://\"\n", "Invalid docker_host", 1},
 		{"empty image", "image = \"\"\n", "Empty image", 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
