@@ -86,6 +86,18 @@ func (d *dec) str(attrs hcl.Attributes, name, path string, dst *string) (hcl.Ran
 	return rng, ok
 }
 
+// requiredStr decodes a string the schema requires. hcl only checks that
+// the attribute is written; null (directly, or from a variable) is refused
+// here too rather than read as unset.
+func (d *dec) requiredStr(attrs hcl.Attributes, name, path string, dst *string) (hcl.Range, bool) {
+	n := len(d.diags)
+	rng, ok := d.str(attrs, name, path, dst)
+	if _, present := attrs[name]; present && !ok && !d.diags[n:].HasErrors() {
+		d.errf(rng, "Missing value", "%s is required and cannot be null.", path)
+	}
+	return rng, ok
+}
+
 func (d *dec) boolean(attrs hcl.Attributes, name, path string, dst *bool) (hcl.Range, bool) {
 	v, rng, ok := d.value(attrs, name, path, cty.Bool)
 	if ok {

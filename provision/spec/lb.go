@@ -89,7 +89,7 @@ func decodeLoadBalancer(dc *dec, c *Cluster, b *hcl.Block) {
 		wc, d := wb.Body.Content(webhookSchema)
 		dc.diags = append(dc.diags, d...)
 		w := &Webhook{}
-		if r, ok := dc.str(wc.Attributes, "url", "load_balancer.webhook.url", &w.URL); ok {
+		if r, ok := dc.requiredStr(wc.Attributes, "url", "load_balancer.webhook.url", &w.URL); ok {
 			u, err := url.Parse(w.URL)
 			switch {
 			case err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http"):

@@ -235,7 +235,7 @@ func LoadSources(srcs []source, vars Vars) (c *Cluster, diags hcl.Diagnostics) {
 	c.Swarm = Swarm{Autolock: true, NodeCertExpiry: DefaultNodeCertExpiry}
 	c.LoadBalancer = defaultLoadBalancer()
 
-	if r, ok := dc.str(content.Attributes, "name", "name", &c.Name); ok {
+	if r, ok := dc.requiredStr(content.Attributes, "name", "name", &c.Name); ok {
 		checkName(dc, r, c.Name)
 	}
 	if r, ok := dc.integer(content.Attributes, "parallelism", "parallelism", &c.Parallelism); ok && (c.Parallelism < 1 || c.Parallelism > 256) {
