@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
@@ -40,28 +41,52 @@ func WriteDiagnosticsWith(w io.Writer, diags hcl.Diagnostics, files map[string]*
 		if i > 0 {
 			bw.WriteString("\n")
 		}
+		if i == maxDiagnostics && len(diags) > maxDiagnostics+1 {
+			// A binary or badly broken file gives thousands; the first ones
+			// say what is wrong.
+			fmt.Fprintf(bw, "... and %d more diagnostics, not shown.\n", len(diags)-i)
+			break
+		}
 		sev, code := "Error", "31"
 		if d.Severity == hcl.DiagWarning {
 			sev, code = "Warning", "33"
 		}
 		if color {
-			fmt.Fprintf(bw, "\x1b[1;%sm%s:\x1b[0m \x1b[1m%s\x1b[0m\n", code, sev, d.Summary)
+			fmt.Fprintf(bw, "\x1b[1;%sm%s:\x1b[0m \x1b[1m%s\x1b[0m\n", code, sev, printable(d.Summary))
 		} else {
-			fmt.Fprintf(bw, "%s: %s\n", sev, d.Summary)
+			fmt.Fprintf(bw, "%s: %s\n", sev, printable(d.Summary))
 		}
 		if r := d.Subject; r != nil {
-			fmt.Fprintf(bw, "  --> %s:%d:%d\n", r.Filename, r.Start.Line, r.Start.Column)
-			if f := files[r.Filename]; f != nil {
-				writeSnippet(bw, f.Bytes, *r, secretsOf(d))
+			fmt.Fprintf(bw, "  --> %s:%d:%d\n", printable(r.Filename), r.Start.Line, r.Start.Column)
+			if _, hidden := hcl.DiagnosticExtra[*sourceHidden](d); !hidden {
+				if f := files[r.Filename]; f != nil {
+					writeSnippet(bw, f.Bytes, *r, secretsOf(d))
+				}
 			}
 		}
 		if d.Detail != "" {
 			for _, l := range wrap(d.Detail, 100) {
-				fmt.Fprintf(bw, "  %s\n", l)
+				fmt.Fprintf(bw, "  %s\n", printable(l))
 			}
 		}
 	}
 	return bw.Flush()
+}
+
+// maxDiagnostics is how many diagnostics one listing shows.
+const maxDiagnostics = 50
+
+// printable replaces control and format characters (terminal escapes,
+// bidirectional overrides) with U+FFFD, one for one, so a source line or
+// file name shown to the operator cannot drive their terminal and the
+// underline stays under the right columns.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			return utf8.RuneError
+		}
+		return r
+	}, s)
 }
 
 // maxSnippet is the widest source line a diagnostic shows.
@@ -76,7 +101,7 @@ func writeSnippet(w io.Writer, src []byte, r hcl.Range, secrets *redact.Values) 
 		return
 	}
 	line := strings.TrimRight(string(lines[r.Start.Line-1]), "\r")
-	line = strings.ReplaceAll(line, "\t", " ")
+	line = printable(strings.ReplaceAll(line, "\t", " "))
 	if red := secrets.String(line); red != line {
 		fmt.Fprintf(w, "%4d | %s\n", r.Start.Line, red)
 		return
@@ -122,6 +147,21 @@ type sensitiveExtra struct {
 }
 
 func (e *sensitiveExtra) UnwrapDiagnosticExtra() any { return e.wrapped }
+
+// sourceHidden rides on a diagnostic whose source line must not be shown.
+type sourceHidden struct{ wrapped any }
+
+func (e *sourceHidden) UnwrapDiagnosticExtra() any { return e.wrapped }
+
+// hideSource marks diags (when hide) so they print without source lines.
+func hideSource(diags hcl.Diagnostics, hide bool) hcl.Diagnostics {
+	if hide {
+		for _, d := range diags {
+			d.Extra = &sourceHidden{wrapped: d.Extra}
+		}
+	}
+	return diags
+}
 
 func secretsOf(d *hcl.Diagnostic) *redact.Values {
 	if e, ok := hcl.DiagnosticExtra[*sensitiveExtra](d); ok {

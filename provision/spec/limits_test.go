@@ -2,10 +2,12 @@ package spec
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"unicode"
 
 	"github.com/hashicorp/hcl/v2"
 )
@@ -67,7 +69,7 @@ func TestInputBounds(t *testing.T) {
 		{name: "-var size", vars: func() Vars { return Vars{Args: []string{"v=[\"" + strings.Repeat("a", MaxValueBytes) + "\"]"}} }, want: "Variable value too large"},
 		{name: "-var nesting", vars: func() Vars { return Vars{Args: []string{"v=" + deep}} }, want: "Nesting too deep", wantAt: "<-var v>:1:"},
 		{name: "-var chain", vars: func() Vars { return Vars{Args: []string{"v=[" + chain + "]"}} }, want: "Expression too long", wantAt: "<-var v>:1:"},
-		{name: "env nesting", vars: func() Vars { return Vars{Env: []string{"PROVISION_VAR_v=" + deep}} }, want: "Nesting too deep", wantAt: "<environment>:1:"},
+		{name: "env nesting", vars: func() Vars { return Vars{Env: []string{"PROVISION_VAR_v=" + deep}} }, want: "Nesting too deep", wantAt: "<environment variable PROVISION_VAR_v>:1:"},
 		{name: "/dev/zero var-file", vars: func() Vars { return Vars{Files: []string{"/dev/zero"}} }, want: "File too large", wantAt: "/dev/zero:1:1"},
 		{name: "format width", spec: "name = \"x\"\nmanagers {\n  labels = { a = format(\"%099999d\", 1) }\n}\n", want: "a width or precision of 99999", wantAt: "spec.hcl:3:"},
 		{name: "join size", spec: "name = \"x\"\nmanagers {\n  labels = { a = join(\"\", [for i in range(1000) : join(\"\", [for j in range(900) : \"xx\"])]) }\n}\n", want: "Expression too costly", wantAt: "spec.hcl:3:"},
@@ -153,6 +155,11 @@ prune { schedule = "${var.token} 03:00" }
 		{"var-file", Vars{Files: []string{writeFile(t, dir, "s.tfvars", "token = \"VarFile-Secret-2\"\nport = \"not-a-number-VarFile-Secret-2\"\n")}}},
 		{"-var", Vars{Args: []string{"token=Arg-Secret-3", "port=Arg-Secret-3"}}},
 		{"environment", Vars{Env: []string{"PROVISION_VAR_token=Env-Secret-4", "PROVISION_VAR_port=Env-Secret-4"}}},
+		// Syntax errors come before any value is known: the source line
+		// with the secret must not be shown either.
+		{"var-file redefined", Vars{Files: []string{writeFile(t, dir, "r.tfvars", "token = \"VarFile-Secret-2\"\ntoken = \"VarFile-Secret-2\"\n")}}},
+		{"var-file syntax", Vars{Files: []string{writeFile(t, dir, "x.tfvars", "token = \"VarFile-Secret-2\" +\n")}}},
+		{"var-file bad expression", Vars{Files: []string{writeFile(t, dir, "e.tfvars", "token = \"VarFile-Secret-2\"[0]\n")}}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, diags := Load([]string{spec}, c.vars)
@@ -276,4 +283,28 @@ func FuzzVarValue(f *testing.F) {
 			WriteDiagnosticsWith(&buf, diags, map[string]*hcl.File{"spec.hcl": {Bytes: []byte(fuzzSpec)}}, false)
 		}
 	})
+}
+
+// TestDiagnosticsListingBounded: a file that is not HCL at all (a binary)
+// gives thousands of errors; the listing shows the first ones and says how
+// many more there are, and no control character reaches the terminal.
+func TestDiagnosticsListingBounded(t *testing.T) {
+	src := make([]byte, 3000)
+	for i := range src {
+		src[i] = byte(i*7 + 1)
+	}
+	path := writeFile(t, t.TempDir(), "bin.hcl", string(src))
+	_, diags := Load([]string{path}, Vars{})
+	if len(diags) <= maxDiagnostics {
+		t.Skipf("only %d diagnostics", len(diags))
+	}
+	out := render(t, diags)
+	if !strings.Contains(out, fmt.Sprintf("... and %d more diagnostics", len(diags)-maxDiagnostics)) {
+		t.Errorf("no bound on %d diagnostics:\n%.2000s", len(diags), out)
+	}
+	for _, r := range out {
+		if r != '\n' && (unicode.IsControl(r) || unicode.Is(unicode.Cf, r)) {
+			t.Fatalf("control character %U in the listing", r)
+		}
+	}
 }

@@ -135,7 +135,7 @@ func resolveVariables(decl map[string]*variable, in Vars, read func(string) ([]b
 	set := func(name string, raw cty.Value, parseStr bool, src string, rng *hcl.Range) {
 		v, ok := decl[name]
 		if !ok {
-			if src == "environment" {
+			if strings.HasPrefix(src, "environment") {
 				return // Terraform ignores undeclared environment values, so do we
 			}
 			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Undeclared variable",
@@ -178,9 +178,15 @@ func resolveVariables(decl map[string]*variable, in Vars, read func(string) ([]b
 		if !ok || !strings.HasPrefix(k, EnvPrefix) {
 			continue
 		}
-		set(strings.TrimPrefix(k, EnvPrefix), cty.StringVal(val), true, "environment", nil)
+		set(strings.TrimPrefix(k, EnvPrefix), cty.StringVal(val), true, "environment variable "+k, nil)
 	}
-	// Var files.
+	// Var files. Until a file parses, nothing knows which of its lines hold
+	// a sensitive value: with any sensitive variable declared, its syntax
+	// errors give the position but not the source line.
+	anySensitive := false
+	for _, v := range decl {
+		anySensitive = anySensitive || v.Sensitive
+	}
 	for _, path := range in.Files {
 		src, err := read(path)
 		if errors.Is(err, errTooLarge) {
@@ -192,16 +198,16 @@ func resolveVariables(decl map[string]*variable, in Vars, read func(string) ([]b
 			continue
 		}
 		if d := checkHCLSource(src, path, false); d.HasErrors() {
-			diags = append(diags, d...)
+			diags = append(diags, hideSource(d, anySensitive)...)
 			continue
 		}
 		f, d := hclsyntax.ParseConfig(src, path, hcl.InitialPos)
-		diags = append(diags, d...)
+		diags = append(diags, hideSource(d, anySensitive)...)
 		if d.HasErrors() {
 			continue
 		}
 		attrs, d := f.Body.JustAttributes()
-		diags = append(diags, d...)
+		diags = append(diags, hideSource(d, anySensitive)...)
 		names := make([]string, 0, len(attrs))
 		for n := range attrs {
 			names = append(names, n)
@@ -210,11 +216,11 @@ func resolveVariables(decl map[string]*variable, in Vars, read func(string) ([]b
 		for _, n := range names {
 			a := attrs[n]
 			if d := checkCost(a.Expr, nil); d.HasErrors() {
-				diags = append(diags, d...)
+				diags = append(diags, hideSource(d, anySensitive)...)
 				continue
 			}
 			val, d := a.Expr.Value(nil)
-			diags = append(diags, d...)
+			diags = append(diags, hideSource(d, anySensitive)...)
 			if d.HasErrors() {
 				continue
 			}
