@@ -70,6 +70,15 @@ type Preflighter interface {
 	Preflight(ctx context.Context, want []MachineSpec) error
 }
 
+// HostsChecker is implemented by drivers whose pools list existing hosts
+// (generic). validate gives it every address the spec's pools on the
+// driver list; it reports settings that name none of them, such as a host
+// key pinned for a mistyped address, which leaves the real host unpinned.
+// Like a Factory it does no I/O.
+type HostsChecker interface {
+	CheckHosts(hosts []string) hcl.Diagnostics
+}
+
 // Resourcer is implemented by drivers that make resources besides machines
 // (networks, firewalls, key pairs, resource groups, load balancers), so that
 // `plan` can list them. It changes nothing. want is every machine the spec

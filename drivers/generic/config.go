@@ -3,6 +3,7 @@ package generic
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -27,6 +28,8 @@ type Config struct {
 	TrustOnFirstUse bool              // scan and record unknown host keys once, then pin them
 	Wipe            bool              // Destroy also removes the engine and provision's files
 	Bastion         *BastionConfig
+
+	hostKeysRange hcl.Range // where host_keys is written, for CheckHosts
 }
 
 // BastionConfig is the jump host of the block.
@@ -104,6 +107,7 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 	c.KeyFile, kd = checkKeyFile(raw.KeyFile, "key_file", rng(content, body, "key_file"))
 	diags = append(diags, kd...)
 
+	c.hostKeysRange = *rng(content, body, "host_keys")
 	// Host keys: sorted so diagnostics come in a stable order.
 	addrs := make([]string, 0, len(raw.HostKeys))
 	for a := range raw.HostKeys {
@@ -227,6 +231,16 @@ func checkHostKey(k string) error {
 
 // splitAddress parses "host", "host:port", "[v6]:port" or a bare IPv6
 // address, using defPort when none is given.
+// sameHost reports whether two host parts name one host: equal addresses
+// (in any notation), or names equal but for case and a trailing dot.
+func sameHost(a, b string) bool {
+	if x, err := netip.ParseAddr(a); err == nil {
+		y, err := netip.ParseAddr(b)
+		return err == nil && x.Unmap() == y.Unmap()
+	}
+	return strings.EqualFold(strings.TrimSuffix(a, "."), strings.TrimSuffix(b, "."))
+}
+
 func splitAddress(a string, defPort int) (string, int, error) {
 	a = strings.TrimSpace(a)
 	if a == "" {

@@ -576,11 +576,40 @@ func (d *Driver) pinned(written, host string, port int) string {
 	}
 	for _, a := range sortedKeys(d.cfg.HostKeys) {
 		h, p, err := splitAddress(a, d.cfg.Port)
-		if err == nil && h == host && p == port {
+		if err == nil && sameHost(h, host) && p == port {
 			return d.cfg.HostKeys[a]
 		}
 	}
 	return ""
+}
+
+// CheckHosts warns about host_keys entries that name none of the hosts the
+// pools list (drivers.HostsChecker): such a pin protects nothing, and the
+// host meant is trusted on first use (or refused) instead.
+func (d *Driver) CheckHosts(hosts []string) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	for _, a := range sortedKeys(d.cfg.HostKeys) {
+		h, p, err := splitAddress(a, d.cfg.Port)
+		if err != nil {
+			continue
+		}
+		used := false
+		for _, l := range hosts {
+			lh, lp, err := splitAddress(l, d.cfg.Port)
+			used = used || (err == nil && sameHost(h, lh) && p == lp)
+		}
+		if !used {
+			r := d.cfg.hostKeysRange
+			then := "trusted on first use"
+			if !d.cfg.TrustOnFirstUse {
+				then = "refused (trust_on_first_use is off)"
+			}
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "Host key for no listed host",
+				Detail:  fmt.Sprintf("host_keys[%q] matches no host that the pools on this driver list (port %d when none is written): it pins nothing. If the address is mistyped, the host it was meant for is %s.", a, p, then),
+				Subject: &r})
+		}
+	}
+	return diags
 }
 
 // scan reads the host's key, through the bastion when there is one.

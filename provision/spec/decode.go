@@ -13,6 +13,8 @@ import (
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
 	"github.com/zclconf/go-cty/cty/gocty"
+
+	"github.com/provision/provision/drivers"
 )
 
 // dec evaluates attributes one by one so every value keeps its source range
@@ -25,6 +27,13 @@ type dec struct {
 	// sensitivePaths collects the dotted paths of those decoded.
 	sensitive      sensitiveUse
 	sensitivePaths map[string]bool
+	// hostsCheckers are the drivers that check the pools' hosts.
+	hostsCheckers []namedHostsChecker
+}
+
+type namedHostsChecker struct {
+	name string
+	drivers.HostsChecker
 }
 
 func (d *dec) errf(rng hcl.Range, summary, format string, args ...any) {

@@ -408,8 +408,11 @@ func decodeDriver(dc *dec, c *Cluster, b *hcl.Block) {
 	// The driver's own settings are checked by its factory, which does no
 	// network I/O, so validate catches them too.
 	if info, _ := drivers.Lookup(typ); info.New != nil {
-		_, d := info.New(rest, drivers.Options{Name: name, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Eval: dc.ctx})
+		drv, d := info.New(rest, drivers.Options{Name: name, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Eval: dc.ctx})
 		dc.diags = append(dc.diags, d...)
+		if hc, ok := drv.(drivers.HostsChecker); ok && !d.HasErrors() {
+			dc.hostsCheckers = append(dc.hostsCheckers, namedHostsChecker{name, hc})
+		}
 	}
 }
 
@@ -417,7 +420,7 @@ func decodePool(dc *dec, c *Cluster, b *hcl.Block, role string) Pool {
 	content, d := b.Body.Content(poolSchema)
 	dc.diags = append(dc.diags, d...)
 	p := Pool{Role: role, Name: RoleManager, Range: b.DefRange}
-	path := "managers"
+	path := poolPath(p)
 	if role == RoleWorker {
 		p.Name = RoleWorker
 		if r, ok := dc.str(content.Attributes, "pool", "workers.pool", &p.Name); ok {
@@ -425,7 +428,7 @@ func decodePool(dc *dec, c *Cluster, b *hcl.Block, role string) Pool {
 				dc.errf(r, "Invalid pool name", "%q is not a valid pool name: use up to 20 lowercase letters, digits and '-'.", p.Name)
 			}
 		}
-		path = "workers." + p.Name
+		path = poolPath(p)
 	} else if a, ok := content.Attributes["pool"]; ok {
 		dc.errf(a.NameRange, "Unsupported argument", "The managers block has no pool attribute: there is one manager pool.")
 	}
@@ -556,7 +559,32 @@ func validHostPort(h string) bool {
 	if net.ParseIP(host) != nil {
 		return true
 	}
+	if strings.Trim(host, "0123456789.") == "" {
+		return false // "999.1.1.1", "010.0.0.5": not an address, and resolvers differ on what they mean
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(host, "."), ".") {
+		if len(label) == 0 || len(label) > 63 {
+			return false
+		}
+	}
 	return len(host) > 0 && len(host) <= 253 && hostRe.MatchString(host)
+}
+
+// hostKey is what makes two entries of hosts the same machine: the
+// address in canonical form (IPv6 compressed and lower-case, IPv4-mapped
+// unmapped) or the name in lower case without a trailing dot, and the port,
+// 22 when none is written.
+func hostKey(h string) string {
+	host, port := h, "22"
+	if hh, pp, err := net.SplitHostPort(h); err == nil {
+		host, port = hh, pp
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		host = a.Unmap().String()
+	} else {
+		host = strings.TrimSuffix(strings.ToLower(host), ".")
+	}
+	return net.JoinHostPort(host, port)
 }
 
 var hostRe = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
@@ -567,6 +595,15 @@ func parsePort(s string) (int, error) {
 		return 0, fmt.Errorf("bad port")
 	}
 	return n, nil
+}
+
+// poolPath is the pool's settings path in Cluster.Ranges ("managers",
+// "workers.gpu").
+func poolPath(p Pool) string {
+	if p.Role == RoleManager {
+		return "managers"
+	}
+	return "workers." + p.Name
 }
 
 // checkCluster runs the checks that need the whole cluster.
@@ -584,21 +621,42 @@ func checkCluster(dc *dec, c *Cluster) {
 	}
 	checkNetworks(dc, c)
 	total := 0
-	hosts := map[string]string{}
+	type hostUse struct{ pool, as string }
+	hosts := map[string]hostUse{}
 	for _, p := range c.Pools() {
 		total += p.Count
 		for i, h := range p.Hosts {
 			if i >= p.Count {
 				break
 			}
-			if prev, ok := hosts[h]; ok {
-				dc.errf(p.Range, "Host used twice", "Host %q is listed in both %s and %s.", h, prev, p.Role+"s/"+p.Name)
+			here := p.Role + "s/" + p.Name
+			rng := p.Range
+			if r, ok := c.Ranges[poolPath(p)+".hosts"]; ok {
+				rng = r
 			}
-			hosts[h] = p.Role + "s/" + p.Name
+			key := hostKey(h)
+			if prev, ok := hosts[key]; ok {
+				if prev.pool == here {
+					dc.errf(rng, "Host used twice", "%s lists one machine twice: %q and %q (a missing port is 22; names are not case-sensitive).", here, prev.as, h)
+				} else {
+					dc.errf(rng, "Host used twice", "Host %q is listed in both %s (as %q) and %s: one machine cannot be two nodes.", h, prev.pool, prev.as, here)
+				}
+				continue
+			}
+			hosts[key] = hostUse{pool: here, as: h}
 		}
 		if n := MachineName(c.Name, p.Name, p.Count); len(n) > 63 {
 			dc.errf(p.Range, "Machine names too long", "Machine names like %q exceed 63 characters: shorten the cluster or pool name.", n)
 		}
+	}
+	for _, hc := range dc.hostsCheckers {
+		var listed []string
+		for _, p := range c.Pools() {
+			if p.Driver == hc.name {
+				listed = append(listed, p.Hosts[:min(p.Count, len(p.Hosts))]...)
+			}
+		}
+		dc.diags = append(dc.diags, hc.CheckHosts(listed)...)
 	}
 	if total > maxMachines {
 		dc.errf(m.Range, "Too many machines", "The cluster has %d machines; at most %d are supported.", total, maxMachines)
