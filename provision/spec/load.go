@@ -668,6 +668,8 @@ func decodeEngine(dc *dec, c *Cluster, b *hcl.Block) {
 	dc.diags = append(dc.diags, d...)
 	if r, ok := dc.str(content.Attributes, "version", "engine.version", &c.Engine.Version); ok {
 		switch v := c.Engine.Version; {
+		case v == "":
+			// The distro's candidate, as when version is not written.
 		case !versionRe.MatchString(v):
 			dc.errf(r, "Invalid engine version", "%q is not a package version: write it as apt shows it (\"20.10.24+dfsg1-1+deb12u1\") or a prefix ending in '*' (\"20.10.*\").", v)
 		case !strings.HasSuffix(v, "*") && !strings.Contains(v, "-"):
@@ -702,12 +704,13 @@ func decodePrune(dc *dec, c *Cluster, b *hcl.Block) {
 		}
 	}
 	if r, ok := dc.str(content.Attributes, "until", "prune.until", &c.Prune.Until); ok {
-		if dd, err := time.ParseDuration(c.Prune.Until); err != nil || dd < 0 {
+		if dd, err := time.ParseDuration(c.Prune.Until); err != nil || dd < 0 || strings.HasPrefix(c.Prune.Until, "-") {
 			dc.errf(r, "Invalid age filter", "prune.until %q is not a duration like \"24h\" or \"168h\".", c.Prune.Until)
 		}
 	}
 	if r, ok := dc.str(content.Attributes, "randomized_delay", "prune.randomized_delay", &c.Prune.RandomizedDelay); ok {
-		if dd, err := time.ParseDuration(c.Prune.RandomizedDelay); err != nil || dd < 0 {
+		// systemd refuses any sign, "-0s" included, and then drops the setting.
+		if dd, err := time.ParseDuration(c.Prune.RandomizedDelay); err != nil || dd < 0 || strings.HasPrefix(c.Prune.RandomizedDelay, "-") {
 			dc.errf(r, "Invalid delay", "prune.randomized_delay %q is not a duration like \"1h\" or \"30m\".", c.Prune.RandomizedDelay)
 		}
 	}
@@ -722,8 +725,10 @@ func decodeTLS(dc *dec, c *Cluster, b *hcl.Block) {
 		switch {
 		case err != nil:
 			dc.errf(r, "Invalid validity", "tls.validity %q is not a duration like \"8760h\" (one year).", validity)
-		case dd < time.Hour:
-			dc.errf(r, "Validity too short", "tls.validity must be at least 1h.")
+		case dd < 24*time.Hour:
+			dc.errf(r, "Validity too short", "tls.validity must be at least 24h: certificates are renewed when a third of their life is left, and each renewal restarts the engines.")
+		case dd%time.Hour != 0:
+			dc.errf(r, "Validity not in whole hours", "tls.validity %q: write a whole number of hours, such as %q.", validity, fmt.Sprintf("%dh", int(dd.Hours())))
 		case dd > 10*365*24*time.Hour:
 			dc.errf(r, "Validity too long", "tls.validity cannot exceed the CA's lifetime of 10 years (87600h).")
 		default:
@@ -738,6 +743,8 @@ func decodeTLS(dc *dec, c *Cluster, b *hcl.Block) {
 			dc.errf(r, "Invalid renewal window", "tls.renew_before %q is not a duration like \"720h\" (30 days).", renew)
 		case dd < time.Hour:
 			dc.errf(r, "Renewal window too short", "tls.renew_before must be at least 1h.")
+		case dd%time.Hour != 0:
+			dc.errf(r, "Renewal window not in whole hours", "tls.renew_before %q: write a whole number of hours, such as %q.", renew, fmt.Sprintf("%dh", int(dd.Hours())))
 		case int(dd.Hours()) >= c.TLS.ValidityHours:
 			dc.errf(r, "Renewal window too long", "tls.renew_before (%s) must be shorter than tls.validity (%dh): every certificate would be renewed at every apply.", renew, c.TLS.ValidityHours)
 		default:

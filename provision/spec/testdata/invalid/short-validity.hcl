@@ -1,0 +1,5 @@
+name = "edges"
+managers { count = 1 }
+tls {
+  validity = "1h"
+}
