@@ -56,7 +56,7 @@ func decodeRegistries(dc *dec, c *Cluster, content *hcl.BodyContent) {
 	if r, ok := dc.strList(content.Attributes, "registry_mirrors", "engine.registry_mirrors", &c.Engine.RegistryMirrors); ok {
 		for _, m := range c.Engine.RegistryMirrors {
 			u, err := url.Parse(m)
-			if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") {
+			if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
 				dc.errf(r, "Invalid registry mirror", "engine.registry_mirrors: %q must be a URL like \"https://mirror.internal:5000\" (scheme, host and port only).", m)
 			}
 		}

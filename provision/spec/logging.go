@@ -6,7 +6,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/docker/go-units"
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/provision/provision/drivers"
@@ -87,7 +89,40 @@ func decodeLogging(dc *dec, c *Cluster, b *hcl.Block) {
 			if _, err := regexp.Compile(v); err != nil {
 				dc.errf(or, "Invalid log option", "%s %q is not a regular expression the engine accepts (Go syntax): %v.", k, v, err)
 			}
-		case k == "max-file" || k == "fluentd-max-retries" || k == "gelf-compression-level" || k == "awslogs-max-buffered-events" || k == "awslogs-force-flush-interval-seconds":
+		case k == "gelf-compression-level" || k == "gelf-compression-type":
+			// The engine's gelf driver: compression on UDP only, level -1 (default) to 9.
+			n, err := strconv.Atoi(v)
+			switch {
+			case gelfScheme(opts) != "udp":
+				dc.errf(or, "Invalid log option", "%s applies to a udp:// gelf-address only: the engine refuses it with %q.", k, opts["gelf-address"])
+			case k == "gelf-compression-level" && (err != nil || n < -1 || n > 9):
+				dc.errf(or, "Invalid log option", "gelf-compression-level %q must be a whole number from -1 (the default) to 9.", v)
+			case k == "gelf-compression-type" && v != "gzip" && v != "zlib" && v != "none":
+				dc.errf(or, "Invalid log option", "gelf-compression-type %q must be gzip, zlib or none.", v)
+			}
+		case k == "gelf-tcp-max-reconnect" || k == "gelf-tcp-reconnect-delay":
+			if gelfScheme(opts) != "tcp" {
+				dc.errf(or, "Invalid log option", "%s applies to a tcp:// gelf-address only: the engine refuses it with %q.", k, opts["gelf-address"])
+			} else if n, err := strconv.Atoi(v); err != nil || n < 0 {
+				dc.errf(or, "Invalid log option", "%s %q must be a whole number, 0 or more.", k, v)
+			}
+		case k == "syslog-facility":
+			if n, err := strconv.Atoi(v); !slices.Contains(syslogFacilities, v) && (err != nil || n < 0 || n > 23) {
+				dc.errf(or, "Invalid log option", "syslog-facility %q must be one of %s, or a number from 0 to 23.", v, strings.Join(syslogFacilities, ", "))
+			}
+		case k == "syslog-format":
+			if v != "rfc3164" && v != "rfc5424" && v != "rfc5424micro" {
+				dc.errf(or, "Invalid log option", "syslog-format %q must be rfc3164, rfc5424 or rfc5424micro (unset: the engine's Unix format).", v)
+			}
+		case k == "fluentd-buffer-limit":
+			if n, err := units.RAMInBytes(v); err != nil || n <= 0 {
+				dc.errf(or, "Invalid log option", "fluentd-buffer-limit %q must be a size such as \"8m\" or \"1g\".", v)
+			}
+		case k == "fluentd-retry-wait":
+			if d, err := time.ParseDuration(v); err != nil || d <= 0 {
+				dc.errf(or, "Invalid log option", "fluentd-retry-wait %q must be a duration such as \"1s\" or \"500ms\".", v)
+			}
+		case k == "max-file" || k == "fluentd-max-retries" || k == "awslogs-max-buffered-events" || k == "awslogs-force-flush-interval-seconds":
 			if n, err := strconv.Atoi(v); err != nil || n < 0 || (k == "max-file" && n < 1) {
 				dc.errf(or, "Invalid log option", "%s %q must be a positive whole number.", k, v)
 			}
@@ -131,6 +166,16 @@ func decodeLogging(dc *dec, c *Cluster, b *hcl.Block) {
 			dc.errf(r, "Invalid size", "logging.journald_max_use %q must be a size like \"500M\" or \"2G\".", c.Logging.JournaldMaxUse)
 		}
 	}
+}
+
+// syslogFacilities are the facility names the engine's syslog driver knows.
+var syslogFacilities = []string{"kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp",
+	"local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7"}
+
+// gelfScheme is the scheme of the gelf-address option ("udp", "tcp").
+func gelfScheme(opts map[string]string) string {
+	scheme, _, _ := strings.Cut(opts["gelf-address"], "://")
+	return scheme
 }
 
 // logAddressSchemes are the schemes each log address accepts; "" is a

@@ -64,3 +64,20 @@ logging {
 		t.Errorf("json-file ships to the cloud: %+v", l)
 	}
 }
+
+// TestLogOptionsTheEngineTakes: values the engine's log drivers accept
+// pass validate (the goldens bad-log-* hold the refused ones).
+func TestLogOptionsTheEngineTakes(t *testing.T) {
+	for _, l := range []string{
+		`driver = "gelf"` + "\n" + `options = { gelf-address = "udp://10.0.0.9:12201", gelf-compression-type = "zlib", gelf-compression-level = "-1" }`,
+		`driver = "gelf"` + "\n" + `options = { gelf-address = "tcp://10.0.0.9:12201", gelf-tcp-max-reconnect = "0", gelf-tcp-reconnect-delay = "3" }`,
+		`driver = "syslog"` + "\n" + `options = { syslog-facility = "local3", syslog-format = "rfc5424micro" }`,
+		`driver = "syslog"` + "\n" + `options = { syslog-facility = "23" }`,
+		`driver = "fluentd"` + "\n" + `options = { fluentd-buffer-limit = "8MB", fluentd-retry-wait = "500ms", fluentd-max-retries = "10" }`,
+	} {
+		_, diags := LoadBytes("l.hcl", []byte("name = \"l\"\nmanagers { count = 1 }\nlogging {\n"+l+"\n}\n"), Vars{})
+		if diags.HasErrors() {
+			t.Errorf("%s: %v", l, diags)
+		}
+	}
+}
