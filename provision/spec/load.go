@@ -649,6 +649,17 @@ func checkCluster(dc *dec, c *Cluster) {
 			dc.errf(p.Range, "Machine names too long", "Machine names like %q exceed 63 characters: shorten the cluster or pool name.", n)
 		}
 	}
+	if r, ok := c.Ranges["ssh.user"]; ok {
+		created := false
+		for _, p := range c.Pools() {
+			d, _ := c.Driver(p.Driver)
+			info, _ := drivers.Lookup(d.Type)
+			created = created || !info.NeedsHosts
+		}
+		if !created {
+			dc.warnf(r, "Setting ignored", "ssh.user is the admin user provision makes on the machines a driver creates; every pool here lists existing hosts, which are reached as the generic driver's user.")
+		}
+	}
 	for _, hc := range dc.hostsCheckers {
 		var listed []string
 		for _, p := range c.Pools() {
@@ -683,7 +694,9 @@ func decodeEngine(dc *dec, c *Cluster, b *hcl.Block) {
 	if r, ok := dc.str(content.Attributes, "package", "engine.package", &c.Engine.Package); ok && !pkgRe.MatchString(c.Engine.Package) {
 		dc.errf(r, "Invalid package name", "%q is not a Debian package name.", c.Engine.Package)
 	}
-	dc.str(content.Attributes, "bundle_dir", "engine.bundle_dir", &c.Engine.BundleDir)
+	if r, ok := dc.str(content.Attributes, "bundle_dir", "engine.bundle_dir", &c.Engine.BundleDir); ok && c.Engine.Method != "bundle" {
+		dc.warnf(r, "Setting ignored", "engine.bundle_dir is where method = \"bundle\" keeps its packages; with method %q nothing reads it.", c.Engine.Method)
+	}
 	decodeMetrics(dc, c, content.Attributes)
 	decodeRegistries(dc, c, content) // images.go
 }
@@ -858,8 +871,84 @@ func decodeFirewallRule(dc *dec, b *hcl.Block, i int) FirewallRule {
 				}
 			}
 		}
+		if pub := publicSources(rule.From); len(pub) > 0 {
+			for _, sp := range swarmPorts {
+				if sp.proto == rule.Protocol && portsCover(rule.Ports, sp.port) {
+					dc.warnf(b.DefRange, "Cluster port open to the internet", "%s opens %d/%s (%s) to %s: %s", path, sp.port, sp.proto, sp.what, strings.Join(pub, ", "), sp.risk)
+				}
+			}
+		}
 	}
 	return rule
+}
+
+// swarmPorts are the ports the host firewall keeps to the cluster (and
+// 2376 to tls.allowed_cidrs): a firewall_allow rule that opens one of them
+// to public addresses is warned about.
+var swarmPorts = []struct {
+	port        int
+	proto, what string
+	risk        string
+}{
+	{2376, "tcp", "the engine's TLS API", "the firewall admits it from the cluster and tls.allowed_cidrs; this rule widens that (client certificates still guard it)."},
+	{2377, "tcp", "swarm management", "the firewall admits it from the cluster's machines; opened wider, anyone may try to join or probe the managers."},
+	{7946, "tcp", "swarm gossip", "the firewall admits it from the cluster's machines; opened wider, anyone may talk to the nodes' gossip."},
+	{7946, "udp", "swarm gossip", "the firewall admits it from the cluster's machines; opened wider, anyone may talk to the nodes' gossip."},
+	{4789, "udp", "the overlay network's VXLAN", "the firewall admits it from the cluster's machines; VXLAN is unauthenticated, so anyone it is opened to may inject packets into the overlay networks."},
+}
+
+// publicSources lists the sources that are not private, loopback or
+// link-local addresses ("0.0.0.0/0", "203.0.113.0/24").
+func publicSources(from []string) []string {
+	var pub []string
+	for _, f := range from {
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			a, err := netip.ParseAddr(f)
+			if err != nil {
+				continue
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		a := p.Masked().Addr()
+		private := (a.IsPrivate() || a.IsLoopback() || a.IsLinkLocalUnicast()) && p.Bits() >= privateBits(a)
+		if !private {
+			pub = append(pub, f)
+		}
+	}
+	return pub
+}
+
+// privateBits is the prefix length of the private block holding a: a
+// shorter prefix ("10.0.0.0/7") reaches past it.
+func privateBits(a netip.Addr) int {
+	for _, b := range []string{"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16", "fc00::/7", "fe80::/10", "::1/128"} {
+		if p := netip.MustParsePrefix(b); p.Contains(a) {
+			return p.Bits()
+		}
+	}
+	return a.BitLen()
+}
+
+// portsCover reports whether the rule's ports ("443", "9100-9110") include port.
+func portsCover(ports []string, port int) bool {
+	for _, s := range ports {
+		lo, hi, isRange := strings.Cut(s, "-")
+		a, err := parsePort(lo)
+		if err != nil {
+			continue
+		}
+		b := a
+		if isRange {
+			if b, err = parsePort(hi); err != nil {
+				continue
+			}
+		}
+		if a <= port && port <= b {
+			return true
+		}
+	}
+	return false
 }
 
 // validPortRange accepts "443" and "9100-9110".
