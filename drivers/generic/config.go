@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
@@ -97,7 +98,7 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 	if raw.Port != nil {
 		c.Port = *raw.Port
 	}
-	if strings.TrimSpace(c.User) == "" || strings.ContainsAny(c.User, " \t\n:@/") {
+	if strings.TrimSpace(c.User) == "" || strings.ContainsAny(c.User, " \t\r\n:@/,\x00") || strings.IndexFunc(c.User, unicode.IsControl) >= 0 {
 		bad(rng(content, body, "user"), "Invalid user", fmt.Sprintf("user %q must name the existing login user provision connects as (a sudo user such as \"admin\").", c.User))
 	}
 	if c.Port < 1 || c.Port > 65535 {

@@ -121,6 +121,8 @@ func TestConfigDiagnostics(t *testing.T) {
 		{"map not a map", "user = \"admin\"\nkey_file = \"" + key + "\"\nhost_keys = [\"x\"]\n", true, "Unsuitable value", 3},
 		{"bad port", "user = \"admin\"\nkey_file = \"" + key + "\"\nport = 0\n", true, "Invalid port", 3},
 		{"empty user", "user = \"\"\nkey_file = \"" + key + "\"\n", true, "Invalid user", 1},
+		{"user with a comma", "user = \"a,b\"\nkey_file = \"" + key + "\"\n", true, "Invalid user", 1},
+		{"user with CR", "user = \"a\\rb\"\nkey_file = \"" + key + "\"\n", true, "Invalid user", 1},
 		{"key_file missing on disk", "user = \"admin\"\nkey_file = \"" + filepath.Join(dir, "nope") + "\"\n", false, "does not exist", 2},
 		{"key_file readable by others", "user = \"admin\"\nkey_file = \"" + loose + "\"\n", false, "chmod 600", 2},
 		{"key_file a directory", "user = \"admin\"\nkey_file = \"" + dir + "\"\n", true, "is a directory", 2},
