@@ -570,6 +570,20 @@ func validHostPort(h string) bool {
 	return len(host) > 0 && len(host) <= 253 && hostRe.MatchString(host)
 }
 
+// validDNSName accepts a DNS name: labels of 1-63 letters, digits and
+// '-', not all digits ("999.1.1.1" is a bad address, not a name).
+func validDNSName(n string) bool {
+	if !hostRe.MatchString(n) || strings.Trim(n, "0123456789.") == "" {
+		return false
+	}
+	for _, l := range strings.Split(n, ".") {
+		if len(l) == 0 || len(l) > 63 || strings.HasPrefix(l, "-") || strings.HasSuffix(l, "-") {
+			return false
+		}
+	}
+	return true
+}
+
 // hostKey is what makes two entries of hosts the same machine: the
 // address in canonical form (IPv6 compressed and lower-case, IPv4-mapped
 // unmapped) or the name in lower case without a trailing dot, and the port,
@@ -614,7 +628,7 @@ func checkCluster(dc *dec, c *Cluster) {
 		if cr, ok := c.Ranges["managers.count"]; ok {
 			r = cr
 		}
-		dc.warnf(r, "Even number of managers", "%d managers tolerate no more failures than %d: Raft needs a majority (%d of %d) to keep the swarm running. Use an odd count (1, 3, 5 or 7).", m.Count, m.Count-1, m.Count/2+1, m.Count)
+		dc.warnf(r, "Even number of managers", "%d managers survive the loss of %d, as %d would: Raft needs a majority (%d of %d) to keep the swarm running. Use an odd count (1, 3, 5 or 7).", m.Count, (m.Count-1)/2, m.Count-1, m.Count/2+1, m.Count)
 	}
 	if m.Count > 7 {
 		dc.warnf(m.Range, "Many managers", "%d managers slow down Raft; Docker recommends at most 7.", m.Count)
@@ -766,15 +780,17 @@ func decodeTLS(dc *dec, c *Cluster, b *hcl.Block) {
 	}
 	if r, ok := dc.strList(content.Attributes, "extra_names", "tls.extra_names", &c.TLS.ExtraNames); ok {
 		for _, n := range c.TLS.ExtraNames {
-			if net.ParseIP(n) == nil && (!hostRe.MatchString(strings.TrimPrefix(n, "*.")) || len(n) > 253) {
+			if net.ParseIP(n) == nil && (!validDNSName(strings.TrimPrefix(n, "*.")) || len(n) > 253) {
 				dc.errf(r, "Invalid name", "%q is neither a DNS name nor an IP address.", n)
 			}
 		}
 	}
 	if r, ok := dc.strList(content.Attributes, "allowed_cidrs", "tls.allowed_cidrs", &c.TLS.AllowedCIDRs); ok {
-		for _, n := range c.TLS.AllowedCIDRs {
-			if _, _, err := net.ParseCIDR(n); err != nil {
-				dc.errf(r, "Invalid CIDR", "%q is not a CIDR block like \"203.0.113.0/24\".", n)
+		for i, n := range c.TLS.AllowedCIDRs {
+			if a, err := netip.ParseAddr(n); err == nil && a.Zone() == "" {
+				c.TLS.AllowedCIDRs[i] = netip.PrefixFrom(a, a.BitLen()).String() // one address, as firewall_allow.from takes it
+			} else if _, _, err := net.ParseCIDR(n); err != nil {
+				dc.errf(r, "Invalid CIDR", "%q is neither a CIDR block like \"203.0.113.0/24\" nor an address.", n)
 			}
 		}
 	}

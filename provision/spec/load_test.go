@@ -193,6 +193,8 @@ tls { extra_names = var.extra }
 	dir := t.TempDir()
 	vf := filepath.Join(dir, "prod.tfvars")
 	os.WriteFile(vf, []byte("workers = 5\nzone = \"file\"\n"), 0o644)
+	vj := filepath.Join(dir, "prod.tfvars.json")
+	os.WriteFile(vj, []byte(`{"workers": 4, "zone": "${json}", "extra": ["j.example"]}`), 0o644)
 
 	cases := []struct {
 		name    string
@@ -205,6 +207,7 @@ tls { extra_names = var.extra }
 		{"env", Vars{Env: []string{"PROVISION_VAR_workers=3", "PROVISION_VAR_undeclared=1", "HOME=/root"}}, 3, "A", 0},
 		{"file over env", Vars{Env: []string{"PROVISION_VAR_workers=3"}, Files: []string{vf}}, 5, "FILE", 0},
 		{"arg over file", Vars{Files: []string{vf}, Args: []string{"workers=7", "zone=arg", `extra=["x.example"]`}}, 7, "ARG", 1},
+		{"json file, strings literal", Vars{Files: []string{vj}}, 4, "${JSON}", 1},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

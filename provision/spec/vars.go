@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/ext/typeexpr"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	hcljson "github.com/hashicorp/hcl/v2/json"
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
 	"github.com/zclconf/go-cty/cty/function"
@@ -197,11 +198,17 @@ func resolveVariables(decl map[string]*variable, in Vars, read func(string) ([]b
 			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Cannot read variable file", Detail: err.Error()})
 			continue
 		}
-		if d := checkHCLSource(src, path, false); d.HasErrors() {
-			diags = append(diags, hideSource(d, anySensitive)...)
-			continue
+		var f *hcl.File
+		var d hcl.Diagnostics
+		if strings.HasSuffix(path, ".json") {
+			// As cluster files: .json is JSON (its strings taken literally here,
+			// there is no context to evaluate templates in).
+			if d, _ = checkJSONSource(src, path); !d.HasErrors() {
+				f, d = hcljson.Parse(src, path)
+			}
+		} else if d = checkHCLSource(src, path, false); !d.HasErrors() {
+			f, d = hclsyntax.ParseConfig(src, path, hcl.InitialPos)
 		}
-		f, d := hclsyntax.ParseConfig(src, path, hcl.InitialPos)
 		diags = append(diags, hideSource(d, anySensitive)...)
 		if d.HasErrors() {
 			continue
