@@ -175,6 +175,9 @@ func summary(w io.Writer, s apply.Stats, file string, err error) string {
 	if len(s.HeldBack) > 0 {
 		held = fmt.Sprintf(", %d held back", len(s.HeldBack))
 	}
+	if len(s.NotDone) > 0 {
+		held += fmt.Sprintf(", %d not done", len(s.NotDone))
+	}
 	fmt.Fprintf(w, "\n%d changed, %d unchanged, %d failed%s hosts (%d created, %d removed) in %s.\n",
 		len(s.Changed), len(s.Unchanged), len(s.Failed), held, s.Created, s.Removed, s.Took.Round(100*time.Millisecond))
 	switch {

@@ -120,7 +120,7 @@ func (g *globals) planEvent(rep apply.Reporter, l *loaded, p *plan.Plan) {
 // summaryEvent ends a command's events.
 func summaryEvent(rep apply.Reporter, command string, s apply.Stats, next string, err error) {
 	sum := &apply.Summary{Command: command, Changed: nonNil(s.Changed), Unchanged: nonNil(s.Unchanged), Failed: nonNil(s.Failed),
-		HeldBack: s.HeldBack, Created: s.Created, Removed: s.Removed, TookNS: int64(s.Took), Next: next}
+		HeldBack: s.HeldBack, NotDone: s.NotDone, Created: s.Created, Removed: s.Removed, TookNS: int64(s.Took), Next: next}
 	if err != nil {
 		sum.Error = unwrapCode(err).Error()
 	}

@@ -111,9 +111,13 @@ type Stats struct {
 	// HeldBack are hosts a rolling change did not reach because an earlier
 	// batch failed (ErrHeldBack): untouched, still to do.
 	HeldBack []string
-	Created  int
-	Removed  int
-	Took     time.Duration
+	// NotDone are hosts an apply that stopped early (an error outside any
+	// host, an interrupt) left without a change or an error of their own:
+	// not known to match the spec yet.
+	NotDone []string
+	Created int
+	Removed int
+	Took    time.Duration
 }
 
 // StepError names the host and step an error happened in.
@@ -229,6 +233,8 @@ func (e *Runner) Apply(ctx context.Context, p *plan.Plan) (Stats, error) {
 			hostErrs = append(hostErrs, h.err)
 		case h.changed:
 			r.stats.Changed = append(r.stats.Changed, name)
+		case err != nil:
+			r.stats.NotDone = append(r.stats.NotDone, name)
 		default:
 			r.stats.Unchanged = append(r.stats.Unchanged, name)
 		}

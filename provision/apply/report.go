@@ -50,6 +50,7 @@ type Summary struct {
 	Unchanged []string `json:"unchanged"`
 	Failed    []string `json:"failed"`
 	HeldBack  []string `json:"held_back,omitempty"` // untouched: an earlier rolling batch failed
+	NotDone   []string `json:"not_done,omitempty"`  // the apply stopped before it finished these
 	Created   int      `json:"created"`
 	Removed   int      `json:"removed"`
 	TookNS    int64    `json:"took_ns"`
