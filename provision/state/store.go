@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -221,6 +222,13 @@ func (s *Store) Load() (*State, error) {
 	path := filepath.Join(s.dir, stateFile)
 	b, err := readLimited(path, maxStateBytes)
 	if errors.Is(err, fs.ErrNotExist) {
+		// No state, but its backup: a cluster was recorded here and the
+		// file was lost or moved away. A new cluster would be made beside
+		// the one the backup records, and the backup, the last record of
+		// that one, overwritten by the first save.
+		if _, berr := os.Stat(filepath.Join(s.dir, backup)); berr == nil {
+			return nil, fmt.Errorf("state file %s is missing, but %s is there: it records a cluster that may still be running. To manage that cluster, restore it (cp %s %s). To start a new cluster here instead, first destroy that one (restore, then provision destroy), or move the backup away if it is gone", path, backup, filepath.Join(s.dir, backup), path)
+		}
 		id := make([]byte, 8)
 		if _, err := rand.Read(id); err != nil {
 			return nil, err
@@ -234,24 +242,24 @@ func (s *Store) Load() (*State, error) {
 		Version int `json:"version"`
 	}
 	if err := json.Unmarshal(b, &head); err != nil {
-		return nil, fmt.Errorf("state file %s is corrupt (%v); it was left untouched: restore it from %s or move it away", path, err, backup)
+		return nil, fmt.Errorf("state file %s is corrupt (%v); it was left untouched: restore it from %s (the state before the last save)", path, err, backup)
 	}
 	if head.Version > Version {
 		return nil, fmt.Errorf("state file %s has version %d, newer than this provision understands (%d): use a newer provision; the file was left untouched", path, head.Version, Version)
 	}
 	if head.Version < 1 {
-		return nil, fmt.Errorf("state file %s has no valid version; it was left untouched", path)
+		return nil, fmt.Errorf("state file %s has no valid version; it was left untouched: restore it from %s (the state before the last save)", path, backup)
 	}
 	st := &State{}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	if err := dec.Decode(st); err != nil {
-		return nil, fmt.Errorf("state file %s is corrupt (%v); it was left untouched: restore it from %s or move it away", path, err, backup)
+		return nil, fmt.Errorf("state file %s is corrupt (%v); it was left untouched: restore it from %s (the state before the last save)", path, err, backup)
 	}
 	if st.ClusterID == "" {
 		return nil, fmt.Errorf("state file %s has no cluster ID; it was left untouched", path)
 	}
 	if err := st.Validate(); err != nil {
-		return nil, fmt.Errorf("state file %s is corrupt (%v); it was left untouched: restore it from %s or move it away", path, err, backup)
+		return nil, fmt.Errorf("state file %s is corrupt (%v); it was left untouched: restore it from %s (the state before the last save)", path, err, backup)
 	}
 	if err := migrate(st, head.Version); err != nil {
 		return nil, fmt.Errorf("state file %s: %w; it was left untouched", path, err)
@@ -331,6 +339,21 @@ func (s *Store) Clear() error {
 	if err != nil {
 		return err
 	}
+	// The backup first and the state last: a Clear cut short leaves a
+	// state that destroy can run from again, never a backup without it
+	// (which Load refuses, see there).
+	slices.SortStableFunc(entries, func(a, b os.DirEntry) int {
+		rank := func(e os.DirEntry) int {
+			switch e.Name() {
+			case backup:
+				return 0
+			case stateFile:
+				return 2
+			}
+			return 1
+		}
+		return rank(a) - rank(b)
+	})
 	var errs []error
 	for _, e := range entries {
 		if e.Name() == lockFile {

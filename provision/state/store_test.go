@@ -60,6 +60,46 @@ func TestSaveLoadBackup(t *testing.T) {
 	}
 }
 
+// TestMissingStateWithBackupRefused: a state file lost or moved away while
+// its backup stays is refused, not read as a new cluster (which would run
+// beside the recorded one and overwrite the backup, the last record of it).
+func TestMissingStateWithBackupRefused(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "c")
+	s, err := Open(dir, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	st, _ := s.Load()
+	st.Name = "demo"
+	for i := 0; i < 2; i++ {
+		if err := s.Save(st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bak, _ := os.ReadFile(filepath.Join(dir, backup))
+	if err := os.Remove(filepath.Join(dir, stateFile)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Load(); err == nil || !strings.Contains(err.Error(), "is missing, but state.json.bak is there") {
+		t.Fatalf("want a refusal naming the backup, got %v", err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, backup)); string(after) != string(bak) {
+		t.Errorf("the backup changed")
+	}
+	// Clear removes the backup before the state: cut short, it leaves the
+	// state (destroy runs again), never a lone backup.
+	if err := os.WriteFile(filepath.Join(dir, stateFile), bak, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Clear(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Load(); err != nil {
+		t.Errorf("after Clear: %v", err)
+	}
+}
+
 func TestCorruptAndNewerRefused(t *testing.T) {
 	for name, content := range map[string]string{
 		"corrupt": `{"version": 1, "cluster_id": "x", "machines": [`,
