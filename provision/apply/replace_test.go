@@ -365,3 +365,28 @@ func TestStaleSwarmLeft(t *testing.T) {
 		t.Fatalf("with --leave-other-swarm: %v", h.err)
 	}
 }
+
+// TestRestartedMemberMarkedReady: a machine the machines phase restarted
+// (status created) that the swarm still counts as a Ready member has no
+// join to do; the swarm phase records it ready, so the next plan has
+// nothing to reconfigure (it used to stay "created" for good).
+func TestRestartedMemberMarkedReady(t *testing.T) {
+	r, f, _, _ := formed(t, 3, 2)
+	calls := len(f.w.Calls)
+	for _, name := range []string{"t-manager-2", "t-worker-1"} {
+		r.hosts[name].rec.Status = state.StatusCreated
+	}
+	if err := (swarmPhase{}).Run(context.Background(), r); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"t-manager-2", "t-worker-1"} {
+		if h := r.hosts[name]; h.err != nil || h.rec.Status != state.StatusReady {
+			t.Errorf("%s: status %q, err %v", name, h.rec.Status, h.err)
+		}
+	}
+	for _, c := range f.w.Calls[calls:] {
+		if strings.HasPrefix(c, "SwarmJoin") || strings.HasPrefix(c, "SwarmLeave") {
+			t.Errorf("a member was joined again: %s", c)
+		}
+	}
+}

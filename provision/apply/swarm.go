@@ -152,6 +152,8 @@ func (swarmPhase) Run(ctx context.Context, r *run) error {
 				r.fail(h, "swarm.join", err)
 				break // never change another manager after a failed one
 			}
+		} else {
+			r.memberReady(h)
 		}
 		if err := retireOld(ctx, r, h); err != nil {
 			r.fail(h, "swarm.replace", err)
@@ -161,8 +163,12 @@ func (swarmPhase) Run(ctx context.Context, r *run) error {
 	// Workers in parallel, then their old generations in batches.
 	var pending []*host
 	for _, h := range workers {
-		if !h.inPlace && !m.Member(h.rec.NodeID, false) {
+		switch {
+		case h.inPlace:
+		case !m.Member(h.rec.NodeID, false):
 			pending = append(pending, h)
+		case h.err == nil:
+			r.memberReady(h)
 		}
 	}
 	pace := make(chan struct{}, joinPace)
@@ -226,6 +232,18 @@ func (swarmPhase) Run(ctx context.Context, r *run) error {
 // hundreds at once is what managers take worst (slow raft writes, missed
 // heartbeats, leader elections), so joins go at a steady pace instead.
 const joinPace = 20
+
+// memberReady records a host the swarm already counts as a Ready member
+// as ready: a machine restarted or adopted by this apply (status created)
+// that was never out of the swarm has no join to do, and would otherwise
+// stay "created", planned for reconfiguration at every apply.
+func (r *run) memberReady(h *host) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if h.rec.Status != state.StatusReady {
+		h.rec.Status = state.StatusReady
+	}
+}
 
 // joinPaced joins a worker within the pace, trying again with a growing
 // pause (Engine.JoinAttempts, JoinBackoff) before the host is reported
