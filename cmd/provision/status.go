@@ -89,6 +89,14 @@ func newStatus(g *globals) *cobra.Command {
 				return writeJSON(cmd.OutOrStdout(), ts)
 			}
 			rows, strays := status(cmd.Context(), g, l)
+			// Without the operator's client certificate no engine was asked:
+			// the table says so per node, and the command fails.
+			var tlsErr error
+			if len(l.state.Machines) > 0 {
+				if _, err := pki.ClientTLS(l.store.PKIDir()); err != nil {
+					tlsErr = fmt.Errorf("no engine could be asked: %w", err)
+				}
+			}
 			zoneWarn := zoneWarning(cmd.Context(), l, rows)          // zones.go
 			lbs := loadBalancers(cmd.Context(), g, l, 8*time.Second) // lb.go
 			var ms []NodeMetrics
@@ -103,7 +111,10 @@ func newStatus(g *globals) *cobra.Command {
 				if withMetrics {
 					out["metrics"] = ms
 				}
-				return writeJSON(cmd.OutOrStdout(), out)
+				if err := writeJSON(cmd.OutOrStdout(), out); err != nil {
+					return err
+				}
+				return tlsErr
 			}
 			defer writeLBTable(cmd.OutOrStdout(), lbs)
 			if withMetrics {
@@ -145,7 +156,10 @@ func newStatus(g *globals) *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Role, r.Pool, r.Address, zoneCol(r), dash(r.Engine), dash(r.Swarm), dash(mgr), certColumn(l, r.CertUntil, time.Now()), pruneColumn(r, time.Now()), st)
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			return tlsErr
 		},
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print JSON")
@@ -245,6 +259,7 @@ func status(ctx context.Context, g *globals, l *loaded) (rows []NodeStatus, stra
 			}()
 		}
 		if tlsErr != nil {
+			rows[i].Error = "engine not asked: the operator client certificate is unusable, see below"
 			continue
 		}
 		wg.Add(1)
