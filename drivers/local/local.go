@@ -60,6 +60,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -124,7 +125,10 @@ type Driver struct {
 	// state directory: tests).
 	bindPath string
 
-	netMu sync.Mutex // serializes network creation within the process
+	netMu sync.Mutex // serializes network creation and address picks within the process
+	// reserved are the addresses this process gave containers, by network:
+	// a container made but not started yet may not show its address.
+	reserved map[string]map[netip.Addr]bool
 
 	names drivers.NameLocks // serializes Create per cluster/machine
 }
@@ -485,7 +489,25 @@ func (d *Driver) create(ctx context.Context, cluster string, spec drivers.Machin
 	}
 	if !info.State.Running {
 		d.log.Info("starting container", "machine", spec.Name, "container", short(id))
-		if err := cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+		err := cli.ContainerStart(ctx, id, container.StartOptions{})
+		if err != nil && info.State.Status == "created" && vouch != "" && strings.Contains(err.Error(), "ddress already in use") {
+			// Never started, so nothing on it: its fixed address was taken
+			// meanwhile (or given out wrongly). Made again, it gets a free one.
+			d.log.Warn("container's address is taken: making it again", "machine", spec.Name, "container", short(id), "err", err)
+			if rerr := cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true}); rerr != nil {
+				return drivers.Machine{}, fmt.Errorf("start container %s: %w (and remove it: %v)", short(id), err, rerr)
+			}
+			if id, err = d.createContainer(ctx, cli, cluster, spec); err == nil {
+				var files []byte
+				if files, err = bootFiles(spec); err == nil {
+					err = cli.CopyToContainer(ctx, id, "/", bytes.NewReader(files), container.CopyToContainerOptions{})
+				}
+				if err == nil {
+					err = cli.ContainerStart(ctx, id, container.StartOptions{})
+				}
+			}
+		}
+		if err != nil {
 			return drivers.Machine{}, fmt.Errorf("start container %s: %w", short(id), err)
 		}
 		if info, err = cli.ContainerInspect(ctx, id); err != nil {
@@ -594,8 +616,28 @@ func (d *Driver) createContainer(ctx context.Context, cli *client.Client, cluste
 	cfg.Labels = labels
 	hc.RestartPolicy = container.RestartPolicy{Name: container.RestartPolicyUnlessStopped}
 	hc.Resources = res
-	d.log.Info("creating container", "machine", spec.Name, "container", name, "network", netName, "image", d.cfg.Image)
+	// A fixed address: the engine restarts these containers (a reboot of
+	// this machine, `docker restart`) in any order, and a dynamic address
+	// can then move to another host, while the swarm, the firewall peers
+	// and daemon.json name the old one.
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	ip, err := d.freeAddress(ctx, cli, netName)
+	if err != nil {
+		return "", err
+	}
+	if ip.IsValid() {
+		nc.EndpointsConfig[netName].IPAMConfig = &network.EndpointIPAMConfig{IPv4Address: ip.String()}
+	}
+	d.log.Info("creating container", "machine", spec.Name, "container", name, "network", netName, "image", d.cfg.Image, "address", ip)
 	resp, err := cli.ContainerCreate(ctx, cfg, hc, nc, nil, name)
+	if err != nil && ip.IsValid() && strings.Contains(err.Error(), "user configured subnets") {
+		// A network made without a subnet of its own (named in the block,
+		// or made by an older provision): the engine picks the address.
+		d.log.Warn("network has no configured subnet: the container's address can change when it restarts", "network", netName)
+		nc.EndpointsConfig[netName].IPAMConfig = nil
+		resp, err = cli.ContainerCreate(ctx, cfg, hc, nc, nil, name)
+	}
 	if err != nil {
 		if errdefs.IsConflict(err) {
 			// Another process made it between our lookup and now.
@@ -725,10 +767,18 @@ func (d *Driver) ensureNetwork(ctx context.Context, cli *client.Client, cluster 
 		Internal: d.cfg.Internal,
 		Labels:   map[string]string{drivers.TagCluster: cluster},
 	}
-	if d.cfg.Subnet != "" {
-		opts.IPAM = &network.IPAM{Config: []network.IPAMConfig{{Subnet: d.cfg.Subnet}}}
+	subnet := d.cfg.Subnet
+	if subnet == "" {
+		// Fixed container addresses need a subnet the network was made
+		// with: the engine picks a free one for a scratch network, which
+		// is given back and named when the cluster's network is made.
+		var err error
+		if subnet, err = d.pickSubnet(ctx, cli, cluster, name); err != nil {
+			return "", err
+		}
 	}
-	d.log.Info("creating network", "network", name, "internal", d.cfg.Internal, "subnet", d.cfg.Subnet)
+	opts.IPAM = &network.IPAM{Config: []network.IPAMConfig{{Subnet: subnet}}}
+	d.log.Info("creating network", "network", name, "internal", d.cfg.Internal, "subnet", subnet)
 	if _, err := cli.NetworkCreate(ctx, name, opts); err != nil {
 		// Another process may have made it meanwhile.
 		if ok, lerr := d.networkExists(ctx, cli, name); lerr == nil && ok {
@@ -737,6 +787,106 @@ func (d *Driver) ensureNetwork(ctx context.Context, cli *client.Client, cluster 
 		return "", fmt.Errorf("create network %s: %w", name, err)
 	}
 	return name, nil
+}
+
+// pickSubnet asks the engine for a subnet no other network uses: it makes
+// a scratch network, reads the subnet the engine gave it and removes it.
+func (d *Driver) pickSubnet(ctx context.Context, cli *client.Client, cluster, name string) (string, error) {
+	scratch := name + "-subnet-probe"
+	// Labelled like the cluster's, so a teardown removes it if this
+	// process dies before it does.
+	opts := network.CreateOptions{Driver: "bridge", Internal: true, Labels: map[string]string{drivers.TagCluster: cluster}}
+	resp, err := cli.NetworkCreate(ctx, scratch, opts)
+	if err != nil && errdefs.IsConflict(err) {
+		// Left by a run that died between making and removing it.
+		if rerr := cli.NetworkRemove(ctx, scratch); rerr == nil {
+			resp, err = cli.NetworkCreate(ctx, scratch, opts)
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("find a free subnet for network %s: %w", name, err)
+	}
+	defer cli.NetworkRemove(context.WithoutCancel(ctx), resp.ID)
+	info, err := cli.NetworkInspect(ctx, resp.ID, network.InspectOptions{})
+	if err != nil {
+		return "", fmt.Errorf("find a free subnet for network %s: %w", name, err)
+	}
+	for _, c := range info.IPAM.Config {
+		if p, err := netip.ParsePrefix(c.Subnet); err == nil && p.Addr().Is4() {
+			return p.Masked().String(), nil
+		}
+	}
+	return "", fmt.Errorf("find a free subnet for network %s: the engine gave %s none", name, scratch)
+}
+
+// freeAddress picks the lowest IPv4 address of the network's subnet that no
+// container on it has or is set to have (stopped ones keep theirs), past
+// the gateway. It returns the zero Addr when the network has no subnet to
+// pick from. The caller holds netMu until its container is made.
+func (d *Driver) freeAddress(ctx context.Context, cli *client.Client, netName string) (netip.Addr, error) {
+	info, err := cli.NetworkInspect(ctx, netName, network.InspectOptions{})
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("network %s: %w", netName, err)
+	}
+	var subnet netip.Prefix
+	used := map[netip.Addr]bool{}
+	for _, c := range info.IPAM.Config {
+		if p, err := netip.ParsePrefix(c.Subnet); err == nil && p.Addr().Is4() && !subnet.IsValid() {
+			subnet = p.Masked()
+			if g, err := netip.ParseAddr(c.Gateway); err == nil {
+				used[g] = true
+			}
+		}
+	}
+	if !subnet.IsValid() {
+		return netip.Addr{}, nil
+	}
+	cs, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("network", netName))})
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("list containers on %s: %w", netName, err)
+	}
+	for _, c := range cs {
+		if c.NetworkSettings == nil {
+			continue
+		}
+		if ep := c.NetworkSettings.Networks[netName]; ep != nil {
+			if a, err := netip.ParseAddr(ep.IPAddress); err == nil {
+				used[a] = true
+			}
+			if ep.IPAMConfig != nil {
+				if a, err := netip.ParseAddr(ep.IPAMConfig.IPv4Address); err == nil {
+					used[a] = true
+				}
+			}
+		}
+	}
+	for _, ep := range info.Containers {
+		if p, err := netip.ParsePrefix(ep.IPv4Address); err == nil {
+			used[p.Addr()] = true
+		}
+	}
+	for a := range d.reserved[netName] {
+		used[a] = true
+	}
+	// The first address is the network's, the second the engine's default
+	// gateway (when the network names none), the last the broadcast.
+	b := subnet.Addr().As4()
+	n := binary.BigEndian.Uint32(b[:]) | (1<<(32-subnet.Bits()) - 1)
+	binary.BigEndian.PutUint32(b[:], n)
+	last := netip.AddrFrom4(b)
+	for a := subnet.Addr().Next().Next(); subnet.Contains(a) && a != last; a = a.Next() {
+		if !used[a] {
+			if d.reserved == nil {
+				d.reserved = map[string]map[netip.Addr]bool{}
+			}
+			if d.reserved[netName] == nil {
+				d.reserved[netName] = map[netip.Addr]bool{}
+			}
+			d.reserved[netName][a] = true
+			return a, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("network %s (%s) has no free address left", netName, subnet)
 }
 
 func (d *Driver) networkExists(ctx context.Context, cli *client.Client, name string) (bool, error) {

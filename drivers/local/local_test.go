@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -482,5 +484,71 @@ func TestGenerationsSizeAndBinding(t *testing.T) {
 	}
 	if _, err := mk().Machines(ctx, cluster); err == nil || !strings.Contains(err.Error(), "OTHER:ENGINE") || !strings.Contains(err.Error(), d.engine.ID) {
 		t.Fatalf("binding to another engine: %v", err)
+	}
+}
+
+// TestAddressesSurviveRestarts: the driver's network has a subnet of its
+// own and every container a fixed address in it, so the engine restarting
+// containers in another order (a reboot of this machine) gives each its
+// address back, not a neighbour's: the swarm, the firewall peers and
+// daemon.json name those addresses.
+func TestAddressesSurviveRestarts(t *testing.T) {
+	requireDocker(t, DefaultImage)
+	d := newTestDriver(t, "")
+	cluster := drivertest.ClusterID(t)
+	cleanupCluster(t, d, cluster)
+	_, line := drivertest.AdminKey(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var ms [3]drivers.Machine
+	var errs [3]error
+	var wg sync.WaitGroup
+	for i := range ms {
+		wg.Go(func() {
+			ms[i], errs[i] = d.Create(ctx, cluster, drivertest.Spec(t, cluster, fmt.Sprintf("n%d", i+1), "worker", line))
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs[:]...); err != nil {
+		t.Fatal(err)
+	}
+	cli, err := d.docker(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{}
+	for _, m := range ms {
+		info, err := cli.ContainerInspect(ctx, m.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ep := info.NetworkSettings.Networks[NetworkName(cluster)]
+		if ep == nil || ep.IPAMConfig == nil || ep.IPAMConfig.IPv4Address != m.Address {
+			t.Fatalf("%s: address %s not fixed: %+v", m.Name, m.Address, ep)
+		}
+		if slices.Contains(slices.Collect(maps.Values(want)), m.Address) {
+			t.Fatalf("address %s given twice", m.Address)
+		}
+		want[m.ID] = m.Address
+	}
+	timeout := 10
+	for _, m := range ms {
+		if err := cli.ContainerStop(ctx, m.ID, container.StopOptions{Timeout: &timeout}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := len(ms) - 1; i >= 0; i-- { // the other way round
+		if err := cli.ContainerStart(ctx, ms[i].ID, container.StartOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now, err := d.Machines(ctx, cluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range now {
+		if m.Address != want[m.ID] {
+			t.Errorf("%s: address %s after the restarts, was %s", m.Name, m.Address, want[m.ID])
+		}
 	}
 }
