@@ -17,6 +17,10 @@ func (p *Plan) Redacted(v *redact.Values, sensitivePaths map[string]bool) *Plan 
 	cp.Actions = make([]Action, len(p.Actions))
 	for i, a := range p.Actions {
 		a.Reasons = append([]string(nil), a.Reasons...)
+		a.Labels = append([]string(nil), a.Labels...)
+		if p.Actions[i].Labels == nil {
+			a.Labels = nil
+		}
 		cp.Actions[i] = a
 	}
 	cp.Settings = make([]SettingChange, len(p.Settings))
@@ -46,10 +50,26 @@ func (p *Plan) redact(v *redact.Values, sensitivePaths map[string]bool) {
 		blocks[block] = true
 	}
 	for i := range p.Actions {
-		for j, r := range p.Actions[i].Reasons {
-			p.Actions[i].Reasons[j] = v.String(r)
+		a := &p.Actions[i]
+		// A pool whose labels use a sensitive variable shows no label
+		// value, old (from state) or new, however it was derived.
+		if sensitivePaths[labelsPath(*a)] {
+			for j, l := range a.Labels {
+				a.Labels[j] = sensitiveLabel(l)
+			}
+			for j, r := range a.Reasons {
+				if strings.HasPrefix(r, "labels: ") {
+					a.Reasons[j] = "labels: " + strings.Join(a.Labels, ", ")
+				}
+			}
 		}
-		p.Actions[i].Address = v.String(p.Actions[i].Address)
+		for j, l := range a.Labels {
+			a.Labels[j] = v.String(l)
+		}
+		for j, r := range a.Reasons {
+			a.Reasons[j] = v.String(r)
+		}
+		a.Address = v.String(a.Address)
 	}
 	for i, s := range p.Settings {
 		for j, c := range s.Changes {
@@ -70,4 +90,28 @@ func (p *Plan) redact(v *redact.Values, sensitivePaths map[string]bool) {
 		p.Resources[i].Name = v.String(p.Resources[i].Name)
 		p.Resources[i].Note = v.String(p.Resources[i].Note)
 	}
+}
+
+// labelsPath is the spec path of the labels of the action's pool
+// ("managers.labels", "workers.gpu.labels"), as in SensitivePaths.
+func labelsPath(a Action) string {
+	if a.Role == "manager" {
+		return "managers.labels"
+	}
+	return "workers." + a.Pool + ".labels"
+}
+
+// sensitiveLabel hides the values of one label change (`k: + "v"`,
+// `k: - "v"`, `k: "a" -> "b"`), keeping its key and kind.
+func sensitiveLabel(l string) string {
+	key, rest, ok := strings.Cut(l, ": ")
+	switch {
+	case !ok:
+		return redact.Sensitive
+	case strings.HasPrefix(rest, "+ "):
+		return key + ": + " + redact.Sensitive
+	case strings.HasPrefix(rest, "- "):
+		return key + ": - " + redact.Sensitive
+	}
+	return key + ": " + redact.Sensitive + " -> " + redact.Sensitive
 }

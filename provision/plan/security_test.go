@@ -63,3 +63,33 @@ func TestPlanRedacted(t *testing.T) {
 		t.Error("Redacted changed the plan itself")
 	}
 }
+
+// TestPlanRedactsSensitiveLabels: a pool whose labels use a sensitive
+// variable shows neither the old value (from state) nor the new one, nor
+// anything derived from them (trimspace, upper), in text or JSON.
+func TestPlanRedactsSensitiveLabels(t *testing.T) {
+	c := cluster(t, base)
+	st, obs := converged(c)
+	for _, m := range st.Machines {
+		if m.Role == "worker" {
+			m.Labels = map[string]string{"pw": "OldSecretValue77", "zone": "a"}
+			if m.NodeID == "" {
+				m.NodeID = "node-" + m.Name
+			}
+		}
+	}
+	c2 := cluster(t, strings.Replace(base, "workers { count = 2 }", "workers {\n  count  = 2\n  labels = { pw = \"NewSecretValue88\", extra = \"NEWSECRETVALUE88\" }\n}", 1))
+	p := Build(c2, st, obs)
+	shown := p.Redacted(redact.NewValues("NewSecretValue88\n"), map[string]bool{"workers.worker.labels": true})
+	var buf bytes.Buffer
+	shown.WriteText(&buf, false)
+	shown.WriteJSON(&buf)
+	for _, s := range []string{"OldSecretValue77", "NewSecretValue88", "NEWSECRETVALUE88"} {
+		if strings.Contains(buf.String(), s) {
+			t.Errorf("redacted plan shows %s:\n%s", s, buf.String())
+		}
+	}
+	if !strings.Contains(buf.String(), "pw: (sensitive) -> (sensitive)") || !strings.Contains(buf.String(), "extra: + (sensitive)") {
+		t.Errorf("label changes not shown redacted:\n%s", buf.String())
+	}
+}
