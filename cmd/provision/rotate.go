@@ -60,7 +60,11 @@ func newRotateCerts(g *globals) *cobra.Command {
 certificate, whatever their expiry (apply renews them by itself inside the
 spec's renewal window, tls.renew_before). Engines restart to load them:
 drained first, in rolling batches. Interrupted, the same command (or apply)
-reissues only what is still older than the rotation.`,
+reissues only what is still older than the rotation.
+
+The certificates it replaces stay valid until they expire: the engine has
+no revocation list. After a client or node key has leaked, run
+` + "`provision rotate ca`" + `, which makes every certificate of the old CA useless.`,
 		Example: "  provision rotate certs cluster.hcl",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -78,7 +82,11 @@ reissues only what is still older than the rotation.`,
 					return err
 				}
 			}
-			return rotateApply(cmd.Context(), g, l, args[0], cmd, jsonOut, "rotate certs")
+			err = rotateApply(cmd.Context(), g, l, args[0], cmd, jsonOut, "rotate certs")
+			if err == nil {
+				fmt.Fprintln(cmd.ErrOrStderr(), "The replaced certificates stay valid until they expire (the engine has no revocation list): if a key leaked, run `provision rotate ca "+args[0]+"`.")
+			}
+			return err
 		},
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stdout (human text stays on stderr)")
