@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -599,7 +600,13 @@ func serverCert(r *run, h *host) (hostos.TLSFiles, error) {
 	reissue := r.State.PKI.ReissueBefore
 	r.mu.Unlock()
 	certPEM, cerr := os.ReadFile(certPath)
-	keyPEM, kerr := os.ReadFile(keyPath)
+	keyPEM, kerr := pki.ReadPrivate(keyPath)
+	if kerr != nil && !errors.Is(kerr, fs.ErrNotExist) {
+		// Readable by others: whoever read it can pass as this node's
+		// engine. Not silently replaced: the operator decides (chmod, or
+		// `provision rotate ca` if it may have leaked).
+		return hostos.TLSFiles{}, fmt.Errorf("node key: %w", kerr)
+	}
 	if cerr == nil && kerr == nil {
 		err := r.ca.CheckServer(certPEM, keyPEM, names, time.Now(), r.renewBefore())
 		if err == nil && pki.IssuedBefore(certPEM, reissue) {

@@ -385,6 +385,10 @@ func newSerial() (*big.Int, error) {
 	return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
 }
 
+// ReadPrivate reads a private key file, refusing one that others can read
+// (the node keys the apply keeps beside the CA).
+func ReadPrivate(path string) ([]byte, error) { return readFileChecked(path) }
+
 // readFileChecked reads a private key file, refusing one that others can read.
 func readFileChecked(path string) ([]byte, error) {
 	fi, err := os.Stat(path)
