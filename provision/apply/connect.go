@@ -2,6 +2,7 @@ package apply
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -87,11 +88,43 @@ func (e *Runner) dialSSH(ctx context.Context, cfg comm.Config) (Conn, error) {
 		}
 		defer func() { <-gate }()
 	}
+	var c Conn
+	var err error
 	if e.DialSSH != nil {
-		return e.DialSSH(ctx, cfg)
+		c, err = e.DialSSH(ctx, cfg)
+	} else {
+		c, err = comm.Dial(ctx, cfg)
 	}
-	return comm.Dial(ctx, cfg)
+	return c, e.movedAddress(cfg, err)
 }
+
+// movedAddress turns a host key mismatch in which the host presented
+// another recorded machine's key into what it means: the address now
+// reaches that other machine (a driver's addresses moved between hosts),
+// and re-pinning the key would be wrong.
+func (e *Runner) movedAddress(cfg comm.Config, err error) error {
+	var hm *comm.HostKeyMismatchError
+	if err == nil || e.State == nil || !errors.As(err, &hm) {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, m := range e.State.Machines {
+		if m.Name != cfg.Host && drivers.SameKey(m.SSH.HostKey, hm.Presented) {
+			return &movedError{err: err, msg: fmt.Sprintf("%s: the host at %s presented %s's pinned host key: the machines' addresses have moved (%s is recorded at %s), so this is not a rebuilt host and its pinned key must not be changed. Check the driver's addresses (a restart of the machines in another order gives dynamic addresses out again); replace the machines whose address changed",
+				cfg.Host, cfg.Address, m.Name, m.Name, m.Address)}
+		}
+	}
+	return err
+}
+
+type movedError struct {
+	err error
+	msg string
+}
+
+func (e *movedError) Error() string { return e.msg }
+func (e *movedError) Unwrap() error { return e.err }
 
 // bastionDials bounds logins in progress through one bastion (below
 // sshd's default MaxStartups of 10).
@@ -204,7 +237,11 @@ func (e *Runner) Dial(ctx context.Context, m drivers.Machine) (*comm.Client, err
 		}
 		defer func() { <-gate }()
 	}
-	return comm.Dial(ctx, cfg)
+	c, err := comm.Dial(ctx, cfg)
+	if err != nil {
+		return nil, e.movedAddress(cfg, err)
+	}
+	return c, nil
 }
 
 // loadSigner reads a private key file for hosts that use their own login key.

@@ -146,8 +146,8 @@ func hostKeyCallback(host, pinned, next string, presented *string) (ssh.HostKeyC
 				return nil
 			}
 		}
-		return fmt.Errorf("%w: %s presented %s, expected %s; if the host was legitimately rebuilt, update the pinned key (spec host_keys, known_hosts, or the machine's entry in state)",
-			ErrHostKeyMismatch, host, ssh.FingerprintSHA256(got), ssh.FingerprintSHA256(wants[0]))
+		return &HostKeyMismatchError{Host: host, Presented: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(got))),
+			presentedFP: ssh.FingerprintSHA256(got), expectedFP: ssh.FingerprintSHA256(wants[0])}
 	}
 	var algos []string
 	for _, want := range wants {
@@ -538,3 +538,20 @@ func (c *Client) Sudo(cmd string) string {
 	}
 	return "sudo -n " + cmd
 }
+
+// HostKeyMismatchError is ErrHostKeyMismatch with the key the host
+// presented (authorized_keys form), so a caller that knows other hosts'
+// keys can tell a rebuilt host from addresses that moved between hosts.
+type HostKeyMismatchError struct {
+	Host      string
+	Presented string
+
+	presentedFP, expectedFP string
+}
+
+func (e *HostKeyMismatchError) Error() string {
+	return fmt.Sprintf("%v: %s presented %s, expected %s; if the host was legitimately rebuilt, update the pinned key (spec host_keys, known_hosts, or the machine's entry in state)",
+		ErrHostKeyMismatch, e.Host, e.presentedFP, e.expectedFP)
+}
+
+func (e *HostKeyMismatchError) Unwrap() error { return ErrHostKeyMismatch }
