@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,14 +42,21 @@ func (l *loaded) observeEngines(ctx context.Context, g *globals, obs *plan.Obser
 			defer func() { <-sem }()
 			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
+			unreachable := func(err error) {
+				log.Debug("engine did not answer", "host", m.Name, "err", err)
+				mu.Lock()
+				defer mu.Unlock()
+				obs.Engines[m.Name] = plan.EngineView{State: "unreachable", Error: engineErr(err)}
+			}
 			en, err := e.ConnectEngine(ctx, m.Machine, cfg)
 			if err != nil {
+				unreachable(err)
 				return
 			}
 			defer en.Close()
 			loc, err := en.Inspect(ctx)
 			if err != nil {
-				log.Debug("engine did not answer", "host", m.Name, "err", err)
+				unreachable(err)
 				return
 			}
 			var nodes []string
@@ -68,4 +76,14 @@ func (l *loaded) observeEngines(ctx context.Context, g *globals, obs *plan.Obser
 		}()
 	}
 	wg.Wait()
+}
+
+// engineErr shortens an engine connection error for a plan line: its last
+// part ("connection refused", "i/o timeout").
+func engineErr(err error) string {
+	msg := err.Error()
+	if i := strings.LastIndex(msg, ": "); i >= 0 && i+2 < len(msg) {
+		msg = msg[i+2:]
+	}
+	return msg
 }

@@ -95,7 +95,8 @@ type Observed struct {
 
 // EngineView is one engine's word on its swarm membership.
 type EngineView struct {
-	State     string   `json:"state"` // inactive, pending, active, error, locked
+	State     string   `json:"state"` // inactive, pending, active, error, locked; "unreachable": not answering (Error says why)
+	Error     string   `json:"error,omitempty"`
 	NodeID    string   `json:"node_id,omitempty"`
 	ClusterID string   `json:"cluster_id,omitempty"` // managers only
 	Manager   bool     `json:"manager,omitempty"`
@@ -521,12 +522,30 @@ func (p *Plan) swarmNotes(st *state.State, obs Observed) {
 	for _, id := range obs.Nodes {
 		listed[id] = true
 	}
+	actions := map[string]*Action{}
+	for i := range p.Actions {
+		actions[p.Actions[i].Machine] = &p.Actions[i]
+	}
 	for _, rec := range st.Machines {
 		v, ok := obs.Engines[rec.Name]
 		if !ok || rec.NodeID == "" {
 			continue
 		}
+		a := actions[rec.Name]
+		if a != nil && (a.Kind == Remove || a.Kind == Replace) {
+			continue // what its engine says changes nothing: it goes
+		}
 		switch {
+		case v.State == "unreachable":
+			// The machine runs (the driver says so) but its engine does not
+			// answer: stopped, failed, or its TLS port closed. apply's host
+			// steps start it again.
+			if a != nil && a.Kind == None {
+				a.Kind = Reconfigure
+				a.Reasons = []string{"its engine does not answer (" + v.Error + "): apply checks the host and starts the engine"}
+			} else {
+				p.Notes = append(p.Notes, fmt.Sprintf("%s: its engine does not answer (%s)", rec.Name, v.Error))
+			}
 		case v.State == "inactive":
 			p.Notes = append(p.Notes, fmt.Sprintf("%s: its engine is in no swarm (state records node %s): apply joins it again", rec.Name, shortID(rec.NodeID)))
 		case v.State == "pending":

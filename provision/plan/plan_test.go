@@ -571,6 +571,27 @@ workers { count = 5 }
 	if strings.Contains(notes, "demo-manager-1:") {
 		t.Errorf("a member in the recorded swarm is reported:\n%s", notes)
 	}
+	// An engine that does not answer on a running machine: apply will
+	// start it, so the machine is to reconfigure, not unchanged. A machine
+	// the plan removes gets no note about its engine.
+	obs.Engines["demo-worker-1"] = EngineView{State: "unreachable", Error: "connection refused"}
+	c4 := cluster(t, "name = \"demo\"\nmanagers { count = 1 }\nworkers { count = 4 }\n")
+	p = Build(c4, st, obs)
+	for _, a := range p.Actions {
+		switch a.Machine {
+		case "demo-worker-1":
+			if a.Kind != Reconfigure || !strings.Contains(strings.Join(a.Reasons, " "), "its engine does not answer (connection refused)") {
+				t.Errorf("unreachable engine: %s %v", a.Kind, a.Reasons)
+			}
+		case "demo-worker-5":
+			if a.Kind != Remove {
+				t.Errorf("demo-worker-5: %s", a.Kind)
+			}
+		}
+	}
+	if strings.Contains(strings.Join(p.Notes, "\n"), "demo-worker-5:") {
+		t.Errorf("a note about the engine of a machine the plan removes: %q", p.Notes)
+	}
 	// Engines that could not be asked, or a cluster with no swarm yet: no notes.
 	st.Swarm.ID = ""
 	if p := Build(c, st, obs); strings.Contains(strings.Join(p.Notes, "\n"), "its engine") {
