@@ -183,3 +183,19 @@ func TestSummaryHeldBack(t *testing.T) {
 		t.Errorf("next %q", next)
 	}
 }
+
+// TestDestroyWithoutState: destroy where no state was ever written says
+// there is nothing to destroy (it printed a plan of cluster "" and
+// "Destroyed cluster"), changes nothing and leaves no directory behind.
+func TestDestroyWithoutState(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "c.hcl")
+	os.WriteFile(f, []byte("name = \"gone\"\nmanagers { count = 3 }\n"), 0o644)
+	_, stderr, err := runCLI(t, "destroy", f, "--auto-approve")
+	if err != nil || !strings.Contains(stderr, `Nothing to destroy: no state of cluster "gone"`) || strings.Contains(stderr, "Destroyed") {
+		t.Fatalf("destroy: %v\n%s", err, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".provision", "gone")); err == nil {
+		t.Errorf("destroy left a state directory")
+	}
+}

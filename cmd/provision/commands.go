@@ -214,6 +214,15 @@ func newDestroy(g *globals) *cobra.Command {
 			}
 			defer l.close()
 			ctx := cmd.Context()
+			if l.state.Updated.IsZero() && len(l.state.Machines) == 0 {
+				// No state: nothing was made from this directory (machines
+				// are found by the cluster ID state holds).
+				fmt.Fprintf(cmd.ErrOrStderr(), "Nothing to destroy: no state of cluster %q in %s.\n", l.spec.Name, l.store.Dir())
+				if jsonOut {
+					summaryEvent(g.reporter(cmd, jsonOut), "destroy", apply.Stats{}, "", nil)
+				}
+				return nil
+			}
 			obs := l.observe(ctx, g.log)
 			p := plan.Destroy(l.state, obs)
 			out := cmd.ErrOrStderr()
