@@ -162,6 +162,29 @@ type target struct {
 	hostKey string
 	keyFile string
 	bastion *drivers.Bastion
+	// private is the host's own address when it is listed by name: what
+	// the swarm advertises and the firewalls admit (they take addresses).
+	private string
+}
+
+// learnAddress sets t.private for a host listed by name: the address its
+// sshd took the connection on ($SSH_CONNECTION's third field), the one the
+// operator (or the bastion, in the cluster's network) reaches it at. The
+// host's own resolver is no help: Debian maps the host name to 127.0.1.1.
+func (t *target) learnAddress(ctx context.Context, c *comm.Client) error {
+	if net.ParseIP(t.host) != nil {
+		return nil
+	}
+	out, err := c.Run(ctx, `printf '%s' "$SSH_CONNECTION"`, nil)
+	if err != nil {
+		return fmt.Errorf("%s: read the host's address: %w", t.addr(), err)
+	}
+	f := strings.Fields(string(out))
+	if len(f) < 3 || net.ParseIP(f[2]) == nil {
+		return fmt.Errorf("%s: read the host's address: SSH_CONNECTION is %q", t.addr(), out)
+	}
+	t.private = net.ParseIP(f[2]).String()
+	return nil
 }
 
 func (t target) addr() string { return joinHostPort(t.host, t.port) }
@@ -200,6 +223,9 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	}
 	defer c.Close()
 	if err := checkSudo(ctx, c, d.cfg.User, addr); err != nil {
+		return drivers.Machine{}, err
+	}
+	if err := t.learnAddress(ctx, c); err != nil {
 		return drivers.Machine{}, err
 	}
 	old, err := readTag(ctx, c, addr)
@@ -248,10 +274,11 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 
 func (d *Driver) machine(name string, t target, tags map[string]string) drivers.Machine {
 	return drivers.Machine{
-		Name:    name,
-		ID:      t.addr(),
-		Driver:  d.name,
-		Address: t.host,
+		Name:           name,
+		ID:             t.addr(),
+		Driver:         d.name,
+		Address:        t.host,
+		PrivateAddress: t.private,
 		SSH: drivers.SSHEndpoint{
 			User:    d.cfg.User,
 			Port:    t.port,
@@ -340,6 +367,9 @@ func (d *Driver) probe(ctx context.Context, addr string, cl Claim, signer ssh.Si
 	defer c.Close()
 	tg, err := readTag(ctx, c, t.addr())
 	if err != nil || tg == nil {
+		return nil, err
+	}
+	if err := t.learnAddress(ctx, c); err != nil {
 		return nil, err
 	}
 	m := d.machine(tg.machine(), t, tg.Tags)

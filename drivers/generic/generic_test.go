@@ -387,3 +387,42 @@ func TestConformance(t *testing.T) {
 	}
 	drivertest.Run(t, d, drivertest.Config{Cluster: cluster, Machines: specs, Admin: signer, DialTimeout: time.Minute})
 }
+
+// TestLearnAddressOfNamedHost: a host listed by name gets the address its
+// sshd took the connection on as its private address (what the swarm
+// advertises and the firewalls admit: they take addresses, and Debian
+// resolves the host's own name to 127.0.1.1); a host listed by address
+// keeps none.
+func TestLearnAddressOfNamedHost(t *testing.T) {
+	dc := needDocker(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	userPriv, userPub := keyPair(t)
+	keyFile := filepath.Join(dir, "admin_ed25519")
+	if err := os.WriteFile(keyFile, userPriv, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := startHosts(t, ctx, dc, 1, userPub)[0]
+	d := newTestDriver(t, filepath.Join(dir, "state"), fmt.Sprintf("user = \"admin\"\nkey_file = %q\n", keyFile))
+	signer, err := loadSigner(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byIP := target{host: h.Address, port: 22, hostKey: h.HostKey}
+	c, err := d.dial(ctx, byIP, signer, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := byIP.learnAddress(ctx, c); err != nil || byIP.private != "" {
+		t.Errorf("host by address: private %q, %v", byIP.private, err)
+	}
+	byName := target{host: "node1.cluster.example", port: 22}
+	if err := byName.learnAddress(ctx, c); err != nil || byName.private != h.Address {
+		t.Errorf("host by name: private %q, want %s (%v)", byName.private, h.Address, err)
+	}
+	if m := d.machine("m1", byName, nil); m.Advertise() != h.Address {
+		t.Errorf("advertised %q", m.Advertise())
+	}
+}
