@@ -135,6 +135,7 @@ func Open(dir, command string) (*Store, error) {
 		s := &Store{dir: dir, lock: f, created: created}
 		// A holder recorded in a lock we could take died without cleaning up.
 		s.stale = readHolder(f)
+		sweepTemps(dir)
 		host, _ := os.Hostname()
 		b, _ := json.Marshal(Holder{PID: os.Getpid(), Host: host, Command: command, Since: time.Now().UTC()})
 		if err := f.Truncate(0); err == nil {
@@ -143,6 +144,22 @@ func Open(dir, command string) (*Store, error) {
 		}
 		return s, nil
 	}
+}
+
+// sweepTemps removes the temp files a killed process left in the state
+// directory (atomicfile's ".NAME.tmpN": a raft backup cut short, a state
+// save interrupted). Only the lock holder writes there, so any that
+// exists when the lock is taken is a leftover.
+func sweepTemps(dir string) {
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if n := d.Name(); d.Type().IsRegular() && strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp") {
+			os.Remove(path)
+		}
+		return nil
+	})
 }
 
 // samePath reports whether the open file f is the file at path.

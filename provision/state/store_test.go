@@ -355,3 +355,29 @@ func TestLockFileUnlinkedWhileHeld(t *testing.T) {
 		t.Fatal("two holders")
 	}
 }
+
+// TestOpenSweepsTempFiles: temp files a killed process left (a raft backup
+// or a save cut short) are removed when the lock is taken next.
+func TestOpenSweepsTempFiles(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "c")
+	os.MkdirAll(filepath.Join(dir, "backups"), 0o700)
+	left := filepath.Join(dir, "backups", ".raft-20261203T025816Z-m2.tar.gz.tmp2009367246")
+	keep := filepath.Join(dir, "backups", "raft-20261203T025816Z-m2.tar.gz")
+	for _, f := range []string{left, keep, filepath.Join(dir, ".state.json.tmp123")} {
+		os.WriteFile(f, nil, 0o600)
+	}
+	s, err := Open(dir, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := os.Stat(left); err == nil {
+		t.Error("a backup's temp file is left")
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".state.json.tmp123")); err == nil {
+		t.Error("a state temp file is left")
+	}
+	if _, err := os.Stat(keep); err != nil {
+		t.Errorf("a backup was removed: %v", err)
+	}
+}
