@@ -49,6 +49,7 @@ With --list, print the backups kept, newest first.`,
 			if err != nil {
 				return err
 			}
+			g.log.Info("raft backup written", "path", path)
 			fmt.Fprintln(cmd.OutOrStdout(), relPath(path))
 			return nil
 		},
@@ -88,6 +89,7 @@ taken is lost.`,
 			if err != nil {
 				return err
 			}
+			g.log.Info("swarm restored", "host", on, "backup", args[1])
 			fmt.Fprintf(cmd.ErrOrStderr(), "Restored the swarm on %s from %s. Next: `provision apply %s` to bring the other managers back and converge.\n", on, relPath(args[1]), args[0])
 			return nil
 		},

@@ -170,6 +170,7 @@ swarm.node_cert_expiry, set by apply.`,
 			if err := e.RotateSwarmCA(cmd.Context(), timeout); err != nil {
 				return err
 			}
+			g.log.Info("swarm root CA rotated")
 			fmt.Fprintln(cmd.ErrOrStderr(), "swarm root CA rotated: every node holds a certificate from the new root")
 			return nil
 		},
@@ -198,6 +199,7 @@ the key of its time. The key is never printed (provision unlock --show-key).`,
 			if err := e.RotateUnlockKey(cmd.Context()); err != nil {
 				return err
 			}
+			g.log.Info("swarm unlock key rotated")
 			fmt.Fprintln(cmd.ErrOrStderr(), "swarm unlock key rotated and kept in the state directory")
 			return nil
 		},
@@ -244,9 +246,11 @@ host, or a safe). Nothing else ever prints it.`,
 			for _, u := range res {
 				switch {
 				case u.Err != nil:
+					g.log.Warn("unlock failed", "host", u.Host, "err", u.Err)
 					errs = append(errs, u.Err)
 					fmt.Fprintf(cmd.OutOrStdout(), "%s: %v\n", u.Host, u.Err)
 				case u.Locked:
+					g.log.Info("unlocked", "host", u.Host)
 					fmt.Fprintf(cmd.OutOrStdout(), "%s: unlocked\n", u.Host)
 				default:
 					fmt.Fprintf(cmd.OutOrStdout(), "%s: not locked\n", u.Host)

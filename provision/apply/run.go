@@ -257,6 +257,7 @@ type saver struct {
 }
 
 func (r *run) note(hostName, msg string) {
+	r.log.Info("note", "host", hostName, "msg", msg) // --log-file keeps them (backup, unlock: no other trail)
 	r.rep.Event(Event{Time: time.Now(), Kind: Note, Host: hostName, Msg: msg})
 }
 
