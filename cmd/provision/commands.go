@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -188,6 +189,8 @@ func summary(w io.Writer, s apply.Stats, file string, err error) string {
 		}
 		fmt.Fprintf(w, " Fix the cause and run `provision apply %s` again: finished hosts are kept.\n", file)
 		return "provision apply " + file
+	case err != nil && errors.Is(err, context.Canceled):
+		return "provision apply " + file // interrupted: main says so, and what to run
 	case err != nil:
 		fmt.Fprintf(w, "Stopped before the cluster converged (the error follows). Fix the cause and run `provision apply %s` again.\n", file)
 		return "provision apply " + file
