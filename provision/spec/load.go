@@ -497,7 +497,7 @@ func decodePool(dc *dec, c *Cluster, b *hcl.Block, role string) Pool {
 		case info.Type != "" && !info.Uses("disk"):
 			dc.warnf(r, "Setting ignored by the driver", "The %s driver does not use disk (%s): %s.disk is ignored, and changing it never rebuilds a machine.", info.Type, ignoredWhy(info.Type, "disk"), path)
 		case p.DiskGiB < info.MinDiskGiB:
-			dc.errf(r, "Disk too small", "%s.disk is %d GiB; the %s driver needs at least %d GiB.", path, p.DiskGiB, info.Type, info.MinDiskGiB)
+			dc.errf(r, "Disk too small", "%s.disk is under %d GiB, the least the %s driver takes.", path, info.MinDiskGiB, info.Type)
 		}
 	} else {
 		p.DiskGiB = info.DefaultGiB
@@ -512,7 +512,7 @@ func decodePool(dc *dec, c *Cluster, b *hcl.Block, role string) Pool {
 		case info.Type != "" && !info.Uses("docker_disk"):
 			dc.warnf(r, "Setting ignored by the driver", "The %s driver does not use docker_disk (%s): %s.docker_disk is ignored, and changing it never rebuilds a machine.", info.Type, ignoredWhy(info.Type, "docker_disk"), path)
 		case p.DockerDiskGiB < MinDockerDiskGiB:
-			dc.errf(r, "Disk too small", "%s.docker_disk is %d GiB; the engine's data disk must have at least %d GiB (images, containers and volumes live there).", path, p.DockerDiskGiB, MinDockerDiskGiB)
+			dc.errf(r, "Disk too small", "%s.docker_disk is under %d GiB, the least the engine's data disk may have (images, containers and volumes live there).", path, MinDockerDiskGiB)
 		}
 	}
 	if r, ok := dc.str(content.Attributes, "size", path+".size", &p.Size); ok && info.Type != "" {
