@@ -50,11 +50,7 @@ func TestHosts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	userPriv, userPub := keyPair(t)
-	keyFile := filepath.Join(dir, "admin_ed25519")
-	if err := os.WriteFile(keyFile, userPriv, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	keyFile, userPub := adminKeyFile(t, dir)
 	hosts := startHosts(t, ctx, dc, 2, userPub)
 	h1, h2 := hosts[0], hosts[1]
 	exec1 := func(h testHost, cmd string) string { return mustExec(t, ctx, dc, h.ID, cmd) }
@@ -363,11 +359,7 @@ func TestConformance(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	userPriv, userPub := keyPair(t)
-	keyFile := filepath.Join(dir, "admin_ed25519")
-	if err := os.WriteFile(keyFile, userPriv, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	keyFile, userPub := adminKeyFile(t, dir)
 	hosts := startHosts(t, ctx, dc, 2, userPub)
 	d := newTestDriver(t, filepath.Join(dir, "state"), fmt.Sprintf("user = \"admin\"\nkey_file = %q\nhost_keys = { %q = %q }\n", keyFile, hosts[0].Address, hosts[0].HostKey))
 	signer, err := loadSigner(keyFile)
@@ -398,11 +390,7 @@ func TestLearnAddressOfNamedHost(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	userPriv, userPub := keyPair(t)
-	keyFile := filepath.Join(dir, "admin_ed25519")
-	if err := os.WriteFile(keyFile, userPriv, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	keyFile, userPub := adminKeyFile(t, dir)
 	h := startHosts(t, ctx, dc, 1, userPub)[0]
 	d := newTestDriver(t, filepath.Join(dir, "state"), fmt.Sprintf("user = \"admin\"\nkey_file = %q\n", keyFile))
 	signer, err := loadSigner(keyFile)
@@ -425,4 +413,16 @@ func TestLearnAddressOfNamedHost(t *testing.T) {
 	if m := d.machine("m1", byName, nil); m.Advertise() != h.Address {
 		t.Errorf("advertised %q", m.Advertise())
 	}
+}
+
+// adminKeyFile writes a new admin key pair's private half into dir (0600)
+// and returns its path and the public half for the hosts.
+func adminKeyFile(t *testing.T, dir string) (string, string) {
+	t.Helper()
+	priv, pub := keyPair(t)
+	keyFile := filepath.Join(dir, "admin_ed25519")
+	if err := os.WriteFile(keyFile, priv, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return keyFile, pub
 }
