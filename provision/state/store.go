@@ -136,6 +136,7 @@ func Open(dir, command string) (*Store, error) {
 		// A holder recorded in a lock we could take died without cleaning up.
 		s.stale = readHolder(f)
 		sweepTemps(dir)
+		tightenDirs(dir)
 		host, _ := os.Hostname()
 		b, _ := json.Marshal(Holder{PID: os.Getpid(), Host: host, Command: command, Since: time.Now().UTC()})
 		if err := f.Truncate(0); err == nil {
@@ -151,14 +152,54 @@ func Open(dir, command string) (*Store, error) {
 // save interrupted). Only the lock holder writes there, so any that
 // exists when the lock is taken is a leftover.
 func sweepTemps(dir string) {
-	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return nil
+	walkOwn(dir, func(path string, d fs.DirEntry) {
+		n := d.Name()
+		if filepath.Dir(path) == filepath.Clean(dir) && !strings.HasPrefix(n, "."+stateFile) {
+			return // beside the state, only its own temp files
 		}
-		if n := d.Name(); d.Type().IsRegular() && strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp") {
+		if d.Type().IsRegular() && strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp") {
 			os.Remove(path)
 		}
-		return nil
+	})
+}
+
+// ownDirs are the directories provision makes in a state directory. Only
+// the state directory's own files and these are swept or tightened: the
+// state directory may be one the operator named (--state-dir .) that holds
+// other things.
+var ownDirs = []string{"pki", "ssh", "swarm", "backups", "local", "generic", "bundles"}
+
+// walkOwn calls fn for the state directory's files and for everything in
+// the directories provision makes there (those directories included).
+func walkOwn(dir string, fn func(path string, d fs.DirEntry)) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if !e.IsDir() {
+			fn(filepath.Join(dir, e.Name()), e)
+		}
+	}
+	for _, sub := range ownDirs {
+		filepath.WalkDir(filepath.Join(dir, sub), func(path string, d fs.DirEntry, err error) error {
+			if err == nil && d.Type()&fs.ModeSymlink == 0 {
+				fn(path, d)
+			}
+			return nil
+		})
+	}
+}
+
+// tightenDirs takes group and other permissions off the directories
+// provision makes in the state directory (keys, certificates, backups):
+// files are made 0600 and keys refused when readable by others, but a
+// directory left 0755 by hand lists them to everyone.
+func tightenDirs(dir string) {
+	walkOwn(dir, func(path string, d fs.DirEntry) {
+		if !d.IsDir() {
+			return
+		}
+		if fi, err := d.Info(); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			os.Chmod(path, fi.Mode().Perm()&0o700)
+		}
 	})
 }
 

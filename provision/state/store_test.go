@@ -381,3 +381,42 @@ func TestOpenSweepsTempFiles(t *testing.T) {
 		t.Errorf("a backup was removed: %v", err)
 	}
 }
+
+// TestOpenTightensDirectories: directories of the state opened with group
+// or other permissions (chmod by hand, a restore from a backup tool) are
+// made owner-only when the lock is taken.
+func TestOpenTightensDirectories(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "c")
+	for _, d := range []string{dir, filepath.Join(dir, "pki"), filepath.Join(dir, "pki", "nodes", "m1")} {
+		os.MkdirAll(d, 0o755)
+		os.Chmod(d, 0o755)
+	}
+	s, err := Open(dir, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, d := range []string{filepath.Join(dir, "pki"), filepath.Join(dir, "pki", "nodes", "m1")} {
+		if fi, err := os.Stat(d); err != nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s: %v %v", d, fi.Mode(), err)
+		}
+	}
+	// The state directory itself, and what provision did not make in it,
+	// are the operator's (--state-dir . is allowed).
+	other := filepath.Join(dir, "notes")
+	os.MkdirAll(other, 0o755)
+	os.Chmod(other, 0o755)
+	os.WriteFile(filepath.Join(other, ".draft.tmp1"), nil, 0o644)
+	s.Close()
+	s, err = Open(dir, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if fi, _ := os.Stat(other); fi.Mode().Perm() != 0o755 {
+		t.Errorf("a directory provision did not make was changed: %v", fi.Mode())
+	}
+	if _, err := os.Stat(filepath.Join(other, ".draft.tmp1")); err != nil {
+		t.Errorf("a file provision did not make was removed: %v", err)
+	}
+}
