@@ -129,6 +129,8 @@ type Driver struct {
 	// reserved are the addresses this process gave containers, by network:
 	// a container made but not started yet may not show its address.
 	reserved map[string]map[netip.Addr]bool
+	// noSubnet are the networks that take no fixed address (see noSubnet).
+	noSubnet map[string]bool
 
 	names drivers.NameLocks // serializes Create per cluster/machine
 }
@@ -167,6 +169,7 @@ func NewDriver(cfg Config, opts drivers.Options) *Driver {
 		name:        name,
 		log:         log.With("driver", name),
 		bootTimeout: 3 * time.Minute,
+		noSubnet:    map[string]bool{},
 	}
 	if opts.StateDir != "" {
 		d.bindPath = filepath.Join(opts.StateDir, "local", name+".json")
@@ -490,10 +493,15 @@ func (d *Driver) create(ctx context.Context, cluster string, spec drivers.Machin
 	if !info.State.Running {
 		d.log.Info("starting container", "machine", spec.Name, "container", short(id))
 		err := cli.ContainerStart(ctx, id, container.StartOptions{})
-		if err != nil && info.State.Status == "created" && vouch != "" && strings.Contains(err.Error(), "ddress already in use") {
+		if err != nil && info.State.Status == "created" && vouch != "" && (strings.Contains(err.Error(), "ddress already in use") || noSubnet(err)) {
 			// Never started, so nothing on it: its fixed address was taken
-			// meanwhile (or given out wrongly). Made again, it gets a free one.
-			d.log.Warn("container's address is taken: making it again", "machine", spec.Name, "container", short(id), "err", err)
+			// meanwhile, or its network has no subnet of its own to fix one
+			// in (the engine says so only at start). Made again, it gets a
+			// free address, or one the engine picks.
+			if noSubnet(err) {
+				d.markNoSubnet(info.Config.Labels[TagNetwork])
+			}
+			d.log.Warn("container cannot start at its fixed address: making it again", "machine", spec.Name, "container", short(id), "err", err)
 			if rerr := cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true}); rerr != nil {
 				return drivers.Machine{}, fmt.Errorf("start container %s: %w (and remove it: %v)", short(id), err, rerr)
 			}
@@ -622,19 +630,22 @@ func (d *Driver) createContainer(ctx context.Context, cli *client.Client, cluste
 	// and daemon.json name the old one.
 	d.netMu.Lock()
 	defer d.netMu.Unlock()
-	ip, err := d.freeAddress(ctx, cli, netName)
-	if err != nil {
-		return "", err
+	if d.noSubnet == nil {
+		d.noSubnet = map[string]bool{}
+	}
+	var ip netip.Addr
+	if !d.noSubnet[netName] {
+		if ip, err = d.freeAddress(ctx, cli, netName); err != nil {
+			return "", err
+		}
 	}
 	if ip.IsValid() {
 		nc.EndpointsConfig[netName].IPAMConfig = &network.EndpointIPAMConfig{IPv4Address: ip.String()}
 	}
 	d.log.Info("creating container", "machine", spec.Name, "container", name, "network", netName, "image", d.cfg.Image, "address", ip)
 	resp, err := cli.ContainerCreate(ctx, cfg, hc, nc, nil, name)
-	if err != nil && ip.IsValid() && strings.Contains(err.Error(), "user configured subnets") {
-		// A network made without a subnet of its own (named in the block,
-		// or made by an older provision): the engine picks the address.
-		d.log.Warn("network has no configured subnet: the container's address can change when it restarts", "network", netName)
+	if err != nil && ip.IsValid() && noSubnet(err) {
+		d.noSubnet[netName] = true
 		nc.EndpointsConfig[netName].IPAMConfig = nil
 		resp, err = cli.ContainerCreate(ctx, cfg, hc, nc, nil, name)
 	}
@@ -787,6 +798,27 @@ func (d *Driver) ensureNetwork(ctx context.Context, cli *client.Client, cluster 
 		return "", fmt.Errorf("create network %s: %w", name, err)
 	}
 	return name, nil
+}
+
+// noSubnet reports the engine's refusal of a fixed address on a network
+// made without a subnet of its own (named in the block, or made by an
+// older provision): there the engine picks the address.
+func noSubnet(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "user configured subnets")
+}
+
+// markNoSubnet records that netName takes no fixed addresses, and says
+// what that costs.
+func (d *Driver) markNoSubnet(netName string) {
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	if d.noSubnet == nil {
+		d.noSubnet = map[string]bool{}
+	}
+	if !d.noSubnet[netName] {
+		d.log.Warn("network has no subnet of its own: its containers' addresses can change when they restart", "network", netName)
+	}
+	d.noSubnet[netName] = true
 }
 
 // pickSubnet asks the engine for a subnet no other network uses: it makes

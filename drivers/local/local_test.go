@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -550,5 +551,38 @@ func TestAddressesSurviveRestarts(t *testing.T) {
 		if m.Address != want[m.ID] {
 			t.Errorf("%s: address %s after the restarts, was %s", m.Name, m.Address, want[m.ID])
 		}
+	}
+}
+
+// TestNetworkWithoutSubnet: on a network named in the block that was made
+// without a subnet of its own, the engine refuses fixed addresses (at
+// start); the container is made again with an address the engine picks.
+func TestNetworkWithoutSubnet(t *testing.T) {
+	requireDocker(t, DefaultImage)
+	netName := "provision-test-nosubnet-" + strconv.Itoa(rand.IntN(1e6))
+	d := newTestDriver(t, fmt.Sprintf("network = %q", netName))
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cli, err := d.docker(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.NetworkCreate(ctx, netName, network.CreateOptions{Driver: "bridge"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.NetworkRemove(context.Background(), netName) })
+	cluster := drivertest.ClusterID(t)
+	cleanupCluster(t, d, cluster)
+	_, line := drivertest.AdminKey(t)
+	m, err := d.Create(ctx, cluster, drivertest.Spec(t, cluster, "free", "worker", line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cli.ContainerInspect(ctx, m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ep := info.NetworkSettings.Networks[netName]; ep == nil || ep.IPAddress != m.Address || m.Address == "" {
+		t.Errorf("address %q, endpoint %+v", m.Address, ep)
 	}
 }
