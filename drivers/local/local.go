@@ -778,26 +778,35 @@ func (d *Driver) ensureNetwork(ctx context.Context, cli *client.Client, cluster 
 		Internal: d.cfg.Internal,
 		Labels:   map[string]string{drivers.TagCluster: cluster},
 	}
-	subnet := d.cfg.Subnet
-	if subnet == "" {
-		// Fixed container addresses need a subnet the network was made
-		// with: the engine picks a free one for a scratch network, which
-		// is given back and named when the cluster's network is made.
-		var err error
-		if subnet, err = d.pickSubnet(ctx, cli, cluster, name); err != nil {
-			return "", err
+	for attempt := 1; ; attempt++ {
+		subnet := d.cfg.Subnet
+		if subnet == "" {
+			// Fixed container addresses need a subnet the network was made
+			// with: the engine picks a free one for a scratch network, which
+			// is given back and named when the cluster's network is made.
+			var err error
+			if subnet, err = d.pickSubnet(ctx, cli, cluster, name); err != nil {
+				return "", err
+			}
 		}
-	}
-	opts.IPAM = &network.IPAM{Config: []network.IPAMConfig{{Subnet: subnet}}}
-	d.log.Info("creating network", "network", name, "internal", d.cfg.Internal, "subnet", subnet)
-	if _, err := cli.NetworkCreate(ctx, name, opts); err != nil {
+		opts.IPAM = &network.IPAM{Config: []network.IPAMConfig{{Subnet: subnet}}}
+		d.log.Info("creating network", "network", name, "internal", d.cfg.Internal, "subnet", subnet)
+		_, err := cli.NetworkCreate(ctx, name, opts)
+		if err == nil {
+			return name, nil
+		}
 		// Another process may have made it meanwhile.
 		if ok, lerr := d.networkExists(ctx, cli, name); lerr == nil && ok {
 			return name, nil
 		}
+		// Or taken the picked subnet between the scratch network and this
+		// one (other clusters' networks are made at the same time): pick again.
+		if d.cfg.Subnet == "" && attempt < 5 && strings.Contains(err.Error(), "overlaps") {
+			d.log.Debug("picked subnet taken meanwhile: picking again", "network", name, "subnet", subnet, "err", err)
+			continue
+		}
 		return "", fmt.Errorf("create network %s: %w", name, err)
 	}
-	return name, nil
 }
 
 // noSubnet reports the engine's refusal of a fixed address on a network
