@@ -789,7 +789,13 @@ func (d *Driver) ensureNetwork(ctx context.Context, cli *client.Client, cluster 
 				return "", err
 			}
 		}
-		opts.IPAM = &network.IPAM{Config: []network.IPAMConfig{{Subnet: subnet}}}
+		// The gateway named too (the engine's default, the first address):
+		// inspect then reports it, and nobody reads it as a host's address.
+		ipam := network.IPAMConfig{Subnet: subnet}
+		if p, err := netip.ParsePrefix(subnet); err == nil {
+			ipam.Gateway = p.Masked().Addr().Next().String()
+		}
+		opts.IPAM = &network.IPAM{Config: []network.IPAMConfig{ipam}}
 		d.log.Info("creating network", "network", name, "internal", d.cfg.Internal, "subnet", subnet)
 		_, err := cli.NetworkCreate(ctx, name, opts)
 		if err == nil {

@@ -517,6 +517,10 @@ func TestAddressesSurviveRestarts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	n, err := cli.NetworkInspect(ctx, NetworkName(cluster), network.InspectOptions{})
+	if err != nil || len(n.IPAM.Config) != 1 || n.IPAM.Config[0].Gateway == "" {
+		t.Fatalf("network %s: no subnet and gateway of its own: %v %+v", NetworkName(cluster), err, n.IPAM)
+	}
 	want := map[string]string{}
 	for _, m := range ms {
 		info, err := cli.ContainerInspect(ctx, m.ID)
