@@ -117,6 +117,7 @@ func TestNeedsMachineWork(t *testing.T) {
 		{plan.Action{Kind: plan.Reconfigure}, false},
 		{plan.Action{Kind: plan.Reconfigure, Observed: &drivers.Machine{State: "running"}}, false},
 		{plan.Action{Kind: plan.Reconfigure, Observed: &drivers.Machine{State: "exited"}}, true},
+		{plan.Action{Kind: plan.Reconfigure, Observed: &drivers.Machine{State: "running"}, Moved: &plan.Moved{From: "a", To: "b"}}, true},
 		{plan.Action{Kind: plan.None, Observed: &drivers.Machine{State: "exited"}}, false},
 		{plan.Action{Kind: plan.Remove}, false},
 	}
@@ -428,5 +429,78 @@ func TestBackupSourceSkipsGoneGeneration(t *testing.T) {
 	old.gone = false
 	if src, _ := r.backupSource(nodes, "n1"); src == nil || src.nodeID != "n1" {
 		t.Fatalf("source %+v: the live generation about to change should be preferred", src)
+	}
+}
+
+// TestFollowMovedAddress: a machine plan found at a new address (stopped
+// and started outside provision) gets it recorded without a driver call,
+// and keeps its host key; a member whose swarm address moved fails with a
+// message naming it, and its record keeps the old addresses.
+func TestFollowMovedAddress(t *testing.T) {
+	d := &testDriver{}
+	e, p := newTestEngine(t, 2, d)
+	r := newRun(e, p)
+	ctx := context.Background()
+	if err := (credentials{}).Run(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if err := (machines{}).Run(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	saved, err := e.Store.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var obs []drivers.Machine
+	for _, m := range saved.Machines {
+		m.Status, m.NodeID, m.PrivateAddress = state.StatusReady, "node-"+m.Name, "10.1.0."+fmt.Sprint(m.Index)
+		if m.Role == "manager" {
+			m.PrivateAddress = "10.1.0.100"
+		}
+		o := m.Machine
+		switch m.Name {
+		case "t-worker-1":
+			o.Address = "198.51.100.9" // public address only: followed
+		case "t-worker-2":
+			o.PrivateAddress = "10.1.0.77" // the swarm address: refused
+		}
+		obs = append(obs, o)
+	}
+	if err := e.Store.Save(saved); err != nil {
+		t.Fatal(err)
+	}
+	e.State = saved
+	p2 := plan.Build(e.Spec, saved, plan.Observed{Machines: map[string][]drivers.Machine{"local": obs}})
+	if got := fmt.Sprint(p2.Summary.Reconfigure); got != "2" {
+		t.Fatalf("plan: %+v", p2.Actions)
+	}
+	d.created = nil
+	r = newRun(e, p2)
+	if err := (credentials{}).Run(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if err := (machines{}).Run(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if len(d.created) != 0 {
+		t.Fatalf("the driver was asked to create %v", d.created)
+	}
+	after, err := e.Store.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w1, w2 := after.Machine("t-worker-1"), after.Machine("t-worker-2")
+	if w1.Address != "198.51.100.9" || w1.PrivateAddress != "10.1.0.1" || w1.SSH.HostKey == "" || w1.SSH.HostKey != saved.Machine("t-worker-1").SSH.HostKey {
+		t.Fatalf("worker-1 recorded %+v", w1.Machine)
+	}
+	if r.hosts["t-worker-1"].err != nil {
+		t.Fatal(r.hosts["t-worker-1"].err)
+	}
+	if w2.PrivateAddress != "10.1.0.2" {
+		t.Fatalf("worker-2's refused move was recorded: %+v", w2.Machine)
+	}
+	var se *StepError
+	if h := r.hosts["t-worker-2"]; !errors.As(h.err, &se) || se.Host != "t-worker-2" || !strings.Contains(se.Error(), "10.1.0.77") || !strings.Contains(se.Error(), "swarm address 10.1.0.2 moved") {
+		t.Fatalf("worker-2: %v", h.err)
 	}
 }

@@ -73,6 +73,9 @@ func makeMachine(ctx context.Context, r *run, h *host, a plan.Action) error {
 	if err != nil {
 		return err
 	}
+	if a.Moved != nil {
+		return followAddress(r, h, a)
+	}
 	if a.Kind == plan.Reconfigure || a.Kind == plan.Adopt {
 		// A machine an interrupted create left (maybe never started, or
 		// started before its admin user was set up), or one that is
@@ -198,6 +201,9 @@ func needsMachineWork(a plan.Action) bool {
 	case plan.Create, plan.Adopt, plan.Replace:
 		return true
 	case plan.Reconfigure:
+		if a.Moved != nil {
+			return true
+		}
 		return a.Observed != nil && a.Observed.State != "" && a.Observed.State != "running"
 	}
 	return false
@@ -303,4 +309,44 @@ func machineSpec(r *run, h *host, a plan.Action, hk drivers.HostKey) drivers.Mac
 		Logs:          r.Spec.Logging.Cloud(),
 		Metrics:       r.Spec.Engine.Metrics(),
 	}
+}
+
+// followAddress records the addresses the driver reports for a running
+// machine that moved (plan.Moved): the host steps then reach it there and
+// reissue its certificate for them. A swarm member whose swarm address
+// moved is refused: the other members and the managers' raft still know
+// the old one, and provision does not guess how to move it.
+func followAddress(r *run, h *host, a plan.Action) error {
+	mv := a.Moved
+	r.mu.Lock()
+	adv := h.rec.Advertise()
+	r.mu.Unlock()
+	if mv.Swarm {
+		return &StepError{Host: h.rec.Name, Step: "machine.address", Err: fmt.Errorf("the driver reports the machine at %s (private %s), state recorded %s: its swarm address %s moved outside provision, and the swarm still knows the old one, so nothing was changed on it. Give the machine its old address back (a reserved or static address), or remove the machine so that the next apply replaces it",
+			mv.To, orNone(mv.PrivateTo), addressPair(mv), adv)}
+	}
+	r.mu.Lock()
+	h.rec.Address = mv.To
+	if mv.PrivateTo != "" {
+		h.rec.PrivateAddress = mv.PrivateTo
+	}
+	r.mu.Unlock()
+	h.changed = true
+	r.note(h.rec.Name, fmt.Sprintf("the machine's address moved from %s to %s: recorded (docker contexts made for the old address need `provision env --context` again)", mv.From, mv.To))
+	r.rep.Event(Event{Time: time.Now(), Kind: StepChange, Host: h.rec.Name, Step: "machine.address", Msg: mv.To})
+	return r.save()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "unchanged"
+	}
+	return s
+}
+
+func addressPair(mv *plan.Moved) string {
+	if mv.PrivateFrom != "" {
+		return mv.From + " (private " + mv.PrivateFrom + ")"
+	}
+	return mv.From
 }

@@ -218,3 +218,45 @@ func observedFor(rec *state.Machine, ms []*drivers.Machine) (current *drivers.Ma
 	}
 	return current, retiring, leftovers
 }
+
+// addressMoved compares the addresses the driver reports for a running
+// recorded machine with state's (only those both sides know: a driver that
+// cannot tell an address says nothing about it). nil when they agree.
+func addressMoved(rec *state.Machine, obs *drivers.Machine) *Moved {
+	pub := obs.Address != "" && rec.Address != "" && obs.Address != rec.Address
+	priv := obs.PrivateAddress != "" && rec.PrivateAddress != "" && obs.PrivateAddress != rec.PrivateAddress
+	if !pub && !priv {
+		return nil
+	}
+	m := &Moved{From: rec.Address, To: rec.Address}
+	if pub {
+		m.To = obs.Address
+	}
+	if priv {
+		m.PrivateFrom, m.PrivateTo = rec.PrivateAddress, obs.PrivateAddress
+	}
+	to := *obs
+	if to.Address == "" {
+		to.Address = rec.Address
+	}
+	if to.PrivateAddress == "" {
+		to.PrivateAddress = rec.PrivateAddress
+	}
+	m.Swarm = rec.NodeID != "" && rec.Advertise() != to.Advertise()
+	return m
+}
+
+func (m *Moved) reason(rec *state.Machine) string {
+	var ch []string
+	if m.From != m.To {
+		ch = append(ch, fmt.Sprintf("address %s -> %s", m.From, m.To))
+	}
+	if m.PrivateFrom != "" {
+		ch = append(ch, fmt.Sprintf("private address %s -> %s", m.PrivateFrom, m.PrivateTo))
+	}
+	moved := "the driver reports it at another address than state (" + strings.Join(ch, ", ") + ": stopped and started outside provision?)"
+	if m.Swarm {
+		return fmt.Sprintf("%s; its swarm address moved from %s, which the swarm still knows: apply stops on this host (give the machine its old address back, or remove it so that apply replaces it)", moved, rec.Advertise())
+	}
+	return moved + ": apply records the new address and reissues its certificate"
+}

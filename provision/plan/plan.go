@@ -63,6 +63,22 @@ type Action struct {
 	// Zone is the failure domain the machine is in or will get ("" when
 	// its driver has none or could not say).
 	Zone string `json:"zone,omitempty"`
+	// Moved is set when the driver reports the recorded machine at other
+	// addresses than state holds (stopped and started outside provision:
+	// a cloud's dynamic public address): apply records the new ones.
+	Moved *Moved `json:"moved,omitempty"`
+}
+
+// Moved is a machine's address change, as plan found it.
+type Moved struct {
+	From        string `json:"from"` // the address provision connects to
+	To          string `json:"to"`
+	PrivateFrom string `json:"private_from,omitempty"`
+	PrivateTo   string `json:"private_to,omitempty"`
+	// Swarm says the member's swarm (advertise) address moved: the swarm
+	// still knows the old one, so apply stops on that host instead of
+	// guessing (a manager's raft address cannot follow it).
+	Swarm bool `json:"swarm,omitempty"`
 }
 
 // Observed is what the drivers reported: machines per driver name, and the
@@ -319,6 +335,10 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 			case observed != nil && observed.State != "" && observed.State != "running":
 				a.Kind = Reconfigure
 				a.Reasons = []string{"host is " + observed.State + ": it is started and checked"}
+			case observed != nil && !info.NeedsHosts && addressMoved(rec, observed) != nil:
+				a.Kind = Reconfigure
+				a.Moved = addressMoved(rec, observed)
+				a.Reasons = []string{a.Moved.reason(rec)}
 			case len(rec.Retiring) > 0:
 				a.Kind = Reconfigure
 				a.Reasons = []string{fmt.Sprintf("finishing a replacement: generation %d leaves the swarm and is destroyed once generation %d is Ready", max(1, rec.Retiring[0].Generation), rec.Gen())}

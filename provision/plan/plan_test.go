@@ -671,3 +671,66 @@ func TestCertRenewalPlanned(t *testing.T) {
 		t.Errorf("during a CA rotation: %s", got)
 	}
 }
+
+// A running machine the driver reports at other addresses than state
+// (stopped and started outside provision) is reconfigured with the new
+// address; a member whose swarm address moved is marked for apply to stop
+// on; an address the driver does not report, or an existing host's, is not
+// a move.
+func TestAddressMoved(t *testing.T) {
+	c := cluster(t, base)
+	setup := func() (*state.State, Observed) {
+		st, obs := converged(c)
+		for i := range obs.Machines["local"] {
+			m := &obs.Machines["local"][i]
+			rec := st.Machine(m.Name)
+			m.Address, m.PrivateAddress = fmt.Sprintf("203.0.113.%d", i+1), fmt.Sprintf("10.0.0.%d", i+1)
+			rec.Address, rec.PrivateAddress, rec.NodeID = m.Address, m.PrivateAddress, "node"+m.Name
+		}
+		return st, obs
+	}
+	st, obs := setup()
+	if p := Build(c, st, obs); !p.Empty() {
+		t.Fatalf("same addresses: %s", kinds(p))
+	}
+
+	st, obs = setup()
+	obs.Machines["local"][1].Address = "198.51.100.7"
+	p := Build(c, st, obs)
+	a := p.Actions[1]
+	if got := kinds(p); got != "demo-manager-1=none demo-worker-1=reconfigure demo-worker-2=none" {
+		t.Fatal(got)
+	}
+	if a.Moved == nil || a.Moved.From != "203.0.113.2" || a.Moved.To != "198.51.100.7" || a.Moved.Swarm || a.Moved.PrivateFrom != "" {
+		t.Fatalf("%+v", a.Moved)
+	}
+	if !strings.Contains(a.Reasons[0], "203.0.113.2 -> 198.51.100.7") || !strings.Contains(a.Reasons[0], "reissues its certificate") {
+		t.Fatal(a.Reasons)
+	}
+
+	st, obs = setup()
+	obs.Machines["local"][0].PrivateAddress = "10.0.0.99"
+	p = Build(c, st, obs)
+	a = p.Actions[0]
+	if a.Kind != Reconfigure || a.Moved == nil || !a.Moved.Swarm || a.Moved.PrivateTo != "10.0.0.99" || a.Moved.To != a.Moved.From {
+		t.Fatalf("%s %+v", a.Kind, a.Moved)
+	}
+	if !strings.Contains(a.Reasons[0], "apply stops on this host") {
+		t.Fatal(a.Reasons)
+	}
+
+	// Not yet a swarm member: its new private address is simply recorded.
+	st, obs = setup()
+	st.Machine("demo-worker-2").NodeID = ""
+	obs.Machines["local"][2].PrivateAddress = "10.0.0.98"
+	if a := Build(c, st, obs).Actions[2]; a.Moved == nil || a.Moved.Swarm {
+		t.Fatalf("%+v", a.Moved)
+	}
+
+	// A driver that does not say an address says nothing about it.
+	st, obs = setup()
+	obs.Machines["local"][1].Address, obs.Machines["local"][1].PrivateAddress = "", ""
+	if p := Build(c, st, obs); !p.Empty() {
+		t.Fatalf("unreported addresses: %s", kinds(p))
+	}
+}
