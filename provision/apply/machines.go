@@ -322,8 +322,8 @@ func followAddress(r *run, h *host, a plan.Action) error {
 	adv := h.rec.Advertise()
 	r.mu.Unlock()
 	if mv.Swarm {
-		return &StepError{Host: h.rec.Name, Step: "machine.address", Err: fmt.Errorf("the driver reports the machine at %s (private %s), state recorded %s: its swarm address %s moved outside provision, and the swarm still knows the old one, so nothing was changed on it. Give the machine its old address back (a reserved or static address), or remove the machine so that the next apply replaces it",
-			mv.To, orNone(mv.PrivateTo), addressPair(mv), adv)}
+		return &StepError{Host: h.rec.Name, Step: "machine.address", Err: fmt.Errorf("the driver reports the machine at %s, state recorded %s: its swarm address %s moved outside provision, and the swarm still knows the old one, so nothing was changed on it. Give the machine its old address back (a reserved or static address), or remove the machine so that the next apply replaces it",
+			addressPair(mv.To, mv.PrivateTo), addressPair(mv.From, mv.PrivateFrom), adv)}
 	}
 	r.mu.Lock()
 	h.rec.Address = mv.To
@@ -337,16 +337,9 @@ func followAddress(r *run, h *host, a plan.Action) error {
 	return r.save()
 }
 
-func orNone(s string) string {
-	if s == "" {
-		return "unchanged"
+func addressPair(addr, private string) string {
+	if private != "" {
+		return addr + " (private " + private + ")"
 	}
-	return s
-}
-
-func addressPair(mv *plan.Moved) string {
-	if mv.PrivateFrom != "" {
-		return mv.From + " (private " + mv.PrivateFrom + ")"
-	}
-	return mv.From
+	return addr
 }
