@@ -834,3 +834,35 @@ func TestGenerationsCoexist(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestStopStartNewPublicAddress: an instance stopped and started outside
+// provision comes back with another public address and the same private
+// one, and Machines reports the new one (plan then follows it: plan's
+// TestAddressMoved).
+func TestStopStartNewPublicAddress(t *testing.T) {
+	cli := sdk(t)
+	ctx := testCtx(t)
+	cluster := newCluster(t)
+	d := driverFromHCL(t, fmt.Sprintf("ami = %q\nallowed_cidrs = [\"198.51.100.7/32\"]\n", testAMI(t)))
+	m, err := d.Create(ctx, cluster, spec(cluster, "worker", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Teardown(context.Background(), cluster) })
+	if _, err := cli.StopInstances(ctx, &ec2.StopInstancesInput{InstanceIds: []string{m.ID}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.StartInstances(ctx, &ec2.StartInstancesInput{InstanceIds: []string{m.ID}}); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := d.Machines(ctx, cluster)
+	if err != nil || len(ms) != 1 || ms[0].ID != m.ID {
+		t.Fatalf("Machines: %v %+v", err, ms)
+	}
+	now := describeOne(t, cli, m.ID)
+	if ms[0].Address != awssdk.ToString(now.PublicIpAddress) || ms[0].PrivateAddress != m.PrivateAddress || ms[0].Address == "" {
+		t.Fatalf("after stop and start the driver reports %s (private %s); EC2 says %s, created at %s (private %s)",
+			ms[0].Address, ms[0].PrivateAddress, awssdk.ToString(now.PublicIpAddress), m.Address, m.PrivateAddress)
+	}
+	t.Logf("public address %s -> %s, private %s kept", m.Address, ms[0].Address, ms[0].PrivateAddress)
+}
