@@ -91,12 +91,14 @@ func batchKey(r *launchReq) string {
 	if in.IamInstanceProfile != nil {
 		prof = awssdk.ToString(in.IamInstanceProfile.Name)
 	}
-	disk := int32(0)
-	if len(in.BlockDeviceMappings) > 0 && in.BlockDeviceMappings[0].Ebs != nil {
-		disk = awssdk.ToInt32(in.BlockDeviceMappings[0].Ebs.VolumeSize)
+	var disks []string
+	for _, b := range in.BlockDeviceMappings {
+		if b.Ebs != nil {
+			disks = append(disks, awssdk.ToString(b.DeviceName)+"="+strconv.Itoa(int(awssdk.ToInt32(b.Ebs.VolumeSize))))
+		}
 	}
 	return strings.Join([]string{
-		r.tags[drivers.TagCluster], awssdk.ToString(in.ImageId), string(in.InstanceType), strconv.Itoa(int(disk)),
+		r.tags[drivers.TagCluster], awssdk.ToString(in.ImageId), string(in.InstanceType), strings.Join(disks, ","),
 		awssdk.ToString(in.NetworkInterfaces[0].SubnetId), prof, r.tags[drivers.TagRole], r.tags[drivers.TagPool],
 		r.want.SSH.User, r.want.SSH.PublicKey, r.want.UserData,
 	}, "\x00")

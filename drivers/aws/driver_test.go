@@ -866,3 +866,73 @@ func TestStopStartNewPublicAddress(t *testing.T) {
 	}
 	t.Logf("public address %s -> %s, private %s kept", m.Address, ms[0].Address, ms[0].PrivateAddress)
 }
+
+// TestDockerDisk: a pool's docker_disk is a second, encrypted EBS volume of
+// that size, deleted with the instance; the machine names the path its
+// guest sees it at (Nitro: the NVMe by-id name carrying the volume ID), and
+// an adopted instance names it too (a record without it would turn the
+// data disk's mount off). Nothing is left after destroy.
+func TestDockerDisk(t *testing.T) {
+	cli := sdk(t)
+	ctx := testCtx(t)
+	cluster := newCluster(t)
+	d := driverFromHCL(t, fmt.Sprintf("ami = %q\nallowed_cidrs = [\"198.51.100.7/32\"]\n", testAMI(t)))
+	want := spec(cluster, "worker", 1)
+	want.DockerDiskGiB = 12
+	m, err := d.Create(ctx, cluster, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst := describeOne(t, cli, m.ID)
+	var vol string
+	for _, b := range inst.BlockDeviceMappings {
+		if awssdk.ToString(b.DeviceName) == dockerDiskDevice && b.Ebs != nil {
+			vol = awssdk.ToString(b.Ebs.VolumeId)
+			if !awssdk.ToBool(b.Ebs.DeleteOnTermination) {
+				t.Errorf("data disk not deleted on termination: %+v", b.Ebs)
+			}
+		}
+	}
+	if vol == "" {
+		t.Fatalf("no %s mapping: %+v", dockerDiskDevice, inst.BlockDeviceMappings)
+	}
+	vs, err := cli.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{vol}})
+	if err != nil || len(vs.Volumes) != 1 {
+		t.Fatal(err)
+	}
+	v := vs.Volumes[0]
+	if awssdk.ToInt32(v.Size) != 12 || !awssdk.ToBool(v.Encrypted) || len(v.Attachments) != 1 {
+		t.Fatalf("volume %+v", v)
+	}
+	wantPath := "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_" + strings.ReplaceAll(vol, "-", "")
+	if types, _ := cli.DescribeInstanceTypes(ctx, &ec2.DescribeInstanceTypesInput{InstanceTypes: []types.InstanceType{inst.InstanceType}}); len(types.InstanceTypes) == 1 && types.InstanceTypes[0].Hypervisor == "xen" {
+		wantPath = "/dev/xvdf"
+	}
+	if m.DockerDisk != wantPath {
+		t.Fatalf("docker disk path %q, want %q", m.DockerDisk, wantPath)
+	}
+	// A new driver (a later run, nothing cached) adopting the instance.
+	d2 := driverFromHCL(t, fmt.Sprintf("ami = %q\nallowed_cidrs = [\"198.51.100.7/32\"]\n", testAMI(t)))
+	again, err := d2.Create(ctx, cluster, want)
+	if err != nil || again.ID != m.ID || again.DockerDisk != wantPath {
+		t.Fatalf("adopted: %v %s %q", err, again.ID, again.DockerDisk)
+	}
+	// No docker_disk: no second volume, no path.
+	plain := spec(cluster, "worker", 2)
+	m2, err := d.Create(ctx, cluster, plain)
+	if err != nil || m2.DockerDisk != "" || len(describeOne(t, cli, m2.ID).BlockDeviceMappings) != 1 {
+		t.Fatalf("without docker_disk: %v %q", err, m2.DockerDisk)
+	}
+	for _, x := range []drivers.Machine{m, m2} {
+		if err := d.Destroy(ctx, x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.Teardown(ctx, cluster); err != nil {
+		t.Fatal(err)
+	}
+	assertNothingLeft(t, cli, cluster)
+	if vs, err := cli.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{Filters: []types.Filter{filter("volume-id", vol)}}); err == nil && len(vs.Volumes) > 0 && vs.Volumes[0].State != types.VolumeStateDeleted {
+		t.Fatalf("data volume %s left: %s", vol, vs.Volumes[0].State)
+	}
+}

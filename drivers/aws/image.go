@@ -39,9 +39,11 @@ type imageInfo struct {
 // imageCache remembers resolved images and architectures for the driver's
 // lifetime (one command).
 type imageCache struct {
-	mu     sync.Mutex
-	arch   map[string]string    // instance type -> architecture
-	images map[string]imageInfo // architecture -> image
+	mu   sync.Mutex
+	arch map[string]string // instance type -> architecture
+	// instance type -> its hypervisor (where the guest sees an EBS volume)
+	hypervisor map[string]types.InstanceTypeHypervisor
+	images     map[string]imageInfo // architecture -> image
 }
 
 func (d *Driver) cache() *imageCache { return &d.images }
@@ -74,6 +76,10 @@ func (d *Driver) instanceArch(ctx context.Context, cli *ec2.Client, itype string
 		return "", fmt.Errorf("instance type %q supports neither x86_64 nor arm64 (%v)", itype, archs)
 	}
 	c.arch[itype] = arch
+	if c.hypervisor == nil {
+		c.hypervisor = map[string]types.InstanceTypeHypervisor{}
+	}
+	c.hypervisor[itype] = out.InstanceTypes[0].Hypervisor
 	return arch, nil
 }
 

@@ -133,6 +133,19 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 			tagSpec(types.ResourceTypeNetworkInterface, small),
 		},
 	}
+	if want.DockerDiskGiB > 0 {
+		// The engine's data disk (CIS Docker 1.1.1): blank, encrypted and
+		// deleted with the instance; engine.disk formats and mounts it.
+		in.BlockDeviceMappings = append(in.BlockDeviceMappings, types.BlockDeviceMapping{
+			DeviceName: awssdk.String(dockerDiskDevice),
+			Ebs: &types.EbsBlockDevice{
+				VolumeSize:          awssdk.Int32(int32(want.DockerDiskGiB)),
+				VolumeType:          types.VolumeType(d.cfg.RootVolumeType),
+				Encrypted:           awssdk.Bool(true),
+				DeleteOnTermination: awssdk.Bool(true),
+			},
+		})
+	}
 	// The machine's own subnet first; when its zone has no capacity for the
 	// type (or does not offer it), the next zones. A refused RunInstances
 	// made nothing, so trying again cannot duplicate.
@@ -213,6 +226,10 @@ func (d *Driver) startAndWait(ctx context.Context, cli *ec2.Client, inst types.I
 	for _, r := range out.Reservations {
 		for _, i := range r.Instances {
 			if awssdk.ToString(i.InstanceId) == id {
+				// The type's hypervisor says where its data disk shows.
+				if _, err := d.instanceArch(ctx, cli, string(i.InstanceType)); err != nil {
+					return drivers.Machine{}, fmt.Errorf("instance %q (%s): %w", name, id, err)
+				}
 				m := d.machine(i)
 				if m.Address == "" {
 					return m, fmt.Errorf("instance %q (%s) runs but has no address", name, id)
@@ -367,7 +384,42 @@ func (d *Driver) machine(i types.Instance) drivers.Machine {
 	if i.Placement != nil {
 		m.Zone = awssdk.ToString(i.Placement.AvailabilityZone)
 	}
+	m.DockerDisk = d.dockerDiskPath(i)
 	return m
+}
+
+// dockerDiskDevice is the block device mapping of a machine's engine data
+// disk (MachineSpec.DockerDiskGiB).
+const dockerDiskDevice = "/dev/sdf"
+
+// dockerDiskPath is where the instance's guest sees its engine data disk
+// ("" when it has none): on Nitro types an NVMe device whose by-id name
+// carries the volume ID (the order of NVMe devices is not stable), on Xen
+// types /dev/xvdf. The instance type's hypervisor is known from Create
+// (instanceArch); without it, nothing is claimed.
+func (d *Driver) dockerDiskPath(i types.Instance) string {
+	for _, b := range i.BlockDeviceMappings {
+		if awssdk.ToString(b.DeviceName) != dockerDiskDevice || b.Ebs == nil {
+			continue
+		}
+		c := d.cache()
+		c.mu.Lock()
+		hv, ok := c.hypervisor[string(i.InstanceType)]
+		c.mu.Unlock()
+		switch {
+		case !ok:
+			return ""
+		case hv == types.InstanceTypeHypervisorXen:
+			return "/dev/xvdf"
+		default:
+			vol := awssdk.ToString(b.Ebs.VolumeId)
+			if vol == "" {
+				return ""
+			}
+			return "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_" + strings.ReplaceAll(vol, "-", "")
+		}
+	}
+	return ""
 }
 
 func tagValue(tags []types.Tag, key string) string {
