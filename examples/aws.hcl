@@ -37,6 +37,7 @@ managers {
 workers {
   count = 2
   disk  = 30
+  # docker_disk = "20GiB"  # a second encrypted EBS volume for /var/lib/docker (CIS Docker 1.1.1)
   size  = "t3.small"
 }
 
