@@ -357,9 +357,9 @@ var (
 		{Type: "libvirt", MinDiskGiB: 4, DefaultGiB: 20, Honours: []string{"disk", "size", "docker_disk"}, CheckSize: checkSize, Coexist: true},
 		{Type: "aws", MinDiskGiB: 8, DefaultGiB: 20, Honours: []string{"disk", "size", "docker_disk"}, Coexist: true, Fenced: true},
 		// azure: each generation a VM with its own NIC, public IP and disk.
-		{Type: "azure", MinDiskGiB: 30, DefaultGiB: 30, Honours: []string{"disk", "size"}, Coexist: true, Fenced: true},
+		{Type: "azure", MinDiskGiB: 30, DefaultGiB: 30, Honours: []string{"disk", "size", "docker_disk"}, Coexist: true, Fenced: true},
 		// digitalocean: each generation a droplet with its own volume.
-		{Type: "digitalocean", MinDiskGiB: 25, DefaultGiB: 25, Honours: []string{"disk", "size"}, Coexist: true, Fenced: true},
+		{Type: "digitalocean", MinDiskGiB: 25, DefaultGiB: 25, Honours: []string{"disk", "size", "docker_disk"}, Coexist: true, Fenced: true},
 	}
 )
 

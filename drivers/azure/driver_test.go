@@ -920,3 +920,60 @@ bastion {
 		}
 	}
 }
+
+// TestDockerDisk: a pool's docker_disk is an empty managed disk at LUN 0 of
+// that size, tagged with the cluster and deleted with the VM; the machine
+// names the path the guest sees it at, also when adopted; without it no
+// data disk is made. Destroy and teardown leave nothing.
+func TestDockerDisk(t *testing.T) {
+	b := azuretest.New()
+	d := testDriver(t, b, allowed)
+	ctx := testCtx(t)
+	cluster := drivertest.ClusterID(t)
+	rg := d.resourceGroup(cluster)
+	want := spec(t, cluster, "worker", 1)
+	want.DockerDiskGiB = 16
+	m, err := d.Create(ctx, cluster, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm, _ := b.VM(rg, want.Name)
+	dds := vm.Properties.StorageProfile.DataDisks
+	if len(dds) != 1 || deref(dds[0].Lun) != 0 || deref(dds[0].DiskSizeGB) != 16 || deref(dds[0].CreateOption) != armcompute.DiskCreateOptionTypesEmpty ||
+		deref(dds[0].DeleteOption) != armcompute.DiskDeleteOptionTypesDelete || deref(dds[0].Name) != want.Name+"-docker" {
+		t.Fatalf("data disks %+v", dds)
+	}
+	if m.DockerDisk != "/dev/disk/azure/scsi1/lun0" {
+		t.Fatalf("docker disk path %q", m.DockerDisk)
+	}
+	if !slices.Contains(b.Owned(cluster), "disk "+want.Name+"-docker") {
+		t.Errorf("data disk not tagged: %v", b.Owned(cluster))
+	}
+	again, err := testDriver(t, b, allowed).Create(ctx, cluster, want)
+	if err != nil || again.ID != m.ID || again.DockerDisk != m.DockerDisk {
+		t.Fatalf("adopted: %v %s %q", err, again.ID, again.DockerDisk)
+	}
+	plain := spec(t, cluster, "worker", 2)
+	m2, err := d.Create(ctx, cluster, plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm2, _ := b.VM(rg, plain.Name); len(vm2.Properties.StorageProfile.DataDisks) != 0 || m2.DockerDisk != "" {
+		t.Fatalf("without docker_disk: %+v %q", vm2.Properties.StorageProfile.DataDisks, m2.DockerDisk)
+	}
+	if err := d.Destroy(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(b.Owned(cluster), "disk "+want.Name+"-docker") {
+		t.Fatalf("data disk left after destroy: %v", b.Owned(cluster))
+	}
+	if err := d.Destroy(ctx, m2); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Teardown(ctx, cluster); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.Count(); n != 0 {
+		t.Fatalf("%d resources left: %v", n, b.Owned(cluster))
+	}
+}

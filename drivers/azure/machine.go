@@ -218,6 +218,19 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 			DiagnosticsProfile: &armcompute.DiagnosticsProfile{BootDiagnostics: &armcompute.BootDiagnostics{Enabled: ptr(true)}},
 		},
 	}
+	if want.DockerDiskGiB > 0 {
+		// The engine's data disk (CIS Docker 1.1.1): an empty managed disk
+		// at LUN 0, deleted with the VM; engine.disk formats and mounts it.
+		params.Properties.StorageProfile.DataDisks = []*armcompute.DataDisk{{
+			Lun:          ptr(int32(dockerDiskLUN)),
+			Name:         ptr(dataDiskName(vmName)),
+			CreateOption: ptr(armcompute.DiskCreateOptionTypesEmpty),
+			DiskSizeGB:   ptr(int32(want.DockerDiskGiB)),
+			Caching:      ptr(armcompute.CachingTypesNone),
+			DeleteOption: ptr(armcompute.DiskDeleteOptionTypesDelete),
+			ManagedDisk:  &armcompute.ManagedDiskParameters{StorageAccountType: ptr(armcompute.StorageAccountTypes(d.cfg.osDiskType(want.Pool)))},
+		}}
+	}
 	out, err := wait(ctx, d, waitVM, "vm "+vmName, func(ctx context.Context) (*runtime.Poller[armcompute.VirtualMachinesClientCreateOrUpdateResponse], error) {
 		return cli.vms.BeginCreateOrUpdate(ctx, rg, vmName, params, nil)
 	})
@@ -233,6 +246,13 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 		return cli.disks.BeginUpdate(ctx, rg, diskName(vmName), armcompute.DiskUpdate{Tags: maps.Clone(small)}, nil)
 	}); err != nil {
 		d.log.WarnContext(ctx, "could not tag the vm's os disk", "host", want.Name, "disk", diskName(vmName), "err", d.explain(err))
+	}
+	if want.DockerDiskGiB > 0 {
+		if _, err := wait(ctx, d, waitResource, "disk "+dataDiskName(vmName), func(ctx context.Context) (*runtime.Poller[armcompute.DisksClientUpdateResponse], error) {
+			return cli.disks.BeginUpdate(ctx, rg, dataDiskName(vmName), armcompute.DiskUpdate{Tags: maps.Clone(small)}, nil)
+		}); err != nil {
+			d.log.WarnContext(ctx, "could not tag the vm's data disk", "host", want.Name, "disk", dataDiskName(vmName), "err", d.explain(err))
+		}
 	}
 	return d.describe(ctx, cli, &out.VirtualMachine, nic, pip, "running")
 }
@@ -406,8 +426,26 @@ func (d *Driver) machine(vm *armcompute.VirtualMachine, nic *armnetwork.Interfac
 	if d.cfg.PublicIP && public != "" {
 		m.Address = public
 	}
+	if p := vm.Properties; p != nil && p.StorageProfile != nil {
+		for _, dd := range p.StorageProfile.DataDisks {
+			if dd != nil && deref(dd.Lun) == dockerDiskLUN && deref(dd.Name) == dataDiskName(deref(vm.Name)) {
+				m.DockerDisk = dockerDiskPath
+			}
+		}
+	}
 	return m
 }
+
+// The engine's data disk is the VM's data disk at LUN 0; the guest sees
+// it under the name the Azure udev rules (shipped with the Linux agent in
+// Azure's Debian and Ubuntu images) give the LUN.
+const (
+	dockerDiskLUN  = 0
+	dockerDiskPath = "/dev/disk/azure/scsi1/lun0"
+)
+
+// dataDiskName is the name of the VM's engine data disk.
+func dataDiskName(vm string) string { return vm + "-docker" }
 
 // provisioningState is the VM's provisioning state in lower case.
 func provisioningState(vm *armcompute.VirtualMachine) string {

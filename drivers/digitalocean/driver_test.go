@@ -893,3 +893,55 @@ func TestGenerationsCoexist(t *testing.T) {
 		t.Errorf("left: %v", left)
 	}
 }
+
+// TestDockerDisk: a pool's docker_disk is a blank volume of that size
+// attached at create (no file system, no cloud-init mount: engine.disk
+// formats and mounts it); the machine names its stable by-id path, also
+// when adopted. A disk beyond the size's own with docker_disk is refused
+// before anything is made. Destroy leaves no volume.
+func TestDockerDisk(t *testing.T) {
+	s := startServer(t)
+	d := driverFor(t, s, block, nil)
+	ctx := testCtx(t)
+	cluster := drivertest.ClusterID(t)
+	_, adminLine := drivertest.AdminKey(t)
+	want := spec(t, cluster, "worker", 1, adminLine)
+	want.DockerDiskGiB = 40
+	bad := want
+	bad.DiskGiB = 500
+	if err := d.Preflight(ctx, []drivers.MachineSpec{bad}); err == nil || !strings.Contains(err.Error(), "docker_disk already gives") {
+		t.Fatalf("preflight of disk beyond the size with docker_disk: %v", err)
+	}
+	if _, err := d.Create(ctx, cluster, bad); err == nil || len(s.Droplets()) != 0 || len(s.Volumes()) != 0 {
+		t.Fatalf("create of disk beyond the size with docker_disk: %v, %d droplets", err, len(s.Droplets()))
+	}
+	m, err := d.Create(ctx, cluster, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vols := s.Volumes()
+	name := volumeName(cluster, want.Name, 1)
+	if len(vols) != 1 || vols[0].SizeGigaBytes != 40 || vols[0].FilesystemType != "" || vols[0].Name != name {
+		t.Fatalf("volumes: %+v", vols)
+	}
+	drs := s.Droplets()
+	if len(drs) != 1 || !slices.Contains(drs[0].VolumeIDs, vols[0].ID) || strings.Contains(drs[0].UserData, "/var/lib/docker") {
+		t.Fatalf("droplet: %+v", drs)
+	}
+	if m.DockerDisk != "/dev/disk/by-id/scsi-0DO_Volume_"+name {
+		t.Fatalf("docker disk path %q", m.DockerDisk)
+	}
+	again, err := driverFor(t, s, block, nil).Create(ctx, cluster, want)
+	if err != nil || again.ID != m.ID || again.DockerDisk != m.DockerDisk {
+		t.Fatalf("adopted: %v %s %q", err, again.ID, again.DockerDisk)
+	}
+	if err := d.Destroy(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Teardown(ctx, cluster); err != nil {
+		t.Fatal(err)
+	}
+	if left := clusterTraces(s, cluster); len(left) > 0 || len(s.Volumes()) != 0 {
+		t.Fatalf("left: %v, volumes %+v", left, s.Volumes())
+	}
+}

@@ -45,7 +45,7 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	}
 	if dr != nil {
 		d.log.InfoContext(ctx, "adopting existing droplet", "cluster", cluster, "host", want.Name, "generation", gen, "droplet", dr.ID, "status", dr.Status)
-		return d.startAndWait(ctx, cli, dr)
+		return withDockerDisk(d.startAndWait(ctx, cli, dr))(cluster, want)
 	}
 
 	// Everything that can fail without the API fails here, before anything exists.
@@ -84,15 +84,18 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	}
 	spec := want
 	if p.volumeGiB > 0 {
-		vol, err := d.ensureVolume(ctx, cli, cluster, want.Name, gen, p.volumeGiB)
+		vol, err := d.ensureVolume(ctx, cli, cluster, want.Name, gen, p.volumeGiB, p.engineDisk)
 		if err != nil {
 			return drivers.Machine{}, fmt.Errorf("create droplet %q: %w", inst, err)
 		}
 		req.Volumes = []godo.DropletCreateVolume{{ID: vol.ID}}
+	}
+	if p.volumeGiB > 0 && !p.engineDisk {
+		vol := volumeName(cluster, want.Name, gen)
 		if strings.TrimSpace(want.UserData) != "" {
 			return drivers.Machine{}, fmt.Errorf("create droplet %q: user data of its own and a data volume cannot be combined yet", inst)
 		}
-		spec.UserData = volumeMount(vol.Name)
+		spec.UserData = volumeMount(vol)
 	}
 	ud, err := drivers.UserData(spec)
 	if err != nil {
@@ -117,7 +120,21 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	}
 	d.log.InfoContext(ctx, "created droplet", "cluster", cluster, "host", want.Name, "generation", gen, "droplet", made.ID,
 		"size", p.size.Slug, "image", d.cfg.Image, "region", d.cfg.Region, "volume_gib", p.volumeGiB)
-	return d.startAndWait(ctx, cli, made)
+	return withDockerDisk(d.startAndWait(ctx, cli, made))(cluster, want)
+}
+
+// withDockerDisk names, on the machine of a spec with docker_disk, where
+// its guest sees the blank volume Create attached for the engine's data
+// (DigitalOcean's stable by-id name of a volume carries the volume's name).
+// The spec is the one the droplet was made with: a changed docker_disk
+// replaces the machine.
+func withDockerDisk(m drivers.Machine, err error) func(cluster string, want drivers.MachineSpec) (drivers.Machine, error) {
+	return func(cluster string, want drivers.MachineSpec) (drivers.Machine, error) {
+		if err == nil && want.DockerDiskGiB > 0 {
+			m.DockerDisk = "/dev/disk/by-id/scsi-0DO_Volume_" + volumeName(cluster, want.Name, max(1, want.Generation))
+		}
+		return m, err
+	}
 }
 
 // dropletTags are the droplet's ownership tags, all set in the create call.
@@ -461,9 +478,10 @@ func (d *Driver) machineVolumes(ctx context.Context, cli *godo.Client, cluster, 
 }
 
 // ensureVolume makes (or finds) the data volume of generation gen of a
-// machine, formatted ext4 by DigitalOcean, tagged with the cluster and
-// machine (and the generation past the first).
-func (d *Driver) ensureVolume(ctx context.Context, cli *godo.Client, cluster, machine string, gen, gib int) (*godo.Volume, error) {
+// machine, formatted ext4 by DigitalOcean (blank for the engine.disk host
+// step to format: a docker_disk), tagged with the cluster and machine (and
+// the generation past the first).
+func (d *Driver) ensureVolume(ctx context.Context, cli *godo.Client, cluster, machine string, gen, gib int, blank bool) (*godo.Volume, error) {
 	var vol *godo.Volume
 	gen = max(1, gen)
 	name := volumeName(cluster, machine, gen)
@@ -483,12 +501,16 @@ func (d *Driver) ensureVolume(ctx context.Context, cli *godo.Client, cluster, ma
 			return true, nil
 		},
 		func() error {
-			v, _, err := cli.Storage.CreateVolume(ctx, &godo.VolumeCreateRequest{
+			req := &godo.VolumeCreateRequest{
 				Region: d.cfg.Region, Name: name, SizeGigaBytes: int64(gib),
 				Description:    desc,
 				FilesystemType: "ext4", FilesystemLabel: "docker",
 				Tags: tags,
-			})
+			}
+			if blank {
+				req.FilesystemType, req.FilesystemLabel = "", ""
+			}
+			v, _, err := cli.Storage.CreateVolume(ctx, req)
 			if err == nil {
 				vol = v
 				d.log.InfoContext(ctx, "created volume", "cluster", cluster, "host", machine, "generation", gen, "volume", v.ID, "gib", gib)
@@ -499,7 +521,7 @@ func (d *Driver) ensureVolume(ctx context.Context, cli *godo.Client, cluster, ma
 		return nil, fmt.Errorf("create volume %s (%d GiB): %w", name, gib, d.explain(err))
 	}
 	if vol.SizeGigaBytes != int64(gib) {
-		return nil, fmt.Errorf("volume %s (%s) exists with %d GiB, the pool asks for %d: remove it, or set the pool's disk back", vol.Name, vol.ID, vol.SizeGigaBytes, gib)
+		return nil, fmt.Errorf("volume %s (%s) exists with %d GiB, the pool asks for %d: remove it, or set the pool's disk (or docker_disk) back", vol.Name, vol.ID, vol.SizeGigaBytes, gib)
 	}
 	if len(vol.DropletIDs) > 0 {
 		return nil, fmt.Errorf("volume %s (%s) is attached to droplet %v, not to a droplet of machine %s", vol.Name, vol.ID, vol.DropletIDs, drivers.InstanceName(machine, gen))

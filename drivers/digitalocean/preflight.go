@@ -154,6 +154,9 @@ type dropletPlan struct {
 	size      godo.Size
 	image     *godo.Image
 	volumeGiB int // 0: no volume
+	// engineDisk: the volume is the pool's docker_disk, made blank and
+	// formatted and mounted by the engine.disk host step (not cloud-init).
+	engineDisk bool
 }
 
 // planDroplet resolves a machine's size and image and decides whether it
@@ -175,7 +178,12 @@ func (d *Driver) planDroplet(ctx context.Context, cli *godo.Client, want drivers
 	if p.image.MinDiskSize > p.size.Disk {
 		return p, fmt.Errorf("image %q needs a %d GiB disk, size %s has %d GiB", d.cfg.Image, p.image.MinDiskSize, slug, p.size.Disk)
 	}
-	if want.DiskGiB > p.size.Disk {
+	switch {
+	case want.DockerDiskGiB > 0 && want.DiskGiB > p.size.Disk:
+		return p, fmt.Errorf("machine %q: disk of %d GiB is more than size %s has (%d GiB), and docker_disk already gives the engine's data a volume of its own: pick a larger size or a smaller disk", want.Name, want.DiskGiB, slug, p.size.Disk)
+	case want.DockerDiskGiB > 0:
+		p.volumeGiB, p.engineDisk = want.DockerDiskGiB, true
+	case want.DiskGiB > p.size.Disk:
 		p.volumeGiB = want.DiskGiB
 	}
 	return p, nil
@@ -237,7 +245,7 @@ func (d *Driver) Preflight(ctx context.Context, want []drivers.MachineSpec) erro
 		}
 	}
 	if volumes > 0 && len(region.Features) > 0 && !slices.Contains(region.Features, "storage") {
-		errs = append(errs, fmt.Errorf("%d machine(s) ask for more disk than their size has, and region %s offers no volumes: pick a larger size or another region", volumes, region.Slug))
+		errs = append(errs, fmt.Errorf("%d machine(s) need a volume (docker_disk, or more disk than their size has), and region %s offers no volumes: pick a larger size, no docker_disk, or another region", volumes, region.Slug))
 	}
 	if d.cfg.VPCUUID != "" {
 		vpc, _, err := cli.VPCs.Get(ctx, d.cfg.VPCUUID)

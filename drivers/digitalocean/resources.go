@@ -109,7 +109,11 @@ func (d *Driver) Resources(ctx context.Context, cluster string, want []drivers.M
 			errs = append(errs, err)
 			break // the same catalog error for every machine
 		}
-		if p.volumeGiB > 0 {
+		switch {
+		case p.engineDisk:
+			out = append(out, drivers.Resource{Kind: "volume", Name: volumeName(cluster, m.Name, gen), Action: drivers.ResourceCreate,
+				Note: fmt.Sprintf("%d GiB, /var/lib/docker of %s (docker_disk)", p.volumeGiB, m.Name)})
+		case p.volumeGiB > 0:
 			out = append(out, drivers.Resource{Kind: "volume", Name: volumeName(cluster, m.Name, gen), Action: drivers.ResourceCreate,
 				Note: fmt.Sprintf("%d GiB, /var/lib/docker of %s (size %s has %d GiB)", p.volumeGiB, m.Name, p.size.Slug, p.size.Disk)})
 		}

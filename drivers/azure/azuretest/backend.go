@@ -971,6 +971,25 @@ func (b *Backend) vmCreate(ctx context.Context, rg, name string, p armcompute.Vi
 			Properties: &armcompute.DiskProperties{DiskSizeGB: od.DiskSizeGB, ProvisioningState: to("Succeeded")},
 		}
 	}
+	// Data disks made empty with the VM (CreateOption Empty), untagged too.
+	for _, dd := range cp.StorageProfile.DataDisks {
+		if dd == nil || dd.Name == nil || val(dd.CreateOption) != armcompute.DiskCreateOptionTypesEmpty {
+			continue
+		}
+		if _, ok := b.disks[key(rg, *dd.Name)]; ok {
+			continue
+		}
+		sku := armcompute.DiskStorageAccountTypesStandardLRS
+		if dd.ManagedDisk != nil && dd.ManagedDisk.StorageAccountType != nil {
+			sku = armcompute.DiskStorageAccountTypes(*dd.ManagedDisk.StorageAccountType)
+		}
+		b.disks[key(rg, *dd.Name)] = &armcompute.Disk{
+			ID: to(b.id(rg, "Microsoft.Compute", "disks", *dd.Name)), Name: dd.Name, Type: to("Microsoft.Compute/disks"),
+			Location: p.Location, Zones: p.Zones, ManagedBy: to(id),
+			SKU:        &armcompute.DiskSKU{Name: to(sku)},
+			Properties: &armcompute.DiskProperties{DiskSizeGB: dd.DiskSizeGB, ProvisioningState: to("Succeeded")},
+		}
+	}
 	if f.Code != "" {
 		// Answered at once (the fake's poller is done with it); the
 		// transport rewrites the answer into an operation that fails.
@@ -1043,6 +1062,18 @@ func (b *Backend) vmDelete(ctx context.Context, rg, name string, _ *armcompute.V
 		if dk2, ok := b.disks[dk]; ok {
 			dk2.ManagedBy = nil
 			if val(od.DeleteOption) == armcompute.DiskDeleteOptionTypesDelete {
+				delete(b.disks, dk)
+			}
+		}
+	}
+	for _, dd := range p.StorageProfile.DataDisks {
+		if dd == nil {
+			continue
+		}
+		dk := key(rg, val(dd.Name))
+		if d, ok := b.disks[dk]; ok {
+			d.ManagedBy = nil
+			if val(dd.DeleteOption) == armcompute.DiskDeleteOptionTypesDelete {
 				delete(b.disks, dk)
 			}
 		}
