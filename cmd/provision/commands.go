@@ -204,7 +204,7 @@ func summary(w io.Writer, s apply.Stats, file string, err error) string {
 }
 
 func newDestroy(g *globals) *cobra.Command {
-	var auto, jsonOut bool
+	var auto, jsonOut, forgetMissing bool
 	cmd := &cobra.Command{
 		Use:     "destroy FILE",
 		Short:   "Remove every machine, volume and network the cluster owns",
@@ -254,13 +254,20 @@ func newDestroy(g *globals) *cobra.Command {
 				}
 				return err
 			}
+			if p.Missing != nil && !forgetMissing {
+				return done(withCode(exitRefused, fmt.Errorf("%w: %s. Nothing was changed", apply.ErrMissingDestroy, p.Missing.Message)))
+			}
 			if len(p.Actions) > 0 {
 				if err := approve(cmd, auto, fmt.Sprintf("This destroys %d machines of cluster %q", len(p.Actions), l.spec.Name)); err != nil {
 					return done(err)
 				}
 			}
 			e := l.runner(g, rep)
+			e.ForgetMissing = forgetMissing
 			if err := e.Destroy(ctx, p); err != nil {
+				if errors.Is(err, apply.ErrMissingDestroy) {
+					err = withCode(exitRefused, err)
+				}
 				return done(err)
 			}
 			// Everything is gone: drop the state, keys and certificates.
@@ -273,6 +280,7 @@ func newDestroy(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&auto, "auto-approve", false, "do not ask")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stdout (human text stays on stderr)")
+	cmd.Flags().BoolVar(&forgetMissing, "forget-missing", false, "drop from state machines that all appear gone at once on a driver (checked credentials, account and region first)")
 	return cmd
 }
 

@@ -30,6 +30,9 @@ func (e *Runner) Destroy(ctx context.Context, p *plan.Plan) error {
 }
 
 func (r *run) destroy(ctx context.Context, p *plan.Plan) error {
+	if m := p.Missing; m != nil && !r.ForgetMissing {
+		return fmt.Errorf("%w: %s. Nothing was changed", ErrMissingDestroy, m.Message)
+	}
 	if err := r.removeBalancers(ctx); err != nil { // lb.go: before any machine goes
 		return err
 	}

@@ -62,6 +62,9 @@ type Runner struct {
 	// ReplaceMissing lets apply create replacements when every recorded
 	// machine, or every manager, appears gone at once (plan.Missing).
 	ReplaceMissing bool
+	// ForgetMissing lets destroy drop from state machines that all appear
+	// gone at once on a driver (plan.Missing of a destroy plan).
+	ForgetMissing bool
 	// LeaveOtherSwarm lets apply make a host that is a member of another
 	// swarm leave it (hosts in an earlier swarm of this cluster always do).
 	LeaveOtherSwarm bool
@@ -102,6 +105,10 @@ var ErrQuorumLost = swarm.ErrQuorumLost
 // ErrMissing means the plan finds every recorded machine (or every manager)
 // gone at once and the caller did not say to replace them.
 var ErrMissing = errors.New("refusing to replace machines that all appear gone")
+
+// ErrMissingDestroy means a destroy plan finds every machine recorded on a
+// driver gone at once and the caller did not say to forget them.
+var ErrMissingDestroy = errors.New("refusing to forget machines that all appear gone")
 
 // Stats is what an apply did, for the summary line.
 type Stats struct {

@@ -261,6 +261,33 @@ func TestMissingRefused(t *testing.T) {
 	}
 }
 
+// TestDestroyMissingRefused: a destroy plan where every machine on a driver
+// appears gone is refused before anything is removed from state, unless the
+// operator says to forget them.
+func TestDestroyMissingRefused(t *testing.T) {
+	d := &testDriver{}
+	e, _ := newTestEngine(t, 1, d)
+	rec := &state.Machine{Role: spec.RoleManager, Pool: "manager", Index: 1, Status: state.StatusReady}
+	rec.Machine = drivers.Machine{Name: "t-manager-1", ID: "c1", Driver: "local", Address: "192.0.2.9"}
+	e.State.Put(rec)
+	p := &plan.Plan{Actions: []plan.Action{{Machine: "t-manager-1", Role: spec.RoleManager, Driver: "local", Kind: plan.Remove, Recorded: rec}},
+		Missing: &plan.Missing{Machines: []string{"t-manager-1"}, Message: "every machine appears gone"}}
+	err := e.Destroy(context.Background(), p)
+	if !errors.Is(err, ErrMissingDestroy) {
+		t.Fatalf("destroy: %v", err)
+	}
+	if e.State.Machine("t-manager-1") == nil {
+		t.Fatal("the machine was dropped from state")
+	}
+	e.ForgetMissing = true
+	if err := e.Destroy(context.Background(), p); err != nil {
+		t.Fatalf("destroy --forget-missing: %v", err)
+	}
+	if e.State.Machine("t-manager-1") != nil {
+		t.Fatal("the machine is still in state")
+	}
+}
+
 // TestMachinesPhaseMakesTheNextGeneration: a replacement records the old
 // machine as retiring and asks the driver for the next generation, tagged.
 func TestMachinesPhaseMakesTheNextGeneration(t *testing.T) {

@@ -674,6 +674,7 @@ func Destroy(st *state.State, obs Observed) *Plan {
 		}
 	}
 	covered := map[*drivers.Machine]bool{}
+	p.missingForDestroy(st, obs, byName)
 	for _, rec := range st.Machines {
 		ms := byName[rec.Driver+"/"+rec.Name]
 		cur, retiring, leftovers := observedFor(rec, ms)
@@ -719,6 +720,44 @@ func Destroy(st *state.State, obs Observed) *Plan {
 	p.resources(obs, true)
 	p.count()
 	return p
+}
+
+// missingForDestroy warns when every machine state records on a driver
+// appears gone at once while that driver answered: destroy would then drop
+// them from state (and state itself, with the cluster's keys) while they may
+// still run, and bill, where the cluster was made (another region, account,
+// subscription, project or Docker engine than the one asked now).
+func (p *Plan) missingForDestroy(st *state.State, obs Observed, byName map[string][]*drivers.Machine) {
+	recorded, gone := map[string]int{}, map[string][]string{}
+	for _, rec := range st.Machines {
+		if rec.ID == "" || rec.Status == state.StatusCreating {
+			continue
+		}
+		if _, unknown := obs.Unknown[rec.Driver]; unknown {
+			continue
+		}
+		recorded[rec.Driver]++
+		if len(byName[rec.Driver+"/"+rec.Name]) == 0 {
+			gone[rec.Driver] = append(gone[rec.Driver], rec.Name)
+		}
+	}
+	var names, drvs []string
+	for d, n := range recorded {
+		if len(gone[d]) == n {
+			drvs = append(drvs, d)
+		}
+	}
+	if len(drvs) == 0 {
+		return
+	}
+	sort.Strings(drvs)
+	for _, d := range drvs {
+		names = append(names, gone[d]...)
+	}
+	p.Missing = &Missing{Machines: names, Message: fmt.Sprintf("every machine of cluster %q on driver %s appears gone (%s are not found by the driver). "+
+		"That is more often a mistaken view than a real loss: provision may be asking a different Docker engine (DOCKER_HOST, a docker context), other cloud credentials, another account, subscription or project, or another region than the one the cluster was made with, "+
+		"and destroy would then forget machines that still run (and bill) there. Check that first. destroy refuses unless run with --forget-missing",
+		p.Cluster, strings.Join(drvs, ", "), strings.Join(names, ", "))}
 }
 
 func shortID(id string) string {

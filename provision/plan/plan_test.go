@@ -257,6 +257,38 @@ func TestDestroyPlan(t *testing.T) {
 	}
 }
 
+// TestDestroyPlanEveryMachineGone: when the driver answers but finds none
+// of the machines state records (another region, account or credentials),
+// the destroy plan says so (destroy refuses on it); one machine gone, or a
+// driver that could not be asked, is not that.
+func TestDestroyPlanEveryMachineGone(t *testing.T) {
+	c := cluster(t, base)
+	st, obs := converged(c)
+	if p := Destroy(st, obs); p.Missing != nil {
+		t.Fatalf("all found: %+v", p.Missing)
+	}
+	one := Observed{Machines: map[string][]drivers.Machine{"local": obs.Machines["local"][1:]}}
+	if p := Destroy(st, one); p.Missing != nil {
+		t.Fatalf("one gone: %+v", p.Missing)
+	}
+	unknown := Observed{Machines: map[string][]drivers.Machine{}, Unknown: map[string]string{"local": "no credentials"}}
+	if p := Destroy(st, unknown); p.Missing != nil {
+		t.Fatalf("driver not asked: %+v", p.Missing)
+	}
+	none := Observed{Machines: map[string][]drivers.Machine{}}
+	p := Destroy(st, none)
+	if p.Missing == nil || len(p.Missing.Machines) != 3 || !strings.Contains(p.Missing.Message, "--forget-missing") || !strings.Contains(p.Missing.Message, "driver local") {
+		t.Fatalf("every machine gone: %+v", p.Missing)
+	}
+	var buf strings.Builder
+	if err := p.WriteText(&buf, false); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "WARNING: every machine of cluster") {
+		t.Errorf("plan text lacks the warning:\n%s", buf.String())
+	}
+}
+
 func BenchmarkPlan1000(b *testing.B) {
 	src := `name = "big"
 managers { count = 5 }
