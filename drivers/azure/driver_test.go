@@ -691,6 +691,52 @@ func TestExistingResourceGroup(t *testing.T) {
 	}
 }
 
+// TestForeignNamesakesInNamedGroup: in a resource group the spec names,
+// a public IP or NIC someone else made under the name the driver would give
+// a machine's is neither taken over (its tags rewritten by the PUT) nor, as a
+// result, deleted with the machine: Create stops, naming it, and changes
+// nothing.
+func TestForeignNamesakesInNamedGroup(t *testing.T) {
+	for _, kind := range []string{"public ip", "network interface"} {
+		t.Run(strings.ReplaceAll(kind, " ", "-"), func(t *testing.T) {
+			b := azuretest.New()
+			ctx := testCtx(t)
+			cluster := drivertest.ClusterID(t)
+			d := testDriver(t, b, allowed+"\nresource_group = \"ops-swarm\"")
+			b.AddGroup("ops-swarm", map[string]string{"team": "ops"})
+			want := spec(t, cluster, "manager", 1)
+			other := map[string]string{"team": "ops"}
+			if kind == "public ip" {
+				b.AddPublicIP("ops-swarm", pipName(want.Name), other)
+			} else {
+				b.AddNIC("ops-swarm", nicName(want.Name), other)
+			}
+			_, err := d.Create(ctx, cluster, want)
+			if err == nil || !strings.Contains(err.Error(), kind) || !strings.Contains(err.Error(), drivers.TagCluster) {
+				t.Fatalf("Create beside a foreign %s: %v", kind, err)
+			}
+			if kind == "public ip" {
+				if ip := b.PublicIP("ops-swarm", pipName(want.Name)); ip == nil || deref(ip.Tags["team"]) != "ops" || ip.Tags[drivers.TagCluster] != nil {
+					t.Fatalf("the foreign public ip was changed: %+v", ip)
+				}
+			}
+			if vm, _ := b.VM("ops-swarm", want.Name); vm != nil {
+				t.Fatal("a vm was made")
+			}
+			// Destroy (what apply does with a failed create) leaves it too.
+			if err := d.Destroy(ctx, drivers.Machine{Name: want.Name, Tags: want.Tags}); err == nil {
+				t.Logf("destroy: ok")
+			}
+			if err := d.Teardown(ctx, cluster); err != nil {
+				t.Fatal(err)
+			}
+			if n := b.Count(); n != 2 {
+				t.Errorf("backend holds %d resources, want the group and the foreign %s", n, kind)
+			}
+		})
+	}
+}
+
 // TestNoSubscription: without a subscription nothing is contacted, not even
 // the credential chain (plan without any Azure setup stays offline).
 func TestNoSubscription(t *testing.T) {

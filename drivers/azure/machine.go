@@ -100,6 +100,12 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 		info, _ := drivers.Lookup("azure")
 		disk = info.DefaultGiB
 	}
+	// The public IP and NIC are PUT by name, which would take over (retag,
+	// reconfigure, and later delete with the machine) a namesake someone
+	// else made in the group: only the machine's own are reused.
+	if err := d.checkNamesakes(ctx, cli, rg, cluster, want.Name, vmName); err != nil {
+		return drivers.Machine{}, fmt.Errorf("create vm %q: %w", vmName, err)
+	}
 	shared, err := d.ensureShared(ctx, cli, cluster, want.Metrics)
 	if err != nil {
 		return drivers.Machine{}, fmt.Errorf("create vm %q: %w", want.Name, err)
@@ -255,6 +261,42 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 		}
 	}
 	return d.describe(ctx, cli, &out.VirtualMachine, nic, pip, "running")
+}
+
+// checkNamesakes refuses when the group holds a public IP or network
+// interface under the names Create gives vmName's that is not this
+// machine's: without the cluster's tag, or another machine's.
+func (d *Driver) checkNamesakes(ctx context.Context, cli *clients, rg, cluster, machine, vmName string) error {
+	mine := func(kind, name string, tags map[string]*string) error {
+		if !ownedBy(tags, cluster) || deref(tags[drivers.TagMachine]) != machine {
+			return fmt.Errorf("a %s %q exists in resource group %q that provision did not make for machine %q (it lacks the tags %s=%s, %s=%s); rename or remove it, it is left as it is",
+				kind, name, rg, machine, drivers.TagCluster, cluster, drivers.TagMachine, machine)
+		}
+		return nil
+	}
+	if d.cfg.PublicIP {
+		got, err := cli.pips.Get(ctx, rg, pipName(vmName), nil)
+		switch {
+		case isNotFound(err):
+		case err != nil:
+			return fmt.Errorf("find public ip %q: %w", pipName(vmName), d.explain(err))
+		default:
+			if err := mine("public ip", pipName(vmName), got.Tags); err != nil {
+				return err
+			}
+		}
+	}
+	got, err := cli.nics.Get(ctx, rg, nicName(vmName), nil)
+	switch {
+	case isNotFound(err):
+	case err != nil:
+		return fmt.Errorf("find network interface %q: %w", nicName(vmName), d.explain(err))
+	default:
+		if err := mine("network interface", nicName(vmName), got.Tags); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // getVM returns the VM with its instance view, or nil when it (or its

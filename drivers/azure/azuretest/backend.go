@@ -1358,6 +1358,49 @@ func (b *Backend) AddDisk(rg, name string) {
 		Location: to(b.Location), Properties: &armcompute.DiskProperties{DiskSizeGB: to(int32(8))}}
 }
 
+// AddPublicIP puts a public IP address into a group as someone else would
+// (no provision tags unless given).
+func (b *Backend) AddPublicIP(rg, name string, tags map[string]string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.init()
+	t := map[string]*string{}
+	for k, v := range tags {
+		t[k] = to(v)
+	}
+	b.nextIP++
+	b.pips[key(rg, name)] = &armnetwork.PublicIPAddress{ID: to(b.id(rg, "Microsoft.Network", "publicIPAddresses", name)), Name: to(name),
+		Type: to("Microsoft.Network/publicIPAddresses"), Location: to(b.Location), Tags: t,
+		Properties: &armnetwork.PublicIPAddressPropertiesFormat{IPAddress: to(fmt.Sprintf("203.0.113.%d", b.nextIP%250+1)), ProvisioningState: to(armnetwork.ProvisioningStateSucceeded)}}
+}
+
+// PublicIP returns a public IP address as the backend holds it, or nil.
+func (b *Backend) PublicIP(rg, name string) *armnetwork.PublicIPAddress {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.init()
+	if ip, ok := b.pips[key(rg, name)]; ok {
+		c := *ip
+		return &c
+	}
+	return nil
+}
+
+// AddNIC puts a network interface without IP configurations into a group as
+// someone else would (no provision tags unless given).
+func (b *Backend) AddNIC(rg, name string, tags map[string]string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.init()
+	t := map[string]*string{}
+	for k, v := range tags {
+		t[k] = to(v)
+	}
+	b.nics[key(rg, name)] = &armnetwork.Interface{ID: to(b.id(rg, "Microsoft.Network", "networkInterfaces", name)), Name: to(name),
+		Type: to("Microsoft.Network/networkInterfaces"), Location: to(b.Location), Tags: t,
+		Properties: &armnetwork.InterfacePropertiesFormat{ProvisioningState: to(armnetwork.ProvisioningStateSucceeded)}}
+}
+
 // RemoveDisk deletes a disk behind the driver's back.
 func (b *Backend) RemoveDisk(rg, name string) {
 	b.mu.Lock()
