@@ -323,6 +323,23 @@ func checkVMName(want drivers.MachineSpec) error {
 	return nil
 }
 
+// reservedAdminUsers are the admin user names Azure refuses for a VM
+// (osProfile.adminUsername), compared without regard to case.
+var reservedAdminUsers = []string{"administrator", "admin", "user", "user1", "test", "user2", "test1", "user3", "admin1", "1", "123",
+	"a", "actuser", "adm", "admin2", "aspnet", "backup", "console", "david", "guest",
+	"john", "owner", "root", "server", "sql", "support", "support_388945a0", "sys", "test2", "test3", "user4", "user5"}
+
+// checkAdminUser refuses an admin user name Azure would refuse only at the
+// VM create, after the machine's public IP and NIC were made.
+func checkAdminUser(user string) error {
+	for _, r := range reservedAdminUsers {
+		if strings.EqualFold(user, r) {
+			return fmt.Errorf("admin user %q is a name Azure reserves and refuses for a VM: set another ssh user in the spec (the default is provision)", user)
+		}
+	}
+	return nil
+}
+
 // lockName serializes Create calls for one VM (machine name and generation,
 // as drivers.InstanceName) within this process; across processes the lookup
 // by name before the create keeps Create idempotent (names are unique in a

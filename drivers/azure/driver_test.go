@@ -563,6 +563,27 @@ resource_group = "missing-rg"`).Preflight(ctx, bad)
 	}
 }
 
+// TestReservedAdminUser: an admin user name Azure refuses for a VM
+// ("admin", Debian's cloud image user elsewhere) is reported by preflight and
+// refused by Create before the public IP and NIC are made.
+func TestReservedAdminUser(t *testing.T) {
+	b := azuretest.New()
+	ctx := testCtx(t)
+	cluster := drivertest.ClusterID(t)
+	want := spec(t, cluster, "manager", 1)
+	want.SSH.User = "admin"
+	d := testDriver(t, b, allowed)
+	if err := d.Preflight(ctx, []drivers.MachineSpec{want}); err == nil || !strings.Contains(err.Error(), `admin user "admin"`) {
+		t.Errorf("Preflight: %v", err)
+	}
+	if _, err := d.Create(ctx, cluster, want); err == nil || !strings.Contains(err.Error(), `admin user "admin"`) {
+		t.Errorf("Create: %v", err)
+	}
+	if b.Count() != 0 {
+		t.Errorf("%d resources made: %v", b.Count(), b.Owned(cluster))
+	}
+}
+
 // TestResources: what plan lists, before, during and for destroy, and
 // without credentials.
 func TestResources(t *testing.T) {

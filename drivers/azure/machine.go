@@ -42,6 +42,9 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	if err := checkVMName(want); err != nil {
 		return drivers.Machine{}, fmt.Errorf("create vm: %w", err)
 	}
+	if err := checkAdminUser(want.SSH.User); err != nil {
+		return drivers.Machine{}, fmt.Errorf("create vm %q: %w", want.Name, err)
+	}
 	gen := max(1, want.Generation)
 	vmName := drivers.InstanceName(want.Name, gen)
 	defer d.lockName(cluster, vmName)()

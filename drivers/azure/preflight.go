@@ -199,8 +199,13 @@ func (d *Driver) Preflight(ctx context.Context, want []drivers.MachineSpec) erro
 	need := map[string]int{} // vCPUs by quota family
 	total := 0
 	seen := map[string]bool{}
+	badUser := map[string]bool{}
 	for _, m := range want {
 		if err := checkVMName(m); err != nil {
+			errs = append(errs, err)
+		}
+		if err := checkAdminUser(m.SSH.User); err != nil && !badUser[m.SSH.User] {
+			badUser[m.SSH.User] = true
 			errs = append(errs, err)
 		}
 		if ud, err := drivers.UserData(m); err != nil {
