@@ -34,6 +34,12 @@ func isNotFound(err error) bool {
 	return strings.HasPrefix(c, "Invalid") && strings.HasSuffix(c, ".NotFound")
 }
 
+// isAccessDenied: the credentials may not make this call (EC2, IAM and
+// CloudWatch Logs each name it their own way).
+func isAccessDenied(err error) bool {
+	return isCode(err, "AccessDenied", "AccessDeniedException", "UnauthorizedOperation")
+}
+
 // explain turns the errors users meet into a message that says what to do.
 // The original error stays wrapped (errors.As still finds the API error).
 func (d *Driver) explain(err error) error {

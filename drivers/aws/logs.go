@@ -185,10 +185,21 @@ func (d *Driver) teardownLogs(ctx context.Context, cluster string) []error {
 	delete(d.logs.profile, cluster)
 	d.logs.mu.Unlock()
 	var errs []error
+	// Credentials without CloudWatch Logs or IAM permissions (an EC2-only
+	// policy) could not have made these for the cluster: what they cannot
+	// see is said, and does not fail the destroy of a cluster that never
+	// shipped logs.
+	denied := func(what string, err error) {
+		d.log.WarnContext(ctx, "the AWS credentials may not list "+what+": any this cluster made for awslogs (tagged "+drivers.TagCluster+"="+cluster+") are left; remove them with credentials that may", "cluster", cluster, "err", err)
+	}
 	p := cloudwatchlogs.NewDescribeLogGroupsPaginator(logc, &cloudwatchlogs.DescribeLogGroupsInput{})
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
 		if err != nil {
+			if isAccessDenied(err) {
+				denied("CloudWatch log groups", err)
+				break
+			}
 			errs = append(errs, fmt.Errorf("list log groups: %w", d.explain(err)))
 			break
 		}
@@ -207,7 +218,10 @@ func (d *Driver) teardownLogs(ctx context.Context, cluster string) []error {
 	name := logsName(cluster)
 	role, err := iamc.GetRole(ctx, &iamsdk.GetRoleInput{RoleName: awssdk.String(name)})
 	if err != nil {
-		if !isCode(err, "NoSuchEntity") {
+		switch {
+		case isAccessDenied(err):
+			denied("the IAM role and instance profile "+name, err)
+		case !isCode(err, "NoSuchEntity"):
 			errs = append(errs, fmt.Errorf("read role %s: %w", name, d.explain(err)))
 		}
 		return errs
@@ -274,6 +288,9 @@ func (d *Driver) logsResources(ctx context.Context, cluster string, want []drive
 		p := cloudwatchlogs.NewDescribeLogGroupsPaginator(logc, &cloudwatchlogs.DescribeLogGroupsInput{})
 		for p.HasMorePages() {
 			page, err := p.NextPage(ctx)
+			if err != nil && isAccessDenied(err) {
+				break // an EC2-only policy: see teardownLogs
+			}
 			if err != nil {
 				return nil, fmt.Errorf("list log groups: %w", d.explain(err))
 			}
@@ -293,6 +310,9 @@ func (d *Driver) logsResources(ctx context.Context, cluster string, want []drive
 	case err == nil && iamTagged(role.Role.Tags, cluster):
 		out = append(out, drivers.Resource{Kind: "iam-role", Name: name, Action: action, Note: "logs:CreateLogStream and logs:PutLogEvents on the log group"},
 			drivers.Resource{Kind: "instance-profile", Name: name, Action: action, Note: "on every instance"})
+	case err != nil && l == nil && isAccessDenied(err):
+		// The spec ships no logs and the credentials may not read IAM:
+		// an EC2-only policy, which could not have made the role.
 	case err != nil && !isCode(err, "NoSuchEntity"):
 		return out, fmt.Errorf("read role %s: %w", name, d.explain(err))
 	case l != nil:
