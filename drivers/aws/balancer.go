@@ -76,6 +76,18 @@ type lbState struct {
 func (d *Driver) findLB(ctx context.Context, elb *elbv2.Client, cli *ec2.Client, cluster string) (*lbState, error) {
 	st := &lbState{listeners: map[int]elbtypes.Listener{}, groups: map[int]elbtypes.TargetGroup{}}
 	out, err := elb.DescribeLoadBalancers(ctx, &elbv2.DescribeLoadBalancersInput{Names: []string{lbName(cluster)}})
+	if err != nil && isAccessDenied(err) {
+		// Credentials allowed EC2 only. The balancer's security group
+		// is made first, through EC2: without one, provision made no
+		// balancer for the cluster, and destroy (which asks every
+		// driver) need not stop here.
+		sgs, serr := describeSGs(ctx, cli, clusterFilter(cluster), filter("tag:"+TagLB, "true"))
+		if serr == nil && len(sgs) == 0 {
+			return st, nil
+		}
+		return nil, fmt.Errorf("find load balancer %s: the AWS credentials may not read Elastic Load Balancing (elasticloadbalancing:Describe*), and the cluster has a load balancer security group (%s=true), so it may have a balancer: use credentials that may: %w",
+			lbName(cluster), TagLB, err)
+	}
 	switch {
 	case err != nil && !isCode(err, "LoadBalancerNotFound"):
 		return nil, fmt.Errorf("find load balancer %s: %w", lbName(cluster), d.explain(err))

@@ -14,14 +14,17 @@ import (
 	"testing"
 	"time"
 
+	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/hashicorp/hcl/v2/hclparse"
 
 	"github.com/provision/provision/drivers"
 )
 
 // denyLogsAndIAM serves the AWS APIs through moto but answers every
-// CloudWatch Logs and IAM call with access denied, as an EC2-only IAM
-// policy does. It counts the calls it denied.
+// CloudWatch Logs, IAM and Elastic Load Balancing call with access denied,
+// as an EC2-only IAM policy does. It counts the calls it denied.
 func denyLogsAndIAM(t *testing.T) (string, *atomic.Int32) {
 	t.Helper()
 	needMoto(t)
@@ -40,7 +43,8 @@ func denyLogsAndIAM(t *testing.T) (string, *atomic.Int32) {
 			w.Header().Set("Content-Type", "application/x-amz-json-1.1")
 			w.WriteHeader(http.StatusBadRequest)
 			fmt.Fprint(w, `{"__type":"AccessDeniedException","message":"User is not authorized to perform: logs:DescribeLogGroups"}`)
-		case strings.Contains(r.Header.Get("Authorization"), "/iam/aws4_request"):
+		case strings.Contains(r.Header.Get("Authorization"), "/iam/aws4_request"),
+			strings.Contains(r.Header.Get("Authorization"), "/elasticloadbalancing/aws4_request"):
 			denied.Add(1)
 			w.Header().Set("Content-Type", "text/xml")
 			w.WriteHeader(http.StatusForbidden)
@@ -54,10 +58,12 @@ func denyLogsAndIAM(t *testing.T) (string, *atomic.Int32) {
 }
 
 // TestEC2OnlyCredentials: credentials allowed EC2 only (no CloudWatch Logs,
-// no IAM) make, plan and destroy a cluster that ships no logs: neither the
-// plan's resource listing nor Teardown fails on the awslogs lookups those
-// credentials may not make (destroy used to stop at "list log groups:
-// AccessDenied" every time, after the instances were gone).
+// no IAM, no load balancing) make, plan and destroy a cluster that ships no
+// logs and has no load balancer: neither the plan's resource listing, nor
+// destroy's load balancer step, nor Teardown fails on the lookups those
+// credentials may not make (destroy used to stop at "find load balancer:
+// AccessDenied" before any machine, and at "list log groups: AccessDenied"
+// after them, every time).
 func TestEC2OnlyCredentials(t *testing.T) {
 	cli := sdk(t)
 	ctx := testCtx(t)
@@ -89,11 +95,31 @@ func TestEC2OnlyCredentials(t *testing.T) {
 	if _, err := d.Resources(ctx, cluster, nil); err != nil {
 		t.Errorf("Resources for destroy: %v", err)
 	}
+	// destroy asks every driver for its load balancer first.
+	if st, err := d.Balancer(ctx, cluster); err != nil || st.Exists {
+		t.Fatalf("Balancer: %+v %v", st, err)
+	}
+	if err := d.RemoveBalancer(ctx, cluster); err != nil {
+		t.Fatalf("RemoveBalancer: %v", err)
+	}
 	if err := d.Destroy(ctx, m); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.Teardown(ctx, cluster); err != nil {
 		t.Fatalf("Teardown: %v", err)
+	}
+	// With a load balancer security group of the cluster, a balancer may
+	// exist: destroy must stop, saying which permission it lacks.
+	sg, err := cli.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: awssdk.String("lb-" + cluster), Description: awssdk.String("test"),
+		TagSpecifications: []types.TagSpecification{tagSpec(types.ResourceTypeSecurityGroup, map[string]string{drivers.TagCluster: cluster, TagLB: "true"})}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Balancer(ctx, cluster); err == nil || !strings.Contains(err.Error(), "may not read Elastic Load Balancing") {
+		t.Errorf("Balancer with a load balancer security group: %v", err)
+	}
+	if _, err := cli.DeleteSecurityGroup(ctx, &ec2.DeleteSecurityGroupInput{GroupId: sg.GroupId}); err != nil {
+		t.Fatal(err)
 	}
 	if denied.Load() == 0 {
 		t.Error("no CloudWatch Logs or IAM call was denied: the test proves nothing")
