@@ -758,6 +758,27 @@ func TestForeignNamesakesInNamedGroup(t *testing.T) {
 	}
 }
 
+// TestForeignUntaggedDiskKept: an untagged empty disk someone made in the
+// named group under the name a machine's OS disk would get is not deleted
+// by that machine's Destroy (only an untagged disk a VM create made from its
+// image is taken for a leftover).
+func TestForeignUntaggedDiskKept(t *testing.T) {
+	b := azuretest.New()
+	ctx := testCtx(t)
+	cluster := drivertest.ClusterID(t)
+	d := testDriver(t, b, allowed+"\nresource_group = \"ops-swarm\"")
+	b.AddGroup("ops-swarm", nil)
+	want := spec(t, cluster, "manager", 1)
+	b.AddDisk("ops-swarm", diskName(want.Name))
+	err := d.Destroy(ctx, drivers.Machine{Name: want.Name, Tags: want.Tags})
+	if err == nil || !strings.Contains(err.Error(), "not deleting it") {
+		t.Errorf("Destroy: %v", err)
+	}
+	if b.Count() != 2 {
+		t.Errorf("backend holds %d resources, want the group and the disk", b.Count())
+	}
+}
+
 // TestNoSubscription: without a subscription nothing is contacted, not even
 // the credential chain (plan without any Azure setup stays offline).
 func TestNoSubscription(t *testing.T) {

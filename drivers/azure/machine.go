@@ -745,6 +745,11 @@ func (d *Driver) deleteDisk(ctx context.Context, cli *clients, rg, name, cluster
 	if !ownedBy(got.Tags, cluster) && len(got.Tags) > 0 {
 		return fmt.Errorf("disk %q does not carry the tag %s=%s; not deleting it", name, drivers.TagCluster, cluster)
 	}
+	if len(got.Tags) == 0 && !madeFromImage(got.Disk) {
+		// An untagged disk a VM create did not make from its image (an
+		// empty disk, a copy): someone's namesake, not a leftover.
+		return fmt.Errorf("disk %q carries no tags and was not made from an image by a vm create; provision did not make it, not deleting it", name)
+	}
 	if _, err := wait(ctx, d, waitResource, "delete disk "+name, func(ctx context.Context) (*runtime.Poller[armcompute.DisksClientDeleteResponse], error) {
 		return cli.disks.BeginDelete(ctx, rg, name, nil)
 	}); err != nil && !isNotFound(err) {
@@ -752,6 +757,13 @@ func (d *Driver) deleteDisk(ctx context.Context, cli *clients, rg, name, cluster
 	}
 	d.log.InfoContext(ctx, "deleted disk", "disk", name)
 	return nil
+}
+
+// madeFromImage says whether a disk was created from an image, as a VM
+// create makes its OS disk.
+func madeFromImage(dk armcompute.Disk) bool {
+	return dk.Properties != nil && dk.Properties.CreationData != nil && dk.Properties.CreationData.CreateOption != nil &&
+		*dk.Properties.CreationData.CreateOption == armcompute.DiskCreateOptionFromImage
 }
 
 // pager is what every SDK pager has.

@@ -967,8 +967,9 @@ func (b *Backend) vmCreate(ctx context.Context, rg, name string, p armcompute.Vi
 		b.disks[key(rg, dname)] = &armcompute.Disk{
 			ID: to(b.id(rg, "Microsoft.Compute", "disks", dname)), Name: to(dname), Type: to("Microsoft.Compute/disks"),
 			Location: p.Location, Zones: p.Zones, ManagedBy: to(id),
-			SKU:        &armcompute.DiskSKU{Name: to(sku)},
-			Properties: &armcompute.DiskProperties{DiskSizeGB: od.DiskSizeGB, ProvisioningState: to("Succeeded")},
+			SKU: &armcompute.DiskSKU{Name: to(sku)},
+			Properties: &armcompute.DiskProperties{DiskSizeGB: od.DiskSizeGB, ProvisioningState: to("Succeeded"),
+				CreationData: &armcompute.CreationData{CreateOption: to(armcompute.DiskCreateOptionFromImage)}},
 		}
 	}
 	// Data disks made empty with the VM (CreateOption Empty), untagged too.
@@ -1355,7 +1356,8 @@ func (b *Backend) AddDisk(rg, name string) {
 	defer b.mu.Unlock()
 	b.init()
 	b.disks[key(rg, name)] = &armcompute.Disk{ID: to(b.id(rg, "Microsoft.Compute", "disks", name)), Name: to(name), Type: to("Microsoft.Compute/disks"),
-		Location: to(b.Location), Properties: &armcompute.DiskProperties{DiskSizeGB: to(int32(8))}}
+		Location: to(b.Location), Properties: &armcompute.DiskProperties{DiskSizeGB: to(int32(8)),
+			CreationData: &armcompute.CreationData{CreateOption: to(armcompute.DiskCreateOptionEmpty)}}}
 }
 
 // AddPublicIP puts a public IP address into a group as someone else would
