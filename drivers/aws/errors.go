@@ -50,6 +50,9 @@ func (d *Driver) explain(err error) error {
 	switch {
 	case code == "UnauthorizedOperation":
 		return fmt.Errorf("the AWS credentials lack a permission this needs (see the IAM policy in the driver's documentation; the encoded message says which): %w", err)
+	case code == "AccessDenied" || code == "AccessDeniedException":
+		// IAM, CloudWatch Logs and Elastic Load Balancing say it this way.
+		return fmt.Errorf("the AWS credentials lack a permission this needs in region %s (the message names the action; see the driver's documentation for what load balancers and awslogs need): %w", d.region, err)
 	case code == "AuthFailure" || code == "InvalidClientTokenId" || code == "SignatureDoesNotMatch" ||
 		code == "UnrecognizedClientException" || code == "ExpiredToken" || code == "RequestExpired":
 		return fmt.Errorf("AWS refused the credentials (check AWS_PROFILE or the access keys, that they are not expired, and that region %s is enabled for the account): %w", d.region, err)
