@@ -191,6 +191,36 @@ func (d *Driver) cloudConfig() cloud.Configuration {
 	return cloud.AzurePublic
 }
 
+// secretEnv are the environment variables whose secrets azidentity's
+// default chain sends to the cloud's login endpoint (authority host).
+var secretEnv = []string{"AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_PASSWORD"}
+
+// checkCustomAuthority refuses, for cloud = "custom", to let the default
+// chain send a secret from the environment to the authority_host the spec
+// names unless the environment names the same host in AZURE_AUTHORITY_HOST:
+// a spec alone cannot send the operator's client secret, certificate or
+// federated token to a login endpoint of its choosing.
+func (d *Driver) checkCustomAuthority(getenv func(string) string) error {
+	if d.cfg.Cloud != CloudCustom {
+		return nil
+	}
+	var held []string
+	for _, k := range secretEnv {
+		if strings.TrimSpace(getenv(k)) != "" {
+			held = append(held, k)
+		}
+	}
+	if len(held) == 0 {
+		return nil
+	}
+	norm := func(s string) string { return strings.ToLower(strings.TrimRight(strings.TrimSpace(s), "/")) }
+	if norm(getenv("AZURE_AUTHORITY_HOST")) == norm(d.cfg.AuthorityHost) {
+		return nil
+	}
+	return fmt.Errorf("cloud = \"custom\": the environment holds %s, which would be sent to authority_host %q that the spec names; set AZURE_AUTHORITY_HOST=%s in the environment to confirm it is your cloud's login endpoint, or use `az login` with that cloud registered",
+		strings.Join(held, ", "), d.cfg.AuthorityHost, d.cfg.AuthorityHost)
+}
+
 // subscription is the block's subscription or AZURE_SUBSCRIPTION_ID.
 func (d *Driver) subscription() (string, error) {
 	if d.cfg.SubscriptionID != "" {
@@ -222,6 +252,9 @@ func (d *Driver) clients(ctx context.Context) (*clients, error) {
 	cc := d.cloudConfig()
 	cred := d.cred
 	if cred == nil {
+		if err := d.checkCustomAuthority(os.Getenv); err != nil {
+			return nil, err
+		}
 		c, err := azidentity.NewDefaultAzureCredential(&azidentity.DefaultAzureCredentialOptions{
 			ClientOptions: azcore.ClientOptions{Cloud: cc},
 			TenantID:      d.cfg.TenantID,

@@ -199,6 +199,8 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 			c.ResourceManagerAudience = c.ResourceManagerEndpoint
 		} else if !httpsURL(c.ResourceManagerAudience) {
 			bad("resource_manager_audience", "Invalid audience", fmt.Sprintf("resource_manager_audience %q must be an https:// URL.", c.ResourceManagerAudience))
+		} else if publicARM(c.ResourceManagerAudience) && !publicARM(c.ResourceManagerEndpoint) {
+			bad("resource_manager_audience", "Audience of a public Azure cloud", fmt.Sprintf("resource_manager_audience %q is the Resource Manager of a public Azure cloud, and its tokens would be sent to resource_manager_endpoint %q, which is not: a custom cloud has its own audience (Azure Stack Hub lists it under authentication.audiences in <resource_manager_endpoint>/metadata/endpoints?api-version=2015-01-01).", c.ResourceManagerAudience, c.ResourceManagerEndpoint))
 		}
 		if c.AuthorityHost != "" && !strings.HasSuffix(c.AuthorityHost, "/") {
 			c.AuthorityHost += "/"
@@ -294,6 +296,22 @@ func decodeConfig(body hcl.Body, ctx *hcl.EvalContext) (Config, hcl.Diagnostics)
 				"which works only from inside the virtual network (or over a VPN or peering).", Subject: rng("public_ip")})
 	}
 	return c, blk.Diags
+}
+
+// publicARM says whether u is the Resource Manager endpoint or audience of
+// a public or sovereign Azure cloud.
+func publicARM(u string) bool {
+	p, err := url.Parse(u)
+	if err != nil {
+		return false
+	}
+	switch strings.ToLower(p.Hostname()) {
+	case "management.azure.com", "management.core.windows.net",
+		"management.usgovcloudapi.net", "management.core.usgovcloudapi.net",
+		"management.chinacloudapi.cn", "management.core.chinacloudapi.cn":
+		return true
+	}
+	return false
 }
 
 func httpsURL(s string) bool {

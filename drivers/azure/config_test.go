@@ -117,6 +117,7 @@ func TestDecodeConfigDiagnostics(t *testing.T) {
 		{"custom without endpoint", "location = \"westeurope\"\nallowed_cidrs = [\"10.0.0.0/8\"]\ncloud = \"custom\"\nauthority_host = \"https://login.example/\"", "No Resource Manager endpoint", "1:1"},
 		{"custom over http", "location = \"westeurope\"\nallowed_cidrs = [\"10.0.0.0/8\"]\ncloud = \"custom\"\nresource_manager_endpoint = \"http://127.0.0.1:8080\"\nauthority_host = \"https://login.example/\"", "Invalid endpoint", "4:29"},
 		{"custom without authority", "location = \"westeurope\"\nallowed_cidrs = [\"10.0.0.0/8\"]\ncloud = \"custom\"\nresource_manager_endpoint = \"https://rm.example\"", "No authority host", "1:1"},
+		{"custom with the public audience", "location = \"westeurope\"\nallowed_cidrs = [\"10.0.0.0/8\"]\ncloud = \"custom\"\nresource_manager_endpoint = \"https://rm.example\"\nauthority_host = \"https://login.microsoftonline.com/\"\nresource_manager_audience = \"https://management.azure.com/\"", "Audience of a public Azure cloud", "6:29"},
 		{"endpoint on public", "location = \"westeurope\"\nallowed_cidrs = [\"10.0.0.0/8\"]\nresource_manager_endpoint = \"https://rm.example\"", "Setting needs cloud = \"custom\"", "3:29"},
 		{"bad image", "location = \"westeurope\"\nallowed_cidrs = [\"10.0.0.0/8\"]\nimage = \"debian-12\"", "Invalid image", "3:9"},
 		{"bad disk type", "location = \"westeurope\"\nallowed_cidrs = [\"10.0.0.0/8\"]\nos_disk_type = \"UltraSSD_LRS\"", "Unsupported OS disk type", "3:16"},
@@ -202,5 +203,34 @@ func TestPickZone(t *testing.T) {
 	}
 	if pickZone(nil, "c-manager-2") != "" {
 		t.Error("no zones")
+	}
+}
+
+// TestCustomAuthorityConfirmed: with cloud = "custom", a client secret (or
+// certificate, federated token, password) in the environment goes to the
+// spec's authority_host only when AZURE_AUTHORITY_HOST names the same host.
+func TestCustomAuthorityConfirmed(t *testing.T) {
+	cfg, diags := decode(t, "location = \"westeurope\"\nallowed_cidrs = [\"10.0.0.0/8\"]\ncloud = \"custom\"\nresource_manager_endpoint = \"https://rm.example\"\nauthority_host = \"https://login.attacker.example\"")
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	d := newDriver(cfg, drivers.Options{})
+	env := func(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
+	if err := d.checkCustomAuthority(env(map[string]string{"AZURE_CLIENT_ID": "x"})); err != nil {
+		t.Errorf("no secret in the environment: %v", err)
+	}
+	err := d.checkCustomAuthority(env(map[string]string{"AZURE_CLIENT_SECRET": "s3cret"}))
+	if err == nil || !strings.Contains(err.Error(), "AZURE_CLIENT_SECRET") || !strings.Contains(err.Error(), "AZURE_AUTHORITY_HOST") || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("secret, authority not confirmed: %v", err)
+	}
+	if err := d.checkCustomAuthority(env(map[string]string{"AZURE_FEDERATED_TOKEN_FILE": "/var/run/token", "AZURE_AUTHORITY_HOST": "https://login.microsoftonline.com/"})); err == nil {
+		t.Error("federated token, another authority confirmed: no error")
+	}
+	if err := d.checkCustomAuthority(env(map[string]string{"AZURE_CLIENT_SECRET": "s3cret", "AZURE_AUTHORITY_HOST": "https://LOGIN.attacker.example"})); err != nil {
+		t.Errorf("confirmed: %v", err)
+	}
+	pub, _ := decode(t, "location = \"westeurope\"\nallowed_cidrs = [\"10.0.0.0/8\"]\n")
+	if err := newDriver(pub, drivers.Options{}).checkCustomAuthority(env(map[string]string{"AZURE_CLIENT_SECRET": "s3cret"})); err != nil {
+		t.Errorf("public cloud: %v", err)
 	}
 }

@@ -70,6 +70,9 @@ func (s *Server) Env(subscription string) []string {
 		"AZURE_TENANT_ID=" + TenantID,
 		"AZURE_CLIENT_ID=" + ClientID,
 		"AZURE_CLIENT_SECRET=" + ClientSecret,
+		// The operator confirms the custom cloud's login endpoint the
+		// spec names (authority_host) before the secret goes there.
+		"AZURE_AUTHORITY_HOST=" + s.URL + "/",
 		"AZURE_SUBSCRIPTION_ID=" + subscription,
 		"SSL_CERT_FILE=" + s.CertFile,
 	}
