@@ -1065,3 +1065,29 @@ func TestDockerDisk(t *testing.T) {
 		t.Fatalf("%d resources left: %v", n, b.Owned(cluster))
 	}
 }
+
+// TestSharedNetworkInAnotherLocation: the cluster's virtual network and
+// security group exist in the location of its first apply; a driver block
+// (a second alias, or a changed location) in another one is told so by name
+// instead of meeting Azure's refusal of a NIC whose subnet is elsewhere.
+func TestSharedNetworkInAnotherLocation(t *testing.T) {
+	b := azuretest.New()
+	ctx := testCtx(t)
+	cluster := drivertest.ClusterID(t)
+	d := testDriver(t, b, allowed)
+	if _, err := d.Create(ctx, cluster, spec(t, cluster, "manager", 1)); err != nil {
+		t.Fatal(err)
+	}
+	other := testDriver(t, b, allowed)
+	other.cfg.Location = "northeurope"
+	cli, err := other.clients(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.ensureVNet(ctx, cli, cluster); err == nil || !strings.Contains(err.Error(), "is in westeurope, this driver block's location is northeurope") {
+		t.Errorf("ensureVNet: %v", err)
+	}
+	if _, err := other.ensureNSG(ctx, cli, cluster, []string{"198.51.100.7/32"}, nil); err == nil || !strings.Contains(err.Error(), "is in westeurope") {
+		t.Errorf("ensureNSG: %v", err)
+	}
+}

@@ -213,6 +213,9 @@ func (d *Driver) ensureNSG(ctx context.Context, cli *clients, cluster string, al
 		if !ownedBy(got.Tags, cluster) {
 			return "", fmt.Errorf("network security group %q in %q exists without the tag %s=%s; remove or rename it", name, rg, drivers.TagCluster, cluster)
 		}
+		if err := d.sameLocation("network security group", name, deref(got.Location)); err != nil {
+			return "", err
+		}
 		var have, wantKeys, keep []string
 		var foreign []*armnetwork.SecurityRule
 		if got.Properties != nil {
@@ -250,6 +253,19 @@ func (d *Driver) ensureNSG(ctx context.Context, cli *clients, cluster string, al
 	return deref(out.ID), nil
 }
 
+// sameLocation refuses a shared resource of the cluster that is in another
+// location than the driver block's: every VM's NIC must be in the location
+// of the virtual network and security group, which are one per cluster (a
+// second azure block of the cluster in another location, or a location
+// changed after the first apply).
+func (d *Driver) sameLocation(kind, name, loc string) error {
+	norm := func(s string) string { return strings.ToLower(strings.ReplaceAll(s, " ", "")) }
+	if loc == "" || norm(loc) == norm(d.cfg.Location) {
+		return nil
+	}
+	return fmt.Errorf("%s %q of the cluster is in %s, this driver block's location is %s: a cluster's azure machines share one virtual network and security group, so all its azure blocks need the location the cluster was made in", kind, name, loc, d.cfg.Location)
+}
+
 // ensureVNet makes the cluster's virtual network with its subnet and
 // returns the subnet's ID.
 func (d *Driver) ensureVNet(ctx context.Context, cli *clients, cluster string) (string, error) {
@@ -261,6 +277,9 @@ func (d *Driver) ensureVNet(ctx context.Context, cli *clients, cluster string) (
 	if err == nil {
 		if !ownedBy(got.Tags, cluster) {
 			return "", fmt.Errorf("virtual network %q in %q exists without the tag %s=%s; remove or rename it", name, rg, drivers.TagCluster, cluster)
+		}
+		if err := d.sameLocation("virtual network", name, deref(got.Location)); err != nil {
+			return "", err
 		}
 		if got.Properties != nil {
 			for _, sn := range got.Properties.Subnets {
