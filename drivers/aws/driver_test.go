@@ -936,3 +936,28 @@ func TestDockerDisk(t *testing.T) {
 		t.Fatalf("data volume %s left: %s", vol, vs.Volumes[0].State)
 	}
 }
+
+// TestInstanceEndsWhileStarting: an instance that ends instead of running
+// (EC2 terminates it at launch: a volume or key it could not use) is
+// reported with its state and EC2's reason, naming the machine, not as the
+// waiter's bare "waiter state transitioned to Failure".
+func TestInstanceEndsWhileStarting(t *testing.T) {
+	cli := sdk(t)
+	ctx := testCtx(t)
+	cluster := newCluster(t)
+	d := driverFromHCL(t, fmt.Sprintf("ami = %q\nallowed_cidrs = [\"198.51.100.7/32\"]\n", testAMI(t)))
+	m, err := d.Create(ctx, cluster, spec(cluster, "manager", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Teardown(context.Background(), cluster) })
+	inst := describeOne(t, cli, m.ID)
+	if _, err := cli.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: []string{m.ID}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.startAndWait(ctx, cli, inst)
+	if err == nil || !strings.Contains(err.Error(), m.Name) || !strings.Contains(err.Error(), "instead of running") || strings.Contains(err.Error(), "waiter state transitioned") {
+		t.Fatalf("startAndWait of an ending instance: %v", err)
+	}
+	t.Log(err)
+}

@@ -221,6 +221,22 @@ func (d *Driver) startAndWait(ctx context.Context, cli *ec2.Client, inst types.I
 	out, err := ec2.NewInstanceRunningWaiter(cli, func(o *ec2.InstanceRunningWaiterOptions) { o.MinDelay = d.waitMin }).
 		WaitForOutput(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}}, waitRunning)
 	if err != nil {
+		// The waiter gives up at once when the instance ends instead
+		// (a volume or key it could not use, capacity lost at launch):
+		// say what EC2 gives as the reason.
+		if got, derr := cli.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}}); derr == nil {
+			for _, r := range got.Reservations {
+				for _, i := range r.Instances {
+					if i.State != nil && (i.State.Name == types.InstanceStateNameTerminated || i.State.Name == types.InstanceStateNameShuttingDown) {
+						why := "no reason given"
+						if i.StateReason != nil {
+							why = awssdk.ToString(i.StateReason.Code) + ": " + awssdk.ToString(i.StateReason.Message)
+						}
+						return drivers.Machine{}, fmt.Errorf("instance %q (%s) is %s instead of running (%s); apply again to make it anew", name, id, i.State.Name, why)
+					}
+				}
+			}
+		}
 		return drivers.Machine{}, fmt.Errorf("wait for instance %q (%s) to run: %w", name, id, d.explain(err))
 	}
 	for _, r := range out.Reservations {
