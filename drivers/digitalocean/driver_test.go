@@ -945,3 +945,32 @@ func TestDockerDisk(t *testing.T) {
 		t.Fatalf("left: %v, volumes %+v", left, s.Volumes())
 	}
 }
+
+// TestDestroyByIDChecksOwnership: Destroy given a droplet ID (from state)
+// deletes the droplet only when it carries the cluster's tag: another
+// cluster's droplet under that ID, and its volumes, stay.
+func TestDestroyByIDChecksOwnership(t *testing.T) {
+	s := startServer(t)
+	ctx := testCtx(t)
+	d := driverFor(t, s, block, nil)
+	owner := drivertest.ClusterID(t)
+	_, adminLine := drivertest.AdminKey(t)
+	m, err := d.Create(ctx, owner, spec(t, owner, "manager", 1, adminLine))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := drivertest.ClusterID(t)
+	err = d.Destroy(ctx, drivers.Machine{Name: "x-manager-1", ID: m.ID, Tags: map[string]string{drivers.TagCluster: other}})
+	if err == nil || !strings.Contains(err.Error(), "not deleting it") {
+		t.Fatalf("Destroy of another cluster's droplet: %v", err)
+	}
+	if len(s.Droplets()) != 1 {
+		t.Fatalf("droplets: %+v", s.Droplets())
+	}
+	if err := d.Destroy(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Teardown(ctx, owner); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -371,6 +371,11 @@ func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
 	if dr != nil {
 		// The droplet's own tags say whose volumes go with it.
 		t := tagsOf(dr.Tags)
+		if c := t[drivers.TagCluster]; c == "" || cluster != "" && c != cluster {
+			// Found by an ID (state's) that names a droplet provision did
+			// not make for this cluster: it, and its volumes, stay.
+			return fmt.Errorf("destroy %q: droplet %d (%s) does not carry the tag %s; not deleting it", m.Name, dr.ID, dr.Name, clusterTag(cluster))
+		}
 		if c := t[drivers.TagCluster]; c != "" {
 			cluster = c
 		}
