@@ -961,3 +961,30 @@ func TestInstanceEndsWhileStarting(t *testing.T) {
 	}
 	t.Log(err)
 }
+
+// TestDestroyByIDChecksOwnership: Destroy given an instance ID (from state)
+// terminates it only when it carries the cluster's tag.
+func TestDestroyByIDChecksOwnership(t *testing.T) {
+	cli := sdk(t)
+	ctx := testCtx(t)
+	cluster := newCluster(t)
+	d := driverFromHCL(t, fmt.Sprintf("ami = %q\nallowed_cidrs = [\"198.51.100.7/32\"]\n", testAMI(t)))
+	m, err := d.Create(ctx, cluster, spec(cluster, "manager", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		d.Destroy(context.Background(), m)
+		d.Teardown(context.Background(), cluster)
+	})
+	err = d.Destroy(ctx, drivers.Machine{Name: "x-manager-1", ID: m.ID, Tags: map[string]string{drivers.TagCluster: newCluster(t)}})
+	if err == nil || !strings.Contains(err.Error(), "not terminating it") {
+		t.Fatalf("Destroy of another cluster's instance: %v", err)
+	}
+	if st := describeOne(t, cli, m.ID).State.Name; st != types.InstanceStateNameRunning {
+		t.Fatalf("instance is %s", st)
+	}
+	if err := d.Destroy(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+}

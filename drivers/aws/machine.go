@@ -352,6 +352,22 @@ func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
 			return nil
 		}
 		id = awssdk.ToString(inst.InstanceId)
+	} else if cluster := m.Tags[drivers.TagCluster]; cluster != "" {
+		// An ID (state's) that names an instance provision did not make
+		// for this cluster: it stays.
+		out, err := cli.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}})
+		if err != nil && !isNotFound(err) {
+			return fmt.Errorf("destroy %q: find instance %s: %w", m.Name, id, d.explain(err))
+		}
+		if out != nil {
+			for _, r := range out.Reservations {
+				for _, i := range r.Instances {
+					if c := tagValue(i.Tags, drivers.TagCluster); c != cluster {
+						return fmt.Errorf("destroy %q: instance %s does not carry the tag %s=%s; not terminating it", m.Name, id, drivers.TagCluster, cluster)
+					}
+				}
+			}
+		}
 	}
 	defer d.instancesChanged()
 	if _, err := cli.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: []string{id}}); err != nil {
