@@ -78,7 +78,7 @@ based on state alone for them.`,
 		},
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the plan as NDJSON events on stdout (plan, warnings, summary)")
-	return cmd
+	return g.jsonEvents(cmd, "plan", &jsonOut)
 }
 
 // approve asks before destructive plans. Without a terminal and without
@@ -166,7 +166,7 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 	cmd.Flags().BoolVar(&replaceMissing, "replace-missing", false, "create replacements even when every machine (or every manager) appears gone at once")
 	cmd.Flags().BoolVar(&leaveOther, "leave-other-swarm", false, "make hosts that are members of another swarm leave it and join this one")
 	cmd.Flags().BoolVar(&allowDowngrade, "allow-engine-downgrade", false, "let an engine.version pin below a host's installed engine package downgrade it (refused otherwise; plan says which hosts)")
-	return cmd
+	return g.jsonEvents(cmd, "apply", &jsonOut)
 }
 
 // summary prints the apply's last lines and returns the command it
@@ -273,7 +273,7 @@ func newDestroy(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&auto, "auto-approve", false, "do not ask")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stdout (human text stays on stderr)")
-	return cmd
+	return g.jsonEvents(cmd, "destroy", &jsonOut)
 }
 
 func newVersion() *cobra.Command {

@@ -70,7 +70,7 @@ func run(ctx context.Context, args []string) int {
 	switch {
 	case errors.As(err, &ce) && ce.remote:
 		return ce.code // the remote command said what it had to say
-	case errors.As(err, &ce) && ce.err == errSilent:
+	case errors.As(err, &ce) && errors.Is(ce.err, errSilent):
 	case code == exitInterrupt:
 		fmt.Fprintln(os.Stderr, g.redact("Interrupted: "+err.Error()))
 		fmt.Fprintln(os.Stderr, "State was saved; run the same command again to finish.")

@@ -48,6 +48,9 @@ type globals struct {
 	stderr io.Writer
 	logOut atomic.Pointer[io.Writer]
 	events atomic.Pointer[apply.Reporter]
+	// stream is the --json event stream of the running command, when it
+	// has one (jsonEvents).
+	stream *jsonStream
 }
 
 // redact returns s with the sensitive values of the loaded spec replaced.
@@ -226,7 +229,7 @@ func (g *globals) loadSpec(cmd *cobra.Command, file string) (*spec.Cluster, erro
 		spec.WriteDiagnostics(cmd.ErrOrStderr(), diags, !g.noColor && isTTY(cmd.ErrOrStderr()))
 	}
 	if diags.HasErrors() {
-		return nil, withCode(exitUsage, errSilent)
+		return nil, withCode(exitUsage, diagError{diags})
 	}
 	return c, nil
 }
@@ -322,7 +325,7 @@ func (g *globals) openState(cmd *cobra.Command, file string, lock bool) (*loaded
 		if diags.HasErrors() {
 			spec.WriteDiagnostics(cmd.ErrOrStderr(), diags, !g.noColor && isTTY(cmd.ErrOrStderr()))
 			l.close()
-			return nil, withCode(exitUsage, errSilent)
+			return nil, withCode(exitUsage, diagError{diags})
 		}
 		l.drivers[b.Name] = d
 	}

@@ -42,6 +42,9 @@ func rotateApply(ctx context.Context, g *globals, l *loaded, file string, cmd *c
 		return withCode(exitRefused, fmt.Errorf("the plan replaces or removes machines: run `provision apply %s` first, then rotate", file))
 	}
 	rep := g.reporter(cmd, jsonOut)
+	if jsonOut {
+		g.planEvent(rep, l, p) // each rollout's events start with its plan, as apply's do
+	}
 	stats, err := l.runner(g, rep).Apply(ctx, p)
 	next := summary(out, stats, file, err)
 	if jsonOut {
@@ -90,7 +93,7 @@ no revocation list. After a client or node key has leaked, run
 		},
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stdout (human text stays on stderr)")
-	return cmd
+	return g.jsonEvents(cmd, "rotate certs", &jsonOut)
 }
 
 func newRotateCA(g *globals) *cobra.Command {
@@ -145,7 +148,7 @@ run the command again after an interruption and it goes on from there.`,
 		},
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stdout (human text stays on stderr)")
-	return cmd
+	return g.jsonEvents(cmd, "rotate ca", &jsonOut)
 }
 
 func newRotateSwarmCA(g *globals) *cobra.Command {
