@@ -199,3 +199,23 @@ func TestDestroyWithoutState(t *testing.T) {
 		t.Errorf("destroy left a state directory")
 	}
 }
+
+// TestNoStateIsNoAnswer: status of a cluster never applied from this state
+// directory (a wrong --state-dir, the wrong spec) printed an empty table, or
+// a JSON document with a cluster ID made up on the spot, and exited 0; unlock
+// made the cluster's admin SSH key in a state directory it does not lock.
+// Both now fail with exit 2 and leave nothing behind.
+func TestNoStateIsNoAnswer(t *testing.T) {
+	spec := filepath.Join(t.TempDir(), "c.hcl")
+	os.WriteFile(spec, []byte("name = \"ns\"\nmanagers { count = 1 }\n"), 0o644)
+	sd := filepath.Join(t.TempDir(), "state")
+	for _, c := range [][]string{{"status"}, {"status", "--json"}, {"status", "--prometheus"}, {"unlock"}} {
+		out, _, err := runCLI(t, append([]string{c[0], spec, "--state-dir", sd}, c[1:]...)...)
+		if code(err) != exitUsage || out != "" {
+			t.Errorf("%v without state: code %d, stdout %q", c, code(err), out)
+		}
+	}
+	if _, err := os.Stat(sd); err == nil {
+		t.Errorf("a state directory was left behind")
+	}
+}

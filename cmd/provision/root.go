@@ -195,6 +195,17 @@ func openLogFile(path string) (*os.File, error) {
 	return f, nil
 }
 
+// requireState refuses (exit 2) a command that reports on a cluster when no
+// state of it was ever written in the state directory: nothing was made from
+// here (or --state-dir points elsewhere), and an empty report would pass for
+// a healthy answer.
+func (l *loaded) requireState() error {
+	if l.state.Updated.IsZero() && len(l.state.Machines) == 0 {
+		return withCode(exitUsage, fmt.Errorf("no state of cluster %q in %s: run `provision apply` first (or pass the --state-dir it used)", l.spec.Name, l.store.Dir()))
+	}
+	return nil
+}
+
 // requireMachines refuses (exit 2) a command that acts on machines when the
 // cluster has none yet.
 func (l *loaded) requireMachines() error {

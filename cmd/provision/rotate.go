@@ -241,6 +241,12 @@ host, or a safe). Nothing else ever prints it.`,
 				fmt.Fprintln(cmd.OutOrStdout(), string(keys[0]))
 				return nil
 			}
+			// Without machines there is nothing to unlock, and the runner
+			// would make the cluster's admin key in the state directory
+			// without the lock this command does not take.
+			if err := l.requireMachines(); err != nil {
+				return err
+			}
 			res, err := l.runner(g, g.reporter(cmd, false)).Unlock(cmd.Context())
 			if err != nil {
 				return err

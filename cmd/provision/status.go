@@ -81,6 +81,9 @@ func newStatus(g *globals) *cobra.Command {
 				return err
 			}
 			defer l.close()
+			if err := l.requireState(); err != nil {
+				return err
+			}
 			if prometheus { // metrics.go
 				ts, err := prometheusTargets(l)
 				if err != nil {
