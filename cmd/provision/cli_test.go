@@ -219,3 +219,22 @@ func TestNoStateIsNoAnswer(t *testing.T) {
 		t.Errorf("a state directory was left behind")
 	}
 }
+
+// TestUnknownSubcommandIsUsageError: a misspelt subcommand of a command that
+// groups others (`rotate cert`, `lb snyc`, `completion bsh`) printed help and
+// exited 0, as if the rotation had run; it is a usage error now. Called
+// alone, such a command still prints its help.
+func TestUnknownSubcommandIsUsageError(t *testing.T) {
+	for _, args := range [][]string{{"rotate", "cert", "c.hcl"}, {"lb", "snyc", "c.hcl"}, {"completion", "bsh"}, {"nosuch"}} {
+		_, _, err := runCLI(t, args...)
+		if code(err) != exitUsage || err == nil || !strings.Contains(err.Error(), "unknown command") {
+			t.Errorf("%v: code %d, err %v", args, code(err), err)
+		}
+	}
+	for _, args := range [][]string{{"rotate"}, {"lb"}, {"completion"}, {}} {
+		out, _, err := runCLI(t, args...)
+		if err != nil || !strings.Contains(out, "Usage:") {
+			t.Errorf("%v: %v\n%s", args, err, out)
+		}
+	}
+}

@@ -77,11 +77,14 @@ the swarm. State lives in .provision/<cluster>/ next to the spec.
 Exit codes:
   0    success (plan: whatever the diff)
   1    the run failed (the error names the host and step)
-  2    bad flags or an invalid spec (diagnostics with file:line:col)
+  2    bad flags or arguments, an unusable --state-dir, or an invalid spec
+       (diagnostics with file:line:col)
   3    the state is locked by another provision (the holder is named)
   4    refused: a destructive plan without --auto-approve and no terminal,
-       or a state file that is corrupt or from a newer provision
-  130  interrupted: state was saved, run the command again to finish`
+       every machine or manager gone without --replace-missing, or a state
+       file that is corrupt or from a newer provision (left untouched)
+  130  interrupted: state was saved, run the command again to finish
+  provision ssh exits with the remote command's status (255: provision failed)`
 
 func newRoot() *cobra.Command {
 	root, _ := newRootWith()
@@ -135,10 +138,26 @@ func newRootWith() (*cobra.Command, *globals) {
 			c.Args = usage(c.Args)
 		}
 	}
-	// Runnable, so that an unknown command is an argument error, not help.
-	root.Args = usage(cobra.NoArgs)
-	root.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	// Every command that only groups others (the root, rotate, lb,
+	// completion) is runnable, so that an unknown or misspelt subcommand
+	// (`provision rotate cert FILE`) is an argument error (exit 2), not
+	// help and exit 0 as if something had been done.
+	root.InitDefaultCompletionCmd()
+	groupsRunnable(root)
 	return root, g
+}
+
+// groupsRunnable makes c and every command under it that has subcommands
+// and no action of its own print its help when called alone and refuse
+// arguments (an unknown subcommand) as a usage error.
+func groupsRunnable(c *cobra.Command) {
+	if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+		c.Args = usage(cobra.NoArgs)
+		c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	}
+	for _, sub := range c.Commands() {
+		groupsRunnable(sub)
+	}
 }
 
 func (g *globals) setupLog(stderr io.Writer) error {
