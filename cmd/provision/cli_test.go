@@ -238,3 +238,17 @@ func TestUnknownSubcommandIsUsageError(t *testing.T) {
 		}
 	}
 }
+
+// TestApproveWithoutTerminal: the refusal reads as a sentence ("This plan
+// replaces or removes machines needs confirmation" did not) and is exit 4.
+func TestApproveWithoutTerminal(t *testing.T) {
+	cmd := &cobra.Command{}
+	cmd.SetIn(strings.NewReader("yes\n"))
+	err := approve(cmd, false, "This plan replaces or removes machines")
+	if code(err) != exitRefused || err.Error() != "This plan replaces or removes machines: that needs a confirmation, and there is no terminal to ask on; re-run with --auto-approve" {
+		t.Fatalf("code %d: %v", code(err), err)
+	}
+	if err := approve(cmd, true, "x"); err != nil {
+		t.Fatal(err)
+	}
+}

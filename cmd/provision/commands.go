@@ -88,7 +88,7 @@ func approve(cmd *cobra.Command, auto bool, what string) error {
 		return nil
 	}
 	if !isTTYIn(cmd.InOrStdin()) {
-		return withCode(exitRefused, fmt.Errorf("%s needs confirmation and there is no terminal: re-run with --auto-approve", what))
+		return withCode(exitRefused, fmt.Errorf("%s: that needs a confirmation, and there is no terminal to ask on; re-run with --auto-approve", what))
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "\n%s. Type 'yes' to go on: ", what)
 	line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
