@@ -45,6 +45,7 @@ func withCode(code int, err error) error {
 }
 
 func main() {
+	ignoreSIGPIPE()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go func() {
@@ -57,6 +58,15 @@ func main() {
 	}()
 	os.Exit(run(ctx, os.Args[1:]))
 }
+
+// ignoreSIGPIPE keeps a reader that went away from killing the command: by
+// default Go dies of SIGPIPE at the first write to a closed stdout or stderr,
+// so `provision apply --json | head -3` killed the apply after its third
+// event, in the middle of whatever it was changing (a drain, a manager's
+// demotion), with no state saved and no message. Ignored, such writes fail
+// (EPIPE) and are dropped; the command goes on to its end and exits with its
+// own code.
+func ignoreSIGPIPE() { signal.Ignore(syscall.SIGPIPE) }
 
 func run(ctx context.Context, args []string) int {
 	root, g := newRootWith()
