@@ -10,6 +10,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/spf13/cobra"
 )
 
 // Exit codes (documented in README.md and `provision --help`).
@@ -45,7 +47,6 @@ func withCode(code int, err error) error {
 }
 
 func main() {
-	ignoreSIGPIPE()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go func() {
@@ -59,14 +60,23 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:]))
 }
 
-// ignoreSIGPIPE keeps a reader that went away from killing the command: by
+// sigpipeFor keeps a reader that went away from killing the command: by
 // default Go dies of SIGPIPE at the first write to a closed stdout or stderr,
 // so `provision apply --json | head -3` killed the apply after its third
 // event, in the middle of whatever it was changing (a drain, a manager's
 // demotion), with no state saved and no message. Ignored, such writes fail
 // (EPIPE) and are dropped; the command goes on to its end and exits with its
 // own code.
-func ignoreSIGPIPE() { signal.Ignore(syscall.SIGPIPE) }
+//
+// provision ssh, which changes nothing on its own, keeps the default: like
+// ssh(1) it dies when its reader does (exit 141), rather than keep a remote
+// command (`journalctl -f | head`) running for nobody. (Go cannot give
+// SIGPIPE its default back once ignored, so it is decided per command.)
+func sigpipeFor(cmd *cobra.Command) {
+	if cmd.Name() != "ssh" {
+		signal.Ignore(syscall.SIGPIPE)
+	}
+}
 
 func run(ctx context.Context, args []string) int {
 	root, g := newRootWith()

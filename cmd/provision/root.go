@@ -112,6 +112,7 @@ func newRootWith() (*cobra.Command, *globals) {
   eval "$(provision env cluster.hcl demo-manager-1)"
   provision destroy cluster.hcl --auto-approve`,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			sigpipeFor(cmd) // main.go
 			return g.setupLog(cmd.ErrOrStderr())
 		},
 		PersistentPostRun: func(*cobra.Command, []string) {
