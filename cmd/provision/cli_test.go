@@ -198,6 +198,12 @@ func TestDestroyWithoutState(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, ".provision", "gone")); err == nil {
 		t.Errorf("destroy left a state directory")
 	}
+	// --json: a stream like every other, the (empty) plan first.
+	out, _, err := runCLI(t, "destroy", f, "--auto-approve", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEvents(t, out, "destroy")
 }
 
 // TestNoStateIsNoAnswer: status of a cluster never applied from this state

@@ -222,7 +222,10 @@ func newDestroy(g *globals) *cobra.Command {
 				// are found by the cluster ID state holds).
 				fmt.Fprintf(cmd.ErrOrStderr(), "Nothing to destroy: no state of cluster %q in %s.\n", l.spec.Name, l.store.Dir())
 				if jsonOut {
-					summaryEvent(g.reporter(cmd, jsonOut), "destroy", apply.Stats{}, "", nil)
+					// The plan first, as in every stream: nothing to remove.
+					rep := g.reporter(cmd, jsonOut)
+					g.planEvent(rep, l, plan.Destroy(l.state, plan.Observed{}))
+					summaryEvent(rep, "destroy", apply.Stats{}, "", nil)
 				}
 				return nil
 			}
