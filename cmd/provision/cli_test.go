@@ -258,3 +258,16 @@ func TestApproveWithoutTerminal(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestParallelismFlagBounds: --parallelism outside 1-256 was taken (1000,
+// past the descriptor cap) or ignored in silence (0, -5) and the apply ran;
+// it is a usage error before anything is read.
+func TestParallelismFlagBounds(t *testing.T) {
+	for _, v := range []string{"-5", "0", "257", "1000"} {
+		out, _, err := runCLI(t, "apply", "/nonexistent/c.hcl", "--parallelism", v, "--json")
+		if code(err) != exitUsage || !strings.Contains(err.Error(), "--parallelism") {
+			t.Errorf("--parallelism %s: code %d, err %v", v, code(err), err)
+		}
+		checkEvents(t, out, "apply") // with --json, the refusal is a summary
+	}
+}

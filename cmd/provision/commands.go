@@ -112,6 +112,11 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 		Example: "  provision apply examples/local.hcl\n  provision apply cluster.hcl -var workers=4 --auto-approve",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// The spec's bounds: -5 and 0 were ignored in silence, 1000
+			// went past the cap that keeps file descriptors in hand.
+			if cmd.Flags().Changed("parallelism") && (parallelism < 1 || parallelism > apply.MaxParallelism) {
+				return withCode(exitUsage, fmt.Errorf("--parallelism %d: use 1 to %d", parallelism, apply.MaxParallelism))
+			}
 			l, err := g.open(cmd, args[0])
 			if err != nil {
 				return err
@@ -161,7 +166,7 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 	}
 	cmd.Flags().BoolVar(&auto, "auto-approve", false, "do not ask before replacing or removing machines")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stdout (human text stays on stderr)")
-	cmd.Flags().IntVar(&parallelism, "parallelism", 0, "hosts worked on at once (default: the spec's, else every host up to 256)")
+	cmd.Flags().IntVar(&parallelism, "parallelism", 0, "hosts worked on at once, 1-256 (default: the spec's, else every host up to 256)")
 	cmd.Flags().BoolVar(&forceNew, "force-new-cluster", false, "when swarm quorum is lost, re-form the swarm on a surviving manager")
 	cmd.Flags().BoolVar(&replaceMissing, "replace-missing", false, "create replacements even when every machine (or every manager) appears gone at once")
 	cmd.Flags().BoolVar(&leaveOther, "leave-other-swarm", false, "make hosts that are members of another swarm leave it and join this one")
