@@ -271,3 +271,15 @@ func TestParallelismFlagBounds(t *testing.T) {
 		checkEvents(t, out, "apply") // with --json, the refusal is a summary
 	}
 }
+
+// TestDurationFlagsPositive: --timeout 0 made rotate swarm-ca fail at once
+// after starting the rotation; --resync -1s was ignored in silence. Both
+// are usage errors before anything is read.
+func TestDurationFlagsPositive(t *testing.T) {
+	for _, args := range [][]string{{"rotate", "swarm-ca", "/nonexistent/c.hcl", "--timeout", "0s"}, {"rotate", "swarm-ca", "/nonexistent/c.hcl", "--timeout", "-1m"}, {"lb", "sync", "/nonexistent/c.hcl", "--resync", "-1s"}} {
+		_, _, err := runCLI(t, args...)
+		if code(err) != exitUsage || !strings.Contains(err.Error(), "above zero") {
+			t.Errorf("%v: code %d, err %v", args, code(err), err)
+		}
+	}
+}

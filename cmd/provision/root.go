@@ -215,6 +215,16 @@ func openLogFile(path string) (*os.File, error) {
 	return f, nil
 }
 
+// positiveDuration refuses (exit 2) a duration flag set to zero or less: it
+// was ignored in silence (--resync) or made the wait fail at once after the
+// change had started (--timeout).
+func positiveDuration(cmd *cobra.Command, name string, d time.Duration) error {
+	if cmd.Flags().Changed(name) && d <= 0 {
+		return withCode(exitUsage, fmt.Errorf("--%s %s: give a duration above zero", name, d))
+	}
+	return nil
+}
+
 // requireState refuses (exit 2) a command that reports on a cluster when no
 // state of it was ever written in the state directory: nothing was made from
 // here (or --state-dir points elsewhere), and an empty report would pass for

@@ -164,6 +164,9 @@ swarm.node_cert_expiry, set by apply.`,
 		Example: "  provision rotate swarm-ca cluster.hcl",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := positiveDuration(cmd, "timeout", timeout); err != nil {
+				return err
+			}
 			l, err := g.open(cmd, args[0])
 			if err != nil {
 				return err
