@@ -198,4 +198,88 @@ func TestDestroyWithoutState(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, ".provision", "gone")); err == nil {
 		t.Errorf("destroy left a state directory")
 	}
+	// --json: a stream like every other, the (empty) plan first.
+	out, _, err := runCLI(t, "destroy", f, "--auto-approve", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEvents(t, out, "destroy")
+}
+
+// TestNoStateIsNoAnswer: status of a cluster never applied from this state
+// directory (a wrong --state-dir, the wrong spec) printed an empty table, or
+// a JSON document with a cluster ID made up on the spot, and exited 0; unlock
+// made the cluster's admin SSH key in a state directory it does not lock.
+// Both now fail with exit 2 and leave nothing behind.
+func TestNoStateIsNoAnswer(t *testing.T) {
+	spec := filepath.Join(t.TempDir(), "c.hcl")
+	os.WriteFile(spec, []byte("name = \"ns\"\nmanagers { count = 1 }\n"), 0o644)
+	sd := filepath.Join(t.TempDir(), "state")
+	for _, c := range [][]string{{"status"}, {"status", "--json"}, {"status", "--prometheus"}, {"unlock"}} {
+		out, _, err := runCLI(t, append([]string{c[0], spec, "--state-dir", sd}, c[1:]...)...)
+		if code(err) != exitUsage || out != "" {
+			t.Errorf("%v without state: code %d, stdout %q", c, code(err), out)
+		}
+	}
+	if _, err := os.Stat(sd); err == nil {
+		t.Errorf("a state directory was left behind")
+	}
+}
+
+// TestUnknownSubcommandIsUsageError: a misspelt subcommand of a command that
+// groups others (`rotate cert`, `lb snyc`, `completion bsh`) printed help and
+// exited 0, as if the rotation had run; it is a usage error now. Called
+// alone, such a command still prints its help.
+func TestUnknownSubcommandIsUsageError(t *testing.T) {
+	for _, args := range [][]string{{"rotate", "cert", "c.hcl"}, {"lb", "snyc", "c.hcl"}, {"completion", "bsh"}, {"nosuch"}} {
+		_, _, err := runCLI(t, args...)
+		if code(err) != exitUsage || err == nil || !strings.Contains(err.Error(), "unknown command") {
+			t.Errorf("%v: code %d, err %v", args, code(err), err)
+		}
+	}
+	for _, args := range [][]string{{"rotate"}, {"lb"}, {"completion"}, {}} {
+		out, _, err := runCLI(t, args...)
+		if err != nil || !strings.Contains(out, "Usage:") {
+			t.Errorf("%v: %v\n%s", args, err, out)
+		}
+	}
+}
+
+// TestApproveWithoutTerminal: the refusal reads as a sentence ("This plan
+// replaces or removes machines needs confirmation" did not) and is exit 4.
+func TestApproveWithoutTerminal(t *testing.T) {
+	cmd := &cobra.Command{}
+	cmd.SetIn(strings.NewReader("yes\n"))
+	err := approve(cmd, false, "This plan replaces or removes machines")
+	if code(err) != exitRefused || err.Error() != "This plan replaces or removes machines: that needs a confirmation, and there is no terminal to ask on; re-run with --auto-approve" {
+		t.Fatalf("code %d: %v", code(err), err)
+	}
+	if err := approve(cmd, true, "x"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestParallelismFlagBounds: --parallelism outside 1-256 was taken (1000,
+// past the descriptor cap) or ignored in silence (0, -5) and the apply ran;
+// it is a usage error before anything is read.
+func TestParallelismFlagBounds(t *testing.T) {
+	for _, v := range []string{"-5", "0", "257", "1000"} {
+		out, _, err := runCLI(t, "apply", "/nonexistent/c.hcl", "--parallelism", v, "--json")
+		if code(err) != exitUsage || !strings.Contains(err.Error(), "--parallelism") {
+			t.Errorf("--parallelism %s: code %d, err %v", v, code(err), err)
+		}
+		checkEvents(t, out, "apply") // with --json, the refusal is a summary
+	}
+}
+
+// TestDurationFlagsPositive: --timeout 0 made rotate swarm-ca fail at once
+// after starting the rotation; --resync -1s was ignored in silence. Both
+// are usage errors before anything is read.
+func TestDurationFlagsPositive(t *testing.T) {
+	for _, args := range [][]string{{"rotate", "swarm-ca", "/nonexistent/c.hcl", "--timeout", "0s"}, {"rotate", "swarm-ca", "/nonexistent/c.hcl", "--timeout", "-1m"}, {"lb", "sync", "/nonexistent/c.hcl", "--resync", "-1s"}} {
+		_, _, err := runCLI(t, args...)
+		if code(err) != exitUsage || !strings.Contains(err.Error(), "above zero") {
+			t.Errorf("%v: code %d, err %v", args, code(err), err)
+		}
+	}
 }

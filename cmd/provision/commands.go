@@ -78,7 +78,7 @@ based on state alone for them.`,
 		},
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the plan as NDJSON events on stdout (plan, warnings, summary)")
-	return cmd
+	return g.jsonEvents(cmd, "plan", &jsonOut)
 }
 
 // approve asks before destructive plans. Without a terminal and without
@@ -88,7 +88,7 @@ func approve(cmd *cobra.Command, auto bool, what string) error {
 		return nil
 	}
 	if !isTTYIn(cmd.InOrStdin()) {
-		return withCode(exitRefused, fmt.Errorf("%s needs confirmation and there is no terminal: re-run with --auto-approve", what))
+		return withCode(exitRefused, fmt.Errorf("%s: that needs a confirmation, and there is no terminal to ask on; re-run with --auto-approve", what))
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "\n%s. Type 'yes' to go on: ", what)
 	line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
@@ -112,6 +112,11 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 		Example: "  provision apply examples/local.hcl\n  provision apply cluster.hcl -var workers=4 --auto-approve",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// The spec's bounds: -5 and 0 were ignored in silence, 1000
+			// went past the cap that keeps file descriptors in hand.
+			if cmd.Flags().Changed("parallelism") && (parallelism < 1 || parallelism > apply.MaxParallelism) {
+				return withCode(exitUsage, fmt.Errorf("--parallelism %d: use 1 to %d", parallelism, apply.MaxParallelism))
+			}
 			l, err := g.open(cmd, args[0])
 			if err != nil {
 				return err
@@ -161,12 +166,12 @@ what the spec no longer wants. A second apply with no change does nothing.`,
 	}
 	cmd.Flags().BoolVar(&auto, "auto-approve", false, "do not ask before replacing or removing machines")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stdout (human text stays on stderr)")
-	cmd.Flags().IntVar(&parallelism, "parallelism", 0, "hosts worked on at once (default: the spec's, else every host up to 256)")
+	cmd.Flags().IntVar(&parallelism, "parallelism", 0, "hosts worked on at once, 1-256 (default: the spec's, else every host up to 256)")
 	cmd.Flags().BoolVar(&forceNew, "force-new-cluster", false, "when swarm quorum is lost, re-form the swarm on a surviving manager")
 	cmd.Flags().BoolVar(&replaceMissing, "replace-missing", false, "create replacements even when every machine (or every manager) appears gone at once")
 	cmd.Flags().BoolVar(&leaveOther, "leave-other-swarm", false, "make hosts that are members of another swarm leave it and join this one")
 	cmd.Flags().BoolVar(&allowDowngrade, "allow-engine-downgrade", false, "let an engine.version pin below a host's installed engine package downgrade it (refused otherwise; plan says which hosts)")
-	return cmd
+	return g.jsonEvents(cmd, "apply", &jsonOut)
 }
 
 // summary prints the apply's last lines and returns the command it
@@ -222,7 +227,10 @@ func newDestroy(g *globals) *cobra.Command {
 				// are found by the cluster ID state holds).
 				fmt.Fprintf(cmd.ErrOrStderr(), "Nothing to destroy: no state of cluster %q in %s.\n", l.spec.Name, l.store.Dir())
 				if jsonOut {
-					summaryEvent(g.reporter(cmd, jsonOut), "destroy", apply.Stats{}, "", nil)
+					// The plan first, as in every stream: nothing to remove.
+					rep := g.reporter(cmd, jsonOut)
+					g.planEvent(rep, l, plan.Destroy(l.state, plan.Observed{}))
+					summaryEvent(rep, "destroy", apply.Stats{}, "", nil)
 				}
 				return nil
 			}
@@ -281,7 +289,7 @@ func newDestroy(g *globals) *cobra.Command {
 	cmd.Flags().BoolVar(&auto, "auto-approve", false, "do not ask")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stdout (human text stays on stderr)")
 	cmd.Flags().BoolVar(&forgetMissing, "forget-missing", false, "drop from state machines that all appear gone at once on a driver (checked credentials, account and region first)")
-	return cmd
+	return g.jsonEvents(cmd, "destroy", &jsonOut)
 }
 
 func newVersion() *cobra.Command {

@@ -73,9 +73,17 @@ again updates the context; destroy does not remove it.`,
 		},
 	}
 	cmd.Flags().StringVar(&shell, "shell", "sh", "output syntax: sh or fish")
-	cmd.PreRunE = func(*cobra.Command, []string) error {
+	cmd.PreRunE = func(c *cobra.Command, _ []string) error {
 		if shell != "sh" && shell != "fish" {
 			return withCode(exitUsage, fmt.Errorf("--shell %q: use sh or fish", shell))
+		}
+		// A name given is checked before anything is read: an empty one
+		// printed the variables instead of making a context, a bad one
+		// failed as a run error (exit 1) after loading everything.
+		if c.Flags().Changed("context-name") {
+			if err := store.ValidateContextName(ctxName); err != nil {
+				return withCode(exitUsage, fmt.Errorf("--context-name %q: %w", ctxName, err))
+			}
 		}
 		return nil
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/docker/cli/cli/context/docker"
@@ -53,5 +54,17 @@ func TestWriteDockerContext(t *testing.T) {
 	}
 	if err := writeDockerContext(cfgDir, "nocerts", "tcp://x:2376", t.TempDir(), ""); err == nil {
 		t.Error("missing certificates were accepted")
+	}
+}
+
+// TestContextNameChecked: --context-name "" printed the variables (as if no
+// context was asked for) and an invalid name was exit 1 after loading the
+// spec; both are usage errors before anything is read.
+func TestContextNameChecked(t *testing.T) {
+	for _, name := range []string{"", "../../evil", "-x"} {
+		out, _, err := runCLI(t, "env", "/nonexistent/c.hcl", "--context-name", name)
+		if code(err) != exitUsage || out != "" || !strings.Contains(err.Error(), "--context-name") {
+			t.Errorf("--context-name %q: code %d, stdout %q, err %v", name, code(err), out, err)
+		}
 	}
 }

@@ -74,6 +74,9 @@ credentials from the swarm secret at --bundle, the local engine's socket.`,
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			if err := positiveDuration(cmd, "resync", resync); err != nil {
+				return err
+			}
 			if inCluster {
 				return runInCluster(ctx, bundle, resync)
 			}

@@ -10,6 +10,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/spf13/cobra"
 )
 
 // Exit codes (documented in README.md and `provision --help`).
@@ -58,6 +60,24 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:]))
 }
 
+// sigpipeFor keeps a reader that went away from killing the command: by
+// default Go dies of SIGPIPE at the first write to a closed stdout or stderr,
+// so `provision apply --json | head -3` killed the apply after its third
+// event, in the middle of whatever it was changing (a drain, a manager's
+// demotion), with no state saved and no message. Ignored, such writes fail
+// (EPIPE) and are dropped; the command goes on to its end and exits with its
+// own code.
+//
+// provision ssh, which changes nothing on its own, keeps the default: like
+// ssh(1) it dies when its reader does (exit 141), rather than keep a remote
+// command (`journalctl -f | head`) running for nobody. (Go cannot give
+// SIGPIPE its default back once ignored, so it is decided per command.)
+func sigpipeFor(cmd *cobra.Command) {
+	if cmd.Name() != "ssh" {
+		signal.Ignore(syscall.SIGPIPE)
+	}
+}
+
 func run(ctx context.Context, args []string) int {
 	root, g := newRootWith()
 	root.SetArgs(normalizeArgs(args))
@@ -70,7 +90,7 @@ func run(ctx context.Context, args []string) int {
 	switch {
 	case errors.As(err, &ce) && ce.remote:
 		return ce.code // the remote command said what it had to say
-	case errors.As(err, &ce) && ce.err == errSilent:
+	case errors.As(err, &ce) && errors.Is(ce.err, errSilent):
 	case code == exitInterrupt:
 		fmt.Fprintln(os.Stderr, g.redact("Interrupted: "+err.Error()))
 		fmt.Fprintln(os.Stderr, "State was saved; run the same command again to finish.")

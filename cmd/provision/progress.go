@@ -28,6 +28,8 @@ func (g *globals) reporter(cmd *cobra.Command, jsonOut bool) apply.Reporter {
 	var rep apply.Reporter
 	stderr := cmd.ErrOrStderr()
 	switch {
+	case jsonOut && g.stream != nil:
+		rep = g.stream
 	case jsonOut:
 		rep = &apply.JSON{W: secretWriter{g, cmd.OutOrStdout()}}
 		g.events.Store(&rep)

@@ -48,6 +48,9 @@ type globals struct {
 	stderr io.Writer
 	logOut atomic.Pointer[io.Writer]
 	events atomic.Pointer[apply.Reporter]
+	// stream is the --json event stream of the running command, when it
+	// has one (jsonEvents).
+	stream *jsonStream
 }
 
 // redact returns s with the sensitive values of the loaded spec replaced.
@@ -74,11 +77,14 @@ the swarm. State lives in .provision/<cluster>/ next to the spec.
 Exit codes:
   0    success (plan: whatever the diff)
   1    the run failed (the error names the host and step)
-  2    bad flags or an invalid spec (diagnostics with file:line:col)
+  2    bad flags or arguments, an unusable --state-dir, or an invalid spec
+       (diagnostics with file:line:col)
   3    the state is locked by another provision (the holder is named)
   4    refused: a destructive plan without --auto-approve and no terminal,
-       or a state file that is corrupt or from a newer provision
-  130  interrupted: state was saved, run the command again to finish`
+       every machine or manager gone without --replace-missing, or a state
+       file that is corrupt or from a newer provision (left untouched)
+  130  interrupted: state was saved, run the command again to finish
+  provision ssh exits with the remote command's status (255: provision failed)`
 
 func newRoot() *cobra.Command {
 	root, _ := newRootWith()
@@ -106,6 +112,7 @@ func newRootWith() (*cobra.Command, *globals) {
   eval "$(provision env cluster.hcl demo-manager-1)"
   provision destroy cluster.hcl --auto-approve`,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			sigpipeFor(cmd) // main.go
 			return g.setupLog(cmd.ErrOrStderr())
 		},
 		PersistentPostRun: func(*cobra.Command, []string) {
@@ -132,10 +139,26 @@ func newRootWith() (*cobra.Command, *globals) {
 			c.Args = usage(c.Args)
 		}
 	}
-	// Runnable, so that an unknown command is an argument error, not help.
-	root.Args = usage(cobra.NoArgs)
-	root.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	// Every command that only groups others (the root, rotate, lb,
+	// completion) is runnable, so that an unknown or misspelt subcommand
+	// (`provision rotate cert FILE`) is an argument error (exit 2), not
+	// help and exit 0 as if something had been done.
+	root.InitDefaultCompletionCmd()
+	groupsRunnable(root)
 	return root, g
+}
+
+// groupsRunnable makes c and every command under it that has subcommands
+// and no action of its own print its help when called alone and refuse
+// arguments (an unknown subcommand) as a usage error.
+func groupsRunnable(c *cobra.Command) {
+	if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+		c.Args = usage(cobra.NoArgs)
+		c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	}
+	for _, sub := range c.Commands() {
+		groupsRunnable(sub)
+	}
 }
 
 func (g *globals) setupLog(stderr io.Writer) error {
@@ -192,6 +215,27 @@ func openLogFile(path string) (*os.File, error) {
 	return f, nil
 }
 
+// positiveDuration refuses (exit 2) a duration flag set to zero or less: it
+// was ignored in silence (--resync) or made the wait fail at once after the
+// change had started (--timeout).
+func positiveDuration(cmd *cobra.Command, name string, d time.Duration) error {
+	if cmd.Flags().Changed(name) && d <= 0 {
+		return withCode(exitUsage, fmt.Errorf("--%s %s: give a duration above zero", name, d))
+	}
+	return nil
+}
+
+// requireState refuses (exit 2) a command that reports on a cluster when no
+// state of it was ever written in the state directory: nothing was made from
+// here (or --state-dir points elsewhere), and an empty report would pass for
+// a healthy answer.
+func (l *loaded) requireState() error {
+	if l.state.Updated.IsZero() && len(l.state.Machines) == 0 {
+		return withCode(exitUsage, fmt.Errorf("no state of cluster %q in %s: run `provision apply` first (or pass the --state-dir it used)", l.spec.Name, l.store.Dir()))
+	}
+	return nil
+}
+
 // requireMachines refuses (exit 2) a command that acts on machines when the
 // cluster has none yet.
 func (l *loaded) requireMachines() error {
@@ -226,7 +270,7 @@ func (g *globals) loadSpec(cmd *cobra.Command, file string) (*spec.Cluster, erro
 		spec.WriteDiagnostics(cmd.ErrOrStderr(), diags, !g.noColor && isTTY(cmd.ErrOrStderr()))
 	}
 	if diags.HasErrors() {
-		return nil, withCode(exitUsage, errSilent)
+		return nil, withCode(exitUsage, diagError{diags})
 	}
 	return c, nil
 }
@@ -322,7 +366,7 @@ func (g *globals) openState(cmd *cobra.Command, file string, lock bool) (*loaded
 		if diags.HasErrors() {
 			spec.WriteDiagnostics(cmd.ErrOrStderr(), diags, !g.noColor && isTTY(cmd.ErrOrStderr()))
 			l.close()
-			return nil, withCode(exitUsage, errSilent)
+			return nil, withCode(exitUsage, diagError{diags})
 		}
 		l.drivers[b.Name] = d
 	}

@@ -42,6 +42,9 @@ func rotateApply(ctx context.Context, g *globals, l *loaded, file string, cmd *c
 		return withCode(exitRefused, fmt.Errorf("the plan replaces or removes machines: run `provision apply %s` first, then rotate", file))
 	}
 	rep := g.reporter(cmd, jsonOut)
+	if jsonOut {
+		g.planEvent(rep, l, p) // each rollout's events start with its plan, as apply's do
+	}
 	stats, err := l.runner(g, rep).Apply(ctx, p)
 	next := summary(out, stats, file, err)
 	if jsonOut {
@@ -90,7 +93,7 @@ no revocation list. After a client or node key has leaked, run
 		},
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stdout (human text stays on stderr)")
-	return cmd
+	return g.jsonEvents(cmd, "rotate certs", &jsonOut)
 }
 
 func newRotateCA(g *globals) *cobra.Command {
@@ -145,7 +148,7 @@ run the command again after an interruption and it goes on from there.`,
 		},
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "progress as NDJSON events on stdout (human text stays on stderr)")
-	return cmd
+	return g.jsonEvents(cmd, "rotate ca", &jsonOut)
 }
 
 func newRotateSwarmCA(g *globals) *cobra.Command {
@@ -161,6 +164,9 @@ swarm.node_cert_expiry, set by apply.`,
 		Example: "  provision rotate swarm-ca cluster.hcl",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := positiveDuration(cmd, "timeout", timeout); err != nil {
+				return err
+			}
 			l, err := g.open(cmd, args[0])
 			if err != nil {
 				return err
@@ -237,6 +243,12 @@ host, or a safe). Nothing else ever prints it.`,
 				fmt.Fprintln(cmd.ErrOrStderr(), "The swarm unlock key (a secret: whoever has it and a manager's disk has the raft):")
 				fmt.Fprintln(cmd.OutOrStdout(), string(keys[0]))
 				return nil
+			}
+			// Without machines there is nothing to unlock, and the runner
+			// would make the cluster's admin key in the state directory
+			// without the lock this command does not take.
+			if err := l.requireMachines(); err != nil {
+				return err
 			}
 			res, err := l.runner(g, g.reporter(cmd, false)).Unlock(cmd.Context())
 			if err != nil {

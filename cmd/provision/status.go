@@ -76,11 +76,18 @@ func newStatus(g *globals) *cobra.Command {
 		Example: "  provision status examples/local.hcl\n  provision status cluster.hcl --json\n  provision status cluster.hcl --metrics\n  provision status cluster.hcl --prometheus > /etc/prometheus/docker.json",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if prometheus && (jsonOut || withMetrics) {
+				// It printed the target list and silently dropped the others.
+				return withCode(exitUsage, errors.New("--prometheus prints only a target list: it does not combine with --json or --metrics"))
+			}
 			l, err := g.openRead(cmd, args[0])
 			if err != nil {
 				return err
 			}
 			defer l.close()
+			if err := l.requireState(); err != nil {
+				return err
+			}
 			if prometheus { // metrics.go
 				ts, err := prometheusTargets(l)
 				if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"strings"
 	"testing"
 	"time"
 )
@@ -53,6 +54,17 @@ func TestNoColorEnv(t *testing.T) {
 		}
 		if g.noColor != c.want {
 			t.Errorf("NO_COLOR=%q: no color %v, want %v", c.env, g.noColor, c.want)
+		}
+	}
+}
+
+// TestPrometheusAlone: --prometheus with --json or --metrics printed the
+// target list and ignored the others; it is a usage error.
+func TestPrometheusAlone(t *testing.T) {
+	for _, f := range []string{"--json", "--metrics"} {
+		out, _, err := runCLI(t, "status", "/nonexistent/c.hcl", "--prometheus", f)
+		if code(err) != exitUsage || out != "" || !strings.Contains(err.Error(), "--prometheus") {
+			t.Errorf("--prometheus %s: code %d, stdout %q, err %v", f, code(err), out, err)
 		}
 	}
 }

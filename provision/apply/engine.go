@@ -238,6 +238,11 @@ func (e *Runner) Apply(ctx context.Context, p *plan.Plan) (Stats, error) {
 		case h.err != nil:
 			r.stats.Failed = append(r.stats.Failed, name)
 			hostErrs = append(hostErrs, h.err)
+		case err != nil && h.rec != nil && h.rec.Status != state.StatusReady:
+			// Cut off before it was ready (its steps or its join not
+			// done): whatever changed on it, it is not done, and saying
+			// "changed" beside "0 failed" read as finished.
+			r.stats.NotDone = append(r.stats.NotDone, name)
 		case h.changed:
 			r.stats.Changed = append(r.stats.Changed, name)
 		case err != nil:

@@ -274,6 +274,11 @@ func TestInterruptStopsNewWork(t *testing.T) {
 	if len(r.st.Failed) != 0 {
 		t.Errorf("hosts not started count as failed: %v", r.st.Failed)
 	}
+	// Every host, the one created too, is unfinished: none is "changed"
+	// (the summary read "1 changed, 0 failed" for a machine never set up).
+	if len(r.st.Changed) != 0 || len(r.st.NotDone) != 4 {
+		t.Errorf("changed %v, not done %v: want the 4 hosts not done", r.st.Changed, r.st.NotDone)
+	}
 	saved, err := e.Store.Load()
 	if err != nil {
 		t.Fatal(err)

@@ -62,11 +62,8 @@ func Check(out []byte, command string) ([]json.RawMessage, []apply.Event, error)
 type key struct{ host, step string }
 
 func sequence(evs []apply.Event, command string) error {
-	if len(evs) < 2 {
-		return fmt.Errorf("%d events: want at least the plan and the summary", len(evs))
-	}
-	if evs[0].Kind != apply.PlanEvent || evs[0].Plan == nil {
-		return fmt.Errorf("first event is %s, want the plan", evs[0].Kind)
+	if len(evs) == 0 {
+		return fmt.Errorf("no events: want at least the summary")
 	}
 	last := evs[len(evs)-1]
 	if last.Kind != apply.SummaryEnd || last.Summary == nil {
@@ -74,6 +71,23 @@ func sequence(evs []apply.Event, command string) error {
 	}
 	if last.Summary.Command != command {
 		return fmt.Errorf("summary of %q, want %q", last.Summary.Command, command)
+	}
+	if evs[0].Kind != apply.PlanEvent || evs[0].Plan == nil {
+		// A command that stopped before it had a plan (invalid spec, state
+		// locked or corrupt) writes the warnings it met and the summary
+		// with its error, nothing else.
+		if last.Summary.Error == "" {
+			return fmt.Errorf("first event is %s, want the plan (only a failed command may have none)", evs[0].Kind)
+		}
+		for i, e := range evs[:len(evs)-1] {
+			if e.Kind != apply.Warning && e.Kind != apply.Note {
+				return fmt.Errorf("event %d (%s) before any plan", i+1, e.Kind)
+			}
+		}
+		return nil
+	}
+	if len(evs) < 2 {
+		return fmt.Errorf("%d events: want at least the plan and the summary", len(evs))
 	}
 	interrupted := last.Summary.Error != ""
 	phase := ""

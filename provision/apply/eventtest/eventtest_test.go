@@ -24,6 +24,7 @@ func render(evs ...apply.Event) []byte {
 func TestCheck(t *testing.T) {
 	plan := apply.Event{Kind: apply.PlanEvent, Plan: map[string]any{"cluster": "c"}}
 	sum := apply.Event{Kind: apply.SummaryEnd, Summary: &apply.Summary{Command: "apply"}}
+	failed := apply.Event{Kind: apply.SummaryEnd, Summary: &apply.Summary{Command: "apply", Error: "locked"}}
 	ps := apply.Event{Kind: apply.PhaseStart, Phase: "host", Hosts: 1}
 	pe := apply.Event{Kind: apply.PhaseEnd, Phase: "host", Took: time.Second}
 	hs := apply.Event{Kind: apply.HostStart, Host: "n1", Step: "host"}
@@ -35,6 +36,9 @@ func TestCheck(t *testing.T) {
 		{plan, sum},
 		{plan, ps, hs, ss, sc, hd, pe, sum},
 		{plan, ps, hs, ss, sf, pe, {Kind: apply.Warning, Msg: "w"}, sum},
+		// stopped before planning: warnings and a summary with the error
+		{failed},
+		{{Kind: apply.Warning, Msg: "stale lock"}, failed},
 	}
 	for i, evs := range good {
 		if _, _, err := Check(render(evs...), "apply"); err != nil {
@@ -43,6 +47,9 @@ func TestCheck(t *testing.T) {
 	}
 	bad := map[string][]apply.Event{
 		"no plan":           {ps, pe, sum},
+		"only a summary":    {sum},
+		"phase, no plan":    {ps, pe, failed},
+		"nothing":           {},
 		"no summary":        {plan, ps, pe},
 		"step never ends":   {plan, ps, hs, ss, hd, pe, sum},
 		"host never done":   {plan, ps, hs, pe, sum},
