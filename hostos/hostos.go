@@ -135,6 +135,10 @@ type Facts struct {
 	// ESP says whether the kernel has the IPsec ESP data path encrypted
 	// overlay networks need: "yes", "no", "" (not probed).
 	ESP string `json:"esp,omitempty"`
+	// SSHD is sshd's effective value of each SSHDEnforced setting for a
+	// login of the admin user from the operator's address (sshd -T -C:
+	// every Include and Match block counted); nil when not read.
+	SSHD map[string]string `json:"sshd,omitempty"`
 }
 
 // SwarmMember is an engine's swarm membership as its node certificate says.
