@@ -104,7 +104,9 @@ printf 'end\n'
 // settings harden.ssh enforces (SSHDEnforced) as sshd would apply them to
 // a login of this user from this address ($1 address, $2 user, $3
 // $SSH_CONNECTION: sshd -T -C, so Match blocks count as well as every
-// Include, whatever its order). Nothing when sshd or the user is unknown.
+// Include, whatever its order), and "sshport<TAB>n" for each port sshd
+// listens on and the one this connection came in on (the firewall keeps
+// them open). Nothing when sshd or the user is unknown.
 const sshdEffectiveScript = `if [ -n "$2" ] && command -v sshd >/dev/null 2>&1; then
 	spec="user=$2"
 	[ -z "$1" ] || spec="$spec,host=$1,addr=$1"
@@ -112,8 +114,10 @@ const sshdEffectiveScript = `if [ -n "$2" ] && command -v sshd >/dev/null 2>&1; 
 	[ -z "$3" ] || spec="$spec,laddr=$3"
 	[ -z "$4" ] || spec="$spec,lport=$4"
 	mkdir -p /run/sshd 2>/dev/null
+	[ -z "$4" ] || printf 'sshport\t%s\n' "$4"
 	sshd -T -C "$spec" 2>/dev/null | while read -r k v; do
 		case " $SSHD_KEYS " in *" $k "*) printf 'sshd\t%s\t%s\n' "$k" "$v" ;; esac
+		[ "$k" != port ] || printf 'sshport\t%s\n' "$v"
 	done
 fi`
 
@@ -287,6 +291,10 @@ func ParseFacts(out []byte) (*Facts, error) {
 			}
 		case "swarmcert":
 			f.Swarm = parseSwarmCert(strings.TrimSpace(rest))
+		case "sshport":
+			if n, err := strconv.Atoi(strings.TrimSpace(rest)); err == nil && n > 0 && n < 65536 && !slices.Contains(f.SSHPorts, n) {
+				f.SSHPorts = append(f.SSHPorts, n)
+			}
 		case "sshd":
 			if k, v, ok := strings.Cut(strings.TrimSpace(rest), "\t"); ok {
 				if f.SSHD == nil {

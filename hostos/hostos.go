@@ -139,6 +139,9 @@ type Facts struct {
 	// login of the admin user from the operator's address (sshd -T -C:
 	// every Include and Match block counted); nil when not read.
 	SSHD map[string]string `json:"sshd,omitempty"`
+	// SSHPorts are the ports sshd listens on (sshd -T) and the one the
+	// facts' own connection came in on; nil when not read.
+	SSHPorts []int `json:"ssh_ports,omitempty"`
 }
 
 // SwarmMember is an engine's swarm membership as its node certificate says.
