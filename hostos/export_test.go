@@ -9,3 +9,6 @@ func SetLockWait(d time.Duration) func() {
 	lockWait = d
 	return func() { lockWait = old }
 }
+
+// InputDropScript is the facts script's part that finds other input filters.
+const InputDropScript = inputDropScript

@@ -96,6 +96,7 @@ if [ -r "$c" ]; then
 	while IFS= read -r l || [ -n "$l" ]; do printf '%s\n' "$l"; done <"$c"
 	printf 'swarmpem-end\n'
 fi
+` + inputDropScript + `
 { ` + busyScript + `; } | while IFS= read -r l; do printf 'busy\t%s\n' "$l"; done
 printf 'end\n'
 `
@@ -118,6 +119,22 @@ const sshdEffectiveScript = `if [ -n "$2" ] && command -v sshd >/dev/null 2>&1; 
 	sshd -T -C "$spec" 2>/dev/null | while read -r k v; do
 		case " $SSHD_KEYS " in *" $k "*) printf 'sshd\t%s\t%s\n' "$k" "$v" ;; esac
 		[ "$k" != port ] || printf 'sshport\t%s\n' "$v"
+	done
+fi`
+
+// inputDropScript prints "fwdrop<TAB>family table chain" for each input
+// base chain outside provision's table whose policy is drop.
+const inputDropScript = `# Other input filters that drop by default (ufw, an operator's own table):
+# a packet must pass every input base chain, so provision's openings count
+# only where these let them through as well.
+if command -v nft >/dev/null 2>&1; then
+	tb= ch=
+	nft list chains 2>/dev/null | while read -r a b c d; do
+		case "$a" in
+		table) tb="$b $c" ;;
+		chain) ch=$b ;;
+		type) case "$a $b $c $d" in *"hook input"*"policy drop"*) [ "$tb" = "inet provision" ] || printf 'fwdrop\t%s %s\n' "$tb" "$ch" ;; esac ;;
+		esac
 	done
 fi`
 
@@ -291,6 +308,10 @@ func ParseFacts(out []byte) (*Facts, error) {
 			}
 		case "swarmcert":
 			f.Swarm = parseSwarmCert(strings.TrimSpace(rest))
+		case "fwdrop":
+			if v := strings.TrimSpace(rest); v != "" {
+				f.InputDrop = append(f.InputDrop, v)
+			}
 		case "sshport":
 			if n, err := strconv.Atoi(strings.TrimSpace(rest)); err == nil && n > 0 && n < 65536 && !slices.Contains(f.SSHPorts, n) {
 				f.SSHPorts = append(f.SSHPorts, n)

@@ -142,6 +142,9 @@ type Facts struct {
 	// SSHPorts are the ports sshd listens on (sshd -T) and the one the
 	// facts' own connection came in on; nil when not read.
 	SSHPorts []int `json:"ssh_ports,omitempty"`
+	// InputDrop lists input base chains outside provision's table whose
+	// policy is drop ("ip filter INPUT": ufw, the operator's own rules).
+	InputDrop []string `json:"input_drop,omitempty"`
 }
 
 // SwarmMember is an engine's swarm membership as its node certificate says.
