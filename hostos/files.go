@@ -16,16 +16,23 @@ import (
 
 // Paths of the files the steps manage.
 const (
-	PathTLSCA          = "/etc/docker/tls/ca.pem"
-	PathTLSCert        = "/etc/docker/tls/cert.pem"
-	PathTLSKey         = "/etc/docker/tls/key.pem"
-	PathDaemonJSON     = "/etc/docker/daemon.json"
-	PathDockerDropIn   = "/etc/systemd/system/docker.service.d/provision.conf"
-	PathJournald       = "/etc/systemd/journald.conf.d/provision.conf"
-	PathPruneService   = "/etc/systemd/system/provision-prune.service"
-	PathPruneTimer     = "/etc/systemd/system/provision-prune.timer"
-	PathSSHD           = "/etc/ssh/sshd_config.d/10-provision.conf"
-	PathSysctl         = "/etc/sysctl.d/90-provision.conf"
+	PathTLSCA        = "/etc/docker/tls/ca.pem"
+	PathTLSCert      = "/etc/docker/tls/cert.pem"
+	PathTLSKey       = "/etc/docker/tls/key.pem"
+	PathDaemonJSON   = "/etc/docker/daemon.json"
+	PathDockerDropIn = "/etc/systemd/system/docker.service.d/provision.conf"
+	PathJournald     = "/etc/systemd/journald.conf.d/provision.conf"
+	PathPruneService = "/etc/systemd/system/provision-prune.service"
+	PathPruneTimer   = "/etc/systemd/system/provision-prune.timer"
+	PathSSHD         = "/etc/ssh/sshd_config.d/10-provision.conf"
+	// PathSysctl sorts after every file systemd-sysctl reads on Debian and
+	// Ubuntu (it orders all sysctl.d directories by file name, the last
+	// value winning): as 90-provision.conf, Debian 12's own
+	// /usr/lib/sysctl.d/99-protect-links.conf (fs.protected_fifos = 1)
+	// undid the hardening at every boot while the file looked applied.
+	PathSysctl = "/etc/sysctl.d/99-zz-provision.conf"
+	// PathSysctlOld is where earlier versions wrote it: removed.
+	PathSysctlOld      = "/etc/sysctl.d/90-provision.conf"
 	PathFirewall       = "/etc/provision/firewall.nft"
 	PathFirewallUnit   = "/etc/systemd/system/provision-firewall.service"
 	PathAuditRules     = "/etc/audit/rules.d/provision.rules"
