@@ -20,8 +20,8 @@ import (
 var probedCommands = []string{"sshd", "nft", "hostnamectl", "cloud-init", "systemctl", "auditctl", "augenrules", "apt-get", "dockerd", "sysctl"}
 
 // factsScript is the POSIX sh program GatherFacts runs as root; $1 is the
-// SSH client address (expanded by the login shell, since sudo drops the
-// environment). Every line is "kind<TAB>fields...", except the sections
+// SSH client address, $2 the login user and $3 the whole $SSH_CONNECTION
+// (expanded by the login shell, since sudo drops the environment). Every line is "kind<TAB>fields...", except the sections
 // that carry a command's own output between a header and an end line
 // (files: sha256sum; units: systemctl show; swarmpem: the certificate).
 // Paths are appended.
@@ -34,6 +34,7 @@ var probedCommands = []string{"sshd", "nft", "hostnamectl", "cloud-init", "syste
 // or the binary changed since it last ran (its answer is kept in /run).
 const factsScript = `export LC_ALL=C PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 printf 'ssh_client\t%s\n' "$1"
+` + sshdEffectiveScript + `
 if [ -r /etc/os-release ]; then
 	while IFS= read -r l || [ -n "$l" ]; do printf 'os\t%s\n' "$l"; done </etc/os-release
 fi
@@ -95,9 +96,47 @@ if [ -r "$c" ]; then
 	while IFS= read -r l || [ -n "$l" ]; do printf '%s\n' "$l"; done <"$c"
 	printf 'swarmpem-end\n'
 fi
+` + inputDropScript + `
 { ` + busyScript + `; } | while IFS= read -r l; do printf 'busy\t%s\n' "$l"; done
 printf 'end\n'
 `
+
+// sshdEffectiveScript prints "sshd<TAB>key<TAB>value" for each of the
+// settings harden.ssh enforces (SSHDEnforced) as sshd would apply them to
+// a login of this user from this address ($1 address, $2 user, $3
+// $SSH_CONNECTION: sshd -T -C, so Match blocks count as well as every
+// Include, whatever its order), and "sshport<TAB>n" for each port sshd
+// listens on and the one this connection came in on (the firewall keeps
+// them open). Nothing when sshd or the user is unknown.
+const sshdEffectiveScript = `if [ -n "$2" ] && command -v sshd >/dev/null 2>&1; then
+	spec="user=$2"
+	[ -z "$1" ] || spec="$spec,host=$1,addr=$1"
+	set -- $3
+	[ -z "$3" ] || spec="$spec,laddr=$3"
+	[ -z "$4" ] || spec="$spec,lport=$4"
+	mkdir -p /run/sshd 2>/dev/null
+	[ -z "$4" ] || printf 'sshport\t%s\n' "$4"
+	sshd -T -C "$spec" 2>/dev/null | while read -r k v; do
+		case " $SSHD_KEYS " in *" $k "*) printf 'sshd\t%s\t%s\n' "$k" "$v" ;; esac
+		[ "$k" != port ] || printf 'sshport\t%s\n' "$v"
+	done
+fi`
+
+// inputDropScript prints "fwdrop<TAB>family table chain" for each input
+// base chain outside provision's table whose policy is drop.
+const inputDropScript = `# Other input filters that drop by default (ufw, an operator's own table):
+# a packet must pass every input base chain, so provision's openings count
+# only where these let them through as well.
+if command -v nft >/dev/null 2>&1; then
+	tb= ch=
+	nft list chains 2>/dev/null | while read -r a b c d; do
+		case "$a" in
+		table) tb="$b $c" ;;
+		chain) ch=$b ;;
+		type) case "$a $b $c $d" in *"hook input"*"policy drop"*) [ "$tb" = "inet provision" ] || printf 'fwdrop\t%s %s\n' "$tb" "$ch" ;; esac ;;
+		esac
+	done
+fi`
 
 // busyScript lists running package managers, one "pid cmdline" a line. The
 // unattended-upgrades shutdown helper (always running, comm
@@ -108,8 +147,9 @@ const busyScript = `pgrep -a -x 'apt|apt-get|aptitude|dpkg' 2>/dev/null; pgrep -
 // a shell script on stdin, run as root (root-only files can be hashed).
 func GatherFacts(ctx context.Context, c Comm, paths []string) (*Facts, error) {
 	var script strings.Builder
-	fmt.Fprintf(&script, "PROBE=%s\nUNITS=%s\nFILES=%s\n",
+	fmt.Fprintf(&script, "PROBE=%s\nSSHD_KEYS=%s\nUNITS=%s\nFILES=%s\n",
 		comm.Quote(strings.Join(probedCommands, " ")),
+		comm.Quote(strings.Join(SSHDEnforced, " ")),
 		comm.Quote(strings.Join(ManagedUnits(), " ")),
 		comm.Quote(strings.Join(paths, " ")))
 	for _, p := range paths {
@@ -120,7 +160,7 @@ func GatherFacts(ctx context.Context, c Comm, paths []string) (*Facts, error) {
 	script.WriteString("set -f\n") // FILES and UNITS are split on spaces, never globbed
 	script.WriteString(factsScript)
 	// The login shell expands $SSH_CONNECTION before sudo drops it.
-	out, err := c.Run(ctx, comm.Sudo(c, `sh -s -- "${SSH_CONNECTION%% *}"`), strings.NewReader(script.String()))
+	out, err := c.Run(ctx, comm.Sudo(c, `sh -s -- "${SSH_CONNECTION%% *}" "$USER" "$SSH_CONNECTION"`), strings.NewReader(script.String()))
 	if err != nil {
 		return nil, fmt.Errorf("gather facts: %w", err)
 	}
@@ -268,6 +308,21 @@ func ParseFacts(out []byte) (*Facts, error) {
 			}
 		case "swarmcert":
 			f.Swarm = parseSwarmCert(strings.TrimSpace(rest))
+		case "fwdrop":
+			if v := strings.TrimSpace(rest); v != "" {
+				f.InputDrop = append(f.InputDrop, v)
+			}
+		case "sshport":
+			if n, err := strconv.Atoi(strings.TrimSpace(rest)); err == nil && n > 0 && n < 65536 && !slices.Contains(f.SSHPorts, n) {
+				f.SSHPorts = append(f.SSHPorts, n)
+			}
+		case "sshd":
+			if k, v, ok := strings.Cut(strings.TrimSpace(rest), "\t"); ok {
+				if f.SSHD == nil {
+					f.SSHD = map[string]string{}
+				}
+				f.SSHD[k] = strings.TrimSpace(v)
+			}
 		case "busy":
 			if s := strings.TrimSpace(rest); s != "" {
 				f.Busy = append(f.Busy, s)

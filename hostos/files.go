@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/provision/provision/provision/spec"
@@ -15,16 +16,23 @@ import (
 
 // Paths of the files the steps manage.
 const (
-	PathTLSCA          = "/etc/docker/tls/ca.pem"
-	PathTLSCert        = "/etc/docker/tls/cert.pem"
-	PathTLSKey         = "/etc/docker/tls/key.pem"
-	PathDaemonJSON     = "/etc/docker/daemon.json"
-	PathDockerDropIn   = "/etc/systemd/system/docker.service.d/provision.conf"
-	PathJournald       = "/etc/systemd/journald.conf.d/provision.conf"
-	PathPruneService   = "/etc/systemd/system/provision-prune.service"
-	PathPruneTimer     = "/etc/systemd/system/provision-prune.timer"
-	PathSSHD           = "/etc/ssh/sshd_config.d/10-provision.conf"
-	PathSysctl         = "/etc/sysctl.d/90-provision.conf"
+	PathTLSCA        = "/etc/docker/tls/ca.pem"
+	PathTLSCert      = "/etc/docker/tls/cert.pem"
+	PathTLSKey       = "/etc/docker/tls/key.pem"
+	PathDaemonJSON   = "/etc/docker/daemon.json"
+	PathDockerDropIn = "/etc/systemd/system/docker.service.d/provision.conf"
+	PathJournald     = "/etc/systemd/journald.conf.d/provision.conf"
+	PathPruneService = "/etc/systemd/system/provision-prune.service"
+	PathPruneTimer   = "/etc/systemd/system/provision-prune.timer"
+	PathSSHD         = "/etc/ssh/sshd_config.d/10-provision.conf"
+	// PathSysctl sorts after every file systemd-sysctl reads on Debian and
+	// Ubuntu (it orders all sysctl.d directories by file name, the last
+	// value winning): as 90-provision.conf, Debian 12's own
+	// /usr/lib/sysctl.d/99-protect-links.conf (fs.protected_fifos = 1)
+	// undid the hardening at every boot while the file looked applied.
+	PathSysctl = "/etc/sysctl.d/99-zz-provision.conf"
+	// PathSysctlOld is where earlier versions wrote it: removed.
+	PathSysctlOld      = "/etc/sysctl.d/90-provision.conf"
 	PathFirewall       = "/etc/provision/firewall.nft"
 	PathFirewallUnit   = "/etc/systemd/system/provision-firewall.service"
 	PathAuditRules     = "/etc/audit/rules.d/provision.rules"
@@ -313,7 +321,8 @@ func renderAll(files ...tmplFile) ([]File, error) {
 type FirewallData struct {
 	Operators4, Operators6 []string
 	Peers4, Peers6         []string
-	SSHPort, EnginePort    int
+	SSHPorts               string // "22", or "{ 22, 2222 }"
+	EnginePort             int
 	ESP                    bool
 	Extra                  []FirewallRule // the spec's firewall_allow blocks
 	// MetricsPort is the engine's metrics port (0: off), open to the peers
@@ -339,7 +348,21 @@ func FirewallFiles(cfg *Config, fam Family, facts *Facts) ([]File, error) {
 	if len(ops) == 0 {
 		return nil, fmt.Errorf("firewall: no operator address: set tls.allowed_cidrs (the host did not report an SSH client address)")
 	}
-	d := FirewallData{SSHPort: 22, EnginePort: EnginePort, ESP: cfg.Hardening.OverlayEncryption}
+	d := FirewallData{SSHPorts: "22", EnginePort: EnginePort, ESP: cfg.Hardening.OverlayEncryption}
+	if facts != nil && len(facts.SSHPorts) > 0 {
+		// sshd's own ports and the one provision came in on: a host whose
+		// sshd is on 2222 must not be locked out by a ruleset that opens 22.
+		ports := slices.Clone(facts.SSHPorts)
+		slices.Sort(ports)
+		ps := make([]string, len(ports))
+		for i, p := range ports {
+			ps[i] = strconv.Itoa(p)
+		}
+		d.SSHPorts = strings.Join(ps, ", ")
+		if len(ps) > 1 {
+			d.SSHPorts = "{ " + d.SSHPorts + " }"
+		}
+	}
 	var err error
 	if d.Operators4, d.Operators6, err = splitPrefixes(ops); err != nil {
 		return nil, fmt.Errorf("firewall operator addresses: %w", err)

@@ -135,6 +135,16 @@ type Facts struct {
 	// ESP says whether the kernel has the IPsec ESP data path encrypted
 	// overlay networks need: "yes", "no", "" (not probed).
 	ESP string `json:"esp,omitempty"`
+	// SSHD is sshd's effective value of each SSHDEnforced setting for a
+	// login of the admin user from the operator's address (sshd -T -C:
+	// every Include and Match block counted); nil when not read.
+	SSHD map[string]string `json:"sshd,omitempty"`
+	// SSHPorts are the ports sshd listens on (sshd -T) and the one the
+	// facts' own connection came in on; nil when not read.
+	SSHPorts []int `json:"ssh_ports,omitempty"`
+	// InputDrop lists input base chains outside provision's table whose
+	// policy is drop ("ip filter INPUT": ufw, the operator's own rules).
+	InputDrop []string `json:"input_drop,omitempty"`
 }
 
 // SwarmMember is an engine's swarm membership as its node certificate says.

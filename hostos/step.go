@@ -93,6 +93,9 @@ type FileRule struct {
 	// Distro marks a path the distro ships and the step rewrites
 	// (/etc/issue): wipe leaves it in place.
 	Distro bool
+	// Old marks where an earlier version wrote one of the step's files:
+	// never rendered, removed by the step (and by wipe) when present.
+	Old bool
 }
 
 // Undo is what the generic driver's wipe runs for a step, as root, besides

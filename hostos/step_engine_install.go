@@ -158,7 +158,50 @@ const aptOpts = " -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-
 // the distro's settings.
 const aptUpdateOpts = " -o Acquire::Languages=none "
 
+// lockWait bounds waitPackageLock.
+var lockWait = 10 * time.Minute
+
+// waitPackageLock returns once no other process holds dpkg's lock, saying
+// every 10 s who holds it, and fails after lockWait naming the holder.
+// apt's locks are fcntl locks that pgrep (os.ready) does not see when the
+// holder is not apt itself, and apt's own DPkg::Lock::Timeout waits without
+// a word, so apt is asked without waiting (`apt-get check` takes the dpkg
+// frontend lock). apt-daily and unattended-upgrades at boot are the usual
+// holders.
+func waitPackageLock(ctx context.Context, t *Target) error {
+	start, said, last := time.Now(), time.Time{}, ""
+	err := poll(ctx, lockWait, "the dpkg lock", func() (bool, error) {
+		out, err := t.sudoSh(ctx, "apt-get -qq -o DPkg::Lock::Timeout=0 check 2>&1; true")
+		if err != nil {
+			return false, err
+		}
+		held := ""
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.Contains(l, "Could not get lock") || strings.Contains(l, "Unable to acquire the dpkg") || strings.Contains(l, "Unable to lock") {
+				held = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "E:"))
+				break
+			}
+		}
+		if held == "" {
+			return true, nil
+		}
+		last = held
+		if time.Since(said) >= 10*time.Second {
+			said = time.Now()
+			t.Log.Warn(fmt.Sprintf("waiting for the dpkg lock (%s of %s)", time.Since(start).Round(time.Second), lockWait), "holder", held)
+		}
+		return false, nil
+	})
+	if err != nil && last != "" {
+		return fmt.Errorf("%w: %s (apt-daily or unattended-upgrades at boot are the usual holders; apply again once it is done)", err, last)
+	}
+	return err
+}
+
 func installPackage(ctx context.Context, t *Target, fam Family) error {
+	if err := waitPackageLock(ctx, t); err != nil {
+		return err
+	}
 	if _, err := t.sudo(ctx, aptEnv+"apt-get -q update"+aptUpdateOpts+aptOpts); err != nil {
 		return fmt.Errorf("apt-get update: %w", err)
 	}
@@ -209,6 +252,9 @@ func installPackage(ctx context.Context, t *Target, fam Family) error {
 // every install until `dpkg --configure -a` has finished the packages it
 // left: that is run once, saying so, and the install again.
 func aptInstall(ctx context.Context, t *Target, cmd string) error {
+	if err := waitPackageLock(ctx, t); err != nil {
+		return err
+	}
 	_, err := t.sudoSh(ctx, cmd)
 	if err == nil || !strings.Contains(err.Error(), "dpkg --configure -a") {
 		return err

@@ -16,7 +16,13 @@ func stepHardenKernel() *Step {
 	return &Step{
 		ID: "harden.kernel",
 		Files: []FileRule{
-			{Path: PathSysctl, OnChange: func(ctx context.Context, t *Target, f File) error { return applySysctl(ctx, t, f.Content) }},
+			{Path: PathSysctl, OnChange: func(ctx context.Context, t *Target, f File) error {
+				if err := t.remove(ctx, t.present([]string{PathSysctlOld})...); err != nil {
+					return err
+				}
+				return applySysctl(ctx, t, f.Content)
+			}},
+			{Path: PathSysctlOld, Old: true},
 			{Path: PathCoredump}, {Path: PathLimits}, {Path: PathModprobe},
 		},
 		Enabled: func(c *Config) bool { return c.Hardening.Kernel },

@@ -3,6 +3,7 @@ package hostos
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/provision/provision/provision/comm"
 )
@@ -19,6 +20,11 @@ func stepHardenSSH() *Step {
 		Enabled: func(c *Config) bool { return c.Hardening.SSH },
 		Undo:    Undo{After: "if sshd -t 2>/dev/null || /usr/sbin/sshd -t; then systemctl reload ssh 2>/dev/null || systemctl reload sshd; fi"},
 		render:  func(t *Target, _ Family) ([]File, error) { return SSHDFiles(t.Config) },
+		// The drop-in is only as good as what sshd makes of it: an earlier
+		// drop-in of the operator's or a Match block in sshd_config wins
+		// over it. The step is done only when sshd's effective settings
+		// for the admin's login are the drop-in's.
+		ready: func(t *Target) bool { return len(sshdOverridden(t, t.Facts.SSHD)) == 0 },
 		put: func(ctx context.Context, t *Target, changed []File) error {
 			// Keep the old file, install, validate the whole sshd config, and
 			// put the old file back when sshd would not start with it. The
@@ -39,7 +45,7 @@ func stepHardenSSH() *Step {
 		},
 		after: func(ctx context.Context, t *Target, changed []File) error {
 			if len(changed) == 0 {
-				return nil
+				return checkSSHDEffective(ctx, t)
 			}
 			if err := reloadSSH(ctx, t); err != nil {
 				// sshd may be down now, with our session the only way in:
@@ -60,11 +66,106 @@ func stepHardenSSH() *Step {
 					return fmt.Errorf("a fresh login failed with the new %s, so the change was rolled back and sshd serves the old configuration again: %w", PathSSHD, err)
 				}
 			}
-			_, err := t.sudo(ctx, comm.Quote("rm", "-f", sshdBackup))
-			return err
+			if _, err := t.sudo(ctx, comm.Quote("rm", "-f", sshdBackup)); err != nil {
+				return err
+			}
+			return checkSSHDEffective(ctx, t)
 		},
 		offDone: func(ctx context.Context, t *Target) error { return reloadSSH(ctx, t) },
 	}
+}
+
+// SSHDEnforced are the sshd settings (as `sshd -T` names them) whose
+// effective value harden.ssh checks against its drop-in: who may log in
+// and how, and what a session may open.
+var SSHDEnforced = []string{
+	"permitrootlogin", "passwordauthentication", "kbdinteractiveauthentication",
+	"pubkeyauthentication", "permitemptypasswords", "x11forwarding",
+	"allowtcpforwarding", "allowagentforwarding", "permittunnel", "maxauthtries",
+}
+
+// sshdOverridden compares sshd's effective settings (eff, from sshd -T -C)
+// with the drop-in's and lists each that differs as "key value (want
+// value)". Nothing when eff is nil (not read: no sshd, unknown user).
+func sshdOverridden(t *Target, eff map[string]string) []string {
+	if eff == nil {
+		return nil
+	}
+	files, err := SSHDFiles(t.Config)
+	if err != nil || len(files) == 0 {
+		return nil
+	}
+	want := map[string]string{}
+	for _, l := range strings.Split(string(files[0].Content), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		if strings.EqualFold(f[0], "Match") {
+			break // what follows applies to some logins only
+		}
+		want[strings.ToLower(f[0])] = strings.ToLower(strings.Join(f[1:], " "))
+	}
+	norm := func(v string) string {
+		v = strings.ToLower(strings.TrimSpace(v))
+		if v == "without-password" { // sshd -T's name for prohibit-password
+			v = "prohibit-password"
+		}
+		return v
+	}
+	var out []string
+	for _, k := range SSHDEnforced {
+		w, ok := want[k]
+		v, have := eff[k]
+		if !ok || !have || norm(v) == norm(w) {
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s %s (want %s)", k, v, w))
+	}
+	return out
+}
+
+// checkSSHDEffective reads sshd's effective settings for this login again
+// and fails, naming the settings and the files that set them, when the
+// operator's configuration overrides the drop-in: the host would be
+// reported hardened while it is not.
+func checkSSHDEffective(ctx context.Context, t *Target) error {
+	script := "export LC_ALL=C PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nset -f\nSSHD_KEYS=" +
+		comm.Quote(strings.Join(SSHDEnforced, " ")) + "\n" + sshdEffectiveScript + "\n" +
+		"set +f\nfor f in /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*.conf; do\n" +
+		"\t[ -f \"$f\" ] && [ \"$f\" != " + PathSSHD + " ] && grep -qiE '^[[:space:]]*(" + strings.Join(SSHDEnforced, "|") + "|match)([[:space:]]|=)' \"$f\" && printf 'src\\t%s\\n' \"$f\"\n" +
+		"done\ntrue\n"
+	out, err := t.Comm.Run(ctx, comm.Sudo(t.Comm, `sh -s -- "${SSH_CONNECTION%% *}" "$USER" "$SSH_CONNECTION"`), strings.NewReader(script))
+	if err != nil {
+		return fmt.Errorf("read sshd's effective configuration: %w", err)
+	}
+	var eff map[string]string
+	var srcs []string
+	for _, l := range strings.Split(string(out), "\n") {
+		kind, rest, _ := strings.Cut(l, "\t")
+		switch kind {
+		case "sshd":
+			if k, v, ok := strings.Cut(rest, "\t"); ok {
+				if eff == nil {
+					eff = map[string]string{}
+				}
+				eff[k] = strings.TrimSpace(v)
+			}
+		case "src":
+			srcs = append(srcs, strings.TrimSpace(rest))
+		}
+	}
+	t.Facts.SSHD = eff
+	bad := sshdOverridden(t, eff)
+	if len(bad) == 0 {
+		return nil
+	}
+	where := "sshd's own configuration"
+	if len(srcs) > 0 {
+		where = strings.Join(srcs, ", ")
+	}
+	return fmt.Errorf("sshd does not apply provision's %s to %s's logins: %s; set by %s (sshd keeps the first value it reads, and a Match block overrides): change or remove those lines, or set hardening.ssh = false",
+		PathSSHD, t.Config.AdminUser, strings.Join(bad, ", "), where)
 }
 
 const (

@@ -40,6 +40,7 @@ func osReady(ctx context.Context, t *Target) error {
 		}
 		t.Facts.CloudInit = "done"
 	}
+	start, said := time.Now(), time.Time{}
 	err := poll(ctx, 30*time.Minute, "package manager to finish", func() (bool, error) {
 		out, err := t.sudoSh(ctx, busyScript+"; true")
 		if err != nil {
@@ -48,7 +49,12 @@ func osReady(ctx context.Context, t *Target) error {
 		if strings.TrimSpace(string(out)) == "" {
 			return true, nil
 		}
-		t.Log.Debug("package manager busy", "procs", strings.TrimSpace(string(out)))
+		// A wait of up to half an hour is said, every 10 s, with who runs.
+		if time.Since(said) >= 10*time.Second {
+			said = time.Now()
+			t.Log.Warn(fmt.Sprintf("waiting for the package manager to finish (%s of 30m0s)", time.Since(start).Round(time.Second)),
+				"procs", strings.Join(strings.Fields(strings.ReplaceAll(strings.TrimSpace(string(out)), "\n", "; ")), " "))
+		}
 		return false, nil
 	})
 	if err != nil {

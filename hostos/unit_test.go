@@ -15,6 +15,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"math/big"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -586,7 +587,7 @@ func TestKernelSysctlsInContainerAndVM(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "net.ipv4.ip_forward") {
 		t.Errorf("failed key: %v", err)
 	}
-	if _, ok := f.Files[hostos.PathSysctl]; ok || !fc.ran("rm -f -- /etc/sysctl.d/90-provision.conf") {
+	if _, ok := f.Files[hostos.PathSysctl]; ok || !fc.ran("rm -f -- "+hostos.PathSysctl) {
 		t.Error("sysctl file kept after a failure")
 	}
 }
@@ -1004,5 +1005,30 @@ func TestEngineInstallAfterInterruptedDpkg(t *testing.T) {
 	}
 	if fc2.ran("dpkg --configure -a") {
 		t.Errorf("dpkg --configure -a after an unrelated failure:\n%s", strings.Join(fc2.cmds, "\n"))
+	}
+}
+
+// The sysctl drop-in sorts after Debian's own /usr/lib/sysctl.d files
+// (99-protect-links.conf sets fs.protected_fifos = 1, systemd-sysctl keeps
+// the last value by file name) and after /etc/sysctl.conf (99-sysctl.conf);
+// the file earlier versions wrote (90-provision.conf) is removed when the
+// new one goes in.
+func TestSysctlDropInSortsLast(t *testing.T) {
+	base := filepath.Base(hostos.PathSysctl)
+	for _, other := range []string{"99-protect-links.conf", "99-sysctl.conf", "50-pid-max.conf", "99-cloudimg-ipv6.conf"} {
+		if base <= other {
+			t.Errorf("%s sorts before %s: its values would be undone at boot", base, other)
+		}
+	}
+	fc := &fakeComm{}
+	f := debianFacts()
+	f.Virt = "docker"
+	f.Files[hostos.PathSysctlOld] = strings.Repeat("a", 64)
+	tgt := &hostos.Target{Comm: fc, Facts: f, Config: baseConfig(), Log: slog.New(slog.DiscardHandler)}
+	if err := stepByID(t, tgt.Config, "harden.kernel").Apply(context.Background(), tgt); err != nil {
+		t.Fatal(err)
+	}
+	if !fc.ran("rm -f -- "+hostos.PathSysctlOld) || func() bool { _, ok := f.Files[hostos.PathSysctlOld]; return ok }() {
+		t.Errorf("old drop-in not removed; ran:\n%s", strings.Join(fc.cmds, "\n"))
 	}
 }

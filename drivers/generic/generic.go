@@ -479,10 +479,20 @@ func (d *Driver) Destroy(ctx context.Context, m drivers.Machine) error {
 }
 
 // checkSudo proves the login user can run commands as root without a password.
+// sudoTimeout bounds checkSudo: a sudo that waits on a directory service
+// (sssd, LDAP) or a PAM module that hangs would otherwise hold apply at
+// "machines" forever, with no word.
+var sudoTimeout = time.Minute
+
 func checkSudo(ctx context.Context, c *comm.Client, user, addr string) error {
-	_, err := c.Run(ctx, comm.Sudo(c, "true"), nil)
+	sctx, cancel := context.WithTimeout(ctx, sudoTimeout)
+	defer cancel()
+	_, err := c.Run(sctx, comm.Sudo(c, "true"), nil)
 	if err == nil {
 		return nil
+	}
+	if ctx.Err() == nil && sctx.Err() != nil {
+		return fmt.Errorf("sudo on %s did not answer within %s (user %s; a sudo or PAM module waiting on a directory service or DNS?): `sudo -n true` must return at once", addr, sudoTimeout, user)
 	}
 	var ee *comm.ExitError
 	if errors.As(err, &ee) {

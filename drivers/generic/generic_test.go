@@ -146,6 +146,28 @@ func TestHosts(t *testing.T) {
 		t.Logf("reported: %v", err)
 	})
 
+	t.Run("sudo that hangs", func(t *testing.T) {
+		// A sudo stuck on a directory service: the check gives up at its
+		// bound, naming the host, and claims nothing.
+		exec1(h2, `printf '#!/bin/sh\nsleep 3600\n' >/usr/local/bin/sudo && chmod 755 /usr/local/bin/sudo`)
+		defer exec1(h2, "rm -f /usr/local/bin/sudo")
+		defer func(d time.Duration) { sudoTimeout = d }(sudoTimeout)
+		sudoTimeout = 2 * time.Second
+		d := newTestDriver(t, filepath.Join(dir, "stateHang"), fmt.Sprintf("user = \"admin\"\nkey_file = %q\nhost_keys = { %q = %q }\n", keyFile, h2.Address, h2.HostKey))
+		start := time.Now()
+		_, err := d.Create(ctx, "c1", spec("m9", "c1", h2.Address))
+		if err == nil || !strings.Contains(err.Error(), "did not answer within 2s") || !strings.Contains(err.Error(), h2.Address) {
+			t.Fatalf("create with a hanging sudo: %v", err)
+		}
+		if time.Since(start) > 30*time.Second {
+			t.Errorf("create took %s", time.Since(start))
+		}
+		if meta, _ := tagOf(h2); meta != "" {
+			t.Errorf("host was claimed anyway")
+		}
+		t.Logf("reported: %v", err)
+	})
+
 	t.Run("key not authorized", func(t *testing.T) {
 		otherKey := writeKey(t, t.TempDir(), 0o600)
 		d := newTestDriver(t, filepath.Join(dir, "stateWrongKey"), fmt.Sprintf("user = \"admin\"\nkey_file = %q\nhost_keys = { %q = %q }\n", otherKey, h2.Address, h2.HostKey))

@@ -420,6 +420,13 @@ func prepareHost(ctx context.Context, r *run, h *host, peers []string) error {
 	if err := r.checkSwarm(h, facts); err != nil {
 		return &StepError{Host: h.rec.Name, Step: "swarm.check", Err: err}
 	}
+	if len(facts.InputDrop) > 0 {
+		// ufw or an operator's own ruleset filters input as well: what
+		// provision's firewall opens (2376, swarm ports) must pass there
+		// too, or the engine and the swarm time out with no other clue.
+		r.log.Warn("another firewall drops this host's input by default (ufw, or rules of the operator's own): allow 2376/tcp from the operator and 2377/tcp, 7946/tcp+udp, 4789/udp from the cluster's hosts there too, or disable it (provision's own nftables table already filters)",
+			"host", h.rec.Name, "chains", strings.Join(facts.InputDrop, ", "))
+	}
 	t := &hostos.Target{Name: h.rec.Name, Comm: h.comm, Facts: facts, Config: cfg, Log: r.log.With("host", h.rec.Name)}
 	// A fresh login with the host's own connection settings (pinned key,
 	// bastion): harden.ssh's proof that a changed sshd still lets us in.
