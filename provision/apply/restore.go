@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	dswarm "github.com/docker/docker/api/types/swarm"
 	"github.com/provision/provision/provision/comm"
 	"github.com/provision/provision/provision/plan"
 	"github.com/provision/provision/provision/spec"
@@ -119,6 +121,13 @@ func (e *Runner) Restore(ctx context.Context, archive, node string) (string, err
 		return "", err
 	}
 	defer f.Close()
+	// The archive goes with the engine's own address record set to this
+	// manager's (the backup's are the manager it was copied from); made
+	// before the host is touched, so a bad archive changes nothing.
+	var archiveData bytes.Buffer
+	if err := retargetRaftArchive(f, &archiveData, target.Advertise()); err != nil {
+		return "", fmt.Errorf("backup %s: %w", archive, err)
+	}
 	c, err := e.Dial(ctx, target.Machine)
 	if err != nil {
 		return "", err
@@ -126,7 +135,7 @@ func (e *Runner) Restore(ctx context.Context, archive, node string) (string, err
 	defer c.Close()
 	r.note(target.Name, "restoring the raft from "+archive+" (engine stopped meanwhile)")
 	var stderr strings.Builder
-	code, err := c.Stream(ctx, c.Sudo("sh -c "+comm.Quote(restoreScript)), f, nil, &stderr)
+	code, err := c.Stream(ctx, c.Sudo("sh -c "+comm.Quote(restoreScript)), bytes.NewReader(archiveData.Bytes()), nil, &stderr)
 	if err == nil && code != 0 {
 		err = fmt.Errorf("exit %d: %s", code, strings.TrimSpace(stderr.String()))
 	}
@@ -152,12 +161,18 @@ func (e *Runner) Restore(ctx context.Context, archive, node string) (string, err
 		return "", err
 	}
 	// A raft taken under autolock is encrypted with the key of its time:
-	// the engine starts locked (the keys kept go back ten rotations).
-	if _, err := h.Unlock(ctx, r.unlockKeys()); err != nil {
-		return "", err
+	// the engine starts locked (the keys kept go back ten rotations). It
+	// is not unlocked through the API: dockerd answers an unlock only once
+	// the restored raft has quorum, which the raft of several managers
+	// never regains on one of them, and holds its control lock meanwhile,
+	// so --force-new-cluster then waited forever. Its node key is written
+	// in the clear instead (ReformSealed), as for a refused re-form.
+	sealed := l.State == dswarm.LocalNodeStateLocked
+	if !sealed {
+		l, err = h.ForceNewCluster(ctx)
+		sealed = swarm.Sealed(err)
 	}
-	l, err = h.ForceNewCluster(ctx)
-	if swarm.Sealed(err) {
+	if sealed {
 		// A raft taken under autolock is encrypted, and Docker cannot
 		// re-form a swarm from an encrypted raft (moby/moby#36852): its
 		// node key is written in the clear first.

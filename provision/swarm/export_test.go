@@ -9,3 +9,11 @@ func SetFormTimeout(d time.Duration) func() {
 	formTimeout = d
 	return func() { formTimeout = old }
 }
+
+// SetUnlockCallTimeout shortens how long one unlock call is waited for;
+// the returned func restores it.
+func SetUnlockCallTimeout(d time.Duration) func() {
+	old := unlockCallTimeout
+	unlockCallTimeout = d
+	return func() { unlockCallTimeout = old }
+}

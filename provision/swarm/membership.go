@@ -203,7 +203,49 @@ func (m *Membership) Bootstrap(ctx context.Context, managers []*Host, f Form) (F
 	out := Formed{Failed: map[*Host]error{}}
 	var first *Host
 	var firstLocal Local
+	// Autolock: every locked manager gets its key first. A manager is
+	// ready only when its swarm has quorum, so after a restart of all of
+	// them none can be unlocked alone; then the swarm is waited for,
+	// bounded, before one is looked for.
+	unlockErr := map[*Host]error{}
+	unlocked := 0
 	for _, h := range managers {
+		if l, err := h.Inspect(ctx); err == nil && l.State == dswarm.LocalNodeStateLocked {
+			if _, err := m.unlock(ctx, h); err != nil {
+				if ctx.Err() != nil {
+					return out, ctx.Err()
+				}
+				unlockErr[h] = err
+				continue
+			}
+			unlocked++
+		}
+	}
+	if unlocked > 0 {
+		w := Wait{Host: managers[0].Name, What: "the unlocked managers to regain their swarm's quorum", Timeout: unlockQuorumTimeout, Progress: m.note}
+		if err := w.Until(ctx, func(ctx context.Context) (bool, string, error) {
+			var states []string
+			for _, h := range managers {
+				l, err := h.Inspect(ctx)
+				if err != nil {
+					states = append(states, h.Name+": "+err.Error())
+					continue
+				}
+				if l.Active() && l.Manager && l.ClusterID != "" {
+					return true, "", nil
+				}
+				states = append(states, h.Name+" "+string(l.State))
+			}
+			return false, strings.Join(states, ", "), nil
+		}); err != nil && ctx.Err() != nil {
+			return out, ctx.Err()
+		}
+	}
+	for _, h := range managers {
+		if err := unlockErr[h]; err != nil {
+			out.Failed[h] = err
+			continue
+		}
 		l, err := h.Inspect(ctx)
 		if err == nil && l.State == dswarm.LocalNodeStateLocked {
 			l, err = m.unlock(ctx, h)
@@ -289,6 +331,10 @@ func (m *Membership) Bootstrap(ctx context.Context, managers []*Host, f Form) (F
 	})
 	return out, err
 }
+
+// unlockQuorumTimeout bounds the wait for managers unlocked together to
+// elect a leader again.
+var unlockQuorumTimeout = 2 * time.Minute
 
 // formTimeout bounds the wait for a swarm just formed on one manager to
 // answer node calls.

@@ -102,6 +102,9 @@ func (h *Host) RotateUnlockKey(ctx context.Context) error {
 	return err
 }
 
+// unlockCallTimeout bounds one unlock call (see Unlock).
+var unlockCallTimeout = 20 * time.Second
+
 // Unlock unlocks a locked manager with the first of keys that works. It
 // reports whether the engine was locked.
 func (h *Host) Unlock(ctx context.Context, keys []redact.Secret) (bool, error) {
@@ -117,9 +120,24 @@ func (h *Host) Unlock(ctx context.Context, keys []redact.Secret) (bool, error) {
 	}
 	var last error
 	for _, k := range keys {
-		if err := h.API.SwarmUnlock(ctx, dswarm.UnlockRequest{UnlockKey: string(k)}); err != nil {
+		// dockerd answers an unlock only once the node is ready, and a
+		// manager is ready only when its swarm has quorum: with its
+		// fellow managers still locked (every manager restarted at
+		// once) the call never returns. A wrong key is refused at once;
+		// a call still open after unlockCallTimeout took the key when
+		// the engine no longer says locked (it goes on waiting for its
+		// managers, "pending").
+		cctx, cancel := context.WithTimeout(ctx, unlockCallTimeout)
+		err := h.API.SwarmUnlock(cctx, dswarm.UnlockRequest{UnlockKey: string(k)})
+		cancel()
+		if err != nil {
 			if ctx.Err() != nil {
 				return true, ctx.Err()
+			}
+			if cctx.Err() != nil {
+				if l, ierr := h.Inspect(ctx); ierr == nil && l.State != dswarm.LocalNodeStateLocked {
+					return true, nil
+				}
 			}
 			last = err
 			continue

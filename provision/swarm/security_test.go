@@ -174,3 +174,51 @@ func TestDrainAlone(t *testing.T) {
 		t.Fatalf("drained the only node: %v %v", drained, err)
 	}
 }
+
+// TestUnlockAllManagersRestarted: every manager of an autolocked swarm
+// restarted at once (a reboot of the machine) comes back locked. An
+// engine's unlock call returns only once its swarm has quorum again, so
+// unlocking the managers one after the other waited forever on the first;
+// Bootstrap gives each its key, bounded, and waits for the swarm.
+func TestUnlockAllManagersRestarted(t *testing.T) {
+	defer swarm.SetUnlockCallTimeout(50 * time.Millisecond)()
+	ctx := context.Background()
+	w := swarmtest.New()
+	m, ms, _ := cluster(t, w, 3, 0)
+	if _, err := m.Via().EnsureSecurity(ctx, swarm.Security{Autolock: true}); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := m.Via().UnlockKey(ctx)
+	clusterID := m.ClusterID
+	for _, h := range ms {
+		w.Restart(engineOf(h), "")
+	}
+	m2 := &swarm.Membership{UnlockKeys: func() []redact.Secret { return []redact.Secret{key} }}
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	f, err := m2.Bootstrap(ctx, ms, swarm.Form{Label: "cid", ClusterID: clusterID, Recorded: true})
+	if err != nil {
+		t.Fatalf("bootstrap after every manager restarted: %v", err)
+	}
+	if f.Via == nil || f.Inited || f.Forced || f.Local.ClusterID != clusterID {
+		t.Fatalf("bootstrap %+v", f)
+	}
+	for _, h := range ms {
+		if engineOf(h).Locked() {
+			t.Fatalf("%s still locked", h.Name)
+		}
+	}
+	// Unlock (provision unlock) on managers that all restarted: each call
+	// is bounded, so every one is given its key.
+	for _, h := range ms {
+		w.Restart(engineOf(h), "")
+	}
+	for _, h := range ms {
+		if locked, err := m2.Unlock(ctx, h); err != nil || !locked {
+			t.Fatalf("unlock %s: %v %v", h.Name, locked, err)
+		}
+	}
+	if _, err := m2.Refresh(ctx); err != nil {
+		t.Fatalf("swarm after unlock: %v", err)
+	}
+}

@@ -144,6 +144,9 @@ type Engine struct {
 	sw         *Swarm
 	nodeID     string
 	pending    bool
+	// unlockWait: unlocked, waiting for its swarm's quorum (dockerd says
+	// pending and its SwarmUnlock call has not returned).
+	unlockWait bool
 	// pendingJoin is the join a blocked engine goes on trying.
 	pendingJoin *dswarm.JoinRequest
 	// locked: a manager of an autolocked swarm restarted and waits for its
@@ -540,8 +543,11 @@ func (e *Engine) Info(ctx context.Context) (system.Info, error) {
 		return system.Info{}, errDown
 	}
 	info := system.Info{ServerVersion: cmp.Or(e.Version, "20.10.24"), Name: e.Name}
+	if e.unlockWait && e.sw != nil && e.sw.quorum() {
+		e.unlockWait = false
+	}
 	switch {
-	case e.pending:
+	case e.pending, e.unlockWait:
 		info.Swarm.LocalNodeState = dswarm.LocalNodeStatePending
 	case e.sw == nil:
 		info.Swarm.LocalNodeState = dswarm.LocalNodeStateInactive
@@ -798,7 +804,29 @@ func (e *Engine) SwarmUnlock(ctx context.Context, req dswarm.UnlockRequest) erro
 	}
 	e.locked = false
 	w.after("SwarmUnlock " + e.Name)
-	return nil
+	// Like dockerd, the call returns only once the node is ready: a
+	// manager whose swarm has no quorum (its fellow managers still
+	// locked, say) waits for it, reported as pending meanwhile, and the
+	// engine goes on waiting when the caller gives up.
+	e.sw.electLeader()
+	if e.sw.quorum() {
+		return nil
+	}
+	e.unlockWait = true
+	for {
+		w.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			w.mu.Lock()
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+		w.mu.Lock()
+		if e.sw == nil || e.sw.quorum() {
+			e.unlockWait = false
+			return nil
+		}
+	}
 }
 
 // UnlockKey is the swarm's current unlock key, for tests.
