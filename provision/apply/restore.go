@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -103,24 +104,22 @@ func (e *Runner) Restore(ctx context.Context, archive, node string) (string, err
 	if err := e.adminKey(); err != nil {
 		return "", err
 	}
-	var target *state.Machine
-	for _, m := range e.State.Machines {
-		if m.Role == spec.RoleManager && m.Address != "" && (node == "" || m.Name == node) {
-			target = m
-			break
-		}
-	}
-	if target == nil {
-		if node != "" {
-			return "", fmt.Errorf("%s is not a recorded manager with an address", node)
-		}
-		return "", errors.New("no recorded manager with an address to restore on")
-	}
 	f, err := os.Open(archive)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
+	from, err := raftArchiveAddress(f)
+	if err != nil {
+		return "", fmt.Errorf("backup %s: %w", archive, err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return "", err
+	}
+	target, err := restoreTarget(e.State, node, from)
+	if err != nil {
+		return "", err
+	}
 	// The archive goes with the engine's own address record set to this
 	// manager's (the backup's are the manager it was copied from); made
 	// before the host is touched, so a bad archive changes nothing.
@@ -133,6 +132,17 @@ func (e *Runner) Restore(ctx context.Context, archive, node string) (string, err
 		return "", err
 	}
 	defer c.Close()
+	// The other managers' engines are stopped until the restored raft is
+	// re-formed: the restored files still name them as members, and an
+	// engine that reached a live member first joined that raft again
+	// before --force-new-cluster (dockerd then crash-looped on a commit
+	// index out of range). They start again whatever happens, and leave
+	// their swarm below once the restored one is formed.
+	restart, err := r.stopOtherManagers(ctx, target)
+	defer restart()
+	if err != nil {
+		return "", err
+	}
 	r.note(target.Name, "restoring the raft from "+archive+" (engine stopped meanwhile)")
 	var stderr strings.Builder
 	code, err := c.Stream(ctx, c.Sudo("sh -c "+comm.Quote(restoreScript)), bytes.NewReader(archiveData.Bytes()), nil, &stderr)
@@ -191,6 +201,7 @@ func (e *Runner) Restore(ctx context.Context, archive, node string) (string, err
 	if err := m.WaitMember(ctx, h, l.NodeID, true); err != nil {
 		return "", err
 	}
+	restart()
 	// The other managers are not in the restored raft any more: they leave
 	// their swarm and join the restored one at the next apply.
 	for _, rec := range e.State.Machines {
@@ -221,4 +232,93 @@ func (e *Runner) Restore(ctx context.Context, archive, node string) (string, err
 		return "", err
 	}
 	return target.Name, nil
+}
+
+// restoreTarget is the recorded manager a backup goes back on: the one
+// named, or the one at the address the backup's manager advertised (the
+// first recorded manager when the archive does not say). The raft keeps its
+// own member's address through --force-new-cluster, so a backup restored
+// at another address forms a swarm that tells every manager joining it,
+// and every worker, to reach it at the old address: refused, saying so.
+func restoreTarget(st *state.State, node, from string) (*state.Machine, error) {
+	var managers []*state.Machine
+	for _, m := range st.Machines {
+		if m.Role == spec.RoleManager && m.Address != "" {
+			managers = append(managers, m)
+		}
+	}
+	if len(managers) == 0 {
+		return nil, errors.New("no recorded manager with an address to restore on")
+	}
+	var target *state.Machine
+	for _, m := range managers {
+		if (node != "" && m.Name == node) || (node == "" && from != "" && m.Advertise() == from) {
+			target = m
+			break
+		}
+	}
+	switch {
+	case target == nil && node != "":
+		return nil, fmt.Errorf("%s is not a recorded manager with an address", node)
+	case target == nil && from == "":
+		return managers[0], nil
+	case target == nil:
+		return nil, fmt.Errorf("the backup was taken on the manager at %s, and no recorded manager is at that address now: its raft keeps that address for itself, so restored elsewhere, joining managers and workers would look for it there. Restore it on a manager that has the address %s again, or use a backup taken since the address changed", from, from)
+	case from != "" && target.Advertise() != from:
+		var at string
+		for _, m := range managers {
+			if m.Advertise() == from {
+				at = " (" + m.Name + " has it: restore on it, or leave --node out)"
+			}
+		}
+		return nil, fmt.Errorf("the backup was taken on the manager at %s, and %s is at %s: the raft keeps its own member's address, so restored on %s the swarm would tell joining managers and workers to reach it at %s%s", from, target.Name, target.Advertise(), target.Name, from, at)
+	}
+	return target, nil
+}
+
+// stopOtherManagers stops the engines of the recorded managers other than
+// target (those that can be reached: a gone machine needs nothing) and
+// returns a function that starts them again, once.
+func (r *run) stopOtherManagers(ctx context.Context, target *state.Machine) (func(), error) {
+	var stopped []*state.Machine
+	var once bool
+	restart := func() {
+		if once {
+			return
+		}
+		once = true
+		for _, m := range stopped {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			c, err := r.Dial(sctx, m.Machine)
+			if err == nil {
+				_, err = c.Run(sctx, c.Sudo("systemctl start docker.service"), nil)
+				c.Close()
+			}
+			cancel()
+			if err != nil {
+				r.note(m.Name, "could not start its engine again after the restore ("+err.Error()+"): apply starts it")
+			}
+		}
+	}
+	for _, m := range r.State.Machines {
+		if m == target || m.Role != spec.RoleManager || m.Address == "" {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		c, err := r.Dial(sctx, m.Machine)
+		if err != nil {
+			cancel()
+			r.note(m.Name, "not reachable ("+err.Error()+"): its engine is not stopped for the restore")
+			continue
+		}
+		_, err = c.Run(sctx, c.Sudo("sh -c 'systemctl stop docker.socket 2>/dev/null || true; systemctl stop docker.service'"), nil)
+		c.Close()
+		cancel()
+		if err != nil {
+			return restart, fmt.Errorf("%s: stop its engine for the restore (the restored raft still names it as a member): %w", m.Name, err)
+		}
+		stopped = append(stopped, m)
+		r.note(m.Name, "engine stopped until the restored swarm is formed")
+	}
+	return restart, nil
 }

@@ -81,3 +81,42 @@ func retargetRaftArchive(src io.Reader, dst io.Writer, advertise string) error {
 	}
 	return zw.Close()
 }
+
+// raftArchiveAddress is the address the manager a raft backup was copied
+// from advertised (its swarm/docker-state.json), "" when the archive does
+// not say. The raft records every member's address, its own included, and
+// --force-new-cluster keeps it: restored at another address, the swarm
+// tells joining managers (and workers) to reach it at the old one.
+func raftArchiveAddress(src io.Reader) (string, error) {
+	zr, err := gzip.NewReader(src)
+	if err != nil {
+		return "", fmt.Errorf("not a gzip archive: %w", err)
+	}
+	tr := tar.NewReader(zr)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return "", nil
+		}
+		if err != nil {
+			return "", err
+		}
+		if h.Name != swarmStateFile && h.Name != "./"+swarmStateFile {
+			continue
+		}
+		var st struct{ AdvertiseAddr, LocalAddr string }
+		if err := json.NewDecoder(io.LimitReader(tr, 1<<20)).Decode(&st); err != nil {
+			return "", fmt.Errorf("%s: %w", swarmStateFile, err)
+		}
+		for _, a := range []string{st.AdvertiseAddr, st.LocalAddr} {
+			if a == "" {
+				continue
+			}
+			if host, _, err := net.SplitHostPort(a); err == nil {
+				return host, nil
+			}
+			return a, nil
+		}
+		return "", nil
+	}
+}

@@ -5,8 +5,14 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/json"
+	"fmt"
 	"io"
+	"strings"
 	"testing"
+
+	"github.com/provision/provision/drivers"
+	"github.com/provision/provision/provision/spec"
+	"github.com/provision/provision/provision/state"
 )
 
 // TestRetargetRaftArchive: a raft backup copied from one manager and
@@ -73,5 +79,62 @@ func TestRetargetRaftArchive(t *testing.T) {
 	}
 	if err := retargetRaftArchive(bytes.NewReader([]byte("not gzip")), io.Discard, "10.0.0.1"); err == nil {
 		t.Fatal("a file that is no gzip archive was taken")
+	}
+}
+
+func raftArchive(t *testing.T, state string) *bytes.Buffer {
+	t.Helper()
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	tw := tar.NewWriter(zw)
+	tw.WriteHeader(&tar.Header{Name: "swarm/raft/wal-v3-encrypted/0.wal", Mode: 0o600, Size: 3})
+	tw.Write([]byte("log"))
+	if state != "" {
+		tw.WriteHeader(&tar.Header{Name: "swarm/docker-state.json", Mode: 0o600, Size: int64(len(state))})
+		tw.Write([]byte(state))
+	}
+	tw.Close()
+	zw.Close()
+	return &b
+}
+
+// TestRestoreTarget: a raft keeps its own member's address through
+// --force-new-cluster, so a backup goes back on the manager at the address
+// its manager advertised: found by default, and a manager named at another
+// address, or no manager at it, is refused naming the addresses. An archive
+// that does not say (older engines) goes on the first manager, as before.
+func TestRestoreTarget(t *testing.T) {
+	st := &state.State{}
+	for i, a := range []string{"172.28.0.2", "172.28.0.4", "172.28.0.6"} {
+		st.Put(&state.Machine{Machine: drivers.Machine{Name: fmt.Sprintf("c-manager-%d", i+1), Address: a}, Role: spec.RoleManager})
+	}
+	st.Put(&state.Machine{Machine: drivers.Machine{Name: "c-worker-1", Address: "172.28.0.8"}, Role: spec.RoleWorker})
+	from, err := raftArchiveAddress(raftArchive(t, `{"ListenAddr":"0.0.0.0:2377","AdvertiseAddr":"172.28.0.4:2377","DataPathAddr":"172.28.0.4"}`))
+	if err != nil || from != "172.28.0.4" {
+		t.Fatalf("archive address %q, %v", from, err)
+	}
+	if m, err := restoreTarget(st, "", from); err != nil || m.Name != "c-manager-2" {
+		t.Fatalf("default target: %v %v", m, err)
+	}
+	if m, err := restoreTarget(st, "c-manager-2", from); err != nil || m.Name != "c-manager-2" {
+		t.Fatalf("named target: %v %v", m, err)
+	}
+	if _, err := restoreTarget(st, "c-manager-1", from); err == nil || !strings.Contains(err.Error(), "172.28.0.4") || !strings.Contains(err.Error(), "c-manager-2 has it") {
+		t.Fatalf("another manager named: %v", err)
+	}
+	if _, err := restoreTarget(st, "", "172.28.0.99"); err == nil || !strings.Contains(err.Error(), "no recorded manager is at that address") {
+		t.Fatalf("no manager at the address: %v", err)
+	}
+	if _, err := restoreTarget(st, "c-worker-1", from); err == nil {
+		t.Fatal("a worker accepted as target")
+	}
+	if from, err := raftArchiveAddress(raftArchive(t, "")); err != nil || from != "" {
+		t.Fatalf("archive without a state record: %q %v", from, err)
+	}
+	if m, err := restoreTarget(st, "", ""); err != nil || m.Name != "c-manager-1" {
+		t.Fatalf("archive that does not say: %v %v", m, err)
+	}
+	if _, err := raftArchiveAddress(bytes.NewBufferString("not gzip")); err == nil {
+		t.Fatal("not an archive accepted")
 	}
 }
