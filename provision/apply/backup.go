@@ -226,13 +226,18 @@ func (r *run) backupSurvivor(ctx context.Context, h *host, why string) error {
 // (the raft keeps a majority without it).
 func (r *run) backupSource(nodes map[string]dswarm.Node, prefer string) (*backupCandidate, bool) {
 	var cands []*backupCandidate
+	gone := r.goneNodes()
 	total, reachable := 0, 0
-	for _, n := range nodes {
+	for id, n := range nodes {
 		if n.ManagerStatus == nil {
 			continue
 		}
 		total++
-		if n.ManagerStatus.Reachability == dswarm.ReachabilityReachable {
+		// A manager whose machine the driver reports gone is not counted
+		// reachable, whatever the node list says in the seconds before the
+		// raft notices: stopping another one's engine for the copy must
+		// leave a majority that really answers.
+		if n.ManagerStatus.Reachability == dswarm.ReachabilityReachable && !gone[id] {
 			reachable++
 		}
 	}
@@ -430,4 +435,26 @@ func pruneBackups(dir string, keep int) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// goneNodes are the swarm node IDs of machines the driver reports gone:
+// earlier generations found gone, and recorded machines the plan replaces
+// or removes because they are gone.
+func (r *run) goneNodes() map[string]bool {
+	out := map[string]bool{}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, o := range r.retiring {
+		if o.gone && o.rec.NodeID != "" {
+			out[o.rec.NodeID] = true
+		}
+	}
+	if r.plan != nil {
+		for _, a := range r.plan.Actions {
+			if rec := a.Recorded; rec != nil && rec.NodeID != "" && a.Observed == nil && (a.Kind == plan.Replace || a.Kind == plan.Remove) {
+				out[rec.NodeID] = true
+			}
+		}
+	}
+	return out
 }

@@ -431,6 +431,15 @@ func TestBackupSourceSkipsGoneGeneration(t *testing.T) {
 	if src, _ := r.backupSource(nodes, "n1"); src == nil || src.nodeID == "n1" {
 		t.Fatalf("source %+v: a gone generation was chosen", src)
 	}
+	// Four members in the node list, one of them gone: stopping a
+	// follower's engine for the copy would leave 2 of 4 answering, under
+	// the majority of 3: the copy is taken hot.
+	third := mk("t-manager-3", "n4", "10.0.0.5")
+	r.hosts["t-manager-3"] = third
+	nodes["n4"] = dswarm.Node{ID: "n4", ManagerStatus: reach(false)}
+	if src, stop := r.backupSource(nodes, "n1"); src == nil || src.nodeID == "n1" || stop {
+		t.Fatalf("source %+v, stop %v: a gone member counted as reachable", src, stop)
+	}
 	old.gone = false
 	if src, _ := r.backupSource(nodes, "n1"); src == nil || src.nodeID != "n1" {
 		t.Fatalf("source %+v: the live generation about to change should be preferred", src)
