@@ -55,6 +55,22 @@ func (l *loaded) observeEngines(ctx context.Context, g *globals, obs *plan.Obser
 			}
 			defer en.Close()
 			loc, err := en.Inspect(ctx)
+			if err != nil && ctx.Err() != nil {
+				// Asked about its swarm, an engine whose managers are
+				// electing a leader (or lost quorum) can take longer than
+				// the plan waits; whether the engine itself answers is
+				// another question, asked apart.
+				pctx, pcancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+				_, perr := en.Ping(pctx)
+				pcancel()
+				if perr == nil {
+					log.Debug("engine answers, its swarm did not in time", "host", m.Name, "err", err)
+					mu.Lock()
+					defer mu.Unlock()
+					obs.Engines[m.Name] = plan.EngineView{State: plan.EngineBusy, Error: engineErr(err)}
+					return
+				}
+			}
 			if err != nil {
 				unreachable(err)
 				return

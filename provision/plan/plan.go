@@ -109,6 +109,10 @@ type Observed struct {
 	InPlace map[string]string
 }
 
+// EngineBusy is an EngineView.State: the engine answers, but not about its
+// swarm within the plan's wait (an election, or quorum lost).
+const EngineBusy = "busy"
+
 // EngineView is one engine's word on its swarm membership.
 type EngineView struct {
 	State     string   `json:"state"` // inactive, pending, active, error, locked; "unreachable": not answering (Error says why)
@@ -566,6 +570,8 @@ func (p *Plan) swarmNotes(st *state.State, obs Observed) {
 			} else {
 				p.Notes = append(p.Notes, fmt.Sprintf("%s: its engine does not answer (%s)", rec.Name, v.Error))
 			}
+		case v.State == EngineBusy:
+			p.Notes = append(p.Notes, fmt.Sprintf("%s: its engine answers but said nothing of its swarm in time (%s): the managers may be electing a leader, or the swarm lost quorum; apply waits for it", rec.Name, v.Error))
 		case v.State == "inactive":
 			p.Notes = append(p.Notes, fmt.Sprintf("%s: its engine is in no swarm (state records node %s): apply joins it again", rec.Name, shortID(rec.NodeID)))
 		case v.State == "pending":

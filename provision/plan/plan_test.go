@@ -624,6 +624,18 @@ workers { count = 5 }
 	if strings.Contains(strings.Join(p.Notes, "\n"), "demo-worker-5:") {
 		t.Errorf("a note about the engine of a machine the plan removes: %q", p.Notes)
 	}
+	// An engine that answers but not about its swarm in time (an
+	// election): nothing to start, so no reconfigure; a note says why.
+	obs.Engines["demo-worker-1"] = EngineView{State: EngineBusy, Error: "context deadline exceeded"}
+	p = Build(c4, st, obs)
+	for _, a := range p.Actions {
+		if a.Machine == "demo-worker-1" && a.Kind != None {
+			t.Errorf("busy engine: %s %v", a.Kind, a.Reasons)
+		}
+	}
+	if !strings.Contains(strings.Join(p.Notes, "\n"), "demo-worker-1: its engine answers but said nothing of its swarm in time") {
+		t.Errorf("busy engine notes: %q", p.Notes)
+	}
 	// Engines that could not be asked, or a cluster with no swarm yet: no notes.
 	st.Swarm.ID = ""
 	if p := Build(c, st, obs); strings.Contains(strings.Join(p.Notes, "\n"), "its engine") {
