@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -86,6 +87,9 @@ taken is lost.`,
 			}
 			e := l.runner(g, g.reporter(cmd, false))
 			on, err := e.Restore(cmd.Context(), args[1], node)
+			if errors.Is(err, apply.ErrNotAManager) {
+				return withCode(exitUsage, err)
+			}
 			if err != nil {
 				return err
 			}
@@ -94,7 +98,7 @@ taken is lost.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&node, "node", "", "the manager to restore on (default: the first recorded manager)")
+	cmd.Flags().StringVar(&node, "node", "", "the manager to restore on (default: the one at the address the backup's manager had)")
 	cmd.Flags().BoolVar(&auto, "auto-approve", false, "do not ask")
 	return cmd
 }

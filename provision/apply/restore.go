@@ -234,6 +234,9 @@ func (e *Runner) Restore(ctx context.Context, archive, node string) (string, err
 	return target.Name, nil
 }
 
+// ErrNotAManager: restore --node names no recorded manager with an address.
+var ErrNotAManager = errors.New("not a recorded manager with an address")
+
 // restoreTarget is the recorded manager a backup goes back on: the one
 // named, or the one at the address the backup's manager advertised (the
 // first recorded manager when the archive does not say). The raft keeps its
@@ -259,7 +262,7 @@ func restoreTarget(st *state.State, node, from string) (*state.Machine, error) {
 	}
 	switch {
 	case target == nil && node != "":
-		return nil, fmt.Errorf("%s is not a recorded manager with an address", node)
+		return nil, fmt.Errorf("%w: %s", ErrNotAManager, node)
 	case target == nil && from == "":
 		return managers[0], nil
 	case target == nil:

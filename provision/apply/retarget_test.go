@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -125,8 +126,8 @@ func TestRestoreTarget(t *testing.T) {
 	if _, err := restoreTarget(st, "", "172.28.0.99"); err == nil || !strings.Contains(err.Error(), "no recorded manager is at that address") {
 		t.Fatalf("no manager at the address: %v", err)
 	}
-	if _, err := restoreTarget(st, "c-worker-1", from); err == nil {
-		t.Fatal("a worker accepted as target")
+	if _, err := restoreTarget(st, "c-worker-1", from); !errors.Is(err, ErrNotAManager) {
+		t.Fatalf("a worker as target: %v", err)
 	}
 	if from, err := raftArchiveAddress(raftArchive(t, "")); err != nil || from != "" {
 		t.Fatalf("archive without a state record: %q %v", from, err)
