@@ -506,7 +506,20 @@ func (p *Plan) notes(c *spec.Cluster, st *state.State, obs Observed) {
 			managersTouched = true
 		}
 	}
-	if len(rollM) > 0 {
+	goneM := 0
+	for _, a := range p.Actions {
+		if a.Kind == Replace && a.Role == spec.RoleManager && !a.InPlace && a.Observed == nil && a.Recorded != nil && a.Recorded.NodeID != "" {
+			goneM++
+		}
+	}
+	switch {
+	case len(rollM) > 0 && goneM > 0 && goneM >= before:
+		p.Notes = append(p.Notes, fmt.Sprintf("managers are replaced (%s), but every recorded manager appears gone: no raft is left to keep a majority of; with --replace-missing the new managers form a new swarm (`provision restore` brings back a raft backup)", strings.Join(rollM, ", ")))
+	case len(rollM) > 0 && goneM > 0 && before-goneM < before/2+1:
+		p.Notes = append(p.Notes, fmt.Sprintf("managers are replaced one at a time (%s), but %d of %d managers appear gone, so the raft has no majority now and new managers cannot join through it: apply stops when it finds the quorum lost (bring the gone managers back, or see --force-new-cluster)", strings.Join(rollM, ", "), goneM, before))
+	case len(rollM) > 0 && goneM > 0:
+		p.Notes = append(p.Notes, fmt.Sprintf("managers are replaced one at a time (%s), followers first and the current leader last; %d of %d appear gone, the raft's majority is kept by the %d that answer, and each gone one is removed once its replacement is Reachable", strings.Join(rollM, ", "), goneM, before, before-goneM))
+	case len(rollM) > 0:
 		p.Notes = append(p.Notes, fmt.Sprintf("managers are replaced one at a time (%s), followers first and the current leader last, so leadership moves once; each new manager joins and is Reachable before the old one is demoted, drained and removed, so the raft keeps its majority (%d of %d managers reachable at the least)", strings.Join(rollM, ", "), before, before+1))
 	}
 	if len(inPlaceM) > 0 {

@@ -778,3 +778,34 @@ func TestAddressMoved(t *testing.T) {
 		t.Fatalf("unreported addresses: %s", kinds(p))
 	}
 }
+
+// TestManagerNotesWithGoneManagers: the replacement note tells the truth
+// about the raft when managers are gone: kept by those that answer, no
+// majority left, or no raft at all.
+func TestManagerNotesWithGoneManagers(t *testing.T) {
+	c := cluster(t, "name = \"demo\"\nmanagers { count = 3 }\n")
+	note := func(gone int) string {
+		st, obs := converged(c)
+		for _, m := range st.Machines {
+			m.NodeID = "n-" + m.Name
+		}
+		obs.Machines["local"] = obs.Machines["local"][gone:]
+		p := Build(c, st, obs)
+		for _, n := range p.Notes {
+			if strings.HasPrefix(n, "managers are replaced") {
+				return n
+			}
+		}
+		t.Fatalf("%d gone: no replacement note in %q", gone, p.Notes)
+		return ""
+	}
+	if n := note(1); !strings.Contains(n, "1 of 3 appear gone, the raft's majority is kept by the 2 that answer") {
+		t.Error(n)
+	}
+	if n := note(2); !strings.Contains(n, "2 of 3 managers appear gone, so the raft has no majority now") {
+		t.Error(n)
+	}
+	if n := note(3); !strings.Contains(n, "every recorded manager appears gone") || strings.Contains(n, "keeps its majority") {
+		t.Error(n)
+	}
+}
