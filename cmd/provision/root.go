@@ -145,7 +145,25 @@ func newRootWith() (*cobra.Command, *globals) {
 	// help and exit 0 as if something had been done.
 	root.InitDefaultCompletionCmd()
 	groupsRunnable(root)
+	root.SetHelpCommand(newHelp(root))
 	return root, g
+}
+
+// newHelp is `provision help [COMMAND...]`: cobra's, except that a topic
+// naming no command is a usage error (exit 2) rather than a line and exit 0.
+func newHelp(root *cobra.Command) *cobra.Command {
+	return &cobra.Command{
+		Use:   "help [command]",
+		Short: "Help about any command",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, rest, err := root.Find(args)
+			if err != nil || c == nil || len(rest) > 0 {
+				return withCode(exitUsage, fmt.Errorf("unknown help topic %q: see `provision help`", strings.Join(args, " ")))
+			}
+			c.InitDefaultHelpFlag()
+			return c.Help()
+		},
+	}
 }
 
 // groupsRunnable makes c and every command under it that has subcommands

@@ -173,6 +173,8 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"plan"}, exitUsage, "arg"},
 		{[]string{"validate", "a", "b"}, exitUsage, "arg"},
 		{[]string{"frobnicate"}, exitUsage, "unknown command"},
+		{[]string{"help", "nosuch"}, exitUsage, "unknown help topic"},
+		{[]string{"help", "rotate", "nosuch"}, exitUsage, "unknown help topic"},
 		{[]string{"env", "../../examples/local.hcl", "--shell", "tcsh"}, exitUsage, "--shell"},
 		{[]string{"plan", "../../examples/local.hcl", "--state-dir", file}, exitUsage, "--state-dir"},
 		{[]string{"plan", "../../examples/local.hcl", "--state-dir", filepath.Join(file, "sub")}, exitUsage, "--state-dir"},
