@@ -301,6 +301,10 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 					a.Labels = labelChanges(rec.Labels, NodeLabels(pool, name))
 				}
 			}
+			var moved *Moved
+			if rec != nil && observed != nil && !info.NeedsHosts {
+				moved = addressMoved(rec, observed)
+			}
 			switch {
 			case rec == nil && observed != nil:
 				a.Kind = Adopt
@@ -339,10 +343,9 @@ func Build(c *spec.Cluster, st *state.State, obs Observed) *Plan {
 			case observed != nil && observed.State != "" && observed.State != "running":
 				a.Kind = Reconfigure
 				a.Reasons = []string{"host is " + observed.State + ": it is started and checked"}
-			case observed != nil && !info.NeedsHosts && addressMoved(rec, observed) != nil:
-				a.Kind = Reconfigure
-				a.Moved = addressMoved(rec, observed)
-				a.Reasons = []string{a.Moved.reason(rec)}
+			case moved != nil:
+				a.Kind, a.Moved = Reconfigure, moved
+				a.Reasons = []string{moved.reason(rec)}
 			case len(rec.Retiring) > 0:
 				a.Kind = Reconfigure
 				a.Reasons = []string{fmt.Sprintf("finishing a replacement: generation %d leaves the swarm and is destroyed once generation %d is Ready", max(1, rec.Retiring[0].Generation), rec.Gen())}
@@ -468,7 +471,7 @@ func (p *Plan) missing(st *state.State, obs Observed, seen map[string]map[string
 	default:
 		return
 	}
-	m.Message += ". That is more often a mistaken view than a real loss: provision may be asking a different Docker engine (DOCKER_HOST, a docker context), other cloud credentials, another account, subscription or project, or another region than the one the cluster was made with. Check that first. apply refuses to create replacements unless run with --replace-missing; if the managers really are gone, so is the swarm's raft (services, secrets, configs): a new swarm is formed, and `provision restore` brings back a raft backup"
+	m.Message += ". " + mistakenView + ". Check that first. apply refuses to create replacements unless run with --replace-missing; if the managers really are gone, so is the swarm's raft (services, secrets, configs): a new swarm is formed, and `provision restore` brings back a raft backup"
 	p.Missing = m
 }
 
@@ -493,23 +496,21 @@ func (p *Plan) notes(c *spec.Cluster, st *state.State, obs Observed) {
 	}
 	var rollM, inPlaceM, rollW []string
 	managersTouched := false
+	goneM := 0 // managers replaced because their machine is gone
 	for _, a := range p.Actions {
 		switch {
 		case a.Kind == Replace && a.Role == spec.RoleManager && a.InPlace:
 			inPlaceM = append(inPlaceM, a.Machine)
 		case a.Kind == Replace && a.Role == spec.RoleManager:
 			rollM = append(rollM, a.Machine)
+			if a.Observed == nil && a.Recorded != nil && a.Recorded.NodeID != "" {
+				goneM++
+			}
 		case a.Kind == Replace:
 			rollW = append(rollW, a.Machine)
 		}
 		if a.Role == spec.RoleManager && a.Recorded != nil && a.Recorded.NodeID != "" && (a.Kind == Replace || a.Kind == Remove) {
 			managersTouched = true
-		}
-	}
-	goneM := 0
-	for _, a := range p.Actions {
-		if a.Kind == Replace && a.Role == spec.RoleManager && !a.InPlace && a.Observed == nil && a.Recorded != nil && a.Recorded.NodeID != "" {
-			goneM++
 		}
 	}
 	switch {
@@ -741,6 +742,9 @@ func Destroy(st *state.State, obs Observed) *Plan {
 	return p
 }
 
+// mistakenView is why every machine appearing gone at once is doubted.
+const mistakenView = "That is more often a mistaken view than a real loss: provision may be asking a different Docker engine (DOCKER_HOST, a docker context), other cloud credentials, another account, subscription or project, or another region than the one the cluster was made with"
+
 // missingForDestroy warns when every machine state records on a driver
 // appears gone at once while that driver answered: destroy would then drop
 // them from state (and state itself, with the cluster's keys) while they may
@@ -774,8 +778,7 @@ func (p *Plan) missingForDestroy(st *state.State, obs Observed, byName map[strin
 		names = append(names, gone[d]...)
 	}
 	p.Missing = &Missing{Machines: names, Message: fmt.Sprintf("every machine of cluster %q on driver %s appears gone (%s are not found by the driver). "+
-		"That is more often a mistaken view than a real loss: provision may be asking a different Docker engine (DOCKER_HOST, a docker context), other cloud credentials, another account, subscription or project, or another region than the one the cluster was made with, "+
-		"and destroy would then forget machines that still run (and bill) there. Check that first. destroy refuses unless run with --forget-missing",
+		mistakenView+", and destroy would then forget machines that still run (and bill) there. Check that first. destroy refuses unless run with --forget-missing",
 		p.Cluster, strings.Join(drvs, ", "), strings.Join(names, ", "))}
 }
 
