@@ -45,7 +45,7 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	}
 	if dr != nil {
 		d.log.InfoContext(ctx, "adopting existing droplet", "cluster", cluster, "host", want.Name, "generation", gen, "droplet", dr.ID, "status", dr.Status)
-		return withDockerDisk(d.startAndWait(ctx, cli, dr))(cluster, want)
+		return d.started(ctx, cli, dr, cluster, want)
 	}
 
 	// Everything that can fail without the API fails here, before anything exists.
@@ -89,13 +89,12 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 			return drivers.Machine{}, fmt.Errorf("create droplet %q: %w", inst, err)
 		}
 		req.Volumes = []godo.DropletCreateVolume{{ID: vol.ID}}
-	}
-	if p.volumeGiB > 0 && !p.engineDisk {
-		vol := volumeName(cluster, want.Name, gen)
-		if strings.TrimSpace(want.UserData) != "" {
-			return drivers.Machine{}, fmt.Errorf("create droplet %q: user data of its own and a data volume cannot be combined yet", inst)
+		if !p.engineDisk {
+			if strings.TrimSpace(want.UserData) != "" {
+				return drivers.Machine{}, fmt.Errorf("create droplet %q: user data of its own and a data volume cannot be combined yet", inst)
+			}
+			spec.UserData = volumeMount(vol.Name)
 		}
-		spec.UserData = volumeMount(vol)
 	}
 	ud, err := drivers.UserData(spec)
 	if err != nil {
@@ -120,21 +119,20 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	}
 	d.log.InfoContext(ctx, "created droplet", "cluster", cluster, "host", want.Name, "generation", gen, "droplet", made.ID,
 		"size", p.size.Slug, "image", d.cfg.Image, "region", d.cfg.Region, "volume_gib", p.volumeGiB)
-	return withDockerDisk(d.startAndWait(ctx, cli, made))(cluster, want)
+	return d.started(ctx, cli, made, cluster, want)
 }
 
-// withDockerDisk names, on the machine of a spec with docker_disk, where
-// its guest sees the blank volume Create attached for the engine's data
-// (DigitalOcean's stable by-id name of a volume carries the volume's name).
-// The spec is the one the droplet was made with: a changed docker_disk
-// replaces the machine.
-func withDockerDisk(m drivers.Machine, err error) func(cluster string, want drivers.MachineSpec) (drivers.Machine, error) {
-	return func(cluster string, want drivers.MachineSpec) (drivers.Machine, error) {
-		if err == nil && want.DockerDiskGiB > 0 {
-			m.DockerDisk = "/dev/disk/by-id/scsi-0DO_Volume_" + volumeName(cluster, want.Name, max(1, want.Generation))
-		}
-		return m, err
+// started is startAndWait for Create: on the machine of a spec with
+// docker_disk it names where the guest sees the blank volume Create
+// attached for the engine's data (DigitalOcean's stable by-id name of a
+// volume carries the volume's name). The spec is the one the droplet was
+// made with: a changed docker_disk replaces the machine.
+func (d *Driver) started(ctx context.Context, cli *godo.Client, dr *godo.Droplet, cluster string, want drivers.MachineSpec) (drivers.Machine, error) {
+	m, err := d.startAndWait(ctx, cli, dr)
+	if err == nil && want.DockerDiskGiB > 0 {
+		m.DockerDisk = "/dev/disk/by-id/scsi-0DO_Volume_" + volumeName(cluster, want.Name, max(1, want.Generation))
 	}
+	return m, err
 }
 
 // dropletTags are the droplet's ownership tags, all set in the create call.
