@@ -248,19 +248,19 @@ func (d *Driver) Create(ctx context.Context, cluster string, want drivers.Machin
 	}
 	d.log.InfoContext(ctx, "created vm", "cluster", cluster, "host", want.Name, "generation", gen, "vm", deref(out.ID), "size", size, "image", img.String(), "zone", zone)
 
-	// The OS disk is made by the VM create, which cannot tag it: tag it now
-	// so that everything of the cluster carries its tag. It goes with the
-	// VM (delete option), so a failure here is only logged.
-	if _, err := wait(ctx, d, waitResource, "disk "+diskName(vmName), func(ctx context.Context) (*runtime.Poller[armcompute.DisksClientUpdateResponse], error) {
-		return cli.disks.BeginUpdate(ctx, rg, diskName(vmName), armcompute.DiskUpdate{Tags: maps.Clone(small)}, nil)
-	}); err != nil {
-		d.log.WarnContext(ctx, "could not tag the vm's os disk", "host", want.Name, "disk", diskName(vmName), "err", d.explain(err))
-	}
+	// The disks the VM create makes (the OS disk, the data disk) cannot be
+	// tagged by it: they are tagged now so that everything of the cluster
+	// carries its tag. They go with the VM (delete option), so a failure
+	// here is only logged.
+	disks := []string{diskName(vmName)}
 	if want.DockerDiskGiB > 0 {
-		if _, err := wait(ctx, d, waitResource, "disk "+dataDiskName(vmName), func(ctx context.Context) (*runtime.Poller[armcompute.DisksClientUpdateResponse], error) {
-			return cli.disks.BeginUpdate(ctx, rg, dataDiskName(vmName), armcompute.DiskUpdate{Tags: maps.Clone(small)}, nil)
+		disks = append(disks, dataDiskName(vmName))
+	}
+	for _, dk := range disks {
+		if _, err := wait(ctx, d, waitResource, "disk "+dk, func(ctx context.Context) (*runtime.Poller[armcompute.DisksClientUpdateResponse], error) {
+			return cli.disks.BeginUpdate(ctx, rg, dk, armcompute.DiskUpdate{Tags: maps.Clone(small)}, nil)
 		}); err != nil {
-			d.log.WarnContext(ctx, "could not tag the vm's data disk", "host", want.Name, "disk", dataDiskName(vmName), "err", d.explain(err))
+			d.log.WarnContext(ctx, "could not tag a disk the vm create made", "host", want.Name, "disk", dk, "err", d.explain(err))
 		}
 	}
 	return d.describe(ctx, cli, &out.VirtualMachine, nic, pip, "running")

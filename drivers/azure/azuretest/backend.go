@@ -959,36 +959,13 @@ func (b *Backend) vmCreate(ctx context.Context, rg, name string, p armcompute.Vi
 	if od != nil && od.Name != nil {
 		dname = *od.Name
 	}
-	if _, ok := b.disks[key(rg, dname)]; !ok {
-		sku := armcompute.DiskStorageAccountTypesStandardLRS
-		if od != nil && od.ManagedDisk != nil && od.ManagedDisk.StorageAccountType != nil {
-			sku = armcompute.DiskStorageAccountTypes(*od.ManagedDisk.StorageAccountType)
-		}
-		b.disks[key(rg, dname)] = &armcompute.Disk{
-			ID: to(b.id(rg, "Microsoft.Compute", "disks", dname)), Name: to(dname), Type: to("Microsoft.Compute/disks"),
-			Location: p.Location, Zones: p.Zones, ManagedBy: to(id),
-			SKU: &armcompute.DiskSKU{Name: to(sku)},
-			Properties: &armcompute.DiskProperties{DiskSizeGB: od.DiskSizeGB, ProvisioningState: to("Succeeded"),
-				CreationData: &armcompute.CreationData{CreateOption: to(armcompute.DiskCreateOptionFromImage)}},
-		}
+	if od != nil {
+		b.vmDisk(rg, dname, id, &vm, od.ManagedDisk, od.DiskSizeGB, armcompute.DiskCreateOptionFromImage)
 	}
 	// Data disks made empty with the VM (CreateOption Empty), untagged too.
 	for _, dd := range cp.StorageProfile.DataDisks {
-		if dd == nil || dd.Name == nil || val(dd.CreateOption) != armcompute.DiskCreateOptionTypesEmpty {
-			continue
-		}
-		if _, ok := b.disks[key(rg, *dd.Name)]; ok {
-			continue
-		}
-		sku := armcompute.DiskStorageAccountTypesStandardLRS
-		if dd.ManagedDisk != nil && dd.ManagedDisk.StorageAccountType != nil {
-			sku = armcompute.DiskStorageAccountTypes(*dd.ManagedDisk.StorageAccountType)
-		}
-		b.disks[key(rg, *dd.Name)] = &armcompute.Disk{
-			ID: to(b.id(rg, "Microsoft.Compute", "disks", *dd.Name)), Name: dd.Name, Type: to("Microsoft.Compute/disks"),
-			Location: p.Location, Zones: p.Zones, ManagedBy: to(id),
-			SKU:        &armcompute.DiskSKU{Name: to(sku)},
-			Properties: &armcompute.DiskProperties{DiskSizeGB: dd.DiskSizeGB, ProvisioningState: to("Succeeded")},
+		if dd != nil && dd.Name != nil && val(dd.CreateOption) == armcompute.DiskCreateOptionTypesEmpty {
+			b.vmDisk(rg, *dd.Name, id, &vm, dd.ManagedDisk, dd.DiskSizeGB, armcompute.DiskCreateOptionEmpty)
 		}
 	}
 	if f.Code != "" {
@@ -1000,6 +977,25 @@ func (b *Backend) vmCreate(ctx context.Context, rg, name string, p armcompute.Vi
 		return p, e
 	}
 	return lro(b, http.StatusCreated, http.StatusOK, armcompute.VirtualMachinesClientCreateOrUpdateResponse{VirtualMachine: vm}), e
+}
+
+// vmDisk records a disk a VM create makes (untagged: the create cannot
+// tag it), unless the group holds one of that name already.
+func (b *Backend) vmDisk(rg, name, vmID string, vm *armcompute.VirtualMachine, md *armcompute.ManagedDiskParameters, size *int32, how armcompute.DiskCreateOption) {
+	if _, ok := b.disks[key(rg, name)]; ok {
+		return
+	}
+	sku := armcompute.DiskStorageAccountTypesStandardLRS
+	if md != nil && md.StorageAccountType != nil {
+		sku = armcompute.DiskStorageAccountTypes(*md.StorageAccountType)
+	}
+	b.disks[key(rg, name)] = &armcompute.Disk{
+		ID: to(b.id(rg, "Microsoft.Compute", "disks", name)), Name: to(name), Type: to("Microsoft.Compute/disks"),
+		Location: vm.Location, Zones: vm.Zones, ManagedBy: to(vmID),
+		SKU: &armcompute.DiskSKU{Name: to(sku)},
+		Properties: &armcompute.DiskProperties{DiskSizeGB: size, ProvisioningState: to("Succeeded"),
+			CreationData: &armcompute.CreationData{CreateOption: to(how)}},
+	}
 }
 
 func (b *Backend) withStatus(k string, vm armcompute.VirtualMachine) armcompute.VirtualMachine {
