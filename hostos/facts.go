@@ -101,6 +101,12 @@ fi
 printf 'end\n'
 `
 
+// loginArgsShell runs a script from stdin as root with the arguments
+// factsScript and sshdEffectiveScript read: the SSH client address, the
+// login user and the whole $SSH_CONNECTION, expanded by the login shell
+// before sudo drops the environment.
+const loginArgsShell = `sh -s -- "${SSH_CONNECTION%% *}" "$USER" "$SSH_CONNECTION"`
+
 // sshdEffectiveScript prints "sshd<TAB>key<TAB>value" for each of the
 // settings harden.ssh enforces (SSHDEnforced) as sshd would apply them to
 // a login of this user from this address ($1 address, $2 user, $3
@@ -160,7 +166,7 @@ func GatherFacts(ctx context.Context, c Comm, paths []string) (*Facts, error) {
 	script.WriteString("set -f\n") // FILES and UNITS are split on spaces, never globbed
 	script.WriteString(factsScript)
 	// The login shell expands $SSH_CONNECTION before sudo drops it.
-	out, err := c.Run(ctx, comm.Sudo(c, `sh -s -- "${SSH_CONNECTION%% *}" "$USER" "$SSH_CONNECTION"`), strings.NewReader(script.String()))
+	out, err := c.Run(ctx, comm.Sudo(c, loginArgsShell), strings.NewReader(script.String()))
 	if err != nil {
 		return nil, fmt.Errorf("gather facts: %w", err)
 	}

@@ -135,7 +135,7 @@ func checkSSHDEffective(ctx context.Context, t *Target) error {
 		"set +f\nfor f in /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*.conf; do\n" +
 		"\t[ -f \"$f\" ] && [ \"$f\" != " + PathSSHD + " ] && grep -qiE '^[[:space:]]*(" + strings.Join(SSHDEnforced, "|") + "|match)([[:space:]]|=)' \"$f\" && printf 'src\\t%s\\n' \"$f\"\n" +
 		"done\ntrue\n"
-	out, err := t.Comm.Run(ctx, comm.Sudo(t.Comm, `sh -s -- "${SSH_CONNECTION%% *}" "$USER" "$SSH_CONNECTION"`), strings.NewReader(script))
+	out, err := t.Comm.Run(ctx, comm.Sudo(t.Comm, loginArgsShell), strings.NewReader(script))
 	if err != nil {
 		return fmt.Errorf("read sshd's effective configuration: %w", err)
 	}
